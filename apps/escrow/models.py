@@ -1,0 +1,137 @@
+"""The escrow aggregate and its append-only audit log. Only `apps.escrow.services` writes these."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+
+
+class EscrowState(models.TextChoices):
+    AWAIT_FUNDS = "AWAIT_FUNDS"
+    FUNDS_HELD = "FUNDS_HELD"
+    DELIVERED = "DELIVERED"
+    RELEASING = "RELEASING"
+    RELEASED = "RELEASED"
+    CANCELLED = "CANCELLED"
+    REFUNDING = "REFUNDING"
+    REFUNDED = "REFUNDED"
+    DISPUTED = "DISPUTED"
+
+
+TERMINAL_STATES = frozenset({EscrowState.RELEASED, EscrowState.CANCELLED, EscrowState.REFUNDED})
+
+
+class Escrow(models.Model):
+    """Money columns are integer minor units of `currency`. The database itself refuses any row where
+    received != held + paid out + refunded + fee, or any of them is negative."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    buyer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    seller = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    state = models.CharField(max_length=20, choices=EscrowState.choices, default=EscrowState.AWAIT_FUNDS)
+    amount_minor = models.BigIntegerField()
+    currency = models.CharField(max_length=3)
+    description = models.CharField(max_length=500)
+    inspection_period_hours = models.PositiveIntegerField()
+    fee_bps = models.PositiveIntegerField()
+    funding_deadline = models.DateTimeField()
+    inspection_deadline = models.DateTimeField(null=True, blank=True)
+
+    received_minor = models.BigIntegerField(default=0)
+    held_minor = models.BigIntegerField(default=0)
+    paid_out_minor = models.BigIntegerField(default=0)
+    refunded_minor = models.BigIntegerField(default=0)
+    fee_minor = models.BigIntegerField(default=0)
+    # Money asked of payments and not yet confirmed: the seller's gross share, the buyer's refund.
+    pending_payout_minor = models.BigIntegerField(default=0)
+    pending_refund_minor = models.BigIntegerField(default=0)
+
+    dispute_reason = models.CharField(max_length=1000, blank=True)
+    # Set when something needs a human (failed transfer, mismatched payment, chargeback).
+    attention = models.CharField(max_length=50, blank=True)
+    attention_detail = models.CharField(max_length=1000, blank=True)
+
+    version = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(
+                    received_minor=F("held_minor") + F("paid_out_minor") + F("refunded_minor") + F("fee_minor")
+                ),
+                name="escrow_money_balances",
+            ),
+            models.CheckConstraint(
+                condition=Q(
+                    amount_minor__gt=0,
+                    received_minor__gte=0,
+                    held_minor__gte=0,
+                    paid_out_minor__gte=0,
+                    refunded_minor__gte=0,
+                    fee_minor__gte=0,
+                    pending_payout_minor__gte=0,
+                    pending_refund_minor__gte=0,
+                ),
+                name="escrow_money_not_negative",
+            ),
+            models.CheckConstraint(
+                condition=Q(pending_payout_minor__lte=F("held_minor") - F("pending_refund_minor")),
+                name="escrow_pending_within_held",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["state", "funding_deadline"], name="escrow_funding_timer"),
+            models.Index(fields=["state", "inspection_deadline"], name="escrow_inspection_timer"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.state}"
+
+
+class EscrowEvent(models.Model):
+    """Append-only audit log: one row per event, numbered by the escrow's version. Rows are never
+    updated or deleted (the model refuses; on PostgreSQL a trigger refuses too)."""
+
+    escrow = models.ForeignKey(Escrow, on_delete=models.PROTECT, related_name="events")
+    version = models.PositiveIntegerField()
+    event_id = models.UUIDField(unique=True)
+    type = models.CharField(max_length=200)
+    payload = models.BinaryField()
+    data = models.JSONField()
+    actor_kind = models.CharField(max_length=20, blank=True)
+    actor_id = models.BigIntegerField(null=True, blank=True)
+    command_id = models.UUIDField(null=True, blank=True)
+    causation_id = models.CharField(max_length=100, blank=True)
+    correlation_id = models.CharField(max_length=100, blank=True)
+    occurred_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["escrow", "version"], name="escrow_event_version_once")]
+        ordering = ["escrow", "version"]
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise PermissionError("EscrowEvent is append-only")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        raise PermissionError("EscrowEvent is append-only")
+
+    def __str__(self) -> str:
+        return f"{self.escrow_id} v{self.version} {self.type}"
+
+
+class ProcessedCommand(models.Model):
+    """A command that was applied, recorded in the same transaction: the same command id twice has one
+    effect."""
+
+    command_id = models.UUIDField(primary_key=True)
+    escrow_id = models.UUIDField()
+    type = models.CharField(max_length=200)
+    processed_at = models.DateTimeField(auto_now_add=True)

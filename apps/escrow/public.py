@@ -1,0 +1,14 @@
+"""What other apps may use of the escrow service: its command dispatch and its error types."""
+
+from apps.escrow.errors import EscrowError, EscrowNotFound, InvalidCommand, InvalidTransition, NotAllowed
+from apps.escrow.services import CommandResult, dispatch
+
+__all__ = [
+    "CommandResult",
+    "EscrowError",
+    "EscrowNotFound",
+    "InvalidCommand",
+    "InvalidTransition",
+    "NotAllowed",
+    "dispatch",
+]

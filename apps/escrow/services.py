@@ -1,0 +1,557 @@
+"""The escrow state machine: one function per transition, each owning its transaction.
+
+Every transition locks the escrow (see `lock_objects`), checks its guard, changes state, appends its
+`EscrowEvent` rows and the outbox rows for every event and outbound command, all in one transaction.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import betterproto2
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.utils import timezone
+
+from apps.escrow.errors import EscrowNotFound, InvalidCommand, InvalidTransition, NotAllowed
+from apps.escrow.lock_objects import escrow_lock
+from apps.escrow.models import Escrow, EscrowEvent, EscrowState, ProcessedCommand
+from apps.outbox import context
+from apps.outbox.messages import deterministic_id, type_name
+from apps.outbox.publish import outbox_append
+from proto.common.v1 import Actor, ActorKind, Money
+from proto.escrow import v1 as escrow_v1
+from proto.payments import v1 as payments_v1
+
+S = EscrowState
+
+BUYER, SELLER, STAFF, TIMER, SYSTEM = "buyer", "seller", "staff", "timer", "system"
+
+# Who may send which command in which state (DESIGN.md, "Escrow state machine").
+RULES: dict[str, dict[str, frozenset[str]]] = {
+    "MarkDelivered": {S.FUNDS_HELD: frozenset({SELLER})},
+    "ReleaseFunds": {S.DELIVERED: frozenset({BUYER, STAFF, TIMER})},
+    "CancelEscrow": {
+        S.AWAIT_FUNDS: frozenset({BUYER, SELLER, STAFF, TIMER}),
+        S.FUNDS_HELD: frozenset({SELLER, STAFF}),
+    },
+    "OpenDispute": {
+        S.FUNDS_HELD: frozenset({BUYER, SELLER}),
+        S.DELIVERED: frozenset({BUYER, SELLER}),
+    },
+    "ResolveDispute": {S.DISPUTED: frozenset({STAFF})},
+}
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    command_id: uuid.UUID
+    escrow_id: uuid.UUID
+    state: str
+    version: int
+    duplicate: bool = False
+
+
+def money(amount_minor: int, currency: str) -> Money:
+    return Money(amount_minor=amount_minor, currency=currency)
+
+
+def fee_for(gross_minor: int, fee_bps: int) -> int:
+    """The platform fee on a seller's gross share, rounded down to the minor unit."""
+    return gross_minor * fee_bps // 10_000
+
+
+# --- plumbing ---------------------------------------------------------------------------------------
+
+
+def _role(escrow: Escrow, actor: Actor | None) -> str:
+    if actor is None or actor.kind == ActorKind.UNSPECIFIED:
+        raise InvalidCommand("the command has no actor", field="actor")
+    if actor.kind == ActorKind.STAFF:
+        return STAFF
+    if actor.kind == ActorKind.TIMER:
+        return TIMER
+    if actor.kind == ActorKind.SYSTEM:
+        return SYSTEM
+    if actor.user_id == escrow.buyer_id:
+        return BUYER
+    if actor.user_id == escrow.seller_id:
+        return SELLER
+    # A stranger learns nothing about someone else's escrow, not even that it exists.
+    raise EscrowNotFound("no such escrow")
+
+
+def _authorize(escrow: Escrow, command: str, role: str) -> None:
+    rules = RULES[command]
+    if role not in frozenset().union(*rules.values()):
+        raise NotAllowed(f"a {role} cannot send {command}", state=escrow.state)
+    if escrow.state not in rules:
+        raise InvalidTransition(f"{command} is not allowed in state {escrow.state}", state=escrow.state)
+    if role not in rules[escrow.state]:
+        allowed = ", ".join(sorted(rules[escrow.state]))
+        raise NotAllowed(
+            f"in state {escrow.state} only {allowed} can send {command}", state=escrow.state
+        )
+
+
+def _emit(escrow: Escrow, event: betterproto2.Message, *, actor: Actor | None = None,
+          command_id: uuid.UUID | None = None) -> None:
+    escrow.version += 1
+    name = type_name(event)
+    event_id = deterministic_id(escrow.id, escrow.version, name)
+    now = timezone.now()
+    trace = context.current()
+    causation = str(command_id) if command_id else trace.causation_id
+    EscrowEvent.objects.create(
+        escrow=escrow,
+        version=escrow.version,
+        event_id=event_id,
+        type=name,
+        payload=bytes(event),
+        data=event.to_dict(casing=betterproto2.Casing.SNAKE),
+        actor_kind=_actor_kind(actor),
+        actor_id=actor.user_id if actor is not None and actor.user_id else None,
+        command_id=command_id,
+        causation_id=causation,
+        correlation_id=trace.correlation_id,
+        occurred_at=now,
+    )
+    outbox_append(
+        message=event,
+        aggregate_id=str(escrow.id),
+        aggregate_version=escrow.version,
+        event_id=event_id,
+        causation_id=causation,
+        occurred_at=now,
+    )
+
+
+def _actor_kind(actor: Actor | None) -> str:
+    if actor is None:
+        return SYSTEM
+    return {ActorKind.USER: "user", ActorKind.STAFF: STAFF, ActorKind.TIMER: TIMER}.get(actor.kind, SYSTEM)
+
+
+def _send(escrow: Escrow, command: betterproto2.Message, *, command_id: uuid.UUID | None = None) -> None:
+    """An outbound command to another service, in the same transaction as the event that caused it."""
+    outbox_append(
+        message=command,
+        aggregate_id=str(escrow.id),
+        aggregate_version=escrow.version,
+        event_id=deterministic_id(escrow.id, escrow.version, type_name(command)),
+        causation_id=str(command_id) if command_id else "",
+    )
+
+
+def _result(escrow: Escrow, command_id: uuid.UUID, *, duplicate: bool = False) -> CommandResult:
+    return CommandResult(command_id, escrow.id, escrow.state, escrow.version, duplicate)
+
+
+def _run_command(
+    *,
+    command: betterproto2.Message,
+    command_id: uuid.UUID,
+    escrow_id: uuid.UUID,
+    apply: Callable[[Escrow], None],
+) -> CommandResult:
+    """The shared shape of a command on an existing escrow: lock, dedupe, guard, change, record."""
+    with transaction.atomic():
+        escrow = escrow_lock(escrow_id)
+        if escrow is None:
+            raise EscrowNotFound("no such escrow")
+        name = type(command).__name__
+        role = _role(escrow, command.actor)
+        if ProcessedCommand.objects.filter(command_id=command_id).exists():
+            return _result(escrow, command_id, duplicate=True)
+        _authorize(escrow, name, role)
+        apply(escrow)
+        escrow.save()
+        _record_command(escrow, command, command_id)
+        return _result(escrow, command_id)
+
+
+def _record_command(escrow: Escrow, command: betterproto2.Message, command_id: uuid.UUID) -> None:
+    ProcessedCommand.objects.create(command_id=command_id, escrow_id=escrow.id, type=type_name(command))
+    # The accepted command itself, for the escrow.commands.v1 topic (an escrow process consuming from
+    # Kafka dedupes it by its id).
+    outbox_append(
+        message=command,
+        aggregate_id=str(escrow.id),
+        aggregate_version=escrow.version,
+        event_id=command_id,
+    )
+
+
+def _parse_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except (ValueError, TypeError):
+        raise EscrowNotFound("no such escrow") from None
+
+
+# --- commands -----------------------------------------------------------------------------------------
+
+
+def escrow_create(*, command: escrow_v1.CreateEscrow, command_id: uuid.UUID) -> CommandResult:
+    escrow_id = _parse_id(command.escrow_id)
+    amount = command.amount
+    if amount is None or amount.amount_minor <= 0:
+        raise InvalidCommand("amount must be positive", field="amount")
+    if command.buyer_id == command.seller_id:
+        raise InvalidCommand("buyer and seller must be different users", field="seller")
+    if command.actor is None or command.actor.user_id != command.buyer_id:
+        raise InvalidCommand("only the buyer can create an escrow", field="actor")
+    users = get_user_model().objects.filter(pk__in=[command.buyer_id, command.seller_id], is_active=True)
+    if users.count() != 2:
+        raise InvalidCommand("seller is not an active user", field="seller")
+    hours = command.inspection_period_hours or settings.INSPECTION_PERIOD_HOURS
+    with transaction.atomic():
+        existing = escrow_lock(escrow_id)
+        if existing is not None:
+            if ProcessedCommand.objects.filter(command_id=command_id).exists():
+                return _result(existing, command_id, duplicate=True)
+            raise InvalidCommand("an escrow with this id exists", field="escrow_id")
+        now = timezone.now()
+        escrow = Escrow.objects.create(
+            id=escrow_id,
+            buyer_id=command.buyer_id,
+            seller_id=command.seller_id,
+            amount_minor=amount.amount_minor,
+            currency=amount.currency,
+            description=command.description,
+            inspection_period_hours=hours,
+            fee_bps=settings.PLATFORM_FEE_BPS,
+            funding_deadline=now + datetime.timedelta(hours=settings.FUNDING_DEADLINE_HOURS),
+        )
+        _emit(
+            escrow,
+            escrow_v1.EscrowCreated(
+                escrow_id=str(escrow.id),
+                buyer_id=escrow.buyer_id,
+                seller_id=escrow.seller_id,
+                amount=money(escrow.amount_minor, escrow.currency),
+                description=escrow.description,
+                inspection_period_hours=hours,
+                funding_deadline=escrow.funding_deadline,
+                actor=command.actor,
+            ),
+            actor=command.actor,
+            command_id=command_id,
+        )
+        _send(
+            escrow,
+            payments_v1.CreatePaymentIntent(
+                escrow_id=str(escrow.id),
+                buyer_id=escrow.buyer_id,
+                seller_id=escrow.seller_id,
+                amount=money(escrow.amount_minor, escrow.currency),
+            ),
+            command_id=command_id,
+        )
+        escrow.save(update_fields=["version", "updated_at"])
+        _record_command(escrow, command, command_id)
+        return _result(escrow, command_id)
+
+
+def escrow_mark_delivered(*, command: escrow_v1.MarkDelivered, command_id: uuid.UUID) -> CommandResult:
+    def apply(escrow: Escrow) -> None:
+        escrow.state = S.DELIVERED
+        escrow.inspection_deadline = timezone.now() + datetime.timedelta(hours=escrow.inspection_period_hours)
+        _emit(
+            escrow,
+            escrow_v1.EscrowDelivered(
+                escrow_id=str(escrow.id), inspection_deadline=escrow.inspection_deadline, actor=command.actor
+            ),
+            actor=command.actor,
+            command_id=command_id,
+        )
+
+    return _run_command(command=command, command_id=command_id, escrow_id=_parse_id(command.escrow_id), apply=apply)
+
+
+def escrow_release(*, command: escrow_v1.ReleaseFunds, command_id: uuid.UUID) -> CommandResult:
+    def apply(escrow: Escrow) -> None:
+        if command.actor.kind == ActorKind.TIMER and not _lapsed(escrow.inspection_deadline):
+            raise InvalidTransition("the inspection period has not lapsed", state=escrow.state)
+        _request_payout(escrow, gross_minor=escrow.amount_minor, actor=command.actor, command_id=command_id)
+        escrow.state = S.RELEASING
+
+    return _run_command(command=command, command_id=command_id, escrow_id=_parse_id(command.escrow_id), apply=apply)
+
+
+def escrow_cancel(*, command: escrow_v1.CancelEscrow, command_id: uuid.UUID) -> CommandResult:
+    def apply(escrow: Escrow) -> None:
+        if command.actor.kind == ActorKind.TIMER and not _lapsed(escrow.funding_deadline):
+            raise InvalidTransition("the funding deadline has not passed", state=escrow.state)
+        if escrow.held_minor > 0:
+            # Funds (or a mismatched payment) are held: cancelling means giving them back.
+            _request_refund(escrow, amount_minor=escrow.held_minor, actor=command.actor, command_id=command_id)
+            escrow.state = S.REFUNDING
+        else:
+            escrow.state = S.CANCELLED
+        _emit(
+            escrow,
+            escrow_v1.EscrowCancelled(escrow_id=str(escrow.id), actor=command.actor, reason=command.reason),
+            actor=command.actor,
+            command_id=command_id,
+        )
+
+    return _run_command(command=command, command_id=command_id, escrow_id=_parse_id(command.escrow_id), apply=apply)
+
+
+def escrow_open_dispute(*, command: escrow_v1.OpenDispute, command_id: uuid.UUID) -> CommandResult:
+    def apply(escrow: Escrow) -> None:
+        if not command.reason.strip():
+            raise InvalidCommand("a dispute needs a reason", field="reason")
+        escrow.state = S.DISPUTED
+        escrow.dispute_reason = command.reason
+        _emit(
+            escrow,
+            escrow_v1.EscrowDisputed(escrow_id=str(escrow.id), actor=command.actor, reason=command.reason),
+            actor=command.actor,
+            command_id=command_id,
+        )
+
+    return _run_command(command=command, command_id=command_id, escrow_id=_parse_id(command.escrow_id), apply=apply)
+
+
+def escrow_resolve_dispute(*, command: escrow_v1.ResolveDispute, command_id: uuid.UUID) -> CommandResult:
+    def apply(escrow: Escrow) -> None:
+        outcome = command.outcome
+        held = escrow.held_minor
+        if outcome == escrow_v1.DisputeOutcome.RELEASE:
+            seller_gross = escrow.amount_minor
+        elif outcome == escrow_v1.DisputeOutcome.REFUND:
+            seller_gross = 0
+        elif outcome == escrow_v1.DisputeOutcome.SPLIT:
+            share = command.seller_amount
+            if share is None or share.currency != escrow.currency:
+                raise InvalidCommand("seller_amount must be in the escrow's currency", field="seller_amount")
+            if not 0 < share.amount_minor < escrow.amount_minor:
+                raise InvalidCommand(
+                    "seller_amount must be more than zero and less than the escrow amount", field="seller_amount"
+                )
+            seller_gross = share.amount_minor
+        else:
+            raise InvalidCommand("outcome must be release, refund or split", field="outcome")
+        seller_gross = min(seller_gross, held)
+        buyer_amount = held - seller_gross
+        _emit(
+            escrow,
+            escrow_v1.EscrowDisputeResolved(
+                escrow_id=str(escrow.id),
+                actor=command.actor,
+                outcome=outcome,
+                seller_amount=money(seller_gross, escrow.currency),
+                buyer_amount=money(buyer_amount, escrow.currency),
+                note=command.note,
+            ),
+            actor=command.actor,
+            command_id=command_id,
+        )
+        if seller_gross:
+            _request_payout(escrow, gross_minor=seller_gross, actor=command.actor, command_id=command_id)
+        if buyer_amount:
+            _request_refund(escrow, amount_minor=buyer_amount, actor=command.actor, command_id=command_id)
+        escrow.state = S.RELEASING if seller_gross else S.REFUNDING
+
+    return _run_command(command=command, command_id=command_id, escrow_id=_parse_id(command.escrow_id), apply=apply)
+
+
+def _lapsed(deadline: datetime.datetime | None) -> bool:
+    return deadline is not None and deadline <= timezone.now()
+
+
+def _request_payout(escrow: Escrow, *, gross_minor: int, actor: Actor, command_id: uuid.UUID) -> None:
+    fee = fee_for(gross_minor, escrow.fee_bps)
+    escrow.pending_payout_minor = gross_minor
+    _emit(
+        escrow,
+        escrow_v1.EscrowReleaseRequested(
+            escrow_id=str(escrow.id),
+            payout=money(gross_minor - fee, escrow.currency),
+            fee=money(fee, escrow.currency),
+            actor=actor,
+        ),
+        actor=actor,
+        command_id=command_id,
+    )
+    _send(
+        escrow,
+        payments_v1.TransferToSeller(
+            escrow_id=str(escrow.id),
+            seller_id=escrow.seller_id,
+            amount=money(gross_minor - fee, escrow.currency),
+            fee=money(fee, escrow.currency),
+        ),
+        command_id=command_id,
+    )
+
+
+def _request_refund(escrow: Escrow, *, amount_minor: int, actor: Actor, command_id: uuid.UUID) -> None:
+    escrow.pending_refund_minor = amount_minor
+    _emit(
+        escrow,
+        escrow_v1.EscrowRefundRequested(
+            escrow_id=str(escrow.id), amount=money(amount_minor, escrow.currency), actor=actor
+        ),
+        actor=actor,
+        command_id=command_id,
+    )
+    _send(
+        escrow,
+        payments_v1.InitiateRefund(
+            escrow_id=str(escrow.id), buyer_id=escrow.buyer_id, amount=money(amount_minor, escrow.currency)
+        ),
+        command_id=command_id,
+    )
+
+
+# --- reactions to payments events (called by the escrow subscriber, inside its transaction) -----------
+
+
+def _needs_attention(escrow: Escrow, reason: str, detail: str, received: Money | None = None) -> None:
+    escrow.attention = reason
+    escrow.attention_detail = detail[:1000]
+    _emit(
+        escrow,
+        escrow_v1.EscrowNeedsAttention(escrow_id=str(escrow.id), reason=reason, detail=detail, received=received),
+    )
+
+
+def escrow_record_payment(*, event: payments_v1.PaymentSucceeded) -> None:
+    escrow = escrow_lock(event.escrow_id)
+    if escrow is None:
+        return
+    paid = event.amount or Money()
+    if paid.currency != escrow.currency:
+        # Money in another currency cannot be counted in this escrow's books: ops handle it.
+        _needs_attention(escrow, "payment_currency_mismatch",
+                         f"received {paid.amount_minor} {paid.currency} ({event.provider_payment_id})", paid)
+        escrow.save()
+        return
+    # Whatever happens next, the money is with us now and is held until someone decides.
+    escrow.received_minor += paid.amount_minor
+    escrow.held_minor += paid.amount_minor
+    if escrow.state == S.AWAIT_FUNDS and paid.amount_minor == escrow.amount_minor:
+        escrow.state = S.FUNDS_HELD
+        _emit(
+            escrow,
+            escrow_v1.EscrowFundsHeld(
+                escrow_id=str(escrow.id), amount=paid, provider_payment_id=event.provider_payment_id
+            ),
+        )
+    elif escrow.state == S.AWAIT_FUNDS:
+        _needs_attention(escrow, "payment_amount_mismatch",
+                         f"expected {escrow.amount_minor}, received {paid.amount_minor} "
+                         f"({event.provider_payment_id})", paid)
+    else:
+        _needs_attention(escrow, "unexpected_payment",
+                         f"payment {event.provider_payment_id} arrived in state {escrow.state}", paid)
+    escrow.save()
+
+
+def escrow_record_transfer(*, event: payments_v1.TransferSucceeded) -> None:
+    escrow = escrow_lock(event.escrow_id)
+    if escrow is None:
+        return
+    net = (event.amount or Money()).amount_minor
+    fee = (event.fee or Money()).amount_minor
+    if escrow.pending_payout_minor == 0 or net + fee != escrow.pending_payout_minor:
+        _needs_attention(escrow, "unexpected_transfer",
+                         f"transfer {event.provider_transfer_id} of {net}+{fee} does not match "
+                         f"pending payout {escrow.pending_payout_minor}")
+        escrow.save()
+        return
+    escrow.held_minor -= net + fee
+    escrow.paid_out_minor += net
+    escrow.fee_minor += fee
+    escrow.pending_payout_minor = 0
+    _emit(
+        escrow,
+        escrow_v1.EscrowReleased(
+            escrow_id=str(escrow.id),
+            paid_to_seller=money(net, escrow.currency),
+            fee=money(fee, escrow.currency),
+        ),
+    )
+    _settle_if_done(escrow)
+    escrow.save()
+
+
+def escrow_record_refund(*, event: payments_v1.RefundSucceeded) -> None:
+    escrow = escrow_lock(event.escrow_id)
+    if escrow is None:
+        return
+    amount = (event.amount or Money()).amount_minor
+    if escrow.pending_refund_minor == 0 or amount != escrow.pending_refund_minor:
+        _needs_attention(escrow, "unexpected_refund",
+                         f"refund {event.provider_refund_id} of {amount} does not match "
+                         f"pending refund {escrow.pending_refund_minor}")
+        escrow.save()
+        return
+    escrow.held_minor -= amount
+    escrow.refunded_minor += amount
+    escrow.pending_refund_minor = 0
+    _emit(escrow, escrow_v1.EscrowRefunded(escrow_id=str(escrow.id), amount=money(amount, escrow.currency)))
+    _settle_if_done(escrow)
+    escrow.save()
+
+
+def _settle_if_done(escrow: Escrow) -> None:
+    """A release or refund (or both legs of a split) finished: the escrow reaches its final state."""
+    if escrow.pending_payout_minor or escrow.pending_refund_minor:
+        return
+    escrow.state = S.RELEASED if escrow.paid_out_minor else S.REFUNDED
+    if escrow.attention in {"transfer_failed", "refund_failed"}:
+        escrow.attention = ""
+        escrow.attention_detail = ""
+
+
+def escrow_record_payout_failure(*, escrow_id: str, reason: str, detail: str) -> None:
+    escrow = escrow_lock(escrow_id)
+    if escrow is None:
+        return
+    _needs_attention(escrow, reason, detail)
+    escrow.save()
+
+
+def escrow_record_chargeback(*, event: payments_v1.ChargebackOpened) -> None:
+    """A card chargeback: no payout may go out. Funds still held are frozen in a dispute for ops."""
+    escrow = escrow_lock(event.escrow_id)
+    if escrow is None:
+        return
+    if escrow.state in (S.FUNDS_HELD, S.DELIVERED):
+        escrow.state = S.DISPUTED
+        escrow.dispute_reason = f"chargeback: {event.reason}"
+        system = Actor(kind=ActorKind.SYSTEM)
+        _emit(escrow, escrow_v1.EscrowDisputed(escrow_id=str(escrow.id), actor=system,
+                                               reason=escrow.dispute_reason), actor=system)
+    _needs_attention(escrow, "chargeback", f"{event.provider_dispute_id}: {event.reason}")
+    escrow.save()
+
+
+# --- dispatch ---------------------------------------------------------------------------------------------
+
+_COMMANDS: dict[type[betterproto2.Message], Callable[..., CommandResult]] = {
+    escrow_v1.CreateEscrow: escrow_create,
+    escrow_v1.MarkDelivered: escrow_mark_delivered,
+    escrow_v1.ReleaseFunds: escrow_release,
+    escrow_v1.CancelEscrow: escrow_cancel,
+    escrow_v1.OpenDispute: escrow_open_dispute,
+    escrow_v1.ResolveDispute: escrow_resolve_dispute,
+}
+
+
+def dispatch(command: betterproto2.Message, *, command_id: uuid.UUID) -> CommandResult:
+    """The one entry point for escrow commands: the gateway, the admin, the timers and a Kafka command
+    consumer all call this."""
+    try:
+        handler = _COMMANDS[type(command)]
+    except KeyError:
+        raise InvalidCommand(f"unknown command {type(command).__name__}", field="type") from None
+    return handler(command=command, command_id=command_id)

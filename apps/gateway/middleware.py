@@ -1,0 +1,44 @@
+"""Binds a correlation id and a W3C traceparent to each request, echoes them, and logs one structured
+line per request."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+
+from django.http import HttpRequest, HttpResponse
+
+from apps.outbox import context
+
+log = logging.getLogger("apps.gateway.access")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
+
+
+class RequestContextMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        incoming = request.headers.get("X-Correlation-ID") or request.headers.get("X-Request-ID") or ""
+        correlation_id = incoming if _SAFE_ID.match(incoming) else context.new_correlation_id()
+        parent = request.headers.get("traceparent", "")
+        traceparent = context.child_traceparent(parent) if context.valid_traceparent(parent) else context.new_traceparent()
+        started = time.perf_counter()
+        with context.bound(context.TraceContext(correlation_id=correlation_id, traceparent=traceparent)):
+            response = self.get_response(request)
+            duration_ms = (time.perf_counter() - started) * 1000
+            response["X-Correlation-ID"] = correlation_id
+            response["traceparent"] = traceparent
+            log.info(
+                "request",
+                extra={
+                    "method": request.method,
+                    "path": request.path,
+                    "status": response.status_code,
+                    "duration_ms": round(duration_ms, 2),
+                    "user_id": getattr(getattr(request, "user", None), "pk", None),
+                },
+            )
+        return response

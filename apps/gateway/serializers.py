@@ -1,0 +1,173 @@
+"""Input and output shapes of the REST contract. Input is strict: unknown fields, wrong types and
+ambiguous amounts are refused with the field named."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from rest_framework import serializers
+
+_AMOUNT = re.compile(r"^(0|[1-9][0-9]{0,12})(\.[0-9]{1,2})?$")
+CURRENCY_EXPONENT = {"USD": 2, "EUR": 2, "GBP": 2}
+
+
+def minor_to_decimal_string(amount_minor: int, currency: str) -> str:
+    exponent = CURRENCY_EXPONENT.get(currency, 2)
+    sign = "-" if amount_minor < 0 else ""
+    whole, frac = divmod(abs(amount_minor), 10**exponent)
+    return f"{sign}{whole}.{frac:0{exponent}d}" if exponent else f"{sign}{whole}"
+
+
+def parse_amount(value: Any, *, currency: str = "USD") -> int:
+    """A decimal string with at most the currency's minor digits -> integer minor units. No floats."""
+    if not isinstance(value, str):
+        raise serializers.ValidationError("must be a decimal string such as \"149.99\"")
+    if not _AMOUNT.match(value):
+        raise serializers.ValidationError(
+            "must be a positive decimal string with at most two decimal places, such as \"149.99\""
+        )
+    whole, _, frac = value.partition(".")
+    exponent = CURRENCY_EXPONENT.get(currency, 2)
+    return int(whole) * 10**exponent + int((frac or "0").ljust(exponent, "0"))
+
+
+class StrictSerializer(serializers.Serializer):
+    """Refuses fields it does not know, instead of silently ignoring them."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise serializers.ValidationError({"body": ["must be a JSON object"]})
+        unknown = sorted(set(data) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError({name: ["unknown field"] for name in unknown})
+        return super().to_internal_value(data)
+
+
+class StrictCharField(serializers.CharField):
+    """A string, and only a string (DRF's CharField would accept 42 or true)."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            raise serializers.ValidationError("must be a string")
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            raise serializers.ValidationError("must be an integer")
+        return super().to_internal_value(data)
+
+
+class SellerField(serializers.Field):
+    """A user id (integer) or a username (string)."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        User = get_user_model()
+        if isinstance(data, bool):
+            raise serializers.ValidationError("must be a user id or a username")
+        if isinstance(data, int):
+            user = User.objects.filter(pk=data, is_active=True).first()
+        elif isinstance(data, str) and 0 < len(data) <= 150:
+            user = User.objects.filter(username=data, is_active=True).first()
+        else:
+            raise serializers.ValidationError("must be a user id or a username")
+        if user is None:
+            raise serializers.ValidationError("no such user")
+        return user
+
+    def to_representation(self, value: Any) -> Any:
+        return value.pk
+
+
+class CreateEscrowInput(StrictSerializer):
+    seller = SellerField(help_text="The seller's user id or username.")
+    amount = StrictCharField(help_text='Decimal string, e.g. "149.99".', max_length=20)
+    currency = StrictCharField(min_length=3, max_length=3)
+    description = StrictCharField(max_length=500, trim_whitespace=True)
+    inspection_period_hours = StrictIntegerField(required=False, min_value=1, max_value=720)
+
+    def validate_currency(self, value: str) -> str:
+        if value not in settings.ESCROW_CURRENCIES:
+            raise serializers.ValidationError(f"must be one of {', '.join(settings.ESCROW_CURRENCIES)}")
+        return value
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        try:
+            minor = parse_amount(attrs["amount"], currency=attrs["currency"])
+        except serializers.ValidationError as exc:
+            raise serializers.ValidationError({"amount": exc.detail}) from None
+        low, high = settings.ESCROW_MIN_AMOUNT_MINOR, settings.ESCROW_MAX_AMOUNT_MINOR
+        if not low <= minor <= high:
+            raise serializers.ValidationError({"amount": [
+                f"must be between {minor_to_decimal_string(low, attrs['currency'])} and "
+                f"{minor_to_decimal_string(high, attrs['currency'])}"
+            ]})
+        attrs["amount_minor"] = minor
+        return attrs
+
+
+class EmptyInput(StrictSerializer):
+    """Deliver and release take no fields."""
+
+
+class CancelInput(StrictSerializer):
+    reason = StrictCharField(max_length=1000, required=False, allow_blank=True, default="")
+
+
+class DisputeInput(StrictSerializer):
+    reason = StrictCharField(max_length=1000)
+
+
+class ResolveInput(StrictSerializer):
+    outcome = serializers.ChoiceField(choices=["release", "refund", "split"])
+    seller_amount = StrictCharField(required=False, max_length=20, help_text="Split only: the seller's gross share.")
+    note = StrictCharField(max_length=1000, required=False, allow_blank=True, default="")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs["outcome"] == "split":
+            if "seller_amount" not in attrs:
+                raise serializers.ValidationError({"seller_amount": ["required for a split"]})
+        elif "seller_amount" in attrs:
+            raise serializers.ValidationError({"seller_amount": ["only for a split"]})
+        return attrs
+
+
+class CommandAccepted(serializers.Serializer):
+    command_id = serializers.UUIDField()
+    escrow_id = serializers.UUIDField()
+    state = serializers.CharField()
+    duplicate = serializers.BooleanField()
+    links = serializers.DictField(child=serializers.CharField())
+
+
+class EscrowOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    state = serializers.CharField()
+    amount = serializers.CharField()
+    currency = serializers.CharField()
+    description = serializers.CharField()
+    buyer = serializers.IntegerField()
+    seller = serializers.IntegerField()
+    inspection_period_hours = serializers.IntegerField()
+    funding_deadline = serializers.DateTimeField(allow_null=True)
+    inspection_deadline = serializers.DateTimeField(allow_null=True)
+    paid_to_seller = serializers.CharField()
+    refunded = serializers.CharField()
+    fee = serializers.CharField()
+    version = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    payment = serializers.DictField(required=False, help_text="Buyer only: how to pay.")
+    links = serializers.DictField(child=serializers.CharField())
+
+
+class TimelineOutput(serializers.Serializer):
+    version = serializers.IntegerField()
+    type = serializers.CharField()
+    occurred_at = serializers.DateTimeField()
+    actor = serializers.DictField()
+    data = serializers.DictField()

@@ -1,0 +1,32 @@
+"""Access tokens for service accounts, scripts and the demo, minted the way allauth's headless JWT
+strategy mints them on login: a server-side session, and a JWT bound to it."""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from allauth.headless.tokens.strategies.jwt import internal
+from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+from django.contrib.auth.models import AbstractBaseUser
+
+
+def mint_access_token(user: AbstractBaseUser, *, expires_in: int | None = None) -> str:
+    store = import_module(settings.SESSION_ENGINE).SessionStore()
+    store[SESSION_KEY] = user._meta.pk.value_to_string(user)
+    store[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    store[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    if expires_in:
+        store.set_expiry(expires_in)
+    store.save()
+    sid = internal.session_key_to_sid(store.session_key)
+    claims: dict[str, Any] = {}
+    token, _ = internal.create_token(
+        "access",
+        sub=str(user.pk),
+        sid=sid,
+        claims=claims,
+        expires_in=expires_in or settings.HEADLESS_JWT_ACCESS_TOKEN_EXPIRES_IN,
+    )
+    return token

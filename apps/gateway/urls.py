@@ -1,0 +1,25 @@
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from apps.gateway import views
+from apps.gateway.metrics import metrics_view
+
+urlpatterns = [
+    path("escrows", views.EscrowCollection.as_view(), name="escrow-list"),
+    path("escrows/<uuid:escrow_id>", views.EscrowDetail.as_view(), name="escrow-detail"),
+    path("escrows/<uuid:escrow_id>/events", views.EscrowEvents.as_view(), name="escrow-events"),
+    path("escrows/<uuid:escrow_id>/deliver", views.DeliverEscrow.as_view(), name="escrow-deliver"),
+    path("escrows/<uuid:escrow_id>/release", views.ReleaseEscrow.as_view(), name="escrow-release"),
+    path("escrows/<uuid:escrow_id>/cancel", views.CancelEscrow.as_view(), name="escrow-cancel"),
+    path("escrows/<uuid:escrow_id>/dispute", views.DisputeEscrow.as_view(), name="escrow-dispute"),
+    path("escrows/<uuid:escrow_id>/resolve", views.ResolveEscrow.as_view(), name="escrow-resolve"),
+    path("sandbox/escrows/<uuid:escrow_id>/pay", views.SandboxPay.as_view(), name="sandbox-pay"),
+    path("webhooks/stripe", views.stripe_webhook, name="webhook-stripe"),
+    path("webhooks/custodian", views.custodian_webhook, name="webhook-custodian"),
+    path("health", views.Health.as_view(), name="health"),
+    path("ready", views.Ready.as_view(), name="ready"),
+    path("metrics", metrics_view, name="metrics"),
+    path("schema", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
+    path("docs", SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[], permission_classes=[]),
+         name="docs"),
+]

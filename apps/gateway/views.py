@@ -1,0 +1,402 @@
+"""The REST contract (DESIGN.md). Views are thin: parse, authorize, build a protobuf command, call the
+escrow service's dispatch, answer. Reads come from the projections."""
+
+from __future__ import annotations
+
+
+import uuid
+from typing import Any
+
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from django.urls import reverse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers as drf_serializers
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.escrow.public import CommandResult, dispatch
+from apps.gateway import serializers as io
+from apps.gateway.auth import is_staff_member
+from apps.gateway.idempotency import run_idempotent
+from apps.gateway.problems import CONTENT_TYPE, Problem, problem_body
+from apps.outbox import bus
+from apps.payments import public as payments
+from apps.projections import selectors
+from apps.projections.models import EscrowView
+from proto.common.v1 import Actor, ActorKind, Money
+from proto.escrow import v1 as escrow_v1
+
+ESCROW_STATES = {"AWAIT_FUNDS", "FUNDS_HELD", "DELIVERED", "RELEASING", "RELEASED", "CANCELLED", "REFUNDING",
+                 "REFUNDED", "DISPUTED"}
+OUTCOMES = {
+    "release": escrow_v1.DisputeOutcome.RELEASE,
+    "refund": escrow_v1.DisputeOutcome.REFUND,
+    "split": escrow_v1.DisputeOutcome.SPLIT,
+}
+
+
+def _links(request: Request, escrow_id: uuid.UUID | str) -> dict[str, str]:
+    base = reverse("escrow-detail", kwargs={"escrow_id": escrow_id})
+    return {"self": base, "events": f"{base}/events"}
+
+
+def _accepted(request: Request, result: CommandResult) -> Response:
+    response = Response(
+        {
+            "command_id": str(result.command_id),
+            "escrow_id": str(result.escrow_id),
+            "state": result.state,
+            "duplicate": result.duplicate,
+            "links": _links(request, result.escrow_id),
+        },
+        status=202,
+    )
+    response["Location"] = reverse("escrow-detail", kwargs={"escrow_id": result.escrow_id})
+    return response
+
+
+def _validated(serializer_class: type[drf_serializers.Serializer], request: Request) -> dict[str, Any]:
+    data = request.data if request.body else {}
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+def _user_actor(request: Request) -> Actor:
+    return Actor(kind=ActorKind.USER, user_id=request.user.pk)
+
+
+def _staff_or_user_actor(request: Request, escrow_id: uuid.UUID) -> Actor:
+    """Staff act as staff on escrows they are not party to; on their own trades they are a party."""
+    if is_staff_member(request.user):
+        view = selectors.escrow_view_get(escrow_id=str(escrow_id))
+        if view is None or request.user.pk not in (view.buyer_id, view.seller_id):
+            return Actor(kind=ActorKind.STAFF, user_id=request.user.pk)
+    return _user_actor(request)
+
+
+def _can_read(request: Request, view: EscrowView) -> bool:
+    return request.user.pk in (view.buyer_id, view.seller_id) or is_staff_member(request.user)
+
+
+def _render_escrow(request: Request, view: EscrowView) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": str(view.escrow_id),
+        "state": view.state,
+        "amount": io.minor_to_decimal_string(view.amount_minor, view.currency),
+        "currency": view.currency,
+        "description": view.description,
+        "buyer": view.buyer_id,
+        "seller": view.seller_id,
+        "inspection_period_hours": view.inspection_period_hours,
+        "funding_deadline": view.funding_deadline.isoformat() if view.funding_deadline else None,
+        "inspection_deadline": view.inspection_deadline.isoformat() if view.inspection_deadline else None,
+        "paid_to_seller": io.minor_to_decimal_string(view.paid_to_seller_minor, view.currency),
+        "refunded": io.minor_to_decimal_string(view.refunded_minor, view.currency),
+        "fee": io.minor_to_decimal_string(view.fee_minor, view.currency),
+        "version": view.version,
+        "created_at": view.created_at.isoformat(),
+        "updated_at": view.updated_at.isoformat(),
+        "links": _links(request, view.escrow_id),
+    }
+    if request.user.pk == view.buyer_id and view.state == "AWAIT_FUNDS":
+        instructions = payments.payment_instructions(str(view.escrow_id))
+        if instructions is not None:
+            body["payment"] = {
+                "provider": instructions.provider,
+                "status": instructions.status,
+                "client_secret": instructions.client_secret or None,
+                "deposit_address": instructions.deposit_address or None,
+            }
+    return body
+
+
+class EscrowCollection(APIView):
+    @extend_schema(
+        operation_id="escrows_list",
+        parameters=[
+            OpenApiParameter("role", str, enum=["buyer", "seller"]),
+            OpenApiParameter("state", str, enum=sorted(ESCROW_STATES)),
+            OpenApiParameter("limit", int),
+            OpenApiParameter("offset", int),
+        ],
+        responses={200: inline_serializer("EscrowPage", {
+            "count": drf_serializers.IntegerField(),
+            "results": io.EscrowOutput(many=True),
+            "next": drf_serializers.CharField(allow_null=True),
+        })},
+    )
+    def get(self, request: Request) -> Response:
+        params = request.query_params
+        unknown = sorted(set(params) - {"role", "state", "limit", "offset"})
+        if unknown:
+            raise Problem(400, "validation_error", "unknown query parameter",
+                          errors=[{"field": name, "detail": "unknown query parameter"} for name in unknown])
+        role = params.get("role")
+        state = params.get("state")
+        if role is not None and role not in ("buyer", "seller"):
+            raise Problem(400, "validation_error", "invalid role", errors=[{"field": "role", "detail": "must be buyer or seller"}])
+        if state is not None and state not in ESCROW_STATES:
+            raise Problem(400, "validation_error", "invalid state", errors=[{"field": "state", "detail": "unknown state"}])
+        limit = _int_param(params, "limit", default=20, low=1, high=100)
+        offset = _int_param(params, "offset", default=0, low=0, high=1_000_000)
+        views = selectors.escrow_views_for_user(user_id=request.user.pk, role=role, state=state)
+        count = views.count()
+        page = list(views[offset:offset + limit])
+        next_link = None
+        if offset + limit < count:
+            query = request.query_params.copy()
+            query["offset"] = str(offset + limit)
+            query["limit"] = str(limit)
+            next_link = f"{request.path}?{query.urlencode()}"
+        return Response({"count": count, "results": [_render_escrow(request, v) for v in page], "next": next_link})
+
+    @extend_schema(operation_id="escrows_create", request=io.CreateEscrowInput, responses={202: io.CommandAccepted})
+    def post(self, request: Request) -> Response:
+        raw = request.body
+
+        def mutate(command_id: uuid.UUID) -> Response:
+            data = _validated(io.CreateEscrowInput, request)
+            command = escrow_v1.CreateEscrow(
+                escrow_id=str(uuid.uuid5(command_id, "escrow")),
+                buyer_id=request.user.pk,
+                seller_id=data["seller"].pk,
+                amount=Money(amount_minor=data["amount_minor"], currency=data["currency"]),
+                description=data["description"],
+                inspection_period_hours=data.get("inspection_period_hours", 0),
+                actor=_user_actor(request),
+            )
+            return _accepted(request, dispatch(command, command_id=command_id))
+
+        return run_idempotent(request, raw, mutate)
+
+
+def _int_param(params: Any, name: str, *, default: int, low: int, high: int) -> int:
+    value = params.get(name)
+    if value is None:
+        return default
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise Problem(400, "validation_error", f"invalid {name}",
+                      errors=[{"field": name, "detail": f"must be an integer from {low} to {high}"}])
+    return int(value)
+
+
+class EscrowDetail(APIView):
+    @extend_schema(operation_id="escrows_retrieve", responses={200: io.EscrowOutput})
+    def get(self, request: Request, escrow_id: uuid.UUID) -> Response:
+        view = selectors.escrow_view_get(escrow_id=str(escrow_id))
+        if view is None or not _can_read(request, view):
+            raise Problem(404, "escrow_not_found", "no such escrow")
+        return Response(_render_escrow(request, view))
+
+
+class EscrowEvents(APIView):
+    @extend_schema(operation_id="escrows_events", responses={200: io.TimelineOutput(many=True)})
+    def get(self, request: Request, escrow_id: uuid.UUID) -> Response:
+        view = selectors.escrow_view_get(escrow_id=str(escrow_id))
+        if view is None or not _can_read(request, view):
+            raise Problem(404, "escrow_not_found", "no such escrow")
+        entries = selectors.escrow_timeline(escrow_id=str(escrow_id))
+        return Response([
+            {
+                "version": entry.version,
+                "type": entry.type,
+                "occurred_at": entry.occurred_at.isoformat(),
+                "actor": {"kind": entry.actor_kind, "user_id": entry.actor_id},
+                "data": entry.data,
+            }
+            for entry in entries
+        ])
+
+
+class EscrowAction(APIView):
+    """POST /escrows/{id}/<action>: one command each."""
+
+    input_class: type[drf_serializers.Serializer] = io.EmptyInput
+
+    def build(self, request: Request, escrow_id: uuid.UUID, data: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def post(self, request: Request, escrow_id: uuid.UUID) -> Response:
+        raw = request.body
+
+        def mutate(command_id: uuid.UUID) -> Response:
+            data = _validated(self.input_class, request)
+            command = self.build(request, escrow_id, data)
+            return _accepted(request, dispatch(command, command_id=command_id))
+
+        return run_idempotent(request, raw, mutate)
+
+
+class DeliverEscrow(EscrowAction):
+    @extend_schema(operation_id="escrows_deliver", request=None, responses={202: io.CommandAccepted})
+    def post(self, request: Request, escrow_id: uuid.UUID) -> Response:
+        return super().post(request, escrow_id)
+
+    def build(self, request: Request, escrow_id: uuid.UUID, data: dict[str, Any]) -> Any:
+        return escrow_v1.MarkDelivered(escrow_id=str(escrow_id), actor=_user_actor(request))
+
+
+class ReleaseEscrow(EscrowAction):
+    @extend_schema(operation_id="escrows_release", request=None, responses={202: io.CommandAccepted})
+    def post(self, request: Request, escrow_id: uuid.UUID) -> Response:
+        return super().post(request, escrow_id)
+
+    def build(self, request: Request, escrow_id: uuid.UUID, data: dict[str, Any]) -> Any:
+        return escrow_v1.ReleaseFunds(escrow_id=str(escrow_id), actor=_staff_or_user_actor(request, escrow_id))
+
+
+class CancelEscrow(EscrowAction):
+    input_class = io.CancelInput
+
+    @extend_schema(operation_id="escrows_cancel", request=io.CancelInput, responses={202: io.CommandAccepted})
+    def post(self, request: Request, escrow_id: uuid.UUID) -> Response:
+        return super().post(request, escrow_id)
+
+    def build(self, request: Request, escrow_id: uuid.UUID, data: dict[str, Any]) -> Any:
+        return escrow_v1.CancelEscrow(
+            escrow_id=str(escrow_id), actor=_staff_or_user_actor(request, escrow_id), reason=data.get("reason", "")
+        )
+
+
+class DisputeEscrow(EscrowAction):
+    input_class = io.DisputeInput
+
+    @extend_schema(operation_id="escrows_dispute", request=io.DisputeInput, responses={202: io.CommandAccepted})
+    def post(self, request: Request, escrow_id: uuid.UUID) -> Response:
+        return super().post(request, escrow_id)
+
+    def build(self, request: Request, escrow_id: uuid.UUID, data: dict[str, Any]) -> Any:
+        return escrow_v1.OpenDispute(escrow_id=str(escrow_id), actor=_user_actor(request), reason=data["reason"])
+
+
+class ResolveEscrow(EscrowAction):
+    input_class = io.ResolveInput
+
+    @extend_schema(operation_id="escrows_resolve", request=io.ResolveInput, responses={202: io.CommandAccepted})
+    def post(self, request: Request, escrow_id: uuid.UUID) -> Response:
+        return super().post(request, escrow_id)
+
+    def build(self, request: Request, escrow_id: uuid.UUID, data: dict[str, Any]) -> Any:
+        actor = (Actor(kind=ActorKind.STAFF, user_id=request.user.pk) if is_staff_member(request.user)
+                 else _user_actor(request))
+        seller_amount = None
+        if data["outcome"] == "split":
+            view = selectors.escrow_view_get(escrow_id=str(escrow_id))
+            currency = view.currency if view is not None else "USD"
+            try:
+                minor = io.parse_amount(data["seller_amount"], currency=currency)
+            except drf_serializers.ValidationError as exc:
+                raise drf_serializers.ValidationError({"seller_amount": exc.detail}) from None
+            seller_amount = Money(amount_minor=minor, currency=currency)
+        return escrow_v1.ResolveDispute(
+            escrow_id=str(escrow_id),
+            actor=actor,
+            outcome=OUTCOMES[data["outcome"]],
+            seller_amount=seller_amount,
+            note=data.get("note", ""),
+        )
+
+
+class SandboxPay(APIView):
+    @extend_schema(operation_id="sandbox_pay", request=None, responses={202: io.CommandAccepted})
+    def post(self, request: Request, escrow_id: uuid.UUID) -> Response:
+        if request.body and request.body.strip() not in (b"", b"{}"):
+            raise Problem(400, "validation_error", "this endpoint takes no body",
+                          errors=[{"field": "body", "detail": "must be empty"}])
+        view = selectors.escrow_view_get(escrow_id=str(escrow_id))
+        if view is None or request.user.pk not in (view.buyer_id, view.seller_id):
+            raise Problem(404, "escrow_not_found", "no such escrow")
+        if request.user.pk != view.buyer_id:
+            raise Problem(403, "not_allowed", "only the buyer can pay", state=view.state)
+        if view.state != "AWAIT_FUNDS":
+            raise Problem(409, "invalid_transition", f"the escrow is {view.state}, not awaiting funds", state=view.state)
+        try:
+            outcome = payments.sandbox_pay(str(escrow_id))
+        except payments.SandboxUnavailable as exc:
+            raise Problem(409, "sandbox_unavailable", str(exc), state=view.state) from None
+        if outcome.http_status >= 400:
+            raise Problem(outcome.http_status, "payment_failed", outcome.detail)
+        view.refresh_from_db()
+        response = Response({"escrow_id": str(escrow_id), "state": view.state, "webhook": outcome.status,
+                             "links": _links(request, escrow_id)}, status=202)
+        response["Location"] = reverse("escrow-detail", kwargs={"escrow_id": escrow_id})
+        return response
+
+
+# --- provider webhooks: plain Django views, so the raw body reaches the verifier untouched -----------
+
+
+def _webhook(request: HttpRequest, provider: str) -> JsonResponse:
+    outcome = payments.webhook_receive(provider=provider, body=request.body, headers=request.headers)
+    if outcome.http_status >= 400:
+        code = {400: "invalid_signature", 404: "provider_disabled", 413: "body_too_large"}.get(
+            outcome.http_status, "webhook_failed"
+        )
+        return JsonResponse(problem_body(outcome.http_status, code, outcome.detail), status=outcome.http_status,
+                            content_type=CONTENT_TYPE)
+    return JsonResponse({"status": outcome.status, "detail": outcome.detail}, status=outcome.http_status)
+
+
+@csrf_exempt
+@require_POST
+def stripe_webhook(request: HttpRequest) -> JsonResponse:
+    return _webhook(request, "stripe")
+
+
+@csrf_exempt
+@require_POST
+def custodian_webhook(request: HttpRequest) -> JsonResponse:
+    return _webhook(request, "custodian")
+
+
+# --- operations ------------------------------------------------------------------------------------------
+
+
+class Health(APIView):
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(operation_id="health", responses={200: inline_serializer("Health", {"status": drf_serializers.CharField()})})
+    def get(self, request: Request) -> Response:
+        return Response({"status": "ok"})
+
+
+class Ready(APIView):
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(operation_id="ready", responses={200: inline_serializer("Ready", {
+        "status": drf_serializers.CharField(), "database": drf_serializers.CharField(),
+        "bus_lag": drf_serializers.DictField(child=drf_serializers.IntegerField())})})
+    def get(self, request: Request) -> Response:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            lags = {sub.name: bus.lag(sub) for sub in bus.outbox_subscribers()}
+        except Exception as exc:  # noqa: BLE001 - readiness reports, it does not raise
+            return Response(problem_body(503, "not_ready", f"database unavailable: {type(exc).__name__}"),
+                            status=503, content_type=CONTENT_TYPE)
+        return Response({"status": "ready", "database": "ok", "bus_lag": lags})
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return JsonResponse(problem_body(404, "not_found", "no such resource"), status=404, content_type=CONTENT_TYPE)
+
+
+def server_error(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(problem_body(500, "internal_error", "something went wrong on our side; retry later"),
+                        status=500, content_type=CONTENT_TYPE)
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return JsonResponse(problem_body(400, "bad_request", "the request could not be understood"), status=400,
+                        content_type=CONTENT_TYPE)
+
+
+

@@ -1,0 +1,106 @@
+"""Every event the notifications service reacts to: escrow state changes that concern the buyer or the
+seller become a Notification row each (one per event and user, however often the event arrives)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+from apps.notifications.models import EscrowParties, Notification
+from apps.outbox.bus import Delivery, Subscriber
+from proto.escrow import v1 as escrow_v1
+
+BUYER, SELLER = "buyer", "seller"
+
+
+def _amount(money: object) -> str:
+    minor = getattr(money, "amount_minor", 0)
+    return f"{minor // 100}.{minor % 100:02d} {getattr(money, 'currency', '')}".strip()
+
+
+def _link(escrow_id: str) -> str:
+    return f"{settings.PUBLIC_BASE_URL}/api/v1/escrows/{escrow_id}"
+
+
+def _notify(delivery: Delivery, kind: str, texts: dict[str, str]) -> None:
+    parties = EscrowParties.objects.filter(escrow_id=delivery.aggregate_id).first()
+    if parties is None:
+        return
+    users = {BUYER: parties.buyer_id, SELLER: parties.seller_id}
+    for role, text in texts.items():
+        Notification.objects.get_or_create(
+            event_id=delivery.event_id,
+            user_id=users[role],
+            defaults={"escrow_id": delivery.aggregate_id, "kind": kind, "text": f"{text} {_link(delivery.aggregate_id)}"},
+        )
+
+
+def on_created(event: escrow_v1.EscrowCreated, delivery: Delivery) -> None:
+    EscrowParties.objects.get_or_create(
+        escrow_id=event.escrow_id, defaults={"buyer_id": event.buyer_id, "seller_id": event.seller_id}
+    )
+    amount = _amount(event.amount)
+    _notify(delivery, "escrow_created", {
+        BUYER: f"Escrow for {amount} created. Next: pay it before the funding deadline.",
+        SELLER: f"A buyer opened an escrow for {amount}. Wait for the funds before you deliver.",
+    })
+
+
+def on_funds_held(event: escrow_v1.EscrowFundsHeld, delivery: Delivery) -> None:
+    _notify(delivery, "funds_held", {
+        BUYER: "Your payment is held in escrow. Next: wait for the seller to deliver.",
+        SELLER: "The buyer's money is held in escrow. Next: deliver the item, then mark it delivered.",
+    })
+
+
+def on_delivered(event: escrow_v1.EscrowDelivered, delivery: Delivery) -> None:
+    _notify(delivery, "delivered", {
+        BUYER: "The seller marked the item delivered. Next: check it and release the funds, or open a dispute.",
+        SELLER: "Marked delivered. The funds are released when the buyer confirms or the inspection period ends.",
+    })
+
+
+def on_released(event: escrow_v1.EscrowReleased, delivery: Delivery) -> None:
+    _notify(delivery, "released", {
+        BUYER: "The escrow is complete: the funds went to the seller.",
+        SELLER: f"{_amount(event.paid_to_seller)} is on its way to you.",
+    })
+
+
+def on_cancelled(event: escrow_v1.EscrowCancelled, delivery: Delivery) -> None:
+    _notify(delivery, "cancelled", {BUYER: "The escrow was cancelled.", SELLER: "The escrow was cancelled."})
+
+
+def on_refunded(event: escrow_v1.EscrowRefunded, delivery: Delivery) -> None:
+    _notify(delivery, "refunded", {
+        BUYER: f"{_amount(event.amount)} was refunded to you.",
+        SELLER: "The buyer was refunded.",
+    })
+
+
+def on_disputed(event: escrow_v1.EscrowDisputed, delivery: Delivery) -> None:
+    _notify(delivery, "disputed", {
+        BUYER: "A dispute is open. Our staff will review it; the funds stay held.",
+        SELLER: "A dispute is open. Our staff will review it; the funds stay held.",
+    })
+
+
+def on_dispute_resolved(event: escrow_v1.EscrowDisputeResolved, delivery: Delivery) -> None:
+    _notify(delivery, "dispute_resolved", {
+        BUYER: f"The dispute was resolved: {_amount(event.buyer_amount)} back to you.",
+        SELLER: f"The dispute was resolved: {_amount(event.seller_amount)} (before fees) to you.",
+    })
+
+
+SUBSCRIBER = Subscriber(
+    name="notifications",
+    handlers={
+        escrow_v1.EscrowCreated: on_created,
+        escrow_v1.EscrowFundsHeld: on_funds_held,
+        escrow_v1.EscrowDelivered: on_delivered,
+        escrow_v1.EscrowReleased: on_released,
+        escrow_v1.EscrowCancelled: on_cancelled,
+        escrow_v1.EscrowRefunded: on_refunded,
+        escrow_v1.EscrowDisputed: on_disputed,
+        escrow_v1.EscrowDisputeResolved: on_dispute_resolved,
+    },
+)

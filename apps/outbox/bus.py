@@ -1,0 +1,442 @@
+"""The in-process bus: delivers outbox messages to subscribers in commit order.
+
+Guarantees (see docs/messaging.md):
+- at least once, in per-escrow order, after any crash: a subscriber's checkpoint and dedupe record are
+  committed in the same transaction as its handler's effect (exactly-once effect for database work);
+- no message is skipped when transactions commit out of order: on PostgreSQL a reader only takes rows
+  written by transactions older than every transaction still running (the xid watermark), in
+  (txid, id) order; SQLite has one writer at a time, so insertion order is commit order;
+- woken on commit (in-process event, PostgreSQL NOTIFY for other processes), with a polling worker that
+  catches up after a crash;
+- a handler that keeps failing is retried with backoff, then dead-lettered, and the subscriber moves on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+import uuid
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import betterproto2
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
+from django.db.models.expressions import RawSQL
+from django.utils import timezone
+
+from apps.outbox import context, messages
+from apps.outbox.models import DeadLetter, OutboxMessage, ProcessedMessage, SubscriberCheckpoint
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "outbox"
+# How long a drain waits for older in-flight transactions before leaving newer rows to the next wake.
+HOLD_BACK_WAIT_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The envelope of a message as a handler sees it."""
+
+    event_id: uuid.UUID
+    type: str
+    topic: str
+    key: str
+    aggregate_id: str
+    aggregate_version: int
+    occurred_at: Any
+    correlation_id: str = ""
+    causation_id: str = ""
+    traceparent: str = ""
+
+    @classmethod
+    def of(cls, row: OutboxMessage) -> Delivery:
+        return cls(
+            event_id=row.event_id,
+            type=row.type,
+            topic=row.topic,
+            key=row.key,
+            aggregate_id=row.aggregate_id,
+            aggregate_version=row.aggregate_version,
+            occurred_at=row.occurred_at,
+            correlation_id=row.correlation_id,
+            causation_id=row.causation_id,
+            traceparent=row.traceparent,
+        )
+
+
+@dataclass(frozen=True)
+class ExternalEffect:
+    """A handler whose effect leaves the process (a provider API call).
+
+    `prepare` runs outside any transaction and must be idempotent (it passes a key derived from the
+    event id to the provider); `apply` records its result inside the subscriber's transaction.
+    """
+
+    prepare: Callable[[Any, Delivery], Any]
+    apply: Callable[[Any, Delivery, Any], None]
+
+
+Handler = Callable[[Any, Delivery], None] | ExternalEffect
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    """One app's reaction to messages: message class -> handler. Reading an app's `handlers` module
+    tells every message it reacts to."""
+
+    name: str
+    handlers: Mapping[type[betterproto2.Message], Handler]
+    topics: frozenset[str] = field(init=False)
+    types: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "topics", frozenset(messages.topic_for(cls()) for cls in self.handlers))
+        object.__setattr__(self, "types", frozenset(messages.type_name(cls) for cls in self.handlers))
+
+    def handler_for(self, type_name: str) -> Handler | None:
+        if type_name not in self.types:
+            return None
+        return self.handlers[messages.message_class(type_name)]
+
+
+_registry: dict[str, Subscriber] = {}
+
+
+def register(subscriber: Subscriber) -> None:
+    _registry[subscriber.name] = subscriber
+
+
+def subscribers() -> list[Subscriber]:
+    return list(_registry.values())
+
+
+def outbox_subscribers() -> list[Subscriber]:
+    """The subscribers this process feeds from the outbox (an app consumed from Kafka is not)."""
+    enabled = set(settings.BUS_OUTBOX_SUBSCRIBERS)
+    return [sub for name, sub in _registry.items() if name in enabled]
+
+
+def get_subscriber(name: str) -> Subscriber:
+    try:
+        return _registry[name]
+    except KeyError:
+        raise LookupError(f"no subscriber named {name!r}; known: {sorted(_registry)}") from None
+
+
+# --- applying one message -------------------------------------------------------------------------
+
+
+def already_processed(subscriber: Subscriber, delivery: Delivery) -> bool:
+    return ProcessedMessage.objects.filter(subscriber=subscriber.name, event_id=delivery.event_id).exists()
+
+
+def prepare_message(subscriber: Subscriber, message: betterproto2.Message, delivery: Delivery) -> Any:
+    """The outside-the-transaction half of an `ExternalEffect` handler (None for the others)."""
+    handler = subscriber.handler_for(delivery.type)
+    if not isinstance(handler, ExternalEffect) or already_processed(subscriber, delivery):
+        return None
+    with context.bound(_trace_for(delivery)):
+        return handler.prepare(message, delivery)
+
+
+def _trace_for(delivery: Delivery) -> context.TraceContext:
+    return context.TraceContext(
+        correlation_id=delivery.correlation_id,
+        causation_id=str(delivery.event_id),
+        traceparent=context.child_traceparent(delivery.traceparent),
+    )
+
+
+def apply_message(
+    subscriber: Subscriber, message: betterproto2.Message, delivery: Delivery, prepared: Any = None
+) -> bool:
+    """Runs the subscriber's handler and records it as processed, in the caller's transaction.
+
+    Returns False (and does nothing) if this subscriber already processed the message. The check reads
+    before the handler writes, so the handler's first write is its own lock (see escrow's lock order);
+    the unique constraint on the record is the final guard against a concurrent duplicate.
+    """
+    handler = subscriber.handler_for(delivery.type)
+    if handler is None:
+        return False
+    if already_processed(subscriber, delivery):
+        return False
+    with context.bound(_trace_for(delivery)):
+        if isinstance(handler, ExternalEffect):
+            handler.apply(message, delivery, prepared)
+        else:
+            handler(message, delivery)
+    ProcessedMessage.objects.create(subscriber=subscriber.name, event_id=delivery.event_id)
+    return True
+
+
+def handle_with_dedupe(subscriber: Subscriber, message: betterproto2.Message, delivery: Delivery) -> bool:
+    """One message in its own transaction, for consumers outside the outbox (Kafka). A duplicate that
+    races past the existence check loses on the unique constraint and is a no-op."""
+    prepared = prepare_message(subscriber, message, delivery)
+    try:
+        with transaction.atomic():
+            return apply_message(subscriber, message, delivery, prepared)
+    except IntegrityError:
+        if ProcessedMessage.objects.filter(subscriber=subscriber.name, event_id=delivery.event_id).exists():
+            return False
+        raise
+
+
+# --- reading the outbox in commit order -----------------------------------------------------------
+
+
+def _checkpoint(name: str) -> SubscriberCheckpoint:
+    checkpoint, _ = SubscriberCheckpoint.objects.get_or_create(subscriber=name)
+    return checkpoint
+
+
+def _after(txid: int, row_id: int) -> Q:
+    return Q(txid__gt=txid) | Q(txid=txid, id__gt=row_id)
+
+
+_WATERMARK = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+
+
+def pending_rows(subscriber: Subscriber, txid: int, row_id: int, limit: int) -> list[OutboxMessage]:
+    rows = OutboxMessage.objects.filter(_after(txid, row_id), topic__in=subscriber.topics)
+    if connection.vendor == "postgresql":
+        rows = rows.filter(txid__lt=RawSQL(_WATERMARK, []))
+    return list(rows.order_by("txid", "id")[:limit])
+
+
+def _held_back(subscriber: Subscriber, txid: int, row_id: int) -> bool:
+    """Committed rows this subscriber cannot take yet because an older transaction is still open."""
+    if connection.vendor != "postgresql":
+        return False
+    return (
+        OutboxMessage.objects.filter(_after(txid, row_id), topic__in=subscriber.topics)
+        .filter(txid__gte=RawSQL(_WATERMARK, []))
+        .exists()
+    )
+
+
+def lag(subscriber: Subscriber) -> int:
+    checkpoint = _checkpoint(subscriber.name)
+    return OutboxMessage.objects.filter(
+        _after(checkpoint.last_txid, checkpoint.last_id), topic__in=subscriber.topics
+    ).count()
+
+
+# --- one drainer per subscriber -------------------------------------------------------------------
+
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+_pending: dict[str, bool] = {}
+_local = threading.local()
+
+
+def _lock_for(name: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(name, threading.Lock())
+
+
+@contextmanager
+def _exclusive(name: str) -> Iterator[bool]:
+    """Held by at most one thread in this process and, on PostgreSQL, one process (advisory lock; it
+    assigns no transaction id, so it cannot disturb the watermark)."""
+    lock = _lock_for(name)
+    if not lock.acquire(blocking=False):
+        yield False
+        return
+    try:
+        if connection.vendor == "postgresql":
+            key = zlib.crc32(f"bus:{name}".encode())
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+                acquired = cursor.fetchone()[0]
+            if not acquired:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
+        else:
+            yield True
+    finally:
+        lock.release()
+
+
+def drain_subscriber(subscriber: Subscriber) -> int:
+    """Delivers every message this subscriber can take now. Returns how many it handled.
+
+    If another thread is already draining it, asks that thread for one more pass and returns 0.
+    """
+    handled = 0
+    while True:
+        _pending[subscriber.name] = False
+        with _exclusive(subscriber.name) as acquired:
+            if not acquired:
+                _pending[subscriber.name] = True
+                return handled
+            handled += _drain_locked(subscriber)
+        if not _pending.get(subscriber.name):
+            return handled
+
+
+def _drain_locked(subscriber: Subscriber) -> int:
+    checkpoint = _checkpoint(subscriber.name)
+    txid, row_id = checkpoint.last_txid, checkpoint.last_id
+    handled = 0
+    waited = 0.0
+    while True:
+        rows = pending_rows(subscriber, txid, row_id, settings.BUS_BATCH_SIZE)
+        if not rows:
+            if waited < HOLD_BACK_WAIT_SECONDS and _held_back(subscriber, txid, row_id):
+                time.sleep(0.002)
+                waited += 0.002
+                continue
+            return handled
+        waited = 0.0
+        skipped: OutboxMessage | None = None
+        for row in rows:
+            if subscriber.handler_for(row.type) is None:
+                skipped = row
+                continue
+            if skipped is not None:
+                _save_checkpoint(subscriber.name, skipped)
+                skipped = None
+            if _deliver(subscriber, row):
+                handled += 1
+            txid, row_id = row.txid, row.id
+        if skipped is not None:
+            _save_checkpoint(subscriber.name, skipped)
+            txid, row_id = skipped.txid, skipped.id
+
+
+def _save_checkpoint(name: str, row: OutboxMessage) -> None:
+    SubscriberCheckpoint.objects.filter(subscriber=name).update(
+        last_txid=row.txid, last_id=row.id, updated_at=timezone.now()
+    )
+
+
+def _deliver(subscriber: Subscriber, row: OutboxMessage) -> bool:
+    """Applies one row with retries; dead-letters it when they run out. The checkpoint moves in the
+    same transaction as the effect (or the dead letter)."""
+    delivery = Delivery.of(row)
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            message = messages.decode(row.type, row.payload)
+            prepared = prepare_message(subscriber, message, delivery)
+            with transaction.atomic():
+                applied = apply_message(subscriber, message, delivery, prepared)
+                _save_checkpoint(subscriber.name, row)
+            return applied
+        except Exception as exc:  # noqa: BLE001 - any handler failure is retried, then dead-lettered
+            if attempts >= settings.BUS_MAX_ATTEMPTS:
+                _dead_letter(subscriber, row, attempts, exc)
+                return False
+            delay = settings.BUS_RETRY_BASE_SECONDS * (4 ** (attempts - 1))
+            log.warning(
+                "bus handler failed, will retry",
+                extra={
+                    "subscriber": subscriber.name,
+                    "type": row.type,
+                    "escrow_id": row.aggregate_id,
+                    "event_id": str(row.event_id),
+                    "attempt": attempts,
+                    "retry_in_s": delay,
+                    "error": repr(exc),
+                },
+            )
+            time.sleep(delay)
+
+
+def _dead_letter(subscriber: Subscriber, row: OutboxMessage, attempts: int, exc: Exception) -> None:
+    error = "".join(traceback.format_exception(exc))[-8000:]
+    with transaction.atomic():
+        DeadLetter.objects.get_or_create(
+            subscriber=subscriber.name,
+            event_id=row.event_id,
+            defaults={
+                "message": row,
+                "type": row.type,
+                "aggregate_id": row.aggregate_id,
+                "attempts": attempts,
+                "error": error,
+            },
+        )
+        _save_checkpoint(subscriber.name, row)
+    log.error(
+        "bus message dead-lettered",
+        extra={
+            "subscriber": subscriber.name,
+            "type": row.type,
+            "escrow_id": row.aggregate_id,
+            "event_id": str(row.event_id),
+            "attempts": attempts,
+            "error": repr(exc),
+        },
+    )
+
+
+def replay_dead_letter(dead_letter: DeadLetter) -> bool:
+    """Runs the handler again for a dead letter (after a fix). Raises if it still fails."""
+    subscriber = get_subscriber(dead_letter.subscriber)
+    row = dead_letter.message
+    message = messages.decode(row.type, row.payload)
+    prepared = prepare_message(subscriber, message, Delivery.of(row))
+    with transaction.atomic():
+        locked = DeadLetter.objects.select_for_update().get(pk=dead_letter.pk)
+        if locked.status != DeadLetter.Status.OPEN:
+            return False
+        apply_message(subscriber, message, Delivery.of(row), prepared)
+        locked.status = DeadLetter.Status.REPLAYED
+        locked.resolved_at = timezone.now()
+        locked.save(update_fields=["status", "resolved_at"])
+    return True
+
+
+def drain(names: list[str] | None = None) -> int:
+    """Drains the given (default: this process's outbox) subscribers until none has anything left."""
+    selected = [get_subscriber(n) for n in names] if names else outbox_subscribers()
+    total = 0
+    while True:
+        handled = sum(drain_subscriber(sub) for sub in selected)
+        total += handled
+        if not handled:
+            return total
+
+
+# --- waking ---------------------------------------------------------------------------------------
+
+_wake_event = threading.Event()
+
+
+def wake() -> None:
+    """Called after a transaction that wrote outbox rows commits."""
+    _wake_event.set()
+    if settings.BUS_INLINE_DISPATCH:
+        if getattr(_local, "draining", False):
+            # Already inside a drain on this thread: the outer loop picks the new rows up.
+            for sub in outbox_subscribers():
+                _pending[sub.name] = True
+            return
+        _local.draining = True
+        try:
+            drain()
+        finally:
+            _local.draining = False
+
+
+def wait_for_wake(timeout: float) -> bool:
+    woke = _wake_event.wait(timeout)
+    _wake_event.clear()
+    return woke

@@ -1,0 +1,56 @@
+"""Request-scoped tracing context that every message written during the request carries."""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TraceContext:
+    correlation_id: str = ""
+    causation_id: str = ""
+    traceparent: str = ""
+
+
+_current: contextvars.ContextVar[TraceContext] = contextvars.ContextVar("trace_context", default=TraceContext())
+_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
+
+def current() -> TraceContext:
+    return _current.get()
+
+
+@contextmanager
+def bound(context: TraceContext) -> Iterator[TraceContext]:
+    token = _current.set(context)
+    try:
+        yield context
+    finally:
+        _current.reset(token)
+
+
+def valid_traceparent(value: str) -> bool:
+    match = _TRACEPARENT.match(value or "")
+    return bool(match) and match.group(1) != "0" * 32 and match.group(2) != "0" * 16
+
+
+def new_traceparent() -> str:
+    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
+
+
+def child_traceparent(parent: str) -> str:
+    """A new span in the same trace (W3C trace-context): same trace id, new parent id."""
+    if not valid_traceparent(parent):
+        return new_traceparent()
+    _, trace_id, _, flags = parent.split("-")
+    return f"00-{trace_id}-{os.urandom(8).hex()}-{flags}"
+
+
+def new_correlation_id() -> str:
+    return str(uuid.uuid4())

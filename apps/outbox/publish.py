@@ -1,0 +1,72 @@
+"""Writing to the outbox: the only way any app sends a message. Call it inside the transaction that
+changes the state the message reports; the message exists if and only if that transaction commits."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+
+import betterproto2
+from django.db import connection, transaction
+from django.utils import timezone
+
+from apps.outbox import context, messages
+from apps.outbox.models import OutboxMessage
+
+
+def outbox_append(
+    *,
+    message: betterproto2.Message,
+    aggregate_id: str,
+    aggregate_version: int,
+    event_id: uuid.UUID | None = None,
+    key: str | None = None,
+    causation_id: str = "",
+    occurred_at: datetime.datetime | None = None,
+) -> OutboxMessage:
+    if not connection.in_atomic_block:
+        raise RuntimeError("outbox_append must run inside the transaction that changes the state")
+    name = messages.type_name(message)
+    trace = context.current()
+    row = OutboxMessage.objects.create(
+        event_id=event_id or messages.deterministic_id(aggregate_id, aggregate_version, name),
+        topic=messages.topic_for(message),
+        key=key if key is not None else aggregate_id,
+        type=name,
+        aggregate_id=aggregate_id,
+        aggregate_version=aggregate_version,
+        payload=bytes(message),
+        occurred_at=occurred_at or timezone.now(),
+        correlation_id=trace.correlation_id,
+        causation_id=causation_id or trace.causation_id,
+        traceparent=trace.traceparent,
+    )
+    _wake_subscribers_on_commit()
+    return row
+
+
+def _wake_subscribers_on_commit() -> None:
+    """Once per transaction: NOTIFY other processes (delivered by PostgreSQL at commit), and wake this
+    process's bus after commit."""
+    from apps.outbox import bus
+
+    if any(func is bus.wake for _, func, _ in connection.run_on_commit):
+        return
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, '')", [bus.NOTIFY_CHANNEL])
+    # robust: the transaction has committed; a failing in-process drain must not turn the caller's
+    # answer into an error (the worker catches up, and the failure is logged).
+    transaction.on_commit(bus.wake, robust=True)
+
+
+def stream_lock(key: str) -> None:
+    """Serialises the writers of one message stream (an escrow's messages, on every topic).
+
+    Take it first in a transaction, before any other write: it is a transaction-level advisory lock and
+    assigns no transaction id, so a transaction that waited gets its id after the holder committed,
+    and (txid, id) delivery order is the stream's order. SQLite has one writer at a time already.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"stream:{key}"])

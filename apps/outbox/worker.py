@@ -1,0 +1,86 @@
+"""The bus worker: drains the outbox subscribers, fires due escrow timers, then sleeps until a commit
+wakes it (in-process event, or PostgreSQL NOTIFY from other processes) or the poll interval passes.
+After a crash it simply starts from each subscriber's committed checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+
+from apps.outbox import bus
+
+log = logging.getLogger(__name__)
+
+
+class BusWorker:
+    def __init__(self, *, ticks: list[Callable[[], int]] | None = None, poll_seconds: float | None = None) -> None:
+        self.ticks = ticks or []
+        self.poll_seconds = poll_seconds if poll_seconds is not None else settings.BUS_POLL_SECONDS
+        self.stopping = threading.Event()
+        self.handled = 0
+        self.passes = 0
+        self._listener = None
+
+    def stop(self) -> None:
+        self.stopping.set()
+        bus._wake_event.set()
+
+    def run_once(self) -> int:
+        close_old_connections()
+        handled = bus.drain()
+        for tick in self.ticks:
+            handled += tick()
+        handled += bus.drain()
+        self.passes += 1
+        self.handled += handled
+        return handled
+
+    def run_forever(self) -> None:
+        self._listen()
+        log.info("bus worker started", extra={"subscribers": [s.name for s in bus.outbox_subscribers()],
+                                              "poll_seconds": self.poll_seconds})
+        while not self.stopping.is_set():
+            started = time.perf_counter()
+            try:
+                handled = self.run_once()
+            except Exception:  # noqa: BLE001 - a worker pass failing must not end the worker
+                log.exception("bus worker pass failed")
+                connection.close()
+                handled = 0
+            if handled:
+                log.info("bus worker pass", extra={"handled": handled, "total": self.handled,
+                                                   "ms": round((time.perf_counter() - started) * 1000, 1)})
+            if not handled:
+                self._wait()
+        log.info("bus worker stopped", extra={"handled": self.handled, "passes": self.passes})
+
+    def _listen(self) -> None:
+        if connection.vendor != "postgresql":
+            return
+        import psycopg
+
+        params = connection.get_connection_params()
+        params.pop("cursor_factory", None)
+        params.pop("context", None)
+        try:
+            self._listener = psycopg.connect(**params, autocommit=True)
+            self._listener.execute(f"LISTEN {bus.NOTIFY_CHANNEL}")
+        except Exception:  # noqa: BLE001 - without LISTEN the worker still polls
+            log.exception("LISTEN failed; polling only")
+            self._listener = None
+
+    def _wait(self) -> None:
+        if self._listener is not None:
+            try:
+                for _ in self._listener.notifies(timeout=self.poll_seconds, stop_after=1):
+                    break
+                return
+            except Exception:  # noqa: BLE001
+                log.exception("LISTEN connection lost; polling only")
+                self._listener = None
+        bus.wait_for_wake(self.poll_seconds)

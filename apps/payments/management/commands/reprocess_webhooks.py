@@ -1,0 +1,37 @@
+"""Processes again the stored webhooks that failed (or were received and never finished)."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from django.core.management.base import BaseCommand
+from django.utils import timezone
+
+from apps.payments import webhooks
+from apps.payments.models import WebhookEvent
+
+
+class Command(BaseCommand):
+    help = "Reprocess failed webhooks (and received ones older than a minute)."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("ids", nargs="*", type=int)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        stale = timezone.now() - datetime.timedelta(minutes=1)
+        records = WebhookEvent.objects.filter(status=WebhookEvent.Status.FAILED) | WebhookEvent.objects.filter(
+            status=WebhookEvent.Status.RECEIVED, received_at__lt=stale
+        )
+        if options["ids"]:
+            records = WebhookEvent.objects.filter(pk__in=options["ids"])
+        records = records.order_by("id")
+        total = records.count()
+        for index, record in enumerate(records, start=1):
+            try:
+                outcome = webhooks.reprocess(record)
+                result = outcome.status
+            except Exception as exc:  # noqa: BLE001 - reported per record
+                result = f"error: {exc!r}"
+            self.stdout.write(f"[{index}/{total}] {record.provider} {record.event_type} {record.provider_event_id}: {result}")
+        self.stdout.write(f"{total} webhooks reprocessed")

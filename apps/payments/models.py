@@ -1,0 +1,101 @@
+"""Payments' own records: what we asked providers to do, and every webhook they sent us.
+
+Only provider ids are stored, never card data.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+
+
+class PaymentOrder(models.Model):
+    """The payments service's view of one escrow: what to collect, through which provider, and the
+    sequence number of the payments events it emitted for it."""
+
+    escrow_id = models.UUIDField(primary_key=True)
+    buyer_id = models.BigIntegerField()
+    seller_id = models.BigIntegerField()
+    amount_minor = models.BigIntegerField()
+    currency = models.CharField(max_length=3)
+    provider = models.CharField(max_length=20)
+    version = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.escrow_id} via {self.provider}"
+
+
+class PaymentArtifact(models.Model):
+    """One provider object: a payment (Stripe PaymentIntent / USDC deposit), a transfer or a refund."""
+
+    class Kind(models.TextChoices):
+        PAYMENT = "payment"
+        TRANSFER = "transfer"
+        REFUND = "refund"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    escrow_id = models.UUIDField(db_index=True)
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    provider = models.CharField(max_length=20)
+    provider_id = models.CharField(max_length=255)
+    # Derived from the command's event id; the provider sees the same key on every retry.
+    idempotency_key = models.CharField(max_length=255, unique=True)
+    amount_minor = models.BigIntegerField()
+    fee_minor = models.BigIntegerField(default=0)
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    client_secret = models.CharField(max_length=255, blank=True)
+    deposit_address = models.CharField(max_length=255, blank=True)
+    failure_reason = models.CharField(max_length=1000, blank=True)
+    raw = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "provider_id"], name="one_artifact_per_provider_object"),
+            models.CheckConstraint(condition=Q(amount_minor__gt=0, fee_minor__gte=0), name="artifact_amounts"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.provider}:{self.provider_id} {self.status}"
+
+
+class WebhookEvent(models.Model):
+    """Every webhook request, stored raw before anything else (then verified, deduped, processed)."""
+
+    class Status(models.TextChoices):
+        RECEIVED = "received"
+        REJECTED = "rejected"  # signature missing, forged or stale
+        PROCESSED = "processed"
+        DUPLICATE = "duplicate"
+        IGNORED = "ignored"  # verified, but not about anything of ours (unknown object, other type)
+        FAILED = "failed"  # processing raised: answered 5xx so the provider retries
+
+    provider = models.CharField(max_length=20)
+    provider_event_id = models.CharField(max_length=255, blank=True)
+    event_type = models.CharField(max_length=100, blank=True)
+    body = models.TextField()
+    headers = models.JSONField(default=dict)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.RECEIVED)
+    error = models.TextField(blank=True)
+    received_at = models.DateTimeField(auto_now_add=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["provider", "provider_event_id"],
+                condition=Q(status="processed"),
+                name="webhook_processed_once",
+            )
+        ]
+        indexes = [models.Index(fields=["status", "received_at"], name="webhook_by_status")]
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.event_type} {self.provider_event_id} ({self.status})"

@@ -1,0 +1,60 @@
+"""What other apps may use of the payments service: payment instructions for the buyer, the webhook
+entry point, and the sandbox's simulated payment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from apps.payments import webhooks
+from apps.payments.models import PaymentArtifact
+from apps.payments.providers import sandbox
+from apps.payments.webhooks import WebhookOutcome, webhook_receive
+
+__all__ = ["PaymentInstructions", "WebhookOutcome", "payment_instructions", "sandbox_pay", "webhook_receive"]
+
+
+@dataclass(frozen=True)
+class PaymentInstructions:
+    provider: str
+    status: str
+    client_secret: str
+    deposit_address: str
+
+
+def payment_instructions(escrow_id: str) -> PaymentInstructions | None:
+    artifact = (
+        PaymentArtifact.objects.filter(escrow_id=escrow_id, kind=PaymentArtifact.Kind.PAYMENT)
+        .order_by("created_at")
+        .first()
+    )
+    if artifact is None:
+        return None
+    return PaymentInstructions(
+        provider=artifact.provider,
+        status=artifact.status,
+        client_secret=artifact.client_secret,
+        deposit_address=artifact.deposit_address,
+    )
+
+
+class SandboxUnavailable(Exception):
+    pass
+
+
+def sandbox_pay(escrow_id: str) -> WebhookOutcome:
+    """Simulates the buyer paying in full: the sandbox sends a signed payment_intent.succeeded webhook
+    through the same verified path a real provider's takes."""
+    if settings.PAYMENTS_PROVIDER != "sandbox":
+        raise SandboxUnavailable("the sandbox provider is not enabled")
+    artifact = PaymentArtifact.objects.filter(
+        escrow_id=escrow_id, kind=PaymentArtifact.Kind.PAYMENT, provider=sandbox.SandboxProvider.name
+    ).first()
+    if artifact is None:
+        raise SandboxUnavailable("this escrow has no sandbox payment to pay")
+    obj = {**artifact.raw, "status": "succeeded", "amount_received": artifact.amount_minor}
+    return sandbox.deliver_webhook("payment_intent.succeeded", obj)
+
+
+__all__ += ["SandboxUnavailable", "webhooks"]

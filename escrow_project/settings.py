@@ -1,0 +1,223 @@
+"""Settings for the escrow project: twelve-factor, every value from the environment with a safe default
+for `make run` (SQLite, in-process bus, sandbox payment provider)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return default if value in (None, "") else int(value)
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+DEBUG = env_bool("DEBUG", False)
+# The fallback key only exists so `make run` works out of the box; production sets SECRET_KEY.
+SECRET_KEY = os.environ.get("SECRET_KEY") or "insecure-dev-only-key-change-me-0123456789abcdefghijklmnopqrstuvwxyz"
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "allauth",
+    "allauth.account",
+    "allauth.socialaccount",
+    "allauth.headless",
+    "apps.outbox",
+    "apps.escrow",
+    "apps.payments",
+    "apps.projections",
+    "apps.notifications",
+    "apps.gateway",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "apps.gateway.middleware.RequestContextMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
+]
+
+ROOT_URLCONF = "escrow_project.urls"
+WSGI_APPLICATION = "escrow_project.wsgi.application"
+ASGI_APPLICATION = "escrow_project.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
+        conn_max_age=env_int("DB_CONN_MAX_AGE", 60),
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # One writer at a time: take the write lock when the transaction starts, not on first write, so two
+    # threads never deadlock upgrading read locks; wait for it instead of failing at once.
+    DATABASES["default"]["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 30}
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "allauth.account.auth_backends.AuthenticationBackend",
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# --- Auth: django-allauth headless with its JWT token strategy -------------------------------------
+HEADLESS_ONLY = True
+HEADLESS_TOKEN_STRATEGY = "allauth.headless.tokens.strategies.jwt.JWTTokenStrategy"
+# HS256 with SECRET_KEY unless an RSA private key is configured (then RS256).
+HEADLESS_JWT_PRIVATE_KEY = os.environ.get("JWT_PRIVATE_KEY", "")
+HEADLESS_JWT_ALGORITHM = "RS256" if HEADLESS_JWT_PRIVATE_KEY else "HS256"
+HEADLESS_JWT_ACCESS_TOKEN_EXPIRES_IN = env_int("JWT_ACCESS_TOKEN_EXPIRES_IN", 3600)
+# Stateful: a token dies with its session, and a deactivated user's token stops working at once.
+HEADLESS_JWT_STATEFUL_VALIDATION_ENABLED = True
+HEADLESS_FRONTEND_URLS: dict[str, str] = {}
+ACCOUNT_LOGIN_METHODS = {"username"}
+ACCOUNT_SIGNUP_FIELDS = ["username*", "password1*"]
+ACCOUNT_EMAIL_VERIFICATION = "none"
+SESSION_ENGINE = "django.contrib.sessions.backends.db"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["apps.gateway.auth.BearerJWTAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "EXCEPTION_HANDLER": "apps.gateway.problems.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Escrow API",
+    "DESCRIPTION": "Escrow for high-value game-item trades: money is held until the seller delivers.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+# Request bodies above this size are refused before parsing.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 64 * 1024)
+
+# --- Domain ----------------------------------------------------------------------------------------
+PLATFORM_FEE_BPS = env_int("PLATFORM_FEE_BPS", 250)
+INSPECTION_PERIOD_HOURS = env_int("INSPECTION_PERIOD_HOURS", 72)
+FUNDING_DEADLINE_HOURS = env_int("FUNDING_DEADLINE_HOURS", 24)
+ESCROW_MIN_AMOUNT_MINOR = env_int("ESCROW_MIN_AMOUNT_MINOR", 100)
+ESCROW_MAX_AMOUNT_MINOR = env_int("ESCROW_MAX_AMOUNT_MINOR", 100_000_000)
+ESCROW_CURRENCIES = env_list("ESCROW_CURRENCIES", "USD")
+
+# --- Payments --------------------------------------------------------------------------------------
+PAYMENTS_PROVIDER = os.environ.get("PAYMENTS_PROVIDER", "sandbox")
+STRIPE_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY", "")
+STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
+STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "")
+STRIPE_MAX_AMOUNT_MINOR = env_int("STRIPE_MAX_AMOUNT_MINOR", 1_000_000)
+CUSTODIAN_API_BASE = os.environ.get("CUSTODIAN_API_BASE", "")
+CUSTODIAN_API_KEY = os.environ.get("CUSTODIAN_API_KEY", "")
+CUSTODIAN_WEBHOOK_SECRET = os.environ.get("CUSTODIAN_WEBHOOK_SECRET", "")
+TRM_API_BASE = os.environ.get("TRM_API_BASE", "")
+TRM_API_KEY = os.environ.get("TRM_API_KEY", "")
+CHAINALYSIS_API_BASE = os.environ.get("CHAINALYSIS_API_BASE", "")
+CHAINALYSIS_API_KEY = os.environ.get("CHAINALYSIS_API_KEY", "")
+# The sandbox provider signs its own webhooks; derived from SECRET_KEY unless set.
+SANDBOX_WEBHOOK_SECRET = os.environ.get("SANDBOX_WEBHOOK_SECRET", "")
+
+# --- Notifications ---------------------------------------------------------------------------------
+DISCORD_BOT_TOKEN = os.environ.get("DISCORD_BOT_TOKEN", "")
+DISCORD_API_BASE = os.environ.get("DISCORD_API_BASE", "")
+PUBLIC_BASE_URL = os.environ.get("PUBLIC_BASE_URL", "http://127.0.0.1:8000")
+
+# --- Messaging -------------------------------------------------------------------------------------
+KAFKA_BOOTSTRAP_SERVERS = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
+SCHEMA_REGISTRY_URL = os.environ.get("SCHEMA_REGISTRY_URL", "")
+# Deliver outbox messages to in-process subscribers right after the writing transaction commits, in
+# the committing thread. Off: only a bus worker (`manage.py run_bus`, or the one `manage.py serve`
+# starts) delivers them, woken by the commit.
+BUS_INLINE_DISPATCH = env_bool("BUS_INLINE_DISPATCH", True)
+# Subscribers fed from the outbox in this deployment; an app consumed from Kafka is left out here.
+BUS_OUTBOX_SUBSCRIBERS = env_list("BUS_OUTBOX_SUBSCRIBERS", "escrow,payments,projections,notifications")
+BUS_MAX_ATTEMPTS = env_int("BUS_MAX_ATTEMPTS", 4)
+BUS_RETRY_BASE_SECONDS = float(os.environ.get("BUS_RETRY_BASE_SECONDS", "0.05"))
+BUS_POLL_SECONDS = float(os.environ.get("BUS_POLL_SECONDS", "1.0"))
+BUS_BATCH_SIZE = env_int("BUS_BATCH_SIZE", 200)
+
+LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"context": {"()": "apps.gateway.logging.ContextFilter"}},
+    "formatters": {
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+            "rename_fields": {"asctime": "ts", "levelname": "level", "name": "logger"},
+        }
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["context"]}
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+if not DEBUG:
+    SECURE_CONTENT_TYPE_NOSNIFF = True
+    X_FRAME_OPTIONS = "DENY"
+    SECURE_REFERRER_POLICY = "same-origin"
+if env_bool("HTTPS", False):
+    SECURE_SSL_REDIRECT = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = 31536000
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
