@@ -5,7 +5,7 @@ from django.db import migrations
 FORWARD = """
 CREATE OR REPLACE FUNCTION escrow_event_append_only() RETURNS trigger AS $$
 BEGIN
-    RAISE EXCEPTION 'escrow_escrowevent is append-only (% refused)', TG_OP;
+    RAISE EXCEPTION 'escrow_escrowevent is append-only: UPDATE and DELETE are refused';
 END;
 $$ LANGUAGE plpgsql;
 CREATE TRIGGER escrow_event_append_only
