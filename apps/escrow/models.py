@@ -115,6 +115,9 @@ class EscrowEvent(models.Model):
         constraints = [models.UniqueConstraint(fields=["escrow", "version"], name="escrow_event_version_once")]
         ordering = ["escrow", "version"]
 
+    def __str__(self) -> str:
+        return f"{self.escrow_id} v{self.version} {self.type}"
+
     def save(self, *args: Any, **kwargs: Any) -> None:
         if not self._state.adding:
             raise PermissionError("EscrowEvent is append-only")
@@ -122,9 +125,6 @@ class EscrowEvent(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> Any:
         raise PermissionError("EscrowEvent is append-only")
-
-    def __str__(self) -> str:
-        return f"{self.escrow_id} v{self.version} {self.type}"
 
 
 class ProcessedCommand(models.Model):
@@ -135,3 +135,6 @@ class ProcessedCommand(models.Model):
     escrow_id = models.UUIDField()
     type = models.CharField(max_length=200)
     processed_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.command_id}"

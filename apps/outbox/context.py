@@ -18,7 +18,9 @@ class TraceContext:
     traceparent: str = ""
 
 
-_current: contextvars.ContextVar[TraceContext] = contextvars.ContextVar("trace_context", default=TraceContext())
+_current: contextvars.ContextVar[TraceContext] = contextvars.ContextVar(  # noqa: B039 - TraceContext is frozen
+    "trace_context", default=TraceContext()
+)
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
 

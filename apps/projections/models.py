@@ -33,6 +33,9 @@ class EscrowView(models.Model):
             models.Index(fields=["seller_id", "-created_at"], name="view_by_seller"),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.escrow_id} {self.state}"
+
 
 class TimelineEntry(models.Model):
     escrow_id = models.UUIDField()
@@ -47,3 +50,6 @@ class TimelineEntry(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["escrow_id", "version"], name="timeline_version_once")]
         ordering = ["escrow_id", "version"]
+
+    def __str__(self) -> str:
+        return f"{self.escrow_id} v{self.version} {self.type}"
