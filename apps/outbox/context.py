@@ -18,14 +18,13 @@ class TraceContext:
     traceparent: str = ""
 
 
-_current: contextvars.ContextVar[TraceContext] = contextvars.ContextVar(  # noqa: B039 - TraceContext is frozen
-    "trace_context", default=TraceContext()
-)
+_EMPTY = TraceContext()
+_current: contextvars.ContextVar[TraceContext] = contextvars.ContextVar("trace_context")
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
 
 def current() -> TraceContext:
-    return _current.get()
+    return _current.get(_EMPTY)
 
 
 @contextmanager
