@@ -1,0 +1,261 @@
+"""Every (state, command, role) of DESIGN.md's state machine, through `services.dispatch` on the real DB.
+
+The expected table is written out here from DESIGN.md, independently of `services.RULES`, so a wrong rule
+in the code fails a test instead of agreeing with itself.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from apps.escrow import services
+from apps.escrow.errors import EscrowNotFound, InvalidCommand, InvalidTransition, NotAllowed
+from apps.escrow.models import Escrow, EscrowEvent, ProcessedCommand
+from apps.outbox.messages import EVENT_NAMESPACE
+from apps.outbox.models import OutboxMessage
+from proto.escrow import v1 as escrow_v1
+from tests.escrow import given
+from tests.factories import UserFactory
+
+STATES = ["AWAIT_FUNDS", "FUNDS_HELD", "DELIVERED", "RELEASING", "RELEASED", "CANCELLED", "REFUNDING",
+          "REFUNDED", "DISPUTED"]
+COMMANDS = ["MarkDelivered", "ReleaseFunds", "CancelEscrow", "OpenDispute", "ResolveDispute"]
+ROLES = ["buyer", "seller", "staff", "timer", "system", "stranger"]
+
+# (from state, command) -> (who may, to state, events emitted, outbound payments commands). DESIGN.md.
+LEGAL: dict[tuple[str, str], tuple[set[str], str, list[str], list[str]]] = {
+    ("FUNDS_HELD", "MarkDelivered"): ({"seller"}, "DELIVERED", ["EscrowDelivered"], []),
+    ("DELIVERED", "ReleaseFunds"): (
+        {"buyer", "staff", "timer"}, "RELEASING", ["EscrowReleaseRequested"], ["TransferToSeller"]),
+    ("AWAIT_FUNDS", "CancelEscrow"): ({"buyer", "seller", "staff", "timer"}, "CANCELLED", ["EscrowCancelled"], []),
+    # Cancelling with money held records both the request for a refund and the cancellation itself.
+    ("FUNDS_HELD", "CancelEscrow"): (
+        {"seller", "staff"}, "REFUNDING", ["EscrowRefundRequested", "EscrowCancelled"], ["InitiateRefund"]),
+    ("FUNDS_HELD", "OpenDispute"): ({"buyer", "seller"}, "DISPUTED", ["EscrowDisputed"], []),
+    ("DELIVERED", "OpenDispute"): ({"buyer", "seller"}, "DISPUTED", ["EscrowDisputed"], []),
+    ("DISPUTED", "ResolveDispute"): (
+        {"staff"}, "RELEASING", ["EscrowDisputeResolved", "EscrowReleaseRequested"], ["TransferToSeller"]),
+}
+SENDERS = {cmd: set().union(*(who for (_, c), (who, *_) in LEGAL.items() if c == cmd)) for cmd in COMMANDS}
+
+
+@pytest.fixture(autouse=True)
+def _no_inline_bus(settings: Any) -> None:
+    # The test drives every reaction itself; outbound commands stay in the outbox where it can see them.
+    settings.BUS_INLINE_DISPATCH = False
+
+
+@pytest.fixture
+def cast(buyer: Any, seller: Any, staff: Any) -> dict[str, Any]:
+    return {"buyer": buyer, "seller": seller, "staff": staff, "stranger": UserFactory(username="stranger")}
+
+
+def actor_for(role: str, cast: dict[str, Any]) -> Any:
+    if role == "timer":
+        return given.TIMER
+    if role == "system":
+        return given.SYSTEM
+    if role == "staff":
+        return given.staff_actor(cast["staff"])
+    return given.user(cast[role])
+
+
+def command_for(name: str, escrow_id: uuid.UUID, actor: Any) -> Any:
+    e = str(escrow_id)
+    return {
+        "MarkDelivered": lambda: escrow_v1.MarkDelivered(escrow_id=e, actor=actor),
+        "ReleaseFunds": lambda: escrow_v1.ReleaseFunds(escrow_id=e, actor=actor),
+        "CancelEscrow": lambda: escrow_v1.CancelEscrow(escrow_id=e, actor=actor, reason="changed my mind"),
+        "OpenDispute": lambda: escrow_v1.OpenDispute(escrow_id=e, actor=actor, reason="item never arrived"),
+        "ResolveDispute": lambda: escrow_v1.ResolveDispute(
+            escrow_id=e, actor=actor, outcome=escrow_v1.DisputeOutcome.RELEASE),
+    }[name]()
+
+
+def expected_error(state: str, command: str, role: str) -> type[Exception]:
+    if role == "stranger":
+        return EscrowNotFound
+    if role not in SENDERS[command]:
+        return NotAllowed
+    if (state, command) not in LEGAL:
+        return InvalidTransition
+    return NotAllowed
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("state", STATES)
+def test_transition_table(state: str, command: str, role: str, cast: dict[str, Any]) -> None:
+    # given an escrow in `state` whose deadlines have passed (so the timer's guard is not what decides)
+    escrow_id = given.escrow_in(state, buyer=cast["buyer"], seller=cast["seller"], staff=cast["staff"])
+    past = timezone.now() - datetime.timedelta(minutes=1)
+    Escrow.objects.filter(pk=escrow_id).update(funding_deadline=past)
+    Escrow.objects.filter(pk=escrow_id, inspection_deadline__isnull=False).update(inspection_deadline=past)
+    before, footprint, outbox_mark = given.snapshot(escrow_id), given.footprint(), given.last_outbox_id()
+    assert before["state"] == state
+
+    legal = LEGAL.get((state, command))
+    if legal is not None and role in legal[0]:
+        _, to_state, events, outbound = legal
+        # when
+        result = services.dispatch(command_for(command, escrow_id, actor_for(role, cast)), command_id=uuid.uuid4())
+        # then: the right state, exactly the right events and outbound commands, the books balance
+        assert (result.state, result.duplicate) == (to_state, False)
+        assert given.snapshot(escrow_id)["state"] == to_state
+        assert given.event_types(escrow_id)[-len(events):] == events
+        assert EscrowEvent.objects.count() == footprint[0] + len(events)
+        written = given.outbox_types_since(escrow_id, outbox_mark)
+        assert sorted(written) == sorted([*events, *outbound, command])
+        assert ProcessedCommand.objects.count() == footprint[2] + 1
+        given.assert_books_balance(escrow_id)
+    else:
+        with pytest.raises(expected_error(state, command, role)) as raised:
+            services.dispatch(command_for(command, escrow_id, actor_for(role, cast)), command_id=uuid.uuid4())
+        if isinstance(raised.value, (InvalidTransition, NotAllowed)):
+            assert raised.value.state == state  # the 409/403 answer names the current state
+        # nothing was written
+        assert given.snapshot(escrow_id) == before
+        assert given.footprint() == footprint
+
+
+def test_gateway_status_codes_for_domain_errors() -> None:
+    """409 for a state conflict, 403 for the wrong actor, 404 for a stranger: mapped once at the edge."""
+    from apps.gateway.problems import from_domain  # noqa: PLC0415
+
+    assert from_domain(InvalidTransition("x", state="RELEASED")).status_code == 409
+    assert from_domain(NotAllowed("x", state="FUNDS_HELD")).status_code == 403
+    assert from_domain(EscrowNotFound("x")).status_code == 404
+
+
+def test_same_command_id_twice_has_one_effect(buyer: Any, seller: Any, staff: Any) -> None:
+    escrow_id = given.escrow_in("FUNDS_HELD", buyer=buyer, seller=seller, staff=staff)
+    command = escrow_v1.MarkDelivered(escrow_id=str(escrow_id), actor=given.user(seller))
+    command_id = uuid.uuid4()
+
+    first = services.dispatch(command, command_id=command_id)
+    footprint = given.footprint()
+    second = services.dispatch(command, command_id=command_id)
+
+    assert (first.duplicate, second.duplicate) == (False, True)
+    assert second.state == "DELIVERED" and second.version == first.version
+    assert given.footprint() == footprint
+    assert given.event_types(escrow_id).count("EscrowDelivered") == 1
+
+
+def test_create_twice_with_one_command_id_creates_one_escrow(buyer: Any, seller: Any) -> None:
+    escrow_id, command_id = uuid.uuid4(), uuid.uuid4()
+    command = escrow_v1.CreateEscrow(escrow_id=str(escrow_id), buyer_id=buyer.pk, seller_id=seller.pk,
+                                     amount=given.money(500), description="x", actor=given.user(buyer))
+    services.dispatch(command, command_id=command_id)
+    footprint = given.footprint()
+
+    again = services.dispatch(command, command_id=command_id)
+
+    assert again.duplicate is True
+    assert given.footprint() == footprint
+    assert Escrow.objects.count() == 1
+    # the same escrow id under another command id is refused, not a second escrow
+    with pytest.raises(InvalidCommand):
+        services.dispatch(command, command_id=uuid.uuid4())
+    assert given.footprint() == footprint
+
+
+def test_create_emits_escrow_created_and_create_payment_intent(buyer: Any, seller: Any) -> None:
+    mark = given.last_outbox_id()
+    escrow_id = given.create(buyer=buyer, seller=seller)
+    assert given.snapshot(escrow_id)["state"] == "AWAIT_FUNDS"
+    assert given.event_types(escrow_id) == ["EscrowCreated"]
+    assert sorted(given.outbox_types_since(escrow_id, mark)) == ["CreateEscrow", "CreatePaymentIntent", "EscrowCreated"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"amount": given.money(0)},
+        {"amount": given.money(-5)},
+        {"seller": "buyer"},
+        {"actor": "seller"},
+        {"escrow_id": "not-a-uuid"},
+    ],
+    ids=["zero", "negative", "self-dealing", "not-the-buyer", "bad-id"],
+)
+def test_create_rejects_bad_input_and_writes_nothing(change: dict[str, Any], buyer: Any, seller: Any) -> None:
+    fields: dict[str, Any] = {"escrow_id": str(uuid.uuid4()), "buyer_id": buyer.pk, "seller_id": seller.pk,
+                              "amount": given.money(500), "description": "x", "actor": given.user(buyer)}
+    if change.get("seller") == "buyer":
+        fields["seller_id"] = buyer.pk
+    elif change.get("actor") == "seller":
+        fields["actor"] = given.user(seller)
+    else:
+        fields.update(change)
+    with pytest.raises((InvalidCommand, EscrowNotFound)):
+        services.dispatch(escrow_v1.CreateEscrow(**fields), command_id=uuid.uuid4())
+    assert (Escrow.objects.count(), *given.footprint()) == (0, 0, 0, 0)
+
+
+def test_event_ids_are_uuid5_of_escrow_version_and_type(buyer: Any, seller: Any, staff: Any) -> None:
+    escrow_id = given.escrow_in("RELEASED", buyer=buyer, seller=seller, staff=staff)
+    events = list(EscrowEvent.objects.filter(escrow_id=escrow_id).order_by("version"))
+    assert [e.version for e in events] == list(range(1, len(events) + 1))
+    for event in events:
+        assert event.event_id == uuid.uuid5(EVENT_NAMESPACE, f"{escrow_id}:{event.version}:{event.type}")
+        # the outbox carries the same id, so a consumer dedupes the audit row and the message alike
+        assert OutboxMessage.objects.filter(event_id=event.event_id, aggregate_version=event.version).exists()
+    assert Escrow.objects.get(pk=escrow_id).version == events[-1].version
+
+
+@pytest.mark.parametrize(
+    ("outcome", "seller_amount", "to_state", "outbound"),
+    [
+        (escrow_v1.DisputeOutcome.REFUND, None, "REFUNDING", ["InitiateRefund"]),
+        (escrow_v1.DisputeOutcome.SPLIT, 9_999, "RELEASING", ["TransferToSeller", "InitiateRefund"]),
+    ],
+    ids=["refund", "split"],
+)
+def test_resolve_refund_and_split(outcome: Any, seller_amount: int | None, to_state: str, outbound: list[str],
+                                  buyer: Any, seller: Any, staff: Any) -> None:
+    escrow_id = given.escrow_in("DISPUTED", buyer=buyer, seller=seller, staff=staff)
+    mark = given.last_outbox_id()
+    given.send(escrow_v1.ResolveDispute(
+        escrow_id=str(escrow_id), actor=given.staff_actor(staff), outcome=outcome,
+        seller_amount=given.money(seller_amount) if seller_amount else None))
+    after = given.snapshot(escrow_id)
+    assert after["state"] == to_state
+    written = given.outbox_types_since(escrow_id, mark)
+    assert [t for t in written if t in ("TransferToSeller", "InitiateRefund")] == outbound
+    assert after["pending_payout_minor"] + after["pending_refund_minor"] == given.AMOUNT
+    given.assert_books_balance(escrow_id)
+
+
+@pytest.mark.parametrize(
+    "seller_amount",
+    [None, given.money(0), given.money(given.AMOUNT), given.money(given.AMOUNT + 1), given.money(5, "EUR")],
+    ids=["missing", "zero", "all", "more-than-all", "other-currency"],
+)
+def test_split_with_a_bad_share_is_refused(seller_amount: Any, buyer: Any, seller: Any, staff: Any) -> None:
+    escrow_id = given.escrow_in("DISPUTED", buyer=buyer, seller=seller, staff=staff)
+    before, footprint = given.snapshot(escrow_id), given.footprint()
+    with pytest.raises(InvalidCommand) as raised:
+        given.send(escrow_v1.ResolveDispute(escrow_id=str(escrow_id), actor=given.staff_actor(staff),
+                                            outcome=escrow_v1.DisputeOutcome.SPLIT, seller_amount=seller_amount))
+    assert raised.value.field == "seller_amount"
+    assert (given.snapshot(escrow_id), given.footprint()) == (before, footprint)
+
+
+def test_dispute_without_reason_is_refused(buyer: Any, seller: Any, staff: Any) -> None:
+    escrow_id = given.escrow_in("FUNDS_HELD", buyer=buyer, seller=seller, staff=staff)
+    before, footprint = given.snapshot(escrow_id), given.footprint()
+    with pytest.raises(InvalidCommand):
+        given.send(escrow_v1.OpenDispute(escrow_id=str(escrow_id), actor=given.user(buyer), reason="   "))
+    assert (given.snapshot(escrow_id), given.footprint()) == (before, footprint)
+
+
+def test_unknown_escrow_and_actorless_commands_write_nothing(buyer: Any) -> None:
+    with pytest.raises(EscrowNotFound):
+        given.send(escrow_v1.MarkDelivered(escrow_id=str(uuid.uuid4()), actor=given.user(buyer)))
+    assert given.footprint() == (0, 0, 0)
