@@ -114,6 +114,11 @@ def register(subscriber: Subscriber) -> None:
     _registry[subscriber.name] = subscriber
 
 
+def unregister(name: str) -> None:
+    """Removes a subscriber (tests and tools that register their own); its checkpoint stays."""
+    _registry.pop(name, None)
+
+
 def subscribers() -> list[Subscriber]:
     return list(_registry.values())
 

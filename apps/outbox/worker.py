@@ -16,6 +16,9 @@ from apps.outbox import bus
 
 log = logging.getLogger(__name__)
 
+# How often a LISTEN wait looks up from the socket for stop() and in-process wakes.
+_LISTEN_SLICE_SECONDS = 0.25
+
 
 class BusWorker:
     def __init__(self, *, ticks: list[Callable[[], int]] | None = None, poll_seconds: float | None = None) -> None:
@@ -44,19 +47,27 @@ class BusWorker:
         self._listen()
         log.info("bus worker started", extra={"subscribers": [s.name for s in bus.outbox_subscribers()],
                                               "poll_seconds": self.poll_seconds})
-        while not self.stopping.is_set():
-            started = time.perf_counter()
-            try:
-                handled = self.run_once()
-            except Exception:  # noqa: BLE001 - a worker pass failing must not end the worker
-                log.exception("bus worker pass failed")
-                connection.close()
-                handled = 0
-            if handled:
-                log.info("bus worker pass", extra={"handled": handled, "total": self.handled,
-                                                   "ms": round((time.perf_counter() - started) * 1000, 1)})
-            if not handled:
-                self._wait()
+        try:
+            while not self.stopping.is_set():
+                started = time.perf_counter()
+                try:
+                    handled = self.run_once()
+                except Exception:  # noqa: BLE001 - a worker pass failing must not end the worker
+                    log.exception("bus worker pass failed")
+                    connection.close()
+                    handled = 0
+                if handled:
+                    log.info("bus worker pass", extra={"handled": handled, "total": self.handled,
+                                                       "ms": round((time.perf_counter() - started) * 1000, 1)})
+                if not handled:
+                    self._wait()
+        finally:
+            # A worker run in a thread owns its connections; leaving them open would hold a backend
+            # (and block dropping the database) after the thread ends.
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
+            connection.close()
         log.info("bus worker stopped", extra={"handled": self.handled, "passes": self.passes})
 
     def _listen(self) -> None:
@@ -75,12 +86,29 @@ class BusWorker:
             self._listener = None
 
     def _wait(self) -> None:
-        if self._listener is not None:
-            try:
-                for _ in self._listener.notifies(timeout=self.poll_seconds, stop_after=1):
-                    break
+        """Sleeps until a commit is announced (NOTIFY from any process, or this process's wake event),
+        `stop()` is called, or the poll interval passes.
+
+        The LISTEN connection is waited on in short slices only so that the in-process event and
+        `stop()` are seen promptly; a NOTIFY ends the wait at once, whatever the slice.
+        """
+        deadline = time.monotonic() + self.poll_seconds
+        while not self.stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 return
+            if self._listener is None:
+                bus.wait_for_wake(remaining)
+                return
+            if bus._wake_event.is_set():
+                bus._wake_event.clear()
+                return
+            try:
+                notified = any(True for _ in self._listener.notifies(
+                    timeout=min(remaining, _LISTEN_SLICE_SECONDS), stop_after=1))
             except Exception:  # noqa: BLE001
                 log.exception("LISTEN connection lost; polling only")
                 self._listener = None
-        bus.wait_for_wake(self.poll_seconds)
+                continue
+            if notified:
+                return
