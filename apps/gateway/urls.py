@@ -1,7 +1,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from apps.gateway import views
+from apps.gateway import notification_views, views
 from apps.gateway.metrics import metrics_view
 
 urlpatterns = [
@@ -16,6 +16,9 @@ urlpatterns = [
     path("sandbox/escrows/<uuid:escrow_id>/pay", views.SandboxPay.as_view(), name="sandbox-pay"),
     path("webhooks/stripe", views.stripe_webhook, name="webhook-stripe"),
     path("webhooks/custodian", views.custodian_webhook, name="webhook-custodian"),
+    path("me/discord-link", notification_views.DiscordLinkView.as_view(), name="me-discord-link"),
+    path("me/notification-preferences", notification_views.PreferencesView.as_view(),
+         name="me-notification-preferences"),
     path("health", views.Health.as_view(), name="health"),
     path("ready", views.Ready.as_view(), name="ready"),
     path("metrics", metrics_view, name="metrics"),

@@ -1,10 +1,14 @@
 """Every event the notifications service reacts to: escrow state changes that concern the buyer or the
-seller become a Notification row each (one per event and user, however often the event arrives)."""
+seller become a Notification row each (one per event and user, however often the event arrives).
+
+The rows are written in the bus transaction; the DMs are sent after it commits (apps.notifications.
+delivery), never inside it."""
 
 from __future__ import annotations
 
 from django.conf import settings
 
+from apps.notifications.delivery import deliver_after_commit
 from apps.notifications.models import EscrowParties, Notification
 from apps.outbox.bus import Delivery, Subscriber
 from proto.escrow import v1 as escrow_v1
@@ -32,6 +36,7 @@ def _notify(delivery: Delivery, kind: str, texts: dict[str, str]) -> None:
             user_id=users[role],
             defaults={"escrow_id": delivery.aggregate_id, "kind": kind, "text": f"{text} {_link(delivery.aggregate_id)}"},
         )
+    deliver_after_commit()
 
 
 def on_created(event: escrow_v1.EscrowCreated, delivery: Delivery) -> None:

@@ -1,0 +1,28 @@
+"""What other apps may use of the notifications service (the gateway, the admin, the bot)."""
+
+from apps.notifications.delivery import deliver_due_notifications
+from apps.notifications.kinds import KINDS, LOCKED_ON
+from apps.notifications.models import DiscordLink
+from apps.notifications.services import (
+    NotificationError,
+    discord_link_confirm,
+    discord_unlink,
+    link_code_issue,
+    notification_resend,
+    preferences_get,
+    preferences_set,
+)
+
+__all__ = [
+    "KINDS",
+    "LOCKED_ON",
+    "DiscordLink",
+    "NotificationError",
+    "deliver_due_notifications",
+    "discord_link_confirm",
+    "discord_unlink",
+    "link_code_issue",
+    "notification_resend",
+    "preferences_get",
+    "preferences_set",
+]

@@ -1,0 +1,145 @@
+"""Writes of the notifications service: linking a Discord account, preferences, resending.
+
+Each function owns its transaction; sending happens after commit (apps.notifications.delivery)."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import secrets
+import uuid
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from apps.notifications.delivery import deliver_after_commit
+from apps.notifications.kinds import KINDS, LOCKED_ON
+from apps.notifications.models import DiscordLink, DiscordLinkCode, Notification, NotificationPreference
+
+# No 0/O/1/I/L: the code is read off a Discord message and typed by hand.
+_CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
+_CODE_LENGTH = 10
+_LINK_EVENT_NAMESPACE = uuid.UUID("6f1d3f55-3c1e-4f0c-9a43-1b0d8f7d2a10")
+
+
+class NotificationError(Exception):
+    code = "notification_error"
+
+    def __init__(self, detail: str, *, field: str = "") -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.field = field
+
+
+class InvalidLinkCode(NotificationError):
+    code = "invalid_link_code"
+
+
+class DiscordAccountTaken(NotificationError):
+    code = "discord_account_linked_elsewhere"
+
+
+class PreferenceLocked(NotificationError):
+    code = "preference_locked"
+
+
+class UnknownKind(NotificationError):
+    code = "unknown_notification_kind"
+
+
+class NotResendable(NotificationError):
+    code = "notification_not_resendable"
+
+
+def _hash(code: str) -> str:
+    return hashlib.sha256(code.strip().upper().replace("-", "").encode()).hexdigest()
+
+
+def link_code_issue(*, discord_user_id: int) -> str:
+    """A one-time code for the Discord user the bot is talking to (the bot knows their id first-hand).
+    Returned once in plain text; only its hash is kept."""
+    code = "".join(secrets.choice(_CODE_ALPHABET) for _ in range(_CODE_LENGTH))
+    DiscordLinkCode.objects.create(
+        code_hash=_hash(code),
+        discord_user_id=discord_user_id,
+        expires_at=timezone.now() + datetime.timedelta(seconds=settings.DISCORD_LINK_CODE_TTL_SECONDS),
+    )
+    return f"{code[:5]}-{code[5:]}"
+
+
+def discord_link_confirm(*, user_id: int, code: str) -> DiscordLink:
+    """Links the signed-in user to the Discord account the code was issued to, and tells them by DM
+    (a security message: it cannot be switched off). Redeeming the same code again is a no-op."""
+    with transaction.atomic():
+        link_code = DiscordLinkCode.objects.select_for_update().filter(code_hash=_hash(code)).first()
+        if link_code is None or link_code.expires_at <= timezone.now():
+            raise InvalidLinkCode("the code is unknown or expired; ask the bot for a new one", field="code")
+        if link_code.used_at is not None:
+            current = DiscordLink.objects.filter(user_id=user_id, discord_user_id=link_code.discord_user_id).first()
+            if link_code.used_by_id == user_id and current is not None:
+                return current
+            raise InvalidLinkCode("the code was already used; ask the bot for a new one", field="code")
+        taken = DiscordLink.objects.filter(discord_user_id=link_code.discord_user_id).exclude(user_id=user_id)
+        if taken.exists():
+            raise DiscordAccountTaken("this Discord account is linked to another user; unlink it there first")
+        try:
+            with transaction.atomic():
+                link, _ = DiscordLink.objects.update_or_create(
+                    user_id=user_id, defaults={"discord_user_id": link_code.discord_user_id}
+                )
+        except IntegrityError:
+            raise DiscordAccountTaken("this Discord account is linked to another user; unlink it there first") from None
+        link_code.used_at = timezone.now()
+        link_code.used_by_id = user_id
+        link_code.save(update_fields=["used_at", "used_by"])
+        Notification.objects.create(
+            user_id=user_id,
+            escrow_id=None,
+            event_id=uuid.uuid5(_LINK_EVENT_NAMESPACE, f"{user_id}:{link_code.pk}"),
+            kind="account_linked",
+            text="This Discord account is now linked to your escrow account. If that was not you, "
+                 f"unlink it and contact support. {settings.PUBLIC_BASE_URL}/api/v1/me/discord-link",
+        )
+        deliver_after_commit()
+    return link
+
+
+def discord_unlink(*, user_id: int) -> bool:
+    deleted, _ = DiscordLink.objects.filter(user_id=user_id).delete()
+    return bool(deleted)
+
+
+def preferences_get(*, user_id: int) -> dict[str, bool]:
+    chosen = dict(NotificationPreference.objects.filter(user_id=user_id).values_list("kind", "enabled"))
+    return {kind: True if kind in LOCKED_ON else chosen.get(kind, True) for kind in KINDS}
+
+
+def preferences_set(*, user_id: int, changes: dict[str, bool]) -> dict[str, bool]:
+    """All or nothing: one unknown or locked kind refuses the whole change."""
+    for kind, enabled in changes.items():
+        if kind not in KINDS:
+            raise UnknownKind(f"unknown notification kind {kind!r}", field=kind)
+        if kind in LOCKED_ON and not enabled:
+            raise PreferenceLocked(f"{kind} messages move money or protect your account and cannot be switched off",
+                                   field=kind)
+    with transaction.atomic():
+        for kind, enabled in changes.items():
+            NotificationPreference.objects.update_or_create(user_id=user_id, kind=kind, defaults={"enabled": enabled})
+    return preferences_get(user_id=user_id)
+
+
+def notification_resend(*, notification_id: int) -> Notification:
+    """Queues a DEAD or FAILED notification again with a fresh attempt budget (its past attempts stay
+    recorded). A sent one is not resent: that would be a second DM for one event."""
+    with transaction.atomic():
+        notification = Notification.objects.select_for_update().get(pk=notification_id)
+        if notification.status not in (Notification.Status.DEAD, Notification.Status.FAILED,
+                                       Notification.Status.SKIPPED):
+            raise NotResendable(f"notification {notification_id} is {notification.status}; only dead, failed "
+                                "or skipped ones are resent")
+        notification.status = Notification.Status.PENDING
+        notification.attempts = 0
+        notification.next_attempt_at = timezone.now()
+        notification.save(update_fields=["status", "attempts", "next_attempt_at"])
+    return notification
