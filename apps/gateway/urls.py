@@ -1,7 +1,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from apps.gateway import notification_views, views
+from apps.gateway import notification_views, payout_views, views
 from apps.gateway.metrics import metrics_view
 
 urlpatterns = [
@@ -14,6 +14,7 @@ urlpatterns = [
     path("escrows/<uuid:escrow_id>/dispute", views.DisputeEscrow.as_view(), name="escrow-dispute"),
     path("escrows/<uuid:escrow_id>/resolve", views.ResolveEscrow.as_view(), name="escrow-resolve"),
     path("sandbox/escrows/<uuid:escrow_id>/pay", views.SandboxPay.as_view(), name="sandbox-pay"),
+    path("payout-destination", payout_views.PayoutDestination.as_view(), name="payout-destination"),
     path("webhooks/stripe", views.stripe_webhook, name="webhook-stripe"),
     path("webhooks/custodian", views.custodian_webhook, name="webhook-custodian"),
     path("me/discord-link", notification_views.DiscordLinkView.as_view(), name="me-discord-link"),

@@ -4,13 +4,36 @@ reach the provider as one request), then records the provider object in the subs
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from django.db import transaction
 
 from apps.outbox.bus import Delivery, ExternalEffect, Subscriber
-from apps.payments import providers, services
-from apps.payments.models import PaymentArtifact, PaymentOrder
-from apps.payments.providers.base import MoneyMovement, PaymentSetup
+from apps.payments import payouts, providers, services
+from apps.payments.models import PaymentArtifact, PaymentOrder, WaitingPayout
+from apps.payments.providers.base import MoneyMovement, PaymentSetup, ProviderError
 from proto.payments import v1 as payments_v1
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The provider permanently refused the call (card error, invalid request). Transient errors are
+    not caught: they propagate so the bus retries with the same idempotency key."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class AwaitingDestination:
+    """The seller has no payout destination yet: the transfer is parked, not lost (see payouts.py)."""
+
+    reason: str
+
+
+def _refusal(exc: ProviderError) -> Refusal:
+    if exc.transient:
+        raise exc
+    return Refusal(reason=str(exc)[:1000])
 
 
 def _key(delivery: Delivery, purpose: str) -> str:
@@ -20,20 +43,24 @@ def _key(delivery: Delivery, purpose: str) -> str:
 # --- CreatePaymentIntent ---------------------------------------------------------------------------------
 
 
-def prepare_payment(command: payments_v1.CreatePaymentIntent, delivery: Delivery) -> tuple[str, PaymentSetup]:
+def prepare_payment(command: payments_v1.CreatePaymentIntent,
+                    delivery: Delivery) -> tuple[str, PaymentSetup | Refusal]:
     amount = command.amount
     provider = providers.for_new_payment(amount_minor=amount.amount_minor, currency=amount.currency)
-    setup = provider.create_payment(
-        escrow_id=command.escrow_id,
-        amount_minor=amount.amount_minor,
-        currency=amount.currency,
-        idempotency_key=_key(delivery, "payment"),
-    )
+    try:
+        setup: PaymentSetup | Refusal = provider.create_payment(
+            escrow_id=command.escrow_id,
+            amount_minor=amount.amount_minor,
+            currency=amount.currency,
+            idempotency_key=_key(delivery, "payment"),
+        )
+    except ProviderError as exc:
+        setup = _refusal(exc)
     return provider.name, setup
 
 
 def apply_payment(command: payments_v1.CreatePaymentIntent, delivery: Delivery,
-                  prepared: tuple[str, PaymentSetup]) -> None:
+                  prepared: tuple[str, PaymentSetup | Refusal]) -> None:
     provider_name, setup = prepared
     amount = command.amount
     services.lock_order(command.escrow_id)
@@ -47,6 +74,14 @@ def apply_payment(command: payments_v1.CreatePaymentIntent, delivery: Delivery,
             "provider": provider_name,
         },
     )
+    if isinstance(setup, Refusal):
+        # No payment instructions: the escrow waits for its funding deadline; the event tells why.
+        services.emit(
+            order,
+            payments_v1.PaymentFailed(escrow_id=command.escrow_id, provider=provider_name, reason=setup.reason),
+            fact=f"{provider_name}:{_key(delivery, 'payment')}:refused",
+        )
+        return
     PaymentArtifact.objects.get_or_create(
         idempotency_key=_key(delivery, "payment"),
         defaults={
@@ -86,21 +121,31 @@ def _payment_of(escrow_id: str) -> PaymentArtifact:
     return payment
 
 
-def prepare_transfer(command: payments_v1.TransferToSeller, delivery: Delivery) -> MoneyMovement:
+def prepare_transfer(command: payments_v1.TransferToSeller,
+                     delivery: Delivery) -> MoneyMovement | Refusal | AwaitingDestination:
     payment = _payment_of(command.escrow_id)
-    return providers.get(payment.provider).create_transfer(
-        escrow_id=command.escrow_id,
-        seller_id=command.seller_id,
-        amount_minor=command.amount.amount_minor,
-        currency=command.amount.currency,
-        source_payment_id=payment.provider_id,
-        idempotency_key=_key(delivery, "transfer"),
-    )
+    try:
+        return providers.get(payment.provider).create_transfer(
+            escrow_id=command.escrow_id,
+            seller_id=command.seller_id,
+            amount_minor=command.amount.amount_minor,
+            currency=command.amount.currency,
+            source_payment_id=payment.provider_id,
+            idempotency_key=_key(delivery, "transfer"),
+        )
+    except payouts.PayoutDestinationMissing as exc:
+        return AwaitingDestination(reason=str(exc))
+    except ProviderError as exc:
+        return _refusal(exc)
 
 
-def apply_transfer(command: payments_v1.TransferToSeller, delivery: Delivery, prepared: MoneyMovement) -> None:
+def apply_transfer(command: payments_v1.TransferToSeller, delivery: Delivery,
+                   prepared: MoneyMovement | Refusal | AwaitingDestination) -> None:
     payment = _payment_of(command.escrow_id)
-    _record_movement(
+    if isinstance(prepared, Refusal | AwaitingDestination):
+        _transfer_not_sent(command, delivery, payment, prepared)
+        return
+    record_movement(
         escrow_id=command.escrow_id,
         kind=PaymentArtifact.Kind.TRANSFER,
         provider_name=payment.provider,
@@ -112,20 +157,74 @@ def apply_transfer(command: payments_v1.TransferToSeller, delivery: Delivery, pr
     )
 
 
-def prepare_refund(command: payments_v1.InitiateRefund, delivery: Delivery) -> MoneyMovement:
-    payment = _payment_of(command.escrow_id)
-    return providers.get(payment.provider).create_refund(
-        escrow_id=command.escrow_id,
-        payment_id=payment.provider_id,
-        amount_minor=command.amount.amount_minor,
-        currency=command.amount.currency,
-        idempotency_key=_key(delivery, "refund"),
+def _transfer_not_sent(command: payments_v1.TransferToSeller, delivery: Delivery, payment: PaymentArtifact,
+                       outcome: Refusal | AwaitingDestination) -> None:
+    """No money moved: the funds stay held, the escrow stays RELEASING and is flagged for ops by the
+    TransferFailed. A missing destination also parks the payout, sent when the seller registers one."""
+    key = _key(delivery, "transfer")
+    order = services.lock_order(command.escrow_id)
+    if order is None:
+        raise LookupError(f"escrow {command.escrow_id} has no payment order")
+    if isinstance(outcome, AwaitingDestination):
+        WaitingPayout.objects.get_or_create(
+            idempotency_key=key,
+            defaults={
+                "escrow_id": command.escrow_id,
+                "seller_id": command.seller_id,
+                "provider": payment.provider,
+                "source_payment_id": payment.provider_id,
+                "amount_minor": command.amount.amount_minor,
+                "fee_minor": command.fee.amount_minor if command.fee else 0,
+                "currency": command.amount.currency,
+            },
+        )
+        reason = f"awaiting payout destination: {outcome.reason}; sent once the seller registers one"
+    else:
+        reason = outcome.reason
+    services.emit(
+        order,
+        payments_v1.TransferFailed(
+            escrow_id=command.escrow_id,
+            amount=services.money(command.amount.amount_minor, command.amount.currency),
+            provider=payment.provider,
+            reason=reason,
+        ),
+        fact=f"{payment.provider}:{key}:not_sent",
     )
 
 
-def apply_refund(command: payments_v1.InitiateRefund, delivery: Delivery, prepared: MoneyMovement) -> None:
+def prepare_refund(command: payments_v1.InitiateRefund, delivery: Delivery) -> MoneyMovement | Refusal:
     payment = _payment_of(command.escrow_id)
-    _record_movement(
+    try:
+        return providers.get(payment.provider).create_refund(
+            escrow_id=command.escrow_id,
+            payment_id=payment.provider_id,
+            amount_minor=command.amount.amount_minor,
+            currency=command.amount.currency,
+            idempotency_key=_key(delivery, "refund"),
+        )
+    except ProviderError as exc:
+        return _refusal(exc)
+
+
+def apply_refund(command: payments_v1.InitiateRefund, delivery: Delivery, prepared: MoneyMovement | Refusal) -> None:
+    payment = _payment_of(command.escrow_id)
+    if isinstance(prepared, Refusal):
+        order = services.lock_order(command.escrow_id)
+        if order is None:
+            raise LookupError(f"escrow {command.escrow_id} has no payment order")
+        services.emit(
+            order,
+            payments_v1.RefundFailed(
+                escrow_id=command.escrow_id,
+                amount=services.money(command.amount.amount_minor, command.amount.currency),
+                provider=payment.provider,
+                reason=prepared.reason,
+            ),
+            fact=f"{payment.provider}:{_key(delivery, 'refund')}:not_sent",
+        )
+        return
+    record_movement(
         escrow_id=command.escrow_id,
         kind=PaymentArtifact.Kind.REFUND,
         provider_name=payment.provider,
@@ -137,7 +236,7 @@ def apply_refund(command: payments_v1.InitiateRefund, delivery: Delivery, prepar
     )
 
 
-def _record_movement(*, escrow_id: str, kind: str, provider_name: str, movement: MoneyMovement, key: str,
+def record_movement(*, escrow_id: str, kind: str, provider_name: str, movement: MoneyMovement, key: str,
                      amount_minor: int, fee_minor: int, currency: str) -> None:
     services.lock_order(escrow_id)
     _, created = PaymentArtifact.objects.get_or_create(

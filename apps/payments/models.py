@@ -99,3 +99,50 @@ class WebhookEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider} {self.event_type} {self.provider_event_id} ({self.status})"
+
+
+class PayoutDestination(models.Model):
+    """Where a seller is paid: a Stripe connected account (card escrows) and/or a USDC wallet on Base
+    (custodian escrows). One row per seller; registering again replaces the value."""
+
+    seller_id = models.BigIntegerField(primary_key=True)
+    stripe_account_id = models.CharField(max_length=255, blank=True)
+    # Lower-case 0x address; the custodian pays out to it on BASE.
+    wallet_address = models.CharField(max_length=42, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"seller {self.seller_id}: {self.stripe_account_id or '-'} / {self.wallet_address or '-'}"
+
+
+class WaitingPayout(models.Model):
+    """A TransferToSeller that could not go out because the seller had no payout destination yet.
+
+    The money stays held (the escrow is RELEASING, flagged for ops); registering a destination sends it
+    with the command's original idempotency key, so it can never be paid twice.
+    """
+
+    class Status(models.TextChoices):
+        WAITING = "waiting"
+        SENT = "sent"
+
+    escrow_id = models.UUIDField(db_index=True)
+    seller_id = models.BigIntegerField(db_index=True)
+    provider = models.CharField(max_length=20)
+    source_payment_id = models.CharField(max_length=255)
+    idempotency_key = models.CharField(max_length=255, unique=True)
+    amount_minor = models.BigIntegerField()
+    fee_minor = models.BigIntegerField(default=0)
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.WAITING)
+    last_error = models.CharField(max_length=1000, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(amount_minor__gt=0, fee_minor__gte=0), name="waiting_payout_amounts"),
+        ]
+
+    def __str__(self) -> str:
+        return f"payout {self.escrow_id} to seller {self.seller_id} ({self.status})"

@@ -58,3 +58,14 @@ def sandbox_pay(escrow_id: str) -> WebhookOutcome:
 
 
 __all__ += ["SandboxUnavailable", "webhooks"]
+
+# Sellers' payout destinations (see payouts.py for what happens to a release before one exists).
+from apps.payments.payouts import (  # noqa: E402
+    Destination,
+    InvalidPayoutDestination,
+    destination_get,
+    destination_set,
+    waiting_payouts_count,
+)
+
+__all__ += ["Destination", "InvalidPayoutDestination", "destination_get", "destination_set", "waiting_payouts_count"]

@@ -71,6 +71,8 @@ def process(record: WebhookEvent, event: ProviderEvent) -> WebhookOutcome:
         _finish(record, WebhookEvent.Status.IGNORED, error=f"event type {event.type} is not handled")
         return WebhookOutcome(WebhookEvent.Status.IGNORED, 200, "event type not handled", record.pk)
     try:
+        # Outside the transaction: a provider may re-read the object (Stripe does, for its own objects).
+        event = providers.get(record.provider).refresh_event(event)
         with transaction.atomic():
             applied = handler(record, event)
             record.status = WebhookEvent.Status.PROCESSED if applied else WebhookEvent.Status.IGNORED
@@ -149,6 +151,8 @@ def on_payment_succeeded(record: WebhookEvent, event: ProviderEvent) -> bool:
     order, artifact = found
     if artifact.status == PaymentArtifact.Status.SUCCEEDED:
         return False
+    if event.object.get("status", "succeeded") != "succeeded":
+        return False  # the re-read object is not (or no longer) succeeded: trust it over the event
     amount = _amount(event.object, "amount_received", "amount")
     currency = event.object.get("currency")
     if amount is None or not isinstance(currency, str):
@@ -277,6 +281,19 @@ def on_refund_updated(record: WebhookEvent, event: ProviderEvent) -> bool:
     return True
 
 
+def on_charge_refunded(record: WebhookEvent, event: ProviderEvent) -> bool:
+    """A charge's refunds (the provider lists them, re-read): each of ours settles like refund.updated."""
+    refunds = (event.object.get("refunds") or {}).get("data") or []
+    applied = False
+    for refund in refunds:
+        if isinstance(refund, dict) and refund.get("object", "refund") == "refund":
+            # One verified-webhook message per refund settled: its id names the refund too.
+            nested = ProviderEvent(id=f"{event.id}:{refund.get('id')}", type=event.type, object=refund,
+                                   raw=event.raw)
+            applied = on_refund_updated(record, nested) or applied
+    return applied
+
+
 def on_dispute_created(record: WebhookEvent, event: ProviderEvent) -> bool:
     found = _locked_artifact(record.provider, PaymentArtifact.Kind.PAYMENT, event.object.get("payment_intent"))
     if found is None:
@@ -305,5 +322,6 @@ HANDLERS: dict[str, Callable[[WebhookEvent, ProviderEvent], bool]] = {
     "transfer.reversed": on_transfer_reversed,
     "refund.created": on_refund_updated,
     "refund.updated": on_refund_updated,
+    "charge.refunded": on_charge_refunded,
     "charge.dispute.created": on_dispute_created,
 }

@@ -15,6 +15,10 @@ def get(name: str) -> PaymentProvider:
     if name not in _instances:
         if name == SandboxProvider.name:
             _instances[name] = SandboxProvider()
+        elif name == "stripe" and settings.PAYMENTS_PROVIDER == "live":
+            from apps.payments.providers.stripe import StripeProvider  # imports the SDK only when used
+
+            _instances[name] = StripeProvider()
         else:
             raise LookupError(f"payment provider {name!r} is not available in this deployment")
     return _instances[name]

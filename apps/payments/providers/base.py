@@ -76,6 +76,11 @@ class PaymentProvider(abc.ABC):
     @abc.abstractmethod
     def verify_webhook(self, *, body: bytes, headers: Mapping[str, str]) -> ProviderEvent: ...
 
+    def refresh_event(self, event: ProviderEvent) -> ProviderEvent:
+        """Re-reads, outside any transaction, the objects whose current state matters more than the
+        webhook's snapshot (webhooks arrive late and out of order). The default trusts the event."""
+        return event
+
     def after_commit(self, *, kind: str, provider_id: str) -> None:  # noqa: B027 - optional hook
         """Called once the artifact for a new provider object is committed. Real providers answer by
         webhook on their own; the sandbox uses this to send its webhook."""

@@ -1,0 +1,148 @@
+"""Where sellers are paid, and payouts that wait for a destination.
+
+A seller registers a Stripe connected account (card escrows) or a USDC wallet on Base (custodian
+escrows). If a release reaches payments before the seller has one, the transfer is not lost and not
+dropped: it is parked as a `WaitingPayout` (the escrow stays RELEASING, held, flagged for ops by a
+TransferFailed), and registering a destination sends it with the command's original idempotency key.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+from django.db import transaction
+
+from apps.payments import providers
+from apps.payments.models import PayoutDestination, WaitingPayout
+from apps.payments.providers.base import MoneyMovement, ProviderError
+
+log = logging.getLogger(__name__)
+
+# Stripe account ids are "acct_" and an opaque alphanumeric tail (16 characters today).
+STRIPE_ACCOUNT = re.compile(r"^acct_[A-Za-z0-9]{8,64}$")
+EVM_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+ZERO_ADDRESS = "0x" + "0" * 40
+
+
+class PayoutDestinationMissing(Exception):
+    """The seller has not registered where to be paid for this rail."""
+
+
+class InvalidPayoutDestination(ValueError):
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(detail)
+        self.field = field
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Destination:
+    seller_id: int
+    stripe_account_id: str
+    wallet_address: str
+
+
+def _of(row: PayoutDestination) -> Destination:
+    return Destination(seller_id=row.seller_id, stripe_account_id=row.stripe_account_id,
+                       wallet_address=row.wallet_address)
+
+
+def validate_stripe_account(value: str) -> str:
+    if not STRIPE_ACCOUNT.match(value):
+        raise InvalidPayoutDestination("stripe_account_id", "must be a Stripe connected account id such as acct_1Nv0FGQ9RKHgCVdK")
+    return value
+
+
+def validate_wallet(value: str) -> str:
+    """A 20-byte EVM address on Base. Stored lower-case; mixed-case input is accepted as given by
+    wallets (the EIP-55 checksum is not verified here: no Keccak implementation in our dependencies)."""
+    if not EVM_ADDRESS.match(value):
+        raise InvalidPayoutDestination("wallet_address", "must be a 0x-prefixed 40-hex-digit address on Base")
+    if value.lower() == ZERO_ADDRESS:
+        raise InvalidPayoutDestination("wallet_address", "the zero address burns funds")
+    return value.lower()
+
+
+def destination_get(*, seller_id: int) -> Destination | None:
+    row = PayoutDestination.objects.filter(seller_id=seller_id).first()
+    return _of(row) if row else None
+
+
+def destination_set(*, seller_id: int, stripe_account_id: str | None, wallet_address: str | None) -> Destination:
+    """Registers (or replaces) the seller's destinations; None leaves a field as it was. Payouts that were
+    waiting for this seller are sent once this commits."""
+    stripe_value = validate_stripe_account(stripe_account_id) if stripe_account_id is not None else None
+    wallet_value = validate_wallet(wallet_address) if wallet_address is not None else None
+    with transaction.atomic():
+        row, _ = PayoutDestination.objects.select_for_update().get_or_create(seller_id=seller_id)
+        if stripe_value is not None:
+            row.stripe_account_id = stripe_value
+        if wallet_value is not None:
+            row.wallet_address = wallet_value
+        row.save()
+        # Sending calls the provider: never inside our transaction.
+        transaction.on_commit(lambda: waiting_payouts_send(seller_id=seller_id), robust=True)
+    return _of(row)
+
+
+def stripe_account_for(seller_id: int) -> str:
+    row = PayoutDestination.objects.filter(seller_id=seller_id).exclude(stripe_account_id="").first()
+    if row is None:
+        raise PayoutDestinationMissing(f"seller {seller_id} has no Stripe connected account")
+    return row.stripe_account_id
+
+
+def wallet_for(seller_id: int) -> str:
+    row = PayoutDestination.objects.filter(seller_id=seller_id).exclude(wallet_address="").first()
+    if row is None:
+        raise PayoutDestinationMissing(f"seller {seller_id} has no USDC wallet on Base")
+    return row.wallet_address
+
+
+def waiting_payouts_send(*, seller_id: int | None = None) -> int:
+    """Sends the waiting payouts (of one seller, or all): the provider call outside any transaction,
+    with the original key, then the artifact and the row's status in one transaction. A payout whose
+    seller still lacks a destination, or whose provider call fails, stays waiting. Returns how many
+    went out."""
+    from apps.payments import handlers  # the recording half is the command handler's own
+
+    waiting = WaitingPayout.objects.filter(status=WaitingPayout.Status.WAITING).order_by("id")
+    if seller_id is not None:
+        waiting = waiting.filter(seller_id=seller_id)
+    sent = 0
+    for payout in list(waiting):
+        try:
+            movement: MoneyMovement = providers.get(payout.provider).create_transfer(
+                escrow_id=str(payout.escrow_id),
+                seller_id=payout.seller_id,
+                amount_minor=payout.amount_minor,
+                currency=payout.currency,
+                source_payment_id=payout.source_payment_id,
+                idempotency_key=payout.idempotency_key,
+            )
+        except PayoutDestinationMissing:
+            continue
+        except ProviderError as exc:
+            WaitingPayout.objects.filter(pk=payout.pk).update(last_error=str(exc)[:1000])
+            log.warning("waiting payout not sent", extra={"escrow_id": str(payout.escrow_id), "error": str(exc)})
+            continue
+        with transaction.atomic():
+            locked = WaitingPayout.objects.select_for_update().get(pk=payout.pk)
+            if locked.status != WaitingPayout.Status.WAITING:
+                continue
+            handlers.record_movement(
+                escrow_id=str(payout.escrow_id), kind="transfer", provider_name=payout.provider,
+                movement=movement, key=payout.idempotency_key, amount_minor=payout.amount_minor,
+                fee_minor=payout.fee_minor, currency=payout.currency,
+            )
+            locked.status = WaitingPayout.Status.SENT
+            locked.last_error = ""
+            locked.save(update_fields=["status", "last_error", "updated_at"])
+        sent += 1
+    return sent
+
+
+def waiting_payouts_count(*, seller_id: int) -> int:
+    return WaitingPayout.objects.filter(seller_id=seller_id, status=WaitingPayout.Status.WAITING).count()

@@ -1,0 +1,153 @@
+"""Stripe, for card escrows up to STRIPE_MAX_AMOUNT_MINOR: separate charges and transfers.
+
+One PaymentIntent per escrow (automatic capture, metadata.escrow_id, transfer_group = escrow id), one
+Transfer to the seller's connected account with `source_transaction` (so it waits for the charge's
+funds), one Refund. Every call carries the Idempotency-Key our handler derives from the command's event
+id; the SDK's own retries are off so that a retry is always ours, with the same key.
+
+Errors: 429, 5xx, timeouts, connection errors, 409 (a concurrent request holds the key) and auth /
+permission errors (configuration, fixable without losing the command) are transient: the bus retries
+with backoff and then dead-letters (replayable). A card error or an invalid request (400/402/404) is
+permanent: the handler turns it into PaymentFailed / TransferFailed / RefundFailed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import stripe
+from django.conf import settings
+
+from apps.payments import payouts
+from apps.payments.providers import stripe_signature
+from apps.payments.providers.base import MoneyMovement, PaymentProvider, PaymentSetup, ProviderError, ProviderEvent
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT_SECONDS = 20.0
+# Only the fields we keep about a Stripe object: ids, amounts and states, never card data.
+KEPT_FIELDS = ("id", "object", "amount", "amount_received", "currency", "status", "destination",
+               "source_transaction", "transfer_group", "payment_intent", "charge", "latest_charge", "metadata",
+               "reversed")
+
+
+def _kept(obj: Any) -> dict[str, Any]:
+    data = obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
+    return {key: data[key] for key in KEPT_FIELDS if key in data}
+
+
+def _client() -> stripe.StripeClient:
+    # Built per call from settings: a key rotation or a test's fake server applies at once.
+    timeout = float(getattr(settings, "STRIPE_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS))
+    return stripe.StripeClient(
+        settings.STRIPE_SECRET_KEY or "sk_unset",
+        base_addresses={"api": settings.STRIPE_API_BASE or stripe.DEFAULT_API_BASE},
+        max_network_retries=0,
+        http_client=stripe.RequestsClient(timeout=timeout),
+    )
+
+
+def _call(action: str, fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except stripe.StripeError as exc:
+        status = exc.http_status or 0
+        code = getattr(exc, "code", None) or ""
+        message = f"stripe {action}: {status or 'no answer'} {code} {exc.user_message or exc}".strip()
+        transient = (
+            isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError | stripe.AuthenticationError
+                       | stripe.PermissionError)
+            or status in (0, 401, 403, 409, 429)
+            or status >= 500
+        )
+        raise ProviderError(message[:1000], transient=transient) from exc
+
+
+class StripeProvider(PaymentProvider):
+    name = "stripe"
+
+    def create_payment(
+        self, *, escrow_id: str, amount_minor: int, currency: str, idempotency_key: str
+    ) -> PaymentSetup:
+        intent = _call("create payment intent", lambda: _client().v1.payment_intents.create(
+            params={
+                "amount": amount_minor,
+                "currency": currency.lower(),
+                "capture_method": "automatic",
+                "automatic_payment_methods": {"enabled": True},
+                "metadata": {"escrow_id": escrow_id},
+                "transfer_group": escrow_id,
+            },
+            options={"idempotency_key": idempotency_key},
+        ))
+        return PaymentSetup(provider_payment_id=intent.id, client_secret=intent.client_secret or "",
+                            raw=_kept(intent))
+
+    def create_transfer(
+        self,
+        *,
+        escrow_id: str,
+        seller_id: int,
+        amount_minor: int,
+        currency: str,
+        source_payment_id: str,
+        idempotency_key: str,
+    ) -> MoneyMovement:
+        destination = payouts.stripe_account_for(seller_id)
+        client = _client()
+        # source_transaction names the charge, and the PaymentIntent is the authority on which one.
+        intent = _call("read payment intent", lambda: client.v1.payment_intents.retrieve(source_payment_id))
+        charge = intent.latest_charge
+        charge_id = charge if isinstance(charge, str) else getattr(charge, "id", None)
+        if intent.status != "succeeded" or not charge_id:
+            raise ProviderError(f"payment intent {source_payment_id} has no succeeded charge", transient=True)
+        transfer = _call("create transfer", lambda: client.v1.transfers.create(
+            params={
+                "amount": amount_minor,
+                "currency": currency.lower(),
+                "destination": destination,
+                "source_transaction": charge_id,
+                "transfer_group": escrow_id,
+                "metadata": {"escrow_id": escrow_id},
+            },
+            options={"idempotency_key": idempotency_key},
+        ))
+        return MoneyMovement(provider_id=transfer.id, raw=_kept(transfer))
+
+    def create_refund(
+        self, *, escrow_id: str, payment_id: str, amount_minor: int, currency: str, idempotency_key: str
+    ) -> MoneyMovement:
+        refund = _call("create refund", lambda: _client().v1.refunds.create(
+            params={"payment_intent": payment_id, "amount": amount_minor, "metadata": {"escrow_id": escrow_id}},
+            options={"idempotency_key": idempotency_key},
+        ))
+        return MoneyMovement(provider_id=refund.id, raw=_kept(refund))
+
+    def verify_webhook(self, *, body: bytes, headers: Mapping[str, str]) -> ProviderEvent:
+        return stripe_signature.verify(body=body, headers=headers, secret=settings.STRIPE_WEBHOOK_SECRET)
+
+    def refresh_event(self, event: ProviderEvent) -> ProviderEvent:
+        """Webhooks arrive late and out of order, so for objects of ours whose state decides money the
+        event's snapshot is replaced by what Stripe says now. Objects we do not know are left alone (and
+        then ignored): no call is made on a stranger's behalf."""
+        from apps.payments.models import PaymentArtifact
+
+        kind = event.object.get("object")
+        obj_id = event.object.get("id")
+        known = PaymentArtifact.objects.filter(provider=self.name)
+        client = _client()
+        if kind == "payment_intent" and known.filter(provider_id=obj_id).exists():
+            fresh = _call("read payment intent", lambda: client.v1.payment_intents.retrieve(str(obj_id)))
+            return ProviderEvent(id=event.id, type=event.type, object=_kept(fresh), raw=event.raw)
+        if kind == "refund" and known.filter(provider_id=obj_id).exists():
+            fresh = _call("read refund", lambda: client.v1.refunds.retrieve(str(obj_id)))
+            return ProviderEvent(id=event.id, type=event.type, object=_kept(fresh), raw=event.raw)
+        if kind == "charge":
+            intent_id = event.object.get("payment_intent")
+            if isinstance(intent_id, str) and known.filter(provider_id=intent_id).exists():
+                page = _call("list refunds", lambda: client.v1.refunds.list(params={"payment_intent": intent_id}))
+                refunds = [_kept(refund) for refund in page.data]
+                return ProviderEvent(id=event.id, type=event.type,
+                                     object={**event.object, "refunds": {"data": refunds}}, raw=event.raw)
+        return event

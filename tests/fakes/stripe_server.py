@@ -1,0 +1,216 @@
+"""A local Stripe, on pytest-httpserver, answering the real SDK the way Stripe does.
+
+It keeps PaymentIntents, Transfers and Refunds in memory, answers form-encoded v1 requests with JSON
+objects that carry ids, refuses bad requests with Stripe's `{"error": {...}}` bodies, replays a request
+sent again with the same Idempotency-Key (and refuses the key reused with other parameters), and can be
+told to answer the next requests with a 429, a 500 or a card error. It also signs webhooks with
+Stripe's scheme, so tests post exactly what Stripe would.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+from apps.payments.providers import stripe_signature
+
+WEBHOOK_SECRET = "whsec_test_fake_stripe_0123456789abcdef"
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    params: dict[str, str]
+    idempotency_key: str | None
+    status: int
+
+
+@dataclass
+class FakeStripe:
+    server: HTTPServer
+    objects: dict[str, dict[str, Any]] = field(default_factory=dict)
+    accounts: set[str] = field(default_factory=set)
+    requests: list[Seen] = field(default_factory=list)
+    _replies: dict[str, tuple[dict[str, str], int, str]] = field(default_factory=dict)
+    _failures: deque[tuple[str, int, dict[str, Any]]] = field(default_factory=deque)
+    _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.server.expect_request(re.compile(r"^/v1/.*")).respond_with_handler(self._handle)
+
+    @property
+    def api_base(self) -> str:
+        return self.server.url_for("").rstrip("/")
+
+    # --- what tests arrange and inspect --------------------------------------------------------------
+
+    def fail_next(self, path_prefix: str, status: int, error: dict[str, Any] | None = None) -> None:
+        """The next request under `path_prefix` gets this status and a Stripe error body."""
+        self._failures.append((path_prefix, status, error or {"type": "api_error", "message": "Something broke"}))
+
+    def created(self, kind: str) -> list[Seen]:
+        """Successful POSTs that created an object of `kind` (payment_intents, transfers, refunds), replays
+        not counted twice."""
+        return [r for r in self.requests if r.method == "POST" and r.path == f"/v1/{kind}" and r.status == 200]
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [obj for obj in self.objects.values() if obj["object"] == kind]
+
+    def buyer_pays(self, intent_id: str, *, amount: int | None = None, currency: str | None = None) -> dict[str, Any]:
+        """The buyer's card succeeds: the PaymentIntent now holds a succeeded charge."""
+        intent = self.objects[intent_id]
+        charge_id = self._new_id("ch")
+        intent.update(status="succeeded", amount_received=intent["amount"] if amount is None else amount,
+                      latest_charge=charge_id)
+        if currency is not None:
+            intent["currency"] = currency
+        self.objects[charge_id] = {"id": charge_id, "object": "charge", "amount": intent["amount_received"],
+                                   "currency": intent["currency"], "payment_intent": intent_id, "refunded": False}
+        return dict(intent)
+
+    # --- the HTTP side ------------------------------------------------------------------------------
+
+    def _new_id(self, prefix: str) -> str:
+        return f"{prefix}_fake{next(self._ids):08d}"
+
+    def _handle(self, request: Request) -> Response:
+        with self._lock:
+            params = dict(request.form) if request.method == "POST" else dict(request.args)
+            key = request.headers.get("Idempotency-Key")
+            status, body = self._answer(request, params, key)
+            self.requests.append(Seen(request.method, request.path, params, key, status))
+            return Response(body, status=status, content_type="application/json",
+                            headers={"Request-Id": f"req_{next(self._ids)}", "Idempotency-Key": key or ""})
+
+    def _answer(self, request: Request, params: dict[str, str], key: str | None) -> tuple[int, str]:
+        if not request.headers.get("Authorization", "").startswith("Bearer sk_"):
+            return _error(401, "invalid_request_error", "Invalid API Key provided")
+        for index, (prefix, status, error) in enumerate(self._failures):
+            if request.path.startswith(prefix):
+                del self._failures[index]
+                return status, json.dumps({"error": error})
+        if request.method == "POST" and key:
+            replay = self._replies.get(key)
+            if replay is not None:
+                if replay[0] != params:
+                    return _error(400, "idempotency_error",
+                                  "Keys for idempotent requests can only be used with the same parameters "
+                                  "they were first used with.")
+                return replay[1], replay[2]
+        status, body = self._route(request, params)
+        if request.method == "POST" and key and status < 500:
+            self._replies[key] = (params, status, body)
+        return status, body
+
+    def _route(self, request: Request, params: dict[str, str]) -> tuple[int, str]:
+        path, method = request.path, request.method
+        if method == "POST" and path == "/v1/payment_intents":
+            return self._create_intent(params)
+        if method == "POST" and path == "/v1/transfers":
+            return self._create_transfer(params)
+        if method == "POST" and path == "/v1/refunds":
+            return self._create_refund(params)
+        if method == "GET" and path == "/v1/refunds":
+            refunds = [o for o in self.of_kind("refund") if o["payment_intent"] == params.get("payment_intent")]
+            return 200, json.dumps({"object": "list", "url": "/v1/refunds", "has_more": False, "data": refunds})
+        match = re.fullmatch(r"/v1/(payment_intents|refunds|transfers)/([A-Za-z0-9_]+)", path)
+        if method == "GET" and match:
+            obj = self.objects.get(match.group(2))
+            if obj is None:
+                return _error(404, "invalid_request_error", f"No such object: '{match.group(2)}'",
+                              code="resource_missing")
+            return 200, json.dumps(obj)
+        return _error(404, "invalid_request_error", f"Unrecognized request URL ({method}: {path}).")
+
+    def _create_intent(self, params: dict[str, str]) -> tuple[int, str]:
+        amount = int(params.get("amount", "0"))
+        if amount < 50:
+            return _error(400, "invalid_request_error", "Amount must be at least $0.50 usd", param="amount",
+                          code="amount_too_small")
+        intent_id = self._new_id("pi")
+        intent = {
+            "id": intent_id, "object": "payment_intent", "amount": amount, "amount_received": 0,
+            "currency": params["currency"], "status": "requires_payment_method",
+            "capture_method": params.get("capture_method", "automatic"),
+            "client_secret": f"{intent_id}_secret_{intent_id[-6:]}", "latest_charge": None,
+            "metadata": _nested(params, "metadata"), "transfer_group": params.get("transfer_group"),
+        }
+        self.objects[intent_id] = intent
+        return 200, json.dumps(intent)
+
+    def _create_transfer(self, params: dict[str, str]) -> tuple[int, str]:
+        destination = params.get("destination", "")
+        if destination not in self.accounts:
+            return _error(400, "invalid_request_error", f"No such destination: '{destination}'",
+                          param="destination", code="resource_missing")
+        charge = self.objects.get(params.get("source_transaction", ""))
+        if charge is None or charge["object"] != "charge":
+            return _error(400, "invalid_request_error", "No such charge", param="source_transaction")
+        transfer_id = self._new_id("tr")
+        transfer = {
+            "id": transfer_id, "object": "transfer", "amount": int(params["amount"]), "currency": params["currency"],
+            "destination": destination, "source_transaction": charge["id"], "reversed": False,
+            "transfer_group": params.get("transfer_group"), "metadata": _nested(params, "metadata"),
+        }
+        self.objects[transfer_id] = transfer
+        return 200, json.dumps(transfer)
+
+    def _create_refund(self, params: dict[str, str]) -> tuple[int, str]:
+        intent = self.objects.get(params.get("payment_intent", ""))
+        if intent is None or intent["status"] != "succeeded":
+            return _error(400, "invalid_request_error", "This PaymentIntent does not have a successful charge to "
+                          "refund.", param="payment_intent", code="charge_not_refundable" if intent else None)
+        refund_id = self._new_id("re")
+        refund = {
+            "id": refund_id, "object": "refund", "amount": int(params.get("amount", intent["amount_received"])),
+            "currency": intent["currency"], "payment_intent": intent["id"], "charge": intent["latest_charge"],
+            "status": "succeeded", "metadata": _nested(params, "metadata"),
+        }
+        self.objects[refund_id] = refund
+        self.objects[intent["latest_charge"]]["refunded"] = True
+        return 200, json.dumps(refund)
+
+
+def _nested(params: dict[str, str], name: str) -> dict[str, str]:
+    prefix = f"{name}["
+    return {k[len(prefix):-1]: v for k, v in params.items() if k.startswith(prefix) and k.endswith("]")}
+
+
+def _error(status: int, kind: str, message: str, *, param: str | None = None,
+           code: str | None = None) -> tuple[int, str]:
+    error: dict[str, Any] = {"type": kind, "message": message}
+    if param:
+        error["param"] = param
+    if code:
+        error["code"] = code
+    return status, json.dumps({"error": error})
+
+
+_event_ids = itertools.count(1)
+
+
+def signed_event(event_type: str, obj: dict[str, Any], *, secret: str = WEBHOOK_SECRET,
+                 timestamp: int | None = None, event_id: str | None = None) -> tuple[bytes, dict[str, str]]:
+    """A Stripe event around `obj`, signed with Stripe's scheme (t=..., v1=HMAC-SHA256)."""
+    event = {
+        "id": event_id or f"evt_fake{next(_event_ids):08d}",
+        "object": "event",
+        "api_version": "2025-01-27.acacia",
+        "created": int(time.time()),
+        "type": event_type,
+        "data": {"object": obj},
+    }
+    body = json.dumps(event, separators=(",", ":"))
+    header = stripe_signature.sign(body=body, secret=secret, timestamp=timestamp)
+    return body.encode(), {"Stripe-Signature": header}
