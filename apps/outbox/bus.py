@@ -208,7 +208,20 @@ def _after(txid: int, row_id: int) -> Q:
     return Q(txid__gt=txid) | Q(txid=txid, id__gt=row_id)
 
 
-_WATERMARK = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+# The xid watermark: rows written by transactions below it are settled (committed or rolled back) in
+# the reading statement's snapshot, so reading only below it, in (txid, id) order, never skips a row.
+# It is the oldest transaction still running (pg_snapshot_xmin), except that transactions positively
+# known to run in ANOTHER database are ignored: they cannot write this outbox, and on a shared server
+# they would otherwise hold delivery back. A transaction whose database is unknown (finished since
+# the snapshot, or hidden from pg_stat_activity) still counts, so the filter can only err on the safe
+# side. xids in pg_stat_activity are 32-bit; within one snapshot the low 32 bits are unambiguous.
+_WATERMARK = """COALESCE(
+    (SELECT MIN(xip::text::bigint) FROM pg_snapshot_xip(pg_current_snapshot()) AS xip
+     WHERE NOT EXISTS (
+        SELECT 1 FROM pg_stat_activity AS other
+        WHERE other.datid <> (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND other.backend_xid::text::bigint = xip::text::bigint %% 4294967296)),
+    pg_snapshot_xmax(pg_current_snapshot())::text::bigint)"""
 
 
 def pending_rows(subscriber: Subscriber, txid: int, row_id: int, limit: int) -> list[OutboxMessage]:
