@@ -188,6 +188,14 @@ DISCORD_LINK_CODE_TTL_SECONDS = env_int("DISCORD_LINK_CODE_TTL_SECONDS", 600)
 # --- Messaging -------------------------------------------------------------------------------------
 KAFKA_BOOTSTRAP_SERVERS = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
 SCHEMA_REGISTRY_URL = os.environ.get("SCHEMA_REGISTRY_URL", "")
+# Production Kafka wants the idempotent producer (per-partition order across retries); the Tansu test
+# broker refuses it, so tests and the dev broker turn it off.
+KAFKA_ENABLE_IDEMPOTENCE = env_bool("KAFKA_ENABLE_IDEMPOTENCE", True)
+KAFKA_RELAY_BATCH_SIZE = env_int("KAFKA_RELAY_BATCH_SIZE", 1000)
+KAFKA_LINGER_MS = env_int("KAFKA_LINGER_MS", 5)
+KAFKA_CONSUMER_MAX_ATTEMPTS = env_int("KAFKA_CONSUMER_MAX_ATTEMPTS", 3)
+KAFKA_TOPIC_PARTITIONS = env_int("KAFKA_TOPIC_PARTITIONS", 12)
+KAFKA_REPLICATION_FACTOR = env_int("KAFKA_REPLICATION_FACTOR", 1)
 # Deliver outbox messages to in-process subscribers right after the writing transaction commits, in
 # the committing thread. Off: only a bus worker (`manage.py run_bus`, or the one `manage.py serve`
 # starts) delivers them, woken by the commit.

@@ -1,0 +1,60 @@
+"""The message envelope as Kafka record headers, and back (docs/kafka.md lists them)."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from collections.abc import Sequence
+
+from apps.outbox.bus import Delivery
+from apps.outbox.models import OutboxMessage
+
+Headers = list[tuple[str, bytes]]
+
+HEADER_NAMES = ("event_id", "type", "aggregate_id", "aggregate_version", "occurred_at", "correlation_id",
+                "causation_id", "traceparent")
+
+
+class EnvelopeError(ValueError):
+    """A record whose headers do not make a valid envelope (a poison message)."""
+
+
+def headers_for(row: OutboxMessage) -> Headers:
+    values = {
+        "event_id": str(row.event_id),
+        "type": row.type,
+        "aggregate_id": row.aggregate_id,
+        "aggregate_version": str(row.aggregate_version),
+        "occurred_at": row.occurred_at.isoformat(),
+        "correlation_id": row.correlation_id,
+        "causation_id": row.causation_id,
+        "traceparent": row.traceparent,
+    }
+    return [(name, values[name].encode()) for name in HEADER_NAMES]
+
+
+def header_map(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:
+    return {name: (value or b"").decode("utf-8", "replace") for name, value in headers or ()}
+
+
+def delivery_from_record(*, topic: str, key: bytes | None, headers: Sequence[tuple[str, bytes]] | None) -> Delivery:
+    found = header_map(headers)
+    missing = [name for name in ("event_id", "type", "aggregate_id", "aggregate_version", "occurred_at")
+               if not found.get(name)]
+    if missing:
+        raise EnvelopeError(f"missing envelope headers: {', '.join(missing)}")
+    try:
+        return Delivery(
+            event_id=uuid.UUID(found["event_id"]),
+            type=found["type"],
+            topic=topic,
+            key=(key or b"").decode(),
+            aggregate_id=found["aggregate_id"],
+            aggregate_version=int(found["aggregate_version"]),
+            occurred_at=datetime.datetime.fromisoformat(found["occurred_at"]),
+            correlation_id=found.get("correlation_id", ""),
+            causation_id=found.get("causation_id", ""),
+            traceparent=found.get("traceparent", ""),
+        )
+    except ValueError as exc:
+        raise EnvelopeError(f"invalid envelope header: {exc}") from exc
