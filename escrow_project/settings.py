@@ -132,7 +132,8 @@ SESSION_ENGINE = "django.contrib.sessions.backends.db"
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["apps.gateway.auth.BearerJWTAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["apps.gateway.parsers.BoundedJSONParser"],
+    "DEFAULT_THROTTLE_CLASSES": ["apps.gateway.throttles.MutationRateThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "apps.gateway.problems.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -144,6 +145,12 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+}
+# Mutations (POST/PUT/PATCH/DELETE) per caller: generous by default so that load tests and benchmarks
+# are not throttled; production sets THROTTLE_MUTATIONS_RATE (e.g. "120/min"); "off" disables it.
+_mutations_rate = os.environ.get("THROTTLE_MUTATIONS_RATE", "3000/min")
+API_THROTTLE_RATES: dict[str, str | None] = {
+    "mutations": None if _mutations_rate.lower() in {"off", "none", "0"} else _mutations_rate,
 }
 # Request bodies above this size are refused before parsing.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 64 * 1024)
@@ -236,4 +243,6 @@ if env_bool("HTTPS", False):
     CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = 31536000
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    # Served only over HTTPS, on a domain of its own: browsers may preload HSTS for it.
+    SECURE_HSTS_PRELOAD = env_bool("HSTS_PRELOAD", True)
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

@@ -31,6 +31,14 @@ def _require_postgres_really(request: pytest.FixtureRequest) -> None:
             assert connection.vendor == "postgresql", "REQUIRE_POSTGRES=1 but the test database is not PostgreSQL"
 
 
+@pytest.fixture(autouse=True)
+def _fresh_rate_limits() -> None:
+    """Rate-limit counts live in the cache and are keyed by user id, which tests reuse: start clean."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @pytest.fixture
 def api_client() -> Callable[..., APIClient]:
     """api_client(user) -> an APIClient that sends that user's Bearer token."""

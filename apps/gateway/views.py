@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.urls import reverse
@@ -395,6 +396,10 @@ def server_error(request: HttpRequest) -> JsonResponse:
 
 
 def bad_request(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    if isinstance(exception, RequestDataTooBig):
+        # Raised outside DRF (the webhook views read the raw body): still a 413, not a vague 400.
+        return JsonResponse(problem_body(413, "body_too_large", "the request body is too large"), status=413,
+                            content_type=CONTENT_TYPE)
     return JsonResponse(problem_body(400, "bad_request", "the request could not be understood"), status=400,
                         content_type=CONTENT_TYPE)
 
