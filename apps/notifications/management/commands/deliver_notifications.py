@@ -5,6 +5,7 @@ this command is for deployments that send from a process of their own."""
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from typing import Any
@@ -13,6 +14,8 @@ from django.core.management.base import BaseCommand
 from django.db import close_old_connections
 
 from apps.notifications.delivery import deliver_due_notifications
+
+log = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
@@ -31,5 +34,10 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, lambda *_: stopping.set())
         while not stopping.is_set():
             close_old_connections()
-            if not deliver_due_notifications():
+            try:
+                attempted = deliver_due_notifications()
+            except Exception:  # noqa: BLE001 - a failed pass (database away) must not end the sender
+                log.exception("notification delivery pass failed")
+                attempted = 0
+            if not attempted:
                 stopping.wait(options["poll_seconds"])
