@@ -6,6 +6,10 @@
 
 The command id is derived from the caller and the key, so even a lost record cannot make a retried
 command take effect twice: the escrow service dedupes on the command id.
+
+Only a decision about the escrow is remembered: an acceptance (2xx) or a refusal by the state machine
+(403, 409). A request refused as invalid (400 and other 4xx) never reached a decision and changed
+nothing, so its key is forgotten and the client may send a corrected request under the same key.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from apps.gateway.problems import Problem, problem_response, to_problem
 
 MAX_KEY_LENGTH = 255
 KEY_NAMESPACE = uuid.UUID("0b6f8f0e-3c1a-4d7e-9a51-7d2f1c3b4a90")
+# Refusals that are the state machine's decision about the escrow, replayed like an acceptance.
+REMEMBERED_REFUSALS = frozenset({403, 409})
 
 
 def _fingerprint(request: Request, raw_body: bytes) -> str:
@@ -46,7 +52,10 @@ def run_idempotent(request: Request, raw_body: bytes, mutate: Callable[[uuid.UUI
         with transaction.atomic():
             record = IdempotencyRecord.objects.create(user=request.user, key=key, fingerprint=fingerprint)
     except IntegrityError:
-        existing = IdempotencyRecord.objects.get(user=request.user, key=key)
+        existing = IdempotencyRecord.objects.filter(user=request.user, key=key).first()
+        if existing is None:
+            # The first request was just refused as invalid and forgot its key: it was in flight a moment ago.
+            raise Problem(409, "idempotency_key_in_flight", "a request with this Idempotency-Key is still being processed") from None
         if existing.fingerprint != fingerprint:
             raise Problem(422, "idempotency_key_reused", "this Idempotency-Key was used with another request") from None
         if existing.status == IdempotencyRecord.Status.IN_FLIGHT:
@@ -65,6 +74,9 @@ def run_idempotent(request: Request, raw_body: bytes, mutate: Callable[[uuid.UUI
         # Unexpected failure: forget the key so that the client can retry it.
         record.delete()
         raise
+    if response.status_code >= 400 and response.status_code not in REMEMBERED_REFUSALS:
+        record.delete()
+        return response
     record.status = IdempotencyRecord.Status.DONE
     record.response_status = response.status_code
     record.response_body = response.data

@@ -85,7 +85,8 @@ class SellerField(serializers.Field):
 
 class CreateEscrowInput(StrictSerializer):
     seller = SellerField(help_text="The seller's user id or username.")
-    amount = StrictCharField(help_text='Decimal string, e.g. "149.99".', max_length=20)
+    # Not trimmed: an amount is exactly a decimal string, " 149.99" is as ambiguous as "149.990".
+    amount = StrictCharField(help_text='Decimal string, e.g. "149.99".', max_length=20, trim_whitespace=False)
     currency = StrictCharField(min_length=3, max_length=3)
     description = StrictCharField(max_length=500, trim_whitespace=True)
     inspection_period_hours = StrictIntegerField(required=False, min_value=1, max_value=720)
@@ -124,7 +125,8 @@ class DisputeInput(StrictSerializer):
 
 class ResolveInput(StrictSerializer):
     outcome = serializers.ChoiceField(choices=["release", "refund", "split"])
-    seller_amount = StrictCharField(required=False, max_length=20, help_text="Split only: the seller's gross share.")
+    seller_amount = StrictCharField(required=False, max_length=20, trim_whitespace=False,
+                                    help_text="Split only: the seller's gross share.")
     note = StrictCharField(max_length=1000, required=False, allow_blank=True, default="")
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:

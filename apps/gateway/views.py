@@ -3,7 +3,6 @@ escrow service's dispatch, answer. Reads come from the projections."""
 
 from __future__ import annotations
 
-
 import uuid
 from typing import Any
 
@@ -240,7 +239,7 @@ class DeliverEscrow(EscrowAction):
         return super().post(request, escrow_id)
 
     def build(self, request: Request, escrow_id: uuid.UUID, data: dict[str, Any]) -> Any:
-        return escrow_v1.MarkDelivered(escrow_id=str(escrow_id), actor=_user_actor(request))
+        return escrow_v1.MarkDelivered(escrow_id=str(escrow_id), actor=_staff_or_user_actor(request, escrow_id))
 
 
 class ReleaseEscrow(EscrowAction):
@@ -273,7 +272,10 @@ class DisputeEscrow(EscrowAction):
         return super().post(request, escrow_id)
 
     def build(self, request: Request, escrow_id: uuid.UUID, data: dict[str, Any]) -> Any:
-        return escrow_v1.OpenDispute(escrow_id=str(escrow_id), actor=_user_actor(request), reason=data["reason"])
+        # Staff can read every escrow, so a refusal must be 403, not the stranger's 404.
+        return escrow_v1.OpenDispute(
+            escrow_id=str(escrow_id), actor=_staff_or_user_actor(request, escrow_id), reason=data["reason"]
+        )
 
 
 class ResolveEscrow(EscrowAction):

@@ -3,16 +3,35 @@ request can be shown to have changed nothing."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from apps.escrow.models import Escrow, EscrowEvent
 from apps.gateway.models import IdempotencyRecord
+from apps.outbox import bus
 from apps.outbox.models import OutboxMessage
+from tests.helpers import create_escrow
 
 PROBLEM = "application/problem+json"
 
 
+def settle(*, limit_seconds: float = 60.0) -> None:
+    """Lets the bus finish every chain a request started. Inline dispatch usually has, but on PostgreSQL
+    the transaction-id watermark is cluster-wide: any open transaction elsewhere on the server holds
+    delivery back, and the inline pass gives up after a moment and leaves it to the worker loop. The
+    limit is a bound on a stuck bus, not a speed expectation."""
+    deadline = time.monotonic() + limit_seconds
+    while True:
+        bus.drain()
+        lagging = {sub.name: bus.lag(sub) for sub in bus.outbox_subscribers()}
+        if not any(lagging.values()):
+            return
+        assert time.monotonic() < deadline, f"the bus did not settle: {lagging}"
+        time.sleep(0.01)
+
+
 def table_counts() -> dict[str, int]:
+    settle()
     return {
         "escrows": Escrow.objects.count(),
         "events": EscrowEvent.objects.count(),
@@ -37,6 +56,7 @@ def error_fields(body: dict[str, Any]) -> set[str]:
 
 
 def timeline(client: Any, escrow_id: str) -> list[dict[str, Any]]:
+    settle()
     response = client.get(f"/api/v1/escrows/{escrow_id}/events")
     assert response.status_code == 200, response.content
     return response.json()
@@ -44,3 +64,11 @@ def timeline(client: Any, escrow_id: str) -> list[dict[str, Any]]:
 
 def event_types(client: Any, escrow_id: str) -> list[str]:
     return [entry["type"] for entry in timeline(client, escrow_id)]
+
+
+def create_settled(client: Any, *, seller: Any, **fields: Any) -> dict[str, Any]:
+    """Creates an escrow through the API and waits for its chain (payment intent, read model): reads
+    come from projections, so on a busy PostgreSQL a GET right after the 202 may not see it yet."""
+    created = create_escrow(client, seller=seller, **fields)
+    settle()
+    return created

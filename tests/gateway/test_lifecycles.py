@@ -9,14 +9,15 @@ import pytest
 
 from apps.escrow.models import Escrow
 from apps.outbox.models import DeadLetter
-from tests.gateway.support import event_types, timeline
-from tests.helpers import act, create_escrow, pay, state_of
+from tests.gateway.support import create_settled, event_types, settle, timeline
+from tests.helpers import act, pay, state_of
 
 # 149.99 at the default 250 bps: fee = 14999 * 250 // 10000 = 374 minor units.
 AMOUNT, SELLER_NET, FEE = "149.99", "146.25", "3.74"
 
 
 def money_of(client: Any, escrow_id: str) -> dict[str, str]:
+    settle()
     body = client.get(f"/api/v1/escrows/{escrow_id}").json()
     return {key: body[key] for key in ("state", "amount", "paid_to_seller", "refunded", "fee")}
 
@@ -40,8 +41,9 @@ def assert_timeline_is_ordered(client: Any, escrow_id: str) -> None:
 def funded(api_client, buyer, seller) -> str:
     """An escrow of 149.99 the buyer has paid for (FUNDS_HELD)."""
     as_buyer = api_client(buyer)
-    escrow_id = create_escrow(as_buyer, seller=seller, amount=AMOUNT)["escrow_id"]
+    escrow_id = create_settled(as_buyer, seller=seller, amount=AMOUNT)["escrow_id"]
     assert pay(as_buyer, escrow_id).status_code == 202
+    settle()
     assert state_of(as_buyer, escrow_id) == "FUNDS_HELD"
     return escrow_id
 
@@ -68,7 +70,7 @@ def test_release_pays_the_seller_net_of_the_fee(api_client, buyer, seller, funde
 @pytest.mark.parametrize("who", ["buyer", "seller", "staff"])
 def test_cancel_before_funding(api_client, buyer, seller, staff, who):
     as_buyer = api_client(buyer)
-    escrow_id = create_escrow(as_buyer, seller=seller)["escrow_id"]
+    escrow_id = create_settled(as_buyer, seller=seller)["escrow_id"]
     canceller = api_client({"buyer": buyer, "seller": seller, "staff": staff}[who])
 
     response = act(canceller, escrow_id, "cancel", {"reason": "changed my mind"})
@@ -115,6 +117,7 @@ def test_either_party_can_open_a_dispute(api_client, buyer, seller, funded, who,
     assert entries[-1]["type"] == "EscrowDisputed"
     assert entries[-1]["data"]["reason"] == "item never arrived"
     assert entries[-1]["actor"]["user_id"] == (buyer if who == "buyer" else seller).pk
+    settle()
     # A dispute stops the clock: nobody can release or deliver until staff resolve it.
     escrow = Escrow.objects.get(pk=funded)
     assert escrow.held_minor == 14999 and escrow.state == "DISPUTED"
@@ -154,7 +157,8 @@ def test_staff_resolve_a_dispute(api_client, buyer, seller, staff, funded, body,
 
 def test_the_buyer_sees_payment_instructions_and_the_seller_does_not(api_client, buyer, seller):
     as_buyer, as_seller = api_client(buyer), api_client(seller)
-    escrow_id = create_escrow(as_buyer, seller=seller)["escrow_id"]
+    escrow_id = create_settled(as_buyer, seller=seller)["escrow_id"]
+    settle()
 
     for_buyer = as_buyer.get(f"/api/v1/escrows/{escrow_id}").json()
     for_seller = as_seller.get(f"/api/v1/escrows/{escrow_id}").json()
@@ -169,9 +173,10 @@ def test_the_buyer_sees_payment_instructions_and_the_seller_does_not(api_client,
 def test_list_filters_by_role_and_state_and_pages(api_client, buyer, seller):
     as_buyer, as_seller = api_client(buyer), api_client(seller)
     # Given: the buyer buys five times from the seller and sells twice to them; one purchase is paid.
-    bought = [create_escrow(as_buyer, seller=seller, description=f"item {n}")["escrow_id"] for n in range(5)]
-    sold = [create_escrow(as_seller, seller=buyer, description=f"sold {n}")["escrow_id"] for n in range(2)]
+    bought = [create_settled(as_buyer, seller=seller, description=f"item {n}")["escrow_id"] for n in range(5)]
+    sold = [create_settled(as_seller, seller=buyer, description=f"sold {n}")["escrow_id"] for n in range(2)]
     assert pay(as_buyer, bought[0]).status_code == 202
+    settle()
 
     def ids(query: str) -> tuple[set[str], dict[str, Any]]:
         response = as_buyer.get(f"/api/v1/escrows{query}")
