@@ -66,9 +66,7 @@ class Actor(betterproto2.Message):
     Who caused a command. Only ids: no names, handles or emails ever travel in a message.
     """
 
-    kind: "ActorKind" = betterproto2.field(
-        1, betterproto2.TYPE_ENUM, default_factory=lambda: ActorKind(0)
-    )
+    kind: "ActorKind" = betterproto2.field(1, betterproto2.TYPE_ENUM, default_factory=lambda: ActorKind(0))
 
     user_id: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
 
@@ -92,10 +90,7 @@ class Envelope(betterproto2.Message):
     aggregate_version: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
 
     occurred_at: "datetime.datetime | None" = betterproto2.field(
-        5,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: __google__protobuf__.Timestamp,
-        optional=True,
+        5, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
     )
 
     correlation_id: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)

@@ -68,9 +68,7 @@ class DisputeOutcome(betterproto2.Enum):
 class CancelEscrow(betterproto2.Message):
     escrow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    actor: "__common__v1__.Actor | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    actor: "__common__v1__.Actor | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
 
     reason: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -86,17 +84,13 @@ class CreateEscrow(betterproto2.Message):
 
     seller_id: "int" = betterproto2.field(3, betterproto2.TYPE_INT64)
 
-    amount: "__common__v1__.Money | None" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    amount: "__common__v1__.Money | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
 
     description: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
 
     inspection_period_hours: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
 
-    actor: "__common__v1__.Actor | None" = betterproto2.field(
-        7, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    actor: "__common__v1__.Actor | None" = betterproto2.field(7, betterproto2.TYPE_MESSAGE, optional=True)
 
 
 default_message_pool.register_message("escrow.v1", "CreateEscrow", CreateEscrow)
@@ -106,9 +100,7 @@ default_message_pool.register_message("escrow.v1", "CreateEscrow", CreateEscrow)
 class EscrowCancelled(betterproto2.Message):
     escrow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    actor: "__common__v1__.Actor | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    actor: "__common__v1__.Actor | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
 
     reason: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -123,9 +115,7 @@ class EscrowComplianceHold(betterproto2.Message):
     reason: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message(
-    "escrow.v1", "EscrowComplianceHold", EscrowComplianceHold
-)
+default_message_pool.register_message("escrow.v1", "EscrowComplianceHold", EscrowComplianceHold)
 
 
 @dataclass(eq=False, repr=False)
@@ -136,24 +126,17 @@ class EscrowCreated(betterproto2.Message):
 
     seller_id: "int" = betterproto2.field(3, betterproto2.TYPE_INT64)
 
-    amount: "__common__v1__.Money | None" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    amount: "__common__v1__.Money | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
 
     description: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
 
     inspection_period_hours: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
 
     funding_deadline: "datetime.datetime | None" = betterproto2.field(
-        7,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: __google__protobuf__.Timestamp,
-        optional=True,
+        7, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
     )
 
-    actor: "__common__v1__.Actor | None" = betterproto2.field(
-        8, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    actor: "__common__v1__.Actor | None" = betterproto2.field(8, betterproto2.TYPE_MESSAGE, optional=True)
 
 
 default_message_pool.register_message("escrow.v1", "EscrowCreated", EscrowCreated)
@@ -164,15 +147,10 @@ class EscrowDelivered(betterproto2.Message):
     escrow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
     inspection_deadline: "datetime.datetime | None" = betterproto2.field(
-        2,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: __google__protobuf__.Timestamp,
-        optional=True,
+        2, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
     )
 
-    actor: "__common__v1__.Actor | None" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    actor: "__common__v1__.Actor | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
 
 
 default_message_pool.register_message("escrow.v1", "EscrowDelivered", EscrowDelivered)
@@ -182,9 +160,7 @@ default_message_pool.register_message("escrow.v1", "EscrowDelivered", EscrowDeli
 class EscrowDisputed(betterproto2.Message):
     escrow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    actor: "__common__v1__.Actor | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    actor: "__common__v1__.Actor | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
 
     reason: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -196,37 +172,25 @@ default_message_pool.register_message("escrow.v1", "EscrowDisputed", EscrowDispu
 class EscrowDisputeResolved(betterproto2.Message):
     escrow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    actor: "__common__v1__.Actor | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    actor: "__common__v1__.Actor | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
 
-    outcome: "DisputeOutcome" = betterproto2.field(
-        3, betterproto2.TYPE_ENUM, default_factory=lambda: DisputeOutcome(0)
-    )
+    outcome: "DisputeOutcome" = betterproto2.field(3, betterproto2.TYPE_ENUM, default_factory=lambda: DisputeOutcome(0))
 
-    seller_amount: "__common__v1__.Money | None" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    seller_amount: "__common__v1__.Money | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
 
-    buyer_amount: "__common__v1__.Money | None" = betterproto2.field(
-        5, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    buyer_amount: "__common__v1__.Money | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
 
     note: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message(
-    "escrow.v1", "EscrowDisputeResolved", EscrowDisputeResolved
-)
+default_message_pool.register_message("escrow.v1", "EscrowDisputeResolved", EscrowDisputeResolved)
 
 
 @dataclass(eq=False, repr=False)
 class EscrowFundsHeld(betterproto2.Message):
     escrow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    amount: "__common__v1__.Money | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    amount: "__common__v1__.Money | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
 
     provider_payment_id: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -247,26 +211,20 @@ class EscrowNeedsAttention(betterproto2.Message):
 
     detail: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
-    received: "__common__v1__.Money | None" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    received: "__common__v1__.Money | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
     """
     Money that arrived and is now held, when the attention is about an unexpected payment.
     """
 
 
-default_message_pool.register_message(
-    "escrow.v1", "EscrowNeedsAttention", EscrowNeedsAttention
-)
+default_message_pool.register_message("escrow.v1", "EscrowNeedsAttention", EscrowNeedsAttention)
 
 
 @dataclass(eq=False, repr=False)
 class EscrowRefunded(betterproto2.Message):
     escrow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    amount: "__common__v1__.Money | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    amount: "__common__v1__.Money | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
 
 
 default_message_pool.register_message("escrow.v1", "EscrowRefunded", EscrowRefunded)
@@ -276,31 +234,21 @@ default_message_pool.register_message("escrow.v1", "EscrowRefunded", EscrowRefun
 class EscrowRefundRequested(betterproto2.Message):
     escrow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    amount: "__common__v1__.Money | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    amount: "__common__v1__.Money | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
 
-    actor: "__common__v1__.Actor | None" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    actor: "__common__v1__.Actor | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
 
 
-default_message_pool.register_message(
-    "escrow.v1", "EscrowRefundRequested", EscrowRefundRequested
-)
+default_message_pool.register_message("escrow.v1", "EscrowRefundRequested", EscrowRefundRequested)
 
 
 @dataclass(eq=False, repr=False)
 class EscrowReleased(betterproto2.Message):
     escrow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    paid_to_seller: "__common__v1__.Money | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    paid_to_seller: "__common__v1__.Money | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
 
-    fee: "__common__v1__.Money | None" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    fee: "__common__v1__.Money | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
 
 
 default_message_pool.register_message("escrow.v1", "EscrowReleased", EscrowReleased)
@@ -310,34 +258,24 @@ default_message_pool.register_message("escrow.v1", "EscrowReleased", EscrowRelea
 class EscrowReleaseRequested(betterproto2.Message):
     escrow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    payout: "__common__v1__.Money | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    payout: "__common__v1__.Money | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
     """
     What the seller receives, and the platform fee kept from the seller's share.
     """
 
-    fee: "__common__v1__.Money | None" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    fee: "__common__v1__.Money | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
 
-    actor: "__common__v1__.Actor | None" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    actor: "__common__v1__.Actor | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
 
 
-default_message_pool.register_message(
-    "escrow.v1", "EscrowReleaseRequested", EscrowReleaseRequested
-)
+default_message_pool.register_message("escrow.v1", "EscrowReleaseRequested", EscrowReleaseRequested)
 
 
 @dataclass(eq=False, repr=False)
 class MarkDelivered(betterproto2.Message):
     escrow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    actor: "__common__v1__.Actor | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    actor: "__common__v1__.Actor | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
 
 
 default_message_pool.register_message("escrow.v1", "MarkDelivered", MarkDelivered)
@@ -347,9 +285,7 @@ default_message_pool.register_message("escrow.v1", "MarkDelivered", MarkDelivere
 class OpenDispute(betterproto2.Message):
     escrow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    actor: "__common__v1__.Actor | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    actor: "__common__v1__.Actor | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
 
     reason: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -361,9 +297,7 @@ default_message_pool.register_message("escrow.v1", "OpenDispute", OpenDispute)
 class ReleaseFunds(betterproto2.Message):
     escrow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    actor: "__common__v1__.Actor | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    actor: "__common__v1__.Actor | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
 
 
 default_message_pool.register_message("escrow.v1", "ReleaseFunds", ReleaseFunds)
@@ -373,17 +307,11 @@ default_message_pool.register_message("escrow.v1", "ReleaseFunds", ReleaseFunds)
 class ResolveDispute(betterproto2.Message):
     escrow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    actor: "__common__v1__.Actor | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    actor: "__common__v1__.Actor | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
 
-    outcome: "DisputeOutcome" = betterproto2.field(
-        3, betterproto2.TYPE_ENUM, default_factory=lambda: DisputeOutcome(0)
-    )
+    outcome: "DisputeOutcome" = betterproto2.field(3, betterproto2.TYPE_ENUM, default_factory=lambda: DisputeOutcome(0))
 
-    seller_amount: "__common__v1__.Money | None" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    seller_amount: "__common__v1__.Money | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
     """
     Gross share of the escrow amount that goes to the seller (before the platform fee); split only.
     """

@@ -32,9 +32,7 @@ betterproto2.check_compiler_version(_COMPILER_VERSION)
 class ChargebackOpened(betterproto2.Message):
     escrow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    amount: "__common__v1__.Money | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    amount: "__common__v1__.Money | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
 
     provider: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -43,9 +41,7 @@ class ChargebackOpened(betterproto2.Message):
     reason: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message(
-    "payments.v1", "ChargebackOpened", ChargebackOpened
-)
+default_message_pool.register_message("payments.v1", "ChargebackOpened", ChargebackOpened)
 
 
 @dataclass(eq=False, repr=False)
@@ -56,14 +52,10 @@ class CreatePaymentIntent(betterproto2.Message):
 
     seller_id: "int" = betterproto2.field(3, betterproto2.TYPE_INT64)
 
-    amount: "__common__v1__.Money | None" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    amount: "__common__v1__.Money | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
 
 
-default_message_pool.register_message(
-    "payments.v1", "CreatePaymentIntent", CreatePaymentIntent
-)
+default_message_pool.register_message("payments.v1", "CreatePaymentIntent", CreatePaymentIntent)
 
 
 @dataclass(eq=False, repr=False)
@@ -72,9 +64,7 @@ class InitiateRefund(betterproto2.Message):
 
     buyer_id: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
 
-    amount: "__common__v1__.Money | None" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    amount: "__common__v1__.Money | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
 
 
 default_message_pool.register_message("payments.v1", "InitiateRefund", InitiateRefund)
@@ -103,36 +93,28 @@ class PaymentInstructionsIssued(betterproto2.Message):
     provider_payment_id: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message(
-    "payments.v1", "PaymentInstructionsIssued", PaymentInstructionsIssued
-)
+default_message_pool.register_message("payments.v1", "PaymentInstructionsIssued", PaymentInstructionsIssued)
 
 
 @dataclass(eq=False, repr=False)
 class PaymentSucceeded(betterproto2.Message):
     escrow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    amount: "__common__v1__.Money | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    amount: "__common__v1__.Money | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
 
     provider: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
     provider_payment_id: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message(
-    "payments.v1", "PaymentSucceeded", PaymentSucceeded
-)
+default_message_pool.register_message("payments.v1", "PaymentSucceeded", PaymentSucceeded)
 
 
 @dataclass(eq=False, repr=False)
 class RefundFailed(betterproto2.Message):
     escrow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    amount: "__common__v1__.Money | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    amount: "__common__v1__.Money | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
 
     provider: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -148,9 +130,7 @@ default_message_pool.register_message("payments.v1", "RefundFailed", RefundFaile
 class RefundSucceeded(betterproto2.Message):
     escrow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    amount: "__common__v1__.Money | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    amount: "__common__v1__.Money | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
 
     provider: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -164,9 +144,7 @@ default_message_pool.register_message("payments.v1", "RefundSucceeded", RefundSu
 class TransferFailed(betterproto2.Message):
     escrow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    amount: "__common__v1__.Money | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    amount: "__common__v1__.Money | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
 
     provider: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -182,22 +160,16 @@ default_message_pool.register_message("payments.v1", "TransferFailed", TransferF
 class TransferSucceeded(betterproto2.Message):
     escrow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    amount: "__common__v1__.Money | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    amount: "__common__v1__.Money | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
 
-    fee: "__common__v1__.Money | None" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    fee: "__common__v1__.Money | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
 
     provider: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
 
     provider_transfer_id: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message(
-    "payments.v1", "TransferSucceeded", TransferSucceeded
-)
+default_message_pool.register_message("payments.v1", "TransferSucceeded", TransferSucceeded)
 
 
 @dataclass(eq=False, repr=False)
@@ -206,21 +178,15 @@ class TransferToSeller(betterproto2.Message):
 
     seller_id: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
 
-    amount: "__common__v1__.Money | None" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    amount: "__common__v1__.Money | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
     """
     Net amount for the seller; the fee stays with the platform.
     """
 
-    fee: "__common__v1__.Money | None" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    fee: "__common__v1__.Money | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
 
 
-default_message_pool.register_message(
-    "payments.v1", "TransferToSeller", TransferToSeller
-)
+default_message_pool.register_message("payments.v1", "TransferToSeller", TransferToSeller)
 
 
 @dataclass(eq=False, repr=False)
