@@ -146,3 +146,25 @@ class WaitingPayout(models.Model):
 
     def __str__(self) -> str:
         return f"payout {self.escrow_id} to seller {self.seller_id} ({self.status})"
+
+
+class WalletScreening(models.Model):
+    """One vendor's answer about one wallet, with its raw response (append-only compliance record)."""
+
+    class Purpose(models.TextChoices):
+        DEPOSIT = "deposit"  # funds arriving from the buyer's wallet
+        PAYOUT = "payout"  # funds leaving to the seller's wallet
+        REFUND = "refund"  # funds going back to the buyer's wallet
+
+    escrow_id = models.UUIDField(db_index=True)
+    address = models.CharField(max_length=100, db_index=True)
+    chain = models.CharField(max_length=20)
+    purpose = models.CharField(max_length=20, choices=Purpose.choices)
+    vendor = models.CharField(max_length=20)
+    allowed = models.BooleanField()
+    reason = models.CharField(max_length=1000, blank=True)
+    raw = models.JSONField()
+    screened_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.vendor} {self.address} {'allowed' if self.allowed else 'BLOCKED'}"

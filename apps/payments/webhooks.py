@@ -66,13 +66,19 @@ def process(record: WebhookEvent, event: ProviderEvent) -> WebhookOutcome:
     ).exclude(pk=record.pk).exists():
         _finish(record, WebhookEvent.Status.DUPLICATE)
         return WebhookOutcome(WebhookEvent.Status.DUPLICATE, 200, "duplicate event, already processed", record.pk)
+    try:
+        # Outside the transaction: a provider may re-read the object from its API (and the custodian
+        # screens the counterparty wallet and names the event in our terms) before anything is trusted.
+        event = providers.get(record.provider).refresh_event(event)
+    except Exception as exc:  # noqa: BLE001 - provider unreachable: recorded, answered 5xx, retried
+        _finish(record, WebhookEvent.Status.FAILED, error="".join(traceback.format_exception(exc))[-8000:])
+        log.warning("webhook re-read failed", extra={"provider": record.provider, "webhook_id": record.pk})
+        return WebhookOutcome(WebhookEvent.Status.FAILED, 503, "provider re-read failed; retry later", record.pk)
     handler = HANDLERS.get(event.type)
     if handler is None:
         _finish(record, WebhookEvent.Status.IGNORED, error=f"event type {event.type} is not handled")
         return WebhookOutcome(WebhookEvent.Status.IGNORED, 200, "event type not handled", record.pk)
     try:
-        # Outside the transaction: a provider may re-read the object (Stripe does, for its own objects).
-        event = providers.get(record.provider).refresh_event(event)
         with transaction.atomic():
             applied = handler(record, event)
             record.status = WebhookEvent.Status.PROCESSED if applied else WebhookEvent.Status.IGNORED
@@ -294,6 +300,26 @@ def on_charge_refunded(record: WebhookEvent, event: ProviderEvent) -> bool:
     return applied
 
 
+def on_wallet_blocked(record: WebhookEvent, event: ProviderEvent) -> bool:
+    """A deposit from a wallet that screening blocked: the funds are not accepted for the escrow (no
+    PaymentSucceeded) and the block is announced for compliance; the payment stays pending."""
+    found = _locked_artifact(record.provider, PaymentArtifact.Kind.PAYMENT, event.object.get("id"))
+    if found is None:
+        return False
+    order, artifact = found
+    reason = str(event.object.get("reason") or "screening blocked")[:1000]
+    artifact.failure_reason = f"deposit {event.object.get('transaction')} blocked: {reason}"[:1000]
+    artifact.save(update_fields=["failure_reason", "updated_at"])
+    _emit_verified(record, event, order, artifact.provider_id)
+    services.emit(
+        order,
+        payments_v1.WalletScreened(escrow_id=str(order.escrow_id), address=str(event.object.get("source_address")),
+                                   allowed=False, reason=reason),
+        fact=f"{record.provider}:{event.object.get('transaction')}:blocked",
+    )
+    return True
+
+
 def on_dispute_created(record: WebhookEvent, event: ProviderEvent) -> bool:
     found = _locked_artifact(record.provider, PaymentArtifact.Kind.PAYMENT, event.object.get("payment_intent"))
     if found is None:
@@ -323,5 +349,6 @@ HANDLERS: dict[str, Callable[[WebhookEvent, ProviderEvent], bool]] = {
     "refund.created": on_refund_updated,
     "refund.updated": on_refund_updated,
     "charge.refunded": on_charge_refunded,
+    "wallet.blocked": on_wallet_blocked,
     "charge.dispute.created": on_dispute_created,
 }

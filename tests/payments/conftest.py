@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from pytest_httpserver import HTTPServer
 
 from apps.payments import providers
+from tests.fakes.custodian_server import USDC_TOKEN_ID, FakeCustodian
+from tests.fakes.screening_server import CHAINALYSIS_KEY, TRM_KEY, FakeScreening
 from tests.fakes.stripe_server import WEBHOOK_SECRET, FakeStripe
 
 
@@ -23,3 +26,47 @@ def fake_stripe(httpserver: HTTPServer, settings: object) -> Iterator[FakeStripe
     providers.reset()
     yield fake
     providers.reset()
+
+
+@pytest.fixture
+def local_server() -> Iterator[Callable[[], HTTPServer]]:
+    """Starts extra loopback HTTP servers (one per faked vendor), stopped after the test."""
+    started: list[HTTPServer] = []
+
+    def start() -> HTTPServer:
+        server = HTTPServer(host="127.0.0.1", port=0)
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.clear()
+        server.stop()
+
+
+@pytest.fixture
+def fake_screening(local_server: Callable[[], HTTPServer], settings: Any) -> FakeScreening:
+    fake = FakeScreening(local_server())
+    settings.TRM_API_BASE = settings.CHAINALYSIS_API_BASE = fake.api_base
+    settings.TRM_API_KEY, settings.CHAINALYSIS_API_KEY = TRM_KEY, CHAINALYSIS_KEY
+    return fake
+
+
+@pytest.fixture
+def fake_custodian(local_server: Callable[[], HTTPServer], fake_screening: FakeScreening,
+                   settings: Any) -> Iterator[FakeCustodian]:
+    """PAYMENTS_PROVIDER=live with the custodian and both screening vendors faked on loopback."""
+    from apps.payments.providers import custodian
+
+    fake = FakeCustodian(local_server())
+    settings.PAYMENTS_PROVIDER = "live"
+    settings.CUSTODIAN_API_BASE = fake.api_base
+    settings.CUSTODIAN_API_KEY = fake.api_key
+    settings.CUSTODIAN_WEBHOOK_SECRET = ""  # the key is fetched by its id, as from the real custodian
+    settings.CUSTODIAN_USDC_TOKEN_ID = USDC_TOKEN_ID
+    providers.reset()
+    custodian._public_keys.clear()
+    yield fake
+    providers.reset()
+    custodian._public_keys.clear()

@@ -19,6 +19,10 @@ def get(name: str) -> PaymentProvider:
             from apps.payments.providers.stripe import StripeProvider  # imports the SDK only when used
 
             _instances[name] = StripeProvider()
+        elif name == "custodian" and settings.PAYMENTS_PROVIDER == "live":
+            from apps.payments.providers.custodian import CustodianProvider
+
+            _instances[name] = CustodianProvider()
         else:
             raise LookupError(f"payment provider {name!r} is not available in this deployment")
     return _instances[name]

@@ -31,6 +31,10 @@ KEPT_FIELDS = ("id", "object", "amount", "amount_received", "currency", "status"
                "source_transaction", "transfer_group", "payment_intent", "charge", "latest_charge", "metadata",
                "reversed")
 
+# The events whose handlers move money on the object's state: these are re-read before being trusted.
+REREAD_TYPES = frozenset({"payment_intent.succeeded", "payment_intent.payment_failed", "charge.refunded",
+                          "refund.created", "refund.updated"})
+
 
 def _kept(obj: Any) -> dict[str, Any]:
     data = obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
@@ -133,6 +137,8 @@ class StripeProvider(PaymentProvider):
         then ignored): no call is made on a stranger's behalf."""
         from apps.payments.models import PaymentArtifact
 
+        if event.type not in REREAD_TYPES:
+            return event
         kind = event.object.get("object")
         obj_id = event.object.get("id")
         known = PaymentArtifact.objects.filter(provider=self.name)

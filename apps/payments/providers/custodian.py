@@ -1,0 +1,276 @@
+"""USDC on Base through a custodian, for escrows above STRIPE_MAX_AMOUNT_MINOR. The client speaks the shape of
+Circle's developer-controlled wallets API; another custodian (Fireblocks, BitGo) is another
+`PaymentProvider` (see docs/payments.md for the differences).
+
+- CreatePaymentIntent: one wallet per escrow on BASE; its address is the buyer's deposit address.
+- TransferToSeller / InitiateRefund: a transfer of USDC out of the escrow's wallet, to the seller's
+  registered wallet / back to the wallet the buyer paid from, each screened first (screening.py).
+- Every POST carries `idempotencyKey`: a UUIDv4 derived from our command's key, so our retries are one
+  operation at the custodian.
+- Webhooks (`transactions.inbound` / `transactions.outbound`) are ECDSA-SHA256 signatures over the raw body
+  (`X-Circle-Signature`, base64 DER), checked with the public key named by `X-Circle-Key-Id` (fetched from
+  the custodian, or pinned in CUSTODIAN_WEBHOOK_SECRET as base64 DER). The transaction is then re-read and,
+  for a deposit, its sender screened; only then is it named in our terms (payment_intent.succeeded,
+  transfer.created, ...) for the shared webhook handlers.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
+from typing import Any
+
+import requests
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from django.conf import settings
+
+from apps.payments import payouts
+from apps.payments.providers import screening
+from apps.payments.providers.base import (
+    MoneyMovement,
+    PaymentProvider,
+    PaymentSetup,
+    ProviderError,
+    ProviderEvent,
+    WebhookVerificationError,
+)
+
+TIMEOUT_SECONDS = 15.0
+BLOCKCHAIN = "BASE"
+CHAIN_FOR_SCREENING = "base"
+DONE = "COMPLETE"
+FAILED_STATES = frozenset({"FAILED", "CANCELLED", "DENIED"})
+# Not the escrow's currency: a deposit of another token is counted by nobody and goes to ops.
+UNKNOWN_TOKEN_CURRENCY = "XXX"
+
+
+def idempotency_uuid(key: str) -> str:
+    """Circle wants a UUIDv4 idempotency key: ours, hashed into one (same command, same UUID)."""
+    return str(uuid.UUID(bytes=hashlib.sha256(key.encode()).digest()[:16], version=4))
+
+
+def usdc_amount(amount_minor: int) -> str:
+    whole, cents = divmod(amount_minor, 100)
+    return f"{whole}.{cents:02d}"
+
+
+def minor_of(amount: Any) -> int | None:
+    """USDC decimal string -> cents, rounding sub-cent dust down (dust stays in the wallet)."""
+    try:
+        value = Decimal(str(amount))
+    except InvalidOperation:
+        return None
+    if not value.is_finite() or value < 0:
+        return None
+    return int((value * 100).quantize(Decimal(1), rounding=ROUND_DOWN))
+
+
+def _request(method: str, path: str, *, body: dict[str, Any] | None = None,
+             params: dict[str, str] | None = None) -> dict[str, Any]:
+    url = f"{settings.CUSTODIAN_API_BASE.rstrip('/')}{path}"
+    try:
+        response = requests.request(method, url, json=body, params=params, timeout=TIMEOUT_SECONDS,
+                                    headers={"Authorization": f"Bearer {settings.CUSTODIAN_API_KEY}"})
+    except requests.RequestException as exc:
+        raise ProviderError(f"custodian {method} {path}: {type(exc).__name__}", transient=True) from exc
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = {}
+    if response.status_code >= 400:
+        message = f"custodian {method} {path}: {response.status_code} {answer.get('code', '')} {answer.get('message', '')}"
+        transient = response.status_code in (401, 403, 409, 429) or response.status_code >= 500
+        raise ProviderError(message.strip()[:1000], transient=transient)
+    data = answer.get("data") if isinstance(answer, dict) else None
+    if not isinstance(data, dict):
+        raise ProviderError(f"custodian {method} {path}: answer without data", transient=True)
+    return data
+
+
+def _with_secret(body: dict[str, Any]) -> dict[str, Any]:
+    # Circle also wants a fresh entitySecretCiphertext per request; deployments that need it set one.
+    ciphertext = getattr(settings, "CUSTODIAN_ENTITY_SECRET_CIPHERTEXT", "")
+    return {**body, "entitySecretCiphertext": ciphertext} if ciphertext else body
+
+
+def transaction_get(tx_id: str) -> dict[str, Any]:
+    found = _request("GET", f"/v1/w3s/transactions/{tx_id}").get("transaction")
+    if not isinstance(found, dict):
+        raise ProviderError(f"custodian transaction {tx_id}: no transaction in answer", transient=True)
+    return found
+
+
+_public_keys: dict[str, ec.EllipticCurvePublicKey] = {}
+
+
+def _public_key(key_id: str) -> ec.EllipticCurvePublicKey:
+    pinned = settings.CUSTODIAN_WEBHOOK_SECRET
+    if pinned:
+        encoded = pinned
+    elif key_id in _public_keys:
+        return _public_keys[key_id]
+    else:
+        try:
+            encoded = str(_request("GET", f"/v2/notifications/publicKey/{key_id}").get("publicKey") or "")
+        except ProviderError as exc:
+            if exc.transient:
+                raise
+            raise WebhookVerificationError(f"unknown signing key {key_id}") from None
+    try:
+        key = serialization.load_der_public_key(base64.b64decode(encoded))
+    except ValueError:
+        raise WebhookVerificationError("signing key is not a DER public key") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise WebhookVerificationError("signing key is not an ECDSA key")
+    if not pinned:
+        _public_keys[key_id] = key
+    return key
+
+
+class CustodianProvider(PaymentProvider):
+    name = "custodian"
+
+    def create_payment(
+        self, *, escrow_id: str, amount_minor: int, currency: str, idempotency_key: str
+    ) -> PaymentSetup:
+        if currency != "USD":
+            raise ProviderError(f"the USDC rail takes USD escrows, not {currency}", transient=False)
+        data = _request("POST", "/v1/w3s/developer/wallets", body=_with_secret({
+            "idempotencyKey": idempotency_uuid(idempotency_key),
+            "walletSetId": getattr(settings, "CUSTODIAN_WALLET_SET_ID", ""),
+            "blockchains": [BLOCKCHAIN],
+            "count": 1,
+            "metadata": [{"name": "escrow", "refId": escrow_id}],
+        }))
+        wallets = data.get("wallets") or []
+        if len(wallets) != 1 or not wallets[0].get("id") or not wallets[0].get("address"):
+            raise ProviderError("custodian created no wallet", transient=True)
+        wallet = wallets[0]
+        raw = {key: wallet.get(key) for key in ("id", "address", "blockchain", "state")}
+        return PaymentSetup(provider_payment_id=wallet["id"], deposit_address=wallet["address"],
+                            raw={**raw, "expected": usdc_amount(amount_minor)})
+
+    def _send(self, *, escrow_id: str, wallet_id: str, destination: str, amount_minor: int, currency: str,
+              idempotency_key: str, purpose: str) -> MoneyMovement:
+        if currency != "USD":
+            raise ProviderError(f"the USDC rail pays USD escrows, not {currency}", transient=False)
+        verdict = screening.screen_address(address=destination, purpose=purpose, escrow_id=escrow_id,
+                                           chain=CHAIN_FOR_SCREENING)
+        if not verdict.allowed:
+            raise ProviderError(f"screening blocked {destination}: {verdict.reason}", transient=False)
+        data = _request("POST", "/v1/w3s/developer/transactions/transfer", body=_with_secret({
+            "idempotencyKey": idempotency_uuid(idempotency_key),
+            "walletId": wallet_id,
+            "destinationAddress": destination,
+            "amounts": [usdc_amount(amount_minor)],
+            "tokenAddress": getattr(settings, "CUSTODIAN_USDC_TOKEN_ADDRESS", ""),
+            "blockchain": BLOCKCHAIN,
+            "feeLevel": "MEDIUM",
+            "refId": escrow_id,
+        }))
+        if not data.get("id"):
+            raise ProviderError("custodian accepted a transfer without an id", transient=True)
+        return MoneyMovement(provider_id=str(data["id"]), raw={"id": data["id"], "state": data.get("state"),
+                                                               "destination": destination})
+
+    def create_transfer(
+        self,
+        *,
+        escrow_id: str,
+        seller_id: int,
+        amount_minor: int,
+        currency: str,
+        source_payment_id: str,
+        idempotency_key: str,
+    ) -> MoneyMovement:
+        return self._send(escrow_id=escrow_id, wallet_id=source_payment_id, destination=payouts.wallet_for(seller_id),
+                          amount_minor=amount_minor, currency=currency, idempotency_key=idempotency_key,
+                          purpose="payout")
+
+    def create_refund(
+        self, *, escrow_id: str, payment_id: str, amount_minor: int, currency: str, idempotency_key: str
+    ) -> MoneyMovement:
+        # Back to where the money came from: the sender of the escrow wallet's completed deposit.
+        deposits = _request("GET", "/v1/w3s/transactions", params={
+            "walletIds": payment_id, "txType": "INBOUND", "state": DONE,
+        }).get("transactions") or []
+        senders = {tx.get("sourceAddress") for tx in deposits if isinstance(tx, dict) and tx.get("sourceAddress")}
+        if len(senders) != 1:
+            raise ProviderError(f"cannot tell where to refund: {len(senders)} sending wallets", transient=False)
+        return self._send(escrow_id=escrow_id, wallet_id=payment_id, destination=str(senders.pop()),
+                          amount_minor=amount_minor, currency=currency, idempotency_key=idempotency_key,
+                          purpose="refund")
+
+    def verify_webhook(self, *, body: bytes, headers: Mapping[str, str]) -> ProviderEvent:
+        signature = headers.get("X-Circle-Signature") or headers.get("x-circle-signature")
+        key_id = headers.get("X-Circle-Key-Id") or headers.get("x-circle-key-id")
+        if not signature or not key_id:
+            raise WebhookVerificationError("missing X-Circle-Signature or X-Circle-Key-Id")
+        key = _public_key(key_id)
+        try:
+            key.verify(base64.b64decode(signature, validate=True), body, ec.ECDSA(hashes.SHA256()))
+        except (InvalidSignature, ValueError):
+            raise WebhookVerificationError("signature does not match the body") from None
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            raise WebhookVerificationError("body is not JSON") from None
+        notification = payload.get("notification") if isinstance(payload, dict) else None
+        if not isinstance(notification, dict) or not isinstance(payload.get("notificationId"), str) \
+                or not isinstance(payload.get("notificationType"), str):
+            raise WebhookVerificationError("notification lacks notificationId, notificationType or notification")
+        return ProviderEvent(id=payload["notificationId"], type=payload["notificationType"], object=notification,
+                             raw=payload)
+
+    def refresh_event(self, event: ProviderEvent) -> ProviderEvent:
+        from apps.payments.models import PaymentArtifact
+
+        known = PaymentArtifact.objects.filter(provider=self.name)
+        tx_id = event.object.get("id")
+        if not isinstance(tx_id, str):
+            return event
+        if event.type == "transactions.inbound":
+            wallet_id = event.object.get("walletId")
+            if not known.filter(kind=PaymentArtifact.Kind.PAYMENT, provider_id=wallet_id).exists():
+                return event  # not one of our deposit wallets: acknowledged, ignored
+            payment = known.get(kind=PaymentArtifact.Kind.PAYMENT, provider_id=wallet_id)
+            tx = transaction_get(tx_id)
+            if tx.get("state") != DONE or tx.get("walletId") != wallet_id or tx.get("transactionType") != "INBOUND":
+                return ProviderEvent(id=event.id, type="custodian.not_final", object=tx, raw=event.raw)
+            sender = str(tx.get("sourceAddress") or "")
+            verdict = screening.screen_address(address=sender, purpose="deposit", escrow_id=str(payment.escrow_id),
+                                               chain=CHAIN_FOR_SCREENING)
+            amounts = tx.get("amounts") or []
+            usdc = tx.get("tokenId") == getattr(settings, "CUSTODIAN_USDC_TOKEN_ID", "") and tx.get("blockchain") == BLOCKCHAIN
+            obj = {
+                "id": wallet_id, "object": "payment_intent", "status": "succeeded",
+                "amount_received": minor_of(amounts[0]) if len(amounts) == 1 else None,
+                "currency": "usd" if usdc else UNKNOWN_TOKEN_CURRENCY, "transaction": tx_id, "source_address": sender,
+            }
+            if not verdict.allowed:
+                return ProviderEvent(id=event.id, type="wallet.blocked",
+                                     object={**obj, "reason": verdict.reason}, raw=event.raw)
+            return ProviderEvent(id=event.id, type="payment_intent.succeeded", object=obj, raw=event.raw)
+        if event.type == "transactions.outbound":
+            artifact = known.filter(provider_id=tx_id).exclude(kind=PaymentArtifact.Kind.PAYMENT).first()
+            if artifact is None:
+                return event
+            tx = transaction_get(tx_id)
+            state = tx.get("state")
+            if state not in FAILED_STATES and state != DONE:
+                return ProviderEvent(id=event.id, type="custodian.not_final", object=tx, raw=event.raw)
+            if artifact.kind == PaymentArtifact.Kind.TRANSFER:
+                kind = "transfer.created" if state == DONE else "transfer.reversed"
+                return ProviderEvent(id=event.id, type=kind, object={"id": tx_id, "object": "transfer"}, raw=event.raw)
+            status = "succeeded" if state == DONE else "failed"
+            return ProviderEvent(id=event.id, type="refund.updated",
+                                 object={"id": tx_id, "object": "refund", "status": status,
+                                         "failure_reason": str(tx.get("errorReason") or state)},
+                                 raw=event.raw)
+        return event

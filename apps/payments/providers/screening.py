@@ -1,0 +1,130 @@
+"""Wallet screening: TRM Labs and Chainalysis, both must pass, and an outage fails closed.
+
+- TRM Labs `POST /public/v2/screening/addresses` (HTTP Basic, the API key as user name): the address is
+  blocked when any address risk indicator or any entity is rated High or Severe (riskScoreLevel >= 10).
+- Chainalysis sanctions API `GET /api/v1/address/{address}` (header `X-API-Key`): any identification
+  blocks.
+
+Every answer is kept with its raw response (`WalletScreening`). A 429, a 5xx, a timeout or an unreadable
+answer raises a transient `ProviderError`: the caller moves no money and is retried (bus backoff, or the
+custodian's webhook retry). Other vendors can be added as another `Screener`.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from django.conf import settings
+
+from apps.payments.providers.base import ProviderError
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_SECONDS = 10.0
+TRM_BLOCKING_LEVEL = 10  # TRM levels: 1 Low, 5 Medium, 10 High, 15 Severe
+
+
+@dataclass(frozen=True)
+class VendorVerdict:
+    vendor: str
+    allowed: bool
+    reason: str
+    raw: Any
+
+
+@dataclass(frozen=True)
+class ScreeningResult:
+    address: str
+    allowed: bool
+    reason: str
+    verdicts: tuple[VendorVerdict, ...]
+
+
+class Screener(abc.ABC):
+    vendor: str
+
+    @abc.abstractmethod
+    def screen(self, *, address: str, chain: str) -> VendorVerdict: ...
+
+
+def _answer(vendor: str, response: requests.Response) -> Any:
+    if response.status_code == 429 or response.status_code >= 500:
+        raise ProviderError(f"{vendor} screening unavailable: HTTP {response.status_code}", transient=True)
+    if response.status_code >= 400:
+        # Our request or our credentials are wrong: still no money moves; retried once fixed.
+        raise ProviderError(f"{vendor} screening refused: HTTP {response.status_code} {response.text[:200]}",
+                            transient=True)
+    try:
+        return response.json()
+    except ValueError:
+        raise ProviderError(f"{vendor} screening answer is not JSON", transient=True) from None
+
+
+def _get(vendor: str, method: str, url: str, **kwargs: Any) -> Any:
+    try:
+        response = requests.request(method, url, timeout=TIMEOUT_SECONDS, **kwargs)
+    except requests.RequestException as exc:
+        raise ProviderError(f"{vendor} screening unreachable: {type(exc).__name__}", transient=True) from exc
+    return _answer(vendor, response)
+
+
+class TrmScreener(Screener):
+    vendor = "trm"
+
+    def screen(self, *, address: str, chain: str) -> VendorVerdict:
+        raw = _get(self.vendor, "POST", f"{settings.TRM_API_BASE.rstrip('/')}/public/v2/screening/addresses",
+                   json=[{"address": address, "chain": chain}], auth=(settings.TRM_API_KEY, settings.TRM_API_KEY))
+        if not isinstance(raw, list) or len(raw) != 1 or not isinstance(raw[0], dict):
+            raise ProviderError("trm screening answer has an unexpected shape", transient=True)
+        found = raw[0]
+        reasons = [
+            f"{item.get('category')} ({item.get('riskType', 'entity')}, {item.get('categoryRiskScoreLevelLabel') or item.get('riskScoreLevelLabel')})"
+            for item in [*(found.get("addressRiskIndicators") or []), *(found.get("entities") or [])]
+            if isinstance(item, dict)
+            and max(_int(item.get("categoryRiskScoreLevel")), _int(item.get("riskScoreLevel"))) >= TRM_BLOCKING_LEVEL
+        ]
+        return VendorVerdict(self.vendor, not reasons, "; ".join(reasons), raw)
+
+
+class ChainalysisScreener(Screener):
+    vendor = "chainalysis"
+
+    def screen(self, *, address: str, chain: str) -> VendorVerdict:
+        raw = _get(self.vendor, "GET", f"{settings.CHAINALYSIS_API_BASE.rstrip('/')}/api/v1/address/{address}",
+                   headers={"X-API-Key": settings.CHAINALYSIS_API_KEY, "Accept": "application/json"})
+        identifications = raw.get("identifications") if isinstance(raw, dict) else None
+        if not isinstance(identifications, list):
+            raise ProviderError("chainalysis answer lacks identifications", transient=True)
+        reasons = [f"{i.get('category')}: {i.get('name')}" for i in identifications if isinstance(i, dict)]
+        return VendorVerdict(self.vendor, not identifications, "; ".join(reasons) or "", raw)
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+SCREENERS: tuple[Screener, ...] = (TrmScreener(), ChainalysisScreener())
+
+
+def screen_address(*, address: str, purpose: str, escrow_id: str, chain: str = "base") -> ScreeningResult:
+    """Asks every vendor (outside any transaction) and records each answer. All must allow."""
+    from apps.payments.models import WalletScreening
+
+    verdicts = []
+    for screener in SCREENERS:
+        verdict = screener.screen(address=address, chain=chain)
+        # Kept whatever the outcome: the compliance record of what each vendor said, and when.
+        WalletScreening.objects.create(
+            escrow_id=escrow_id, address=address, chain=chain, purpose=purpose, vendor=verdict.vendor,
+            allowed=verdict.allowed, reason=verdict.reason[:1000], raw=verdict.raw,
+        )
+        verdicts.append(verdict)
+    blocked = [f"{v.vendor}: {v.reason}" for v in verdicts if not v.allowed]
+    if blocked:
+        log.warning("wallet blocked by screening", extra={"escrow_id": escrow_id, "purpose": purpose})
+    return ScreeningResult(address=address, allowed=not blocked, reason="; ".join(blocked)[:1000],
+                           verdicts=tuple(verdicts))
