@@ -179,6 +179,10 @@ CHAINALYSIS_API_KEY = os.environ.get("CHAINALYSIS_API_KEY", "")
 # The sandbox provider signs its own webhooks; derived from SECRET_KEY unless set.
 SANDBOX_WEBHOOK_SECRET = os.environ.get("SANDBOX_WEBHOOK_SECRET", "")
 
+# The custodian's wallet set, and USDC on Base as the custodian names it (token id) and on chain (address).
+CUSTODIAN_WALLET_SET_ID = os.environ.get("CUSTODIAN_WALLET_SET_ID", "")
+CUSTODIAN_USDC_TOKEN_ID = os.environ.get("CUSTODIAN_USDC_TOKEN_ID", "")
+CUSTODIAN_USDC_TOKEN_ADDRESS = os.environ.get("CUSTODIAN_USDC_TOKEN_ADDRESS", "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913")
 # --- Notifications ---------------------------------------------------------------------------------
 DISCORD_BOT_TOKEN = os.environ.get("DISCORD_BOT_TOKEN", "")
 DISCORD_API_BASE = os.environ.get("DISCORD_API_BASE", "")
