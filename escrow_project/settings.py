@@ -145,9 +145,9 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "apps.gateway.schema.document_plain_routes"],
 }
 # Mutations (POST/PUT/PATCH/DELETE) per caller: generous by default so that load tests and benchmarks
-    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "apps.gateway.schema.document_plain_routes"],
 # are not throttled; production sets THROTTLE_MUTATIONS_RATE (e.g. "120/min"); "off" disables it.
 _mutations_rate = os.environ.get("THROTTLE_MUTATIONS_RATE", "3000/min")
 API_THROTTLE_RATES: dict[str, str | None] = {
