@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 KEPT_HEADERS = ("Stripe-Signature", "Content-Type", "User-Agent", "X-Circle-Signature", "X-Circle-Key-Id")
 MAX_BODY_BYTES = 256 * 1024
+REJECTED_BODY_KEPT_BYTES = 4 * 1024
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,22 @@ class WebhookOutcome:
 
 
 def webhook_receive(*, provider: str, body: bytes, headers: Mapping[str, str]) -> WebhookOutcome:
-    if len(body) > MAX_BODY_BYTES:
-        return WebhookOutcome(WebhookEvent.Status.REJECTED, 413, "webhook body too large")
     try:
         impl = providers.get(provider)
     except LookupError:
         return WebhookOutcome(WebhookEvent.Status.REJECTED, 404, f"provider {provider} is not enabled")
+    if len(body) > MAX_BODY_BYTES:
+        # Recorded like any other rejected request, but only its head: a flood of huge unsigned bodies
+        # must not fill the database.
+        record = WebhookEvent.objects.create(
+            provider=provider,
+            body=body[:REJECTED_BODY_KEPT_BYTES].decode("utf-8", errors="replace"),
+            headers={name: headers[name] for name in KEPT_HEADERS if name in headers},
+            status=WebhookEvent.Status.REJECTED,
+            error=f"body of {len(body)} bytes is over the {MAX_BODY_BYTES} byte limit",
+            processed_at=timezone.now(),
+        )
+        return WebhookOutcome(WebhookEvent.Status.REJECTED, 413, "webhook body too large", record.pk)
     record = WebhookEvent.objects.create(
         provider=provider,
         body=body.decode("utf-8", errors="replace"),

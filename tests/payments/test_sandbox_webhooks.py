@@ -115,17 +115,27 @@ def test_rejected_webhooks_are_stored_as_rejected_and_change_nothing(attack: str
     assert payment_of(awaiting).status == PaymentArtifact.Status.PENDING
 
 
-def test_oversized_body_is_refused_before_parsing_and_changes_nothing(awaiting: uuid.UUID) -> None:
+def test_oversized_body_is_rejected_stored_truncated_and_changes_nothing(awaiting: uuid.UUID) -> None:
     obj = succeeded_object(awaiting, description="x" * webhooks.MAX_BODY_BYTES)
     body = event_body("payment_intent.succeeded", obj)
     before, outbox = given.snapshot(awaiting), OutboxMessage.objects.count()
 
+    # correctly signed, still refused: the size limit comes before any parsing
     outcome = receive(body, signed(body))
 
     assert (outcome.status, outcome.http_status) == ("rejected", 413)
+    record = WebhookEvent.objects.get(pk=outcome.webhook_id)
+    assert record.status == "rejected" and "byte limit" in record.error
+    assert len(record.body) == webhooks.REJECTED_BODY_KEPT_BYTES and body.startswith(record.body)
     assert given.snapshot(awaiting) == before
     assert OutboxMessage.objects.count() == outbox
-    assert not WebhookEvent.objects.filter(status="processed").exists()
+    assert payment_of(awaiting).status == PaymentArtifact.Status.PENDING
+
+
+def test_a_webhook_for_a_provider_that_is_not_enabled_is_not_stored(transactional_db: None) -> None:
+    outcome = webhooks.webhook_receive(provider="nonesuch", body=b"{}", headers={})
+    assert (outcome.status, outcome.http_status, outcome.webhook_id) == ("rejected", 404, None)
+    assert not WebhookEvent.objects.exists()
 
 
 def test_the_same_event_twice_is_a_no_op(awaiting: uuid.UUID) -> None:
