@@ -28,8 +28,10 @@ def env_list(name: str, default: str) -> list[str]:
 
 
 DEBUG = env_bool("DEBUG", False)
-# The fallback key only exists so `make run` works out of the box; production sets SECRET_KEY.
-SECRET_KEY = os.environ.get("SECRET_KEY") or "insecure-dev-only-key-change-me-0123456789abcdefghijklmnopqrstuvwxyz"
+# The fallback key only exists so `make run` works out of the box; production sets SECRET_KEY. Its
+# "django-insecure-" prefix makes `manage.py check --deploy` report it if production ever runs with it.
+SECRET_KEY = (os.environ.get("SECRET_KEY")
+              or "django-insecure-dev-only-key-change-me-0123456789abcdefghijklmnopqrstuvwxyz")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver")
 
 INSTALLED_APPS = [

@@ -63,7 +63,6 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
-@extend_schema_field({"oneOf": [{"type": "integer"}, {"type": "string", "minLength": 1, "maxLength": 150}]})
 @extend_schema_field({"oneOf": [{"type": "integer"}, {"type": "string", "maxLength": 150}]})
 class SellerField(serializers.Field):
     """A user id (integer) or a username (string)."""

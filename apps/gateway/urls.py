@@ -24,6 +24,8 @@ urlpatterns = [
     path("ready", views.Ready.as_view(), name="ready"),
     path("metrics", metrics_view, name="metrics"),
     path("schema", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
-    path("docs", SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[], permission_classes=[]),
+    # GET only: DRF's OPTIONS answer cannot be rendered by the Swagger UI's HTML renderer (it was a 500).
+    path("docs", SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[], permission_classes=[],
+                                                http_method_names=["get", "head"]),
          name="docs"),
 ]
