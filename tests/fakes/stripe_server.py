@@ -43,6 +43,7 @@ class FakeStripe:
     requests: list[Seen] = field(default_factory=list)
     _replies: dict[str, tuple[dict[str, str], int, str]] = field(default_factory=dict)
     _failures: deque[tuple[str, int, dict[str, Any]]] = field(default_factory=deque)
+    _delays: deque[tuple[str, float]] = field(default_factory=deque)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -58,6 +59,11 @@ class FakeStripe:
     def fail_next(self, path_prefix: str, status: int, error: dict[str, Any] | None = None) -> None:
         """The next request under `path_prefix` gets this status and a Stripe error body."""
         self._failures.append((path_prefix, status, error or {"type": "api_error", "message": "Something broke"}))
+
+    def delay_next(self, path_prefix: str, seconds: float) -> None:
+        """The next request under `path_prefix` is processed, but answered only after `seconds` (a client
+        with a shorter timeout gives up, as with a slow Stripe that still did the work)."""
+        self._delays.append((path_prefix, seconds))
 
     def created(self, kind: str) -> list[Seen]:
         """Successful POSTs that created an object of `kind` (payment_intents, transfers, refunds), replays
@@ -90,6 +96,11 @@ class FakeStripe:
             key = request.headers.get("Idempotency-Key")
             status, body = self._answer(request, params, key)
             self.requests.append(Seen(request.method, request.path, params, key, status))
+            for index, (prefix, seconds) in enumerate(self._delays):
+                if request.path.startswith(prefix):
+                    del self._delays[index]
+                    time.sleep(seconds)  # holding the lock: a retry waits, then sees the replay
+                    break
             return Response(body, status=status, content_type="application/json",
                             headers={"Request-Id": f"req_{next(self._ids)}", "Idempotency-Key": key or ""})
 

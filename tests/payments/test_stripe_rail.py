@@ -289,3 +289,45 @@ def test_a_refund_makes_one_refund_and_settles_on_charge_refunded(fake_stripe, a
     assert (escrow.state, escrow.refunded_minor, escrow.held_minor) == ("REFUNDED", 14999, 0)
     assert len(fake_stripe.created("refunds")) == 1
     assert outbox_types(escrow_id).count("RefundSucceeded") == 1
+
+
+def test_a_timeout_is_retried_and_stripe_replays_the_first_answer(fake_stripe, api_client, buyer, seller, settings):
+    settings.STRIPE_TIMEOUT_SECONDS = 0.3
+    fake_stripe.delay_next("/v1/payment_intents", 0.6)
+
+    escrow_id = create_escrow(api_client(buyer), seller=seller)["escrow_id"]
+
+    calls = [r for r in fake_stripe.requests if r.path == "/v1/payment_intents"]
+    # How many retries the slow answer takes depends on the machine; what matters is one key, one object.
+    assert len(calls) >= 2 and len({c.idempotency_key for c in calls}) == 1
+    assert len(fake_stripe.of_kind("payment_intent")) == 1
+    artifact = PaymentArtifact.objects.get(escrow_id=escrow_id)
+    assert artifact.provider_id == intent_of(fake_stripe, escrow_id)["id"]
+
+
+def test_a_waiting_payout_whose_send_failed_is_sent_by_the_command(fake_stripe, api_client, buyer, seller):
+    from django.core.management import call_command
+
+    as_buyer, as_seller = api_client(buyer), api_client(seller)
+    escrow_id = funded_escrow(fake_stripe, as_buyer, seller)
+    act(as_seller, escrow_id, "deliver")
+    act(as_buyer, escrow_id, "release")
+    fake_stripe.accounts.add(SELLER_ACCOUNT)
+    fake_stripe.fail_next("/v1/transfers", 503)
+
+    as_seller.put("/api/v1/payout-destination", {"stripe_account_id": SELLER_ACCOUNT}, format="json")
+
+    waiting = WaitingPayout.objects.get(escrow_id=escrow_id)
+    assert waiting.status == "waiting" and "503" in waiting.last_error
+    assert fake_stripe.of_kind("transfer") == []
+
+    call_command("send_waiting_payouts")
+
+    [transfer] = fake_stripe.of_kind("transfer")
+    transfer_calls = [r for r in fake_stripe.requests if r.path == "/v1/transfers"]
+    assert len({c.idempotency_key for c in transfer_calls}) == 1
+    assert WaitingPayout.objects.get(escrow_id=escrow_id).status == "sent"
+    call_command("send_waiting_payouts")  # nothing left: no second transfer
+    assert len(fake_stripe.created("transfers")) == 1
+    webhook(as_buyer, *signed_event("transfer.created", transfer))
+    assert assert_money_invariant(escrow_id).state == "RELEASED"
