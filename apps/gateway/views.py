@@ -3,6 +3,7 @@ escrow service's dispatch, answer. Reads come from the projections."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -11,7 +12,6 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_POST
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers as drf_serializers
 from rest_framework.permissions import AllowAny
@@ -137,6 +137,11 @@ class EscrowCollection(APIView):
         if unknown:
             raise Problem(400, "validation_error", "unknown query parameter",
                           errors=[{"field": name, "detail": "unknown query parameter"} for name in unknown])
+        repeated = sorted(name for name in params if len(params.getlist(name)) > 1)
+        if repeated:
+            # Which of two values wins is not something a client should have to guess.
+            raise Problem(400, "validation_error", "repeated query parameter",
+                          errors=[{"field": name, "detail": "give this parameter once"} for name in repeated])
         role = params.get("role")
         state = params.get("state")
         if role is not None and role not in ("buyer", "seller"):
@@ -176,11 +181,15 @@ class EscrowCollection(APIView):
         return run_idempotent(request, raw, mutate)
 
 
+_ASCII_DIGITS = re.compile(r"^[0-9]{1,9}$")
+
+
 def _int_param(params: Any, name: str, *, default: int, low: int, high: int) -> int:
     value = params.get(name)
     if value is None:
         return default
-    if not value.isdigit() or not low <= int(value) <= high:
+    # ASCII digits only: str.isdigit() also admits "²" (which int() then refuses) and "１".
+    if not _ASCII_DIGITS.match(value) or not low <= int(value) <= high:
         raise Problem(400, "validation_error", f"invalid {name}",
                       errors=[{"field": name, "detail": f"must be an integer from {low} to {high}"}])
     return int(value)
@@ -346,16 +355,24 @@ def _webhook(request: HttpRequest, provider: str) -> JsonResponse:
     return JsonResponse({"status": outcome.status, "detail": outcome.detail}, status=outcome.http_status)
 
 
+def _post_only(request: HttpRequest) -> JsonResponse | None:
+    """Django's require_POST answers 405 with an empty HTML body; every error here is problem+json."""
+    if request.method == "POST":
+        return None
+    response = JsonResponse(problem_body(405, "method_not_allowed", f'Method "{request.method}" not allowed.'),
+                            status=405, content_type=CONTENT_TYPE)
+    response["Allow"] = "POST"
+    return response
+
+
 @csrf_exempt
-@require_POST
 def stripe_webhook(request: HttpRequest) -> JsonResponse:
-    return _webhook(request, "stripe")
+    return _post_only(request) or _webhook(request, "stripe")
 
 
 @csrf_exempt
-@require_POST
 def custodian_webhook(request: HttpRequest) -> JsonResponse:
-    return _webhook(request, "custodian")
+    return _post_only(request) or _webhook(request, "custodian")
 
 
 # --- operations ------------------------------------------------------------------------------------------

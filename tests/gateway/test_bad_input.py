@@ -329,6 +329,10 @@ def test_a_bad_command_body_is_named(api_client, buyer, seller, staff, funded, a
         ("?limit=101", "limit"),
         ("?limit=ten", "limit"),
         ("?offset=-1", "offset"),
+        ("?limit=%C2%B2", "limit"),  # "²" passes str.isdigit()
+        ("?offset=%EF%BC%91", "offset"),  # a full-width "1"
+        ("?limit=1&limit=2", "limit"),
+        ("?role=buyer&role=seller", "role"),
     ],
 )
 def test_bad_list_parameters_are_named(api_client, buyer, query, field):
@@ -350,10 +354,15 @@ def test_a_path_that_is_not_a_route_is_a_json_404(api_client, buyer, path):
     assert table_counts() == before
 
 
-def test_a_wrong_method_is_a_problem(api_client, buyer):
-    response = api_client(buyer).delete(ESCROWS)
+@pytest.mark.parametrize("path", [ESCROWS, "/api/v1/webhooks/stripe", "/api/v1/webhooks/custodian"])
+def test_a_wrong_method_is_a_problem(api_client, buyer, path):
+    before = table_counts()
+
+    response = api_client(buyer).delete(path)
 
     assert_problem(response, 405, "method_not_allowed")
+    assert "POST" in response["Allow"]
+    assert table_counts() == before
 
 
 def test_a_non_json_body_is_refused(api_client, buyer, seller):
