@@ -227,7 +227,7 @@ def test_a_stranger_gets_404_on_every_escrow_endpoint(api_client, stranger, fund
     elif method == "sandbox":
         response = client.post(f"/api/v1/sandbox/escrows/{funded}/pay")
     else:
-        response = client.post(f"{ESCROWS}/{funded}{suffix}", body, format="json")
+        response = client.post(f"{ESCROWS}/{funded}{suffix}", body, format="json", HTTP_IDEMPOTENCY_KEY="probe")
 
     problem = assert_problem(response, 404, "escrow_not_found")
     assert funded not in json.dumps(problem)
@@ -371,4 +371,13 @@ def test_a_non_json_body_is_refused(api_client, buyer, seller):
     response = client.post(ESCROWS, data="seller=seller&amount=1.00", content_type="application/x-www-form-urlencoded")
 
     assert_problem(response, 415, "unsupported_media_type")
+    assert table_counts() == before
+
+
+def test_an_oversized_body_is_413(api_client, buyer, seller):
+    client, before = api_client(buyer), table_counts()
+
+    response = client.post(ESCROWS, valid_body(seller, description="x" * 3_000_000), format="json")
+
+    assert_problem(response, 413, "body_too_large")
     assert table_counts() == before
