@@ -3,7 +3,14 @@ from __future__ import annotations
 from django.contrib import admin
 
 from apps.escrow.admin import ReadOnlyAdmin
-from apps.payments.models import PaymentArtifact, PaymentOrder, WebhookEvent
+from apps.payments.models import (
+    PaymentArtifact,
+    PaymentOrder,
+    PayoutDestination,
+    WaitingPayout,
+    WalletScreening,
+    WebhookEvent,
+)
 
 
 @admin.register(PaymentOrder)
@@ -27,3 +34,26 @@ class WebhookEventAdmin(ReadOnlyAdmin):
     list_filter = ("provider", "status", "event_type")
     search_fields = ("provider_event_id",)
     readonly_fields = [f.name for f in WebhookEvent._meta.fields]
+
+
+@admin.register(PayoutDestination)
+class PayoutDestinationAdmin(ReadOnlyAdmin):
+    list_display = ("seller_id", "stripe_account_id", "wallet_address", "updated_at")
+    search_fields = ("seller_id", "stripe_account_id", "wallet_address")
+    readonly_fields = [f.name for f in PayoutDestination._meta.fields]
+
+
+@admin.register(WaitingPayout)
+class WaitingPayoutAdmin(ReadOnlyAdmin):
+    list_display = ("escrow_id", "seller_id", "provider", "amount_minor", "currency", "status", "last_error")
+    list_filter = ("status", "provider")
+    search_fields = ("escrow_id",)
+    readonly_fields = [f.name for f in WaitingPayout._meta.fields]
+
+
+@admin.register(WalletScreening)
+class WalletScreeningAdmin(ReadOnlyAdmin):
+    list_display = ("screened_at", "address", "purpose", "vendor", "allowed", "reason", "escrow_id")
+    list_filter = ("allowed", "vendor", "purpose")
+    search_fields = ("address", "escrow_id")
+    readonly_fields = [f.name for f in WalletScreening._meta.fields]

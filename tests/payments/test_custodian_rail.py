@@ -222,3 +222,26 @@ def test_a_refund_goes_back_to_the_screened_buyer_wallet(fake_custodian, fake_sc
 
     escrow = assert_money_invariant(escrow_id)
     assert (escrow.state, escrow.refunded_minor, escrow.held_minor) == ("REFUNDED", AMOUNT_MINOR, 0)
+
+
+def test_ops_see_a_blocked_wallet_in_the_admin_and_cannot_edit_it(fake_custodian, fake_screening, api_client,
+                                                                 buyer, seller, staff):
+    from django.contrib.auth.models import Permission
+    from django.test import Client
+
+    as_buyer = api_client(buyer)
+    escrow_id = create_escrow(as_buyer, seller=seller, amount=AMOUNT)["escrow_id"]
+    fake_screening.severe.add(BUYER_WALLET)
+    notify(as_buyer, *fake_custodian.notification(
+        fake_custodian.deposit(wallet_of(escrow_id), amount=AMOUNT, source=BUYER_WALLET)))
+    staff.user_permissions.add(Permission.objects.get(codename="view_walletscreening"))
+    ops = Client()
+    ops.force_login(staff)
+
+    listing = ops.get("/admin/payments/walletscreening/?allowed__exact=0")
+
+    assert listing.status_code == 200 and BUYER_WALLET in listing.content.decode()
+    screening = WalletScreening.objects.get(escrow_id=escrow_id, vendor="trm")
+    assert ops.post(f"/admin/payments/walletscreening/{screening.pk}/change/", {"allowed": "on"}).status_code == 403
+    screening.refresh_from_db()
+    assert screening.allowed is False
