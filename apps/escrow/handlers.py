@@ -31,6 +31,10 @@ def on_refund_failed(event: payments_v1.RefundFailed, delivery: Delivery) -> Non
     )
 
 
+def on_wallet_screened(event: payments_v1.WalletScreened, delivery: Delivery) -> None:
+    services.escrow_record_screening_block(event=event)
+
+
 def on_chargeback_opened(event: payments_v1.ChargebackOpened, delivery: Delivery) -> None:
     services.escrow_record_chargeback(event=event)
 
@@ -44,5 +48,6 @@ SUBSCRIBER = Subscriber(
         payments_v1.TransferFailed: on_transfer_failed,
         payments_v1.RefundFailed: on_refund_failed,
         payments_v1.ChargebackOpened: on_chargeback_opened,
+        payments_v1.WalletScreened: on_wallet_screened,
     },
 )

@@ -520,6 +520,20 @@ def escrow_record_payout_failure(*, escrow_id: str, reason: str, detail: str) ->
     escrow.save()
 
 
+def escrow_record_screening_block(*, event: payments_v1.WalletScreened) -> None:
+    """A wallet failed sanctions / risk screening: payments moved nothing; the escrow stays where it is,
+    on compliance hold, until ops decide."""
+    if event.allowed:
+        return
+    escrow = escrow_lock(event.escrow_id)
+    if escrow is None:
+        return
+    escrow.attention = "compliance_hold"
+    escrow.attention_detail = f"{event.address}: {event.reason}"[:1000]
+    _emit(escrow, escrow_v1.EscrowComplianceHold(escrow_id=str(escrow.id), reason=event.reason))
+    escrow.save()
+
+
 def escrow_record_chargeback(*, event: payments_v1.ChargebackOpened) -> None:
     """A card chargeback: no payout may go out. Funds still held are frozen in a dispute for ops."""
     escrow = escrow_lock(event.escrow_id)

@@ -21,6 +21,8 @@ class Refusal:
     not caught: they propagate so the bus retries with the same idempotency key."""
 
     reason: str
+    # Set when the refusal is a screening block: announced as WalletScreened (compliance hold).
+    blocked_address: str = ""
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,17 @@ class AwaitingDestination:
 def _refusal(exc: ProviderError) -> Refusal:
     if exc.transient:
         raise exc
-    return Refusal(reason=str(exc)[:1000])
+    return Refusal(reason=str(exc)[:1000], blocked_address=getattr(exc, "address", ""))
+
+
+def _announce_block(order: PaymentOrder, refusal: Refusal, *, key: str) -> None:
+    if refusal.blocked_address:
+        services.emit(
+            order,
+            payments_v1.WalletScreened(escrow_id=str(order.escrow_id), address=refusal.blocked_address,
+                                       allowed=False, reason=refusal.reason),
+            fact=f"{key}:screening_blocked",
+        )
 
 
 def _key(delivery: Delivery, purpose: str) -> str:
@@ -191,6 +203,8 @@ def _transfer_not_sent(command: payments_v1.TransferToSeller, delivery: Delivery
         ),
         fact=f"{payment.provider}:{key}:not_sent",
     )
+    if isinstance(outcome, Refusal):
+        _announce_block(order, outcome, key=key)
 
 
 def prepare_refund(command: payments_v1.InitiateRefund, delivery: Delivery) -> MoneyMovement | Refusal:
@@ -223,6 +237,7 @@ def apply_refund(command: payments_v1.InitiateRefund, delivery: Delivery, prepar
             ),
             fact=f"{payment.provider}:{_key(delivery, 'refund')}:not_sent",
         )
+        _announce_block(order, prepared, key=_key(delivery, "refund"))
         return
     record_movement(
         escrow_id=command.escrow_id,

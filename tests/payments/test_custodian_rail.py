@@ -96,10 +96,11 @@ def test_a_sanctioned_depositor_blocks_and_nothing_is_accepted(fake_custodian, f
 
     assert notify(as_buyer, *fake_custodian.notification(tx)).status_code == 200
 
-    assert state_of(as_buyer, escrow_id) == "AWAIT_FUNDS"
     types = outbox_types(escrow_id)
-    assert "WalletScreened" in types and "PaymentSucceeded" not in types
-    assert assert_money_invariant(escrow_id).received_minor == 0
+    assert "WalletScreened" in types and "EscrowComplianceHold" in types and "PaymentSucceeded" not in types
+    escrow = assert_money_invariant(escrow_id)
+    assert (escrow.state, escrow.received_minor, escrow.attention) == ("AWAIT_FUNDS", 0, "compliance_hold")
+    assert BUYER_WALLET in escrow.attention_detail
     blocked = WalletScreening.objects.get(escrow_id=escrow_id, vendor="chainalysis")
     assert not blocked.allowed and "OFAC" in blocked.reason
     assert blocked.raw["identifications"][0]["category"] == "sanctions"
@@ -187,8 +188,9 @@ def test_a_severe_risk_seller_wallet_blocks_the_payout(fake_custodian, fake_scre
 
     assert fake_custodian.posts("/v1/w3s/developer/transactions/transfer") == []
     escrow = assert_money_invariant(escrow_id)
-    assert (escrow.state, escrow.held_minor, escrow.attention) == ("RELEASING", AMOUNT_MINOR, "transfer_failed")
-    assert "screening blocked" in escrow.attention_detail
+    assert (escrow.state, escrow.held_minor, escrow.attention) == ("RELEASING", AMOUNT_MINOR, "compliance_hold")
+    assert SELLER_WALLET in escrow.attention_detail
+    assert {"TransferFailed", "WalletScreened", "EscrowComplianceHold"} <= set(outbox_types(escrow_id))
     assert not WalletScreening.objects.get(escrow_id=escrow_id, purpose="payout", vendor="trm").allowed
 
 
@@ -245,3 +247,17 @@ def test_ops_see_a_blocked_wallet_in_the_admin_and_cannot_edit_it(fake_custodian
     assert ops.post(f"/admin/payments/walletscreening/{screening.pk}/change/", {"allowed": "on"}).status_code == 403
     screening.refresh_from_db()
     assert screening.allowed is False
+
+
+def test_a_refund_to_a_wallet_sanctioned_since_the_deposit_moves_nothing(fake_custodian, fake_screening, api_client,
+                                                                          buyer, seller):
+    as_buyer, as_seller = api_client(buyer), api_client(seller)
+    escrow_id = funded(fake_custodian, as_buyer, seller)
+    fake_screening.sanctioned.add(BUYER_WALLET)
+
+    act(as_seller, escrow_id, "cancel")
+
+    assert fake_custodian.posts("/v1/w3s/developer/transactions/transfer") == []
+    escrow = assert_money_invariant(escrow_id)
+    assert (escrow.state, escrow.held_minor, escrow.attention) == ("REFUNDING", AMOUNT_MINOR, "compliance_hold")
+    assert {"RefundFailed", "WalletScreened", "EscrowComplianceHold"} <= set(outbox_types(escrow_id))

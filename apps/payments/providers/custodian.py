@@ -163,7 +163,7 @@ class CustodianProvider(PaymentProvider):
         verdict = screening.screen_address(address=destination, purpose=purpose, escrow_id=escrow_id,
                                            chain=CHAIN_FOR_SCREENING)
         if not verdict.allowed:
-            raise ProviderError(f"screening blocked {destination}: {verdict.reason}", transient=False)
+            raise screening.ScreeningBlocked(address=destination, reason=verdict.reason)
         data = _request("POST", "/v1/w3s/developer/transactions/transfer", body=_with_secret({
             "idempotencyKey": idempotency_uuid(idempotency_key),
             "walletId": wallet_id,

@@ -44,6 +44,15 @@ class ScreeningResult:
     verdicts: tuple[VendorVerdict, ...]
 
 
+class ScreeningBlocked(ProviderError):
+    """A wallet failed screening: permanent for this command, and announced as WalletScreened."""
+
+    def __init__(self, *, address: str, reason: str) -> None:
+        super().__init__(f"screening blocked {address}: {reason}", transient=False)
+        self.address = address
+        self.reason = reason
+
+
 class Screener(abc.ABC):
     vendor: str
 
