@@ -17,9 +17,9 @@ PROBLEM = "application/problem+json"
 
 def settle(*, limit_seconds: float = 60.0) -> None:
     """Lets the bus finish every chain a request started. Inline dispatch usually has, but on PostgreSQL
-    the transaction-id watermark is cluster-wide: any open transaction elsewhere on the server holds
-    delivery back, and the inline pass gives up after a moment and leaves it to the worker loop. The
-    limit is a bound on a stuck bus, not a speed expectation."""
+    an older open transaction holds the transaction-id watermark back, and the inline pass gives up
+    after a moment and leaves the rest to the worker loop, which tests do not run. The limit is a
+    bound on a stuck bus, not a speed expectation."""
     deadline = time.monotonic() + limit_seconds
     while True:
         bus.drain()
