@@ -23,6 +23,7 @@ import concurrent.futures
 import contextvars
 import datetime
 import logging
+import threading
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -191,19 +192,37 @@ def record_result(*, claim: Claimed, result: SendResult, started_at: datetime.da
 
 # --- sending (no transaction open) ----------------------------------------------------------------
 
-_http_log: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("discord_http_log", default=None)
+@dataclass
+class _Exchanges:
+    """What the HTTP trace saw during one send: every exchange, and the last rate limit's wait (so that
+    a send cut short while discord.py waits out a 429 still honours `retry_after`)."""
+
+    log: list[str] = field(default_factory=list)
+    retry_after: float | None = None
+
+
+_exchanges: contextvars.ContextVar[_Exchanges | None] = contextvars.ContextVar("discord_exchanges", default=None)
 
 
 async def _on_request_end(session: Any, ctx: Any, params: aiohttp.TraceRequestEndParams) -> None:
-    entries = _http_log.get()
-    if entries is not None:
-        entries.append(f"{params.method} {params.url.path} {params.response.status}")
+    seen = _exchanges.get()
+    if seen is None:
+        return
+    seen.log.append(f"{params.method} {params.url.path} {params.response.status}")
+    if params.response.status == 429:
+        headers = params.response.headers
+        for name in ("X-RateLimit-Reset-After", "Retry-After"):
+            try:
+                seen.retry_after = float(headers[name])
+                break
+            except (KeyError, ValueError):
+                continue
 
 
 async def _on_request_exception(session: Any, ctx: Any, params: aiohttp.TraceRequestExceptionParams) -> None:
-    entries = _http_log.get()
-    if entries is not None:
-        entries.append(f"{params.method} {params.url.path} {type(params.exception).__name__}")
+    seen = _exchanges.get()
+    if seen is not None:
+        seen.log.append(f"{params.method} {params.url.path} {type(params.exception).__name__}")
 
 
 def _classify(exc: BaseException) -> SendResult:
@@ -237,24 +256,28 @@ def _retry_after_header(response: Any) -> float | None:
         return None
 
 
-async def _send_one(http: HTTPClient, claim: Claimed) -> SendResult:
-    entries: list[str] = []
-    token = _http_log.set(entries)
+async def _send_one(http: HTTPClient, claim: Claimed, timeout_seconds: float) -> SendResult:
+    seen = _Exchanges()
+    token = _exchanges.set(seen)
     try:
-        async with asyncio.timeout(settings.DISCORD_SEND_TIMEOUT_SECONDS):
+        async with asyncio.timeout(timeout_seconds):
             channel = await http.start_private_message(claim.discord_user_id)
             params = handle_message_parameters(content=claim.text, nonce=claim.nonce)
             message = await http.send_message(channel["id"], params=params)
-        return SendResult(DeliveryAttempt.Outcome.SENT, 200, message_id=str(message.get("id", "")), http_log=entries)
+        return SendResult(DeliveryAttempt.Outcome.SENT, 200, message_id=str(message.get("id", "")), http_log=seen.log)
     except Exception as exc:  # noqa: BLE001 - classified below; anything unknown is re-raised
         result = _classify(exc)
-        result.http_log = entries
+        result.http_log = seen.log
+        if result.retry_after is None and seen.retry_after is not None:
+            # Timed out while discord.py was waiting out a rate limit: the next try waits for it too.
+            result.retry_after = seen.retry_after
+            result.http_status = result.http_status or 429
         return result
     finally:
-        _http_log.reset(token)
+        _exchanges.reset(token)
 
 
-async def _send_all(claims: list[Claimed]) -> list[tuple[Claimed, SendResult, datetime.datetime]]:
+async def _send_all(claims: list[Claimed], timeout_seconds: float) -> list[tuple[Claimed, SendResult, datetime.datetime]]:
     discord_api_base()
     trace = aiohttp.TraceConfig()
     trace.on_request_end.append(_on_request_end)
@@ -263,7 +286,7 @@ async def _send_all(claims: list[Claimed]) -> list[tuple[Claimed, SendResult, da
     results: list[tuple[Claimed, SendResult, datetime.datetime]] = []
     try:
         try:
-            async with asyncio.timeout(settings.DISCORD_SEND_TIMEOUT_SECONDS):
+            async with asyncio.timeout(timeout_seconds):
                 await http.static_login(settings.DISCORD_BOT_TOKEN)
         except Exception as exc:  # noqa: BLE001 - the whole pass fails alike; every claim records it
             failure = _classify(exc)
@@ -271,7 +294,7 @@ async def _send_all(claims: list[Claimed]) -> list[tuple[Claimed, SendResult, da
             return [(claim, failure, now) for claim in claims]
         for claim in claims:
             started = timezone.now()
-            results.append((claim, await _send_one(http, claim), started))
+            results.append((claim, await _send_one(http, claim, timeout_seconds), started))
     finally:
         await http.close()
     return results
@@ -287,9 +310,15 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coro).result()
 
 
-def deliver_due_notifications(*, limit: int = 100, ids: list[int] | None = None) -> int:
-    """One delivery pass; returns how many notifications it attempted to send. A bus worker tick and
-    an after-commit hook both call it; it must never run inside a transaction."""
+# A request thread delivering right after its commit gives Discord this long at most; what is not sent
+# by then (a long rate limit, a slow Discord) is left to the delivery loop, with its retry_after kept.
+ON_COMMIT_TIMEOUT_SECONDS = 5.0
+
+
+def deliver_due_notifications(*, limit: int = 100, ids: list[int] | None = None,
+                              timeout_seconds: float | None = None) -> int:
+    """One delivery pass; returns how many notifications it attempted to send. The delivery loop, a bus
+    worker tick and the after-commit hook call it; it must never run inside a transaction."""
     if connection.in_atomic_block:
         raise RuntimeError("deliver_due_notifications sends over the network: call it outside a transaction")
     if not settings.DISCORD_BOT_TOKEN:
@@ -297,15 +326,23 @@ def deliver_due_notifications(*, limit: int = 100, ids: list[int] | None = None)
     claims = claim_due(limit=limit, ids=ids)
     if not claims:
         return 0
-    for claim, result, started in _run(_send_all(claims)):
+    timeout = timeout_seconds if timeout_seconds is not None else settings.DISCORD_SEND_TIMEOUT_SECONDS
+    for claim, result, started in _run(_send_all(claims, timeout)):
         record_result(claim=claim, result=result, started_at=started)
     return len(claims)
 
 
-def deliver_after_commit() -> None:
-    """Schedules one delivery pass for after the current transaction commits (once per transaction)."""
-    if not settings.NOTIFY_DELIVER_ON_COMMIT:
+_after_commit = threading.local()
+
+
+def deliver_after_commit(notification_ids: list[int]) -> None:
+    """Sends these notifications right after the current transaction commits (one pass per
+    transaction), and only these: a request thread never works through someone else's backlog."""
+    if not settings.NOTIFY_DELIVER_ON_COMMIT or not notification_ids:
         return
+    pending: list[int] = getattr(_after_commit, "ids", None) or []
+    pending.extend(notification_ids)
+    _after_commit.ids = pending
     if any(func is _deliver_robustly for _, func, _ in connection.run_on_commit):
         return
     transaction.on_commit(_deliver_robustly)
@@ -313,8 +350,11 @@ def deliver_after_commit() -> None:
 
 def _deliver_robustly() -> None:
     # Runs after the caller's commit: a Discord failure must not turn the caller's answer into an
-    # error; whatever was not sent stays due for the worker's next pass.
+    # error; whatever was not sent stays due for the delivery loop. Ids left over from a rolled-back
+    # transaction match no row and cost nothing.
+    ids, _after_commit.ids = getattr(_after_commit, "ids", None) or [], []
     try:
-        deliver_due_notifications()
+        deliver_due_notifications(ids=ids, timeout_seconds=min(settings.DISCORD_SEND_TIMEOUT_SECONDS,
+                                                               ON_COMMIT_TIMEOUT_SECONDS))
     except Exception:  # noqa: BLE001
         log.exception("notification delivery pass failed")

@@ -30,13 +30,16 @@ def _notify(delivery: Delivery, kind: str, texts: dict[str, str]) -> None:
     if parties is None:
         return
     users = {BUYER: parties.buyer_id, SELLER: parties.seller_id}
+    created: list[int] = []
     for role, text in texts.items():
-        Notification.objects.get_or_create(
+        notification, is_new = Notification.objects.get_or_create(
             event_id=delivery.event_id,
             user_id=users[role],
             defaults={"escrow_id": delivery.aggregate_id, "kind": kind, "text": f"{text} {_link(delivery.aggregate_id)}"},
         )
-    deliver_after_commit()
+        if is_new:
+            created.append(notification.pk)
+    deliver_after_commit(created)
 
 
 def on_created(event: escrow_v1.EscrowCreated, delivery: Delivery) -> None:

@@ -93,7 +93,7 @@ def discord_link_confirm(*, user_id: int, code: str) -> DiscordLink:
         link_code.used_at = timezone.now()
         link_code.used_by_id = user_id
         link_code.save(update_fields=["used_at", "used_by"])
-        Notification.objects.create(
+        notification = Notification.objects.create(
             user_id=user_id,
             escrow_id=None,
             event_id=uuid.uuid5(_LINK_EVENT_NAMESPACE, f"{user_id}:{link_code.pk}"),
@@ -101,7 +101,7 @@ def discord_link_confirm(*, user_id: int, code: str) -> DiscordLink:
             text="This Discord account is now linked to your escrow account. If that was not you, "
                  f"unlink it and contact support. {settings.PUBLIC_BASE_URL}/api/v1/me/discord-link",
         )
-        deliver_after_commit()
+        deliver_after_commit([notification.pk])
     return link
 
 

@@ -67,6 +67,28 @@ def test_long_429_is_scheduled_after_retry_after_not_waited(api_client, buyer, s
     assert len([dm for dm in fake_discord.dms_to(BUYER_DISCORD_ID) if "created" in dm]) == 1
 
 
+def test_send_cut_short_during_a_rate_limit_wait_keeps_retry_after(api_client, buyer, seller, fake_discord,
+                                                                   link_discord, settings):
+    link_discord(buyer, BUYER_DISCORD_ID)
+    # The committing thread gives Discord little time; discord.py would wait 3 s for this rate limit.
+    settings.DISCORD_SEND_TIMEOUT_SECONDS = 0.5
+    fake_discord.rate_limit_next(BUYER_DISCORD_ID, retry_after=3.0)
+
+    create_escrow(api_client(buyer), seller=seller)
+
+    notification = _created_for(buyer)
+    attempt = notification.delivery_attempts.get()
+    assert (attempt.outcome, attempt.detail, attempt.retry_after_seconds) == ("transient", "timed out", 3.0)
+    assert notification.next_attempt_at >= attempt.finished_at + datetime.timedelta(seconds=3)
+    assert deliver_due_notifications() == 0
+
+    Notification.objects.filter(pk=notification.pk).update(next_attempt_at=timezone.now())
+    deliver_due_notifications()
+    notification.refresh_from_db()
+    assert _outcomes(notification) == ["transient", "sent"]
+    assert len([dm for dm in fake_discord.dms_to(BUYER_DISCORD_ID) if "created" in dm]) == 1
+
+
 def test_user_who_blocks_dms_is_recorded_and_not_retried(api_client, buyer, seller, fake_discord, link_discord,
                                                          settings):
     settings.NOTIFY_RETRY_BASE_SECONDS = 0.0
