@@ -165,13 +165,25 @@ def _run_command(
             raise EscrowNotFound("no such escrow")
         name = type(command).__name__
         role = _role(escrow, command.actor)
-        if ProcessedCommand.objects.filter(command_id=command_id).exists():
+        if _already_applied(escrow, command, command_id):
             return _result(escrow, command_id, duplicate=True)
         _authorize(escrow, name, role)
         apply(escrow)
         escrow.save()
         _record_command(escrow, command, command_id)
         return _result(escrow, command_id)
+
+
+def _already_applied(escrow: Escrow, command: betterproto2.Message, command_id: uuid.UUID) -> bool:
+    """True for a retry of a command already applied to this escrow. A command id already spent on another
+    escrow or command type is refused: answering "duplicate" there would report an effect that never
+    happened."""
+    applied = ProcessedCommand.objects.filter(command_id=command_id).first()
+    if applied is None:
+        return False
+    if applied.escrow_id != escrow.id or applied.type != type_name(command):
+        raise InvalidCommand("this command id was already used for another command", field="command_id")
+    return True
 
 
 def _record_command(escrow: Escrow, command: betterproto2.Message, command_id: uuid.UUID) -> None:
@@ -212,7 +224,7 @@ def escrow_create(*, command: escrow_v1.CreateEscrow, command_id: uuid.UUID) -> 
     with transaction.atomic():
         existing = escrow_lock(escrow_id)
         if existing is not None:
-            if ProcessedCommand.objects.filter(command_id=command_id).exists():
+            if _already_applied(existing, command, command_id):
                 return _result(existing, command_id, duplicate=True)
             raise InvalidCommand("an escrow with this id exists", field="escrow_id")
         now = timezone.now()

@@ -270,3 +270,22 @@ def test_unknown_escrow_and_actorless_commands_write_nothing(buyer: Any) -> None
     with pytest.raises(EscrowNotFound):
         given.send(escrow_v1.MarkDelivered(escrow_id=str(uuid.uuid4()), actor=given.user(buyer)))
     assert given.footprint() == (0, 0, 0)
+
+
+def test_a_command_id_spent_on_another_escrow_or_command_is_refused(buyer: Any, seller: Any, staff: Any) -> None:
+    first = given.escrow_in("FUNDS_HELD", buyer=buyer, seller=seller, staff=staff)
+    other = given.escrow_in("FUNDS_HELD", buyer=buyer, seller=seller, staff=staff)
+    command_id = uuid.uuid4()
+    services.dispatch(escrow_v1.MarkDelivered(escrow_id=str(first), actor=given.user(seller)), command_id=command_id)
+    before, footprint = given.snapshot(other), given.footprint()
+
+    # the same id for the same command on another escrow would otherwise answer "duplicate" and do nothing
+    with pytest.raises(InvalidCommand) as raised:
+        services.dispatch(escrow_v1.MarkDelivered(escrow_id=str(other), actor=given.user(seller)),
+                          command_id=command_id)
+    assert raised.value.field == "command_id"
+    # and for another command on the same escrow
+    with pytest.raises(InvalidCommand):
+        services.dispatch(escrow_v1.OpenDispute(escrow_id=str(first), actor=given.user(buyer), reason="late"),
+                          command_id=command_id)
+    assert (given.snapshot(other), given.footprint()) == (before, footprint)
