@@ -179,13 +179,13 @@ TRM_API_BASE = os.environ.get("TRM_API_BASE", "")
 TRM_API_KEY = os.environ.get("TRM_API_KEY", "")
 CHAINALYSIS_API_BASE = os.environ.get("CHAINALYSIS_API_BASE", "")
 CHAINALYSIS_API_KEY = os.environ.get("CHAINALYSIS_API_KEY", "")
-# The sandbox provider signs its own webhooks; derived from SECRET_KEY unless set.
-SANDBOX_WEBHOOK_SECRET = os.environ.get("SANDBOX_WEBHOOK_SECRET", "")
-
 # The custodian's wallet set, and USDC on Base as the custodian names it (token id) and on chain (address).
 CUSTODIAN_WALLET_SET_ID = os.environ.get("CUSTODIAN_WALLET_SET_ID", "")
 CUSTODIAN_USDC_TOKEN_ID = os.environ.get("CUSTODIAN_USDC_TOKEN_ID", "")
 CUSTODIAN_USDC_TOKEN_ADDRESS = os.environ.get("CUSTODIAN_USDC_TOKEN_ADDRESS", "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913")
+# The sandbox provider signs its own webhooks; derived from SECRET_KEY unless set.
+SANDBOX_WEBHOOK_SECRET = os.environ.get("SANDBOX_WEBHOOK_SECRET", "")
+
 # --- Notifications ---------------------------------------------------------------------------------
 DISCORD_BOT_TOKEN = os.environ.get("DISCORD_BOT_TOKEN", "")
 DISCORD_API_BASE = os.environ.get("DISCORD_API_BASE", "")
@@ -208,6 +208,9 @@ KAFKA_ENABLE_IDEMPOTENCE = env_bool("KAFKA_ENABLE_IDEMPOTENCE", True)
 KAFKA_RELAY_BATCH_SIZE = env_int("KAFKA_RELAY_BATCH_SIZE", 1000)
 KAFKA_LINGER_MS = env_int("KAFKA_LINGER_MS", 5)
 KAFKA_CONSUMER_MAX_ATTEMPTS = env_int("KAFKA_CONSUMER_MAX_ATTEMPTS", 3)
+# Consumer group liveness: a member that stops heartbeating for this long is replaced.
+KAFKA_SESSION_TIMEOUT_MS = env_int("KAFKA_SESSION_TIMEOUT_MS", 10_000)
+KAFKA_HEARTBEAT_INTERVAL_MS = env_int("KAFKA_HEARTBEAT_INTERVAL_MS", 3_000)
 KAFKA_TOPIC_PARTITIONS = env_int("KAFKA_TOPIC_PARTITIONS", 12)
 KAFKA_REPLICATION_FACTOR = env_int("KAFKA_REPLICATION_FACTOR", 1)
 # Deliver outbox messages to in-process subscribers right after the writing transaction commits, in

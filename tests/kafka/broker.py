@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from apps.outbox.kafka.admin import ensure_topics
 from apps.outbox.kafka.catalog import all_topics
@@ -16,6 +17,8 @@ from apps.outbox.kafka.catalog import all_topics
 TOPICS = [spec.name for spec in all_topics()]
 
 TEST_PARTITIONS = 12
+# Short group timings: every test starts and stops consumers, and a rejoin waits out the old session.
+GROUP_TIMINGS = {"session_timeout_ms": 1500, "heartbeat_interval_ms": 300, "rebalance_timeout_ms": 1500}
 
 
 def free_port() -> int:
@@ -70,15 +73,44 @@ class TansuBroker:
 Offsets = dict[TopicPartition, int]
 
 
+async def _partitions(servers: str, topics: list[str]) -> list[TopicPartition]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=servers)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(topics)
+    finally:
+        await admin.close()
+    return [TopicPartition(t["topic"], p["partition"]) for t in described for p in t.get("partitions") or []]
+
+
+async def _read_to_high_watermark(consumer: AIOKafkaConsumer, since: Offsets) -> list[ConsumerRecord]:
+    """Reads each assigned partition from `since` to the high watermark its fetch responses report.
+
+    Not ListOffsets(latest): Tansu 0.6 answers it with the last batch's base offset + 1."""
+    partitions = list(consumer.assignment())
+    for tp in partitions:
+        consumer.seek(tp, since.get(tp, 0))
+    records: list[ConsumerRecord] = []
+    while True:
+        batch = await consumer.getmany(timeout_ms=200)
+        for items in batch.values():
+            records.extend(items)
+        if batch:
+            continue
+        positions = {tp: await consumer.position(tp) for tp in partitions}
+        highs = {tp: consumer.highwater(tp) for tp in partitions}
+        if all(high is not None and positions[tp] >= high for tp, high in highs.items()):
+            return records
+
+
 async def _end_offsets(servers: str, topics: list[str]) -> Offsets:
+    partitions = await _partitions(servers, topics)
     consumer = AIOKafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or set())]
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or set())]
-        return await consumer.end_offsets(partitions)
+        consumer.assign(partitions)
+        await _read_to_high_watermark(consumer, {})
+        return {tp: await consumer.position(tp) for tp in partitions}
     finally:
         await consumer.stop()
 
@@ -88,25 +120,12 @@ def end_offsets(servers: str, topics: list[str]) -> Offsets:
 
 
 async def _read_since(servers: str, since: Offsets) -> list[ConsumerRecord]:
-    ends = await _end_offsets(servers, sorted({tp.topic for tp in since} or TOPICS))
-    wanted = [tp for tp in ends if ends[tp] > since.get(tp, 0)]
-    if not wanted:
-        return []
+    partitions = await _partitions(servers, sorted({tp.topic for tp in since} or TOPICS))
     consumer = AIOKafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False)
     await consumer.start()
     try:
-        consumer.assign(wanted)
-        for tp in wanted:
-            consumer.seek(tp, since.get(tp, 0))
-        records: list[ConsumerRecord] = []
-        remaining = set(wanted)
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=1000)
-            for tp, items in batch.items():
-                records.extend(items)
-                if items and items[-1].offset + 1 >= ends[tp]:
-                    remaining.discard(tp)
-        return records
+        consumer.assign(partitions)
+        return await _read_to_high_watermark(consumer, since)
     finally:
         await consumer.stop()
 
@@ -118,10 +137,14 @@ def read_since(servers: str, since: Offsets) -> list[ConsumerRecord]:
 
 async def _park_group_at_end(servers: str, group: str, topics: list[str]) -> None:
     ends = await _end_offsets(servers, topics)
-    consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=group, enable_auto_commit=False)
+    # A real member of the group commits, so the broker accepts the offsets as the group's.
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=servers, group_id=group, enable_auto_commit=False,
+                                auto_offset_reset="latest", **GROUP_TIMINGS)
     await consumer.start()
     try:
-        await consumer.commit({tp: offset for tp, offset in ends.items()})
+        while not consumer.assignment():
+            await consumer.getmany(timeout_ms=100)
+        await consumer.commit({tp: ends[tp] for tp in consumer.assignment()})
     finally:
         await consumer.stop()
 

@@ -3,6 +3,7 @@ for the whole session. Tansu refuses the idempotent producer, so these tests tur
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import Iterator
@@ -10,13 +11,15 @@ from collections.abc import Iterator
 import pytest
 
 from apps.outbox import messages
-from tests.kafka.broker import TansuBroker, park_group_at_end
+from apps.outbox.kafka.admin import ensure_topics
+from tests.kafka.broker import GROUP_TIMINGS, TEST_PARTITIONS, TansuBroker, park_group_at_end
 
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if external:
+        asyncio.run(ensure_topics(servers=external, partitions=TEST_PARTITIONS, replication_factor=1))
         yield external
         return
     broker = TansuBroker()
@@ -32,6 +35,8 @@ def kafka(kafka_bootstrap: str, settings: object) -> str:
     settings.KAFKA_BOOTSTRAP_SERVERS = kafka_bootstrap  # type: ignore[attr-defined]
     settings.KAFKA_ENABLE_IDEMPOTENCE = False  # type: ignore[attr-defined]
     settings.KAFKA_LINGER_MS = 2  # type: ignore[attr-defined]
+    settings.KAFKA_SESSION_TIMEOUT_MS = GROUP_TIMINGS["session_timeout_ms"]  # type: ignore[attr-defined]
+    settings.KAFKA_HEARTBEAT_INTERVAL_MS = GROUP_TIMINGS["heartbeat_interval_ms"]  # type: ignore[attr-defined]
     settings.BUS_RETRY_BASE_SECONDS = 0.01  # type: ignore[attr-defined]
     return kafka_bootstrap
 

@@ -71,6 +71,9 @@ class AppConsumer:
             client_id=f"escrow-{self.group_id}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            session_timeout_ms=settings.KAFKA_SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=settings.KAFKA_HEARTBEAT_INTERVAL_MS,
+            rebalance_timeout_ms=settings.KAFKA_SESSION_TIMEOUT_MS,
         ))
         self._dlq = self._runner.build(lambda: make_producer(self.servers, client_id=f"escrow-{self.group_id}-dlq"))
         try:
@@ -88,12 +91,17 @@ class AppConsumer:
             self._close()
 
     def _caught_up(self) -> bool:
+        """Every assigned partition read up to the high watermark of its latest fetch response (the
+        fetch's watermark, not ListOffsets: some brokers answer that with the last batch's base offset)."""
         assert self._consumer is not None
         assigned = self._consumer.assignment()
         if not assigned:
             return False
-        ends = self._runner.run(self._consumer.end_offsets(list(assigned)))
-        return all(self._runner.run(self._consumer.position(tp)) >= ends[tp] for tp in assigned)
+        for tp in assigned:
+            high = self._consumer.highwater(tp)
+            if high is None or self._runner.run(self._consumer.position(tp)) < high:
+                return False
+        return True
 
     def _handle_partition(self, partition: TopicPartition, records: list[ConsumerRecord]) -> None:
         assert self._consumer is not None
@@ -127,8 +135,9 @@ class AppConsumer:
                     return
                 delay = self.retry_base_seconds * (4 ** (attempts - 1))
                 log.warning("kafka handler failed, will retry",
-                            extra={"subscriber": self.subscriber.name, "topic": record.topic,
-                                   "offset": record.offset, "attempt": attempts, "error": repr(exc)})
+                            extra={"subscriber": self.subscriber.name, "topic": record.topic, "key": record.key,
+                                   "partition": record.partition, "offset": record.offset, "attempt": attempts,
+                                   "error": repr(exc)})
                 time.sleep(delay)
 
     def _dead_letter(self, record: ConsumerRecord, attempts: int, exc: BaseException) -> None:
