@@ -196,8 +196,8 @@ def on_payment_failed(record: WebhookEvent, event: ProviderEvent) -> bool:
     if found is None:
         return False
     order, artifact = found
-    if artifact.status != PaymentArtifact.Status.PENDING:
-        return False  # a late failure after success changes nothing
+    if artifact.status != PaymentArtifact.Status.PENDING or event.object.get("status") == "succeeded":
+        return False  # a late failure after success (or a re-read showing success) changes nothing
     error = event.object.get("last_payment_error") or {}
     reason = str(error.get("message") or error.get("code") or "payment failed")[:1000]
     # The buyer may try again with the same PaymentIntent: the artifact stays pending.

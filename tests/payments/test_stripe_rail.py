@@ -331,3 +331,50 @@ def test_a_waiting_payout_whose_send_failed_is_sent_by_the_command(fake_stripe, 
     assert len(fake_stripe.created("transfers")) == 1
     webhook(as_buyer, *signed_event("transfer.created", transfer))
     assert assert_money_invariant(escrow_id).state == "RELEASED"
+
+
+def test_a_failure_delivered_after_the_card_succeeded_changes_nothing(fake_stripe, api_client, buyer, seller):
+    """Out of order: Stripe sends the earlier payment_failed after the retry succeeded."""
+    as_buyer = api_client(buyer)
+    escrow_id = create_escrow(as_buyer, seller=seller)["escrow_id"]
+    intent = intent_of(fake_stripe, escrow_id)
+    failed_snapshot = {**intent, "last_payment_error": {"code": "card_declined", "message": "Your card was declined."}}
+    succeeded = fake_stripe.buyer_pays(intent["id"])
+
+    late = webhook(as_buyer, *signed_event("payment_intent.payment_failed", failed_snapshot))
+    on_time = webhook(as_buyer, *signed_event("payment_intent.succeeded", succeeded))
+
+    assert late.json()["status"] == "ignored" and on_time.json()["status"] == "processed"
+    assert "PaymentFailed" not in outbox_types(escrow_id)
+    escrow = assert_money_invariant(escrow_id)
+    assert (escrow.state, escrow.held_minor) == ("FUNDS_HELD", 14999)
+
+
+def test_a_payment_in_another_currency_goes_to_ops(fake_stripe, api_client, buyer, seller):
+    as_buyer = api_client(buyer)
+    escrow_id = create_escrow(as_buyer, seller=seller)["escrow_id"]
+    paid = fake_stripe.buyer_pays(intent_of(fake_stripe, escrow_id)["id"], currency="eur")
+
+    assert webhook(as_buyer, *signed_event("payment_intent.succeeded", paid)).status_code == 200
+
+    escrow = assert_money_invariant(escrow_id)
+    assert (escrow.state, escrow.received_minor, escrow.attention) == ("AWAIT_FUNDS", 0, "payment_currency_mismatch")
+
+
+def test_a_chargeback_freezes_the_escrow_and_no_transfer_goes_out(fake_stripe, api_client, buyer, seller):
+    as_buyer, as_seller = api_client(buyer), api_client(seller)
+    fake_stripe.accounts.add(SELLER_ACCOUNT)
+    as_seller.put("/api/v1/payout-destination", {"stripe_account_id": SELLER_ACCOUNT}, format="json")
+    escrow_id = funded_escrow(fake_stripe, as_buyer, seller)
+    intent = intent_of(fake_stripe, escrow_id)
+    dispute = {"id": "dp_fake0001", "object": "dispute", "amount": 14999, "currency": "usd",
+               "charge": intent["latest_charge"], "payment_intent": intent["id"], "reason": "fraudulent"}
+
+    assert webhook(as_buyer, *signed_event("charge.dispute.created", dispute)).status_code == 200
+    act(as_seller, escrow_id, "deliver")
+    release = act(as_buyer, escrow_id, "release")
+
+    assert release.status_code == 409
+    assert fake_stripe.created("transfers") == []
+    escrow = assert_money_invariant(escrow_id)
+    assert (escrow.state, escrow.held_minor, escrow.attention) == ("DISPUTED", 14999, "chargeback")
