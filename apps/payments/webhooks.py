@@ -37,6 +37,16 @@ class WebhookOutcome:
     webhook_id: int | None = None
 
 
+def _storable(raw: bytes) -> str:
+    """Text PostgreSQL can store: it refuses NUL in text columns, so an unsigned body holding one would
+    turn into a 500. A verifiable body never holds a raw NUL (JSON escapes it), so nothing is lost."""
+    return raw.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+
+
+def _kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {name: _storable(str(headers[name]).encode()) for name in KEPT_HEADERS if name in headers}
+
+
 def webhook_receive(*, provider: str, body: bytes, headers: Mapping[str, str]) -> WebhookOutcome:
     try:
         impl = providers.get(provider)
@@ -47,8 +57,8 @@ def webhook_receive(*, provider: str, body: bytes, headers: Mapping[str, str]) -
         # must not fill the database.
         record = WebhookEvent.objects.create(
             provider=provider,
-            body=body[:REJECTED_BODY_KEPT_BYTES].decode("utf-8", errors="replace"),
-            headers={name: headers[name] for name in KEPT_HEADERS if name in headers},
+            body=_storable(body[:REJECTED_BODY_KEPT_BYTES]),
+            headers=_kept_headers(headers),
             status=WebhookEvent.Status.REJECTED,
             error=f"body of {len(body)} bytes is over the {MAX_BODY_BYTES} byte limit",
             processed_at=timezone.now(),
@@ -56,8 +66,8 @@ def webhook_receive(*, provider: str, body: bytes, headers: Mapping[str, str]) -
         return WebhookOutcome(WebhookEvent.Status.REJECTED, 413, "webhook body too large", record.pk)
     record = WebhookEvent.objects.create(
         provider=provider,
-        body=body.decode("utf-8", errors="replace"),
-        headers={name: headers[name] for name in KEPT_HEADERS if name in headers},
+        body=_storable(body),
+        headers=_kept_headers(headers),
     )
     try:
         event = impl.verify_webhook(body=body, headers=headers)

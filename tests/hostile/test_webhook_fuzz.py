@@ -144,3 +144,16 @@ def client_factory() -> Any:
 
 def test_record_figures() -> None:
     record_figures("hostile_webhooks", dict(TRIED))
+
+
+@pytest.mark.parametrize(("body", "signature"), [(b"\x00", "t=1,v1=00"), (b'{"id":"evt_1"}', "t=1,v1=\x00"),
+                                                 (b"\xff\xfe\x00{", "")])
+def test_nul_bytes_are_rejected_and_stored_not_a_5xx(body: bytes, signature: str,
+                                                     funded_escrow: dict[str, Any]) -> None:
+    """PostgreSQL refuses NUL in text columns: storing the raw request must not turn into a 500."""
+    before = protected_state(funded_escrow["id"])
+    outcome = payments.webhook_receive(provider="sandbox", body=body, headers={"Stripe-Signature": signature})
+    assert outcome.http_status == 400, outcome
+    stored = WebhookEvent.objects.get(pk=outcome.webhook_id)
+    assert stored.status == WebhookEvent.Status.REJECTED and "\x00" not in stored.body
+    assert protected_state(funded_escrow["id"]) == before

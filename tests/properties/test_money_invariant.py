@@ -268,6 +268,18 @@ class MoneyMachine(RuleBasedStateMachine):
         split = data.draw(st.integers(min_value=1, max_value=max(1, escrow.amount_minor - 1)))
         self._send_command(escrow_id, role, name, outcome, split)
 
+    @rule(escrow_id=escrows, data=st.data(), outcome=st.sampled_from(["release", "refund", "split"]),
+          role=st.sampled_from(["buyer", "seller", "staff", "stranger", "timer"]))
+    def near_miss_command(self, escrow_id: uuid.UUID, data: st.DataObject, outcome: str, role: str) -> None:
+        """A command that is valid in the current state, from anyone: probes who may send it."""
+        escrow = Escrow.objects.get(pk=escrow_id)
+        names = sorted({name for (name, state) in LEGAL if state == escrow.state})
+        if not names:
+            return
+        name = data.draw(st.sampled_from(names))
+        split = data.draw(st.integers(min_value=1, max_value=max(1, escrow.amount_minor - 1)))
+        self._send_command(escrow_id, role, name, outcome, split)
+
     def _send_command(self, escrow_id: uuid.UUID, role: str, name: str, outcome: str, split: int) -> None:
         before = Escrow.objects.get(pk=escrow_id)
         actor = self.actor(role)
