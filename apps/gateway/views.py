@@ -7,6 +7,7 @@ import re
 import uuid
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
@@ -27,7 +28,7 @@ from apps.gateway.problems import CONTENT_TYPE, Problem, problem_body
 from apps.outbox import bus
 from apps.payments import public as payments
 from apps.projections import selectors
-from apps.projections.models import EscrowView
+from apps.projections.models import EscrowViewFields as EscrowView
 from proto.common.v1 import Actor, ActorKind, Money
 from proto.escrow import v1 as escrow_v1
 
@@ -46,6 +47,7 @@ def _links(request: Request, escrow_id: uuid.UUID | str) -> dict[str, str]:
 
 
 def _accepted(request: Request, result: CommandResult) -> Response:
+    _wait_for_read_model(result)
     response = Response(
         {
             "command_id": str(result.command_id),
@@ -58,6 +60,15 @@ def _accepted(request: Request, result: CommandResult) -> Response:
     )
     response["Location"] = reverse("escrow-detail", kwargs={"escrow_id": result.escrow_id})
     return response
+
+
+def _wait_for_read_model(result: CommandResult) -> None:
+    """Read-your-writes: the command has committed; wait (bounded) until the projections show it, so the
+    caller's next GET does. On timeout the 202 still stands: the write is durable, the read model lags."""
+    if settings.READ_YOUR_WRITES_SECONDS <= 0 or "projections" not in settings.BUS_OUTBOX_SUBSCRIBERS:
+        return
+    selectors.escrow_view_wait(escrow_id=str(result.escrow_id), version=result.version,
+                               timeout_seconds=settings.READ_YOUR_WRITES_SECONDS)
 
 
 def _validated(serializer_class: type[drf_serializers.Serializer], request: Request) -> dict[str, Any]:

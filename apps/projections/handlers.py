@@ -1,24 +1,34 @@
-"""Every event the projections service reacts to: all escrow events, folded into the escrow view and
-the timeline. Each handler runs in the subscriber's transaction with its checkpoint."""
+"""Every event the projections service reacts to: all escrow events, folded into the escrow view, the
+timeline and the daily figures.
+
+Each fold takes the `Tables` it writes, so the same code feeds the live colour (through the bus, in the
+subscriber's transaction with its checkpoint) and the colour a rebuild is refilling from the event log.
+"""
 
 from __future__ import annotations
 
+import datetime
+from collections.abc import Callable
 from typing import Any
 
 import betterproto2
+from django.db.models import F
 
 from apps.outbox.bus import Delivery, Subscriber
-from apps.projections.models import EscrowView, TimelineEntry
-from proto.common.v1 import Actor, ActorKind
+from apps.projections.models import EscrowViewFields
+from apps.projections.tables import Tables, active_tables
+from proto.common.v1 import Actor, ActorKind, Money
 from proto.escrow import v1 as escrow_v1
 
 _ACTOR_KINDS = {ActorKind.USER: "user", ActorKind.STAFF: "staff", ActorKind.TIMER: "timer",
                 ActorKind.SYSTEM: "system"}
 
+Fold = Callable[[Any, Delivery, Tables], None]
 
-def _timeline(event: betterproto2.Message, delivery: Delivery) -> None:
+
+def _timeline(event: betterproto2.Message, delivery: Delivery, tables: Tables) -> None:
     actor: Actor | None = getattr(event, "actor", None)
-    TimelineEntry.objects.create(
+    tables.timeline.objects.create(
         escrow_id=delivery.aggregate_id,
         version=delivery.aggregate_version,
         event_id=delivery.event_id,
@@ -30,8 +40,14 @@ def _timeline(event: betterproto2.Message, delivery: Delivery) -> None:
     )
 
 
-def _update(delivery: Delivery, **changes: Any) -> EscrowView:
-    view = EscrowView.objects.select_for_update().get(escrow_id=delivery.aggregate_id)
+def _update(delivery: Delivery, tables: Tables, **changes: Any) -> EscrowViewFields:
+    view = tables.view.objects.select_for_update().get(escrow_id=delivery.aggregate_id)
+    if "state" in changes and changes["state"] != view.state:
+        changes.setdefault("state_since", delivery.occurred_at)
+    if changes.get("attention") and changes["attention"] != view.attention:
+        changes.setdefault("attention_since", delivery.occurred_at)
+    elif "attention" in changes and not changes["attention"]:
+        changes.update(attention_detail="", attention_since=None)
     for name, value in changes.items():
         setattr(view, name, value)
     view.version = delivery.aggregate_version
@@ -40,8 +56,19 @@ def _update(delivery: Delivery, **changes: Any) -> EscrowView:
     return view
 
 
-def on_created(event: escrow_v1.EscrowCreated, delivery: Delivery) -> None:
-    EscrowView.objects.create(
+def _count_daily(delivery: Delivery, tables: Tables, amount: Money | None, kind: str) -> None:
+    """Adds to the day's figure with one atomic update: several escrows settle on the same day."""
+    if amount is None or not amount.amount_minor:
+        return
+    day: datetime.date = delivery.occurred_at.astimezone(datetime.UTC).date()
+    tables.daily.objects.get_or_create(day=day, currency=amount.currency)
+    tables.daily.objects.filter(day=day, currency=amount.currency).update(
+        **{f"{kind}_minor": F(f"{kind}_minor") + amount.amount_minor, f"{kind}_count": F(f"{kind}_count") + 1}
+    )
+
+
+def on_created(event: escrow_v1.EscrowCreated, delivery: Delivery, tables: Tables) -> None:
+    tables.view.objects.create(
         escrow_id=event.escrow_id,
         buyer_id=event.buyer_id,
         seller_id=event.seller_id,
@@ -51,100 +78,117 @@ def on_created(event: escrow_v1.EscrowCreated, delivery: Delivery) -> None:
         description=event.description,
         inspection_period_hours=event.inspection_period_hours,
         funding_deadline=event.funding_deadline,
+        state_since=delivery.occurred_at,
         version=delivery.aggregate_version,
         created_at=delivery.occurred_at,
         updated_at=delivery.occurred_at,
     )
-    _timeline(event, delivery)
+    _timeline(event, delivery, tables)
 
 
-def on_funds_held(event: escrow_v1.EscrowFundsHeld, delivery: Delivery) -> None:
-    _update(delivery, state="FUNDS_HELD")
-    _timeline(event, delivery)
+def on_funds_held(event: escrow_v1.EscrowFundsHeld, delivery: Delivery, tables: Tables) -> None:
+    _update(delivery, tables, state="FUNDS_HELD")
+    _count_daily(delivery, tables, event.amount, "held")
+    _timeline(event, delivery, tables)
 
 
-def on_delivered(event: escrow_v1.EscrowDelivered, delivery: Delivery) -> None:
-    _update(delivery, state="DELIVERED", inspection_deadline=event.inspection_deadline)
-    _timeline(event, delivery)
+def on_delivered(event: escrow_v1.EscrowDelivered, delivery: Delivery, tables: Tables) -> None:
+    _update(delivery, tables, state="DELIVERED", inspection_deadline=event.inspection_deadline)
+    _timeline(event, delivery, tables)
 
 
-def on_release_requested(event: escrow_v1.EscrowReleaseRequested, delivery: Delivery) -> None:
-    _update(delivery, state="RELEASING", payout_pending=True)
-    _timeline(event, delivery)
+def on_release_requested(event: escrow_v1.EscrowReleaseRequested, delivery: Delivery, tables: Tables) -> None:
+    _update(delivery, tables, state="RELEASING", payout_pending=True)
+    _timeline(event, delivery, tables)
 
 
-def on_refund_requested(event: escrow_v1.EscrowRefundRequested, delivery: Delivery) -> None:
-    view = EscrowView.objects.get(escrow_id=delivery.aggregate_id)
+def on_refund_requested(event: escrow_v1.EscrowRefundRequested, delivery: Delivery, tables: Tables) -> None:
+    view = tables.view.objects.get(escrow_id=delivery.aggregate_id)
     # In a split the escrow stays RELEASING until both legs are done.
-    _update(delivery, state="RELEASING" if view.payout_pending else "REFUNDING", refund_pending=True)
-    _timeline(event, delivery)
+    _update(delivery, tables, state="RELEASING" if view.payout_pending else "REFUNDING", refund_pending=True)
+    _timeline(event, delivery, tables)
 
 
-def on_cancelled(event: escrow_v1.EscrowCancelled, delivery: Delivery) -> None:
-    view = EscrowView.objects.get(escrow_id=delivery.aggregate_id)
-    _update(delivery, state="REFUNDING" if view.refund_pending else "CANCELLED")
-    _timeline(event, delivery)
+def on_cancelled(event: escrow_v1.EscrowCancelled, delivery: Delivery, tables: Tables) -> None:
+    view = tables.view.objects.get(escrow_id=delivery.aggregate_id)
+    _update(delivery, tables, state="REFUNDING" if view.refund_pending else "CANCELLED")
+    _timeline(event, delivery, tables)
 
 
-def on_disputed(event: escrow_v1.EscrowDisputed, delivery: Delivery) -> None:
-    _update(delivery, state="DISPUTED", dispute_reason=event.reason)
-    _timeline(event, delivery)
+def on_disputed(event: escrow_v1.EscrowDisputed, delivery: Delivery, tables: Tables) -> None:
+    _update(delivery, tables, state="DISPUTED", dispute_reason=event.reason, disputed_at=delivery.occurred_at)
+    _timeline(event, delivery, tables)
 
 
-def on_dispute_resolved(event: escrow_v1.EscrowDisputeResolved, delivery: Delivery) -> None:
-    _update(delivery)
-    _timeline(event, delivery)
+def on_dispute_resolved(event: escrow_v1.EscrowDisputeResolved, delivery: Delivery, tables: Tables) -> None:
+    _update(delivery, tables)
+    _timeline(event, delivery, tables)
 
 
-def _settled_state(view: EscrowView) -> str:
+def _settled_state(view: EscrowViewFields) -> str:
     if view.payout_pending or view.refund_pending:
         return view.state
     return "RELEASED" if view.paid_to_seller_minor else "REFUNDED"
 
 
-def on_released(event: escrow_v1.EscrowReleased, delivery: Delivery) -> None:
-    view = EscrowView.objects.select_for_update().get(escrow_id=delivery.aggregate_id)
+def on_released(event: escrow_v1.EscrowReleased, delivery: Delivery, tables: Tables) -> None:
+    view = tables.view.objects.select_for_update().get(escrow_id=delivery.aggregate_id)
     view.paid_to_seller_minor += event.paid_to_seller.amount_minor
     view.fee_minor += event.fee.amount_minor
     view.payout_pending = False
-    _update(delivery, paid_to_seller_minor=view.paid_to_seller_minor, fee_minor=view.fee_minor,
+    _update(delivery, tables, paid_to_seller_minor=view.paid_to_seller_minor, fee_minor=view.fee_minor,
             payout_pending=False, state=_settled_state(view), attention="")
-    _timeline(event, delivery)
+    gross = Money(amount_minor=event.paid_to_seller.amount_minor + event.fee.amount_minor,
+                  currency=event.paid_to_seller.currency)
+    _count_daily(delivery, tables, gross, "released")
+    _timeline(event, delivery, tables)
 
 
-def on_refunded(event: escrow_v1.EscrowRefunded, delivery: Delivery) -> None:
-    view = EscrowView.objects.select_for_update().get(escrow_id=delivery.aggregate_id)
+def on_refunded(event: escrow_v1.EscrowRefunded, delivery: Delivery, tables: Tables) -> None:
+    view = tables.view.objects.select_for_update().get(escrow_id=delivery.aggregate_id)
     view.refunded_minor += event.amount.amount_minor
     view.refund_pending = False
-    _update(delivery, refunded_minor=view.refunded_minor, refund_pending=False, state=_settled_state(view),
-            attention="")
-    _timeline(event, delivery)
+    _update(delivery, tables, refunded_minor=view.refunded_minor, refund_pending=False,
+            state=_settled_state(view), attention="")
+    _count_daily(delivery, tables, event.amount, "refunded")
+    _timeline(event, delivery, tables)
 
 
-def on_needs_attention(event: escrow_v1.EscrowNeedsAttention, delivery: Delivery) -> None:
-    _update(delivery, attention=event.reason)
-    _timeline(event, delivery)
+def on_needs_attention(event: escrow_v1.EscrowNeedsAttention, delivery: Delivery, tables: Tables) -> None:
+    _update(delivery, tables, attention=event.reason, attention_detail=event.detail[:1000])
+    _timeline(event, delivery, tables)
 
 
-def on_compliance_hold(event: escrow_v1.EscrowComplianceHold, delivery: Delivery) -> None:
-    _update(delivery, attention="compliance_hold")
-    _timeline(event, delivery)
+def on_compliance_hold(event: escrow_v1.EscrowComplianceHold, delivery: Delivery, tables: Tables) -> None:
+    _update(delivery, tables, attention="compliance_hold", attention_detail=event.reason[:1000])
+    _timeline(event, delivery, tables)
 
 
-SUBSCRIBER = Subscriber(
-    name="projections",
-    handlers={
-        escrow_v1.EscrowCreated: on_created,
-        escrow_v1.EscrowFundsHeld: on_funds_held,
-        escrow_v1.EscrowDelivered: on_delivered,
-        escrow_v1.EscrowReleaseRequested: on_release_requested,
-        escrow_v1.EscrowRefundRequested: on_refund_requested,
-        escrow_v1.EscrowCancelled: on_cancelled,
-        escrow_v1.EscrowDisputed: on_disputed,
-        escrow_v1.EscrowDisputeResolved: on_dispute_resolved,
-        escrow_v1.EscrowReleased: on_released,
-        escrow_v1.EscrowRefunded: on_refunded,
-        escrow_v1.EscrowNeedsAttention: on_needs_attention,
-        escrow_v1.EscrowComplianceHold: on_compliance_hold,
-    },
-)
+FOLDS: dict[type[betterproto2.Message], Fold] = {
+    escrow_v1.EscrowCreated: on_created,
+    escrow_v1.EscrowFundsHeld: on_funds_held,
+    escrow_v1.EscrowDelivered: on_delivered,
+    escrow_v1.EscrowReleaseRequested: on_release_requested,
+    escrow_v1.EscrowRefundRequested: on_refund_requested,
+    escrow_v1.EscrowCancelled: on_cancelled,
+    escrow_v1.EscrowDisputed: on_disputed,
+    escrow_v1.EscrowDisputeResolved: on_dispute_resolved,
+    escrow_v1.EscrowReleased: on_released,
+    escrow_v1.EscrowRefunded: on_refunded,
+    escrow_v1.EscrowNeedsAttention: on_needs_attention,
+    escrow_v1.EscrowComplianceHold: on_compliance_hold,
+}
+
+
+def _live(fold: Fold) -> Callable[[Any, Delivery], None]:
+    """The bus handler: the same fold, into whichever colour is live at this moment (a rebuild flips
+    the pointer only while it holds this subscriber's drain lock, so it cannot change mid-message)."""
+
+    def handler(event: Any, delivery: Delivery) -> None:
+        fold(event, delivery, active_tables())
+
+    handler.__name__ = fold.__name__
+    return handler
+
+
+SUBSCRIBER = Subscriber(name="projections", handlers={cls: _live(fold) for cls, fold in FOLDS.items()})

@@ -1,27 +1,99 @@
-"""Reads of the projections, for the gateway."""
+"""Reads of the projections, for the gateway and the admin. Every read follows the blue/green pointer."""
 
 from __future__ import annotations
 
+import datetime
+import time
+from typing import Any
+
 from django.db.models import Q, QuerySet
+from django.utils import timezone
 
-from apps.projections.models import EscrowView, TimelineEntry
+from apps.projections.models import EscrowViewFields
+from apps.projections.tables import active_tables
+
+# The ops queues' idea of "stuck": a payout or refund that has not come back for this long.
+MONEY_MOVING_STUCK_AFTER = datetime.timedelta(hours=1)
+FAILED_PAYOUT_REASONS = ("transfer_failed", "refund_failed")
 
 
-def escrow_view_get(*, escrow_id: str) -> EscrowView | None:
-    return EscrowView.objects.filter(escrow_id=escrow_id).first()
+def escrow_view_get(*, escrow_id: str) -> EscrowViewFields | None:
+    return active_tables().view.objects.filter(escrow_id=escrow_id).first()
 
 
-def escrow_views_for_user(*, user_id: int, role: str | None = None, state: str | None = None) -> QuerySet[EscrowView]:
+def escrow_view_wait(*, escrow_id: str, version: int, timeout_seconds: float) -> bool:
+    """Read-your-writes: waits (bounded) until the read model shows this escrow at `version` or later.
+    Returns False if it did not in time; the caller answers anyway (the write is committed)."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        if active_tables().view.objects.filter(escrow_id=escrow_id, version__gte=version).exists():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
+
+
+def escrow_views_for_user(*, user_id: int, role: str | None = None,
+                          state: str | None = None) -> QuerySet[Any]:
+    views = active_tables().view.objects
     if role == "buyer":
-        views = EscrowView.objects.filter(buyer_id=user_id)
+        found = views.filter(buyer_id=user_id)
     elif role == "seller":
-        views = EscrowView.objects.filter(seller_id=user_id)
+        found = views.filter(seller_id=user_id)
     else:
-        views = EscrowView.objects.filter(Q(buyer_id=user_id) | Q(seller_id=user_id))
+        found = views.filter(Q(buyer_id=user_id) | Q(seller_id=user_id))
     if state:
-        views = views.filter(state=state)
-    return views.order_by("-created_at", "escrow_id")
+        found = found.filter(state=state)
+    return found.order_by("-created_at", "escrow_id")
 
 
-def escrow_timeline(*, escrow_id: str) -> QuerySet[TimelineEntry]:
-    return TimelineEntry.objects.filter(escrow_id=escrow_id).order_by("version")
+def escrow_timeline(*, escrow_id: str) -> QuerySet[Any]:
+    return active_tables().timeline.objects.filter(escrow_id=escrow_id).order_by("version")
+
+
+# --- ops queues --------------------------------------------------------------------------------------
+
+
+def ops_open_disputes() -> QuerySet[Any]:
+    """Open disputes, oldest first: the agent works the queue from the top."""
+    return active_tables().view.objects.filter(state="DISPUTED").order_by("disputed_at", "escrow_id")
+
+
+def ops_stuck_payments(*, now: datetime.datetime | None = None) -> QuerySet[Any]:
+    """Escrows waiting on money past their time: unfunded past the funding deadline (the timer should
+    have cancelled them), or a payout / refund that has not come back for a while."""
+    now = now or timezone.now()
+    views = active_tables().view.objects
+    return views.filter(
+        Q(state="AWAIT_FUNDS", funding_deadline__lt=now)
+        | Q(state__in=("RELEASING", "REFUNDING"), state_since__lt=now - MONEY_MOVING_STUCK_AFTER)
+    ).order_by("state_since", "escrow_id")
+
+
+def ops_compliance_holds() -> QuerySet[Any]:
+    return active_tables().view.objects.filter(attention="compliance_hold").order_by("attention_since", "escrow_id")
+
+
+def ops_needs_attention() -> QuerySet[Any]:
+    """Everything a human must look at (mismatched payments, chargebacks, failures, holds), oldest first."""
+    return active_tables().view.objects.exclude(attention="").order_by("attention_since", "escrow_id")
+
+
+def ops_failed_payouts() -> QuerySet[Any]:
+    return active_tables().view.objects.filter(attention__in=FAILED_PAYOUT_REASONS).order_by(
+        "attention_since", "escrow_id")
+
+
+def ops_daily_figures(*, since: datetime.date | None = None) -> QuerySet[Any]:
+    figures = active_tables().daily.objects.all()
+    if since is not None:
+        figures = figures.filter(day__gte=since)
+    return figures.order_by("-day", "currency")
+
+
+def ops_dead_letters() -> QuerySet[Any]:
+    """Dead letters are bus bookkeeping, not an event-fed read model: read from the outbox app."""
+    from apps.outbox.models import DeadLetter
+
+    return DeadLetter.objects.filter(status=DeadLetter.Status.OPEN).order_by("created_at")
+

@@ -1,0 +1,122 @@
+"""Blue/green rebuild of a projection set from the event log (the outbox rows of escrow.events.v1).
+
+1. Empty the idle colour and replay, in delivery order (txid, id), every event up to the live
+   subscriber's checkpoint as it was when we started. The API keeps reading the live colour and the
+   live subscriber keeps writing it.
+2. Take the subscriber's drain lock (the same one the bus uses, advisory on PostgreSQL), so the live
+   checkpoint stops moving; replay the events it passed meanwhile; flip the pointer; commit. Readers
+   switch on their next query; nobody ever reads a half-built table.
+
+Only rows below the live checkpoint are replayed: the bus's watermark already proved every one of them
+settled, so no in-flight transaction can be skipped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from apps.outbox import bus, messages
+from apps.outbox.models import OutboxMessage, SubscriberCheckpoint
+from apps.projections.handlers import FOLDS, SUBSCRIBER
+from apps.projections.models import ActiveGeneration, ProjectionRebuild
+from apps.projections.tables import ESCROWS, PROJECTION_SETS, Tables, other_color, tables_for
+
+Progress = Callable[[int, int], None]
+BATCH = 500
+
+
+@dataclass(frozen=True)
+class RebuildSummary:
+    name: str
+    from_color: str
+    to_color: str
+    generation: int
+    events: int
+    rows: dict[str, int]
+
+
+def _position(name: str) -> tuple[int, int]:
+    checkpoint = SubscriberCheckpoint.objects.filter(subscriber=name).first()
+    return (checkpoint.last_txid, checkpoint.last_id) if checkpoint else (0, 0)
+
+
+def _events_between(after: tuple[int, int], upto: tuple[int, int]) -> Q:
+    return (
+        (Q(txid__gt=after[0]) | Q(txid=after[0], id__gt=after[1]))
+        & (Q(txid__lt=upto[0]) | Q(txid=upto[0], id__lte=upto[1]))
+        & Q(topic__in=SUBSCRIBER.topics, type__in=SUBSCRIBER.types)
+    )
+
+
+def _replay(tables: Tables, after: tuple[int, int], upto: tuple[int, int], progress: Progress | None,
+            done: int, total: int) -> int:
+    """Folds every event in (after, upto] into `tables`, in batches of one transaction each."""
+    position = after
+    while True:
+        rows = list(OutboxMessage.objects.filter(_events_between(position, upto)).order_by("txid", "id")[:BATCH])
+        if not rows:
+            return done
+        with transaction.atomic():
+            for row in rows:
+                fold = FOLDS[messages.message_class(row.type)]
+                fold(messages.decode(row.type, row.payload), bus.Delivery.of(row), tables)
+        done += len(rows)
+        position = (rows[-1].txid, rows[-1].id)
+        if progress is not None:
+            progress(done, max(total, done))
+
+
+def _count(after: tuple[int, int], upto: tuple[int, int]) -> int:
+    return OutboxMessage.objects.filter(_events_between(after, upto)).count()
+
+
+def projection_rebuild(*, name: str = ESCROWS, progress: Progress | None = None,
+                       lock_wait_seconds: float = 30.0) -> RebuildSummary:
+    if name not in PROJECTION_SETS:
+        raise LookupError(f"no projection set named {name!r}; known: {', '.join(PROJECTION_SETS)}")
+    pointer, _ = ActiveGeneration.objects.get_or_create(name=name)
+    live_color, target = pointer.color, other_color(pointer.color)
+    tables = tables_for(target)
+    started = timezone.now()
+    with transaction.atomic():
+        for model in tables.all():
+            model.objects.all().delete()
+
+    start = (0, 0)
+    first_upto = _position(SUBSCRIBER.name)
+    total = _count(start, first_upto)
+    done = _replay(tables, start, first_upto, progress, 0, total)
+
+    deadline = time.monotonic() + lock_wait_seconds
+    while True:
+        with bus._exclusive(SUBSCRIBER.name) as acquired:  # noqa: SLF001 - the bus's own drain lock
+            if acquired:
+                final_upto = _position(SUBSCRIBER.name)
+                total = done + _count(first_upto, final_upto)
+                with transaction.atomic():
+                    done = _replay(tables, first_upto, final_upto, progress, done, total)
+                    locked = ActiveGeneration.objects.select_for_update().get(name=name)
+                    if locked.color != live_color:
+                        raise RuntimeError("another rebuild switched this projection set meanwhile")
+                    switched = timezone.now()
+                    locked.color, locked.generation, locked.switched_at = target, locked.generation + 1, switched
+                    locked.save()
+                    ProjectionRebuild.objects.create(
+                        name=name, from_color=live_color, to_color=target, generation=locked.generation,
+                        events=done, started_at=started, switched_at=switched)
+                break
+        if time.monotonic() >= deadline:
+            raise TimeoutError("the live projections subscriber kept its drain lock; try again")
+        time.sleep(0.01)
+    if progress is not None:
+        progress(done, done)
+    return RebuildSummary(
+        name=name, from_color=live_color, to_color=target, generation=locked.generation, events=done,
+        rows={model.__name__: model.objects.count() for model in tables.all()},
+    )
