@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
-from django.contrib import admin
-from django.http import HttpRequest
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import path
+from rest_framework import serializers as drf_serializers
 
-from apps.escrow.models import Escrow, EscrowEvent
+from apps.escrow.errors import EscrowError
+from apps.escrow.models import Escrow, EscrowEvent, EscrowState
+from apps.escrow.services import dispatch
+from apps.gateway.audit import audit_record
+from apps.gateway.models import AuditLog
+from apps.gateway.serializers import minor_to_decimal_string, parse_amount
+from apps.projections import selectors
+from proto.common.v1 import Actor, ActorKind, Money
+from proto.escrow import v1 as escrow_v1
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -41,6 +57,10 @@ class EscrowAdmin(ReadOnlyAdmin):
     inlines = [EscrowEventInline]
     readonly_fields = [f.name for f in Escrow._meta.fields]
 
+    def get_urls(self) -> list[Any]:
+        # The dispute desk comes first so "disputes/" is not taken for an object id.
+        return _dispute_urls(self) + super().get_urls()
+
 
 @admin.register(EscrowEvent)
 class EscrowEventAdmin(ReadOnlyAdmin):
@@ -48,3 +68,130 @@ class EscrowEventAdmin(ReadOnlyAdmin):
     list_filter = ("type",)
     search_fields = ("escrow__id", "event_id")
     readonly_fields = [f.name for f in EscrowEvent._meta.fields]
+
+
+# --- the dispute desk -----------------------------------------------------------------------------------
+# Staff act through the same command dispatch as the API (a STAFF actor), and each action writes its
+# AuditLog row in the same transaction as the command: if the command is refused, neither exists.
+
+OUTCOMES = {
+    "release": escrow_v1.DisputeOutcome.RELEASE,
+    "refund": escrow_v1.DisputeOutcome.REFUND,
+    "split": escrow_v1.DisputeOutcome.SPLIT,
+}
+
+
+class ResolveForm(forms.Form):
+    outcome = forms.ChoiceField(choices=[(k, k) for k in OUTCOMES], widget=forms.RadioSelect)
+    seller_amount = forms.CharField(required=False, max_length=20,
+                                    help_text="split only: the seller's gross share, e.g. 40.00")
+    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), max_length=2000)
+
+    def __init__(self, *args: Any, currency: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.currency = currency
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("outcome") == "split":
+            try:
+                data["seller_minor"] = parse_amount(data.get("seller_amount") or "", currency=self.currency)
+            except drf_serializers.ValidationError as exc:
+                self.add_error("seller_amount", "; ".join(str(d) for d in exc.detail))
+        elif data.get("seller_amount"):
+            self.add_error("seller_amount", "only a split takes an amount")
+        if data.get("reason") is not None and not data["reason"].strip():
+            self.add_error("reason", "say why")
+        return data
+
+
+class NoteForm(forms.Form):
+    note = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), max_length=2000)
+
+
+def _dispute_desk(admin_site: admin.AdminSite, request: HttpRequest, escrow_id: uuid.UUID) -> HttpResponse:
+    if not request.user.has_perm("escrow.view_escrow"):
+        raise PermissionDenied
+    escrow = get_object_or_404(Escrow, pk=escrow_id)
+    can_resolve = request.user.has_perm("gateway.resolve_dispute")
+    can_note = request.user.has_perm("gateway.add_dispute_note")
+    resolve_form = ResolveForm(currency=escrow.currency)
+    note_form = NoteForm()
+    if request.method == "POST":
+        action = request.POST.get("action")
+        if action == "resolve":
+            if not can_resolve:
+                raise PermissionDenied
+            resolve_form = ResolveForm(request.POST, currency=escrow.currency)
+            if resolve_form.is_valid() and _resolve(request, escrow, resolve_form.cleaned_data):
+                return redirect(request.path)
+        elif action == "note":
+            if not can_note:
+                raise PermissionDenied
+            note_form = NoteForm(request.POST)
+            if note_form.is_valid():
+                with transaction.atomic():
+                    audit_record(actor=request.user, action=AuditLog.Action.ADD_NOTE, escrow_id=escrow.pk,
+                                 reason=note_form.cleaned_data["note"])
+                messages.success(request, "Note added.")
+                return redirect(request.path)
+        else:
+            return HttpResponseBadRequest("unknown action")
+    context = {
+        **admin_site.each_context(request),
+        "title": f"Dispute {escrow.pk}",
+        "escrow": escrow,
+        "amount": minor_to_decimal_string(escrow.amount_minor, escrow.currency),
+        "events": EscrowEvent.objects.filter(escrow=escrow).order_by("version"),
+        "statements": EscrowEvent.objects.filter(escrow=escrow, type="escrow.v1.EscrowDisputed").order_by("version"),
+        "audit": AuditLog.objects.filter(escrow_id=escrow.pk).select_related("actor").order_by("created_at", "id"),
+        "resolve_form": resolve_form if can_resolve and escrow.state == EscrowState.DISPUTED else None,
+        "note_form": note_form if can_note else None,
+    }
+    return TemplateResponse(request, "admin/escrow/dispute_desk.html", context,
+                            status=400 if request.method == "POST" else 200)
+
+
+def _resolve(request: HttpRequest, escrow: Escrow, data: dict[str, Any]) -> bool:
+    command_id = uuid.uuid4()
+    seller_amount = (Money(amount_minor=data["seller_minor"], currency=escrow.currency)
+                     if data["outcome"] == "split" else None)
+    command = escrow_v1.ResolveDispute(
+        escrow_id=str(escrow.pk), actor=Actor(kind=ActorKind.STAFF, user_id=request.user.pk),
+        outcome=OUTCOMES[data["outcome"]], seller_amount=seller_amount, note=data["reason"].strip()[:1000],
+    )
+    try:
+        with transaction.atomic():
+            result = dispatch(command, command_id=command_id)
+            audit_record(actor=request.user, action=AuditLog.Action.RESOLVE_DISPUTE, escrow_id=escrow.pk,
+                         reason=data["reason"], command_id=command_id,
+                         detail={"outcome": data["outcome"], "seller_amount_minor": data.get("seller_minor"),
+                                 "state_after": result.state})
+    except EscrowError as exc:
+        messages.error(request, f"Refused: {exc}")
+        return False
+    messages.success(request, f"Resolved ({data['outcome']}); the escrow is {result.state}.")
+    return True
+
+
+def _dispute_queue(admin_site: admin.AdminSite, request: HttpRequest) -> HttpResponse:
+    if not request.user.has_perm("escrow.view_escrow"):
+        raise PermissionDenied
+    context = {
+        **admin_site.each_context(request),
+        "title": "Open disputes, oldest first",
+        "disputes": list(selectors.ops_open_disputes()[:200]),
+    }
+    return TemplateResponse(request, "admin/escrow/dispute_queue.html", context)
+
+
+def _dispute_urls(model_admin: admin.ModelAdmin) -> list[Any]:
+    site = model_admin.admin_site
+    return [
+        path("disputes/", site.admin_view(lambda request: _dispute_queue(site, request)),
+             name="escrow_dispute_queue"),
+        path("<uuid:escrow_id>/dispute/",
+             site.admin_view(lambda request, escrow_id: _dispute_desk(site, request, escrow_id)),
+             name="escrow_dispute_desk"),
+    ]
+

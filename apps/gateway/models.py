@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.db import models
 
@@ -22,3 +24,42 @@ class IdempotencyRecord(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["user", "key"], name="idempotency_key_per_user")]
+
+
+class AuditLog(models.Model):
+    """Every staff action (who, what, why, when), written in the same transaction as its effect.
+    Append-only: rows are never changed or deleted. The custom permissions are what the staff groups
+    grant (see `manage.py setup_staff_groups`)."""
+
+    class Action(models.TextChoices):
+        RESOLVE_DISPUTE = "resolve_dispute"
+        ADD_NOTE = "add_note"
+        REPLAY_DEAD_LETTER = "replay_dead_letter"
+        REBUILD_PROJECTIONS = "rebuild_projections"
+
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    action = models.CharField(max_length=50, choices=Action.choices)
+    escrow_id = models.UUIDField(null=True, blank=True, db_index=True)
+    target = models.CharField(max_length=200, blank=True)
+    reason = models.TextField()
+    detail = models.JSONField(default=dict, blank=True)
+    command_id = models.UUIDField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        permissions = [
+            ("resolve_dispute", "Can resolve a dispute (release, refund or split)"),
+            ("add_dispute_note", "Can add a note to a dispute"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M} {self.actor_id} {self.action} {self.escrow_id or self.target}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise PermissionError("AuditLog is append-only")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        raise PermissionError("AuditLog is append-only")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django.contrib import admin, messages
@@ -7,6 +8,8 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from apps.escrow.admin import ReadOnlyAdmin
+from apps.gateway.audit import audit_record
+from apps.gateway.models import AuditLog
 from apps.outbox import bus
 from apps.outbox.models import DeadLetter, OutboxMessage, SubscriberCheckpoint
 
@@ -45,7 +48,11 @@ class DeadLetterAdmin(ReadOnlyAdmin):
         done = failed = 0
         for letter in queryset.filter(status=DeadLetter.Status.OPEN):
             try:
-                bus.replay_dead_letter(letter)
+                if bus.replay_dead_letter(letter):
+                    audit_record(actor=request.user, action=AuditLog.Action.REPLAY_DEAD_LETTER,
+                                 escrow_id=_uuid_or_none(letter.aggregate_id), target=f"dead letter {letter.pk}",
+                                 reason="replay requested in the admin", detail={"subscriber": letter.subscriber,
+                                                                                 "type": letter.type})
                 done += 1
             except Exception as exc:  # noqa: BLE001 - reported to the operator
                 failed += 1
@@ -55,3 +62,10 @@ class DeadLetterAdmin(ReadOnlyAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # Needed for the action; every field stays read-only.
         return request.user.has_perm("outbox.change_deadletter")
+
+
+def _uuid_or_none(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
