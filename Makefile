@@ -33,6 +33,10 @@ test: venv
 proto: venv
 	bash proto/generate.sh
 
+# The benchmark (PostgreSQL on 127.0.0.1:5432 required): docs/performance.md. BENCH_ARGS="--duration 120" etc.
+bench: venv
+	$(PY) bench/run.py $(BENCH_ARGS)
+
 lint: venv
 	$(VENV)/bin/ruff check .
 

@@ -1,22 +1,24 @@
-"""Prometheus metrics at /api/v1/metrics: outbox size and per-subscriber lag, dead letters."""
+"""Prometheus metrics at /api/v1/metrics: HTTP latency per route, bus lag and progress per subscriber,
+command-to-event and webhook-to-event latency, outbox lag, dead letters (see docs/performance.md)."""
 
 from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
-from apps.outbox import bus
-from apps.outbox.models import DeadLetter, OutboxMessage
+from apps.gateway.observability import MULTIPROCESS, BusCollector, database_reachable
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    registry = CollectorRegistry()
-    lag = Gauge("escrow_bus_lag_messages", "Outbox messages a subscriber has not processed yet",
-                ["subscriber"], registry=registry)
-    for sub in bus.outbox_subscribers():
-        lag.labels(sub.name).set(bus.lag(sub))
-    Gauge("escrow_outbox_unpublished_messages", "Outbox rows not yet relayed to Kafka",
-          registry=registry).set(OutboxMessage.objects.filter(published_at__isnull=True).count())
-    Gauge("escrow_dead_letters_open", "Dead letters waiting for ops", registry=registry).set(
-        DeadLetter.objects.filter(status=DeadLetter.Status.OPEN).count())
-    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+    if MULTIPROCESS:
+        # Every gunicorn worker writes its own files; merge them so one scrape sees the whole server.
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        body = generate_latest(registry)
+    else:
+        body = generate_latest(REGISTRY)
+    if database_reachable():
+        tables = CollectorRegistry()
+        tables.register(BusCollector())
+        body += generate_latest(tables)
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse
 
+from apps.gateway import observability
 from apps.outbox import context
 
 log = logging.getLogger("apps.gateway.access")
@@ -28,7 +29,14 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         with context.bound(context.TraceContext(correlation_id=correlation_id, traceparent=traceparent)):
             response = self.get_response(request)
-            duration_ms = (time.perf_counter() - started) * 1000
+            duration = time.perf_counter() - started
+            duration_ms = duration * 1000
+            match = getattr(request, "resolver_match", None)
+            # The route pattern, not the path: one series per endpoint however many escrows exist.
+            route = match.route if match is not None else "unmatched"
+            escrow_id = match.kwargs.get("escrow_id") if match is not None else None
+            observability.observe_request(method=request.method or "", route=route,
+                                          status=response.status_code, seconds=duration)
             response["X-Correlation-ID"] = correlation_id
             response["traceparent"] = traceparent
             log.info(
@@ -39,6 +47,8 @@ class RequestContextMiddleware:
                     "status": response.status_code,
                     "duration_ms": round(duration_ms, 2),
                     "user_id": getattr(getattr(request, "user", None), "pk", None),
+                    "route": route,
+                    "escrow_id": str(escrow_id) if escrow_id is not None else None,
                 },
             )
         return response

@@ -95,7 +95,8 @@ def _can_read(request: Request, view: EscrowView) -> bool:
     return request.user.pk in (view.buyer_id, view.seller_id) or is_staff_member(request.user)
 
 
-def _render_escrow(request: Request, view: EscrowView) -> dict[str, Any]:
+def _render_escrow(request: Request, view: EscrowView,
+                   instructions_by_escrow: dict[str, payments.PaymentInstructions] | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": str(view.escrow_id),
         "state": view.state,
@@ -116,7 +117,8 @@ def _render_escrow(request: Request, view: EscrowView) -> dict[str, Any]:
         "links": _links(request, view.escrow_id),
     }
     if request.user.pk == view.buyer_id and view.state == "AWAIT_FUNDS":
-        instructions = payments.payment_instructions(str(view.escrow_id))
+        instructions = (payments.payment_instructions(str(view.escrow_id)) if instructions_by_escrow is None
+                        else instructions_by_escrow.get(str(view.escrow_id)))
         if instructions is not None:
             body["payment"] = {
                 "provider": instructions.provider,
@@ -170,7 +172,11 @@ class EscrowCollection(APIView):
             query["offset"] = str(offset + limit)
             query["limit"] = str(limit)
             next_link = f"{request.path}?{query.urlencode()}"
-        return Response({"count": count, "results": [_render_escrow(request, v) for v in page], "next": next_link})
+        # One query for the page's payment instructions instead of one per escrow awaiting funds.
+        instructions = payments.payment_instructions_many(
+            [str(v.escrow_id) for v in page if v.buyer_id == request.user.pk and v.state == "AWAIT_FUNDS"])
+        return Response({"count": count, "results": [_render_escrow(request, v, instructions) for v in page],
+                         "next": next_link})
 
     @extend_schema(operation_id="escrows_create", request=io.CreateEscrowInput, responses={202: io.CommandAccepted})
     def post(self, request: Request) -> Response:

@@ -12,7 +12,8 @@ from apps.payments.models import PaymentArtifact
 from apps.payments.providers import sandbox
 from apps.payments.webhooks import WebhookOutcome, webhook_receive
 
-__all__ = ["PaymentInstructions", "WebhookOutcome", "payment_instructions", "sandbox_pay", "webhook_receive"]
+__all__ = ["PaymentInstructions", "WebhookOutcome", "payment_instructions", "payment_instructions_many",
+           "sandbox_pay", "webhook_receive"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,25 @@ def payment_instructions(escrow_id: str) -> PaymentInstructions | None:
         client_secret=artifact.client_secret,
         deposit_address=artifact.deposit_address,
     )
+
+
+def payment_instructions_many(escrow_ids: list[str]) -> dict[str, PaymentInstructions]:
+    """payment_instructions for a page of escrows in one query (a list answer must not cost a query
+    per row). Escrows without a payment artifact are absent from the result."""
+    found: dict[str, PaymentInstructions] = {}
+    if not escrow_ids:
+        return found
+    artifacts = (PaymentArtifact.objects.filter(escrow_id__in=escrow_ids, kind=PaymentArtifact.Kind.PAYMENT)
+                 .order_by("created_at"))
+    for artifact in artifacts:
+        # The first (oldest) artifact per escrow wins, as in payment_instructions.
+        found.setdefault(str(artifact.escrow_id), PaymentInstructions(
+            provider=artifact.provider,
+            status=artifact.status,
+            client_secret=artifact.client_secret,
+            deposit_address=artifact.deposit_address,
+        ))
+    return found
 
 
 class SandboxUnavailable(Exception):

@@ -1,0 +1,664 @@
+"""The benchmark: a production-shaped stack on this machine, open-model load, ceilings from the same run.
+
+    make bench                                  # defaults: about 3 minutes
+    .venv/bin/python bench/run.py --commands-per-s 80 --queries-per-s 200 --duration 60
+
+Steps (progress lines on stderr, summary on stdout, results in bench/results/<timestamp>.{md,json}):
+1. PostgreSQL database `escrow_bench`, dropped and created fresh, migrated; buyer/seller pairs and tokens.
+2. gunicorn (gthread workers) on a free loopback port with DJANGO_SETTINGS_MODULE=bench.settings (the
+   project plus /bench/noop), and `manage.py run_bus` beside it, both with BUS_INLINE_DISPATCH=0 unless
+   --inline (see docs/performance.md for why).
+3. Framework ceiling: closed-loop GETs of /bench/noop; read-path maximum: closed-loop GETs of an escrow.
+4. Open-model load: commands (create / sandbox pay / deliver / release, each trade stepping through its
+   lifecycle) and queries (GET /escrows/{id}) sent at a constant arrival rate by a clock. Latency is
+   measured from each request's SCHEDULED time, so a stall delays every request behind it in the
+   figures (no coordinated omission).
+5. Command-to-event and webhook-to-event: every request carries its own X-Correlation-ID, which the
+   outbox rows it causes carry too; the event's "applied by projections" time is read from the tables.
+6. Database ceiling: pgbench running the statements one command runs, against copies of the tables.
+7. Relay: bench/relay_bench.py if --relay (it starts a Tansu broker when Kafka is not configured).
+Everything started is stopped at the end, also on Ctrl-C or failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import itertools
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = str(ROOT / ".venv" / "bin" / "python")
+RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(ROOT))  # run as a script: bench.settings and the apps import from the project root
+PG_ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
+
+# The event each command's effect is judged by: when projections applied it, the reader can see it.
+EVENT_OF = {
+    "create": "escrow.v1.EscrowCreated",
+    "pay": "escrow.v1.EscrowFundsHeld",
+    "deliver": "escrow.v1.EscrowDelivered",
+    "release": "escrow.v1.EscrowReleaseRequested",
+}
+NEXT_STEP = {"create": "pay", "pay": "deliver", "deliver": "release", "release": None}
+
+
+def progress(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    ordered = sorted(values)
+
+    def at(q: float) -> float | None:
+        if not ordered:
+            return None
+        return round(ordered[max(1, math.ceil(q * len(ordered))) - 1] * 1000, 1)
+
+    return {"n": len(ordered), "p50_ms": at(0.50), "p95_ms": at(0.95), "p99_ms": at(0.99),
+            "max_ms": round(ordered[-1] * 1000, 1) if ordered else None}
+
+
+# --- the stack ------------------------------------------------------------------------------------
+
+
+class Stack:
+    """The processes this run started; `stop()` ends exactly those (by pid)."""
+
+    def __init__(self) -> None:
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs = Path(tempfile.mkdtemp(prefix="escrow-bench-"))
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def stop(self) -> None:
+        for name, proc in reversed(self.procs.items()):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    progress(f"{name} did not stop on SIGTERM; killing pid {proc.pid}")
+                    proc.kill()
+                    proc.wait()
+
+    def tail(self, name: str, lines: int = 20) -> str:
+        path = self.logs / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+def memory(stack: Stack) -> dict[str, float | None]:
+    figures: dict[str, float | None] = {}
+    gunicorn = stack.procs.get("gunicorn")
+    if gunicorn is not None:
+        figures["gunicorn master"] = rss_mb(gunicorn.pid)
+        for n, pid in enumerate(children(gunicorn.pid), 1):
+            figures[f"gunicorn worker {n}"] = rss_mb(pid)
+    bus_worker = stack.procs.get("run_bus")
+    if bus_worker is not None:
+        figures["bus worker"] = rss_mb(bus_worker.pid)
+    figures["load generator"] = rss_mb(os.getpid())
+    return figures
+
+
+def reset_database(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def django_env(database_url: str, *, inline: bool) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "DATABASE_URL": database_url,
+        "DJANGO_SETTINGS_MODULE": "bench.settings",
+        "BUS_INLINE_DISPATCH": "1" if inline else "0",
+        "LOG_LEVEL": "WARNING",
+        "DEBUG": "0",
+        "PAYMENTS_PROVIDER": "sandbox",
+        # The bench's users are few and busy; the limit protects production from abuse, not from us.
+        "THROTTLE_MUTATIONS_RATE": "off",
+        "DB_CONN_MAX_AGE": os.environ.get("DB_CONN_MAX_AGE", "600"),
+        "PYTHONPATH": str(ROOT),
+    })
+    return env
+
+
+def prepare(database_url: str, pairs: int) -> list[tuple[str, str]]:
+    """Migrates and returns (buyer token, seller username/token) pairs, via this process's Django."""
+    os.environ.update(django_env(database_url, inline=False))
+    import django
+
+    django.setup()
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+
+    from apps.gateway.tokens import mint_access_token
+
+    call_command("migrate", verbosity=0)
+    users = get_user_model()
+    tokens: list[tuple[str, str]] = []
+    for n in range(pairs):
+        buyer = users.objects.create_user(username=f"bench-buyer-{n}", password=None)
+        seller = users.objects.create_user(username=f"bench-seller-{n}", password=None)
+        tokens.append((mint_access_token(buyer, expires_in=3600), mint_access_token(seller, expires_in=3600)))
+    return tokens
+
+
+def wait_until_up(base: str, stack: Stack, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for name, proc in stack.procs.items():
+            if proc.poll() is not None:
+                raise SystemExit(f"{name} exited with {proc.returncode}:\n{stack.tail(name)}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{base}/bench/noop", timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise SystemExit(f"gunicorn did not answer within {timeout}s:\n{stack.tail('gunicorn')}")
+
+
+# --- load -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Trade:
+    buyer: int  # index into the token pairs
+    escrow_id: str = ""
+    step: str = "create"
+    not_before: float = 0.0
+
+
+@dataclass
+class Record:
+    kind: str
+    correlation_id: str
+    scheduled: float  # wall clock (time.time), comparable with the server's timestamps
+    status: int = 0
+    latency: float = 0.0
+    body: Any = None
+
+
+@dataclass
+class Load:
+    records: list[Record] = field(default_factory=list)
+    early: Counter[str] = field(default_factory=Counter)  # a step sent before the bus caught up
+    errors: Counter[str] = field(default_factory=Counter)
+    trades_finished: int = 0
+    escrows: list[tuple[str, int]] = field(default_factory=list)  # (escrow id, pair index) to read
+
+
+_corr = itertools.count()
+
+
+async def _send(client: httpx.AsyncClient, load: Load, kind: str, method: str, url: str, token: str,
+                scheduled_mono: float, scheduled_wall: float, body: dict[str, Any] | None = None) -> Record:
+    record = Record(kind=kind, correlation_id=f"bench-{kind}-{next(_corr)}", scheduled=scheduled_wall)
+    headers = {"Authorization": f"Bearer {token}", "X-Correlation-ID": record.correlation_id}
+    try:
+        response = await client.request(method, url, json=body, headers=headers)
+        record.status = response.status_code
+        record.latency = time.monotonic() - scheduled_mono
+        if response.headers.get("content-type", "").endswith("json"):
+            record.body = response.json()
+    except httpx.HTTPError as exc:
+        record.status = -1
+        record.latency = time.monotonic() - scheduled_mono
+        load.errors[f"{kind}: {type(exc).__name__}"] += 1
+    load.records.append(record)
+    return record
+
+
+async def command_step(client: httpx.AsyncClient, load: Load, ready: deque[Trade], tokens: list[tuple[str, str]],
+                       trade: Trade, scheduled_mono: float, scheduled_wall: float) -> None:
+    buyer_token, seller_token = tokens[trade.buyer]
+    if trade.step == "create":
+        record = await _send(client, load, "create", "POST", "/api/v1/escrows", buyer_token, scheduled_mono,
+                             scheduled_wall, {"seller": f"bench-seller-{trade.buyer}", "amount": "149.99",
+                                              "currency": "USD", "description": "bench trade"})
+    elif trade.step == "pay":
+        record = await _send(client, load, "pay", "POST", f"/api/v1/sandbox/escrows/{trade.escrow_id}/pay",
+                             buyer_token, scheduled_mono, scheduled_wall)
+    else:
+        token = seller_token if trade.step == "deliver" else buyer_token
+        record = await _send(client, load, trade.step, "POST", f"/api/v1/escrows/{trade.escrow_id}/{trade.step}",
+                             token, scheduled_mono, scheduled_wall)
+    if record.status == 202:
+        if trade.step == "create":
+            trade.escrow_id = record.body["escrow_id"]
+            load.escrows.append((trade.escrow_id, trade.buyer))
+        following = NEXT_STEP[trade.step]
+        if following is None:
+            load.trades_finished += 1
+            return
+        trade.step = following
+    elif record.status in (404, 409) and trade.step != "create":
+        # The previous step's event has not reached the read model / the escrow yet (the bus is
+        # asynchronous): a client would retry, and so do we. Counted, not an error.
+        load.early[trade.step] += 1
+    else:
+        load.errors[f"{record.kind}: HTTP {record.status}"] += 1
+        return
+    trade.not_before = time.monotonic() + 0.05
+    ready.append(trade)
+
+
+async def open_model(base: str, tokens: list[tuple[str, str]], *, commands_per_s: float, queries_per_s: float,
+                     duration: float, max_in_flight: int) -> tuple[Load, float]:
+    load = Load()
+    ready: deque[Trade] = deque()
+    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+        tasks: set[asyncio.Task[Any]] = set()
+        start = time.monotonic() + 0.2
+        wall_offset = time.time() - time.monotonic()
+
+        def schedule(rate: float) -> Iterator[float]:
+            if rate <= 0:
+                return iter(())
+            return (start + i / rate for i in range(int(duration * rate)))
+
+        # One clock for both streams: merge their schedules.
+        events = sorted([(t, "command") for t in schedule(commands_per_s)]
+                        + [(t, "query") for t in schedule(queries_per_s)])
+        last_report = start
+        next_pair = itertools.count()
+        for at, kind in events:
+            delay = at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            wall = at + wall_offset
+            if kind == "command":
+                trade = ready.popleft() if ready and ready[0].not_before <= time.monotonic() else None
+                if trade is None:
+                    trade = Trade(buyer=next(next_pair) % len(tokens))
+                task = asyncio.create_task(command_step(client, load, ready, tokens, trade, at, wall))
+            else:
+                if not load.escrows:
+                    continue
+                escrow_id, pair = random.choice(load.escrows)
+                task = asyncio.create_task(_send(client, load, "query", "GET", f"/api/v1/escrows/{escrow_id}",
+                                                 tokens[pair][0], at, wall))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            if time.monotonic() - last_report >= 10:
+                last_report = time.monotonic()
+                done = Counter(r.kind for r in load.records)
+                progress(f"load t={last_report - start:.0f}s sent {dict(done)} in flight {len(tasks)} "
+                         f"finished trades {load.trades_finished} errors {sum(load.errors.values())}")
+        if tasks:
+            await asyncio.wait(tasks, timeout=60)
+        elapsed = time.monotonic() - start
+    return load, elapsed
+
+
+async def closed_loop(base: str, path: str, token: str | None, *, seconds: float, concurrency: int) -> dict[str, Any]:
+    """As many requests as `concurrency` clients can send back to back: a throughput ceiling."""
+    latencies: list[float] = []
+    errors = 0
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30, headers=headers) as client:
+        deadline = time.monotonic() + seconds
+
+        async def one_client() -> None:
+            nonlocal errors
+            while time.monotonic() < deadline:
+                sent = time.monotonic()
+                try:
+                    ok = (await client.get(path)).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    latencies.append(time.monotonic() - sent)
+                else:
+                    errors += 1
+
+        started = time.monotonic()
+        await asyncio.gather(*(one_client() for _ in range(concurrency)))
+        elapsed = time.monotonic() - started
+    return {"requests_per_s": round(len(latencies) / elapsed, 1), "errors": errors, **percentiles(latencies)}
+
+
+# --- results from the tables ------------------------------------------------------------------------
+
+
+def event_latencies(load: Load) -> dict[str, Any]:
+    """Scheduled send -> projections applied, and occurred_at -> applied, per command kind."""
+    from django.db import connection
+
+    sent = {r.correlation_id: r for r in load.records if r.kind in EVENT_OF and r.status == 202}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """SELECT o.correlation_id, o.type, o.occurred_at, p.processed_at
+               FROM outbox_outboxmessage o
+               JOIN outbox_processedmessage p ON p.event_id = o.event_id AND p.subscriber = 'projections'
+               WHERE o.correlation_id LIKE 'bench-%%' AND o.type = ANY(%s)""",
+            [list(EVENT_OF.values())])
+        rows = cursor.fetchall()
+    end_to_end: dict[str, list[float]] = {kind: [] for kind in EVENT_OF}
+    server_side: dict[str, list[float]] = {kind: [] for kind in EVENT_OF}
+    for correlation_id, type_name, occurred_at, processed_at in rows:
+        record = sent.get(correlation_id)
+        if record is None or EVENT_OF[record.kind] != type_name:
+            continue
+        end_to_end[record.kind].append(processed_at.timestamp() - record.scheduled)
+        server_side[record.kind].append((processed_at - occurred_at).total_seconds())
+    commands = [k for k in EVENT_OF if k != "pay"]
+    return {
+        "command_to_event": percentiles([v for k in commands for v in end_to_end[k]]),
+        "command_to_event_server": percentiles([v for k in commands for v in server_side[k]]),
+        "webhook_to_event": percentiles(end_to_end["pay"]),
+        "webhook_to_event_server": percentiles(server_side["pay"]),
+        "per_command": {k: percentiles(v) for k, v in end_to_end.items()},
+        "accepted_without_event": sum(1 for r in sent.values() if r.correlation_id not in {row[0] for row in rows}),
+    }
+
+
+def wait_for_bus(timeout: float) -> dict[str, int]:
+    from apps.outbox import bus
+
+    deadline = time.monotonic() + timeout
+    while True:
+        lags = {sub.name: bus.lag(sub) for sub in bus.outbox_subscribers()}
+        if not any(lags.values()) or time.monotonic() > deadline:
+            return lags
+        time.sleep(0.5)
+
+
+# --- pgbench: the database ceiling ------------------------------------------------------------------
+
+# The statements one command (MarkDelivered) runs, in its transaction, against copies of the tables
+# (LIKE ... INCLUDING ALL keeps their indexes and constraints, so inserts pay the same index cost).
+# Measured with tests/observability/test_query_counts.py's capture; keep them in step.
+PGBENCH_SETUP = """
+DROP TABLE IF EXISTS pgb_escrow, pgb_event, pgb_outbox, pgb_command, pgb_ids;
+CREATE TABLE pgb_escrow (LIKE escrow_escrow INCLUDING ALL);
+CREATE TABLE pgb_event (LIKE escrow_escrowevent INCLUDING ALL);
+CREATE TABLE pgb_outbox (LIKE outbox_outboxmessage INCLUDING ALL);
+CREATE TABLE pgb_command (LIKE escrow_processedcommand INCLUDING ALL);
+INSERT INTO pgb_escrow SELECT * FROM escrow_escrow;
+-- Picks an escrow by number with one primary-key read (the real command knows its id already).
+CREATE TABLE pgb_ids AS SELECT row_number() OVER (ORDER BY id) AS n, id FROM pgb_escrow;
+ALTER TABLE pgb_ids ADD PRIMARY KEY (n);
+"""
+# One MarkDelivered, statement for statement as the command handler sends them (see
+# tests/observability/test_query_counts.py, which pins that list): stream lock, lock the escrow, check
+# the command id, audit row, event to the outbox, NOTIFY, state change, command id, command to the outbox.
+PGBENCH_SCRIPT = r"""
+\set n random(1, :escrows)
+BEGIN;
+SELECT id AS escrow_id FROM pgb_ids WHERE n = :n \gset
+SELECT pg_advisory_xact_lock(hashtextextended('stream:' || ':escrow_id', 0));
+SELECT * FROM pgb_escrow WHERE id = ':escrow_id' FOR UPDATE;
+SELECT * FROM pgb_command WHERE command_id = gen_random_uuid() LIMIT 1;
+INSERT INTO pgb_event (escrow_id, version, event_id, type, payload, data, actor_kind, actor_id, command_id,
+                       causation_id, correlation_id, occurred_at)
+  SELECT id, version + 1, gen_random_uuid(), 'escrow.v1.EscrowDelivered', '\x0a24'::bytea, '{}'::jsonb, 'user', 1,
+         gen_random_uuid(), '', 'bench', now() FROM pgb_escrow WHERE id = ':escrow_id';
+INSERT INTO pgb_outbox (event_id, topic, key, type, aggregate_id, aggregate_version, payload, occurred_at,
+                        correlation_id, causation_id, traceparent)
+  VALUES (gen_random_uuid(), 'escrow.events.v1', ':escrow_id', 'escrow.v1.EscrowDelivered', ':escrow_id', 1,
+          '\x0a24'::bytea, now(), 'bench', '', '');
+SELECT pg_notify('pgbench', '');
+UPDATE pgb_escrow SET version = version + 1, updated_at = now() WHERE id = ':escrow_id';
+INSERT INTO pgb_command (command_id, escrow_id, type, processed_at)
+  VALUES (gen_random_uuid(), ':escrow_id', 'escrow.v1.MarkDelivered', now());
+INSERT INTO pgb_outbox (event_id, topic, key, type, aggregate_id, aggregate_version, payload, occurred_at,
+                        correlation_id, causation_id, traceparent)
+  VALUES (gen_random_uuid(), 'escrow.commands.v1', ':escrow_id', 'payments.v1.TransferToSeller', ':escrow_id', 1,
+          '\x0a24'::bytea, now(), 'bench', '', '');
+COMMIT;
+"""
+
+
+def pgbench(database: str, seconds: int, clients: int) -> dict[str, Any]:
+    if shutil.which("pgbench") is None:
+        return {"skipped": "pgbench not installed"}
+    import psycopg
+
+    url = f"postgres://postgres@127.0.0.1:5432/{database}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(PGBENCH_SETUP)
+        escrows = conn.execute("SELECT count(*) FROM pgb_escrow").fetchone()[0]
+    script = PGBENCH_SCRIPT
+    if escrows == 0:
+        return {"skipped": "no escrows to lock"}
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
+        f.write(script)
+    try:
+        out = subprocess.run(
+            ["pgbench", "-h", "127.0.0.1", "-U", "postgres", "-n", "-f", f.name, "-c", str(clients), "-j", "2",
+             "-T", str(seconds), "-D", f"escrows={escrows}", "-P", "5", database],
+            capture_output=True, text=True, timeout=seconds + 60)
+    finally:
+        os.unlink(f.name)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS pgb_escrow, pgb_event, pgb_outbox, pgb_command, pgb_ids")
+    figures: dict[str, Any] = {"clients": clients, "seconds": seconds}
+    for line in out.stdout.splitlines():
+        if line.startswith("tps ="):
+            figures["transactions_per_s"] = round(float(line.split()[2]), 1)
+        if line.startswith("latency average"):
+            figures["latency_avg_ms"] = float(line.split()[3])
+        if "failed transactions" in line:
+            figures["failed"] = line.split(":")[1].strip()
+    if "transactions_per_s" not in figures:
+        figures["error"] = (out.stderr or out.stdout)[-800:]
+    return figures
+
+
+# --- report -----------------------------------------------------------------------------------------
+
+
+def ratio(value: float | None, ceiling: float | None) -> str:
+    if not value or not ceiling:
+        return "n/a"
+    return f"{value / ceiling:.0%}"
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    cfg, load, ev, ceil = result["config"], result["load"], result["events"], result["ceilings"]
+
+    def lat(p: dict[str, Any]) -> str:
+        return f"{p['p50_ms']} / {p['p95_ms']} / {p['p99_ms']} ms (n={p['n']})" if p.get("n") else "no samples"
+
+    lines = [
+        f"# Bench {result['started_at']}",
+        "",
+        f"gunicorn {cfg['workers']} x gthread({cfg['threads']}), bus: "
+        f"{'inline after commit' if cfg['inline'] else 'run_bus worker'}, offered {cfg['commands_per_s']} "
+        f"commands/s + {cfg['queries_per_s']} queries/s for {cfg['duration_s']} s; machine: "
+        f"{os.cpu_count()} cores, shared (figures are noisy).",
+        "",
+        "| figure | value | ceiling (same run) | ratio |",
+        "|---|---|---|---|",
+        f"| sustained commands/s (202s) | {load['commands_per_s']} | pgbench, one command's SQL: "
+        f"{ceil['pgbench'].get('transactions_per_s', 'n/a')} tx/s | "
+        f"{ratio(load['commands_per_s'], ceil['pgbench'].get('transactions_per_s'))} |",
+        f"| queries/s (open model, 200s) | {load['queries_per_s']} | closed-loop max GET escrow: "
+        f"{ceil['read_path']['requests_per_s']} /s | {ratio(load['queries_per_s'], ceil['read_path']['requests_per_s'])} |",
+        f"| max GET escrow/s (closed loop) | {ceil['read_path']['requests_per_s']} | minimal Django view: "
+        f"{ceil['framework']['requests_per_s']} /s | "
+        f"{ratio(ceil['read_path']['requests_per_s'], ceil['framework']['requests_per_s'])} |",
+        f"| query latency p50/p95/p99 | {lat(load['query_latency'])} | minimal view p50/p95/p99: "
+        f"{lat(ceil['framework'])} | |",
+        f"| command HTTP latency p50/p95/p99 | {lat(load['command_latency'])} | | |",
+        f"| command-to-event p50/p95/p99 (scheduled send -> projections applied) | {lat(ev['command_to_event'])} "
+        f"| server side (occurred_at -> applied): {lat(ev['command_to_event_server'])} | |",
+        f"| webhook-to-event p50/p95/p99 (scheduled pay -> EscrowFundsHeld applied) | {lat(ev['webhook_to_event'])} "
+        f"| server side: {lat(ev['webhook_to_event_server'])} | |",
+        f"| events written/s (outbox rows) | {load['outbox_rows_per_s']} | relay: "
+        f"{ceil.get('relay', {}).get('summary', 'not run (--relay)')} | |",
+        f"| errors | {load['errors'] or 'none'} | | |",
+        f"| steps retried because the bus had not caught up (404/409) | {load['early'] or 'none'} | | |",
+        f"| accepted commands whose event was not applied by the end | {ev['accepted_without_event']} | | |",
+        f"| bus lag at the end | {result['bus_lag_at_end']} | | |",
+        "",
+        "Memory (RSS, MB): " + ", ".join(f"{k} {v}" for k, v in result["memory_mb"].items()),
+        "",
+        f"Reproduce: `{result['command']}`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--commands-per-s", type=float, default=60)
+    parser.add_argument("--queries-per-s", type=float, default=150)
+    parser.add_argument("--duration", type=float, default=60, help="seconds of open-model load")
+    parser.add_argument("--ceiling-seconds", type=float, default=10)
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--inline", action="store_true", help="drain the bus in the request thread, no run_bus")
+    parser.add_argument("--pairs", type=int, default=50, help="buyer/seller pairs")
+    parser.add_argument("--max-in-flight", type=int, default=256)
+    parser.add_argument("--database", default="escrow_bench")
+    parser.add_argument("--relay", action="store_true", help="also run bench/relay_bench.py")
+    parser.add_argument("--no-write", action="store_true", help="print the summary only")
+    args = parser.parse_args()
+
+    started_at = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    database_url = f"postgres://postgres@127.0.0.1:5432/{args.database}"
+    stack = Stack()
+    result: dict[str, Any] = {"started_at": started_at, "command": " ".join(["bench/run.py", *sys.argv[1:]]),
+                              "config": {"workers": args.workers, "threads": args.threads, "inline": args.inline,
+                                         "commands_per_s": args.commands_per_s,
+                                         "queries_per_s": args.queries_per_s, "duration_s": args.duration}}
+    try:
+        progress(f"fresh database {args.database}")
+        reset_database(args.database)
+        tokens = prepare(database_url, args.pairs)
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        env = django_env(database_url, inline=args.inline)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(stack.logs / "prometheus")
+        os.makedirs(env["PROMETHEUS_MULTIPROC_DIR"])
+        progress(f"gunicorn {args.workers}x{args.threads} on {base}; logs in {stack.logs}")
+        stack.start("gunicorn", [str(ROOT / ".venv/bin/gunicorn"), "escrow_project.wsgi:application",
+                                 "-b", f"127.0.0.1:{port}", "-w", str(args.workers), "-k", "gthread",
+                                 "--threads", str(args.threads), "--backlog", "2048", "--log-level", "warning"],
+                    env)
+        if not args.inline:
+            stack.start("run_bus", [PY, "manage.py", "run_bus"], env)
+        wait_until_up(base, stack)
+
+        progress(f"framework ceiling: /bench/noop closed loop for {args.ceiling_seconds}s")
+        framework = asyncio.run(closed_loop(base, "/bench/noop", None, seconds=args.ceiling_seconds, concurrency=16))
+        progress(f"  {framework['requests_per_s']} requests/s")
+
+        progress(f"open-model load: {args.commands_per_s} commands/s + {args.queries_per_s} queries/s "
+                 f"for {args.duration}s")
+        load, elapsed = asyncio.run(open_model(base, tokens, commands_per_s=args.commands_per_s,
+                                               queries_per_s=args.queries_per_s, duration=args.duration,
+                                               max_in_flight=args.max_in_flight))
+        memory_mb = memory(stack)
+
+        progress("read-path maximum: GET escrow closed loop")
+        escrow_id, pair = load.escrows[0] if load.escrows else ("00000000-0000-0000-0000-000000000000", 0)
+        read_path = asyncio.run(closed_loop(base, f"/api/v1/escrows/{escrow_id}", tokens[pair][0],
+                                            seconds=args.ceiling_seconds, concurrency=16))
+        progress(f"  {read_path['requests_per_s']} requests/s")
+
+        progress("waiting for the bus to catch up")
+        lags = wait_for_bus(timeout=60)
+        from apps.outbox.models import OutboxMessage
+
+        commands = [r for r in load.records if r.kind in EVENT_OF]
+        queries = [r for r in load.records if r.kind == "query"]
+        result["load"] = {
+            "elapsed_s": round(elapsed, 1),
+            "commands_per_s": round(sum(r.status == 202 for r in commands) / elapsed, 1),
+            "queries_per_s": round(sum(r.status == 200 for r in queries) / elapsed, 1),
+            "outbox_rows_per_s": round(OutboxMessage.objects.count() / elapsed, 1),
+            "trades_finished": load.trades_finished,
+            "command_latency": percentiles([r.latency for r in commands if r.status == 202]),
+            "query_latency": percentiles([r.latency for r in queries if r.status == 200]),
+            "errors": dict(load.errors),
+            "early": dict(load.early),
+        }
+        result["events"] = event_latencies(load)
+        result["bus_lag_at_end"] = lags
+        result["memory_mb"] = memory_mb
+        ceilings: dict[str, Any] = {"framework": framework, "read_path": read_path}
+        stack.stop()  # the database ceiling should not share the CPU with idle servers
+
+        progress(f"database ceiling: pgbench for {int(args.ceiling_seconds)}s")
+        ceilings["pgbench"] = pgbench(args.database, int(args.ceiling_seconds), clients=8)
+        progress(f"  {ceilings['pgbench']}")
+        if args.relay:
+            progress("relay: bench/relay_bench.py")
+            out = subprocess.run([PY, "bench/relay_bench.py"], cwd=ROOT, capture_output=True, text=True,
+                                 timeout=180, env={**os.environ, "DATABASE_URL": database_url})
+            ceilings["relay"] = {"summary": (out.stdout.strip().splitlines() or ["failed"])[-1][:200],
+                                 "output": out.stdout[-2000:], "returncode": out.returncode}
+        result["ceilings"] = ceilings
+    except KeyboardInterrupt:
+        progress("interrupted")
+        return 130
+    finally:
+        stack.stop()
+
+    markdown = render_markdown(result)
+    print(markdown)
+    if not args.no_write:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"{started_at}.json").write_text(json.dumps(result, indent=2, default=str))
+        (RESULTS / f"{started_at}.md").write_text(markdown)
+        progress(f"wrote bench/results/{started_at}.md and .json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Queries per request, pinned: a new query on these paths (an N+1, a lost select_related, a lookup
+that should be cached) fails here before it shows in the benchmark. Counts only, never timings.
+
+The bus is switched off for the measured request (BUS_INLINE_DISPATCH=False and no read-your-writes
+wait) so that the count is the request's own work, not the subscribers'.
+"""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from tests.helpers import act, create_escrow, pay
+
+# The command transaction of MarkDelivered, statement for statement (bench/run.py's pgbench script
+# replays the same list as the database ceiling).
+DELIVER_TRANSACTION = [
+    "advisory_xact_lock",            # the escrow's message stream
+    'FROM "escrow_escrow"',          # the escrow row, FOR UPDATE on PostgreSQL
+    'FROM "escrow_processedcommand"',  # the command id, for at-most-once
+    'INTO "escrow_escrowevent"',     # the audit row
+    'INTO "outbox_outboxmessage"',   # EscrowDelivered
+    "pg_notify",                     # wakes the bus worker in other processes
+    'UPDATE "escrow_escrow"',        # the state change
+    'INTO "escrow_processedcommand"',
+    'INTO "outbox_outboxmessage"',   # the command's own record on the commands topic
+]
+
+
+@pytest.fixture
+def funded(api_client, buyer, seller):
+    as_buyer, as_seller = api_client(buyer), api_client(seller)
+    escrow_id = create_escrow(as_buyer, seller=seller)["escrow_id"]
+    assert pay(as_buyer, escrow_id).status_code == 202
+    return as_buyer, as_seller, escrow_id
+
+
+def test_get_escrow_reads_user_generation_and_view(funded, django_assert_num_queries):
+    as_buyer, _, escrow_id = funded
+    # The bearer token (allauth's JWT) names a session, read so that a logout revokes the token; then
+    # the user, the active projection generation, the escrow view.
+    with django_assert_num_queries(4):
+        assert as_buyer.get(f"/api/v1/escrows/{escrow_id}").status_code == 200
+
+
+def test_list_is_one_page_query_whatever_the_number_of_escrows(api_client, buyer, seller, django_assert_num_queries):
+    as_buyer = api_client(buyer)
+    for _ in range(3):
+        create_escrow(as_buyer, seller=seller)
+    # session, user, generation, count, page, and ONE read of the payment instructions of the page's
+    # escrows awaiting funds (it was one per escrow)
+    with django_assert_num_queries(6):
+        assert len(as_buyer.get("/api/v1/escrows").json()["results"]) == 3
+    create_escrow(as_buyer, seller=seller)
+    with django_assert_num_queries(6):
+        results = as_buyer.get("/api/v1/escrows").json()["results"]
+    assert len(results) == 4
+    assert all(r["state"] == "AWAIT_FUNDS" and r["payment"]["provider"] == "sandbox" for r in results)
+
+
+@pytest.mark.postgres_only
+def test_deliver_runs_one_transaction_of_nine_statements(funded, settings):
+    _, as_seller, escrow_id = funded
+    settings.BUS_INLINE_DISPATCH = False
+    settings.READ_YOUR_WRITES_SECONDS = 0
+    with CaptureQueriesContext(connection) as captured:
+        assert act(as_seller, escrow_id, "deliver").status_code == 202
+    sql = [q["sql"] for q in captured.captured_queries]
+    begin, commit = sql.index("BEGIN"), sql.index("COMMIT")
+    inside = sql[begin + 1:commit]
+    assert len(inside) == len(DELIVER_TRANSACTION), "\n".join(inside)
+    for statement, expected in zip(inside, DELIVER_TRANSACTION, strict=True):
+        assert expected in statement, (expected, statement)
+    # One transaction per command, and before it only the caller's authentication (session, user).
+    assert sql.count("BEGIN") == 1
+    assert begin == 2
