@@ -498,6 +498,58 @@ def pgbench(database: str, seconds: int, clients: int) -> dict[str, Any]:
     return figures
 
 
+# --- profiles (py-spy) ---------------------------------------------------------------------------
+
+
+def start_profilers(stack: Stack, stamp: str, seconds: float) -> dict[str, tuple[subprocess.Popen[bytes], Path]]:
+    spy = ROOT / ".venv" / "bin" / "py-spy"
+    targets: dict[str, int] = {}
+    gunicorn = stack.procs.get("gunicorn")
+    if gunicorn is not None and children(gunicorn.pid):
+        targets["gunicorn-worker"] = children(gunicorn.pid)[0]
+    if "run_bus" in stack.procs:
+        targets["bus-worker"] = stack.procs["run_bus"].pid
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    started = {}
+    for name, pid in targets.items():
+        out = RESULTS / f"{stamp}-{name}.folded"
+        proc = subprocess.Popen([str(spy), "record", "--format", "raw", "--rate", "50", "--nonblocking",
+                                 "-d", str(int(seconds)), "-p", str(pid), "-o", str(out)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        started[name] = (proc, out)
+    return started
+
+
+def finish_profilers(profilers: dict[str, tuple[subprocess.Popen[bytes], Path]]) -> dict[str, Any]:
+    """Waits for py-spy and returns, per process, the share of samples in which each of our functions
+    was on the stack (inclusive), and the share spent waiting on the database."""
+    summary: dict[str, Any] = {}
+    for name, (proc, out) in profilers.items():
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            proc.wait()
+        if not out.exists():
+            summary[name] = "no profile (py-spy needs ptrace permission)"
+            continue
+        inclusive: Counter[str] = Counter()
+        total = 0
+        for line in out.read_text().splitlines():
+            stack_text, _, count = line.rpartition(" ")
+            if not count.isdigit():
+                continue
+            total += int(count)
+            # Our own functions (file without line number), counted once per sample they appear in.
+            ours = {frame.rsplit(":", 1)[0] + ")" for frame in stack_text.split(";") if "(apps/" in frame}
+            for frame in ours:
+                inclusive[frame] += int(count)
+            inclusive["(waiting on PostgreSQL: psycopg Connection.wait)"] += int(count) * ("Connection.wait" in stack_text)
+        summary[name] = {"samples": total, "file": str(out.relative_to(ROOT)),
+                         "top": [(frame, round(n / total, 3)) for frame, n in inclusive.most_common(15)] if total else []}
+    return summary
+
+
 # --- report -----------------------------------------------------------------------------------------
 
 
@@ -567,6 +619,8 @@ def main() -> int:
     parser.add_argument("--database", default="escrow_bench")
     parser.add_argument("--relay", action="store_true", help="also run bench/relay_bench.py")
     parser.add_argument("--no-write", action="store_true", help="print the summary only")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy samples one gunicorn worker and the bus worker during the load")
     args = parser.parse_args()
 
     started_at = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -600,10 +654,13 @@ def main() -> int:
 
         progress(f"open-model load: {args.commands_per_s} commands/s + {args.queries_per_s} queries/s "
                  f"for {args.duration}s")
+        profilers = start_profilers(stack, started_at, args.duration) if args.profile else {}
         load, elapsed = asyncio.run(open_model(base, tokens, commands_per_s=args.commands_per_s,
                                                queries_per_s=args.queries_per_s, duration=args.duration,
                                                max_in_flight=args.max_in_flight))
         memory_mb = memory(stack)
+        if profilers:
+            result["profile"] = finish_profilers(profilers)
 
         progress("read-path maximum: GET escrow closed loop")
         escrow_id, pair = load.escrows[0] if load.escrows else ("00000000-0000-0000-0000-000000000000", 0)
@@ -651,6 +708,10 @@ def main() -> int:
         stack.stop()
 
     markdown = render_markdown(result)
+    for name, profile in result.get("profile", {}).items():
+        if isinstance(profile, dict):
+            markdown += f"\nProfile {name} ({profile['samples']} samples, {profile['file']}), share of samples:\n\n"
+            markdown += "\n".join(f"- {share:.0%} {frame}" for frame, share in profile["top"]) + "\n"
     print(markdown)
     if not args.no_write:
         RESULTS.mkdir(parents=True, exist_ok=True)
