@@ -2,8 +2,9 @@
 
 - Rows are read in (txid, id) order and, on PostgreSQL, only below the transaction-id watermark (as the
   in-process bus reads them), so a transaction that commits late is never overtaken by a newer one.
-- A batch is handed to the producer in that order (aiokafka keeps one in-flight batch per partition, so
-  per-key order holds); `published_at` is set only after the broker acknowledged (acks=all). If part
+- A batch is handed to the producer in that order (per-key order across producer retries needs the
+  idempotent producer, the production default); `published_at` is set only after the broker
+  acknowledged (acks=all). If part
   of a batch fails, only the acknowledged prefix is marked: the rest is sent again, so a crash or a
   broker outage produces duplicates (same event id; consumers dedupe), never a gap.
 - One active relay per database (`RelayLease`); the others wait as standby.
