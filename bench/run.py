@@ -405,6 +405,14 @@ def event_latencies(load: Load) -> dict[str, Any]:
     }
 
 
+def database_transactions(database: str) -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s", [database])
+        return int(cursor.fetchone()[0])
+
+
 def wait_for_bus(timeout: float) -> dict[str, int]:
     from apps.outbox import bus
 
@@ -592,6 +600,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"| server side: {lat(ev['webhook_to_event_server'])} | |",
         f"| events written/s (outbox rows) | {load['outbox_rows_per_s']} | relay: "
         f"{ceil.get('relay', {}).get('summary', 'not run (--relay)')} | |",
+        f"| database transactions per HTTP request (all processes) | {load['db_transactions_per_request']} | | |",
         f"| errors | {load['errors'] or 'none'} | | |",
         f"| steps retried because the bus had not caught up (404/409) | {load['early'] or 'none'} | | |",
         f"| accepted commands whose event was not applied by the end | {ev['accepted_without_event']} | | |",
@@ -607,8 +616,8 @@ def render_markdown(result: dict[str, Any]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--commands-per-s", type=float, default=60)
-    parser.add_argument("--queries-per-s", type=float, default=150)
+    parser.add_argument("--commands-per-s", type=float, default=15)
+    parser.add_argument("--queries-per-s", type=float, default=40)
     parser.add_argument("--duration", type=float, default=60, help="seconds of open-model load")
     parser.add_argument("--ceiling-seconds", type=float, default=10)
     parser.add_argument("--workers", type=int, default=3)
@@ -655,10 +664,12 @@ def main() -> int:
         progress(f"open-model load: {args.commands_per_s} commands/s + {args.queries_per_s} queries/s "
                  f"for {args.duration}s")
         profilers = start_profilers(stack, started_at, args.duration) if args.profile else {}
+        xacts_before = database_transactions(args.database)
         load, elapsed = asyncio.run(open_model(base, tokens, commands_per_s=args.commands_per_s,
                                                queries_per_s=args.queries_per_s, duration=args.duration,
                                                max_in_flight=args.max_in_flight))
         memory_mb = memory(stack)
+        xacts = database_transactions(args.database) - xacts_before
         if profilers:
             result["profile"] = finish_profilers(profilers)
 
@@ -680,6 +691,9 @@ def main() -> int:
             "queries_per_s": round(sum(r.status == 200 for r in queries) / elapsed, 1),
             "outbox_rows_per_s": round(OutboxMessage.objects.count() / elapsed, 1),
             "trades_finished": load.trades_finished,
+            # Every autocommit statement is a transaction of its own, so this counts round trips that
+            # did not run inside a command's transaction: polling and reads show up here.
+            "db_transactions_per_request": round(xacts / max(len(load.records), 1), 1),
             "command_latency": percentiles([r.latency for r in commands if r.status == 202]),
             "query_latency": percentiles([r.latency for r in queries if r.status == 200]),
             "errors": dict(load.errors),
