@@ -405,6 +405,25 @@ def event_latencies(load: Load) -> dict[str, Any]:
     }
 
 
+def metrics_check(base: str, *, sent: int) -> dict[str, Any]:
+    """Scrapes /api/v1/metrics from the running gunicorn: the HTTP requests it counted across all
+    workers (merged through PROMETHEUS_MULTIPROC_DIR) should match what the load generator sent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = httpx.get(f"{base}/api/v1/metrics", timeout=30)
+    counted = 0.0
+    command_to_event: dict[str, float] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            if sample.name == "escrow_http_requests_total" and sample.labels.get("route", "").startswith("api/v1/") \
+                    and sample.labels["route"] != "api/v1/metrics":
+                counted += sample.value
+            if sample.name == "escrow_command_to_event_seconds" and sample.labels.get("quantile") == "0.95":
+                command_to_event[sample.labels["subscriber"]] = round(sample.value * 1000, 1)
+    return {"status": response.status_code, "escrow_requests_counted": int(counted), "client_sent": sent,
+            "command_to_event_p95_ms_by_subscriber": command_to_event}
+
+
 def database_transactions(database: str) -> int:
     from django.db import connection
 
@@ -606,6 +625,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"| accepted commands whose event was not applied by the end | {ev['accepted_without_event']} | | |",
         f"| bus lag at the end | {result['bus_lag_at_end']} | | |",
         "",
+        f"Metrics scrape during the run: {result.get('metrics_check')}",
+        "",
         "Memory (RSS, MB): " + ", ".join(f"{k} {v}" for k, v in result["memory_mb"].items()),
         "",
         f"Reproduce: `{result['command']}`",
@@ -669,6 +690,7 @@ def main() -> int:
                                                queries_per_s=args.queries_per_s, duration=args.duration,
                                                max_in_flight=args.max_in_flight))
         memory_mb = memory(stack)
+        result["metrics_check"] = metrics_check(base, sent=len(load.records))
         xacts = database_transactions(args.database) - xacts_before
         if profilers:
             result["profile"] = finish_profilers(profilers)
