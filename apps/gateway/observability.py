@@ -101,8 +101,8 @@ class BusCollector(Collector):
 
         w2e = GaugeMetricFamily(
             "escrow_webhook_to_event_seconds",
-            "Webhook accepted (its payment event written) to the escrow applying it, over the last "
-            f"{RECENT_WINDOW} such events", labels=["quantile"])
+            "Webhook accepted (its payment event written) to the escrow applying it, over the webhook "
+            f"events among the escrow's last {RECENT_WINDOW} applied messages", labels=["quantile"])
         delays = _recent_delays(subscriber="escrow", types=WEBHOOK_EVENT_TYPES)
         for q in QUANTILES:
             w2e.add_metric([str(q)], quantile(delays, q))
@@ -135,18 +135,19 @@ def _applied_count(name: str) -> int:
 
 
 def _recent_delays(*, subscriber: str, types: Iterable[str] | None = None) -> list[float]:
-    """Seconds from occurred_at to applied for the subscriber's most recent messages, sorted."""
+    """Seconds from occurred_at to applied for the subscriber's last RECENT_WINDOW applied messages
+    (only those of `types`, if given), sorted. Both reads use unique indexes: the newest dedupe
+    records by primary key, then their outbox rows by event id; no scan grows with the tables."""
     from apps.outbox.models import OutboxMessage, ProcessedMessage
 
-    recent = ProcessedMessage.objects.filter(subscriber=subscriber).order_by("-id")
-    if types is not None:
-        wanted = OutboxMessage.objects.filter(type__in=list(types)).values("event_id")
-        recent = recent.filter(event_id__in=wanted)
-    rows = list(recent.values_list("event_id", "processed_at")[:RECENT_WINDOW])
+    rows = list(ProcessedMessage.objects.filter(subscriber=subscriber).order_by("-id")
+                .values_list("event_id", "processed_at")[:RECENT_WINDOW])
     if not rows:
         return []
-    occurred = dict(OutboxMessage.objects.filter(event_id__in=[r[0] for r in rows])
-                    .values_list("event_id", "occurred_at"))
+    outbox = OutboxMessage.objects.filter(event_id__in=[r[0] for r in rows])
+    wanted = set(types) if types is not None else None
+    occurred = {eid: at for eid, at, type_name in outbox.values_list("event_id", "occurred_at", "type")
+                if wanted is None or type_name in wanted}
     delays = [max((done - occurred[eid]).total_seconds(), 0.0) for eid, done in rows if eid in occurred]
     return sorted(delays)
 
