@@ -44,7 +44,18 @@ RULES: dict[str, dict[str, frozenset[str]]] = {
         S.DELIVERED: frozenset({BUYER, SELLER}),
     },
     "ResolveDispute": {S.DISPUTED: frozenset({STAFF})},
+    # Ending a compliance hold after review: staff only, in any state that can still hold money.
+    "ResolveComplianceHold": {
+        state: frozenset({STAFF})
+        for state in (S.AWAIT_FUNDS, S.FUNDS_HELD, S.DELIVERED, S.RELEASING, S.REFUNDING, S.DISPUTED)
+    },
 }
+
+# A screening block (EscrowComplianceHold) marks the escrow with this attention. While it is set no command
+# may move or give up the money (a cancel would let tainted USDC stay in custody unaccounted for), and the
+# timers skip the escrow; only ResolveComplianceHold ends it.
+COMPLIANCE_HOLD = "compliance_hold"
+BLOCKED_BY_COMPLIANCE_HOLD = frozenset({"ReleaseFunds", "CancelEscrow", "ResolveDispute"})
 
 
 @dataclass(frozen=True)
@@ -168,6 +179,9 @@ def _run_command(
         if _already_applied(escrow, command, command_id):
             return _result(escrow, command_id, duplicate=True)
         _authorize(escrow, name, role)
+        if escrow.attention == COMPLIANCE_HOLD and name in BLOCKED_BY_COMPLIANCE_HOLD:
+            raise InvalidTransition(f"{name} is not allowed while the escrow is on compliance hold",
+                                    state=escrow.state)
         apply(escrow)
         escrow.save()
         _record_command(escrow, command, command_id)
@@ -374,6 +388,57 @@ def escrow_resolve_dispute(*, command: escrow_v1.ResolveDispute, command_id: uui
     return _run_command(command=command, command_id=command_id, escrow_id=_parse_id(command.escrow_id), apply=apply)
 
 
+def escrow_resolve_compliance_hold(*, command: escrow_v1.ResolveComplianceHold,
+                                   command_id: uuid.UUID) -> CommandResult:
+    """Staff end a compliance hold after review. LIFT: the wallet is cleared; the escrow carries on (a
+    deposit screening blocked is then accepted by payments, and the funding clock restarts because it was
+    stopped). REFUND: what the escrow holds goes back to the buyer, screened again on the way out. A blocked
+    deposit that was never counted (AWAIT_FUNDS, nothing held) cannot be refunded here: sanctioned funds
+    stay frozen in custody until compliance reports them."""
+
+    def apply(escrow: Escrow) -> None:
+        if escrow.attention != COMPLIANCE_HOLD:
+            raise InvalidTransition("the escrow is not on compliance hold", state=escrow.state)
+        if not command.note.strip():
+            raise InvalidCommand("say what the review found", field="note")
+        decision = command.decision
+        if decision not in (escrow_v1.ComplianceDecision.LIFT, escrow_v1.ComplianceDecision.REFUND):
+            raise InvalidCommand("decision must be lift or refund", field="decision")
+        restarted = None
+        if decision == escrow_v1.ComplianceDecision.LIFT and escrow.state == S.AWAIT_FUNDS:
+            restarted = escrow.funding_deadline = max(
+                escrow.funding_deadline,
+                timezone.now() + datetime.timedelta(hours=settings.FUNDING_DEADLINE_HOURS),
+            )
+        escrow.attention = ""
+        escrow.attention_detail = ""
+        _emit(
+            escrow,
+            escrow_v1.EscrowComplianceHoldResolved(
+                escrow_id=str(escrow.id), actor=command.actor, decision=decision, note=command.note,
+                funding_deadline=restarted,
+            ),
+            actor=command.actor,
+            command_id=command_id,
+        )
+        if decision == escrow_v1.ComplianceDecision.REFUND:
+            _refund_after_review(escrow, actor=command.actor, command_id=command_id)
+
+    return _run_command(command=command, command_id=command_id, escrow_id=_parse_id(command.escrow_id), apply=apply)
+
+
+def _refund_after_review(escrow: Escrow, *, actor: Actor, command_id: uuid.UUID) -> None:
+    if escrow.held_minor == 0:
+        raise InvalidTransition("nothing is held for this escrow: a blocked deposit stays frozen in custody",
+                                state=escrow.state)
+    if escrow.pending_refund_minor:
+        raise InvalidTransition("a refund is already pending", state=escrow.state)
+    # A payout that screening blocked never left (TransferFailed): the buyer gets the funds back instead.
+    escrow.pending_payout_minor = 0
+    _request_refund(escrow, amount_minor=escrow.held_minor, actor=actor, command_id=command_id)
+    escrow.state = S.REFUNDING
+
+
 def _lapsed(deadline: datetime.datetime | None) -> bool:
     return deadline is not None and deadline <= timezone.now()
 
@@ -427,8 +492,11 @@ def _request_refund(escrow: Escrow, *, amount_minor: int, actor: Actor, command_
 
 
 def _needs_attention(escrow: Escrow, reason: str, detail: str, received: Money | None = None) -> None:
-    escrow.attention = reason
-    escrow.attention_detail = detail[:1000]
+    # A compliance hold outranks any later attention: only ResolveComplianceHold may clear it. The
+    # EscrowNeedsAttention event below still tells ops about the new matter.
+    if escrow.attention != COMPLIANCE_HOLD:
+        escrow.attention = reason
+        escrow.attention_detail = detail[:1000]
     _emit(
         escrow,
         escrow_v1.EscrowNeedsAttention(escrow_id=str(escrow.id), reason=reason, detail=detail, received=received),
@@ -540,7 +608,7 @@ def escrow_record_screening_block(*, event: payments_v1.WalletScreened) -> None:
     escrow = escrow_lock(event.escrow_id)
     if escrow is None:
         return
-    escrow.attention = "compliance_hold"
+    escrow.attention = COMPLIANCE_HOLD
     escrow.attention_detail = f"{event.address}: {event.reason}"[:1000]
     _emit(escrow, escrow_v1.EscrowComplianceHold(escrow_id=str(escrow.id), reason=event.reason))
     escrow.save()
@@ -570,6 +638,7 @@ _COMMANDS: dict[type[betterproto2.Message], Callable[..., CommandResult]] = {
     escrow_v1.CancelEscrow: escrow_cancel,
     escrow_v1.OpenDispute: escrow_open_dispute,
     escrow_v1.ResolveDispute: escrow_resolve_dispute,
+    escrow_v1.ResolveComplianceHold: escrow_resolve_compliance_hold,
 }
 
 

@@ -26,7 +26,8 @@ _TYPES: dict[str, type[betterproto2.Message]] = {
 }
 _NAMES = {cls: name for name, cls in _TYPES.items()}
 
-_ESCROW_COMMAND_NAMES = {"CreateEscrow", "MarkDelivered", "ReleaseFunds", "CancelEscrow", "OpenDispute", "ResolveDispute"}
+_ESCROW_COMMAND_NAMES = {"CreateEscrow", "MarkDelivered", "ReleaseFunds", "CancelEscrow", "OpenDispute", "ResolveDispute",
+                         "ResolveComplianceHold"}
 _PAYMENT_COMMAND_NAMES = {"CreatePaymentIntent", "TransferToSeller", "InitiateRefund"}
 
 # Event ids are uuid5 over business state, so a retried write cannot mint a second id.

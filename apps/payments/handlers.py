@@ -12,6 +12,7 @@ from apps.outbox.bus import Delivery, ExternalEffect, Subscriber
 from apps.payments import payouts, providers, services
 from apps.payments.models import PaymentArtifact, PaymentOrder, WaitingPayout
 from apps.payments.providers.base import MoneyMovement, PaymentSetup, ProviderError
+from proto.escrow import v1 as escrow_v1
 from proto.payments import v1 as payments_v1
 
 
@@ -274,11 +275,33 @@ def record_movement(*, escrow_id: str, kind: str, provider_name: str, movement: 
         )
 
 
+# --- EscrowComplianceHoldResolved --------------------------------------------------------------------------
+
+
+def on_compliance_hold_resolved(event: escrow_v1.EscrowComplianceHoldResolved, delivery: Delivery) -> None:
+    """Compliance cleared the escrow after review: deposits that screening blocked are now counted (each
+    once, keyed by its on-chain transaction). A REFUND decision needs nothing here: InitiateRefund follows."""
+    from apps.payments import webhooks
+
+    if event.decision != escrow_v1.ComplianceDecision.LIFT:
+        return
+    order = services.lock_order(event.escrow_id)
+    if order is None:
+        return
+    artifacts = PaymentArtifact.objects.select_for_update().filter(
+        escrow_id=event.escrow_id, kind=PaymentArtifact.Kind.PAYMENT).order_by("pk")
+    for artifact in artifacts:
+        for deposit, seen in artifact.raw.get("blocked", {}).items():
+            if deposit not in artifact.raw.get("deposits", []):
+                webhooks.deposit_accept(order=order, artifact=artifact, deposit=deposit, obj=seen)
+
+
 SUBSCRIBER = Subscriber(
     name="payments",
     handlers={
         payments_v1.CreatePaymentIntent: ExternalEffect(prepare=prepare_payment, apply=apply_payment),
         payments_v1.TransferToSeller: ExternalEffect(prepare=prepare_transfer, apply=apply_transfer),
         payments_v1.InitiateRefund: ExternalEffect(prepare=prepare_refund, apply=apply_refund),
+        escrow_v1.EscrowComplianceHoldResolved: on_compliance_hold_resolved,
     },
 )

@@ -176,7 +176,12 @@ def on_payment_succeeded(record: WebhookEvent, event: ProviderEvent) -> bool:
     if found is None:
         return False
     order, artifact = found
+    # A custodian deposit wallet can receive more than one on-chain deposit; each is its own payment.
+    deposit = event.object.get("transaction")
     if artifact.status == PaymentArtifact.Status.SUCCEEDED:
+        if isinstance(deposit, str) and deposit not in artifact.raw.get("deposits", []):
+            return deposit_accept(order=order, artifact=artifact, deposit=deposit, obj=event.object,
+                                  verified=(record, event))
         return False
     if event.object.get("status", "succeeded") != "succeeded":
         return False  # the re-read object is not (or no longer) succeeded: trust it over the event
@@ -185,7 +190,9 @@ def on_payment_succeeded(record: WebhookEvent, event: ProviderEvent) -> bool:
     if amount is None or not isinstance(currency, str):
         raise ValueError("payment_intent without a valid amount or currency")
     artifact.status = PaymentArtifact.Status.SUCCEEDED
-    artifact.save(update_fields=["status", "updated_at"])
+    if isinstance(deposit, str):
+        artifact.raw = {**artifact.raw, "deposits": [deposit]}
+    artifact.save(update_fields=["status", "raw", "updated_at"])
     _emit_verified(record, event, order, artifact.provider_id)
     # The amount that actually arrived: the escrow decides whether it matches (and goes to ops if not).
     services.emit(
@@ -197,6 +204,36 @@ def on_payment_succeeded(record: WebhookEvent, event: ProviderEvent) -> bool:
             provider_payment_id=artifact.provider_id,
         ),
         fact=f"{record.provider}:{artifact.provider_id}:succeeded",
+    )
+    return True
+
+
+def deposit_accept(*, order: PaymentOrder, artifact: PaymentArtifact, deposit: str, obj: dict[str, Any],
+                   verified: tuple[WebhookEvent, ProviderEvent] | None = None) -> bool:
+    """Counts one more deposit into an escrow's wallet: a second deposit after the escrow was funded, or a
+    deposit screening blocked that compliance then cleared. Money that arrived is never dropped: it is
+    reported as a PaymentSucceeded and the escrow books it (held, and in front of ops when unexpected).
+    The caller holds the order and artifact locks."""
+    amount = _amount(obj, "amount_received", "amount")
+    currency = obj.get("currency")
+    if amount is None or not isinstance(currency, str):
+        raise ValueError(f"deposit {deposit} without a valid amount or currency")
+    first = artifact.status != PaymentArtifact.Status.SUCCEEDED
+    artifact.status = PaymentArtifact.Status.SUCCEEDED
+    artifact.raw = {**artifact.raw, "deposits": [*artifact.raw.get("deposits", []), deposit]}
+    artifact.save(update_fields=["status", "raw", "updated_at"])
+    if verified is not None:
+        _emit_verified(verified[0], verified[1], order, artifact.provider_id)
+    services.emit(
+        order,
+        payments_v1.PaymentSucceeded(
+            escrow_id=str(order.escrow_id),
+            amount=services.money(amount, currency.upper()),
+            provider=artifact.provider,
+            provider_payment_id=artifact.provider_id if first else f"{artifact.provider_id}:{deposit}",
+        ),
+        # Keyed by the on-chain deposit: a redelivered notification can never count it twice.
+        fact=f"{artifact.provider}:{artifact.provider_id}:{deposit}:succeeded",
     )
     return True
 
@@ -330,7 +367,12 @@ def on_wallet_blocked(record: WebhookEvent, event: ProviderEvent) -> bool:
     order, artifact = found
     reason = str(event.object.get("reason") or "screening blocked")[:1000]
     artifact.failure_reason = f"deposit {event.object.get('transaction')} blocked: {reason}"[:1000]
-    artifact.save(update_fields=["failure_reason", "updated_at"])
+    # Kept so that compliance can clear it later (ResolveComplianceHold LIFT) and it is then counted.
+    blocked = {**artifact.raw.get("blocked", {}), str(event.object.get("transaction")): {
+        key: event.object.get(key) for key in ("amount_received", "currency", "source_address")
+    }}
+    artifact.raw = {**artifact.raw, "blocked": blocked}
+    artifact.save(update_fields=["failure_reason", "raw", "updated_at"])
     _emit_verified(record, event, order, artifact.provider_id)
     services.emit(
         order,

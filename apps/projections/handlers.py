@@ -164,6 +164,17 @@ def on_compliance_hold(event: escrow_v1.EscrowComplianceHold, delivery: Delivery
     _timeline(event, delivery, tables)
 
 
+def on_compliance_hold_resolved(event: escrow_v1.EscrowComplianceHoldResolved, delivery: Delivery,
+                                tables: Tables) -> None:
+    changes: dict[str, Any] = {"attention": "", "attention_detail": ""}
+    if event.decision == escrow_v1.ComplianceDecision.REFUND:
+        changes["payout_pending"] = False  # a blocked payout never left; the buyer is refunded instead
+    if event.funding_deadline is not None:
+        changes["funding_deadline"] = event.funding_deadline
+    _update(delivery, tables, **changes)
+    _timeline(event, delivery, tables)
+
+
 FOLDS: dict[type[betterproto2.Message], Fold] = {
     escrow_v1.EscrowCreated: on_created,
     escrow_v1.EscrowFundsHeld: on_funds_held,
@@ -177,6 +188,7 @@ FOLDS: dict[type[betterproto2.Message], Fold] = {
     escrow_v1.EscrowRefunded: on_refunded,
     escrow_v1.EscrowNeedsAttention: on_needs_attention,
     escrow_v1.EscrowComplianceHold: on_compliance_hold,
+    escrow_v1.EscrowComplianceHoldResolved: on_compliance_hold_resolved,
 }
 
 
