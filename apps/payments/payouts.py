@@ -12,6 +12,7 @@ import logging
 import re
 from dataclasses import dataclass
 
+from Crypto.Hash import keccak
 from django.db import transaction
 
 from apps.payments import providers
@@ -55,11 +56,24 @@ def validate_stripe_account(value: str) -> str:
     return value
 
 
+def eip55_checksum(address: str) -> str:
+    """The EIP-55 spelling of a 0x address: a hex letter is upper-case where the matching nibble of
+    keccak256(lower-case hex) is 8 or more."""
+    digits = address[2:].lower()
+    digest = keccak.new(digest_bits=256, data=digits.encode("ascii")).hexdigest()
+    return "0x" + "".join(c.upper() if int(h, 16) >= 8 else c for c, h in zip(digits, digest[:40], strict=True))
+
+
 def validate_wallet(value: str) -> str:
-    """A 20-byte EVM address on Base. Stored lower-case; mixed-case input is accepted as given by
-    wallets (the EIP-55 checksum is not verified here: no Keccak implementation in our dependencies)."""
+    """A 20-byte EVM address on Base, stored lower-case. Mixed case carries an EIP-55 checksum, which must
+    match: a typo in a payout address would send the seller's money somewhere nobody can return it from.
+    All-lower (or all-upper) input has no checksum to check and is accepted."""
     if not EVM_ADDRESS.match(value):
         raise InvalidPayoutDestination("wallet_address", "must be a 0x-prefixed 40-hex-digit address on Base")
+    digits = value[2:]
+    if digits != digits.lower() and digits != digits.upper() and value != eip55_checksum(value):
+        raise InvalidPayoutDestination("wallet_address", "the EIP-55 checksum (its mixed case) does not match: "
+                                                         "copy the address again from the wallet")
     if value.lower() == ZERO_ADDRESS:
         raise InvalidPayoutDestination("wallet_address", "the zero address burns funds")
     return value.lower()

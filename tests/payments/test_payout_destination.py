@@ -17,7 +17,7 @@ def test_a_seller_registers_a_stripe_account_and_a_wallet(api_client, seller):
                                       "waiting_payouts": 0}
 
     client.put(URL, {"stripe_account_id": "acct_1Nv0FGQ9RKHgCVdK"}, format="json")
-    response = client.put(URL, {"wallet_address": "0xAbCdEf0123456789aBcDeF0123456789AbCdEf01"}, format="json")
+    response = client.put(URL, {"wallet_address": "0xabCDeF0123456789AbcdEf0123456789aBCDEF01"}, format="json")
 
     assert response.status_code == 200
     assert response.json() == {"seller": seller.pk, "stripe_account_id": "acct_1Nv0FGQ9RKHgCVdK",
@@ -32,6 +32,9 @@ def test_a_seller_registers_a_stripe_account_and_a_wallet(api_client, seller):
     ({"wallet_address": "0x123"}, "wallet_address"),
     ({"wallet_address": "0x" + "0" * 40}, "wallet_address"),
     ({"wallet_address": "0xZZcdef0123456789abcdef0123456789abcdef01"}, "wallet_address"),
+    # EIP-55: the right digits in a wrong mixed case (one letter flipped) is a mistyped address.
+    ({"wallet_address": "0xabCDeF0123456789AbcdEf0123456789aBCDEF0a"}, "wallet_address"),
+    ({"wallet_address": "0xAbCDeF0123456789AbcdEf0123456789aBCDEF01"}, "wallet_address"),
     ({"seller_id": 7, "stripe_account_id": "acct_1Nv0FGQ9RKHgCVdK"}, "seller_id"),
     ({}, "body"),
 ])
@@ -48,4 +51,32 @@ def test_bad_input_is_a_precise_400_and_stores_nothing(api_client, seller, body,
 
 def test_anonymous_callers_are_refused(api_client):
     assert api_client().put(URL, {"stripe_account_id": "acct_1Nv0FGQ9RKHgCVdK"}, format="json").status_code == 401
+    assert not PayoutDestination.objects.exists()
+
+
+@pytest.mark.parametrize("address", [
+    # The test vectors of EIP-55 itself.
+    "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
+    "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359",
+    "0xdbF03B407c01E7cD3CBea99509d93f8DDDC8C6FB",
+    "0xD1220A0cf47c7B9Be7A2E6BA89F429762e7b9aDb",
+    # No checksum to check: all lower, all upper.
+    "0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed",
+    "0x5AAEB6053F3E94C9B9A09F33669435E7EF1BEAED",
+])
+def test_checksummed_and_single_case_wallets_are_accepted_and_stored_lower_case(api_client, seller, address):
+    response = api_client(seller).put(URL, {"wallet_address": address}, format="json")
+
+    assert response.status_code == 200, response.content
+    assert PayoutDestination.objects.get(seller_id=seller.pk).wallet_address == address.lower()
+
+
+def test_a_wrong_checksum_is_refused_naming_the_field(api_client, seller):
+    wrong = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAeD"  # last letter's case flipped
+
+    response = api_client(seller).put(URL, {"wallet_address": wrong}, format="json")
+
+    assert response.status_code == 400
+    assert response.json()["errors"] == [{"field": "wallet_address", "detail": response.json()["detail"]}]
+    assert "EIP-55" in response.json()["detail"]
     assert not PayoutDestination.objects.exists()
