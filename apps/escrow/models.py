@@ -54,6 +54,9 @@ class Escrow(models.Model):
     # Set when something needs a human (failed transfer, mismatched payment, chargeback).
     attention = models.CharField(max_length=50, blank=True)
     attention_detail = models.CharField(max_length=1000, blank=True)
+    # Set while staff hold the escrow for an investigation (HoldEscrow): timers stop and no command but
+    # UnholdEscrow is accepted. Payment facts (a transfer that succeeds) are still recorded.
+    on_hold_since = models.DateTimeField(null=True, blank=True)
 
     version = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -44,6 +44,16 @@ RULES: dict[str, dict[str, frozenset[str]]] = {
         S.DELIVERED: frozenset({BUYER, SELLER}),
     },
     "ResolveDispute": {S.DISPUTED: frozenset({STAFF})},
+    # Ops holds (docs/architecture.md): wherever a decision or a money movement is still ahead; a settled
+    # escrow has nothing left to freeze.
+    "HoldEscrow": {state: frozenset({STAFF}) for state in (S.AWAIT_FUNDS, S.FUNDS_HELD, S.DELIVERED, S.DISPUTED,
+                                                           S.RELEASING, S.REFUNDING)},
+    "UnholdEscrow": {state: frozenset({STAFF}) for state in (S.AWAIT_FUNDS, S.FUNDS_HELD, S.DELIVERED, S.DISPUTED,
+                                                             S.RELEASING, S.REFUNDING)},
+    # A stranded-funds refund can fail in a settled state too, so retries are allowed there.
+    "RetryPayout": {state: frozenset({STAFF}) for state in (S.RELEASING, S.REFUNDING, S.RELEASED, S.CANCELLED,
+                                                            S.REFUNDED)},
+    "ReturnStrandedFunds": {state: frozenset({STAFF}) for state in (S.RELEASED, S.CANCELLED, S.REFUNDED)},
     # Ending a compliance hold after review: staff only, in any state that can still hold money.
     "ResolveComplianceHold": {
         state: frozenset({STAFF})
@@ -179,6 +189,10 @@ def _run_command(
         if _already_applied(escrow, command, command_id):
             return _result(escrow, command_id, duplicate=True)
         _authorize(escrow, name, role)
+        if escrow.on_hold_since is not None and name != "UnholdEscrow":
+            # Frozen for an investigation: nothing moves (no release, refund, retry, timer) until ops lift it.
+            raise InvalidTransition(f"the escrow is on hold; {name} waits until the hold is lifted",
+                                    state=escrow.state)
         if escrow.attention == COMPLIANCE_HOLD and name in BLOCKED_BY_COMPLIANCE_HOLD:
             raise InvalidTransition(f"{name} is not allowed while the escrow is on compliance hold",
                                     state=escrow.state)
@@ -586,6 +600,9 @@ def _settle_if_done(escrow: Escrow) -> None:
     """A release or refund (or both legs of a split) finished: the escrow reaches its final state."""
     if escrow.pending_payout_minor or escrow.pending_refund_minor:
         return
+    if escrow.state not in (S.RELEASING, S.REFUNDING):
+        # A stranded-funds refund finishing in a settled state changes no state.
+        return
     escrow.state = S.RELEASED if escrow.paid_out_minor else S.REFUNDED
     if escrow.attention in {"transfer_failed", "refund_failed"}:
         escrow.attention = ""
@@ -629,6 +646,118 @@ def escrow_record_chargeback(*, event: payments_v1.ChargebackOpened) -> None:
     escrow.save()
 
 
+# --- ops commands (staff) ---------------------------------------------------------------------------------
+
+
+def _require_reason(reason: str) -> str:
+    reason = reason.strip()
+    if not reason:
+        raise InvalidCommand("staff commands need a reason", field="reason")
+    return reason[:1000]
+
+
+def escrow_hold(*, command: escrow_v1.HoldEscrow, command_id: uuid.UUID) -> CommandResult:
+    def apply(escrow: Escrow) -> None:
+        reason = _require_reason(command.reason)
+        escrow.on_hold_since = timezone.now()
+        _emit(escrow, escrow_v1.EscrowPutOnHold(escrow_id=str(escrow.id), actor=command.actor, reason=reason),
+              actor=command.actor, command_id=command_id)
+
+    return _run_command(command=command, command_id=command_id, escrow_id=_parse_id(command.escrow_id), apply=apply)
+
+
+def escrow_unhold(*, command: escrow_v1.UnholdEscrow, command_id: uuid.UUID) -> CommandResult:
+    def apply(escrow: Escrow) -> None:
+        reason = _require_reason(command.reason)
+        if escrow.on_hold_since is None:
+            raise InvalidTransition("the escrow is not on hold", state=escrow.state)
+        # Timers stopped while held: the running deadline moves on by the time on hold, so lifting a hold
+        # never fires a timer that lapsed during the investigation.
+        frozen_for = timezone.now() - escrow.on_hold_since
+        funding = inspection = None
+        if escrow.state == S.AWAIT_FUNDS:
+            escrow.funding_deadline += frozen_for
+            funding = escrow.funding_deadline
+        if escrow.state == S.DELIVERED and escrow.inspection_deadline is not None:
+            escrow.inspection_deadline += frozen_for
+            inspection = escrow.inspection_deadline
+        escrow.on_hold_since = None
+        _emit(escrow, escrow_v1.EscrowHoldLifted(escrow_id=str(escrow.id), actor=command.actor, reason=reason,
+                                                 funding_deadline=funding, inspection_deadline=inspection),
+              actor=command.actor, command_id=command_id)
+
+    return _run_command(command=command, command_id=command_id, escrow_id=_parse_id(command.escrow_id), apply=apply)
+
+
+def escrow_retry_payout(*, command: escrow_v1.RetryPayout, command_id: uuid.UUID) -> CommandResult:
+    """Sends the pending transfer or refund again, only after its last attempt is known failed. The new
+    payments command's id comes from the escrow's next version, so the provider sees a new idempotency
+    key (the old key would only replay the failure), and a repeat of this command is a duplicate."""
+
+    def apply(escrow: Escrow) -> None:
+        reason = _require_reason(command.reason)
+        if escrow.attention == "transfer_failed" and escrow.pending_payout_minor > 0:
+            if "awaiting payout destination" in escrow.attention_detail:
+                # Parked, not failed: payments sends it with its original key once the seller registers a
+                # destination; a second send now could pay twice.
+                raise InvalidTransition("the transfer is waiting for the seller's payout destination",
+                                        state=escrow.state)
+            leg, amount = "transfer", escrow.pending_payout_minor
+        elif escrow.attention == "refund_failed" and escrow.pending_refund_minor > 0:
+            leg, amount = "refund", escrow.pending_refund_minor
+        else:
+            raise InvalidTransition("there is no failed transfer or refund to retry", state=escrow.state)
+        escrow.attention = ""
+        escrow.attention_detail = ""
+        _emit(escrow, escrow_v1.EscrowPayoutRetried(escrow_id=str(escrow.id), actor=command.actor, reason=reason,
+                                                    leg=leg, amount=money(amount, escrow.currency)),
+              actor=command.actor, command_id=command_id)
+        if leg == "transfer":
+            fee = fee_for(amount, escrow.fee_bps)
+            _send(escrow, payments_v1.TransferToSeller(
+                escrow_id=str(escrow.id), seller_id=escrow.seller_id,
+                amount=money(amount - fee, escrow.currency), fee=money(fee, escrow.currency),
+            ), command_id=command_id)
+        else:
+            _send(escrow, payments_v1.InitiateRefund(
+                escrow_id=str(escrow.id), buyer_id=escrow.buyer_id, amount=money(amount, escrow.currency),
+            ), command_id=command_id)
+
+    return _run_command(command=command, command_id=command_id, escrow_id=_parse_id(command.escrow_id), apply=apply)
+
+
+def stranded_minor(escrow: Escrow) -> int:
+    """Money a settled escrow holds that nobody has asked payments to move: it owes nothing any more."""
+    if escrow.state not in (S.RELEASED, S.CANCELLED, S.REFUNDED):
+        return 0
+    return escrow.held_minor - escrow.pending_payout_minor - escrow.pending_refund_minor
+
+
+def escrow_return_stranded_funds(*, command: escrow_v1.ReturnStrandedFunds, command_id: uuid.UUID) -> CommandResult:
+    """Refunds a late or mismatched payment held by a settled escrow. The refund is booked like any other
+    (pending, then EscrowRefunded moves it from held to refunded), so the money invariant holds throughout."""
+
+    def apply(escrow: Escrow) -> None:
+        reason = _require_reason(command.reason)
+        if escrow.pending_refund_minor:
+            raise InvalidTransition("a refund is already pending for this escrow", state=escrow.state)
+        amount = stranded_minor(escrow)
+        if amount <= 0:
+            raise InvalidTransition("the escrow holds no stranded money", state=escrow.state)
+        escrow.pending_refund_minor = amount
+        if escrow.attention in {"unexpected_payment", "payment_amount_mismatch"}:
+            escrow.attention = ""
+            escrow.attention_detail = ""
+        _emit(escrow, escrow_v1.EscrowStrandedFundsReturnRequested(
+            escrow_id=str(escrow.id), actor=command.actor, reason=reason, amount=money(amount, escrow.currency),
+        ), actor=command.actor, command_id=command_id)
+        _send(escrow, payments_v1.InitiateRefund(
+            escrow_id=str(escrow.id), buyer_id=escrow.buyer_id, amount=money(amount, escrow.currency),
+        ), command_id=command_id)
+
+    return _run_command(command=command, command_id=command_id, escrow_id=_parse_id(command.escrow_id), apply=apply)
+
+
 # --- dispatch ---------------------------------------------------------------------------------------------
 
 _COMMANDS: dict[type[betterproto2.Message], Callable[..., CommandResult]] = {
@@ -638,6 +767,10 @@ _COMMANDS: dict[type[betterproto2.Message], Callable[..., CommandResult]] = {
     escrow_v1.CancelEscrow: escrow_cancel,
     escrow_v1.OpenDispute: escrow_open_dispute,
     escrow_v1.ResolveDispute: escrow_resolve_dispute,
+    escrow_v1.HoldEscrow: escrow_hold,
+    escrow_v1.UnholdEscrow: escrow_unhold,
+    escrow_v1.RetryPayout: escrow_retry_payout,
+    escrow_v1.ReturnStrandedFunds: escrow_return_stranded_funds,
     escrow_v1.ResolveComplianceHold: escrow_resolve_compliance_hold,
 }
 

@@ -128,6 +128,9 @@ def on_dispute_resolved(event: escrow_v1.EscrowDisputeResolved, delivery: Delive
 def _settled_state(view: EscrowViewFields) -> str:
     if view.payout_pending or view.refund_pending:
         return view.state
+    if view.state not in ("RELEASING", "REFUNDING"):
+        # A stranded-funds refund in a settled state: money moves, the state does not.
+        return view.state
     return "RELEASED" if view.paid_to_seller_minor else "REFUNDED"
 
 
@@ -175,6 +178,38 @@ def on_compliance_hold_resolved(event: escrow_v1.EscrowComplianceHoldResolved, d
     _timeline(event, delivery, tables)
 
 
+def on_put_on_hold(event: escrow_v1.EscrowPutOnHold, delivery: Delivery, tables: Tables) -> None:
+    _update(delivery, tables)
+    _timeline(event, delivery, tables)
+
+
+def on_hold_lifted(event: escrow_v1.EscrowHoldLifted, delivery: Delivery, tables: Tables) -> None:
+    # The running deadline moved on by the time on hold.
+    changes: dict[str, Any] = {}
+    if event.funding_deadline is not None:
+        changes["funding_deadline"] = event.funding_deadline
+    if event.inspection_deadline is not None:
+        changes["inspection_deadline"] = event.inspection_deadline
+    _update(delivery, tables, **changes)
+    _timeline(event, delivery, tables)
+
+
+def on_payout_retried(event: escrow_v1.EscrowPayoutRetried, delivery: Delivery, tables: Tables) -> None:
+    _update(delivery, tables, attention="")
+    _timeline(event, delivery, tables)
+
+
+def on_stranded_funds_return_requested(event: escrow_v1.EscrowStrandedFundsReturnRequested, delivery: Delivery,
+                                       tables: Tables) -> None:
+    # The escrow clears a mismatch / late-payment flag when ops return the money.
+    view = tables.view.objects.get(escrow_id=delivery.aggregate_id)
+    changes: dict[str, Any] = {"refund_pending": True}
+    if view.attention in ("unexpected_payment", "payment_amount_mismatch"):
+        changes["attention"] = ""
+    _update(delivery, tables, **changes)
+    _timeline(event, delivery, tables)
+
+
 FOLDS: dict[type[betterproto2.Message], Fold] = {
     escrow_v1.EscrowCreated: on_created,
     escrow_v1.EscrowFundsHeld: on_funds_held,
@@ -189,6 +224,10 @@ FOLDS: dict[type[betterproto2.Message], Fold] = {
     escrow_v1.EscrowNeedsAttention: on_needs_attention,
     escrow_v1.EscrowComplianceHold: on_compliance_hold,
     escrow_v1.EscrowComplianceHoldResolved: on_compliance_hold_resolved,
+    escrow_v1.EscrowPutOnHold: on_put_on_hold,
+    escrow_v1.EscrowHoldLifted: on_hold_lifted,
+    escrow_v1.EscrowPayoutRetried: on_payout_retried,
+    escrow_v1.EscrowStrandedFundsReturnRequested: on_stranded_funds_return_requested,
 }
 
 
