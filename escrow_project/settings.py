@@ -183,6 +183,8 @@ CHAINALYSIS_API_KEY = os.environ.get("CHAINALYSIS_API_KEY", "")
 CUSTODIAN_WALLET_SET_ID = os.environ.get("CUSTODIAN_WALLET_SET_ID", "")
 CUSTODIAN_USDC_TOKEN_ID = os.environ.get("CUSTODIAN_USDC_TOKEN_ID", "")
 CUSTODIAN_USDC_TOKEN_ADDRESS = os.environ.get("CUSTODIAN_USDC_TOKEN_ADDRESS", "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913")
+# The 32-byte entity secret (hex) that the custodian wants RSA-OAEP-encrypted, freshly, in every write. Never logged.
+CUSTODIAN_ENTITY_SECRET = os.environ.get("CUSTODIAN_ENTITY_SECRET", "")
 # The sandbox provider signs its own webhooks; derived from SECRET_KEY unless set.
 SANDBOX_WEBHOOK_SECRET = os.environ.get("SANDBOX_WEBHOOK_SECRET", "")
 

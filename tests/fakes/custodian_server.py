@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
@@ -43,6 +43,11 @@ class FakeCustodian:
     transactions: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: list[Seen] = field(default_factory=list)
     signing_key: ec.EllipticCurvePrivateKey = field(default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
+    # When set (hex), every POST must carry entitySecretCiphertext: this secret, RSA-OAEP(SHA-256)
+    # encrypted to entity_key's public half, never the same ciphertext twice.
+    entity_secret: str = ""
+    entity_key: rsa.RSAPrivateKey = field(default_factory=lambda: rsa.generate_private_key(65537, 2048))
+    ciphertexts: list[str] = field(default_factory=list)
     _replies: dict[str, tuple[dict[str, Any], int, str]] = field(default_factory=dict)
     _failures: deque[tuple[str, int]] = field(default_factory=deque)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
@@ -124,6 +129,10 @@ class FakeCustodian:
             if request.path.startswith(prefix):
                 del self._failures[index]
                 return _error(status, -1, "Something went wrong.")
+        if request.method == "POST" and self.entity_secret:
+            refused = self._check_entity_secret(body.get("entitySecretCiphertext"))
+            if refused:
+                return _error(400, 156016, refused)
         if request.method == "POST":
             key = body.get("idempotencyKey")
             try:
@@ -132,7 +141,8 @@ class FakeCustodian:
                 return _error(400, 2, "Invalid idempotencyKey: must be a UUID")
             replay = self._replies.get(key)
             if replay is not None:
-                if replay[0] != body:
+                # The ciphertext is new on every request by design; the rest must be the same.
+                if _without_ciphertext(replay[0]) != _without_ciphertext(body):
                     return _error(409, 156001, "Idempotency key reused with another request")
                 return replay[1], replay[2]
             status, text = self._route(request, body)
@@ -141,8 +151,27 @@ class FakeCustodian:
             return status, text
         return self._route(request, body)
 
+    def _check_entity_secret(self, ciphertext: Any) -> str:
+        if not isinstance(ciphertext, str) or not ciphertext:
+            return "entitySecretCiphertext is required"
+        if ciphertext in self.ciphertexts:
+            return "The entitySecretCiphertext has been used before; generate a new one for each request"
+        self.ciphertexts.append(ciphertext)
+        oaep = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+        try:
+            secret = self.entity_key.decrypt(base64.b64decode(ciphertext), oaep)
+        except ValueError:
+            return "The entitySecretCiphertext cannot be decrypted"
+        if secret.hex() != self.entity_secret.lower():
+            return "The provided entity secret is invalid"
+        return ""
+
     def _route(self, request: Request, body: dict[str, Any]) -> tuple[int, str]:
         path = request.path
+        if request.method == "GET" and path == "/v1/w3s/config/entity/publicKey":
+            pem = self.entity_key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+            return 200, json.dumps({"data": {"publicKey": pem.decode()}})
         if request.method == "POST" and path == "/v1/w3s/developer/wallets":
             if body.get("blockchains") != ["BASE"] or body.get("count") != 1:
                 return _error(400, 2, "Invalid blockchains or count")
@@ -179,6 +208,10 @@ class FakeCustodian:
             return 200, json.dumps({"data": {"id": KEY_ID, "algorithm": "ECDSA_SHA_256",
                                              "publicKey": self.public_key_b64, "createDate": "2026-01-01T00:00:00Z"}})
         return _error(404, 3, "Not found")
+
+
+def _without_ciphertext(body: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in body.items() if key != "entitySecretCiphertext"}
 
 
 def _error(status: int, code: int, message: str) -> tuple[int, str]:

@@ -65,8 +65,11 @@ def fake_custodian(local_server: Callable[[], HTTPServer], fake_screening: FakeS
     settings.CUSTODIAN_API_KEY = fake.api_key
     settings.CUSTODIAN_WEBHOOK_SECRET = ""  # the key is fetched by its id, as from the real custodian
     settings.CUSTODIAN_USDC_TOKEN_ID = USDC_TOKEN_ID
+    settings.CUSTODIAN_ENTITY_SECRET = ""  # tests that want it set it with fake.entity_secret
     providers.reset()
     custodian._public_keys.clear()
+    custodian._entity_keys.clear()
     yield fake
     providers.reset()
     custodian._public_keys.clear()
+    custodian._entity_keys.clear()

@@ -27,7 +27,7 @@ from typing import Any
 import requests
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from django.conf import settings
 
 from apps.payments import payouts
@@ -93,10 +93,41 @@ def _request(method: str, path: str, *, body: dict[str, Any] | None = None,
     return data
 
 
+_entity_keys: dict[str, rsa.RSAPublicKey] = {}
+
+
+def _entity_public_key() -> rsa.RSAPublicKey:
+    """The custodian's RSA key for entity secrets, fetched once per API base (it changes only when the
+    entity is re-registered; a wrong key is answered 4xx and the next process start fetches it again)."""
+    base = settings.CUSTODIAN_API_BASE
+    if base not in _entity_keys:
+        pem = str(_request("GET", "/v1/w3s/config/entity/publicKey").get("publicKey") or "")
+        try:
+            key = serialization.load_pem_public_key(pem.encode())
+        except ValueError:
+            raise ProviderError("custodian entity public key is not a PEM public key", transient=True) from None
+        if not isinstance(key, rsa.RSAPublicKey):
+            raise ProviderError("custodian entity public key is not an RSA key", transient=True)
+        _entity_keys[base] = key
+    return _entity_keys[base]
+
+
+def entity_secret_ciphertext() -> str:
+    """RSA-OAEP(SHA-256) of the entity secret, base64. OAEP is randomised, so every request carries a new
+    ciphertext, as Circle requires (a replayed ciphertext is refused)."""
+    try:
+        secret = bytes.fromhex(settings.CUSTODIAN_ENTITY_SECRET)
+    except ValueError:
+        # Say what is wrong without echoing any of the secret.
+        raise ProviderError("CUSTODIAN_ENTITY_SECRET is not hex", transient=True) from None
+    oaep = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+    return base64.b64encode(_entity_public_key().encrypt(secret, oaep)).decode()
+
+
 def _with_secret(body: dict[str, Any]) -> dict[str, Any]:
-    # Circle also wants a fresh entitySecretCiphertext per request; deployments that need it set one.
-    ciphertext = getattr(settings, "CUSTODIAN_ENTITY_SECRET_CIPHERTEXT", "")
-    return {**body, "entitySecretCiphertext": ciphertext} if ciphertext else body
+    if not settings.CUSTODIAN_ENTITY_SECRET:
+        return body
+    return {**body, "entitySecretCiphertext": entity_secret_ciphertext()}
 
 
 def transaction_get(tx_id: str) -> dict[str, Any]:
