@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from django import forms
@@ -17,10 +18,11 @@ from rest_framework import serializers as drf_serializers
 
 from apps.escrow.errors import EscrowError
 from apps.escrow.models import Escrow, EscrowEvent, EscrowState
-from apps.escrow.services import dispatch
+from apps.escrow.services import dispatch, stranded_minor
 from apps.gateway.audit import audit_record
 from apps.gateway.models import AuditLog
 from apps.gateway.serializers import minor_to_decimal_string, parse_amount
+from apps.outbox.messages import deterministic_id
 from apps.projections import selectors
 from proto.common.v1 import Actor, ActorKind, Money
 from proto.escrow import v1 as escrow_v1
@@ -109,6 +111,55 @@ class NoteForm(forms.Form):
     note = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), max_length=2000)
 
 
+class OpsForm(forms.Form):
+    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), max_length=1000)
+
+    def clean_reason(self) -> str:
+        reason: str = self.cleaned_data["reason"].strip()
+        if not reason:
+            raise forms.ValidationError("say why")
+        return reason
+
+
+@dataclass(frozen=True)
+class OpsAction:
+    label: str
+    command: type[Any]
+    permission: str
+    audit: str
+
+
+# Ops actions on one escrow: each is a staff command through dispatch with its AuditLog row; whether it
+# applies (state, hold, a known failure, stranded money) is for the service to decide, not the page.
+OPS_ACTIONS: dict[str, OpsAction] = {
+    "hold": OpsAction("Hold", escrow_v1.HoldEscrow, "gateway.hold_escrow", AuditLog.Action.HOLD),
+    "unhold": OpsAction("Lift hold", escrow_v1.UnholdEscrow, "gateway.hold_escrow", AuditLog.Action.UNHOLD),
+    "retry_payout": OpsAction("Retry failed transfer / refund", escrow_v1.RetryPayout, "gateway.retry_payout",
+                              AuditLog.Action.RETRY_PAYOUT),
+    "return_stranded": OpsAction("Return stranded funds to the buyer", escrow_v1.ReturnStrandedFunds,
+                                 "gateway.return_stranded_funds", AuditLog.Action.RETURN_STRANDED_FUNDS),
+}
+
+
+def _ops_command(request: HttpRequest, escrow: Escrow, name: str, reason: str) -> bool:
+    action = OPS_ACTIONS[name]
+    # Deterministic from the escrow's version: a double-click or a resubmitted form is one command.
+    command_id = deterministic_id(escrow.pk, escrow.version, f"admin-{name}")
+    command = action.command(escrow_id=str(escrow.pk), actor=Actor(kind=ActorKind.STAFF, user_id=request.user.pk),
+                             reason=reason)
+    try:
+        with transaction.atomic():
+            result = dispatch(command, command_id=command_id)
+            if not result.duplicate:
+                audit_record(actor=request.user, action=action.audit, escrow_id=escrow.pk, reason=reason,
+                             command_id=command_id, detail={"state_after": result.state})
+    except EscrowError as exc:
+        messages.error(request, f"Refused: {exc}")
+        return False
+    messages.success(request, f"{action.label}: done; the escrow is {result.state}.")
+    return True
+
+
 def _dispute_desk(admin_site: admin.AdminSite, request: HttpRequest, escrow_id: uuid.UUID) -> HttpResponse:
     if not request.user.has_perm("escrow.view_escrow"):
         raise PermissionDenied
@@ -117,9 +168,16 @@ def _dispute_desk(admin_site: admin.AdminSite, request: HttpRequest, escrow_id: 
     can_note = request.user.has_perm("gateway.add_dispute_note")
     resolve_form = ResolveForm(currency=escrow.currency)
     note_form = NoteForm()
+    ops_form = OpsForm()
     if request.method == "POST":
         action = request.POST.get("action")
-        if action == "resolve":
+        if action in OPS_ACTIONS:
+            if not request.user.has_perm(OPS_ACTIONS[action].permission):
+                raise PermissionDenied
+            ops_form = OpsForm(request.POST)
+            if ops_form.is_valid() and _ops_command(request, escrow, action, ops_form.cleaned_data["reason"]):
+                return redirect(request.path)
+        elif action == "resolve":
             if not can_resolve:
                 raise PermissionDenied
             resolve_form = ResolveForm(request.POST, currency=escrow.currency)
@@ -147,6 +205,9 @@ def _dispute_desk(admin_site: admin.AdminSite, request: HttpRequest, escrow_id: 
         "audit": AuditLog.objects.filter(escrow_id=escrow.pk).select_related("actor").order_by("created_at", "id"),
         "resolve_form": resolve_form if can_resolve and escrow.state == EscrowState.DISPUTED else None,
         "note_form": note_form if can_note else None,
+        "ops_form": ops_form,
+        "ops_actions": [(key, a.label) for key, a in OPS_ACTIONS.items() if request.user.has_perm(a.permission)],
+        "stranded_minor": stranded_minor(escrow),
     }
     return TemplateResponse(request, "admin/escrow/dispute_desk.html", context,
                             status=400 if request.method == "POST" else 200)
@@ -185,9 +246,35 @@ def _dispute_queue(admin_site: admin.AdminSite, request: HttpRequest) -> HttpRes
     return TemplateResponse(request, "admin/escrow/dispute_queue.html", context)
 
 
+OPS_QUEUE_LIMIT = 200
+
+
+def _ops_queues(admin_site: admin.AdminSite, request: HttpRequest) -> HttpResponse:
+    """The ops queues and daily figures, read from the projections (read-only; each row links to the
+    escrow's desk, where the actions are)."""
+    if not request.user.has_perm("escrow.view_escrow"):
+        raise PermissionDenied
+    queues = [
+        ("needs-attention", "Needs attention", selectors.ops_needs_attention()),
+        ("failed-payouts", "Failed transfers and refunds", selectors.ops_failed_payouts()),
+        ("compliance-holds", "Compliance holds", selectors.ops_compliance_holds()),
+        ("stuck-payments", "Stuck payments", selectors.ops_stuck_payments()),
+        ("open-disputes", "Open disputes", selectors.ops_open_disputes()),
+    ]
+    context = {
+        **admin_site.each_context(request),
+        "title": "Ops queues",
+        "queues": [(key, title, list(rows[:OPS_QUEUE_LIMIT])) for key, title, rows in queues],
+        "daily": list(selectors.ops_daily_figures()[:90]),
+        "limit": OPS_QUEUE_LIMIT,
+    }
+    return TemplateResponse(request, "admin/escrow/ops_queues.html", context)
+
+
 def _dispute_urls(model_admin: admin.ModelAdmin) -> list[Any]:
     site = model_admin.admin_site
     return [
+        path("ops/", site.admin_view(lambda request: _ops_queues(site, request)), name="escrow_ops_queues"),
         path("disputes/", site.admin_view(lambda request: _dispute_queue(site, request)),
              name="escrow_dispute_queue"),
         path("<uuid:escrow_id>/dispute/",

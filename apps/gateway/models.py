@@ -36,6 +36,11 @@ class AuditLog(models.Model):
         ADD_NOTE = "add_note"
         REPLAY_DEAD_LETTER = "replay_dead_letter"
         REBUILD_PROJECTIONS = "rebuild_projections"
+        HOLD = "hold"
+        UNHOLD = "unhold"
+        RETRY_PAYOUT = "retry_payout"
+        RETURN_STRANDED_FUNDS = "return_stranded_funds"
+        RESEND_NOTIFICATION = "resend_notification"
 
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     action = models.CharField(max_length=50, choices=Action.choices)
@@ -51,6 +56,9 @@ class AuditLog(models.Model):
         permissions = [
             ("resolve_dispute", "Can resolve a dispute (release, refund or split)"),
             ("add_dispute_note", "Can add a note to a dispute"),
+            ("hold_escrow", "Can put an escrow on hold for an investigation and lift the hold"),
+            ("retry_payout", "Can retry a failed transfer or refund"),
+            ("return_stranded_funds", "Can refund money a settled escrow still holds"),
         ]
 
     def __str__(self) -> str:

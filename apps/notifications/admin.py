@@ -6,10 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from apps.escrow.admin import ReadOnlyAdmin
+from apps.gateway.audit import audit_record
+from apps.gateway.models import AuditLog
 from apps.notifications.delivery import deliver_due_notifications
 from apps.notifications.models import DeliveryAttempt, DiscordLink, Notification
 from apps.notifications.services import NotificationError, notification_resend
@@ -42,7 +45,13 @@ class NotificationAdmin(ReadOnlyAdmin):
         queued: list[int] = []
         for notification in queryset:
             try:
-                notification_resend(notification_id=notification.pk)
+                # The resend and its AuditLog row commit together: a refused resend leaves neither.
+                with transaction.atomic():
+                    notification_resend(notification_id=notification.pk)
+                    audit_record(actor=request.user, action=AuditLog.Action.RESEND_NOTIFICATION,
+                                 escrow_id=notification.escrow_id, target=f"notification:{notification.pk}",
+                                 reason=f"resend of a {notification.status} {notification.kind} notification",
+                                 detail={"notification_id": notification.pk, "status_before": notification.status})
                 queued.append(notification.pk)
             except NotificationError as exc:
                 self.message_user(request, f"#{notification.pk}: {exc.detail}", messages.WARNING)
