@@ -63,6 +63,7 @@ class PayoutDestination(APIView):
                 wallet_address=data.get("wallet_address"),
             )
         except payments.InvalidPayoutDestination as exc:
-            raise Problem(400, "validation_error", exc.detail,
+            code = {409: "destination_not_ready", 503: "provider_unavailable"}.get(exc.status, "validation_error")
+            raise Problem(exc.status, code, exc.detail,
                           errors=[{"field": exc.field, "detail": exc.detail}]) from None
         return Response(_render(request.user.pk, destination))

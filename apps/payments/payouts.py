@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 from Crypto.Hash import keccak
+from django.conf import settings
 from django.db import transaction
 
 from apps.payments import providers
@@ -32,10 +33,14 @@ class PayoutDestinationMissing(Exception):
 
 
 class InvalidPayoutDestination(ValueError):
-    def __init__(self, field: str, detail: str) -> None:
+    """`status` is the HTTP answer: 400 malformed or unknown, 409 exists but cannot be paid yet, 503 the
+    provider could not be asked (try again)."""
+
+    def __init__(self, field: str, detail: str, *, status: int = 400) -> None:
         super().__init__(detail)
         self.field = field
         self.detail = detail
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,10 @@ def destination_set(*, seller_id: int, stripe_account_id: str | None, wallet_add
     waiting for this seller are sent once this commits."""
     stripe_value = validate_stripe_account(stripe_account_id) if stripe_account_id is not None else None
     wallet_value = validate_wallet(wallet_address) if wallet_address is not None else None
+    if stripe_value is not None and settings.PAYMENTS_PROVIDER == "live":
+        # Asked before anything is stored (and outside the transaction): a release must not be parked
+        # behind an account that does not exist or cannot receive transfers.
+        providers.get("stripe").verify_connected_account(account_id=stripe_value)  # type: ignore[attr-defined]
     with transaction.atomic():
         row, _ = PayoutDestination.objects.select_for_update().get_or_create(seller_id=seller_id)
         if stripe_value is not None:

@@ -40,6 +40,8 @@ class FakeStripe:
     server: HTTPServer
     objects: dict[str, dict[str, Any]] = field(default_factory=dict)
     accounts: set[str] = field(default_factory=set)
+    # Connected accounts that exist but have not finished onboarding (payouts disabled, transfers inactive).
+    restricted: set[str] = field(default_factory=set)
     requests: list[Seen] = field(default_factory=list)
     _replies: dict[str, tuple[dict[str, str], int, str]] = field(default_factory=dict)
     _failures: deque[tuple[str, int, dict[str, Any]]] = field(default_factory=deque)
@@ -135,6 +137,9 @@ class FakeStripe:
         if method == "GET" and path == "/v1/refunds":
             refunds = [o for o in self.of_kind("refund") if o["payment_intent"] == params.get("payment_intent")]
             return 200, json.dumps({"object": "list", "url": "/v1/refunds", "has_more": False, "data": refunds})
+        match = re.fullmatch(r"/v1/accounts/([A-Za-z0-9_]+)", path)
+        if method == "GET" and match:
+            return self._account(match.group(1))
         match = re.fullmatch(r"/v1/(payment_intents|refunds|transfers)/([A-Za-z0-9_]+)", path)
         if method == "GET" and match:
             obj = self.objects.get(match.group(2))
@@ -143,6 +148,20 @@ class FakeStripe:
                               code="resource_missing")
             return 200, json.dumps(obj)
         return _error(404, "invalid_request_error", f"Unrecognized request URL ({method}: {path}).")
+
+    def _account(self, account_id: str) -> tuple[int, str]:
+        if account_id not in self.accounts | self.restricted:
+            # What Stripe answers for an account that is not connected to the platform.
+            return _error(404, "invalid_request_error", f"No such account: '{account_id}'", param="account",
+                          code="resource_missing")
+        ready = account_id in self.accounts and account_id not in self.restricted
+        return 200, json.dumps({
+            "id": account_id, "object": "account", "type": "express", "charges_enabled": ready,
+            "payouts_enabled": ready, "details_submitted": ready,
+            "capabilities": {"transfers": "active" if ready else "inactive"},
+            "requirements": {"currently_due": [] if ready else ["external_account"], "disabled_reason":
+                             None if ready else "requirements.past_due"},
+        })
 
     def _create_intent(self, params: dict[str, str]) -> tuple[int, str]:
         amount = int(params.get("amount", "0"))

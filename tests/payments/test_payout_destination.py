@@ -80,3 +80,40 @@ def test_a_wrong_checksum_is_refused_naming_the_field(api_client, seller):
     assert response.json()["errors"] == [{"field": "wallet_address", "detail": response.json()["detail"]}]
     assert "EIP-55" in response.json()["detail"]
     assert not PayoutDestination.objects.exists()
+
+
+# --- live: the connected account is verified with Stripe before it is stored ---------------------------
+
+ACCOUNT = "acct_1SellerFake000001"
+
+
+def test_a_ready_connected_account_is_verified_and_stored(fake_stripe, api_client, seller):
+    fake_stripe.accounts.add(ACCOUNT)
+
+    response = api_client(seller).put(URL, {"stripe_account_id": ACCOUNT}, format="json")
+
+    assert response.status_code == 200, response.content
+    assert [r.path for r in fake_stripe.requests] == [f"/v1/accounts/{ACCOUNT}"]
+    assert PayoutDestination.objects.get(seller_id=seller.pk).stripe_account_id == ACCOUNT
+
+
+@pytest.mark.parametrize(("known", "status", "code"), [
+    ("missing", 400, "validation_error"),
+    ("restricted", 409, "destination_not_ready"),
+    ("stripe_down", 503, "provider_unavailable"),
+])
+def test_an_account_stripe_cannot_pay_is_refused_and_nothing_stored(fake_stripe, api_client, seller, known, status,
+                                                                    code):
+    if known == "restricted":
+        fake_stripe.restricted.add(ACCOUNT)
+    elif known == "stripe_down":
+        fake_stripe.accounts.add(ACCOUNT)
+        fake_stripe.fail_next(f"/v1/accounts/{ACCOUNT}", 500, {"type": "api_error", "message": "boom"})
+
+    response = api_client(seller).put(URL, {"stripe_account_id": ACCOUNT}, format="json")
+
+    assert response.status_code == status, response.content
+    assert response["Content-Type"] == "application/problem+json"
+    assert response.json()["code"] == code
+    assert [error["field"] for error in response.json()["errors"]] == ["stripe_account_id"]
+    assert not PayoutDestination.objects.exists()

@@ -128,6 +128,29 @@ class StripeProvider(PaymentProvider):
         ))
         return MoneyMovement(provider_id=refund.id, raw=_kept(refund))
 
+    def verify_connected_account(self, *, account_id: str) -> None:
+        """A seller's connected account must exist on our platform and be able to receive transfers
+        (payouts_enabled, transfers capability active). Raises InvalidPayoutDestination otherwise."""
+        field = "stripe_account_id"
+        try:
+            account = _client().v1.accounts.retrieve(account_id).to_dict()
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status == 404 or getattr(exc, "code", None) == "resource_missing":
+                raise payouts.InvalidPayoutDestination(field, f"no connected account {account_id} on this "
+                                                              "platform") from None
+            raise payouts.InvalidPayoutDestination(field, f"Stripe refused the account: {exc.user_message}") \
+                from None
+        except stripe.StripeError as exc:
+            raise payouts.InvalidPayoutDestination(
+                field, f"Stripe could not be asked about the account ({exc.http_status or 'no answer'}); "
+                       "try again", status=503) from None
+        capabilities = account.get("capabilities") or {}
+        if not account.get("payouts_enabled") or capabilities.get("transfers") != "active":
+            raise payouts.InvalidPayoutDestination(
+                field, f"connected account {account_id} cannot receive transfers yet (payouts_enabled "
+                       f"{bool(account.get('payouts_enabled'))}, transfers {capabilities.get('transfers') or 'none'}): "
+                       "finish Stripe onboarding, then register it again", status=409)
+
     def verify_webhook(self, *, body: bytes, headers: Mapping[str, str]) -> ProviderEvent:
         return stripe_signature.verify(body=body, headers=headers, secret=settings.STRIPE_WEBHOOK_SECRET)
 
