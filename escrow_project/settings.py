@@ -157,6 +157,10 @@ API_THROTTLE_RATES: dict[str, str | None] = {
 }
 # Request bodies above this size are refused before parsing.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 64 * 1024)
+# Dispute evidence files: stored under MEDIA_ROOT (never served by URL; staff download them through the
+# admin), at most EVIDENCE_MAX_BYTES each.
+MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", BASE_DIR / "media"))
+EVIDENCE_MAX_BYTES = env_int("EVIDENCE_MAX_BYTES", 5 * 1024 * 1024)
 
 # --- Domain ----------------------------------------------------------------------------------------
 PLATFORM_FEE_BPS = env_int("PLATFORM_FEE_BPS", 250)

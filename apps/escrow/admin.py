@@ -10,14 +10,15 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path
 from rest_framework import serializers as drf_serializers
 
 from apps.escrow.errors import EscrowError
-from apps.escrow.models import Escrow, EscrowEvent, EscrowState
+from apps.escrow.evidence import evidence_add
+from apps.escrow.models import Escrow, EscrowEvent, EscrowState, Evidence
 from apps.escrow.services import dispatch, stranded_minor
 from apps.gateway.audit import audit_record
 from apps.gateway.models import AuditLog
@@ -112,6 +113,8 @@ class NoteForm(forms.Form):
 
 
 class OpsForm(forms.Form):
+    # Prefixed so its fields never share a name with the resolve and note forms on the same page.
+    prefix = "ops"
     reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), max_length=1000)
 
     def clean_reason(self) -> str:
@@ -119,6 +122,14 @@ class OpsForm(forms.Form):
         if not reason:
             raise forms.ValidationError("say why")
         return reason
+
+
+class EvidenceForm(forms.Form):
+    prefix = "evidence"
+    party = forms.ChoiceField(choices=Evidence.Party.choices, help_text="the party this evidence is from")
+    file = forms.FileField(help_text="png, jpeg, pdf or plain text; at most 5 MB")
+    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), max_length=1000,
+                             help_text="how it reached us (e.g. sent by the buyer over Discord)")
 
 
 @dataclass(frozen=True)
@@ -139,6 +150,37 @@ OPS_ACTIONS: dict[str, OpsAction] = {
     "return_stranded": OpsAction("Return stranded funds to the buyer", escrow_v1.ReturnStrandedFunds,
                                  "gateway.return_stranded_funds", AuditLog.Action.RETURN_STRANDED_FUNDS),
 }
+
+
+def _upload_evidence(request: HttpRequest, escrow: Escrow, data: dict[str, Any]) -> bool:
+    try:
+        with transaction.atomic():
+            evidence = evidence_add(escrow_id=escrow.pk, uploaded_by=request.user, upload=data["file"],
+                                    party=data["party"], description=data["reason"])
+            audit_record(actor=request.user, action=AuditLog.Action.UPLOAD_EVIDENCE, escrow_id=escrow.pk,
+                         reason=data["reason"], target=f"evidence:{evidence.pk}",
+                         detail={"party": evidence.party, "content_type": evidence.content_type,
+                                 "size": evidence.size, "sha256": evidence.sha256})
+    except EscrowError as exc:
+        messages.error(request, f"Refused: {exc}")
+        return False
+    messages.success(request, f"Evidence added for the {evidence.party}.")
+    return True
+
+
+def _evidence_download(request: HttpRequest, escrow_id: uuid.UUID, evidence_id: uuid.UUID) -> HttpResponse:
+    """Staff only, always as a download: never rendered by the browser, whatever the bytes are."""
+    if not request.user.has_perm("escrow.view_escrow"):
+        raise PermissionDenied
+    evidence = get_object_or_404(Evidence, pk=evidence_id, escrow_id=escrow_id)
+    extension = {"image/png": "png", "image/jpeg": "jpg", "application/pdf": "pdf", "text/plain": "txt"}
+    name = f"{evidence.escrow_id}-{evidence.party}-{evidence.pk}.{extension.get(evidence.content_type, 'bin')}"
+    response = FileResponse(evidence.file.open("rb"), as_attachment=True, filename=name,
+                            content_type=evidence.content_type)
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    response["Cache-Control"] = "private, no-store"
+    return response
 
 
 def _ops_command(request: HttpRequest, escrow: Escrow, name: str, reason: str) -> bool:
@@ -169,9 +211,17 @@ def _dispute_desk(admin_site: admin.AdminSite, request: HttpRequest, escrow_id: 
     resolve_form = ResolveForm(currency=escrow.currency)
     note_form = NoteForm()
     ops_form = OpsForm()
+    can_upload = request.user.has_perm("gateway.upload_evidence")
+    evidence_form = EvidenceForm()
     if request.method == "POST":
         action = request.POST.get("action")
-        if action in OPS_ACTIONS:
+        if action == "evidence":
+            if not can_upload:
+                raise PermissionDenied
+            evidence_form = EvidenceForm(request.POST, request.FILES)
+            if evidence_form.is_valid() and _upload_evidence(request, escrow, evidence_form.cleaned_data):
+                return redirect(request.path)
+        elif action in OPS_ACTIONS:
             if not request.user.has_perm(OPS_ACTIONS[action].permission):
                 raise PermissionDenied
             ops_form = OpsForm(request.POST)
@@ -206,6 +256,8 @@ def _dispute_desk(admin_site: admin.AdminSite, request: HttpRequest, escrow_id: 
         "resolve_form": resolve_form if can_resolve and escrow.state == EscrowState.DISPUTED else None,
         "note_form": note_form if can_note else None,
         "ops_form": ops_form,
+        "evidence": Evidence.objects.filter(escrow=escrow).select_related("uploaded_by"),
+        "evidence_form": evidence_form if can_upload and escrow.state == EscrowState.DISPUTED else None,
         "ops_actions": [(key, a.label) for key, a in OPS_ACTIONS.items() if request.user.has_perm(a.permission)],
         "stranded_minor": stranded_minor(escrow),
     }
@@ -277,6 +329,8 @@ def _dispute_urls(model_admin: admin.ModelAdmin) -> list[Any]:
         path("ops/", site.admin_view(lambda request: _ops_queues(site, request)), name="escrow_ops_queues"),
         path("disputes/", site.admin_view(lambda request: _dispute_queue(site, request)),
              name="escrow_dispute_queue"),
+        path("<uuid:escrow_id>/evidence/<uuid:evidence_id>/",
+             site.admin_view(_evidence_download), name="escrow_evidence_download"),
         path("<uuid:escrow_id>/dispute/",
              site.admin_view(lambda request, escrow_id: _dispute_desk(site, request, escrow_id)),
              name="escrow_dispute_desk"),

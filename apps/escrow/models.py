@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from typing import Any
 
@@ -128,6 +129,48 @@ class EscrowEvent(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> Any:
         raise PermissionError("EscrowEvent is append-only")
+
+
+def _evidence_storage_name(instance: Evidence, filename: str) -> str:
+    # Random and extension-less: the uploader's name never reaches the file system or a URL.
+    return f"evidence/{secrets.token_hex(16)}"
+
+
+class Evidence(models.Model):
+    """A file one party submits in a dispute (itself, or through staff on its behalf). The bytes live
+    under MEDIA_ROOT, which nothing serves; staff download them as attachments through the admin.
+    Append-only, like the rest of the dispute record."""
+
+    class Party(models.TextChoices):
+        BUYER = "buyer"
+        SELLER = "seller"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    escrow = models.ForeignKey(Escrow, on_delete=models.PROTECT, related_name="evidence")
+    party = models.CharField(max_length=10, choices=Party.choices)
+    uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    file = models.FileField(upload_to=_evidence_storage_name, max_length=200)
+    original_name = models.CharField(max_length=200)
+    # What the bytes are (sniffed), never what the client said.
+    content_type = models.CharField(max_length=50)
+    size = models.PositiveIntegerField()
+    sha256 = models.CharField(max_length=64)
+    description = models.CharField(max_length=1000, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.escrow_id} {self.party} {self.original_name}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise PermissionError("Evidence is append-only")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        raise PermissionError("Evidence is append-only")
 
 
 class ProcessedCommand(models.Model):

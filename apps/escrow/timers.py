@@ -27,12 +27,15 @@ def fire_due_timers(*, limit: int = 500) -> int:
     fired = 0
     # A compliance hold stops both clocks (the services refuse the commands too; skipping here keeps
     # held escrows from being retried on every tick).
-    expired = Escrow.objects.filter(state=EscrowState.AWAIT_FUNDS, funding_deadline__lte=now).exclude(
+    # An ops hold (on_hold_since) stops them as well; lifting it moves the deadline on by the time held.
+    expired = Escrow.objects.filter(state=EscrowState.AWAIT_FUNDS, funding_deadline__lte=now,
+                                    on_hold_since__isnull=True).exclude(
         attention=services.COMPLIANCE_HOLD)
     for escrow_id, version in expired.values_list("id", "version")[:limit]:
         command = escrow_v1.CancelEscrow(escrow_id=str(escrow_id), actor=TIMER, reason="funding deadline passed")
         fired += _fire(command, deterministic_id(escrow_id, version, "funding-deadline"))
-    lapsed = Escrow.objects.filter(state=EscrowState.DELIVERED, inspection_deadline__lte=now).exclude(
+    lapsed = Escrow.objects.filter(state=EscrowState.DELIVERED, inspection_deadline__lte=now,
+                                   on_hold_since__isnull=True).exclude(
         attention=services.COMPLIANCE_HOLD)
     for escrow_id, version in lapsed.values_list("id", "version")[:limit]:
         command = escrow_v1.ReleaseFunds(escrow_id=str(escrow_id), actor=TIMER)

@@ -41,6 +41,7 @@ class AuditLog(models.Model):
         RETRY_PAYOUT = "retry_payout"
         RETURN_STRANDED_FUNDS = "return_stranded_funds"
         RESEND_NOTIFICATION = "resend_notification"
+        UPLOAD_EVIDENCE = "upload_evidence"
 
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     action = models.CharField(max_length=50, choices=Action.choices)
@@ -59,6 +60,7 @@ class AuditLog(models.Model):
             ("hold_escrow", "Can put an escrow on hold for an investigation and lift the hold"),
             ("retry_payout", "Can retry a failed transfer or refund"),
             ("return_stranded_funds", "Can refund money a settled escrow still holds"),
+            ("upload_evidence", "Can upload dispute evidence on behalf of a party"),
         ]
 
     def __str__(self) -> str:

@@ -1,7 +1,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from apps.gateway import notification_views, payout_views, views
+from apps.gateway import evidence_views, notification_views, payout_views, views
 from apps.gateway.metrics import metrics_view
 
 urlpatterns = [
@@ -13,6 +13,7 @@ urlpatterns = [
     path("escrows/<uuid:escrow_id>/cancel", views.CancelEscrow.as_view(), name="escrow-cancel"),
     path("escrows/<uuid:escrow_id>/dispute", views.DisputeEscrow.as_view(), name="escrow-dispute"),
     path("escrows/<uuid:escrow_id>/resolve", views.ResolveEscrow.as_view(), name="escrow-resolve"),
+    path("escrows/<uuid:escrow_id>/evidence", evidence_views.EscrowEvidence.as_view(), name="escrow-evidence"),
     path("sandbox/escrows/<uuid:escrow_id>/pay", views.SandboxPay.as_view(), name="sandbox-pay"),
     path("payout-destination", payout_views.PayoutDestination.as_view(), name="payout-destination"),
     path("webhooks/stripe", views.stripe_webhook, name="webhook-stripe"),

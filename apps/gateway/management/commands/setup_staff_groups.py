@@ -19,6 +19,7 @@ GROUP_PERMISSIONS: dict[str, tuple[str, ...]] = {
         "gateway.resolve_dispute",
         "gateway.add_dispute_note",
         "gateway.hold_escrow",
+        "gateway.upload_evidence",
     ),
     "ops": (
         "escrow.view_escrow",
