@@ -345,6 +345,8 @@ class SandboxPay(APIView):
             raise Problem(403, "not_allowed", "only the buyer can pay", state=view.state)
         if view.state != "AWAIT_FUNDS":
             raise Problem(409, "invalid_transition", f"the escrow is {view.state}, not awaiting funds", state=view.state)
+        # Right after the create, payments may still be issuing the payment to pay (read-your-writes).
+        payments.payment_instructions_wait(str(escrow_id), timeout_seconds=settings.READ_YOUR_WRITES_SECONDS)
         try:
             outcome = payments.sandbox_pay(str(escrow_id))
         except payments.SandboxUnavailable as exc:

@@ -3,6 +3,7 @@ entry point, and the sandbox's simulated payment."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -13,6 +14,7 @@ from apps.payments.providers import sandbox
 from apps.payments.webhooks import WebhookOutcome, webhook_receive
 
 __all__ = ["PaymentInstructions", "WebhookOutcome", "payment_instructions", "payment_instructions_many",
+           "payment_instructions_wait",
            "sandbox_pay", "webhook_receive"]
 
 
@@ -38,6 +40,17 @@ def payment_instructions(escrow_id: str) -> PaymentInstructions | None:
         client_secret=artifact.client_secret,
         deposit_address=artifact.deposit_address,
     )
+
+
+def payment_instructions_wait(escrow_id: str, *, timeout_seconds: float) -> PaymentInstructions | None:
+    """payment_instructions, waiting (bounded) while the payments subscriber has not issued them yet:
+    the escrow's CreatePaymentIntent is committed, its provider call may still be running."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        found = payment_instructions(escrow_id)
+        if found is not None or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.005)
 
 
 def payment_instructions_many(escrow_ids: list[str]) -> dict[str, PaymentInstructions]:
