@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import threading
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaProducer
 from django.conf import settings
@@ -40,9 +42,65 @@ class LoopRunner:
 
         return self.run(construct())
 
+    def start(self, coro: Coroutine[Any, Any, T]) -> Pending[T]:
+        """Schedules a coroutine without waiting: it runs whenever this loop next runs."""
+        return Pending(self, self.loop.create_task(coro))
+
     def close(self) -> None:
         self.loop.run_until_complete(self.loop.shutdown_asyncgens())
         self.loop.close()
+
+
+class BackgroundLoop:
+    """An event loop on its own thread, so the producer keeps sending and collecting acks while the
+    calling thread does database work (the ORM stays on the calling thread)."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.submit(coro).result()
+
+    def build(self, factory: Callable[[], T]) -> T:
+        async def construct() -> T:
+            return factory()
+
+        return self.run(construct())
+
+    def close(self) -> None:
+        if not self.loop.is_closed():
+            self.run(self.loop.shutdown_asyncgens())
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join()
+            self.loop.close()
+
+
+class Pending(Generic[T]):
+    """A coroutine started on a `LoopRunner`'s loop; it only makes progress while that loop runs."""
+
+    def __init__(self, runner: LoopRunner, task: asyncio.Task[T]) -> None:
+        self._runner = runner
+        self._task = task
+
+    def result(self) -> T:
+        outcome = self._runner.loop.run_until_complete(self._task)
+        # A few more loop turns let the producer's sender write out batches that became sendable when
+        # these acks arrived, so the broker works on them while the caller is back in the database.
+        self._runner.loop.run_until_complete(_turns(3))
+        return outcome
+
+    def wait(self) -> None:
+        self._runner.loop.run_until_complete(asyncio.wait([self._task]))
+
+
+async def _turns(count: int) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)
 
 
 def make_producer(servers: str, **overrides: Any) -> AIOKafkaProducer:

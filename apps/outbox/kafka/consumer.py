@@ -25,6 +25,7 @@ from apps.outbox import bus, messages
 from apps.outbox.kafka.catalog import dlq_for
 from apps.outbox.kafka.client import LoopRunner, bootstrap_servers, make_producer
 from apps.outbox.kafka.envelope import EnvelopeError, delivery_from_record
+from apps.outbox.kafka.schema_registry import unframe
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,8 @@ class AppConsumer:
                 delivery = delivery_from_record(topic=record.topic, key=record.key, headers=record.headers)
                 if self.subscriber.handler_for(delivery.type) is None:
                     return  # another app's message on a shared topic
-                message = messages.decode(delivery.type, record.value or b"")
+                # Values framed for the Schema Registry are unframed and checked against the type header.
+                message = messages.decode(delivery.type, unframe(record.value or b"", type_name=delivery.type))
                 if bus.handle_with_dedupe(self.subscriber, message, delivery):
                     self.stats.applied += 1
                 else:

@@ -20,17 +20,26 @@ class EnvelopeError(ValueError):
 
 
 def headers_for(row: OutboxMessage) -> Headers:
-    values = {
-        "event_id": str(row.event_id),
-        "type": row.type,
-        "aggregate_id": row.aggregate_id,
-        "aggregate_version": str(row.aggregate_version),
-        "occurred_at": row.occurred_at.isoformat(),
-        "correlation_id": row.correlation_id,
-        "causation_id": row.causation_id,
-        "traceparent": row.traceparent,
-    }
-    return [(name, values[name].encode()) for name in HEADER_NAMES]
+    return envelope_headers(event_id=row.event_id, type_name=row.type, aggregate_id=row.aggregate_id,
+                            aggregate_version=row.aggregate_version, occurred_at=row.occurred_at,
+                            correlation_id=row.correlation_id, causation_id=row.causation_id,
+                            traceparent=row.traceparent)
+
+
+def envelope_headers(*, event_id: uuid.UUID, type_name: str, aggregate_id: str, aggregate_version: int,
+                     occurred_at: datetime.datetime, correlation_id: str, causation_id: str,
+                     traceparent: str) -> Headers:
+    # A list literal in HEADER_NAMES order: the relay builds this for every record.
+    return [
+        ("event_id", str(event_id).encode()),
+        ("type", type_name.encode()),
+        ("aggregate_id", aggregate_id.encode()),
+        ("aggregate_version", str(aggregate_version).encode()),
+        ("occurred_at", occurred_at.isoformat().encode()),
+        ("correlation_id", correlation_id.encode()),
+        ("causation_id", causation_id.encode()),
+        ("traceparent", traceparent.encode()),
+    ]
 
 
 def header_map(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:

@@ -68,6 +68,12 @@ class RelayLease:
     def release(self) -> None:
         if self._pg is not None:
             try:
+                # Unlock before closing: a closed socket is released by the server only once the
+                # backend notices, and a standby polling at that moment would be refused.
+                self._pg.execute("SELECT pg_advisory_unlock_all()")
+            except Exception:  # noqa: BLE001 - a dead connection holds nothing any more
+                pass
+            try:
                 self._pg.close()
             finally:
                 self._pg = None

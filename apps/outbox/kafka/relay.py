@@ -2,11 +2,15 @@
 
 - Rows are read in (txid, id) order and, on PostgreSQL, only below the transaction-id watermark (as the
   in-process bus reads them), so a transaction that commits late is never overtaken by a newer one.
-- A batch is handed to the producer in that order (per-key order across producer retries needs the
-  idempotent producer, the production default); `published_at` is set only after the broker
-  acknowledged (acks=all). If part
-  of a batch fails, only the acknowledged prefix is marked: the rest is sent again, so a crash or a
-  broker outage produces duplicates (same event id; consumers dedupe), never a gap.
+- Batches are pipelined: while one batch waits for the broker's acks (acks=all), the next is read and
+  handed to the producer, and the acknowledged batch is marked in one UPDATE. The producer keeps
+  per-partition order across the batches it holds (one in-flight request per partition), so the
+  pipeline is ordered like one long batch.
+- `published_at` is set only after the broker acknowledged, and only for the acknowledged prefix in
+  delivery order: after the first failure nothing later is marked (not even rows acked after it), the
+  pipeline drains and reading restarts from the oldest unpublished row. A crash or broker outage
+  therefore produces duplicates (same event id; consumers dedupe), never a gap. Per-key order across
+  producer retries needs the idempotent producer, the production default.
 - One active relay per database (`RelayLease`); the others wait as standby.
 """
 
@@ -17,18 +21,19 @@ import logging
 import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
 from django.conf import settings
 from django.db import connection
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
-from apps.outbox.kafka.client import LoopRunner, bootstrap_servers, make_producer
-from apps.outbox.kafka.envelope import headers_for
+from apps.outbox.kafka.client import LoopRunner, Pending, bootstrap_servers, make_producer
+from apps.outbox.kafka.envelope import Headers, envelope_headers
 from apps.outbox.kafka.leadership import RelayLease
 from apps.outbox.models import OutboxMessage
 
@@ -42,11 +47,73 @@ def unpublished_rows() -> QuerySet[OutboxMessage]:
     return OutboxMessage.objects.filter(published_at__isnull=True)
 
 
-def publishable_rows(limit: int) -> list[OutboxMessage]:
+ValueEncoder = Callable[[str, str, bytes], bytes]
+"""(topic, type name, protobuf payload) -> record value; the Schema Registry framing plugs in here."""
+
+_RECORD_FIELDS = ("id", "txid", "topic", "key", "payload", "event_id", "type", "aggregate_id",
+                  "aggregate_version", "occurred_at", "correlation_id", "causation_id", "traceparent")
+
+
+@dataclass(frozen=True, slots=True)
+class RelayRecord:
+    """One outbox row, ready for the producer (plain values: no model instance per row)."""
+
+    id: int
+    txid: int
+    topic: str
+    key: bytes
+    value: bytes
+    headers: Headers
+    timestamp_ms: int
+
+
+def records_from(rows: QuerySet[OutboxMessage], *, encode_value: ValueEncoder | None = None) -> list[RelayRecord]:
+    records = []
+    for (id_, txid, topic, key, payload, event_id, type_name, aggregate_id, aggregate_version, occurred_at,
+         correlation_id, causation_id, traceparent) in rows.values_list(*_RECORD_FIELDS):
+        value = bytes(payload)
+        if encode_value is not None:
+            try:
+                value = encode_value(topic, type_name, value)
+            except Exception as exc:  # noqa: BLE001 - e.g. the schema registry is down: retry the batch later
+                raise PublishFailed(f"cannot encode {type_name} for {topic}: {exc!r}") from exc
+        records.append(RelayRecord(
+            id=id_, txid=txid, topic=topic, key=key.encode(), value=value,
+            headers=envelope_headers(event_id=event_id, type_name=type_name, aggregate_id=aggregate_id,
+                                     aggregate_version=aggregate_version, occurred_at=occurred_at,
+                                     correlation_id=correlation_id, causation_id=causation_id,
+                                     traceparent=traceparent),
+            timestamp_ms=int(occurred_at.timestamp() * 1000),
+        ))
+    return records
+
+
+def publishable_records(*, limit: int, after: tuple[int, int] | None = None,
+                        encode_value: ValueEncoder | None = None) -> list[RelayRecord]:
+    """The next unpublished rows in delivery order, strictly after `after` (keyset pagination).
+
+    Keyset is safe with the watermark: every row below it belongs to a finished transaction, so a row
+    that sorts before the cursor and is still unpublished was either seen already or failed (and a
+    failure resets the cursor)."""
     rows = unpublished_rows()
     if connection.vendor == "postgresql":
         rows = rows.filter(txid__lt=RawSQL(_WATERMARK, []))
-    return list(rows.order_by("txid", "id")[:limit])
+    if after is not None:
+        rows = rows.filter(Q(txid__gt=after[0]) | Q(txid=after[0], id__gt=after[1]))
+    return records_from(rows.order_by("txid", "id")[:limit], encode_value=encode_value)
+
+
+def mark_published(ids: list[int]) -> None:
+    if not ids:
+        return
+    now = timezone.now()
+    if connection.vendor == "postgresql":
+        # One array parameter instead of a thousand placeholders.
+        with connection.cursor() as cursor:
+            cursor.execute(f"UPDATE {OutboxMessage._meta.db_table} SET published_at = %s "  # noqa: S608
+                           "WHERE id = ANY(%s) AND published_at IS NULL", [now, ids])
+        return
+    OutboxMessage.objects.filter(id__in=ids, published_at__isnull=True).update(published_at=now)
 
 
 @dataclass(frozen=True)
@@ -90,25 +157,35 @@ class PublishFailed(RuntimeError):
     pass
 
 
+@dataclass
+class InFlight:
+    records: list[RelayRecord]
+    outcomes: Pending[list[object]]
+    started: float
+
+
 class OutboxRelay:
     def __init__(self, *, servers: str | None = None, batch_size: int | None = None,
-                 poll_seconds: float = 0.2, standby_seconds: float = 1.0, progress_seconds: float = 5.0,
+                 pipeline_depth: int = 2, poll_seconds: float = 0.2, standby_seconds: float = 1.0,
+                 progress_seconds: float = 5.0, encode_value: ValueEncoder | None = None,
                  report: Callable[[str], None] | None = None) -> None:
         self.servers = bootstrap_servers(servers)
         self.batch_size = batch_size or settings.KAFKA_RELAY_BATCH_SIZE
+        self.pipeline_depth = max(1, pipeline_depth)
         self.poll_seconds = poll_seconds
         self.standby_seconds = standby_seconds
         self.progress_seconds = progress_seconds
+        self.encode_value = encode_value if encode_value is not None else _encoder_from_settings()
         self.report = report or (lambda line: log.info(line))
         self.stopping = threading.Event()
         self.active = threading.Event()
         self.stats = RelayStats()
-        self._runner = LoopRunner()
+        self._loop = LoopRunner()
         self._producer: AIOKafkaProducer | None = None
         self._last_progress = 0.0
 
     def stop(self) -> None:
-        """Finish the batch in hand, then exit (SIGTERM)."""
+        """Finish the batches in hand, then exit (SIGTERM)."""
         self.stopping.set()
 
     # --- the loop ---------------------------------------------------------------------------------
@@ -120,30 +197,70 @@ class OutboxRelay:
                 return self.stats
             self.active.set()
             self.report(f"relay active; {backlog()}")
-            while not self.stopping.is_set():
-                if not lease.still_held():
-                    raise PublishFailed("lost the relay lock connection; stopping so a standby can take over")
-                rows = publishable_rows(self.batch_size)
-                if not rows:
-                    if once and not unpublished_rows().exists():
-                        break
-                    self.stopping.wait(self.poll_seconds)
-                    continue
-                try:
-                    self.publish_batch(rows)
-                except PublishFailed as exc:
-                    self.stats.failures += 1
-                    if once:
-                        raise
-                    self.report(f"relay batch failed, will retry: {exc}; {backlog()}")
-                    self.stopping.wait(min(5.0, 0.5 * self.stats.failures))
-                    continue
-                self._progress()
+            self._pump(lease, once=once)
             return self.stats
         finally:
             self.active.clear()
             self.close()
             lease.release()
+
+    def _pump(self, lease: RelayLease, *, once: bool) -> None:
+        window: deque[InFlight] = deque()
+        cursor: tuple[int, int] | None = None
+        try:
+            while not self.stopping.is_set():
+                if not lease.still_held():
+                    raise PublishFailed("lost the relay lock connection; stopping so a standby can take over")
+                if len(window) < self.pipeline_depth:
+                    # Read (and hand over) the next batch while the earlier ones wait for their acks.
+                    try:
+                        records = publishable_records(limit=self.batch_size, after=cursor,
+                                                      encode_value=self.encode_value)
+                        if records:
+                            window.append(self._submit(records))
+                    except PublishFailed as exc:
+                        self._after_failure(window, exc, once=once)
+                        cursor = None
+                        continue
+                    if records:
+                        cursor = (records[-1].txid, records[-1].id)
+                        continue
+                if window:
+                    try:
+                        self._settle(window.popleft())
+                    except PublishFailed as exc:
+                        self._after_failure(window, exc, once=once)
+                        cursor = None
+                        continue
+                    self._progress()
+                    continue
+                # Idle: restart from the oldest unpublished row next time (cheap, and robust).
+                cursor = None
+                if once and not unpublished_rows().exists():
+                    break
+                self.stopping.wait(self.poll_seconds)
+        finally:
+            # SIGTERM or an error: what is already with the producer is waited for and, if acknowledged
+            # in order, marked, so a clean stop leaves no duplicates behind.
+            while window:
+                try:
+                    self._settle(window.popleft())
+                except PublishFailed:
+                    self._abandon(window)
+
+    def _after_failure(self, window: deque[InFlight], exc: PublishFailed, *, once: bool) -> None:
+        self._abandon(window)
+        self.stats.failures += 1
+        if once:
+            raise exc
+        self.report(f"relay batch failed, will retry: {exc}; {backlog()}")
+        self.stopping.wait(min(5.0, 0.5 * self.stats.failures))
+
+    def _abandon(self, window: deque[InFlight]) -> None:
+        """After a failure, later batches must not be marked (that would leave a gap before them in
+        delivery order): wait for them to settle, mark nothing; they are sent again."""
+        while window:
+            window.popleft().outcomes.wait()
 
     def _wait_for_lease(self, lease: RelayLease) -> bool:
         announced = False
@@ -165,11 +282,11 @@ class OutboxRelay:
     # --- publishing -------------------------------------------------------------------------------
 
     def _start_producer(self) -> None:
-        self._producer = self._runner.build(lambda: make_producer(self.servers))
+        self._producer = self._loop.build(lambda: make_producer(self.servers))
         try:
-            self._runner.run(self._producer.start())
+            self._loop.run(self._producer.start())
         except Exception:
-            self._runner.run(self._producer.stop())
+            self._loop.run(self._producer.stop())
             self._producer = None
             raise
 
@@ -182,52 +299,63 @@ class OutboxRelay:
         assert self._producer is not None
         return self._producer
 
-    def publish_batch(self, rows: list[OutboxMessage]) -> int:
-        """Sends rows in order, waits for the acks, marks the acknowledged prefix published."""
+    def _submit(self, records: list[RelayRecord]) -> InFlight:
         producer = self._ensure_producer()
-        started = time.perf_counter()
-        outcomes = self._runner.run(_send_all(producer, rows))
+        return InFlight(records, self._loop.start(_send_all(producer, records)), time.perf_counter())
+
+    def _settle(self, batch: InFlight) -> int:
+        """Waits for a batch's acks and marks its acknowledged prefix published."""
+        outcomes = batch.outcomes.result()
         acked: list[int] = []
-        error: BaseException | None = None
-        for row, outcome in zip(rows, outcomes, strict=True):
+        error: object | None = None
+        for record, outcome in zip(batch.records, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 error = outcome
                 break
-            acked.append(row.id)
-        if acked:
-            OutboxMessage.objects.filter(id__in=acked).update(published_at=timezone.now())
-        self.stats.batch_ms.append((time.perf_counter() - started) * 1000)
+            acked.append(record.id)
+        mark_published(acked)
+        self.stats.batch_ms.append((time.perf_counter() - batch.started) * 1000)
         self.stats.batches += 1
         self.stats.published += len(acked)
         if error is not None:
-            raise PublishFailed(f"{len(acked)}/{len(rows)} acknowledged; first error: {error!r}")
+            raise PublishFailed(f"{len(acked)}/{len(batch.records)} acknowledged; first error: {error!r}")
         return len(acked)
+
+    def publish_batch(self, records: list[RelayRecord]) -> int:
+        """Sends one batch and waits for it (replay, scripts); the loop pipelines instead."""
+        return self._settle(self._submit(records))
 
     def close(self) -> None:
         if self._producer is not None:
             try:
-                self._runner.run(self._producer.stop())
+                self._loop.run(self._producer.stop())
             except Exception:  # noqa: BLE001 - closing a producer to a dead broker may fail; nothing to lose
                 log.warning("relay producer did not close cleanly", exc_info=True)
             self._producer = None
-        self._runner.close()
+        self._loop.close()
 
 
-async def _send_all(producer: AIOKafkaProducer, rows: list[OutboxMessage]) -> list[object]:
+async def _send_all(producer: AIOKafkaProducer, records: list[RelayRecord]) -> list[object]:
     futures: list[asyncio.Future[object]] = []
-    for row in rows:
+    for record in records:
         try:
-            futures.append(await producer.send(
-                row.topic, value=bytes(row.payload), key=row.key.encode(), headers=headers_for(row),
-                timestamp_ms=int(row.occurred_at.timestamp() * 1000),
-            ))
+            futures.append(await producer.send(record.topic, value=record.value, key=record.key,
+                                               headers=record.headers, timestamp_ms=record.timestamp_ms))
         except Exception as exc:  # noqa: BLE001 - enqueueing failed (no metadata): this and the rest wait
             failed: asyncio.Future[object] = asyncio.get_running_loop().create_future()
             failed.set_exception(exc)
             futures.append(failed)
             break
     outcomes = await asyncio.gather(*futures, return_exceptions=True)
-    return [*outcomes, *([PublishFailed("not sent")] * (len(rows) - len(outcomes)))]
+    return [*outcomes, *([PublishFailed("not sent")] * (len(records) - len(outcomes)))]
+
+
+def _encoder_from_settings() -> ValueEncoder | None:
+    if not settings.SCHEMA_REGISTRY_URL:
+        return None
+    from apps.outbox.kafka.schema_registry import ConfluentProtobufFraming
+
+    return ConfluentProtobufFraming(url=settings.SCHEMA_REGISTRY_URL).encode
 
 
 def relay_once(*, servers: str | None = None) -> RelayStats:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from django.db.models import QuerySet
 
-from apps.outbox.kafka.relay import OutboxRelay, RelayStats
+from apps.outbox.kafka.relay import OutboxRelay, RelayStats, records_from
 from apps.outbox.models import OutboxMessage
 
 
@@ -36,7 +36,8 @@ def replay_outbox(*, rows: QuerySet[OutboxMessage], servers: str | None = None, 
         after: tuple[int, int] = (-1, -1)
         while True:
             # Keyset pagination in delivery order: stable even while new rows arrive.
-            page = list(rows.filter(txid__gte=after[0]).exclude(txid=after[0], id__lte=after[1])[:batch_size])
+            page = records_from(rows.filter(txid__gte=after[0]).exclude(txid=after[0], id__lte=after[1])[:batch_size],
+                                encode_value=relay.encode_value)
             if not page:
                 break
             relay.publish_batch(page)
