@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -29,6 +30,12 @@ def _require_postgres_really(request: pytest.FixtureRequest) -> None:
     if request.node.get_closest_marker("postgres_only") and os.environ.get("REQUIRE_POSTGRES") == "1":
         if "db" in request.fixturenames or "transactional_db" in request.fixturenames:
             assert connection.vendor == "postgresql", "REQUIRE_POSTGRES=1 but the test database is not PostgreSQL"
+
+
+@pytest.fixture(autouse=True)
+def _media_in_tmp(settings: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Uploaded files (dispute evidence) never land in the working tree."""
+    settings.MEDIA_ROOT = tmp_path_factory.mktemp("media")
 
 
 @pytest.fixture(autouse=True)

@@ -10,10 +10,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import get_resolver
 from rest_framework.test import APIClient
 
-from apps.escrow.models import Escrow, EscrowEvent
+from apps.escrow.models import Escrow, EscrowEvent, Evidence
 from apps.gateway.models import IdempotencyRecord
 from apps.gateway.tokens import mint_access_token
 from apps.outbox.models import OutboxMessage
@@ -41,6 +42,10 @@ ESCROW_ACTIONS: dict[str, tuple[str, str, dict[str, Any] | None, dict[str, int]]
     "sandbox-pay": ("pay", "AWAIT_FUNDS", None,
                     {"buyer": 202, "seller": 403, "stranger": 404, "staff": 404}),
 }
+# Multipart uploads to an escrow: (the state it is legal in, status per party).
+ESCROW_UPLOADS: dict[str, tuple[str, dict[str, int]]] = {
+    "escrow-evidence": ("DISPUTED", {"buyer": 201, "seller": 201, "stranger": 404, "staff": 404}),
+}
 ESCROW_READS: dict[str, tuple[str, dict[str, int]]] = {
     "escrow-detail": ("", {"buyer": 200, "seller": 200, "stranger": 404, "staff": 200}),
     "escrow-events": ("/events", {"buyer": 200, "seller": 200, "stranger": 404, "staff": 200}),
@@ -59,7 +64,7 @@ CREATE = {"escrow-list"}  # POST /escrows shares its URL name with the list
 
 
 def every_cell() -> list[tuple[str, str]]:
-    names = [*ESCROW_ACTIONS, *ESCROW_READS, *USER_READS, *PUBLIC, *WEBHOOKS, "escrows-create"]
+    names = [*ESCROW_ACTIONS, *ESCROW_UPLOADS, *ESCROW_READS, *USER_READS, *PUBLIC, *WEBHOOKS, "escrows-create"]
     return [(name, role) for name in names for role in ROLES]
 
 
@@ -78,6 +83,7 @@ def counts() -> dict[str, int]:
         "outbox": OutboxMessage.objects.count(),
         "artifacts": PaymentArtifact.objects.count(),
         "idempotency": IdempotencyRecord.objects.count(),
+        "evidence": Evidence.objects.count(),
     }
 
 
@@ -85,7 +91,7 @@ def test_the_matrix_covers_every_endpoint() -> None:
     """A new endpoint fails here until someone decides who may call it."""
     gateway = next(p for p in get_resolver().url_patterns if str(p.pattern) == "api/v1/")
     names = {p.name for p in gateway.url_patterns}
-    covered = {*ESCROW_ACTIONS, *ESCROW_READS, *USER_READS, *PUBLIC, *WEBHOOKS, *CREATE}
+    covered = {*ESCROW_ACTIONS, *ESCROW_UPLOADS, *ESCROW_READS, *USER_READS, *PUBLIC, *WEBHOOKS, *CREATE}
     if not names <= covered:
         pytest.fail(f"endpoints missing from the authorization matrix: {sorted(names - covered)}")
 
@@ -140,6 +146,14 @@ def test_authorization(endpoint: str, role: str, buyer: Any, seller: Any, strang
         else:
             def request(c: APIClient) -> Any:
                 return act(c, escrow_id, action, body)
+    elif endpoint in ESCROW_UPLOADS:
+        state, expected_by_party = ESCROW_UPLOADS[endpoint]
+        escrow_id = bring_to(state, buyer=buyer, seller=seller, staff=staff)
+        expected = 401 if bad else expected_by_party[role]
+
+        def request(c: APIClient) -> Any:
+            return c.post(f"/api/v1/escrows/{escrow_id}/evidence",
+                          {"file": SimpleUploadedFile("note.txt", b"matrix evidence\n")}, format="multipart")
     elif endpoint in ESCROW_READS:
         suffix, expected_by_party = ESCROW_READS[endpoint]
         escrow_id = bring_to("FUNDS_HELD", buyer=buyer, seller=seller, staff=staff)
