@@ -180,3 +180,24 @@ def test_relay_lease_is_exclusive_until_released(transactional_db):
     finally:
         first.release()
         second.release()
+
+
+def test_pipelined_small_batches_publish_every_row_once_in_delivery_order(kafka, api_client, buyer, seller):
+    """Many batches in flight at once (batch size 2, three deep) keep per-key order and mark every row."""
+    as_buyer, as_seller = api_client(buyer), api_client(seller)
+    since = end_offsets(kafka, list(messages.TOPICS))
+    run_lifecycle(as_buyer, as_seller, seller)
+    run_lifecycle(as_buyer, as_seller, seller)
+    rows = list(OutboxMessage.objects.order_by("txid", "id"))
+
+    stats = OutboxRelay(servers=kafka, batch_size=2, pipeline_depth=3).run(once=True)
+
+    assert stats.published == len(rows) and stats.batches == -(-len(rows) // 2)
+    assert not OutboxMessage.objects.filter(published_at__isnull=True).exists()
+    records = read_since(kafka, since)
+    assert sorted(dict(r.headers)["event_id"].decode() for r in records) == sorted(str(r.event_id) for r in rows)
+    by_key: dict[tuple[str, bytes], list[str]] = defaultdict(list)
+    for record in sorted(records, key=lambda r: (r.topic, r.partition, r.offset)):
+        by_key[(record.topic, record.key)].append(dict(record.headers)["event_id"].decode())
+    for (topic, key), event_ids in by_key.items():
+        assert event_ids == [str(r.event_id) for r in rows if r.topic == topic and r.key.encode() == key]
