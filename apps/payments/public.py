@@ -11,9 +11,10 @@ from django.conf import settings
 from apps.payments import webhooks
 from apps.payments.models import PaymentArtifact
 from apps.payments.providers import sandbox
+from apps.payments.providers.sandbox import deliver_owed_webhooks
 from apps.payments.webhooks import WebhookOutcome, webhook_receive
 
-__all__ = ["PaymentInstructions", "WebhookOutcome", "payment_instructions", "payment_instructions_many",
+__all__ = ["PaymentInstructions", "WebhookOutcome", "deliver_owed_webhooks", "payment_instructions", "payment_instructions_many",
            "payment_instructions_wait",
            "sandbox_pay", "webhook_receive"]
 

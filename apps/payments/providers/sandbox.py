@@ -115,3 +115,33 @@ def deliver_webhook(event_type: str, obj: dict[str, Any]) -> Any:
 
     body, headers = signed_event(event_type, obj)
     return webhooks.webhook_receive(provider=SandboxProvider.name, body=body, headers=headers)
+
+
+# Stripe re-sends a webhook until it is acknowledged; the sandbox stands in for Stripe, so it must too.
+# Its simulated webhook goes out after the transaction that recorded the transfer or refund commits: a
+# process killed in between (found by tests/faults/test_worker_kill.py) left the escrow in RELEASING or
+# REFUNDING for good. The bus worker's tick sends what is still owed after this long; the receiving side
+# dedupes by event id, so a webhook that did arrive meanwhile is a no-op.
+OWED_AFTER_SECONDS = 5.0
+
+
+def deliver_owed_webhooks(*, limit: int = 100) -> int:
+    """Sends the simulated webhook of every sandbox transfer or refund still pending after
+    OWED_AFTER_SECONDS. Returns how many it sent."""
+    import datetime
+
+    from django.utils import timezone
+
+    from apps.payments.models import PaymentArtifact
+
+    cutoff = timezone.now() - datetime.timedelta(seconds=OWED_AFTER_SECONDS)
+    owed = PaymentArtifact.objects.filter(
+        provider=SandboxProvider.name, status=PaymentArtifact.Status.PENDING, created_at__lte=cutoff,
+        kind__in=[PaymentArtifact.Kind.TRANSFER, PaymentArtifact.Kind.REFUND],
+    ).order_by("created_at").values_list("kind", "provider_id")[:limit]
+    provider = SandboxProvider()
+    sent = 0
+    for kind, provider_id in owed:
+        provider.after_commit(kind=kind, provider_id=provider_id)
+        sent += 1
+    return sent

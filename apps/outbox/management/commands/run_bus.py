@@ -12,6 +12,7 @@ from apps.escrow.timers import fire_due_timers
 from apps.notifications.public import deliver_due_notifications
 from apps.outbox import bus
 from apps.outbox.worker import BusWorker
+from apps.payments.public import deliver_owed_webhooks
 
 
 class Command(BaseCommand):
@@ -22,7 +23,7 @@ class Command(BaseCommand):
         parser.add_argument("--no-timers", action="store_true", help="do not fire escrow timers")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        worker = BusWorker(ticks=[deliver_due_notifications] if options["no_timers"] else [fire_due_timers, deliver_due_notifications])
+        worker = BusWorker(ticks=[deliver_due_notifications, deliver_owed_webhooks] if options["no_timers"] else [fire_due_timers, deliver_due_notifications, deliver_owed_webhooks])
         if options["once"]:
             handled = worker.run_once()
             lags = {sub.name: bus.lag(sub) for sub in bus.outbox_subscribers()}
