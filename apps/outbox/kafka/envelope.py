@@ -26,7 +26,7 @@ def headers_for(row: OutboxMessage) -> Headers:
                             traceparent=row.traceparent)
 
 
-def envelope_headers(*, event_id: uuid.UUID, type_name: str, aggregate_id: str, aggregate_version: int,
+def envelope_headers(*, event_id: uuid.UUID | str, type_name: str, aggregate_id: str, aggregate_version: int | str,
                      occurred_at: datetime.datetime, correlation_id: str, causation_id: str,
                      traceparent: str) -> Headers:
     # A list literal in HEADER_NAMES order: the relay builds this for every record.
