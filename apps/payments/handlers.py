@@ -210,6 +210,9 @@ def _transfer_not_sent(command: payments_v1.TransferToSeller, delivery: Delivery
 
 def prepare_refund(command: payments_v1.InitiateRefund, delivery: Delivery) -> MoneyMovement | Refusal:
     payment = _payment_of(command.escrow_id)
+    over_budget = payouts.refund_budget_check(escrow_id=command.escrow_id, refund_minor=command.amount.amount_minor)
+    if over_budget:
+        return Refusal(reason=over_budget)
     try:
         return providers.get(payment.provider).create_refund(
             escrow_id=command.escrow_id,

@@ -124,7 +124,9 @@ class WaitingPayout(models.Model):
 
     class Status(models.TextChoices):
         WAITING = "waiting"
+        SENDING = "sending"  # claimed by a sender: the provider call is under way
         SENT = "sent"
+        CANCELLED = "cancelled"  # superseded: the escrow gave the money back instead
 
     escrow_id = models.UUIDField(db_index=True)
     seller_id = models.BigIntegerField(db_index=True)

@@ -8,6 +8,7 @@ TransferFailed), and registering a destination sends it with the command's origi
 
 from __future__ import annotations
 
+import datetime
 import logging
 import re
 from dataclasses import dataclass
@@ -15,9 +16,11 @@ from dataclasses import dataclass
 from Crypto.Hash import keccak
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F, Sum
+from django.utils import timezone
 
 from apps.payments import providers
-from apps.payments.models import PayoutDestination, WaitingPayout
+from apps.payments.models import PaymentArtifact, PayoutDestination, WaitingPayout
 from apps.payments.providers.base import MoneyMovement, ProviderError
 
 log = logging.getLogger(__name__)
@@ -124,18 +127,40 @@ def wallet_for(seller_id: int) -> str:
     return row.wallet_address
 
 
+# A claim older than this is taken to be from a sender that died mid-call; the payout is sent again
+# with the same idempotency key, which the provider answers with the first transfer.
+STALE_CLAIM = datetime.timedelta(minutes=10)
+
+
+def _claim(payout: WaitingPayout) -> bool:
+    """WAITING (or a stale SENDING) -> SENDING in one conditional UPDATE: a refund that cancels parked
+    payouts uses the same kind of UPDATE, so for one row exactly one of them wins."""
+    stale = timezone.now() - STALE_CLAIM
+    claimable = WaitingPayout.objects.filter(pk=payout.pk, status=WaitingPayout.Status.WAITING) | (
+        WaitingPayout.objects.filter(pk=payout.pk, status=WaitingPayout.Status.SENDING, updated_at__lt=stale))
+    return bool(claimable.update(status=WaitingPayout.Status.SENDING, updated_at=timezone.now()))
+
+
+def _unclaim(payout: WaitingPayout, error: str = "") -> None:
+    WaitingPayout.objects.filter(pk=payout.pk, status=WaitingPayout.Status.SENDING).update(
+        status=WaitingPayout.Status.WAITING, last_error=error[:1000], updated_at=timezone.now())
+
+
 def waiting_payouts_send(*, seller_id: int | None = None) -> int:
-    """Sends the waiting payouts (of one seller, or all): the provider call outside any transaction,
-    with the original key, then the artifact and the row's status in one transaction. A payout whose
-    seller still lacks a destination, or whose provider call fails, stays waiting. Returns how many
-    went out."""
+    """Sends the waiting payouts (of one seller, or all): each row is claimed first, then the provider is
+    called outside any transaction with the original key, then the artifact and the row's status are
+    recorded in one transaction. A payout whose seller still lacks a destination, or whose provider call
+    fails, goes back to waiting. Returns how many went out."""
     from apps.payments import handlers  # the recording half is the command handler's own
 
-    waiting = WaitingPayout.objects.filter(status=WaitingPayout.Status.WAITING).order_by("id")
+    waiting = WaitingPayout.objects.filter(
+        status__in=[WaitingPayout.Status.WAITING, WaitingPayout.Status.SENDING]).order_by("id")
     if seller_id is not None:
         waiting = waiting.filter(seller_id=seller_id)
     sent = 0
     for payout in list(waiting):
+        if not _claim(payout):
+            continue
         try:
             movement: MoneyMovement = providers.get(payout.provider).create_transfer(
                 escrow_id=str(payout.escrow_id),
@@ -146,15 +171,17 @@ def waiting_payouts_send(*, seller_id: int | None = None) -> int:
                 idempotency_key=payout.idempotency_key,
             )
         except PayoutDestinationMissing:
+            _unclaim(payout)
             continue
         except ProviderError as exc:
-            WaitingPayout.objects.filter(pk=payout.pk).update(last_error=str(exc)[:1000])
+            _unclaim(payout, str(exc))
             log.warning("waiting payout not sent", extra={"escrow_id": str(payout.escrow_id), "error": str(exc)})
             continue
+        except BaseException:
+            _unclaim(payout, "sender failed")
+            raise
         with transaction.atomic():
             locked = WaitingPayout.objects.select_for_update().get(pk=payout.pk)
-            if locked.status != WaitingPayout.Status.WAITING:
-                continue
             handlers.record_movement(
                 escrow_id=str(payout.escrow_id), kind="transfer", provider_name=payout.provider,
                 movement=movement, key=payout.idempotency_key, amount_minor=payout.amount_minor,
@@ -165,6 +192,39 @@ def waiting_payouts_send(*, seller_id: int | None = None) -> int:
             locked.save(update_fields=["status", "last_error", "updated_at"])
         sent += 1
     return sent
+
+
+def _sum(queryset: object, expression: object) -> int:
+    return queryset.aggregate(total=Sum(expression))["total"] or 0  # type: ignore[attr-defined]
+
+
+def refund_budget_check(*, escrow_id: str, refund_minor: int) -> str:
+    """Called before a refund leaves. Payments never sends more out of an escrow than came in: if this
+    refund plus what was sent, is pending or is parked for the seller would exceed what the escrow
+    received, the parked payouts are cancelled first (the escrow decided to give the money back, e.g.
+    after a compliance review). Returns a reason to refuse the refund if it would still exceed it
+    (a payout is already out or being sent), or "" when it may go."""
+    artifacts = PaymentArtifact.objects.filter(escrow_id=escrow_id)
+    live = [PaymentArtifact.Status.PENDING, PaymentArtifact.Status.SUCCEEDED]
+    received = _sum(artifacts.filter(kind=PaymentArtifact.Kind.PAYMENT, status=PaymentArtifact.Status.SUCCEEDED),
+                    "amount_minor")
+    committed = (_sum(artifacts.filter(kind=PaymentArtifact.Kind.TRANSFER, status__in=live),
+                      F("amount_minor") + F("fee_minor"))
+                 + _sum(artifacts.filter(kind=PaymentArtifact.Kind.REFUND, status__in=live), "amount_minor"))
+    payouts = WaitingPayout.objects.filter(escrow_id=escrow_id)
+    parked = _sum(payouts.filter(status=WaitingPayout.Status.WAITING), F("amount_minor") + F("fee_minor"))
+    sending = _sum(payouts.filter(status=WaitingPayout.Status.SENDING), F("amount_minor") + F("fee_minor"))
+    if committed + parked + sending + refund_minor <= received:
+        return ""
+    cancelled = payouts.filter(status=WaitingPayout.Status.WAITING).update(
+        status=WaitingPayout.Status.CANCELLED, last_error="superseded by a refund", updated_at=timezone.now())
+    if cancelled:
+        log.warning("parked payouts cancelled by a refund", extra={"escrow_id": escrow_id, "cancelled": cancelled})
+    sending = _sum(payouts.filter(status=WaitingPayout.Status.SENDING), F("amount_minor") + F("fee_minor"))
+    if committed + sending + refund_minor > received:
+        return (f"refund of {refund_minor} would exceed what the escrow received ({received}); "
+                f"{committed + sending} is already paid out, refunded or being sent")
+    return ""
 
 
 def waiting_payouts_count(*, seller_id: int) -> int:
