@@ -15,6 +15,7 @@ from apps.outbox.models import DeadLetter, OutboxMessage
 from apps.payments.models import PaymentArtifact, WalletScreening
 from tests.fakes.custodian_server import FakeCustodian
 from tests.helpers import act, create_escrow, state_of
+from tests.payments.support import assert_money_invariant, outbox_types, post_webhook
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -24,21 +25,7 @@ AMOUNT, AMOUNT_MINOR = "15000.00", 1_500_000
 
 
 def notify(client: APIClient, body: bytes, headers: dict[str, str]) -> Any:
-    extra = {f"HTTP_{name.upper().replace('-', '_')}": value for name, value in headers.items()}
-    return client.post("/api/v1/webhooks/custodian", data=body, content_type="application/json", **extra)
-
-
-def assert_money_invariant(escrow_id: str) -> Escrow:
-    escrow = Escrow.objects.get(pk=escrow_id)
-    parts = (escrow.paid_out_minor, escrow.refunded_minor, escrow.fee_minor, escrow.held_minor)
-    assert escrow.received_minor == sum(parts), (escrow.received_minor, parts)
-    assert min((escrow.received_minor, *parts)) >= 0
-    return escrow
-
-
-def outbox_types(escrow_id: str) -> list[str]:
-    return [t.rsplit(".", 1)[-1] for t in
-            OutboxMessage.objects.filter(aggregate_id=escrow_id).order_by("id").values_list("type", flat=True)]
+    return post_webhook(client, "custodian", body, headers)
 
 
 def wallet_of(escrow_id: str) -> str:
