@@ -59,6 +59,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "apps.gateway.middleware.RequestContextMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    "apps.gateway.login_throttle.LoginRateLimitMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -155,6 +156,8 @@ _mutations_rate = os.environ.get("THROTTLE_MUTATIONS_RATE", "3000/min")
 API_THROTTLE_RATES: dict[str, str | None] = {
     "mutations": None if _mutations_rate.lower() in {"off", "none", "0"} else _mutations_rate,
 }
+# Staff login attempts (admin login form) per client address and per username; "" disables it.
+LOGIN_RATE_LIMIT = os.environ.get("LOGIN_RATE_LIMIT", "10/min")
 # Request bodies above this size are refused before parsing.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 64 * 1024)
 # Dispute evidence files: stored under MEDIA_ROOT (never served by URL; staff download them through the

@@ -1,0 +1,42 @@
+"""Rate limit on staff login attempts (the admin login form): per client address and per username, in a
+fixed window, counted before the password is checked, so guessing is slow whether or not it succeeds.
+The API itself has no password login (tokens are minted by allauth's flows or `mint_token`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from django.conf import settings
+from django.core.cache import cache
+from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
+
+
+def _parse(rate: str) -> tuple[int, int]:
+    count, _, period = rate.partition("/")
+    seconds = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600}[period or "min"]
+    return int(count), seconds
+
+
+class LoginRateLimitMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        rate = settings.LOGIN_RATE_LIMIT
+        if rate and request.method == "POST" and request.path == reverse("admin:login"):
+            limit, window = _parse(rate)
+            bucket = int(time.time() // window)
+            username = (request.POST.get("username") or "")[:150].lower()
+            keys = [f"login-rate:ip:{request.META.get('REMOTE_ADDR', '')}:{bucket}"]
+            if username:
+                keys.append(f"login-rate:user:{username}:{bucket}")
+            for key in keys:
+                cache.add(key, 0, timeout=window)
+                if cache.incr(key) > limit:
+                    response = HttpResponse("Too many login attempts. Try again later.\n", status=429,
+                                            content_type="text/plain; charset=utf-8")
+                    response["Retry-After"] = str(window - int(time.time()) % window)
+                    return response
+        return self.get_response(request)
