@@ -204,6 +204,11 @@ def refund_budget_check(*, escrow_id: str, refund_minor: int) -> str:
     received, the parked payouts are cancelled first (the escrow decided to give the money back, e.g.
     after a compliance review). Returns a reason to refuse the refund if it would still exceed it
     (a payout is already out or being sent), or "" when it may go."""
+    payouts = WaitingPayout.objects.filter(escrow_id=escrow_id)
+    if not payouts.filter(status__in=[WaitingPayout.Status.WAITING, WaitingPayout.Status.SENDING]).exists():
+        # Nothing parked or being sent: nothing this refund could race. (Artifacts record what was asked
+        # of the buyer, not an overpayment that arrived, so they cannot bound an ordinary refund.)
+        return ""
     artifacts = PaymentArtifact.objects.filter(escrow_id=escrow_id)
     live = [PaymentArtifact.Status.PENDING, PaymentArtifact.Status.SUCCEEDED]
     received = _sum(artifacts.filter(kind=PaymentArtifact.Kind.PAYMENT, status=PaymentArtifact.Status.SUCCEEDED),
@@ -211,7 +216,6 @@ def refund_budget_check(*, escrow_id: str, refund_minor: int) -> str:
     committed = (_sum(artifacts.filter(kind=PaymentArtifact.Kind.TRANSFER, status__in=live),
                       F("amount_minor") + F("fee_minor"))
                  + _sum(artifacts.filter(kind=PaymentArtifact.Kind.REFUND, status__in=live), "amount_minor"))
-    payouts = WaitingPayout.objects.filter(escrow_id=escrow_id)
     parked = _sum(payouts.filter(status=WaitingPayout.Status.WAITING), F("amount_minor") + F("fee_minor"))
     sending = _sum(payouts.filter(status=WaitingPayout.Status.SENDING), F("amount_minor") + F("fee_minor"))
     if committed + parked + sending + refund_minor <= received:

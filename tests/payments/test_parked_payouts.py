@@ -14,11 +14,12 @@ from apps.payments.models import WaitingPayout
 from proto.common.v1 import Money
 from proto.payments import v1 as payments_v1
 from tests.fakes.stripe_server import signed_event
-from tests.helpers import act
+from tests.helpers import act, create_escrow
 from tests.payments.test_stripe_rail import (
     SELLER_ACCOUNT,
     assert_money_invariant,
     funded_escrow,
+    intent_of,
     outbox_types,
     webhook,
 )
@@ -93,3 +94,20 @@ def test_a_split_pays_both_legs_even_when_the_seller_registers_late(fake_stripe,
     assert webhook(as_buyer, *signed_event("transfer.created", transfer)).status_code == 200
     escrow = assert_money_invariant(escrow_id)
     assert escrow.paid_out_minor + escrow.fee_minor == 10000
+
+
+def test_an_overpayment_with_nothing_parked_is_refunded_in_full(fake_stripe, api_client, buyer, seller):
+    """The budget above only guards parked payouts: a refund of money that arrived beyond what was asked
+    (the artifact records the asked amount) must still go out."""
+    as_buyer = api_client(buyer)
+    escrow_id = create_escrow(as_buyer, seller=seller, amount="1.00")["escrow_id"]
+    paid = fake_stripe.buyer_pays(intent_of(fake_stripe, escrow_id)["id"], amount=2106)
+    assert webhook(as_buyer, *signed_event("payment_intent.succeeded", paid)).status_code == 200
+
+    assert act(as_buyer, escrow_id, "cancel").status_code == 202
+
+    [refund] = fake_stripe.created("refunds")
+    assert refund.params["amount"] == "2106"
+    escrow = assert_money_invariant(escrow_id)
+    assert (escrow.state, escrow.pending_refund_minor, escrow.attention) == ("REFUNDING", 2106, "payment_amount_mismatch")
+    assert "RefundFailed" not in outbox_types(escrow_id)
