@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "allauth",
     "allauth.account",
     "allauth.socialaccount",
+    "allauth.mfa",
     "allauth.headless",
     "apps.outbox",
     "apps.escrow",
@@ -130,6 +131,13 @@ HEADLESS_FRONTEND_URLS: dict[str, str] = {}
 ACCOUNT_LOGIN_METHODS = {"username"}
 ACCOUNT_SIGNUP_FIELDS = ["username*", "password1*"]
 ACCOUNT_EMAIL_VERIFICATION = "none"
+# Staff second factor (apps/gateway/mfa.py, docs/operations.md): TOTP only, secrets encrypted at rest.
+# On by default, so a production that forgets the variable still requires it; set 0 only for local work.
+ADMIN_REQUIRE_MFA = env_bool("ADMIN_REQUIRE_MFA", True)
+MFA_ADAPTER = "apps.gateway.mfa.MFAAdapter"
+MFA_SUPPORTED_TYPES = ["totp"]
+MFA_ENCRYPTION_KEY = os.environ.get("MFA_ENCRYPTION_KEY", "")
+MFA_TOTP_ISSUER = os.environ.get("MFA_TOTP_ISSUER", "Escrow admin")
 SESSION_ENGINE = "django.contrib.sessions.backends.db"
 
 REST_FRAMEWORK = {

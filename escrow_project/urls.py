@@ -1,6 +1,12 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from apps.gateway.mfa import MFAAdminAuthenticationForm
+
+# The admin login asks staff for their TOTP code (allauth.mfa); see apps/gateway/mfa.py.
+admin.site.login_form = MFAAdminAuthenticationForm
+admin.site.login_template = "admin/mfa_login.html"
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("apps.gateway.urls")),

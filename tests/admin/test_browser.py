@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 
 from apps.escrow.models import Escrow
+from apps.gateway.mfa import enroll_totp
 from apps.gateway.models import AuditLog
 from tests.admin.conftest import PASSWORD
+from tests.admin.test_mfa import fresh_code
 from tests.gateway.support import settle
 
 CHROMIUM = shutil.which("chromium")
@@ -45,9 +47,12 @@ def test_an_agent_resolves_a_dispute_in_the_browser(live_server: Any, browser: A
                                                      disputed: str) -> None:
     from selenium.webdriver.common.by import By
 
+    enroll_totp(user=agent)
     browser.get(f"{live_server.url}/admin/login/?next=/admin/escrow/escrow/disputes/")
     browser.find_element(By.NAME, "username").send_keys(agent.username)
     browser.find_element(By.NAME, "password").send_keys(PASSWORD)
+    # the admin requires a second factor: the agent's authenticator app would show this code
+    browser.find_element(By.NAME, "otp_code").send_keys(fresh_code(agent))
     browser.find_element(By.CSS_SELECTOR, "input[type=submit], button[type=submit]").click()
 
     # the queue, then the desk for our dispute

@@ -12,6 +12,7 @@ from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand
 
 from apps.gateway.auth import STAFF_GROUPS
+from apps.gateway.mfa import enroll_totp, totp_of, totp_uri
 from apps.gateway.tokens import mint_access_token
 
 DEMO_USERS = {"buyer": "demo_buyer", "seller": "demo_seller", "staff": "demo_staff"}
@@ -36,3 +37,8 @@ class Command(BaseCommand):
         Path(settings.BASE_DIR, ".demo-tokens.json").write_text(json.dumps(tokens, indent=2))
         for role, info in tokens.items():
             self.stdout.write(f"{role.upper()}_TOKEN={info['token']}  # {info['username']} (id {info['id']})")
+        # The admin asks staff for a TOTP code (ADMIN_REQUIRE_MFA): the demo staff user gets an authenticator
+        # once, and its URI is shown on every run (demo only; `enroll_totp` shows a real user's URI just once).
+        staff = User.objects.get(username=DEMO_USERS["staff"])
+        uri = totp_uri(user=staff) if totp_of(staff) else enroll_totp(user=staff)
+        self.stdout.write(f"DEMO_STAFF_TOTP={uri}  # add to an authenticator app for /admin/ (docs/operations.md)")
