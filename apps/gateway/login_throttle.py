@@ -1,10 +1,10 @@
 """Rate limit on staff login attempts (the admin login form): per client address and per username, in a
-fixed window, counted before the password is checked, so guessing is slow whether or not it succeeds.
+window that starts at the first attempt, counted before the password is checked, so guessing is slow
+whether or not it succeeds.
 The API itself has no password login (tokens are minted by allauth's flows or `mint_token`)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from django.conf import settings
@@ -27,16 +27,21 @@ class LoginRateLimitMiddleware:
         rate = settings.LOGIN_RATE_LIMIT
         if rate and request.method == "POST" and request.path == reverse("admin:login"):
             limit, window = _parse(rate)
-            bucket = int(time.time() // window)
             username = (request.POST.get("username") or "")[:150].lower()
-            keys = [f"login-rate:ip:{request.META.get('REMOTE_ADDR', '')}:{bucket}"]
+            keys = [f"login-rate:ip:{request.META.get('REMOTE_ADDR', '')}"]
             if username:
-                keys.append(f"login-rate:user:{username}:{bucket}")
+                keys.append(f"login-rate:user:{username}")
             for key in keys:
+                # The counter lives for one window from the first attempt, then starts again.
                 cache.add(key, 0, timeout=window)
-                if cache.incr(key) > limit:
+                try:
+                    attempts = cache.incr(key)
+                except ValueError:  # expired between add and incr: this is the first attempt again
+                    cache.add(key, 1, timeout=window)
+                    attempts = 1
+                if attempts > limit:
                     response = HttpResponse("Too many login attempts. Try again later.\n", status=429,
                                             content_type="text/plain; charset=utf-8")
-                    response["Retry-After"] = str(window - int(time.time()) % window)
+                    response["Retry-After"] = str(window)
                     return response
         return self.get_response(request)
