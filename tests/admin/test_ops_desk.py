@@ -16,7 +16,7 @@ from tests.admin.test_dispute_desk import footprint
 from tests.factories import UserFactory
 from tests.fakes.stripe_server import signed_event
 from tests.gateway.support import settle
-from tests.helpers import act, create_escrow
+from tests.helpers import create_escrow
 from tests.notifications.conftest import BUYER_DISCORD_ID, discord_server, fake_discord, link_discord  # noqa: F401
 from tests.payments.conftest import fake_stripe  # noqa: F401
 
@@ -61,18 +61,11 @@ def test_an_ops_action_without_a_reason_or_permission_changes_nothing(agent: Any
 
 def test_ops_retry_a_failed_transfer_from_the_desk(
         ops_user: Any, fake_stripe: Any, api_client: Any, buyer: Any, seller: Any) -> None:  # noqa: F811
-    from tests.payments.test_stripe_rail import SELLER_ACCOUNT, funded_escrow, webhook
+    from tests.payments.support import released_with_a_refused_transfer
+    from tests.payments.test_stripe_rail import webhook
 
     as_buyer, as_seller = api_client(buyer), api_client(seller)
-    fake_stripe.accounts.add(SELLER_ACCOUNT)
-    assert as_seller.put("/api/v1/payout-destination", {"stripe_account_id": SELLER_ACCOUNT},
-                         format="json").status_code == 200
-    # Stripe refuses the first transfer for good (a platform balance problem, fixed later by finance).
-    fake_stripe.fail_next("/v1/transfers", 400, {"type": "invalid_request_error", "code": "balance_insufficient",
-                                                 "message": "Insufficient available balance"})
-    escrow_id = funded_escrow(fake_stripe, as_buyer, seller)
-    act(as_seller, escrow_id, "deliver")
-    act(as_buyer, escrow_id, "release")
+    escrow_id = released_with_a_refused_transfer(fake_stripe, as_buyer, as_seller, seller)
     settle()
     client = logged_in(ops_user)
     page = client.get("/admin/escrow/escrow/ops/").content.decode()

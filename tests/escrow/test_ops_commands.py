@@ -178,18 +178,11 @@ def test_a_failed_refund_is_retried(buyer: Any, seller: Any, staff: Any) -> None
 
 def test_a_retry_reaches_stripe_with_a_new_key_and_records_a_new_artifact(
         fake_stripe: FakeStripe, api_client: Any, buyer: Any, seller: Any, staff: Any) -> None:  # noqa: F811
-    from tests.payments.test_stripe_rail import SELLER_ACCOUNT, funded_escrow, webhook
+    from tests.payments.support import released_with_a_refused_transfer
+    from tests.payments.test_stripe_rail import webhook
 
     as_buyer, as_seller = api_client(buyer), api_client(seller)
-    fake_stripe.accounts.add(SELLER_ACCOUNT)
-    assert as_seller.put("/api/v1/payout-destination", {"stripe_account_id": SELLER_ACCOUNT},
-                         format="json").status_code == 200
-    # Stripe refuses the first transfer for good (a platform balance problem, fixed later by finance).
-    fake_stripe.fail_next("/v1/transfers", 400, {"type": "invalid_request_error", "code": "balance_insufficient",
-                                                 "message": "Insufficient available balance"})
-    escrow_id = funded_escrow(fake_stripe, as_buyer, seller)
-    act(as_seller, escrow_id, "deliver")
-    act(as_buyer, escrow_id, "release")
+    escrow_id = released_with_a_refused_transfer(fake_stripe, as_buyer, as_seller, seller)
     assert Escrow.objects.get(pk=escrow_id).attention == "transfer_failed"
     assert not PaymentArtifact.objects.filter(escrow_id=escrow_id, kind="transfer").exists()
 
