@@ -215,7 +215,7 @@ def _after(txid: int, row_id: int) -> Q:
 # they would otherwise hold delivery back. A transaction whose database is unknown (finished since
 # the snapshot, or hidden from pg_stat_activity) still counts, so the filter can only err on the safe
 # side. xids in pg_stat_activity are 32-bit; within one snapshot the low 32 bits are unambiguous.
-_WATERMARK = """COALESCE(
+XID_WATERMARK_SQL = """COALESCE(
     (SELECT MIN(xip::text::bigint) FROM pg_snapshot_xip(pg_current_snapshot()) AS xip
      WHERE NOT EXISTS (
         SELECT 1 FROM pg_stat_activity AS other
@@ -227,7 +227,7 @@ _WATERMARK = """COALESCE(
 def pending_rows(subscriber: Subscriber, txid: int, row_id: int, limit: int) -> list[OutboxMessage]:
     rows = OutboxMessage.objects.filter(_after(txid, row_id), topic__in=subscriber.topics)
     if connection.vendor == "postgresql":
-        rows = rows.filter(txid__lt=RawSQL(_WATERMARK, []))
+        rows = rows.filter(txid__lt=RawSQL(XID_WATERMARK_SQL, []))
     return list(rows.order_by("txid", "id")[:limit])
 
 
@@ -237,7 +237,7 @@ def _held_back(subscriber: Subscriber, txid: int, row_id: int) -> bool:
         return False
     return (
         OutboxMessage.objects.filter(_after(txid, row_id), topic__in=subscriber.topics)
-        .filter(txid__gte=RawSQL(_WATERMARK, []))
+        .filter(txid__gte=RawSQL(XID_WATERMARK_SQL, []))
         .exists()
     )
 

@@ -32,15 +32,13 @@ from django.db import connection
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from apps.outbox.bus import XID_WATERMARK_SQL
 from apps.outbox.kafka.client import LoopRunner, Pending, bootstrap_servers, make_producer
 from apps.outbox.kafka.envelope import Headers, envelope_headers
 from apps.outbox.kafka.leadership import RelayLease
 from apps.outbox.models import OutboxMessage
 
 log = logging.getLogger(__name__)
-
-# The same watermark as apps.outbox.bus: rows of transactions older than every running transaction.
-_WATERMARK = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
 
 
 def unpublished_rows() -> QuerySet[OutboxMessage]:
@@ -73,12 +71,13 @@ def records_from(rows: QuerySet[OutboxMessage], *, encode_value: ValueEncoder | 
 
 def _fetch_postgresql(*, limit: int, after: tuple[int, int] | None) -> list[tuple[Any, ...]]:
     """The hot read, in SQL: ids and versions come back as text (no UUID objects per row), the row
-    comparison walks the delivery-order index from the cursor, and only rows below the watermark count."""
+    comparison walks the delivery-order index from the cursor, and only rows below the bus's xid watermark
+    count, so a late-committing row is never published out of order."""
     table = OutboxMessage._meta.db_table
     keyset = "AND (txid, id) > (%s, %s)" if after is not None else ""
     sql = (f"SELECT id, txid, topic, key, payload, event_id::text, type, aggregate_id, "  # noqa: S608
            f"aggregate_version::text, occurred_at, correlation_id, causation_id, traceparent FROM {table} "
-           f"WHERE published_at IS NULL AND txid < {_WATERMARK} {keyset} ORDER BY txid, id LIMIT %s")
+           f"WHERE published_at IS NULL AND txid < {XID_WATERMARK_SQL} {keyset} ORDER BY txid, id LIMIT %s")
     with connection.cursor() as cursor:
         cursor.execute(sql, [*(after or ()), limit])
         return cursor.fetchall()
