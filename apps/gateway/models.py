@@ -25,6 +25,9 @@ class IdempotencyRecord(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["user", "key"], name="idempotency_key_per_user")]
 
+    def __str__(self) -> str:
+        return f"{self.key} ({self.status})"
+
 
 class AuditLog(models.Model):
     """Every staff action (who, what, why, when), written in the same transaction as its effect.

@@ -148,16 +148,8 @@ def prepare_message(subscriber: Subscriber, message: betterproto2.Message, deliv
     handler = subscriber.handler_for(delivery.type)
     if not isinstance(handler, ExternalEffect) or already_processed(subscriber, delivery):
         return None
-    with context.bound(_trace_for(delivery)):
+    with context.handling(delivery, f"{subscriber.name} prepare {delivery.type}"):
         return handler.prepare(message, delivery)
-
-
-def _trace_for(delivery: Delivery) -> context.TraceContext:
-    return context.TraceContext(
-        correlation_id=delivery.correlation_id,
-        causation_id=str(delivery.event_id),
-        traceparent=context.child_traceparent(delivery.traceparent),
-    )
 
 
 def apply_message(
@@ -174,7 +166,7 @@ def apply_message(
         return False
     if already_processed(subscriber, delivery):
         return False
-    with context.bound(_trace_for(delivery)):
+    with context.handling(delivery, f"{subscriber.name} {delivery.type}"):
         if isinstance(handler, ExternalEffect):
             handler.apply(message, delivery, prepared)
         else:

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,20 @@ def child_traceparent(parent: str) -> str:
         return new_traceparent()
     _, trace_id, _, flags = parent.split("-")
     return f"00-{trace_id}-{os.urandom(8).hex()}-{flags}"
+
+
+@contextmanager
+def handling(delivery: Any, name: str) -> Iterator[TraceContext]:
+    """The context a subscriber's handler runs in: same correlation id, caused by the delivered event,
+    a new span in the delivered message's trace. `name` is "<subscriber> <message type>"."""
+    with bound(
+        TraceContext(
+            correlation_id=delivery.correlation_id,
+            causation_id=str(delivery.event_id),
+            traceparent=child_traceparent(delivery.traceparent),
+        )
+    ) as trace:
+        yield trace
 
 
 def new_correlation_id() -> str:

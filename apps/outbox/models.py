@@ -81,6 +81,9 @@ class ProcessedMessage(models.Model):
             models.UniqueConstraint(fields=["subscriber", "event_id"], name="processed_once_per_subscriber")
         ]
 
+    def __str__(self) -> str:
+        return f"{self.subscriber} processed {self.event_id}"
+
 
 class DeadLetter(models.Model):
     """A message a subscriber gave up on after its retries. Ops can see it in the admin and replay it."""
