@@ -244,6 +244,20 @@ BUS_BATCH_SIZE = env_int("BUS_BATCH_SIZE", 200)
 # (only while projections are fed in-process; 0 turns the wait off). See docs/operations.md.
 READ_YOUR_WRITES_SECONDS = float(os.environ.get("READ_YOUR_WRITES_SECONDS", "2.0"))
 
+# --- Tracing (OpenTelemetry; docs/performance.md) ---------------------------------------------------
+# Off: no spans, and the W3C traceparent still travels HTTP -> outbox -> subscribers -> Kafka by hand.
+TRACING_ENABLED = env_bool("TRACING_ENABLED", False)
+# Where spans go: "otlp" (OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT, the default when that is set),
+# "console" (stdout, the default otherwise) or "none" (real ids and spans, exported nowhere).
+TRACING_EXPORTER = (os.environ.get("TRACING_EXPORTER")
+                    or ("otlp" if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                        or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") else "console")).strip().lower()
+if TRACING_EXPORTER not in {"otlp", "console", "none"}:
+    raise ValueError(f"TRACING_EXPORTER must be otlp, console or none, not {TRACING_EXPORTER!r}")
+# Empty: "escrow" for the web process, "escrow-<command>" for other manage.py commands
+# ("escrow-consume-payments"), so each process of a split deployment is its own service.
+TRACING_SERVICE_NAME = os.environ.get("OTEL_SERVICE_NAME", "")
+
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,

@@ -1,5 +1,6 @@
 """Binds a correlation id and a W3C traceparent to each request, echoes them, and logs one structured
-line per request."""
+line per request. With tracing on (apps/outbox/tracing.py), each request is a server span and the
+traceparent is that span's."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 
 from apps.gateway import observability
-from apps.outbox import context
+from apps.outbox import context, tracing
 
 log = logging.getLogger("apps.gateway.access")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
@@ -25,7 +27,21 @@ class RequestContextMiddleware:
         incoming = request.headers.get("X-Correlation-ID") or request.headers.get("X-Request-ID") or ""
         correlation_id = incoming if _SAFE_ID.match(incoming) else context.new_correlation_id()
         parent = request.headers.get("traceparent", "")
-        traceparent = context.child_traceparent(parent) if context.valid_traceparent(parent) else context.new_traceparent()
+        active = tracing.tracer()
+        if active is None:
+            traceparent = (context.child_traceparent(parent) if context.valid_traceparent(parent)
+                           else context.new_traceparent())
+            return self._handle(request, correlation_id, traceparent, None)
+        # The server span: the outbox rows written by this request name it as their parent.
+        from opentelemetry.trace import SpanKind
+
+        with tracing.span(active, request.method or "HTTP", parent=parent, kind=SpanKind.SERVER,
+                          tracestate=request.headers.get("tracestate", ""),
+                          attributes={"http.request.method": request.method or "", "correlation_id": correlation_id},
+                          ) as span:
+            return self._handle(request, correlation_id, tracing.traceparent_of(span), span)
+
+    def _handle(self, request: HttpRequest, correlation_id: str, traceparent: str, span: Any) -> HttpResponse:
         started = time.perf_counter()
         with context.bound(context.TraceContext(correlation_id=correlation_id, traceparent=traceparent)):
             response = self.get_response(request)
@@ -37,6 +53,8 @@ class RequestContextMiddleware:
             escrow_id = match.kwargs.get("escrow_id") if match is not None else None
             observability.observe_request(method=request.method or "", route=route,
                                           status=response.status_code, seconds=duration)
+            if span is not None:
+                _describe(span, request, route, response.status_code, escrow_id)
             response["X-Correlation-ID"] = correlation_id
             response["traceparent"] = traceparent
             log.info(
@@ -52,3 +70,16 @@ class RequestContextMiddleware:
                 },
             )
         return response
+
+
+def _describe(span: Any, request: HttpRequest, route: str, status: int, escrow_id: object) -> None:
+    """The server span's name and attributes, known once the URL has been resolved and answered."""
+    from opentelemetry.trace import Status, StatusCode
+
+    span.update_name(f"{request.method} {route}")
+    span.set_attribute("http.route", route)
+    span.set_attribute("http.response.status_code", status)
+    if escrow_id is not None:
+        span.set_attribute("escrow_id", str(escrow_id))
+    if status >= 500:
+        span.set_status(Status(StatusCode.ERROR))

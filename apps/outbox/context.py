@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from apps.outbox import tracing
+
 
 @dataclass(frozen=True)
 class TraceContext:
@@ -57,14 +59,43 @@ def child_traceparent(parent: str) -> str:
 @contextmanager
 def handling(delivery: Any, name: str) -> Iterator[TraceContext]:
     """The context a subscriber's handler runs in: same correlation id, caused by the delivered event,
-    a new span in the delivered message's trace. `name` is "<subscriber> <message type>"."""
-    with bound(
-        TraceContext(
-            correlation_id=delivery.correlation_id,
-            causation_id=str(delivery.event_id),
-            traceparent=child_traceparent(delivery.traceparent),
-        )
-    ) as trace:
+    a new span in the delivered message's trace. `name` is "<subscriber> <message type>".
+
+    With tracing on, that span is a real OpenTelemetry span (child of the message's traceparent, which a
+    Kafka consumer read from the record's headers), and the messages the handler writes carry it."""
+    active = tracing.tracer()
+    if active is None:
+        with bound(
+            TraceContext(
+                correlation_id=delivery.correlation_id,
+                causation_id=str(delivery.event_id),
+                traceparent=child_traceparent(delivery.traceparent),
+            )
+        ) as trace:
+            yield trace
+        return
+    from opentelemetry.trace import SpanKind
+
+    attributes = {
+        "subscriber": name.split(" ", 1)[0],
+        "messaging.operation.type": "process",
+        "messaging.destination.name": delivery.topic,
+        "messaging.message.id": str(delivery.event_id),
+        "message.type": delivery.type,
+        "escrow_id": delivery.aggregate_id,
+        "correlation_id": delivery.correlation_id,
+    }
+    with (
+        tracing.span(active, name, parent=delivery.traceparent, kind=SpanKind.CONSUMER,
+                     attributes=attributes) as span,
+        bound(
+            TraceContext(
+                correlation_id=delivery.correlation_id,
+                causation_id=str(delivery.event_id),
+                traceparent=tracing.traceparent_of(span),
+            )
+        ) as trace,
+    ):
         yield trace
 
 
