@@ -240,6 +240,8 @@ BUS_MAX_ATTEMPTS = env_int("BUS_MAX_ATTEMPTS", 4)
 BUS_RETRY_BASE_SECONDS = float(os.environ.get("BUS_RETRY_BASE_SECONDS", "0.05"))
 BUS_POLL_SECONDS = float(os.environ.get("BUS_POLL_SECONDS", "1.0"))
 BUS_BATCH_SIZE = env_int("BUS_BATCH_SIZE", 200)
+# Messages a subscriber applies in one transaction (one checkpoint write, one dedupe read and insert).
+BUS_APPLY_BATCH_SIZE = env_int("BUS_APPLY_BATCH_SIZE", 50)
 # Read-your-writes: a mutation's 202 waits up to this long for the read model to show its effect
 # (only while projections are fed in-process; 0 turns the wait off). See docs/operations.md.
 READ_YOUR_WRITES_SECONDS = float(os.environ.get("READ_YOUR_WRITES_SECONDS", "2.0"))

@@ -41,6 +41,7 @@ def on_chargeback_opened(event: payments_v1.ChargebackOpened, delivery: Delivery
 
 SUBSCRIBER = Subscriber(
     name="escrow",
+    appends_to_outbox=True,
     handlers={
         payments_v1.PaymentSucceeded: on_payment_succeeded,
         payments_v1.TransferSucceeded: on_transfer_succeeded,

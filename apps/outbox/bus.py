@@ -27,11 +27,11 @@ from typing import Any
 import betterproto2
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Q
+from django.db.models import Min, Q
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
-from apps.outbox import context, messages
+from apps.outbox import context, messages, publish
 from apps.outbox.models import DeadLetter, OutboxMessage, ProcessedMessage, SubscriberCheckpoint
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,9 @@ class Subscriber:
 
     name: str
     handlers: Mapping[type[betterproto2.Message], Handler]
+    # Its handlers append to the outbox (under `stream_lock` of the message's escrow): a batch of its
+    # messages then locks those streams up front, before the transaction's first write.
+    appends_to_outbox: bool = False
     topics: frozenset[str] = field(init=False)
     types: frozenset[str] = field(init=False)
 
@@ -223,15 +226,31 @@ def pending_rows(subscriber: Subscriber, txid: int, row_id: int, limit: int) -> 
     return list(rows.order_by("txid", "id")[:limit])
 
 
-def _held_back(subscriber: Subscriber, txid: int, row_id: int) -> bool:
-    """Committed rows this subscriber cannot take yet because an older transaction is still open."""
+def _held_back(subscriber: Subscriber, txid: int, row_id: int) -> int | None:
+    """The oldest txid of committed rows this subscriber cannot take yet because an older transaction is
+    still open (None if there are none)."""
     if connection.vendor != "postgresql":
-        return False
+        return None
     return (
         OutboxMessage.objects.filter(_after(txid, row_id), topic__in=subscriber.topics)
         .filter(txid__gte=RawSQL(XID_WATERMARK_SQL, []))
-        .exists()
+        .aggregate(oldest=Min("txid"))["oldest"]
     )
+
+
+def _wait_for_watermark(txid: int, budget: float) -> float:
+    """Polls the xid watermark (no outbox scan) until it passes `txid` or `budget` seconds pass; returns
+    the time spent. Transactions that wrote no outbox rows announce nothing when they end, hence polling."""
+    started = time.monotonic()
+    with connection.cursor() as cursor:
+        while True:
+            cursor.execute(f"SELECT {XID_WATERMARK_SQL}".replace("%%", "%"))
+            if cursor.fetchone()[0] > txid:
+                break
+            if time.monotonic() - started >= budget:
+                break
+            time.sleep(0.002)
+    return max(time.monotonic() - started, 0.002)
 
 
 def lag(subscriber: Subscriber) -> int:
@@ -307,26 +326,110 @@ def _drain_locked(subscriber: Subscriber) -> int:
     while True:
         rows = pending_rows(subscriber, txid, row_id, settings.BUS_BATCH_SIZE)
         if not rows:
-            if waited < HOLD_BACK_WAIT_SECONDS and _held_back(subscriber, txid, row_id):
-                time.sleep(0.002)
-                waited += 0.002
+            if waited < HOLD_BACK_WAIT_SECONDS and (oldest := _held_back(subscriber, txid, row_id)) is not None:
+                waited += _wait_for_watermark(oldest, HOLD_BACK_WAIT_SECONDS - waited)
                 continue
             return handled
         waited = 0.0
-        skipped: OutboxMessage | None = None
-        for row in rows:
-            if subscriber.handler_for(row.type) is None:
-                skipped = row
-                continue
-            if skipped is not None:
-                _save_checkpoint(subscriber.name, skipped)
-                skipped = None
-            if _deliver(subscriber, row):
+        for run, external in _runs(subscriber, rows):
+            if external is None:
+                handled += _deliver_run(subscriber, run)
+            elif _deliver(subscriber, external):
                 handled += 1
-            txid, row_id = row.txid, row.id
-        if skipped is not None:
-            _save_checkpoint(subscriber.name, skipped)
-            txid, row_id = skipped.txid, skipped.id
+        txid, row_id = rows[-1].txid, rows[-1].id
+
+
+def _runs(
+    subscriber: Subscriber, rows: list[OutboxMessage]
+) -> Iterator[tuple[list[OutboxMessage], OutboxMessage | None]]:
+    """Splits fetched rows, in order, into runs that can share a transaction (at most
+    BUS_APPLY_BATCH_SIZE rows whose handlers are plain, or that this subscriber ignores) and single rows
+    whose handler calls a provider (`ExternalEffect`: its call must happen outside any transaction)."""
+    run: list[OutboxMessage] = []
+    for row in rows:
+        if isinstance(subscriber.handler_for(row.type), ExternalEffect):
+            if run:
+                yield run, None
+                run = []
+            yield [], row
+            continue
+        run.append(row)
+        if len(run) >= settings.BUS_APPLY_BATCH_SIZE:
+            yield run, None
+            run = []
+    if run:
+        yield run, None
+
+
+def _deliver_run(subscriber: Subscriber, rows: list[OutboxMessage]) -> int:
+    """Applies a run of rows in as few transactions as it can, each with one checkpoint write.
+
+    A batch that fails is rolled back whole. The rows before the one that failed are applied again (they
+    had succeeded), the failing row goes to `_deliver` with that failure counted as its first attempt,
+    and the rows after it form the next batch: a handler runs exactly as often as it would one by one.
+    """
+    if all(subscriber.handler_for(row.type) is None for row in rows):
+        _save_checkpoint(subscriber.name, rows[-1])
+        return 0
+    handled = 0
+    while len(rows) > 1:
+        applied, failed_at, error = _apply_batch(subscriber, rows)
+        if error is None:
+            return handled + applied
+        if failed_at is None:  # failed after its handlers ran (dedupe insert, checkpoint): one by one
+            return handled + sum(_deliver(subscriber, row) for row in rows)
+        if failed_at:
+            handled += _deliver_run(subscriber, rows[:failed_at])
+        # A stream the batch had not locked is no handler failure: that row simply needs its own transaction.
+        first_failure = None if isinstance(error, publish.StreamLockedTooLate) else error
+        handled += _deliver(subscriber, rows[failed_at], first_failure)
+        rows = rows[failed_at + 1:]
+    if rows:
+        handled += _deliver(subscriber, rows[0])
+    return handled
+
+
+def _apply_batch(
+    subscriber: Subscriber, rows: list[OutboxMessage]
+) -> tuple[int, int | None, Exception | None]:
+    """One transaction: the batch's streams locked first (for a subscriber that appends to the outbox),
+    one dedupe read, each handler in order, one insert of the dedupe records, one checkpoint write.
+
+    Returns (rows applied, None, None), or after rolling back: (0, index of the row whose handler
+    failed or None if the failure came after the handlers, the error).
+    """
+    current: int | None = None
+    try:
+        with transaction.atomic():
+            streams = {row.aggregate_id for row in rows} if subscriber.appends_to_outbox else ()
+            with publish.stream_locks(streams):
+                done = set(
+                    ProcessedMessage.objects.filter(
+                        subscriber=subscriber.name, event_id__in=[row.event_id for row in rows]
+                    ).values_list("event_id", flat=True)
+                )
+                records = []
+                for index, row in enumerate(rows):
+                    current = index
+                    handler = subscriber.handler_for(row.type)
+                    if handler is None or row.event_id in done:
+                        continue
+                    delivery = Delivery.of(row)
+                    message = messages.decode(row.type, row.payload)
+                    with context.handling(delivery, f"{subscriber.name} {delivery.type}"):
+                        handler(message, delivery)
+                    done.add(row.event_id)
+                    records.append(ProcessedMessage(subscriber=subscriber.name, event_id=row.event_id))
+                current = None
+                ProcessedMessage.objects.bulk_create(records)
+                _save_checkpoint(subscriber.name, rows[-1])
+        return len(records), None, None
+    except Exception as exc:  # noqa: BLE001 - the caller retries the rows where failures are handled
+        log.info(
+            "bus batch rolled back",
+            extra={"subscriber": subscriber.name, "messages": len(rows), "failed_at": current, "error": repr(exc)},
+        )
+        return 0, current, exc
 
 
 def _save_checkpoint(name: str, row: OutboxMessage) -> None:
@@ -335,38 +438,43 @@ def _save_checkpoint(name: str, row: OutboxMessage) -> None:
     )
 
 
-def _deliver(subscriber: Subscriber, row: OutboxMessage) -> bool:
+def _deliver(subscriber: Subscriber, row: OutboxMessage, first_failure: Exception | None = None) -> bool:
     """Applies one row with retries; dead-letters it when they run out. The checkpoint moves in the
-    same transaction as the effect (or the dead letter)."""
+    same transaction as the effect (or the dead letter). `first_failure`: the row's first attempt
+    already failed (in a batch)."""
     delivery = Delivery.of(row)
-    attempts = 0
+    attempts = 1 if first_failure is not None else 0
+    error = first_failure
     while True:
-        attempts += 1
-        try:
-            message = messages.decode(row.type, row.payload)
-            prepared = prepare_message(subscriber, message, delivery)
-            with transaction.atomic():
-                applied = apply_message(subscriber, message, delivery, prepared)
-                _save_checkpoint(subscriber.name, row)
-            return applied
-        except Exception as exc:  # noqa: BLE001 - any handler failure is retried, then dead-lettered
-            if attempts >= settings.BUS_MAX_ATTEMPTS:
-                _dead_letter(subscriber, row, attempts, exc)
-                return False
-            delay = settings.BUS_RETRY_BASE_SECONDS * (4 ** (attempts - 1))
-            log.warning(
-                "bus handler failed, will retry",
-                extra={
-                    "subscriber": subscriber.name,
-                    "type": row.type,
-                    "escrow_id": row.aggregate_id,
-                    "event_id": str(row.event_id),
-                    "attempt": attempts,
-                    "retry_in_s": delay,
-                    "error": repr(exc),
-                },
-            )
-            time.sleep(delay)
+        if error is None:
+            attempts += 1
+            try:
+                message = messages.decode(row.type, row.payload)
+                prepared = prepare_message(subscriber, message, delivery)
+                with transaction.atomic():
+                    applied = apply_message(subscriber, message, delivery, prepared)
+                    _save_checkpoint(subscriber.name, row)
+                return applied
+            except Exception as exc:  # noqa: BLE001 - any handler failure is retried, then dead-lettered
+                error = exc
+        if attempts >= settings.BUS_MAX_ATTEMPTS:
+            _dead_letter(subscriber, row, attempts, error)
+            return False
+        delay = settings.BUS_RETRY_BASE_SECONDS * (4 ** (attempts - 1))
+        log.warning(
+            "bus handler failed, will retry",
+            extra={
+                "subscriber": subscriber.name,
+                "type": row.type,
+                "escrow_id": row.aggregate_id,
+                "event_id": str(row.event_id),
+                "attempt": attempts,
+                "retry_in_s": delay,
+                "error": repr(error),
+            },
+        )
+        time.sleep(delay)
+        error = None
 
 
 def _dead_letter(subscriber: Subscriber, row: OutboxMessage, attempts: int, exc: Exception) -> None:

@@ -3,8 +3,11 @@ changes the state the message reports; the message exists if and only if that tr
 
 from __future__ import annotations
 
+import contextvars
 import datetime
 import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import betterproto2
 from django.db import connection, transaction
@@ -60,13 +63,54 @@ def _wake_subscribers_on_commit() -> None:
     transaction.on_commit(bus.wake, robust=True)
 
 
+class StreamLockedTooLate(RuntimeError):
+    """A handler applied in a batch asked for a stream the batch did not lock before its first write.
+    The bus rolls the batch back and applies its messages one transaction each."""
+
+
+# The streams a batch transaction locked up front (see `stream_locks`); None outside a batch.
+_batch_streams: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("batch_streams", default=None)
+
+
 def stream_lock(key: str) -> None:
     """Serialises the writers of one message stream (an escrow's messages, on every topic).
 
     Take it first in a transaction, before any other write: it is a transaction-level advisory lock and
     assigns no transaction id, so a transaction that waited gets its id after the holder committed,
     and (txid, id) delivery order is the stream's order. SQLite has one writer at a time already.
+
+    Inside a batch (`stream_locks`), a stream the batch locked up front is already held; any other is
+    refused once the transaction has written, since taking it then would break that argument.
     """
-    if connection.vendor == "postgresql":
+    if connection.vendor != "postgresql":
+        return
+    held = _batch_streams.get()
+    with connection.cursor() as cursor:
+        if held is not None:
+            if key in held:
+                return
+            cursor.execute("SELECT pg_current_xact_id_if_assigned() IS NOT NULL")
+            if cursor.fetchone()[0]:
+                raise StreamLockedTooLate(key)
+            held.add(key)
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"stream:{key}"])
+
+
+@contextmanager
+def stream_locks(keys: Iterable[str]) -> Iterator[None]:
+    """Locks several streams at the start of one transaction (the bus applying a batch of messages),
+    in one fixed order, so that two batches cannot deadlock on each other; `stream_lock` on any of
+    them inside is then a no-op. Must run before the transaction's first write."""
+    held = set(keys)
+    if connection.vendor == "postgresql" and held:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"stream:{key}"])
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(h) FROM (SELECT hashtextextended('stream:' || k, 0) AS h"
+                " FROM unnest(%s::text[]) AS k ORDER BY 1) AS ordered",
+                [sorted(held)],
+            )
+    token = _batch_streams.set(held)
+    try:
+        yield
+    finally:
+        _batch_streams.reset(token)

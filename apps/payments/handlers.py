@@ -301,6 +301,7 @@ def on_compliance_hold_resolved(event: escrow_v1.EscrowComplianceHoldResolved, d
 
 SUBSCRIBER = Subscriber(
     name="payments",
+    appends_to_outbox=True,
     handlers={
         payments_v1.CreatePaymentIntent: ExternalEffect(prepare=prepare_payment, apply=apply_payment),
         payments_v1.TransferToSeller: ExternalEffect(prepare=prepare_transfer, apply=apply_transfer),
