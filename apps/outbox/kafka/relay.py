@@ -33,7 +33,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from apps.outbox.bus import XID_WATERMARK_SQL
-from apps.outbox.kafka.client import LoopRunner, Pending, bootstrap_servers, make_producer
+from apps.outbox.kafka.client import LoopRunner, Pending, bootstrap_servers, make_producer, partition_for
 from apps.outbox.kafka.envelope import Headers, envelope_headers
 from apps.outbox.kafka.leadership import RelayLease
 from apps.outbox.models import OutboxMessage
@@ -69,30 +69,61 @@ def records_from(rows: QuerySet[OutboxMessage], *, encode_value: ValueEncoder | 
     return _records(rows.values_list(*_RECORD_FIELDS), encode_value=encode_value)
 
 
+# Python's `datetime.isoformat()` of a UTC timestamp (microseconds only when non-zero), so the header is the
+# same text whichever path built it (tests/kafka/test_relay_batching.py compares them).
+_OCCURRED_AT_ISO_SQL = ("to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS') || "
+                        "CASE WHEN date_part('microseconds', occurred_at)::bigint %% 1000000 = 0 THEN '' "
+                        "ELSE to_char(occurred_at AT TIME ZONE 'UTC', '.US') END || '+00:00'")
+
+
 def _fetch_postgresql(*, limit: int, after: tuple[int, int] | None) -> list[tuple[Any, ...]]:
-    """The hot read, in SQL: ids and versions come back as text (no UUID objects per row), the row
-    comparison walks the delivery-order index from the cursor, and only rows below the bus's xid watermark
-    count, so a late-committing row is never published out of order."""
+    """The hot read, in SQL: the header values come back as ready text (no UUID or datetime objects per
+    row), the row comparison walks the delivery-order index from the cursor, and only rows below the bus's
+    xid watermark count, so a late-committing row is never published out of order."""
     table = OutboxMessage._meta.db_table
     keyset = "AND (txid, id) > (%s, %s)" if after is not None else ""
     sql = (f"SELECT id, txid, topic, key, payload, event_id::text, type, aggregate_id, "  # noqa: S608
-           f"aggregate_version::text, occurred_at, correlation_id, causation_id, traceparent FROM {table} "
-           f"WHERE published_at IS NULL AND txid < {XID_WATERMARK_SQL} {keyset} ORDER BY txid, id LIMIT %s")
+           f"aggregate_version::text, {_OCCURRED_AT_ISO_SQL}, "
+           f"floor(extract(epoch FROM occurred_at) * 1000)::bigint, correlation_id, causation_id, traceparent "
+           f"FROM {table} WHERE published_at IS NULL AND txid < {XID_WATERMARK_SQL} {keyset} "
+           f"ORDER BY txid, id LIMIT %s")
     with connection.cursor() as cursor:
         cursor.execute(sql, [*(after or ()), limit])
         return cursor.fetchall()
+
+
+def _records_postgresql(rows: Iterable[tuple[Any, ...]], *, encode_value: ValueEncoder | None) -> list[RelayRecord]:
+    records = []
+    append = records.append
+    for (id_, txid, topic, key, payload, event_id, type_name, aggregate_id, aggregate_version, occurred_at,
+         timestamp_ms, correlation_id, causation_id, traceparent) in rows:
+        value = bytes(payload) if encode_value is None else _encode(encode_value, topic, type_name, payload)
+        # HEADER_NAMES order, as envelope_headers() builds them.
+        append(RelayRecord(id_, txid, topic, key.encode(), value, [
+            ("event_id", event_id.encode()),
+            ("type", type_name.encode()),
+            ("aggregate_id", aggregate_id.encode()),
+            ("aggregate_version", aggregate_version.encode()),
+            ("occurred_at", occurred_at.encode()),
+            ("correlation_id", correlation_id.encode()),
+            ("causation_id", causation_id.encode()),
+            ("traceparent", traceparent.encode()),
+        ], timestamp_ms))
+    return records
+
+
+def _encode(encode_value: ValueEncoder, topic: str, type_name: str, payload: bytes) -> bytes:
+    try:
+        return encode_value(topic, type_name, bytes(payload))
+    except Exception as exc:  # noqa: BLE001 - e.g. the schema registry is down: retry the batch later
+        raise PublishFailed(f"cannot encode {type_name} for {topic}: {exc!r}") from exc
 
 
 def _records(rows: Iterable[tuple[Any, ...]], *, encode_value: ValueEncoder | None) -> list[RelayRecord]:
     records = []
     for (id_, txid, topic, key, payload, event_id, type_name, aggregate_id, aggregate_version, occurred_at,
          correlation_id, causation_id, traceparent) in rows:
-        value = bytes(payload)
-        if encode_value is not None:
-            try:
-                value = encode_value(topic, type_name, value)
-            except Exception as exc:  # noqa: BLE001 - e.g. the schema registry is down: retry the batch later
-                raise PublishFailed(f"cannot encode {type_name} for {topic}: {exc!r}") from exc
+        value = bytes(payload) if encode_value is None else _encode(encode_value, topic, type_name, payload)
         records.append(RelayRecord(
             id=id_, txid=txid, topic=topic, key=key.encode(), value=value,
             headers=envelope_headers(event_id=event_id, type_name=type_name, aggregate_id=aggregate_id,
@@ -112,7 +143,7 @@ def publishable_records(*, limit: int, after: tuple[int, int] | None = None,
     that sorts before the cursor and is still unpublished was either seen already or failed (and a
     failure resets the cursor)."""
     if connection.vendor == "postgresql":
-        return _records(_fetch_postgresql(limit=limit, after=after), encode_value=encode_value)
+        return _records_postgresql(_fetch_postgresql(limit=limit, after=after), encode_value=encode_value)
     rows = unpublished_rows()
     if after is not None:
         rows = rows.filter(Q(txid__gt=after[0]) | Q(txid=after[0], id__gt=after[1]))
@@ -124,10 +155,11 @@ def mark_published(ids: list[int]) -> None:
         return
     now = timezone.now()
     if connection.vendor == "postgresql":
-        # One array parameter instead of a thousand placeholders.
+        # One array literal instead of a thousand placeholders (and no per-element adaptation).
         with connection.cursor() as cursor:
             cursor.execute(f"UPDATE {OutboxMessage._meta.db_table} SET published_at = %s "  # noqa: S608
-                           "WHERE id = ANY(%s) AND published_at IS NULL", [now, ids])
+                           "WHERE id = ANY(%s::bigint[]) AND published_at IS NULL",
+                           [now, "{" + ",".join(map(str, ids)) + "}"])
         return
     OutboxMessage.objects.filter(id__in=ids, published_at__isnull=True).update(published_at=now)
 
@@ -351,19 +383,59 @@ class OutboxRelay:
         self._loop.close()
 
 
+class NotSent(RuntimeError):
+    """A record that was never handed to the producer because an earlier enqueue failed."""
+
+
 async def _send_all(producer: AIOKafkaProducer, records: list[RelayRecord]) -> list[object]:
-    futures: list[asyncio.Future[object]] = []
-    for record in records:
-        try:
-            futures.append(await producer.send(record.topic, value=record.value, key=record.key,
-                                               headers=record.headers, timestamp_ms=record.timestamp_ms))
-        except Exception as exc:  # noqa: BLE001 - enqueueing failed (no metadata): this and the rest wait
-            failed: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-            failed.set_exception(exc)
-            futures.append(failed)
+    """Sends the records as closed batches, one per partition (more if one fills up), each in delivery
+    order, and returns every record's outcome: its batch's metadata, or the exception that failed it.
+
+    The partition is the one the default partitioner would give the key (`partition_for`), so a key keeps
+    its partition; a partition's batches queue in the producer in the order they are sent, and it sends one
+    request per broker at a time, so per-partition order is delivery order. Closed batches do not linger:
+    the relay already has everything it is going to send."""
+    outcomes: list[object] = [None] * len(records)
+    groups: dict[tuple[str, int], list[int]] = {}
+    try:
+        partitions: dict[str, list[int]] = {}
+        for index, record in enumerate(records):
+            topic = record.topic
+            known = partitions.get(topic)
+            if known is None:
+                known = partitions[topic] = list(await producer.partitions_for(topic))
+            groups.setdefault((topic, partition_for(record.key, known)), []).append(index)
+    except Exception as exc:  # noqa: BLE001 - no metadata for a topic: nothing is sent, all retried
+        return [exc] * len(records)
+
+    sent: list[tuple[list[int], asyncio.Future[object]]] = []
+    failure: BaseException | None = None
+    for (topic, partition), indices in groups.items():
+        start = 0
+        while start < len(indices) and failure is None:
+            batch = producer.create_batch()
+            end = start
+            while end < len(indices):  # the first record always fits, so each batch takes at least one
+                record = records[indices[end]]
+                if batch.append(timestamp=record.timestamp_ms, key=record.key, value=record.value,
+                                headers=record.headers) is None:
+                    break
+                end += 1
+            batch.close()
+            try:
+                sent.append((indices[start:end], await producer.send_batch(batch, topic, partition=partition)))
+            except Exception as exc:  # noqa: BLE001 - enqueueing failed: this batch and the rest are not sent
+                failure = exc
+            start = end
+        if failure is not None:
             break
-    outcomes = await asyncio.gather(*futures, return_exceptions=True)
-    return [*outcomes, *([PublishFailed("not sent")] * (len(records) - len(outcomes)))]
+    if failure is not None:
+        outcomes = [NotSent(f"not sent after: {failure!r}")] * len(records)
+    results = await asyncio.gather(*(future for _, future in sent), return_exceptions=True)
+    for (indices, _), result in zip(sent, results, strict=True):
+        for index in indices:
+            outcomes[index] = result
+    return outcomes
 
 
 def _encoder_from_settings() -> ValueEncoder | None:
