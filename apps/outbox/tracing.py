@@ -30,6 +30,7 @@ _UNSET: Any = object()
 _tracer: Any = _UNSET  # Tracer when on, None when off, _UNSET before the first use
 _provider: TracerProvider | None = None
 _lock = threading.Lock()
+_propagator: Any = None  # the W3C trace-context propagator, made on first use
 
 EXPORTERS = ("otlp", "console", "none")
 # manage.py commands that serve HTTP: the web service itself.
@@ -140,17 +141,21 @@ def traceparent_of(span: Span) -> str:
 def _parent_context(traceparent: str, tracestate: str = "") -> Any:
     """The OpenTelemetry context whose span is the remote parent named by `traceparent`; an empty
     context (a new trace) when there is none or it is invalid."""
+    global _propagator
     from opentelemetry.context import Context
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
     from apps.outbox.context import valid_traceparent
 
     if not valid_traceparent(traceparent):
         return Context()
+    if _propagator is None:
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        _propagator = TraceContextTextMapPropagator()
     carrier = {"traceparent": traceparent}
     if tracestate:
         carrier["tracestate"] = tracestate
-    return TraceContextTextMapPropagator().extract(carrier, context=Context())
+    return _propagator.extract(carrier, context=Context())
 
 
 @contextmanager
