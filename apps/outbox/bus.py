@@ -210,13 +210,10 @@ def _after(txid: int, row_id: int) -> Q:
 # they would otherwise hold delivery back. A transaction whose database is unknown (finished since
 # the snapshot, or hidden from pg_stat_activity) still counts, so the filter can only err on the safe
 # side. xids in pg_stat_activity are 32-bit; within one snapshot the low 32 bits are unambiguous.
-XID_WATERMARK_SQL = """COALESCE(
-    (SELECT MIN(xip::text::bigint) FROM pg_snapshot_xip(pg_current_snapshot()) AS xip
-     WHERE NOT EXISTS (
-        SELECT 1 FROM pg_stat_activity AS other
-        WHERE other.datid <> (SELECT oid FROM pg_database WHERE datname = current_database())
-          AND other.backend_xid::text::bigint = xip::text::bigint %% 4294967296)),
-    pg_snapshot_xmax(pg_current_snapshot())::text::bigint)"""
+# The query lives in the SQL function `outbox_xid_watermark()` (migration outbox 0003): planning it
+# cost more than running it. The function is STABLE, so it sees the calling statement's snapshot; the
+# sub-select makes it run once per statement, not once per row.
+XID_WATERMARK_SQL = "(SELECT outbox_xid_watermark())"
 
 
 def pending_rows(subscriber: Subscriber, txid: int, row_id: int, limit: int) -> list[OutboxMessage]:
@@ -244,7 +241,7 @@ def _wait_for_watermark(txid: int, budget: float) -> float:
     started = time.monotonic()
     with connection.cursor() as cursor:
         while True:
-            cursor.execute(f"SELECT {XID_WATERMARK_SQL}".replace("%%", "%"))
+            cursor.execute(f"SELECT {XID_WATERMARK_SQL}")
             if cursor.fetchone()[0] > txid:
                 break
             if time.monotonic() - started >= budget:

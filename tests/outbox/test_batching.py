@@ -17,11 +17,28 @@ from apps.outbox import bus
 from apps.outbox.models import DeadLetter, OutboxMessage, ProcessedMessage
 from apps.outbox.publish import outbox_append, stream_lock
 from proto.escrow import v1 as escrow_v1
-from tests.outbox.support import Recorder, installed, new_escrow_id, publish_event
+from tests.outbox.support import Recorder, installed, new_escrow_id, publish_event, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 FAST_RETRIES = {"BUS_RETRY_BASE_SECONDS": 0.001, "BUS_MAX_ATTEMPTS": 3}
+
+
+def drain_until(sub: bus.Subscriber, expected: int) -> int:
+    """Drains until `expected` messages were handled, and returns how many passes that took. On a
+    shared PostgreSQL server an unrelated open transaction (autovacuum, say) can hold the xid watermark
+    back past a drain's wait; delivery is then delayed, never skipped."""
+    handled = passes = 0
+
+    def step() -> None:
+        nonlocal handled, passes
+        handled += bus.drain_subscriber(sub)
+        passes += 1
+
+    step()
+    assert wait_until(lambda: handled >= expected, step=step)
+    assert handled == expected
+    return passes
 
 
 def test_a_run_of_messages_is_applied_with_a_handful_of_queries_not_a_few_per_message():
@@ -30,13 +47,13 @@ def test_a_run_of_messages_is_applied_with_a_handful_of_queries_not_a_few_per_me
     with installed(recorder, BUS_APPLY_BATCH_SIZE=50) as (sub,):
         published = [publish_event(escrow_id, 1) for escrow_id in escrows]
         with CaptureQueriesContext(connection) as queries:
-            assert bus.drain_subscriber(sub) == 20
+            passes = drain_until(sub, 20)
         # One effect per message (the recorder's own UPDATE), plus a constant number for the run
         # (14 here: drain lock and unlock, checkpoint created, outbox reads, BEGIN, dedupe read and insert,
         # checkpoint write, COMMIT). One transaction per message took five more statements each.
         effects = [q for q in queries.captured_queries if "effects:batched" in q["sql"]]
         assert len(effects) == 20
-        assert len(queries.captured_queries) - len(effects) <= 16
+        assert len(queries.captured_queries) - len(effects) <= 16 + 8 * (passes - 1)
         assert recorder.effects() == 20
         assert [e for _, _, e in recorder.committed] == [row.event_id for row in published]
         assert ProcessedMessage.objects.filter(subscriber=sub.name).count() == 20
@@ -49,7 +66,7 @@ def test_a_run_is_cut_at_the_batch_size():
         for _ in range(7):
             publish_event(new_escrow_id(), 1)
         with CaptureQueriesContext(connection) as queries:
-            assert bus.drain_subscriber(sub) == 7
+            drain_until(sub, 7)
         inserts = [q for q in queries.captured_queries if q["sql"].startswith('INSERT INTO "outbox_processedmessage"')]
         assert len(inserts) == 3  # 3 + 3 + 1
         assert recorder.effects() == 7
@@ -62,7 +79,7 @@ def test_a_poison_message_inside_a_run_is_retried_alone_and_the_others_apply_onc
         poison = rows[2]
         recorder.failing.add(poison.event_id)
 
-        bus.drain_subscriber(sub)
+        drain_until(sub, 4)
 
         # The batch's failing attempt counts as the first of three, as if applied one by one.
         assert recorder.calls[poison.event_id] == 3
@@ -115,7 +132,7 @@ def test_a_batch_that_appends_to_the_outbox_applies_each_message_once(appends_to
             for escrow_id in escrows:
                 publish_event(escrow_id, 1, escrow_v1.EscrowCreated)
             with caplog.at_level("INFO", logger="apps.outbox.bus"):
-                assert bus.drain_subscriber(sub) == 4
+                drain_until(sub, 4)
     finally:
         bus.unregister(sub.name)
     for escrow_id in escrows:
@@ -173,7 +190,7 @@ def test_a_writer_on_a_stream_the_batch_will_write_commits_after_it_in_the_strea
         with _only(sub, **FAST_RETRIES):
             publish_event(first, 1, escrow_v1.EscrowCreated)
             publish_event(second, 1, escrow_v1.EscrowCreated)
-            bus.drain_subscriber(sub)
+            drain_until(sub, 2)
             assert writer_done.wait(10)
     finally:
         bus.unregister(sub.name)
