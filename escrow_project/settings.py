@@ -200,6 +200,12 @@ CUSTODIAN_USDC_TOKEN_ID = os.environ.get("CUSTODIAN_USDC_TOKEN_ID", "")
 CUSTODIAN_USDC_TOKEN_ADDRESS = os.environ.get("CUSTODIAN_USDC_TOKEN_ADDRESS", "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913")
 # The 32-byte entity secret (hex) that the custodian wants RSA-OAEP-encrypted, freshly, in every write. Never logged.
 CUSTODIAN_ENTITY_SECRET = os.environ.get("CUSTODIAN_ENTITY_SECRET", "")
+# Provider HTTP clients: one request's time limit (seconds), and the longest Retry-After a client waits out
+# itself before it leaves the retry to the bus (docs/payments.md).
+STRIPE_TIMEOUT_SECONDS = float(os.environ.get("STRIPE_TIMEOUT_SECONDS", "20"))
+CUSTODIAN_TIMEOUT_SECONDS = float(os.environ.get("CUSTODIAN_TIMEOUT_SECONDS", "15"))
+SCREENING_TIMEOUT_SECONDS = float(os.environ.get("SCREENING_TIMEOUT_SECONDS", "10"))
+PROVIDER_RETRY_AFTER_MAX_SECONDS = float(os.environ.get("PROVIDER_RETRY_AFTER_MAX_SECONDS", "5"))
 # The sandbox provider signs its own webhooks; derived from SECRET_KEY unless set.
 SANDBOX_WEBHOOK_SECRET = os.environ.get("SANDBOX_WEBHOOK_SECRET", "")
 
