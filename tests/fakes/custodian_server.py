@@ -3,7 +3,10 @@
 Wallets per escrow on BASE, transfers out of them, transactions to read back, the webhook public key, and
 notifications signed the custodian's way (ECDSA P-256 / SHA-256 over the raw body, base64 DER in
 X-Circle-Signature, key named by X-Circle-Key-Id). POSTs replay on a repeated idempotencyKey (which must
-be a UUID) and can be told to fail.
+be a UUID). Like FakeStripe, the next requests under a path can be told to fail (`fail_next`: a status
+with Circle's `{"code", "message"}` error body, optionally a Retry-After) or to be slow (`delay_next`: the
+request is carried out, then answered only after a delay, so a client with a shorter timeout gives up on
+a transfer that was in fact made).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import itertools
 import json
 import re
 import threading
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -25,6 +29,17 @@ from werkzeug import Request, Response
 
 USDC_TOKEN_ID = "7adb2b7d-c9cd-5164-b2d4-b73b088274dc"
 KEY_ID = "7d2f1a9e-0000-4000-8000-00000000c1c1"
+# Circle's error bodies are {"code": <int>, "message": <str>}; -1 is its "unknown error" code.
+CIRCLE_ERRORS: dict[int, tuple[int, str]] = {
+    400: (2, "API parameter invalid"),
+    401: (401, "Malformed authorization."),
+    403: (3, "Forbidden"),
+    404: (4, "Not found"),
+    429: (-1, "Too many requests, please retry later."),
+    500: (-1, "Something went wrong."),
+    502: (-1, "Bad gateway"),
+    503: (-1, "Service unavailable"),
+}
 
 
 @dataclass
@@ -49,7 +64,8 @@ class FakeCustodian:
     entity_key: rsa.RSAPrivateKey = field(default_factory=lambda: rsa.generate_private_key(65537, 2048))
     ciphertexts: list[str] = field(default_factory=list)
     _replies: dict[str, tuple[dict[str, Any], int, str]] = field(default_factory=dict)
-    _failures: deque[tuple[str, int]] = field(default_factory=deque)
+    _failures: deque[tuple[str, int, int, str, str | None]] = field(default_factory=deque)
+    _delays: deque[tuple[str, float]] = field(default_factory=deque)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -66,8 +82,24 @@ class FakeCustodian:
                                                           serialization.PublicFormat.SubjectPublicKeyInfo)
         return base64.b64encode(der).decode()
 
-    def fail_next(self, path_prefix: str, status: int) -> None:
-        self._failures.append((path_prefix, status))
+    def fail_next(self, path_prefix: str, status: int, *, code: int | None = None, message: str | None = None,
+                  times: int = 1, retry_after: str | None = None) -> None:
+        """The next `times` requests under `path_prefix` get `status` and Circle's error body (`code`,
+        `message`; defaults per status), with a Retry-After header when given. Nothing is carried out."""
+        default_code, default_message = CIRCLE_ERRORS.get(status, (-1, "Something went wrong."))
+        for _ in range(times):
+            self._failures.append((path_prefix, status, default_code if code is None else code,
+                                   message or default_message, retry_after))
+
+    def delay_next(self, path_prefix: str, seconds: float, *, times: int = 1) -> None:
+        """The next `times` requests under `path_prefix` are carried out (and their answer kept for an
+        idempotent replay), but answered only after `seconds`."""
+        for _ in range(times):
+            self._delays.append((path_prefix, seconds))
+
+    def keys(self, path: str) -> list[str]:
+        """The idempotencyKey of every POST to `path`, failed and replayed ones included, in order."""
+        return [r.body.get("idempotencyKey") for r in self.requests if r.method == "POST" and r.path == path]
 
     def posts(self, path: str) -> list[Seen]:
         return [r for r in self.requests if r.method == "POST" and r.path == path and r.status < 300]
@@ -116,19 +148,34 @@ class FakeCustodian:
         return dict(tx)
 
     def _handle(self, request: Request) -> Response:
+        headers: dict[str, str] = {}
         with self._lock:
             body = request.get_json(silent=True) or {}
-            status, text = self._answer(request, body)
+            status, text = self._answer(request, body, headers)
             self.requests.append(Seen(request.method, request.path, body, status))
-            return Response(text, status=status, content_type="application/json")
+            delay = self._take(self._delays, request.path)
+        if delay is not None:
+            time.sleep(delay[1])  # the work is done and kept: a retry with the same key gets the replay
+        return Response(text, status=status, content_type="application/json", headers=headers)
 
-    def _answer(self, request: Request, body: dict[str, Any]) -> tuple[int, str]:
+    @staticmethod
+    def _take(queue: deque[Any], path: str) -> Any:
+        """Removes and returns the first arrangement whose path prefix matches, or None."""
+        for index, item in enumerate(queue):
+            if path.startswith(item[0]):
+                del queue[index]
+                return item
+        return None
+
+    def _answer(self, request: Request, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, str]:
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return _error(401, 401, "Malformed authorization.")
-        for index, (prefix, status) in enumerate(self._failures):
-            if request.path.startswith(prefix):
-                del self._failures[index]
-                return _error(status, -1, "Something went wrong.")
+        failure = self._take(self._failures, request.path)
+        if failure is not None:
+            _, status, code, message, retry_after = failure
+            if retry_after is not None:
+                headers["Retry-After"] = retry_after
+            return _error(status, code, message)
         if request.method == "POST" and self.entity_secret:
             refused = self._check_entity_secret(body.get("entitySecretCiphertext"))
             if refused:

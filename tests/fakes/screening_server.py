@@ -2,7 +2,11 @@
 
 TRM: POST /public/v2/screening/addresses -> a list with addressRiskIndicators and entities (risk levels
 1 Low, 5 Medium, 10 High, 15 Severe). Chainalysis: GET /api/v1/address/{address} -> {"identifications":
-[...]}. Addresses can be marked risky / sanctioned, and either vendor can be told to fail.
+[...]}. Addresses can be marked risky / sanctioned. Like FakeStripe, either vendor can be told to answer
+its next requests with an error (`fail_next`: a status, the vendor's error body, optionally Retry-After)
+or to answer them late (`delay_next`, beyond a client's timeout). Error bodies: Chainalysis' sanctions API
+answers `{"message": ...}`; TRM documents its statuses and Retry-After rather than a body schema, and
+answers a JSON object with `code` (the status) and `message`.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +24,19 @@ from werkzeug import Request, Response
 
 TRM_KEY = "trm-test-key"
 CHAINALYSIS_KEY = "chainalysis-test-key"
+ERROR_MESSAGES = {
+    401: "Unauthorized",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
+
+
+def _error(vendor: str, status: int, message: str, *, retry_after: str | None = None) -> Response:
+    body = {"message": message} if vendor == "chainalysis" else {"code": status, "message": message}
+    headers = {"Retry-After": retry_after} if retry_after is not None else {}
+    return Response(json.dumps(body), status=status, content_type="application/json", headers=headers)
 
 
 @dataclass
@@ -27,7 +45,10 @@ class FakeScreening:
     severe: set[str] = field(default_factory=set)  # TRM: a Severe ownership indicator
     sanctioned: set[str] = field(default_factory=set)  # Chainalysis: an OFAC identification
     screened: list[tuple[str, str]] = field(default_factory=list)  # (vendor, address)
-    _failures: deque[tuple[str, int]] = field(default_factory=deque)
+    # Every request each vendor answered, in order: (vendor, HTTP status).
+    answered: list[tuple[str, int]] = field(default_factory=list)
+    _failures: deque[tuple[str, int, str | None, str | None]] = field(default_factory=deque)
+    _delays: deque[tuple[str, float]] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -39,22 +60,49 @@ class FakeScreening:
     def api_base(self) -> str:
         return self.server.url_for("").rstrip("/")
 
-    def fail_next(self, vendor: str, status: int, times: int = 1) -> None:
+    def fail_next(self, vendor: str, status: int, times: int = 1, *, retry_after: str | None = None,
+                  message: str | None = None) -> None:
+        """The vendor's next `times` answers are `status` with its error body (and Retry-After if given)."""
         for _ in range(times):
-            self._failures.append((vendor, status))
+            self._failures.append((vendor, status, retry_after, message))
+
+    def delay_next(self, vendor: str, seconds: float, times: int = 1) -> None:
+        """The vendor's next `times` answers come only after `seconds` (a client with a shorter timeout
+        gives up first)."""
+        for _ in range(times):
+            self._delays.append((vendor, seconds))
 
     def _failure(self, vendor: str) -> Response | None:
-        for index, (who, status) in enumerate(self._failures):
+        for index, (who, status, retry_after, message) in enumerate(self._failures):
             if who == vendor:
                 del self._failures[index]
-                return Response(json.dumps({"message": "upstream unavailable"}), status=status,
-                                content_type="application/json")
+                return _error(vendor, status, message or ERROR_MESSAGES.get(status, "Internal Server Error"),
+                              retry_after=retry_after)
         return None
 
+    def _delay(self, vendor: str) -> None:
+        for index, (who, seconds) in enumerate(self._delays):
+            if who == vendor:
+                del self._delays[index]
+                time.sleep(seconds)
+                return
+
     def _trm(self, request: Request) -> Response:
+        self._delay("trm")
+        response = self._trm_answer(request)
+        self.answered.append(("trm", response.status_code))
+        return response
+
+    def _chainalysis(self, request: Request) -> Response:
+        self._delay("chainalysis")
+        response = self._chainalysis_answer(request)
+        self.answered.append(("chainalysis", response.status_code))
+        return response
+
+    def _trm_answer(self, request: Request) -> Response:
         with self._lock:
             if request.authorization is None or request.authorization.username != TRM_KEY:
-                return Response(json.dumps({"message": "Unauthorized"}), status=401, content_type="application/json")
+                return _error("trm", 401, "Unauthorized")
             failed = self._failure("trm")
             if failed is not None:
                 return failed
@@ -76,11 +124,10 @@ class FakeScreening:
                                 "trmAppUrl": f"https://example.invalid/address/{address}"})
             return Response(json.dumps(answers), status=200, content_type="application/json")
 
-    def _chainalysis(self, request: Request) -> Response:
+    def _chainalysis_answer(self, request: Request) -> Response:
         with self._lock:
             if request.headers.get("X-API-Key") != CHAINALYSIS_KEY:
-                return Response(json.dumps({"message": "Invalid API key"}), status=403,
-                                content_type="application/json")
+                return _error("chainalysis", 401, "Invalid API Key")
             failed = self._failure("chainalysis")
             if failed is not None:
                 return failed

@@ -40,8 +40,9 @@ from apps.payments.providers.base import (
     ProviderEvent,
     WebhookVerificationError,
 )
+from apps.payments.providers.http import retry_after_seconds, send_honouring_retry_after
 
-TIMEOUT_SECONDS = 15.0
+DEFAULT_TIMEOUT_SECONDS = 15.0
 BLOCKCHAIN = "BASE"
 CHAIN_FOR_SCREENING = "base"
 DONE = "COMPLETE"
@@ -73,21 +74,33 @@ def minor_of(amount: Any) -> int | None:
 
 def _request(method: str, path: str, *, body: dict[str, Any] | None = None,
              params: dict[str, str] | None = None) -> dict[str, Any]:
+    """One call (CUSTODIAN_TIMEOUT_SECONDS). A POST body gets a fresh entity-secret ciphertext on every
+    attempt, including the one after a Retry-After wait; its idempotencyKey stays the same."""
     url = f"{settings.CUSTODIAN_API_BASE.rstrip('/')}{path}"
+    timeout = float(getattr(settings, "CUSTODIAN_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS))
+
+    def send() -> requests.Response:
+        return requests.request(method, url, json=_with_secret(body) if body is not None else None, params=params,
+                                timeout=timeout, headers={"Authorization": f"Bearer {settings.CUSTODIAN_API_KEY}"})
+
     try:
-        response = requests.request(method, url, json=body, params=params, timeout=TIMEOUT_SECONDS,
-                                    headers={"Authorization": f"Bearer {settings.CUSTODIAN_API_KEY}"})
+        response = send_honouring_retry_after("custodian", send)
     except requests.RequestException as exc:
         raise ProviderError(f"custodian {method} {path}: {type(exc).__name__}", transient=True) from exc
     try:
         answer = response.json()
     except ValueError:
         answer = {}
+    if not isinstance(answer, dict):
+        answer = {}
     if response.status_code >= 400:
         message = f"custodian {method} {path}: {response.status_code} {answer.get('code', '')} {answer.get('message', '')}"
+        wait = retry_after_seconds(response)
+        if wait is not None:
+            message += f" (retry after {wait:g} s)"
         transient = response.status_code in (401, 403, 409, 429) or response.status_code >= 500
         raise ProviderError(message.strip()[:1000], transient=transient)
-    data = answer.get("data") if isinstance(answer, dict) else None
+    data = answer.get("data")
     if not isinstance(data, dict):
         raise ProviderError(f"custodian {method} {path}: answer without data", transient=True)
     return data
@@ -172,13 +185,13 @@ class CustodianProvider(PaymentProvider):
     ) -> PaymentSetup:
         if currency != "USD":
             raise ProviderError(f"the USDC rail takes USD escrows, not {currency}", transient=False)
-        data = _request("POST", "/v1/w3s/developer/wallets", body=_with_secret({
+        data = _request("POST", "/v1/w3s/developer/wallets", body={
             "idempotencyKey": idempotency_uuid(idempotency_key),
             "walletSetId": getattr(settings, "CUSTODIAN_WALLET_SET_ID", ""),
             "blockchains": [BLOCKCHAIN],
             "count": 1,
             "metadata": [{"name": "escrow", "refId": escrow_id}],
-        }))
+        })
         wallets = data.get("wallets") or []
         if len(wallets) != 1 or not wallets[0].get("id") or not wallets[0].get("address"):
             raise ProviderError("custodian created no wallet", transient=True)
@@ -195,7 +208,7 @@ class CustodianProvider(PaymentProvider):
                                            chain=CHAIN_FOR_SCREENING)
         if not verdict.allowed:
             raise screening.ScreeningBlocked(address=destination, reason=verdict.reason)
-        data = _request("POST", "/v1/w3s/developer/transactions/transfer", body=_with_secret({
+        data = _request("POST", "/v1/w3s/developer/transactions/transfer", body={
             "idempotencyKey": idempotency_uuid(idempotency_key),
             "walletId": wallet_id,
             "destinationAddress": destination,
@@ -204,7 +217,7 @@ class CustodianProvider(PaymentProvider):
             "blockchain": BLOCKCHAIN,
             "feeLevel": "MEDIUM",
             "refId": escrow_id,
-        }))
+        })
         if not data.get("id"):
             raise ProviderError("custodian accepted a transfer without an id", transient=True)
         return MoneyMovement(provider_id=str(data["id"]), raw={"id": data["id"], "state": data.get("state"),

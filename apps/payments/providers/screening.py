@@ -5,9 +5,10 @@
 - Chainalysis sanctions API `GET /api/v1/address/{address}` (header `X-API-Key`): any identification
   blocks.
 
-Every answer is kept with its raw response (`WalletScreening`). A 429, a 5xx, a timeout or an unreadable
-answer raises a transient `ProviderError`: the caller moves no money and is retried (bus backoff, or the
-custodian's webhook retry). Other vendors can be added as another `Screener`.
+Every answer is kept with its raw response (`WalletScreening`). A 429, a 5xx, a timeout
+(SCREENING_TIMEOUT_SECONDS) or an unreadable answer raises a transient `ProviderError`: the caller moves no
+money and is retried (bus backoff, or the custodian's webhook retry). A 429 or 503 with a short Retry-After
+is waited out and asked once more first (http.py). Other vendors can be added as another `Screener`.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import requests
 from django.conf import settings
 
 from apps.payments.providers.base import ProviderError
+from apps.payments.providers.http import retry_after_seconds, send_honouring_retry_after
 
 log = logging.getLogger(__name__)
 
-TIMEOUT_SECONDS = 10.0
+DEFAULT_TIMEOUT_SECONDS = 10.0
 TRM_BLOCKING_LEVEL = 10  # TRM levels: 1 Low, 5 Medium, 10 High, 15 Severe
 
 
@@ -62,7 +64,10 @@ class Screener(abc.ABC):
 
 def _answer(vendor: str, response: requests.Response) -> Any:
     if response.status_code == 429 or response.status_code >= 500:
-        raise ProviderError(f"{vendor} screening unavailable: HTTP {response.status_code}", transient=True)
+        wait = retry_after_seconds(response)
+        later = f" (retry after {wait:g} s)" if wait is not None else ""
+        raise ProviderError(f"{vendor} screening unavailable: HTTP {response.status_code}{later} "
+                            f"{response.text[:200]}".strip(), transient=True)
     if response.status_code >= 400:
         # Our request or our credentials are wrong: still no money moves; retried once fixed.
         raise ProviderError(f"{vendor} screening refused: HTTP {response.status_code} {response.text[:200]}",
@@ -74,8 +79,10 @@ def _answer(vendor: str, response: requests.Response) -> Any:
 
 
 def _get(vendor: str, method: str, url: str, **kwargs: Any) -> Any:
+    timeout = float(getattr(settings, "SCREENING_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS))
     try:
-        response = requests.request(method, url, timeout=TIMEOUT_SECONDS, **kwargs)
+        response = send_honouring_retry_after(
+            vendor, lambda: requests.request(method, url, timeout=timeout, **kwargs))
     except requests.RequestException as exc:
         raise ProviderError(f"{vendor} screening unreachable: {type(exc).__name__}", transient=True) from exc
     return _answer(vendor, response)
