@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.db import transaction
+from django.utils import timezone
 
 from apps.outbox.bus import Delivery, ExternalEffect, Subscriber
 from apps.payments import payouts, providers, services
@@ -39,14 +40,18 @@ def _refusal(exc: ProviderError) -> Refusal:
     return Refusal(reason=str(exc)[:1000], blocked_address=getattr(exc, "address", ""))
 
 
+def announce_block(order: PaymentOrder, *, address: str, reason: str, key: str) -> None:
+    """A wallet screening blocked: WalletScreened(allowed=false), which puts the escrow on compliance hold."""
+    services.emit(
+        order,
+        payments_v1.WalletScreened(escrow_id=str(order.escrow_id), address=address, allowed=False, reason=reason),
+        fact=f"{key}:screening_blocked",
+    )
+
+
 def _announce_block(order: PaymentOrder, refusal: Refusal, *, key: str) -> None:
     if refusal.blocked_address:
-        services.emit(
-            order,
-            payments_v1.WalletScreened(escrow_id=str(order.escrow_id), address=refusal.blocked_address,
-                                       allowed=False, reason=refusal.reason),
-            fact=f"{key}:screening_blocked",
-        )
+        announce_block(order, address=refusal.blocked_address, reason=refusal.reason, key=key)
 
 
 def _key(delivery: Delivery, purpose: str) -> str:
@@ -283,7 +288,9 @@ def record_movement(*, escrow_id: str, kind: str, provider_name: str, movement: 
 
 def on_compliance_hold_resolved(event: escrow_v1.EscrowComplianceHoldResolved, delivery: Delivery) -> None:
     """Compliance cleared the escrow after review: deposits that screening blocked are now counted (each
-    once, keyed by its on-chain transaction). A REFUND decision needs nothing here: InitiateRefund follows."""
+    once, keyed by its on-chain transaction), and parked payouts that screening blocked wait again and are
+    sent once this commits (screened again: a wallet the vendors still block is held again, with a new
+    hold). A REFUND decision needs nothing here: InitiateRefund follows and cancels those payouts."""
     from apps.payments import webhooks
 
     if event.decision != escrow_v1.ComplianceDecision.LIFT:
@@ -291,6 +298,10 @@ def on_compliance_hold_resolved(event: escrow_v1.EscrowComplianceHoldResolved, d
     order = services.lock_order(event.escrow_id)
     if order is None:
         return
+    released = WaitingPayout.objects.filter(escrow_id=event.escrow_id, status=WaitingPayout.Status.BLOCKED).update(
+        status=WaitingPayout.Status.WAITING, last_error="compliance hold lifted", updated_at=timezone.now())
+    if released:
+        transaction.on_commit(lambda: payouts.waiting_payouts_send(escrow_id=event.escrow_id), robust=True)
     artifacts = PaymentArtifact.objects.select_for_update().filter(
         escrow_id=event.escrow_id, kind=PaymentArtifact.Kind.PAYMENT).order_by("pk")
     for artifact in artifacts:

@@ -127,6 +127,9 @@ class WaitingPayout(models.Model):
         SENDING = "sending"  # claimed by a sender: the provider call is under way
         SENT = "sent"
         CANCELLED = "cancelled"  # superseded: the escrow gave the money back instead
+        # Screening blocked the seller's wallet when it was to be sent: nothing left, the escrow is on
+        # compliance hold; ops lift it (waiting again, screened again) or refund the buyer (cancelled).
+        BLOCKED = "blocked"
 
     escrow_id = models.UUIDField(db_index=True)
     seller_id = models.BigIntegerField(db_index=True)

@@ -4,6 +4,8 @@ A seller registers a Stripe connected account (card escrows) or a USDC wallet on
 escrows). If a release reaches payments before the seller has one, the transfer is not lost and not
 dropped: it is parked as a `WaitingPayout` (the escrow stays RELEASING, held, flagged for ops by a
 TransferFailed), and registering a destination sends it with the command's original idempotency key.
+If screening then blocks the seller's wallet, nothing is sent: the payout is held (`blocked`) and the
+escrow goes on compliance hold, as a block at release does; ops lift it or refund the buyer.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from django.db.models import F, Sum
 from django.utils import timezone
 
 from apps.payments import providers
-from apps.payments.models import PaymentArtifact, PayoutDestination, WaitingPayout
+from apps.payments.models import PaymentArtifact, PayoutDestination, WaitingPayout, WalletScreening
 from apps.payments.providers.base import MoneyMovement, ProviderError
+from proto.payments import v1 as payments_v1
 
 log = logging.getLogger(__name__)
 
@@ -146,17 +149,52 @@ def _unclaim(payout: WaitingPayout, error: str = "") -> None:
         status=WaitingPayout.Status.WAITING, last_error=error[:1000], updated_at=timezone.now())
 
 
-def waiting_payouts_send(*, seller_id: int | None = None) -> int:
-    """Sends the waiting payouts (of one seller, or all): each row is claimed first, then the provider is
-    called outside any transaction with the original key, then the artifact and the row's status are
-    recorded in one transaction. A payout whose seller still lacks a destination, or whose provider call
-    fails, goes back to waiting. Returns how many went out."""
+def _hold_for_review(payout: WaitingPayout, blocked: ProviderError) -> None:
+    """Screening blocked the wallet this claimed payout was to go to: nothing was sent. The payout is held
+    (`blocked`: no sender claims it, so a wallet registered later cannot take it past the review), and the
+    block is announced as one at release is (TransferFailed, then WalletScreened(allowed=false), which puts
+    the escrow on compliance hold). The vendors' answers are already kept (WalletScreening, with raw)."""
+    from apps.payments import handlers, services
+
+    address = str(getattr(blocked, "address", ""))
+    # One announcement per screening that blocked (a payout blocked again after a lift is a new hold).
+    verdict = (WalletScreening.objects.filter(escrow_id=payout.escrow_id, address=address, allowed=False)
+               .order_by("-pk").values_list("pk", flat=True).first())
+    fact = f"{payout.idempotency_key}:parked:{verdict}"
+    reason = str(blocked)[:1000]
+    with transaction.atomic():
+        order = services.lock_order(str(payout.escrow_id))
+        held = WaitingPayout.objects.filter(pk=payout.pk, status=WaitingPayout.Status.SENDING).update(
+            status=WaitingPayout.Status.BLOCKED, last_error=reason, updated_at=timezone.now())
+        if not held or order is None:
+            return
+        services.emit(
+            order,
+            payments_v1.TransferFailed(
+                escrow_id=str(payout.escrow_id), amount=services.money(payout.amount_minor, payout.currency),
+                provider=payout.provider, reason=reason,
+            ),
+            fact=f"{payout.provider}:{fact}:not_sent",
+        )
+        handlers.announce_block(order, address=address, reason=reason, key=fact)
+    log.warning("waiting payout blocked by screening", extra={"escrow_id": str(payout.escrow_id)})
+
+
+def waiting_payouts_send(*, seller_id: int | None = None, escrow_id: str | None = None) -> int:
+    """Sends the waiting payouts (of one seller, one escrow, or all): each row is claimed first, then the
+    provider is called outside any transaction with the original key, then the artifact and the row's
+    status are recorded in one transaction. A payout whose seller still lacks a destination, or whose
+    provider call fails, goes back to waiting; one whose wallet screening blocks is held for compliance
+    review. Returns how many went out."""
     from apps.payments import handlers  # the recording half is the command handler's own
+    from apps.payments.providers.screening import ScreeningBlocked
 
     waiting = WaitingPayout.objects.filter(
         status__in=[WaitingPayout.Status.WAITING, WaitingPayout.Status.SENDING]).order_by("id")
     if seller_id is not None:
         waiting = waiting.filter(seller_id=seller_id)
+    if escrow_id is not None:
+        waiting = waiting.filter(escrow_id=escrow_id)
     sent = 0
     for payout in list(waiting):
         if not _claim(payout):
@@ -172,6 +210,9 @@ def waiting_payouts_send(*, seller_id: int | None = None) -> int:
             )
         except PayoutDestinationMissing:
             _unclaim(payout)
+            continue
+        except ScreeningBlocked as exc:
+            _hold_for_review(payout, exc)
             continue
         except ProviderError as exc:
             _unclaim(payout, str(exc))
@@ -205,7 +246,9 @@ def refund_budget_check(*, escrow_id: str, refund_minor: int) -> str:
     after a compliance review). Returns a reason to refuse the refund if it would still exceed it
     (a payout is already out or being sent), or "" when it may go."""
     payouts = WaitingPayout.objects.filter(escrow_id=escrow_id)
-    if not payouts.filter(status__in=[WaitingPayout.Status.WAITING, WaitingPayout.Status.SENDING]).exists():
+    # Parked: waiting for a destination, or held because screening blocked the seller's wallet.
+    parked_statuses = [WaitingPayout.Status.WAITING, WaitingPayout.Status.BLOCKED]
+    if not payouts.filter(status__in=[*parked_statuses, WaitingPayout.Status.SENDING]).exists():
         # Nothing parked or being sent: nothing this refund could race. (Artifacts record what was asked
         # of the buyer, not an overpayment that arrived, so they cannot bound an ordinary refund.)
         return ""
@@ -216,11 +259,11 @@ def refund_budget_check(*, escrow_id: str, refund_minor: int) -> str:
     committed = (_sum(artifacts.filter(kind=PaymentArtifact.Kind.TRANSFER, status__in=live),
                       F("amount_minor") + F("fee_minor"))
                  + _sum(artifacts.filter(kind=PaymentArtifact.Kind.REFUND, status__in=live), "amount_minor"))
-    parked = _sum(payouts.filter(status=WaitingPayout.Status.WAITING), F("amount_minor") + F("fee_minor"))
+    parked = _sum(payouts.filter(status__in=parked_statuses), F("amount_minor") + F("fee_minor"))
     sending = _sum(payouts.filter(status=WaitingPayout.Status.SENDING), F("amount_minor") + F("fee_minor"))
     if committed + parked + sending + refund_minor <= received:
         return ""
-    cancelled = payouts.filter(status=WaitingPayout.Status.WAITING).update(
+    cancelled = payouts.filter(status__in=parked_statuses).update(
         status=WaitingPayout.Status.CANCELLED, last_error="superseded by a refund", updated_at=timezone.now())
     if cancelled:
         log.warning("parked payouts cancelled by a refund", extra={"escrow_id": escrow_id, "cancelled": cancelled})
