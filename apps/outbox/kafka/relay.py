@@ -23,6 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -205,6 +206,40 @@ class PublishFailed(RuntimeError):
     pass
 
 
+def _close_connection() -> None:
+    connection.close()  # `connection` is per thread: this closes the calling thread's own
+
+
+class Marker:
+    """Marks acknowledged rows published on a thread of its own, with its own database connection, so the
+    UPDATE (the relay's most expensive statement: every index of the row changes) runs while the relay
+    reads and sends the next batches. It only ever marks rows the broker acknowledged; `drain()` waits for
+    every mark handed over, and the relay drains before it reads from the oldest unpublished row again
+    (idle, after a failure, on exit), so a row whose mark is still on its way is never re-read and resent.
+    A failed mark is raised at the next `submit` or `drain` (the rows stay unpublished: resent later)."""
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-mark")
+        self._pending: deque[Future[None]] = deque()
+
+    def submit(self, ids: list[int]) -> None:
+        while self._pending and self._pending[0].done():
+            self._pending.popleft().result()
+        if ids:
+            self._pending.append(self._executor.submit(mark_published, ids))
+
+    def drain(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
+
+    def close(self) -> None:
+        try:
+            self.drain()
+        finally:
+            self._executor.submit(_close_connection).result()
+            self._executor.shutdown()
+
+
 @dataclass
 class InFlight:
     records: list[RelayRecord]
@@ -230,6 +265,7 @@ class OutboxRelay:
         self.stats = RelayStats()
         self._loop = LoopRunner()
         self._producer: AIOKafkaProducer | None = None
+        self._marker: Marker | None = None
         self._last_progress = 0.0
 
     def stop(self) -> None:
@@ -255,6 +291,9 @@ class OutboxRelay:
     def _pump(self, lease: RelayLease, *, once: bool) -> None:
         window: deque[InFlight] = deque()
         cursor: tuple[int, int] | None = None
+        # Marking on another connection needs rows that other connections see: PostgreSQL, autocommit.
+        if connection.vendor == "postgresql" and not connection.in_atomic_block:
+            self._marker = Marker()
         try:
             while not self.stopping.is_set():
                 if not lease.still_held():
@@ -282,7 +321,9 @@ class OutboxRelay:
                         continue
                     self._progress()
                     continue
-                # Idle: restart from the oldest unpublished row next time (cheap, and robust).
+                # Idle: restart from the oldest unpublished row next time (cheap, and robust), once every
+                # acknowledged row is marked.
+                self._drain_marks()
                 cursor = None
                 if once and not unpublished_rows().exists():
                     break
@@ -290,14 +331,24 @@ class OutboxRelay:
         finally:
             # SIGTERM or an error: what is already with the producer is waited for and, if acknowledged
             # in order, marked, so a clean stop leaves no duplicates behind.
-            while window:
-                try:
-                    self._settle(window.popleft())
-                except PublishFailed:
-                    self._abandon(window)
+            try:
+                while window:
+                    try:
+                        self._settle(window.popleft())
+                    except PublishFailed:
+                        self._abandon(window)
+            finally:
+                marker, self._marker = self._marker, None
+                if marker is not None:
+                    marker.close()
+
+    def _drain_marks(self) -> None:
+        if self._marker is not None:
+            self._marker.drain()
 
     def _after_failure(self, window: deque[InFlight], exc: PublishFailed, *, once: bool) -> None:
         self._abandon(window)
+        self._drain_marks()
         self.stats.failures += 1
         if once:
             raise exc
@@ -361,7 +412,10 @@ class OutboxRelay:
                 error = outcome
                 break
             acked.append(record.id)
-        mark_published(acked)
+        if self._marker is not None:
+            self._marker.submit(acked)
+        else:
+            mark_published(acked)
         self.stats.batch_ms.append((time.perf_counter() - batch.started) * 1000)
         self.stats.batches += 1
         self.stats.published += len(acked)
