@@ -266,6 +266,7 @@ class OutboxRelay:
         self._loop = LoopRunner()
         self._producer: AIOKafkaProducer | None = None
         self._marker: Marker | None = None
+        self._enqueue_lock = asyncio.Lock()  # binds to the relay's loop on first use
         self._last_progress = 0.0
 
     def stop(self) -> None:
@@ -400,7 +401,7 @@ class OutboxRelay:
 
     def _submit(self, records: list[RelayRecord]) -> InFlight:
         producer = self._ensure_producer()
-        return InFlight(records, self._loop.start(_send_all(producer, records)), time.perf_counter())
+        return InFlight(records, self._loop.start(_send_all(producer, records, self._enqueue_lock)), time.perf_counter())
 
     def _settle(self, batch: InFlight) -> int:
         """Waits for a batch's acks and marks its acknowledged prefix published."""
@@ -441,50 +442,52 @@ class NotSent(RuntimeError):
     """A record that was never handed to the producer because an earlier enqueue failed."""
 
 
-async def _send_all(producer: AIOKafkaProducer, records: list[RelayRecord]) -> list[object]:
+async def _send_all(producer: AIOKafkaProducer, records: list[RelayRecord], enqueue_lock: asyncio.Lock) -> list[object]:
     """Sends the records as closed batches, one per partition (more if one fills up), each in delivery
     order, and returns every record's outcome: its batch's metadata, or the exception that failed it.
 
     The partition is the one the default partitioner would give the key (`partition_for`), so a key keeps
-    its partition; a partition's batches queue in the producer in the order they are sent, and it sends one
-    request per broker at a time, so per-partition order is delivery order. Closed batches do not linger:
-    the relay already has everything it is going to send."""
+    its partition. Handing a batch to the producer can wait (for the partition's previous batch to leave),
+    so the pipelined calls take `enqueue_lock` (first come, first served) to hand over their batches whole
+    and in delivery order; per partition the producer then sends them in that order, one request per broker
+    at a time. Closed batches do not linger: the relay already has everything it is going to send."""
     outcomes: list[object] = [None] * len(records)
-    groups: dict[tuple[str, int], list[int]] = {}
-    try:
-        partitions: dict[str, list[int]] = {}
-        for index, record in enumerate(records):
-            topic = record.topic
-            known = partitions.get(topic)
-            if known is None:
-                known = partitions[topic] = list(await producer.partitions_for(topic))
-            groups.setdefault((topic, partition_for(record.key, known)), []).append(index)
-    except Exception as exc:  # noqa: BLE001 - no metadata for a topic: nothing is sent, all retried
-        return [exc] * len(records)
-
     sent: list[tuple[list[int], asyncio.Future[object]]] = []
-    failure: BaseException | None = None
-    for (topic, partition), indices in groups.items():
-        start = 0
-        while start < len(indices) and failure is None:
-            batch = producer.create_batch()
-            end = start
-            while end < len(indices):  # the first record always fits, so each batch takes at least one
-                record = records[indices[end]]
-                if batch.append(timestamp=record.timestamp_ms, key=record.key, value=record.value,
-                                headers=record.headers) is None:
-                    break
-                end += 1
-            batch.close()
-            try:
-                sent.append((indices[start:end], await producer.send_batch(batch, topic, partition=partition)))
-            except Exception as exc:  # noqa: BLE001 - enqueueing failed: this batch and the rest are not sent
-                failure = exc
-            start = end
+    async with enqueue_lock:
+        groups: dict[tuple[str, int], list[int]] = {}
+        try:
+            partitions: dict[str, list[int]] = {}
+            for index, record in enumerate(records):
+                topic = record.topic
+                known = partitions.get(topic)
+                if known is None:
+                    known = partitions[topic] = list(await producer.partitions_for(topic))
+                groups.setdefault((topic, partition_for(record.key, known)), []).append(index)
+        except Exception as exc:  # noqa: BLE001 - no metadata for a topic: nothing is sent, all retried
+            return [exc] * len(records)
+
+        failure: BaseException | None = None
+        for (topic, partition), indices in groups.items():
+            start = 0
+            while start < len(indices) and failure is None:
+                batch = producer.create_batch()
+                end = start
+                while end < len(indices):  # the first record always fits, so each batch takes at least one
+                    record = records[indices[end]]
+                    if batch.append(timestamp=record.timestamp_ms, key=record.key, value=record.value,
+                                    headers=record.headers) is None:
+                        break
+                    end += 1
+                batch.close()
+                try:
+                    sent.append((indices[start:end], await producer.send_batch(batch, topic, partition=partition)))
+                except Exception as exc:  # noqa: BLE001 - enqueueing failed: this batch and the rest are not sent
+                    failure = exc
+                start = end
+            if failure is not None:
+                break
         if failure is not None:
-            break
-    if failure is not None:
-        outcomes = [NotSent(f"not sent after: {failure!r}")] * len(records)
+            outcomes = [NotSent(f"not sent after: {failure!r}")] * len(records)
     results = await asyncio.gather(*(future for _, future in sent), return_exceptions=True)
     for (indices, _), result in zip(sent, results, strict=True):
         for index in indices:
