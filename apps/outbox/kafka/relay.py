@@ -3,9 +3,13 @@
 - Rows are read in (txid, id) order and, on PostgreSQL, only below the transaction-id watermark (as the
   in-process bus reads them), so a transaction that commits late is never overtaken by a newer one.
 - Batches are pipelined: while one batch waits for the broker's acks (acks=all), the next is read and
-  handed to the producer, and the acknowledged batch is marked in one UPDATE. The producer keeps
-  per-partition order across the batches it holds (one in-flight request per partition), so the
-  pipeline is ordered like one long batch.
+  handed to the producer. Each batch goes to the producer as closed record batches, one per partition
+  (`create_batch`/`send_batch`, the partition being the default partitioner's for the key), handed over
+  whole and in delivery order; the producer sends one request per broker at a time and keeps each
+  partition's batches in order, so the pipeline is ordered like one long batch.
+- The acknowledged prefix is marked in one UPDATE, on PostgreSQL by a thread of its own (`Marker`) while
+  the next batches are read and sent; every mark is waited for before reading again from the oldest
+  unpublished row, so nothing acknowledged is sent twice by a healthy relay.
 - `published_at` is set only after the broker acknowledged, and only for the acknowledged prefix in
   delivery order: after the first failure nothing later is marked (not even rows acked after it), the
   pipeline drains and reading restarts from the oldest unpublished row. A crash or broker outage
