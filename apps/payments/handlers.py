@@ -178,27 +178,36 @@ def apply_transfer(command: payments_v1.TransferToSeller, delivery: Delivery,
 def _transfer_not_sent(command: payments_v1.TransferToSeller, delivery: Delivery, payment: PaymentArtifact,
                        outcome: Refusal | AwaitingDestination) -> None:
     """No money moved: the funds stay held, the escrow stays RELEASING and is flagged for ops by the
-    TransferFailed. A missing destination also parks the payout, sent when the seller registers one."""
+    TransferFailed. A missing destination also parks the payout, sent when the seller registers one. A
+    payout screening blocked is kept as well, held (`blocked`) for the compliance review: a lift sends it
+    with this command's key (screening raises before the provider is called, so that key never reached
+    it), a refund after review cancels it."""
     key = _key(delivery, "transfer")
     order = services.lock_order(command.escrow_id)
     if order is None:
         raise LookupError(f"escrow {command.escrow_id} has no payment order")
+    payout = {
+        "escrow_id": command.escrow_id,
+        "seller_id": command.seller_id,
+        "provider": payment.provider,
+        "source_payment_id": payment.provider_id,
+        "amount_minor": command.amount.amount_minor,
+        "fee_minor": command.fee.amount_minor if command.fee else 0,
+        "currency": command.amount.currency,
+    }
     if isinstance(outcome, AwaitingDestination):
-        WaitingPayout.objects.get_or_create(
-            idempotency_key=key,
-            defaults={
-                "escrow_id": command.escrow_id,
-                "seller_id": command.seller_id,
-                "provider": payment.provider,
-                "source_payment_id": payment.provider_id,
-                "amount_minor": command.amount.amount_minor,
-                "fee_minor": command.fee.amount_minor if command.fee else 0,
-                "currency": command.amount.currency,
-            },
-        )
+        WaitingPayout.objects.get_or_create(idempotency_key=key, defaults=payout)
         reason = f"awaiting payout destination: {outcome.reason}; sent once the seller registers one"
     else:
         reason = outcome.reason
+        outstanding = WaitingPayout.objects.filter(escrow_id=command.escrow_id, status__in=[
+            WaitingPayout.Status.WAITING, WaitingPayout.Status.SENDING, WaitingPayout.Status.BLOCKED,
+        ]).exclude(idempotency_key=key)
+        # One outstanding payout per escrow: a second blocked command for it (a retry that raced the hold)
+        # is not kept, or a lift would send both.
+        if outcome.blocked_address and not outstanding.exists():
+            WaitingPayout.objects.get_or_create(idempotency_key=key, defaults={
+                **payout, "status": WaitingPayout.Status.BLOCKED, "last_error": reason})
     services.emit(
         order,
         payments_v1.TransferFailed(
@@ -288,9 +297,11 @@ def record_movement(*, escrow_id: str, kind: str, provider_name: str, movement: 
 
 def on_compliance_hold_resolved(event: escrow_v1.EscrowComplianceHoldResolved, delivery: Delivery) -> None:
     """Compliance cleared the escrow after review: deposits that screening blocked are now counted (each
-    once, keyed by its on-chain transaction), and parked payouts that screening blocked wait again and are
-    sent once this commits (screened again: a wallet the vendors still block is held again, with a new
-    hold). A REFUND decision needs nothing here: InitiateRefund follows and cancels those payouts."""
+    once, keyed by its on-chain transaction), and payouts that screening blocked (at release or when parked)
+    wait again and are sent once this commits, each with its original key (screened again: a wallet the
+    vendors still block is held again, with a new hold). Only `blocked` rows are released, so a repeat of
+    this event finds nothing more to send. A REFUND decision needs nothing here: InitiateRefund follows and
+    cancels those payouts."""
     from apps.payments import webhooks
 
     if event.decision != escrow_v1.ComplianceDecision.LIFT:

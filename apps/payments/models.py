@@ -116,7 +116,8 @@ class PayoutDestination(models.Model):
 
 
 class WaitingPayout(models.Model):
-    """A TransferToSeller that could not go out because the seller had no payout destination yet.
+    """A TransferToSeller that could not go out because the seller had no payout destination yet, or
+    because screening blocked the seller's wallet (held as `blocked` for the compliance review).
 
     The money stays held (the escrow is RELEASING, flagged for ops); registering a destination sends it
     with the command's original idempotency key, so it can never be paid twice.
