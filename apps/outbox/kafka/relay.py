@@ -301,9 +301,11 @@ class OutboxRelay:
             self._marker = Marker()
         try:
             while not self.stopping.is_set():
-                if not lease.still_held():
-                    raise PublishFailed("lost the relay lock connection; stopping so a standby can take over")
                 if len(window) < self.pipeline_depth:
+                    # Before new work (not before settling: marking what the broker acknowledged is always
+                    # right), one round trip on the lock's connection.
+                    if not lease.still_held():
+                        raise PublishFailed("lost the relay lock connection; stopping so a standby can take over")
                     # Read (and hand over) the next batch while the earlier ones wait for their acks.
                     try:
                         records = publishable_records(limit=self.batch_size, after=cursor,
