@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import statistics
 import threading
@@ -81,6 +82,10 @@ _OCCURRED_AT_ISO_SQL = ("to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\
                         "ELSE to_char(occurred_at AT TIME ZONE 'UTC', '.US') END || '+00:00'")
 
 
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_MILLISECOND = datetime.timedelta(milliseconds=1)
+
+
 def _fetch_postgresql(*, limit: int, after: tuple[int, int] | None) -> list[tuple[Any, ...]]:
     """The hot read, in SQL: the header values come back as ready text (no UUID or datetime objects per
     row), the row comparison walks the delivery-order index from the cursor, and only rows below the bus's
@@ -135,7 +140,7 @@ def _records(rows: Iterable[tuple[Any, ...]], *, encode_value: ValueEncoder | No
                                      aggregate_version=aggregate_version, occurred_at=occurred_at,
                                      correlation_id=correlation_id, causation_id=causation_id,
                                      traceparent=traceparent),
-            timestamp_ms=int(occurred_at.timestamp() * 1000),
+            timestamp_ms=(occurred_at - _EPOCH) // _MILLISECOND,  # exact, as the SQL path's floor()
         ))
     return records
 
