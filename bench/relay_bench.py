@@ -165,8 +165,8 @@ def main() -> None:
         servers = broker.bootstrap
         settings.KAFKA_ENABLE_IDEMPOTENCE = False  # Tansu refuses the idempotent producer
     settings.KAFKA_BOOTSTRAP_SERVERS = servers
-    call_command("migrate", verbosity=0)
     try:
+        call_command("migrate", verbosity=0)  # inside the try: a missing database must not leave the broker
         backlog_before = OutboxMessage.objects.filter(published_at__isnull=True).count()
         if backlog_before:
             sys.exit(f"{backlog_before} unpublished rows already in this database: use a dedicated one")
