@@ -28,7 +28,7 @@ from tests.properties.figures import record_figures
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres_only]  # a second process needs the shared database
 
 ROOT = Path(__file__).resolve().parents[2]
-ESCROWS, VERSIONS, KILLS = 250, 4, 6
+ESCROWS, VERSIONS, KILLS = 1000, 4, 6
 SEED = int(os.environ.get("FAULTS_SEED", "0")) or random.randrange(1, 10**6)
 
 
