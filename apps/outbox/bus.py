@@ -169,13 +169,20 @@ def apply_message(
         return False
     if already_processed(subscriber, delivery):
         return False
+    _run_handler(subscriber, handler, message, delivery, prepared)
+    ProcessedMessage.objects.create(subscriber=subscriber.name, event_id=delivery.event_id)
+    return True
+
+
+def _run_handler(
+    subscriber: Subscriber, handler: Handler, message: betterproto2.Message, delivery: Delivery, prepared: Any
+) -> None:
+    """The handler's effect, in its trace span, in the caller's transaction (no dedupe)."""
     with context.handling(delivery, f"{subscriber.name} {delivery.type}"):
         if isinstance(handler, ExternalEffect):
             handler.apply(message, delivery, prepared)
         else:
             handler(message, delivery)
-    ProcessedMessage.objects.create(subscriber=subscriber.name, event_id=delivery.event_id)
-    return True
 
 
 def handle_with_dedupe(subscriber: Subscriber, message: betterproto2.Message, delivery: Delivery) -> bool:
@@ -411,10 +418,8 @@ def _apply_batch(
                     handler = subscriber.handler_for(row.type)
                     if handler is None or row.event_id in done:
                         continue
-                    delivery = Delivery.of(row)
                     message = messages.decode(row.type, row.payload)
-                    with context.handling(delivery, f"{subscriber.name} {delivery.type}"):
-                        handler(message, delivery)
+                    _run_handler(subscriber, handler, message, Delivery.of(row), None)
                     done.add(row.event_id)
                     records.append(ProcessedMessage(subscriber=subscriber.name, event_id=row.event_id))
                 current = None
