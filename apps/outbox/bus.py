@@ -27,7 +27,7 @@ from typing import Any
 import betterproto2
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Min, Q
+from django.db.models import Q
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
@@ -223,23 +223,42 @@ def _after(txid: int, row_id: int) -> Q:
 XID_WATERMARK_SQL = "(SELECT outbox_xid_watermark())"
 
 
-def pending_rows(subscriber: Subscriber, txid: int, row_id: int, limit: int) -> list[OutboxMessage]:
-    rows = OutboxMessage.objects.filter(_after(txid, row_id), topic__in=subscriber.topics)
-    if connection.vendor == "postgresql":
-        rows = rows.filter(txid__lt=RawSQL(XID_WATERMARK_SQL, []))
-    return list(rows.order_by("txid", "id")[:limit])
+def pending_rows(subscriber: Subscriber, txid: int, row_id: int, limit: int) -> tuple[list[OutboxMessage], int | None]:
+    """The rows this subscriber can take now, in delivery order, and the txid of the first committed row
+    it cannot take yet because an older transaction is still open (None if there is none).
 
-
-def _held_back(subscriber: Subscriber, txid: int, row_id: int) -> int | None:
-    """The oldest txid of committed rows this subscriber cannot take yet because an older transaction is
-    still open (None if there are none)."""
+    One statement: the rows after the checkpoint come with the watermark, and since they are in txid
+    order the settled ones (txid below it) are a prefix; the first row after that prefix is held back.
+    """
+    rows = OutboxMessage.objects.filter(_after(txid, row_id), topic__in=subscriber.topics).order_by("txid", "id")
     if connection.vendor != "postgresql":
-        return None
-    return (
-        OutboxMessage.objects.filter(_after(txid, row_id), topic__in=subscriber.topics)
-        .filter(txid__gte=RawSQL(XID_WATERMARK_SQL, []))
-        .aggregate(oldest=Min("txid"))["oldest"]
-    )
+        return list(rows[:limit]), None
+    fetched = list(rows.annotate(watermark=RawSQL(XID_WATERMARK_SQL, []))[:limit])
+    settled = [row for row in fetched if row.txid < row.watermark]
+    held_back = fetched[len(settled)].txid if len(settled) < len(fetched) else None
+    return settled, held_back
+
+
+def subscribers_with_work(selected: list[Subscriber]) -> list[Subscriber]:
+    """The subscribers that have outbox rows after their checkpoint (settled or held back), in one
+    statement: a drain pass skips the others instead of spending a lock, a checkpoint read and an outbox
+    read on each. Rows committed after this read announce themselves (wake, NOTIFY)."""
+    if connection.vendor != "postgresql" or not selected:
+        return selected
+    values = ", ".join(["(%s, %s::text[])"] * len(selected))
+    params = [value for sub in selected for value in (sub.name, sorted(sub.topics))]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""SELECT v.name FROM (VALUES {values}) AS v(name, topics)
+                LEFT JOIN {SubscriberCheckpoint._meta.db_table} c ON c.subscriber = v.name
+                WHERE EXISTS (
+                    SELECT 1 FROM {OutboxMessage._meta.db_table} o
+                    WHERE (o.txid, o.id) > (COALESCE(c.last_txid, 0), COALESCE(c.last_id, 0))
+                      AND o.topic = ANY(v.topics))""",
+            params,
+        )
+        names = {name for (name,) in cursor.fetchall()}
+    return [sub for sub in selected if sub.name in names]
 
 
 def _wait_for_watermark(txid: int, budget: float) -> float:
@@ -328,10 +347,10 @@ def _drain_locked(subscriber: Subscriber) -> int:
     handled = 0
     waited = 0.0
     while True:
-        rows = pending_rows(subscriber, txid, row_id, settings.BUS_BATCH_SIZE)
+        rows, held_back = pending_rows(subscriber, txid, row_id, settings.BUS_BATCH_SIZE)
         if not rows:
-            if waited < HOLD_BACK_WAIT_SECONDS and (oldest := _held_back(subscriber, txid, row_id)) is not None:
-                waited += _wait_for_watermark(oldest, HOLD_BACK_WAIT_SECONDS - waited)
+            if waited < HOLD_BACK_WAIT_SECONDS and held_back is not None:
+                waited += _wait_for_watermark(held_back, HOLD_BACK_WAIT_SECONDS - waited)
                 continue
             return handled
         waited = 0.0
@@ -529,7 +548,7 @@ def drain(names: list[str] | None = None) -> int:
     selected = [get_subscriber(n) for n in names] if names else outbox_subscribers()
     total = 0
     while True:
-        handled = sum(drain_subscriber(sub) for sub in selected)
+        handled = sum(drain_subscriber(sub) for sub in subscribers_with_work(selected))
         total += handled
         if not handled:
             return total
@@ -540,8 +559,20 @@ def drain(names: list[str] | None = None) -> int:
 _wake_event = threading.Event()
 
 
+@contextmanager
+def worker_draining() -> Iterator[None]:
+    """Marks the bus worker's own drain on this thread: its handlers' commits need not wake it again."""
+    _local.worker_draining = True
+    try:
+        yield
+    finally:
+        _local.worker_draining = False
+
+
 def wake() -> None:
     """Called after a transaction that wrote outbox rows commits."""
+    if getattr(_local, "worker_draining", False):
+        return  # the worker's drain loops until a pass finds nothing: it reads these rows itself
     _wake_event.set()
     if settings.BUS_INLINE_DISPATCH:
         if getattr(_local, "draining", False):
