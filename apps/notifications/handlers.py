@@ -30,15 +30,18 @@ def _notify(delivery: Delivery, kind: str, texts: dict[str, str]) -> None:
     if parties is None:
         return
     users = {BUYER: parties.buyer_id, SELLER: parties.seller_id}
-    created: list[int] = []
+    owed: dict[int, str] = {}
     for role, text in texts.items():
-        notification, is_new = Notification.objects.get_or_create(
-            event_id=delivery.event_id,
-            user_id=users[role],
-            defaults={"escrow_id": delivery.aggregate_id, "kind": kind, "text": f"{text} {_link(delivery.aggregate_id)}"},
-        )
-        if is_new:
-            created.append(notification.pk)
+        owed.setdefault(users[role], text)
+    # One read and one insert (get_or_create would cost a read, a savepoint, an insert and a release per
+    # user); the unique constraint on (event, user) still backs the read up.
+    sent_before = set(Notification.objects.filter(event_id=delivery.event_id, user_id__in=owed)
+                      .values_list("user_id", flat=True))
+    created = [notification.pk for notification in Notification.objects.bulk_create([
+        Notification(event_id=delivery.event_id, user_id=user_id, escrow_id=delivery.aggregate_id, kind=kind,
+                     text=f"{text} {_link(delivery.aggregate_id)}")
+        for user_id, text in owed.items() if user_id not in sent_before
+    ])]
     deliver_after_commit(created)
 
 

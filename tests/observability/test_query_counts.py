@@ -8,7 +8,7 @@ wait) so that the count is the request's own work, not the subscribers'.
 from __future__ import annotations
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from tests.helpers import act, create_escrow, pay
@@ -75,3 +75,31 @@ def test_deliver_runs_one_transaction_of_nine_statements(funded, settings):
     # One transaction per command, and before it only the caller's authentication (session, user).
     assert sql.count("BEGIN") == 1
     assert begin == 2
+
+
+def test_notifying_both_parties_of_an_event_is_one_read_and_one_insert(funded, settings):
+    from apps.notifications.handlers import SUBSCRIBER
+    from apps.notifications.models import Notification
+    from apps.outbox import messages
+    from apps.outbox.bus import Delivery
+    from apps.outbox.models import OutboxMessage
+
+    _, as_seller, escrow_id = funded
+    settings.BUS_INLINE_DISPATCH = False
+    settings.READ_YOUR_WRITES_SECONDS = 0
+    assert act(as_seller, escrow_id, "deliver").status_code == 202
+    row = OutboxMessage.objects.get(aggregate_id=escrow_id, type="escrow.v1.EscrowDelivered")
+    handler = SUBSCRIBER.handler_for(row.type)
+    message = messages.decode(row.type, row.payload)
+    with CaptureQueriesContext(connection) as captured, transaction.atomic():  # as in the bus transaction
+        handler(message, Delivery.of(row))
+    sql = [q["sql"] for q in captured.captured_queries if q["sql"] not in ("BEGIN", "COMMIT")]
+    assert len(sql) == 3, "\n".join(sql)  # the parties, the notifications already owed, one insert
+    assert 'FROM "notifications_escrowparties"' in sql[0]
+    assert sql[2].startswith('INSERT INTO "notifications_notification"')
+    assert Notification.objects.filter(event_id=row.event_id).count() == 2
+    # The same event again owes nothing more: two reads, no insert.
+    with CaptureQueriesContext(connection) as again, transaction.atomic():
+        handler(message, Delivery.of(row))
+    assert len([q for q in again.captured_queries if q["sql"] not in ("BEGIN", "COMMIT")]) == 2
+    assert Notification.objects.filter(event_id=row.event_id).count() == 2
