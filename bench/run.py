@@ -143,9 +143,9 @@ def memory(stack: Stack) -> dict[str, float | None]:
         figures["gunicorn master"] = rss_mb(gunicorn.pid)
         for n, pid in enumerate(children(gunicorn.pid), 1):
             figures[f"gunicorn worker {n}"] = rss_mb(pid)
-    bus_worker = stack.procs.get("run_bus")
-    if bus_worker is not None:
-        figures["bus worker"] = rss_mb(bus_worker.pid)
+    for name, proc in stack.procs.items():
+        if name.startswith("run_bus"):
+            figures[name.replace("run_bus", "bus worker")] = rss_mb(proc.pid)
     figures["load generator"] = rss_mb(os.getpid())
     return figures
 
@@ -610,7 +610,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"# Bench {result['started_at']}",
         "",
         f"gunicorn {cfg['workers']} x gthread({cfg['threads']}), bus: "
-        f"{'inline after commit' if cfg['inline'] else 'run_bus worker'}, offered {cfg['commands_per_s']} "
+        f"{'inline after commit' if cfg['inline'] else 'run_bus: ' + (cfg.get('bus_split') or 'one worker')}, offered {cfg['commands_per_s']} "
         f"commands/s + {cfg['queries_per_s']} queries/s for {cfg['duration_s']} s; machine: "
         f"{os.cpu_count()} cores, shared (figures are noisy).",
         "",
@@ -657,6 +657,8 @@ def main() -> int:
     parser.add_argument("--ceiling-seconds", type=float, default=10)
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--bus-split", default="",
+                        help='run one bus worker per group of subscribers, e.g. "escrow,payments;projections,notifications"')
     parser.add_argument("--inline", action="store_true", help="drain the bus in the request thread, no run_bus")
     parser.add_argument("--pairs", type=int, default=50, help="buyer/seller pairs")
     parser.add_argument("--max-in-flight", type=int, default=256)
@@ -671,7 +673,7 @@ def main() -> int:
     database_url = f"postgres://postgres@127.0.0.1:5432/{args.database}"
     stack = Stack()
     result: dict[str, Any] = {"started_at": started_at, "command": " ".join(["bench/run.py", *sys.argv[1:]]),
-                              "config": {"workers": args.workers, "threads": args.threads, "inline": args.inline,
+                              "config": {"workers": args.workers, "threads": args.threads, "inline": args.inline, "bus_split": args.bus_split,
                                          "commands_per_s": args.commands_per_s,
                                          "queries_per_s": args.queries_per_s, "duration_s": args.duration}}
     try:
@@ -689,7 +691,12 @@ def main() -> int:
                                  "--threads", str(args.threads), "--backlog", "2048", "--log-level", "warning"],
                     env)
         if not args.inline:
-            stack.start("run_bus", [PY, "manage.py", "run_bus"], env)
+            groups = [g for g in args.bus_split.split(";") if g] or [""]
+            for n, group in enumerate(groups):
+                # One process per group of subscribers; escrow timers fire in the first only.
+                argv = [PY, "manage.py", "run_bus"] + (["--no-timers"] if n else [])
+                stack.start("run_bus" + (f" {n + 1}" if n else ""), argv,
+                            {**env, "BUS_OUTBOX_SUBSCRIBERS": group} if group else env)
         wait_until_up(base, stack)
 
         progress(f"framework ceiling: /bench/noop closed loop for {args.ceiling_seconds}s")
