@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from django.db import connection
 from rest_framework.test import APIClient
 
-from apps.outbox import waiting
 from tests.factories import StaffFactory, UserFactory
 
 
@@ -37,14 +36,6 @@ def _require_postgres_really(request: pytest.FixtureRequest) -> None:
 def _media_in_tmp(settings: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Uploaded files (dispute evidence) never land in the working tree."""
     settings.MEDIA_ROOT = tmp_path_factory.mktemp("media")
-
-
-@pytest.fixture(autouse=True)
-def _close_escrow_changed_listener() -> Iterator[None]:
-    """A read-your-writes wait starts a LISTEN connection in this process; it must not outlive the test
-    (it would keep the test database in use when it is dropped)."""
-    yield
-    waiting.close_listener()
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.utils import timezone
 
-from apps.outbox import waiting
 from apps.outbox.bus import Delivery, ExternalEffect, Subscriber
 from apps.payments import payouts, providers, services
 from apps.payments.models import PaymentArtifact, PaymentOrder, WaitingPayout
@@ -115,7 +114,6 @@ def apply_payment(command: payments_v1.CreatePaymentIntent, delivery: Delivery,
             "raw": setup.raw,
         },
     )
-    waiting.announce(order.escrow_id)  # a request waiting for these instructions looks again at commit
     services.emit(
         order,
         payments_v1.PaymentInstructionsIssued(

@@ -3,11 +3,11 @@ entry point, and the sandbox's simulated payment."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from django.conf import settings
 
-from apps.outbox import waiting
 from apps.payments import webhooks
 from apps.payments.models import PaymentArtifact
 from apps.payments.providers import sandbox
@@ -46,16 +46,12 @@ def payment_instructions(escrow_id: str) -> PaymentInstructions | None:
 def payment_instructions_wait(escrow_id: str, *, timeout_seconds: float) -> PaymentInstructions | None:
     """payment_instructions, waiting (bounded) while the payments subscriber has not issued them yet:
     the escrow's CreatePaymentIntent is committed, its provider call may still be running."""
-    found: list[PaymentInstructions] = []
-
-    def issued() -> bool:
-        instructions = payment_instructions(escrow_id)
-        if instructions is not None:
-            found.append(instructions)
-        return instructions is not None
-
-    waiting.wait_for(escrow_id, issued, timeout_seconds=timeout_seconds)
-    return found[0] if found else None
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        found = payment_instructions(escrow_id)
+        if found is not None or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.005)
 
 
 def payment_instructions_many(escrow_ids: list[str]) -> dict[str, PaymentInstructions]:

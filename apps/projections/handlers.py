@@ -14,7 +14,6 @@ from typing import Any
 import betterproto2
 from django.db.models import F
 
-from apps.outbox import waiting
 from apps.outbox.bus import Delivery, Subscriber
 from apps.projections.models import EscrowViewFields
 from apps.projections.tables import Tables, active_tables
@@ -238,7 +237,6 @@ def _live(fold: Fold) -> Callable[[Any, Delivery], None]:
 
     def handler(event: Any, delivery: Delivery) -> None:
         fold(event, delivery, active_tables())
-        waiting.announce(delivery.aggregate_id)  # read-your-writes waiters look again at commit
 
     handler.__name__ = fold.__name__
     return handler

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import datetime
+import time
 from typing import Any
 
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from apps.outbox import waiting
 from apps.projections.models import EscrowViewFields
 from apps.projections.tables import active_tables
 
@@ -24,11 +24,13 @@ def escrow_view_get(*, escrow_id: str) -> EscrowViewFields | None:
 def escrow_view_wait(*, escrow_id: str, version: int, timeout_seconds: float) -> bool:
     """Read-your-writes: waits (bounded) until the read model shows this escrow at `version` or later.
     Returns False if it did not in time; the caller answers anyway (the write is committed)."""
-    return waiting.wait_for(
-        escrow_id,
-        lambda: active_tables().view.objects.filter(escrow_id=escrow_id, version__gte=version).exists(),
-        timeout_seconds=timeout_seconds,
-    )
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        if active_tables().view.objects.filter(escrow_id=escrow_id, version__gte=version).exists():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
 
 
 def escrow_views_for_user(*, user_id: int, role: str | None = None,
