@@ -258,6 +258,10 @@ async def _send(client: aiohttp.ClientSession, load: Load, kind: str, method: st
                 scheduled_mono: float, scheduled_wall: float, body: dict[str, Any] | None = None) -> Record:
     record = Record(kind=kind, correlation_id=f"bench-{kind}-{next(_corr)}", scheduled=scheduled_wall)
     headers = {"Authorization": f"Bearer {token}", "X-Correlation-ID": record.correlation_id}
+    if method == "POST":
+        # As a careful client sends every command: a new key per attempt (a retried step is a new
+        # attempt here, since its first answer was a refusal that the key would replay).
+        headers["Idempotency-Key"] = record.correlation_id
     try:
         async with client.request(method, url, json=body, headers=headers) as response:
             payload = await response.read()
