@@ -103,29 +103,38 @@ class BusWorker:
         `stop()` are seen promptly; a NOTIFY ends the wait at once, whatever the slice.
 
         Notifications sent by this worker's own database session are skipped: they announce commits its
-        pass made, which the pass's drain loop has already read past. Once one from elsewhere arrives, the
-        rest already queued are taken too, since the next pass reads everything committed before it starts.
+        pass made, which the pass's drain loop has already read past. Once woken, every announcement
+        already received is dropped: the next pass reads everything committed before it starts, so one
+        commit seen twice (its in-process wake and its NOTIFY), or a burst of commits, costs one pass.
         """
         deadline = time.monotonic() + self.poll_seconds
         while not self.stopping.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return
+                break
             if self._listener is None:
                 bus.wait_for_wake(remaining)
-                return
+                break
             if bus._wake_event.is_set():
-                bus._wake_event.clear()
-                return
+                break
             try:
                 if self._foreign_notification(min(remaining, _LISTEN_SLICE_SECONDS)):
-                    for _ in self._listener.notifies(timeout=0):
-                        pass
-                    return
+                    break
             except Exception:  # noqa: BLE001
                 log.exception("LISTEN connection lost; polling only")
                 self._listener = None
-                continue
+        self._drop_announcements()
+
+    def _drop_announcements(self) -> None:
+        bus._wake_event.clear()
+        if self._listener is None:
+            return
+        try:
+            for _ in self._listener.notifies(timeout=0):
+                pass
+        except Exception:  # noqa: BLE001
+            log.exception("LISTEN connection lost; polling only")
+            self._listener = None
 
     def _foreign_notification(self, timeout: float) -> bool:
         own = connection.connection.info.backend_pid if connection.connection is not None else None

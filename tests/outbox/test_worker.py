@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import io
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,16 +13,18 @@ from contextlib import contextmanager
 import psycopg
 import pytest
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, transaction
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 
 from apps.outbox import bus, messages
 from apps.outbox.models import OutboxMessage
+from apps.outbox.publish import stream_lock
 from apps.outbox.worker import BusWorker
 from apps.projections.models import EscrowView
 from proto.escrow import v1 as escrow_v1
 from tests.helpers import create_escrow
-from tests.outbox.support import Recorder, installed, new_escrow_id, publish_event, wait_until
+from tests.outbox.support import Recorder, append_event, installed, new_escrow_id, publish_event, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -97,3 +100,49 @@ def test_without_a_worker_nothing_is_delivered_and_run_bus_once_catches_up(api_c
         call_command("run_bus", "--once", "--no-timers", stdout=io.StringIO())
         assert EscrowView.objects.count() == 3
         assert OutboxMessage.objects.filter(aggregate_id__in=ids).count() > 0
+
+
+@pytest.mark.postgres_only
+def test_the_workers_own_commits_do_not_wake_it_again():
+    """A handler that appends to the outbox commits inside the worker's pass: the pass's drain loop
+    reads past that row itself, so neither its NOTIFY nor its in-process wake may cost another pass."""
+    followed: list[uuid.UUID] = []
+
+    def on_created(message, delivery):
+        stream_lock(delivery.aggregate_id)
+        append_event(delivery.aggregate_id, delivery.aggregate_version + 1, escrow_v1.EscrowDelivered)
+
+    def on_delivered(message, delivery):
+        transaction.on_commit(lambda: followed.append(delivery.event_id))
+
+    chained = bus.Subscriber(name="chained", handlers={escrow_v1.EscrowCreated: on_created,
+                                                       escrow_v1.EscrowDelivered: on_delivered})
+    bus.register(chained)
+    try:
+        with override_settings(BUS_OUTBOX_SUBSCRIBERS=["chained"], BUS_INLINE_DISPATCH=False), \
+                running_worker() as worker:
+            passes = worker.passes
+            publish_event(new_escrow_id(), 1, escrow_v1.EscrowCreated)
+            assert wait_until(lambda: len(followed) == 1, timeout=20)
+            time.sleep(1.0)  # any extra pass would have happened by now (the poll is 60 s away)
+            # One pass for the published event, at most one more if its in-process wake and its NOTIFY
+            # were seen on either side of the pass's start; the chained row and its announcements, none.
+            assert worker.passes - passes <= 2, worker.passes - passes
+            assert len(followed) == 1
+    finally:
+        bus.unregister("chained")
+
+
+@pytest.mark.postgres_only
+def test_a_pass_skips_subscribers_with_nothing_after_their_checkpoint():
+    first, second = Recorder("caught-up"), Recorder("behind")
+    with installed(first, second):
+        publish_event(new_escrow_id(), 1)
+        bus.drain(["caught-up"])
+        with CaptureQueriesContext(connection) as captured:
+            assert bus.drain() == 1
+        locks = [q["sql"] for q in captured.captured_queries if "pg_try_advisory_lock" in q["sql"]]
+        assert len(locks) == 1, locks  # only "behind" was locked and read
+        with CaptureQueriesContext(connection) as idle:
+            assert bus.drain() == 0
+        assert len(idle.captured_queries) == 1, [q["sql"] for q in idle.captured_queries]  # the probe
