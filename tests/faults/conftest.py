@@ -1,4 +1,3 @@
-"""The fault suites reuse the payments suite's loopback provider fakes and the Kafka suite's broker."""
+"""The fault suites reuse the payments suite's loopback provider fakes and the Kafka broker (tests/conftest.py)."""
 
-from tests.kafka.conftest import fresh_group, kafka, kafka_bootstrap  # noqa: F401 - fixtures, found by name
 from tests.payments.conftest import fake_stripe, local_server  # noqa: F401 - fixtures, found by name

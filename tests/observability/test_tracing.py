@@ -17,7 +17,6 @@ from apps.outbox.kafka.consumer import AppConsumer
 from apps.outbox.kafka.relay import OutboxRelay
 from apps.outbox.models import OutboxMessage
 from tests.helpers import act, create_escrow, pay, state_of
-from tests.kafka.conftest import fresh_group, kafka, kafka_bootstrap  # noqa: F401 - the real broker fixtures
 
 SUBSCRIBERS = {"escrow", "payments", "projections", "notifications"}
 INCOMING = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -206,7 +205,7 @@ def test_each_process_is_its_own_service_by_default():
 
 @pytest.mark.kafka
 def test_a_kafka_consumer_continues_the_trace_from_the_record_headers(
-        spans, kafka, fresh_group, settings, api_client, buyer, seller):  # noqa: F811 - fixtures
+        spans, kafka, fresh_group, settings, api_client, buyer, seller):
     settings.BUS_OUTBOX_SUBSCRIBERS = ["escrow", "payments"]  # projections is fed from Kafka only
     group = fresh_group("projections")
     escrow_id = create_escrow(api_client(buyer), seller=seller)["escrow_id"]
