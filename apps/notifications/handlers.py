@@ -35,7 +35,7 @@ def _notify(delivery: Delivery, kind: str, texts: dict[str, str]) -> None:
         owed.setdefault(users[role], text)
     # One read and one insert (get_or_create would cost a read, a savepoint, an insert and a release per
     # user); the unique constraint on (event, user) still backs the read up.
-    sent_before = set(Notification.objects.filter(event_id=delivery.event_id, user_id__in=owed)
+    sent_before = set(Notification.objects.filter(event_id=delivery.event_id, user_id__in=list(owed))
                       .values_list("user_id", flat=True))
     created = [notification.pk for notification in Notification.objects.bulk_create([
         Notification(event_id=delivery.event_id, user_id=user_id, escrow_id=delivery.aggregate_id, kind=kind,
