@@ -21,15 +21,25 @@ def escrow_view_get(*, escrow_id: str) -> EscrowViewFields | None:
     return active_tables().view.objects.filter(escrow_id=escrow_id).first()
 
 
+# How long a read-your-writes wait trusts the live colour it read at its start (one query instead of
+# one per 5 ms poll; a wait is usually over in tens of milliseconds).
+_COLOUR_RECHECK_SECONDS = 0.1
+
+
 def escrow_view_wait(*, escrow_id: str, version: int, timeout_seconds: float) -> bool:
     """Read-your-writes: waits (bounded) until the read model shows this escrow at `version` or later.
     Returns False if it did not in time; the caller answers anyway (the write is committed)."""
     deadline = time.monotonic() + timeout_seconds
+    tables, colour_read_at = active_tables(), time.monotonic()
     while True:
-        if active_tables().view.objects.filter(escrow_id=escrow_id, version__gte=version).exists():
+        if tables.view.objects.filter(escrow_id=escrow_id, version__gte=version).exists():
             return True
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if now >= deadline:
             return False
+        if now - colour_read_at >= _COLOUR_RECHECK_SECONDS:
+            # A rebuild may have flipped the live colour during the wait: look at the new one.
+            tables, colour_read_at = active_tables(), now
         time.sleep(0.005)
 
 

@@ -103,3 +103,46 @@ def test_notifying_both_parties_of_an_event_is_one_read_and_one_insert(funded, s
         handler(message, Delivery.of(row))
     assert len([q for q in again.captured_queries if q["sql"] not in ("BEGIN", "COMMIT")]) == 2
     assert Notification.objects.filter(event_id=row.event_id).count() == 2
+
+
+def test_a_read_your_writes_wait_reads_the_live_colour_once_not_per_poll(funded, settings):
+    from apps.projections import selectors
+
+    _, _, escrow_id = funded
+    version = selectors.escrow_view_get(escrow_id=escrow_id).version
+    with CaptureQueriesContext(connection) as captured:  # never shown: waits out its 60 ms
+        assert not selectors.escrow_view_wait(escrow_id=escrow_id, version=version + 1, timeout_seconds=0.06)
+    sql = [q["sql"] for q in captured.captured_queries]
+    colour = [s for s in sql if "projections_activegeneration" in s]
+    polls = [s for s in sql if "projections_escrowview" in s]
+    assert len(polls) >= 5, sql
+    assert len(colour) == 1, sql
+
+
+def test_a_read_your_writes_wait_follows_a_colour_flip(funded):
+    """A rebuild that flips the live colour during a wait: the wait looks at the new colour within
+    0.1 s and sees the escrow there."""
+    import threading
+    import time
+
+    from apps.projections import selectors
+    from apps.projections.models import ActiveGeneration
+    from apps.projections.tables import active_tables, other_color, tables_for
+
+    _, _, escrow_id = funded
+    live = active_tables()
+    view = live.view.objects.get(escrow_id=escrow_id)
+    target = tables_for(other_color(live.color))
+    fields = {f.attname: getattr(view, f.attname) for f in live.view._meta.concrete_fields}
+    target.view.objects.create(**{**fields, "version": view.version + 1})
+
+    def flip() -> None:
+        time.sleep(0.2)
+        ActiveGeneration.objects.update_or_create(name="escrows", defaults={"color": target.color})
+
+    flipper = threading.Thread(target=flip)
+    flipper.start()
+    try:
+        assert selectors.escrow_view_wait(escrow_id=escrow_id, version=view.version + 1, timeout_seconds=5.0)
+    finally:
+        flipper.join()
