@@ -325,7 +325,8 @@ def _exclusive(name: str) -> Iterator[bool]:
 
 
 def drain_subscriber(subscriber: Subscriber) -> int:
-    """Delivers every message this subscriber can take now. Returns how many it handled.
+    """Delivers every message this subscriber could take when it read the outbox. Returns how many it
+    handled (`drain` repeats until a pass handles nothing).
 
     If another thread is already draining it, asks that thread for one more pass and returns 0.
     """
@@ -359,6 +360,10 @@ def _drain_locked(subscriber: Subscriber) -> int:
                 handled += _deliver_run(subscriber, run)
             elif _deliver(subscriber, external):
                 handled += 1
+        if len(rows) < settings.BUS_BATCH_SIZE and held_back is None:
+            # The read reached the end of what was committed: rows committed since announce themselves,
+            # and `drain` makes another pass after any pass that handled something.
+            return handled
         txid, row_id = rows[-1].txid, rows[-1].id
 
 

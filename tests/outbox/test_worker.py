@@ -143,6 +143,8 @@ def test_a_pass_skips_subscribers_with_nothing_after_their_checkpoint():
             assert bus.drain() == 1
         locks = [q["sql"] for q in captured.captured_queries if "pg_try_advisory_lock" in q["sql"]]
         assert len(locks) == 1, locks  # only "behind" was locked and read
+        reads = [q["sql"] for q in captured.captured_queries if q["sql"].startswith('SELECT "outbox_outboxmessage"')]
+        assert len(reads) == 1, reads  # a read that reached the end of the outbox is not repeated
         with CaptureQueriesContext(connection) as idle:
             assert bus.drain() == 0
         assert len(idle.captured_queries) == 1, [q["sql"] for q in idle.captured_queries]  # the probe
