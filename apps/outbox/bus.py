@@ -360,9 +360,11 @@ def _drain_locked(subscriber: Subscriber) -> int:
                 handled += _deliver_run(subscriber, run)
             elif _deliver(subscriber, external):
                 handled += 1
-        if len(rows) < settings.BUS_BATCH_SIZE and held_back is None:
-            # The read reached the end of what was committed: rows committed since announce themselves,
-            # and `drain` makes another pass after any pass that handled something.
+        if len(rows) < settings.BUS_BATCH_SIZE and held_back is None and getattr(_local, "worker_draining", False):
+            # The read reached the end of what was committed, and this is the bus worker: a row committed
+            # since then wakes it again (NOTIFY or in-process wake), even if that committer's own drain
+            # found this subscriber locked by us. Another drainer (inline dispatch) reads again before it
+            # lets go of the lock, since the committer it locked out may not be listening.
             return handled
         txid, row_id = rows[-1].txid, rows[-1].id
 
