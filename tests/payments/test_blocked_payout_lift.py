@@ -20,7 +20,14 @@ from apps.payments.providers.custodian import idempotency_uuid
 from tests.helpers import act
 from tests.payments.support import assert_money_invariant, outbox_types
 from tests.payments.test_compliance_hold import resolve
-from tests.payments.test_custodian_rail import AMOUNT, AMOUNT_MINOR, BUYER_WALLET, SELLER_WALLET, funded, notify
+from tests.payments.test_custodian_rail import (
+    AMOUNT,
+    AMOUNT_MINOR,
+    BUYER_WALLET,
+    SELLER_WALLET,
+    funded,
+    settle_the_transfer,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -49,11 +56,6 @@ def release_transfer_key(escrow_id: str) -> str:
     """The idempotency key payments derives from the release's TransferToSeller command."""
     [command] = OutboxMessage.objects.filter(aggregate_id=escrow_id, type__endswith=".TransferToSeller")
     return f"transfer-{command.event_id}"
-
-
-def settle_the_transfer(fake_custodian, client) -> None:
-    [out] = fake_custodian.outbound()
-    assert notify(client, *fake_custodian.notification(fake_custodian.settle(out["id"]))).status_code == 200
 
 
 def test_lift_with_the_wallet_clear_sends_the_payout_once_with_the_release_key(

@@ -23,6 +23,7 @@ from tests.payments.test_custodian_rail import (
     funded,
     notify,
     outbox_types,
+    settle_the_transfer,
     wallet_of,
 )
 
@@ -116,8 +117,7 @@ def test_a_blocked_payout_is_refunded_after_review(fake_custodian, fake_screenin
     assert refund.body["destinationAddress"] == BUYER_WALLET and refund.body["amounts"] == [AMOUNT]
     assert Escrow.objects.get(pk=escrow_id).state == "REFUNDING", outbox_types(escrow_id)
     assert state_of(as_buyer, escrow_id) == "REFUNDING"
-    [out] = fake_custodian.outbound()
-    assert notify(as_buyer, *fake_custodian.notification(fake_custodian.settle(out["id"]))).status_code == 200
+    settle_the_transfer(fake_custodian, as_buyer)
     escrow = assert_money_invariant(escrow_id)
     assert (escrow.state, escrow.refunded_minor, escrow.paid_out_minor, escrow.held_minor) == (
         "REFUNDED", AMOUNT_MINOR, 0, 0)

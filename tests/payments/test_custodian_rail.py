@@ -30,6 +30,12 @@ def notify(client: APIClient, body: bytes, headers: dict[str, str]) -> Any:
     return post_webhook(client, "custodian", body, headers)
 
 
+def settle_the_transfer(fake: FakeCustodian, client: APIClient) -> None:
+    """The custodian settles the one outbound transfer and tells us so by its signed webhook."""
+    [out] = fake.outbound()
+    assert notify(client, *fake.notification(fake.settle(out["id"]))).status_code == 200
+
+
 def wallet_of(escrow_id: str) -> str:
     return PaymentArtifact.objects.get(escrow_id=escrow_id, kind="payment").provider_id
 
@@ -211,8 +217,7 @@ def test_a_refund_goes_back_to_the_screened_buyer_wallet(fake_custodian, fake_sc
     [call] = fake_custodian.posts("/v1/w3s/developer/transactions/transfer")
     assert call.body["destinationAddress"] == BUYER_WALLET and call.body["amounts"] == [AMOUNT]
     assert WalletScreening.objects.filter(escrow_id=escrow_id, purpose="refund").count() == 2
-    [out] = fake_custodian.outbound()
-    assert notify(as_buyer, *fake_custodian.notification(fake_custodian.settle(out["id"]))).status_code == 200
+    settle_the_transfer(fake_custodian, as_buyer)
 
     escrow = assert_money_invariant(escrow_id)
     assert (escrow.state, escrow.refunded_minor, escrow.held_minor) == ("REFUNDED", AMOUNT_MINOR, 0)

@@ -17,7 +17,14 @@ from apps.payments.providers.custodian import idempotency_uuid
 from tests.helpers import act
 from tests.payments.support import assert_money_invariant, outbox_types
 from tests.payments.test_compliance_hold import resolve
-from tests.payments.test_custodian_rail import AMOUNT, AMOUNT_MINOR, BUYER_WALLET, SELLER_WALLET, funded, notify
+from tests.payments.test_custodian_rail import (
+    AMOUNT,
+    AMOUNT_MINOR,
+    BUYER_WALLET,
+    SELLER_WALLET,
+    funded,
+    settle_the_transfer,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -83,8 +90,7 @@ def test_refund_after_review_pays_the_buyer_back_and_cancels_the_parked_payout(
     assert refund.body["destinationAddress"] == BUYER_WALLET and refund.body["amounts"] == [AMOUNT]
     assert WaitingPayout.objects.get(escrow_id=escrow_id).status == "cancelled"
     assert Escrow.objects.get(pk=escrow_id).state == "REFUNDING"
-    [out] = fake_custodian.outbound()
-    assert notify(api_client(buyer), *fake_custodian.notification(fake_custodian.settle(out["id"]))).status_code == 200
+    settle_the_transfer(fake_custodian, api_client(buyer))
     escrow = assert_money_invariant(escrow_id)
     assert (escrow.state, escrow.refunded_minor, escrow.paid_out_minor, escrow.held_minor) == (
         "REFUNDED", AMOUNT_MINOR, 0, 0)
@@ -109,8 +115,7 @@ def test_lift_after_review_sends_the_parked_payout_once_with_its_original_key(
     assert sent.body["destinationAddress"] == SELLER_WALLET
     assert uuid.UUID(sent.body["idempotencyKey"]) == uuid.UUID(idempotency_uuid(payout.idempotency_key))
     assert payout.status == "sent"
-    [out] = fake_custodian.outbound()
-    assert notify(api_client(buyer), *fake_custodian.notification(fake_custodian.settle(out["id"]))).status_code == 200
+    settle_the_transfer(fake_custodian, api_client(buyer))
     escrow = assert_money_invariant(escrow_id)
     assert (escrow.state, escrow.held_minor, escrow.paid_out_minor + escrow.fee_minor, escrow.attention) == (
         "RELEASED", 0, AMOUNT_MINOR, "")
