@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "apps.projections",
     "apps.notifications",
     "apps.gateway",
+    "apps.web",
 ]
 
 MIDDLEWARE = [

@@ -10,6 +10,7 @@ admin.site.login_template = "admin/mfa_login.html"
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("apps.gateway.urls")),
+    path("", include("apps.web.urls")),
 ]
 
 handler400 = "apps.gateway.views.bad_request"

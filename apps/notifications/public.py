@@ -5,12 +5,14 @@ from apps.notifications.kinds import KINDS, LOCKED_ON
 from apps.notifications.models import DiscordLink
 from apps.notifications.services import (
     NotificationError,
+    discord_id_for_user,
     discord_link_confirm,
     discord_unlink,
     link_code_issue,
     notification_resend,
     preferences_get,
     preferences_set,
+    user_for_discord_id,
 )
 
 __all__ = [
@@ -19,10 +21,12 @@ __all__ = [
     "DiscordLink",
     "NotificationError",
     "deliver_due_notifications",
+    "discord_id_for_user",
     "discord_link_confirm",
     "discord_unlink",
     "link_code_issue",
     "notification_resend",
     "preferences_get",
     "preferences_set",
+    "user_for_discord_id",
 ]

@@ -10,6 +10,8 @@ import secrets
 import uuid
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -143,3 +145,45 @@ def notification_resend(*, notification_id: int) -> Notification:
         notification.next_attempt_at = timezone.now()
         notification.save(update_fields=["status", "attempts", "next_attempt_at"])
     return notification
+
+
+def user_for_discord_id(*, discord_user_id: int, username_hint: str = "") -> AbstractBaseUser:
+    """The account that owns this Discord id, created and linked on first use.
+
+    The Discord id is the identity wherever Discord vouches for it (a signed interaction, an OAuth
+    sign-in, a deal that names `discord:<snowflake>`). A Discord id already linked to an account is
+    never re-pointed; a new account gets an unusable password (it signs in through Discord)."""
+    if discord_user_id <= 0:
+        raise NotificationError("a Discord user id is a positive snowflake", field="discord_user_id")
+    link = DiscordLink.objects.select_related("user").filter(discord_user_id=discord_user_id).first()
+    if link is not None:
+        return link.user
+    user_model = get_user_model()
+    for base in (_username_from_hint(username_hint), f"discord_{discord_user_id}"):
+        if not base:
+            continue
+        try:
+            with transaction.atomic():
+                username, suffix = base, 1
+                while user_model.objects.filter(username=username).exists():
+                    suffix += 1
+                    username = f"{base}_{suffix}"
+                user = user_model.objects.create_user(username=username, password=None)
+                DiscordLink.objects.create(user=user, discord_user_id=discord_user_id)
+            return user
+        except IntegrityError:
+            # Either a concurrent first use of the same Discord id won (its account is the one), or a
+            # concurrent sign-up took the username: try the next candidate.
+            link = DiscordLink.objects.select_related("user").filter(discord_user_id=discord_user_id).first()
+            if link is not None:
+                return link.user
+    raise NotificationError("could not create an account for this Discord user; try again")
+
+
+def discord_id_for_user(*, user_id: int) -> int | None:
+    return DiscordLink.objects.filter(user_id=user_id).values_list("discord_user_id", flat=True).first()
+
+
+def _username_from_hint(hint: str) -> str:
+    cleaned = "".join(ch for ch in hint.strip().lower() if ch.isalnum() or ch in "._-")[:30]
+    return cleaned if len(cleaned) >= 2 else ""
