@@ -119,7 +119,7 @@ def test_two_agents_resolve_one_dispute_differently(api_client, buyer, seller, r
 # --- many whole trades at once ------------------------------------------------------------------------
 
 TRADES, WORKERS, PARTIES = 200, 12, 24
-EXPECTED = ["EscrowCreated", "EscrowFundsHeld", "EscrowDelivered", "EscrowReleaseRequested", "EscrowReleased"]
+EXPECTED = ["EscrowCreated", "EscrowAccepted", "EscrowFundsHeld", "EscrowDelivered", "EscrowReleaseRequested", "EscrowReleased"]
 
 
 def until(check: Callable[[], Any], what: str, *, limit_seconds: float = 120.0) -> Any:
