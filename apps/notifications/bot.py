@@ -24,6 +24,8 @@ NOT_LINKED = ("Your Discord account is not linked to an escrow account yet. Run 
               "the steps.")
 
 _NEXT: dict[str, dict[str, str]] = {
+    "AWAIT_ACCEPTANCE": {"buyer": "Waiting for both parties to agree: accept or decline it if the seller proposed it.",
+                         "seller": "Waiting for both parties to agree: accept or decline it if the buyer proposed it."},
     "AWAIT_FUNDS": {"buyer": "Pay it before the funding deadline.", "seller": "Wait for the buyer's payment."},
     "FUNDS_HELD": {"buyer": "Wait for the seller to deliver.",
                    "seller": "Deliver the item, then run `/escrow deliver`."},

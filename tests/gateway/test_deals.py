@@ -208,8 +208,10 @@ def test_the_creator_cancels_before_acceptance_and_nothing_is_paid(api_client, b
 
 
 @pytest.mark.postgres_only
-def test_accept_racing_the_creators_cancel_has_exactly_one_winner(api_client, buyer, seller):
-    """Two real connections: whichever commits first wins; the other is a 409 and writes nothing."""
+def test_accept_racing_the_creators_cancel_is_serialised(api_client, buyer, seller):
+    """Two real connections. The row lock orders them: cancel first, and the accept is a 409 that writes
+    nothing; accept first, and the buyer's cancel is then a legal cancel of an unfunded escrow. Either way
+    the deal ends cancelled, once, with a payment set up only if the accept came first."""
     escrow_id = propose(api_client(buyer), counterparty=seller.username)["escrow_id"]
     calls = {"accept": (client_for(seller), "accept", None),
              "cancel": (client_for(buyer), "cancel", {"reason": "changed my mind"})}
@@ -231,12 +233,14 @@ def test_accept_racing_the_creators_cancel_has_exactly_one_winner(api_client, bu
         thread.join(60)
     settle()
 
-    statuses = sorted(answer.status_code for answer in answers.values())
-    assert statuses == [202, 409], statuses
-    winner = next(name for name, answer in answers.items() if answer.status_code == 202)
-    escrow = Escrow.objects.get(pk=escrow_id)
-    if winner == "accept":
-        assert escrow.state == "AWAIT_FUNDS" and payment_intents(escrow_id) == 1
+    assert answers["cancel"].status_code == 202, answers["cancel"].content
+    assert Escrow.objects.get(pk=escrow_id).state == "CANCELLED"
+    assert state_of(api_client(buyer), escrow_id) == "CANCELLED"
+    timeline = [e["type"] for e in api_client(buyer).get(f"{ESCROWS}/{escrow_id}/events").json()]
+    if answers["accept"].status_code == 202:
+        assert timeline == ["EscrowCreated", "EscrowAccepted", "EscrowCancelled"]
+        assert payment_intents(escrow_id) == 1
     else:
-        assert escrow.state == "CANCELLED" and payment_intents(escrow_id) == 0
-    assert state_of(api_client(buyer), escrow_id) == escrow.state
+        assert_problem(answers["accept"], 409, "invalid_transition")
+        assert timeline == ["EscrowCreated", "EscrowCancelled"]
+        assert payment_intents(escrow_id) == 0
