@@ -247,3 +247,83 @@ def stripe_checkout_start(*, escrow_id: str, success_url: str, cancel_url: str,
     row, _ = CheckoutSession.objects.get_or_create(session_id=session["id"], defaults={
         "escrow_id": escrow_id, "provider": "stripe", "url": session["url"], "expires_at": expires})
     return row.url
+
+
+def on_checkout_session_paid(record: Any, event: Any) -> bool:
+    """checkout.session.completed (paid at once) or .async_payment_succeeded, re-read from Stripe: the
+    session's PaymentIntent becomes the escrow's payment (the one the payment command created is
+    cancelled once this commits, so it cannot be paid as well), and PaymentSucceeded is emitted with what
+    Stripe collected. A payment into an escrow that is already funded is counted, never dropped (the
+    escrow puts it in front of ops), as a second deposit is."""
+    from django.db import transaction
+
+    from apps.payments import services, webhooks
+    from apps.payments.models import CheckoutSession
+    from proto.payments import v1 as payments_v1
+
+    obj = event.object
+    session = CheckoutSession.objects.filter(session_id=obj.get("id"), provider=record.provider).first()
+    if session is None or obj.get("payment_status") != "paid":
+        return False  # not ours, or an asynchronous method still settling (its own event follows)
+    intent_id, amount, currency = obj.get("payment_intent"), obj.get("amount_total"), obj.get("currency")
+    if not isinstance(intent_id, str) or not isinstance(amount, int) or not isinstance(currency, str):
+        raise ValueError("a paid checkout session without payment_intent, amount_total or currency")
+    order = services.lock_order(str(session.escrow_id))
+    artifact = (PaymentArtifact.objects.select_for_update()
+                .filter(escrow_id=session.escrow_id, kind=PaymentArtifact.Kind.PAYMENT, provider=record.provider)
+                .order_by("created_at").first())
+    if order is None or artifact is None:
+        return False
+    CheckoutSession.objects.filter(pk=session.pk).update(status=CheckoutSession.Status.COMPLETE,
+                                                         updated_at=timezone.now())
+    if intent_id == artifact.provider_id or intent_id in artifact.raw.get("deposits", []):
+        return False  # counted already (a redelivery, or its payment_intent.succeeded came first)
+    if artifact.status == PaymentArtifact.Status.SUCCEEDED:
+        return webhooks.deposit_accept(order=order, artifact=artifact, deposit=intent_id,
+                                       obj={"amount_received": amount, "currency": currency},
+                                       verified=(record, event))
+    replaced = artifact.provider_id
+    artifact.provider_id = intent_id
+    artifact.status = PaymentArtifact.Status.SUCCEEDED
+    artifact.client_secret = ""  # the replaced PaymentIntent's; it is cancelled
+    artifact.raw = {**artifact.raw, "id": intent_id, "replaced_payment_intent": replaced,
+                    "checkout_session": session.session_id}
+    artifact.save(update_fields=["provider_id", "status", "client_secret", "raw", "updated_at"])
+    webhooks._emit_verified(record, event, order, intent_id)
+    services.emit(
+        order,
+        payments_v1.PaymentSucceeded(escrow_id=str(order.escrow_id), amount=services.money(amount, currency.upper()),
+                                     provider=record.provider, provider_payment_id=intent_id),
+        fact=f"{record.provider}:{intent_id}:succeeded",
+    )
+    transaction.on_commit(lambda: _cancel_replaced(replaced, escrow_id=str(order.escrow_id)), robust=True)
+    return True
+
+
+def _cancel_replaced(intent_id: str, *, escrow_id: str) -> None:
+    import logging
+
+    from apps.payments.providers import stripe_checkout
+    from apps.payments.providers.base import ProviderError
+
+    try:
+        stripe_checkout.payment_intent_cancel(intent_id, idempotency_key=f"cancel-{intent_id}")
+    except ProviderError as exc:
+        # Paid in the meantime through its client secret: ops refund it (docs/payments.md, not done yet).
+        logging.getLogger(__name__).error("replaced payment intent not cancelled",
+                                          extra={"escrow_id": escrow_id, "error": str(exc)})
+
+
+def on_checkout_session_expired(record: Any, event: Any) -> bool:
+    from apps.payments.models import CheckoutSession
+
+    return bool(CheckoutSession.objects.filter(
+        session_id=event.object.get("id"), provider=record.provider, status=CheckoutSession.Status.OPEN,
+    ).update(status=CheckoutSession.Status.EXPIRED, updated_at=timezone.now()))
+
+
+WEBHOOK_HANDLERS = {
+    "checkout.session.completed": on_checkout_session_paid,
+    "checkout.session.async_payment_succeeded": on_checkout_session_paid,
+    "checkout.session.expired": on_checkout_session_expired,
+}
