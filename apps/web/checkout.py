@@ -164,3 +164,51 @@ def checkout_status(request: HttpRequest, token: str) -> HttpResponse:
     return JsonResponse({"state": view.state, "status": status, "status_words": DEPOSIT_WORDS[status],
                          "paid": view.state in PAID_STATES})
 
+
+
+# --- payout onboarding: Stripe's return and refresh pages, and the sandbox's own ------------------------
+
+
+def _onboarding(request: HttpRequest, token: str) -> payments.Onboarding | HttpResponse:
+    try:
+        return payments.onboarding_link_read(token)
+    except payments.OnboardingLinkInvalid:
+        return _refused(request, "onboarding_invalid.html", 404)
+
+
+@require_GET
+def onboarding_return(request: HttpRequest, token: str) -> HttpResponse:
+    """Where Stripe sends the seller back. Coming back proves nothing: readiness is what the
+    account.updated webhook last said."""
+    found = _onboarding(request, token)
+    if isinstance(found, HttpResponse):
+        return found
+    return render(request, "web/checkout/onboarding_return.html", {"onboarding": found})
+
+
+@require_GET
+def onboarding_refresh(request: HttpRequest, token: str) -> HttpResponse:
+    """Stripe's refresh_url: the seller's Account Link expired or was used; a fresh one."""
+    found = _onboarding(request, token)
+    if isinstance(found, HttpResponse):
+        return found
+    try:
+        return redirect(payments.onboarding_refresh(token))
+    except payments.OnboardingUnavailable as exc:
+        return render(request, "web/checkout/onboarding_return.html", {"onboarding": found, "error": str(exc)},
+                      status=503)
+
+
+@require_http_methods(["GET", "HEAD", "POST"])
+def onboarding_sandbox(request: HttpRequest, token: str) -> HttpResponse:
+    found = _onboarding(request, token)
+    if isinstance(found, HttpResponse):
+        return found
+    if found.provider != "sandbox":
+        return _refused(request, "onboarding_invalid.html", 404)
+    if request.method == "POST":
+        try:
+            found = payments.sandbox_onboarding_complete(token)
+        except payments.OnboardingLinkInvalid:
+            return _refused(request, "onboarding_invalid.html", 404)
+    return render(request, "web/checkout/onboarding_sandbox.html", {"onboarding": found})
