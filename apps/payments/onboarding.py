@@ -47,9 +47,15 @@ class Onboarding:
 
 
 def _of(row: ConnectedAccount) -> Onboarding:
-    return Onboarding(seller_id=row.seller_id, account_id=row.account_id, provider=row.provider, ready=row.ready,
-                      charges_enabled=row.charges_enabled, payouts_enabled=row.payouts_enabled,
-                      details_submitted=row.details_submitted)
+    return Onboarding(
+        seller_id=row.seller_id,
+        account_id=row.account_id,
+        provider=row.provider,
+        ready=row.ready,
+        charges_enabled=row.charges_enabled,
+        payouts_enabled=row.payouts_enabled,
+        details_submitted=row.details_submitted,
+    )
 
 
 def _absolute(name: str, token: str) -> str:
@@ -65,18 +71,27 @@ def onboarding_link_read(token: str) -> Onboarding:
         data = signing.loads(token, salt=LINK_SALT, max_age=LINK_MAX_AGE_SECONDS)
     except signing.BadSignature:
         raise OnboardingLinkInvalid("not an onboarding link of ours, or too old") from None
-    row = ConnectedAccount.objects.filter(seller_id=data.get("s"), account_id=data.get("a")).first() \
-        if isinstance(data, dict) else None
-    if row is None and isinstance(data, dict) and data.get("a") == _sandbox_account(data.get("s")):
-        return Onboarding(seller_id=int(data["s"]), account_id=str(data["a"]), provider=SANDBOX, ready=False,
-                          charges_enabled=False, payouts_enabled=False, details_submitted=False)
-    if row is None:
-        raise OnboardingLinkInvalid("no such onboarding")
-    return _of(row)
+    seller_id, account_id = (data.get("s"), data.get("a")) if isinstance(data, dict) else (None, None)
+    if not isinstance(seller_id, int) or not isinstance(account_id, str):
+        raise OnboardingLinkInvalid("not an onboarding link of ours")
+    row = ConnectedAccount.objects.filter(seller_id=seller_id, account_id=account_id).first()
+    if row is not None:
+        return _of(row)
+    if account_id == _sandbox_account(seller_id):
+        return Onboarding(
+            seller_id=seller_id,
+            account_id=account_id,
+            provider=SANDBOX,
+            ready=False,
+            charges_enabled=False,
+            payouts_enabled=False,
+            details_submitted=False,
+        )
+    raise OnboardingLinkInvalid("no such onboarding")
 
 
-def _sandbox_account(seller_id: Any) -> str:
-    return f"acct_sbx{int(seller_id):012d}" if isinstance(seller_id, int) else ""
+def _sandbox_account(seller_id: int) -> str:
+    return f"acct_sbx{seller_id:012d}"
 
 
 def onboarding_get(*, seller_id: int) -> Onboarding | None:
@@ -94,9 +109,12 @@ def onboarding_start(*, seller_id: int) -> str:
     try:
         if row is None:
             # Outside any transaction; the key makes a retry (or a concurrent click) the same account.
-            account = stripe_checkout.account_create(seller_id=seller_id, idempotency_key=f"connect-account-{seller_id}")
-            row, _ = ConnectedAccount.objects.get_or_create(seller_id=seller_id, defaults={
-                "provider": "stripe", "account_id": account["id"]})
+            account = stripe_checkout.account_create(
+                seller_id=seller_id, idempotency_key=f"connect-account-{seller_id}"
+            )
+            row, _ = ConnectedAccount.objects.get_or_create(
+                seller_id=seller_id, defaults={"provider": "stripe", "account_id": account["id"]}
+            )
         token = _token(seller_id, row.account_id)
         return stripe_checkout.account_link_create(
             account_id=row.account_id,
@@ -132,9 +150,16 @@ def sandbox_onboarding_complete(token: str) -> Onboarding:
         raise OnboardingLinkInvalid("not a sandbox onboarding")
     with transaction.atomic():
         row, _ = ConnectedAccount.objects.select_for_update().update_or_create(
-            seller_id=found.seller_id, defaults={
-                "provider": SANDBOX, "account_id": found.account_id, "charges_enabled": True,
-                "payouts_enabled": True, "details_submitted": True, "transfers_active": True})
+            seller_id=found.seller_id,
+            defaults={
+                "provider": SANDBOX,
+                "account_id": found.account_id,
+                "charges_enabled": True,
+                "payouts_enabled": True,
+                "details_submitted": True,
+                "transfers_active": True,
+            },
+        )
         _make_destination(found.seller_id, found.account_id)
     return _of(row)
 
@@ -144,8 +169,9 @@ def on_account_updated(record: Any, event: Any) -> bool:
     transfers it becomes the seller's destination (a later loss of readiness is recorded, and Stripe
     itself then refuses transfers, which go to ops as TransferFailed)."""
     obj = event.object
-    row = ConnectedAccount.objects.select_for_update().filter(account_id=obj.get("id"),
-                                                              provider=record.provider).first()
+    row = (
+        ConnectedAccount.objects.select_for_update().filter(account_id=obj.get("id"), provider=record.provider).first()
+    )
     if row is None:
         return False
     capabilities = obj.get("capabilities") or {}

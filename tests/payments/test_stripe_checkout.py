@@ -101,8 +101,10 @@ def test_paying_goes_to_stripe_and_the_webhook_funds_the_escrow(deal, fake_strip
     # The payout leaves from the charge Checkout made.
     as_seller = api_client(seller)
     fake_stripe.accounts.add(SELLER_ACCOUNT)
-    assert as_seller.put("/api/v1/payout-destination", {"stripe_account_id": SELLER_ACCOUNT},
-                         format="json").status_code == 200
+    assert (
+        as_seller.put("/api/v1/payout-destination", {"stripe_account_id": SELLER_ACCOUNT}, format="json").status_code
+        == 200
+    )
     act(as_seller, deal["id"], "deliver")
     act(deal["as_buyer"], deal["id"], "release")
     settle()
@@ -121,8 +123,12 @@ def test_a_second_click_reuses_the_open_session(deal, fake_stripe):
 
 def test_a_session_snapshot_stripe_does_not_confirm_moves_nothing(deal, fake_stripe):
     session = session_of(fake_stripe, start(deal))
-    forged = {**fake_stripe.public(session["id"]), "payment_status": "paid", "status": "complete",
-              "payment_intent": "pi_fakeforged"}
+    forged = {
+        **fake_stripe.public(session["id"]),
+        "payment_status": "paid",
+        "status": "complete",
+        "payment_intent": "pi_fakeforged",
+    }
 
     response = webhook(deal["as_buyer"], "checkout.session.completed", forged)
 
@@ -133,8 +139,9 @@ def test_a_session_snapshot_stripe_does_not_confirm_moves_nothing(deal, fake_str
 
 def test_an_unsigned_or_stranger_session_event_changes_nothing(deal, fake_stripe):
     session = fake_stripe.pays_at_checkout(session_of(fake_stripe, start(deal))["id"])
-    forged = post_webhook(deal["as_buyer"], "stripe",
-                          *signed_event("checkout.session.completed", session, secret="whsec_wrong"))
+    forged = post_webhook(
+        deal["as_buyer"], "stripe", *signed_event("checkout.session.completed", session, secret="whsec_wrong")
+    )
     assert forged.status_code == 400
     stranger = {**session, "id": "cs_test_notours0001"}
     calls = len(fake_stripe.requests)
