@@ -367,7 +367,7 @@ def _dispatch(interaction: Interaction, user_id: int, command: Any, *, note: str
                                          timeout_seconds=settings.DISCORD_REPLY_WAIT_SECONDS)
     view = projections.escrow_view_get(escrow_id=str(result.escrow_id)) if shown else None
     update = interaction.from_message and interaction.type in (MESSAGE_COMPONENT, MODAL_SUBMIT)
-    if view is None or _waits_for_checkout(view, user_id):
+    if view is None or waits_for_checkout(view, user_id):
         deferred = {"type": DEFERRED_UPDATE_MESSAGE} if update else {"type": DEFERRED_CHANNEL_MESSAGE,
                                                                      "data": {"flags": EPHEMERAL}}
         return Answer(deferred, follow_up=(result.escrow_id, result.version, note))
@@ -391,7 +391,7 @@ def checkout_url(view: Any, user_id: int) -> str | None:
     return None
 
 
-def _waits_for_checkout(view: Any, user_id: int) -> bool:
+def waits_for_checkout(view: Any, user_id: int) -> bool:
     return False
 
 

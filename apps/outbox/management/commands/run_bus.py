@@ -8,6 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
+from apps.discord.followups import send_due_followups
 from apps.escrow.timers import fire_due_timers
 from apps.notifications.public import deliver_due_notifications
 from apps.outbox import bus
@@ -23,7 +24,7 @@ class Command(BaseCommand):
         parser.add_argument("--no-timers", action="store_true", help="do not fire escrow timers")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        worker = BusWorker(ticks=[deliver_due_notifications, deliver_owed_webhooks] if options["no_timers"] else [fire_due_timers, deliver_due_notifications, deliver_owed_webhooks])
+        worker = BusWorker(ticks=[deliver_due_notifications, deliver_owed_webhooks, send_due_followups] if options["no_timers"] else [fire_due_timers, deliver_due_notifications, deliver_owed_webhooks, send_due_followups])
         if options["once"]:
             handled = worker.run_once()
             lags = {sub.name: bus.lag(sub) for sub in bus.outbox_subscribers()}
