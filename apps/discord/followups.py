@@ -36,18 +36,25 @@ def send_due_followups(*, limit: int = 50) -> int:
             _finish(follow_up, FollowUp.Status.FAILED, "the interaction token expired before the answer was ready")
             continue
         view = projections.escrow_view_get(escrow_id=str(follow_up.escrow_id))
-        ready = view is not None and view.version >= follow_up.min_version and not interactions.waits_for_checkout(
-            view, follow_up.user_id)
+        ready = (
+            view is not None
+            and view.version >= follow_up.min_version
+            and not interactions.waits_for_checkout(view, follow_up.user_id)
+        )
         if not ready and age.total_seconds() < settings.DISCORD_FOLLOWUP_WAIT_SECONDS:
             continue
         if view is None:
-            data = {"content": f"{follow_up.note} The deal is still being set up: `/escrow status id:"
-                               f"{follow_up.escrow_id}` shows it in a moment.".strip(), "components": []}
+            data = {
+                "content": f"{follow_up.note} The deal is still being set up: `/escrow status id:"
+                f"{follow_up.escrow_id}` shows it in a moment.".strip(),
+                "components": [],
+            }
         else:
             data = interactions.deal_message(view, follow_up.user_id, note=follow_up.note)
         try:
-            response = rest.edit_original_response(application_id=follow_up.application_id, token=follow_up.token,
-                                                   data=data)
+            response = rest.edit_original_response(
+                application_id=follow_up.application_id, token=follow_up.token, data=data
+            )
         except rest.DiscordUnavailable as exc:
             _retry_later(follow_up, str(exc))
             continue
@@ -57,7 +64,9 @@ def send_due_followups(*, limit: int = 50) -> int:
         elif response.status_code == 429 or response.status_code >= 500:
             _retry_later(follow_up, f"Discord answered {response.status_code}")
         else:
-            _finish(follow_up, FollowUp.Status.FAILED, f"Discord answered {response.status_code}: {response.text[:300]}")
+            _finish(
+                follow_up, FollowUp.Status.FAILED, f"Discord answered {response.status_code}: {response.text[:300]}"
+            )
     return sent
 
 
@@ -65,8 +74,11 @@ def _finish(follow_up: FollowUp, status: str, error: str) -> None:
     # Conditional on still pending: two workers sending the same edit both succeed harmlessly (an edit is
     # idempotent), and only one records it.
     FollowUp.objects.filter(pk=follow_up.pk, status=FollowUp.Status.PENDING).update(
-        status=status, last_error=error[:500], attempts=follow_up.attempts + 1,
-        sent_at=timezone.now() if status == FollowUp.Status.SENT else None)
+        status=status,
+        last_error=error[:500],
+        attempts=follow_up.attempts + 1,
+        sent_at=timezone.now() if status == FollowUp.Status.SENT else None,
+    )
 
 
 def _retry_later(follow_up: FollowUp, error: str) -> None:
@@ -75,4 +87,5 @@ def _retry_later(follow_up: FollowUp, error: str) -> None:
         _finish(follow_up, FollowUp.Status.FAILED, error)
         return
     FollowUp.objects.filter(pk=follow_up.pk, status=FollowUp.Status.PENDING).update(
-        attempts=follow_up.attempts + 1, last_error=error[:500])
+        attempts=follow_up.attempts + 1, last_error=error[:500]
+    )

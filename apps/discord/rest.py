@@ -21,8 +21,11 @@ def api_base() -> str:
 
 
 def _client() -> httpx.Client:
-    return httpx.Client(base_url=api_base(), timeout=settings.DISCORD_HTTP_TIMEOUT_SECONDS,
-                        headers={"User-Agent": "DiscordBot (escrow, 1)"})
+    return httpx.Client(
+        base_url=api_base(),
+        timeout=settings.DISCORD_HTTP_TIMEOUT_SECONDS,
+        headers={"User-Agent": "DiscordBot (escrow, 1)"},
+    )
 
 
 def edit_original_response(*, application_id: str, token: str, data: dict[str, Any]) -> httpx.Response:
@@ -40,8 +43,11 @@ def register_commands(*, application_id: str, commands: list[dict[str, Any]]) ->
     these (Discord's bulk overwrite: unchanged ones keep their ids, missing ones are deleted)."""
     try:
         with _client() as client:
-            response = client.put(f"/applications/{application_id}/commands", json=commands,
-                                  headers={"Authorization": f"Bot {settings.DISCORD_BOT_TOKEN}"})
+            response = client.put(
+                f"/applications/{application_id}/commands",
+                json=commands,
+                headers={"Authorization": f"Bot {settings.DISCORD_BOT_TOKEN}"},
+            )
     except httpx.HTTPError as exc:
         raise DiscordUnavailable(f"{type(exc).__name__}: {exc}") from exc
     if response.status_code != 200:

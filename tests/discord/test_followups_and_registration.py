@@ -32,7 +32,8 @@ def lagging_read_model(settings: Any) -> None:
 
 
 def test_a_command_the_read_model_has_not_caught_up_with_is_deferred_then_followed_up(
-        interact: Callable[[dict[str, Any]], Sent], fake_discord: FakeDiscord, lagging_read_model: None) -> None:
+    interact: Callable[[dict[str, Any]], Sent], fake_discord: FakeDiscord, lagging_read_model: None
+) -> None:
     payload = slash(BUYER, "create", create_options(SELLER), resolved_users=[SELLER])
 
     deferred = interact(payload)
@@ -45,8 +46,12 @@ def test_a_command_the_read_model_has_not_caught_up_with_is_deferred_then_follow
     BusWorker(ticks=[send_due_followups], poll_seconds=0).run_once()
 
     [sent] = fake_discord.followups
-    assert (sent.method, sent.application_id, sent.token, sent.target) == ("PATCH", APPLICATION_ID,
-                                                                          payload["token"], "@original")
+    assert (sent.method, sent.application_id, sent.token, sent.target) == (
+        "PATCH",
+        APPLICATION_ID,
+        payload["token"],
+        "@original",
+    )
     escrow_id = str(Escrow.objects.get().pk)
     assert "Deal opened." in sent.body["content"] and "State: **AWAIT_FUNDS**" in sent.body["content"]
     assert escrow_id in sent.body["content"]
@@ -59,8 +64,9 @@ def test_a_command_the_read_model_has_not_caught_up_with_is_deferred_then_follow
     assert len(fake_discord.followups) == 1
 
 
-def test_a_follow_up_whose_token_expired_is_given_up(interact: Callable[[dict[str, Any]], Sent],
-                                                      fake_discord: FakeDiscord, lagging_read_model: None) -> None:
+def test_a_follow_up_whose_token_expired_is_given_up(
+    interact: Callable[[dict[str, Any]], Sent], fake_discord: FakeDiscord, lagging_read_model: None
+) -> None:
     payload = slash(BUYER, "create", create_options(SELLER), resolved_users=[SELLER])
     interact(payload)
     fake_discord.expire_token(payload["token"])
@@ -72,9 +78,9 @@ def test_a_follow_up_whose_token_expired_is_given_up(interact: Callable[[dict[st
     assert fake_discord.followups == []
 
 
-def test_a_follow_up_older_than_the_token_is_not_attempted(interact: Callable[[dict[str, Any]], Sent],
-                                                           fake_discord: FakeDiscord,
-                                                           lagging_read_model: None) -> None:
+def test_a_follow_up_older_than_the_token_is_not_attempted(
+    interact: Callable[[dict[str, Any]], Sent], fake_discord: FakeDiscord, lagging_read_model: None
+) -> None:
     interact(slash(BUYER, "create", create_options(SELLER), resolved_users=[SELLER]))
     FollowUp.objects.update(created_at=FollowUp.objects.get().created_at - datetime.timedelta(minutes=15))
 
@@ -84,8 +90,9 @@ def test_a_follow_up_older_than_the_token_is_not_attempted(interact: Callable[[d
     assert [e for e in fake_discord.exchanges if e.path.startswith("/api/v10/webhooks/")] == []
 
 
-def test_sync_registers_the_escrow_command_with_its_subcommands(fake_discord: FakeDiscord, settings: Any,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_sync_registers_the_escrow_command_with_its_subcommands(
+    fake_discord: FakeDiscord, settings: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     settings.DISCORD_APPLICATION_ID = APPLICATION_ID
 
     call_command("discord_commands", "sync")
@@ -103,7 +110,10 @@ def test_sync_registers_the_escrow_command_with_its_subcommands(fake_discord: Fa
     assert "registered /escrow" in capsys.readouterr().out
     [exchange] = fake_discord.exchanges
     assert (exchange.method, exchange.path, exchange.status) == (
-        "PUT", f"/api/v10/applications/{APPLICATION_ID}/commands", 200)
+        "PUT",
+        f"/api/v10/applications/{APPLICATION_ID}/commands",
+        200,
+    )
 
 
 def test_sync_with_a_wrong_bot_token_fails_loudly(fake_discord: FakeDiscord, settings: Any) -> None:
