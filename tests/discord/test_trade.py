@@ -23,8 +23,11 @@ STRANGER = DiscordUser("1600000000000000003", "lurker")
 
 
 def escrow_tables() -> dict[str, Any]:
-    return {"escrows": list(Escrow.objects.values_list("id", "state", "version")),
-            "events": EscrowEvent.objects.count(), "outbox": OutboxMessage.objects.count()}
+    return {
+        "escrows": list(Escrow.objects.values_list("id", "state", "version")),
+        "events": EscrowEvent.objects.count(),
+        "outbox": OutboxMessage.objects.count(),
+    }
 
 
 def account(user: DiscordUser) -> Any:
@@ -36,24 +39,35 @@ def status(interact: Callable[[dict[str, Any]], Sent], user: DiscordUser, escrow
 
 
 def open_deal(interact: Callable[[dict[str, Any]], Sent]) -> str:
-    created = interact(slash(BUYER, "create", create_options(SELLER, amount="149.99", item="Dominus Empyreus"),
-                             resolved_users=[SELLER]))
+    created = interact(
+        slash(
+            BUYER, "create", create_options(SELLER, amount="149.99", item="Dominus Empyreus"), resolved_users=[SELLER]
+        )
+    )
     assert created.type == 4 and created.ephemeral
     return str(Escrow.objects.get().pk)
 
 
-def test_two_newcomers_trade_through_slash_commands_and_buttons(interact: Callable[[dict[str, Any]], Sent],
-                                                                api_client: Callable[..., Any]) -> None:
+def test_two_newcomers_trade_through_slash_commands_and_buttons(
+    interact: Callable[[dict[str, Any]], Sent], api_client: Callable[..., Any]
+) -> None:
     assert get_user_model().objects.count() == 0
 
     # The buyer opens the deal in a server channel, naming the seller (a USER option, resolved by Discord).
-    created = interact(slash(BUYER, "create", create_options(SELLER, amount="149.99", item="Dominus Empyreus"),
-                             resolved_users=[SELLER]))
+    created = interact(
+        slash(
+            BUYER, "create", create_options(SELLER, amount="149.99", item="Dominus Empyreus"), resolved_users=[SELLER]
+        )
+    )
     escrow = Escrow.objects.get()
     escrow_id = str(escrow.pk)
     buyer, seller = account(BUYER), account(SELLER)
-    assert (escrow.buyer_id, escrow.seller_id, escrow.amount_minor, escrow.currency) == (buyer.pk, seller.pk,
-                                                                                        14999, "USD")
+    assert (escrow.buyer_id, escrow.seller_id, escrow.amount_minor, escrow.currency) == (
+        buyer.pk,
+        seller.pk,
+        14999,
+        "USD",
+    )
     assert escrow.description == "Dominus Empyreus"
     assert created.type == 4 and created.ephemeral
     assert "State: **AWAIT_FUNDS**" in created.content and escrow_id in created.content
@@ -66,8 +80,11 @@ def test_two_newcomers_trade_through_slash_commands_and_buttons(interact: Callab
     # The seller sees the deal with a Deliver button, and clicks it (in a DM with the bot).
     seen = status(interact, SELLER, escrow_id)
     assert "State: **FUNDS_HELD**" in seen.content
-    assert seen.custom_ids == [f"escrow:deliver:{escrow_id}", f"escrow:dispute:{escrow_id}",
-                               f"escrow:cancel:{escrow_id}"]
+    assert seen.custom_ids == [
+        f"escrow:deliver:{escrow_id}",
+        f"escrow:dispute:{escrow_id}",
+        f"escrow:cancel:{escrow_id}",
+    ]
     delivered = interact(click(SELLER, f"escrow:deliver:{escrow_id}"))
     assert delivered.type == 7  # the message with the button is updated in place
     assert "Marked delivered." in delivered.content and "State: **DELIVERED**" in delivered.content
@@ -83,15 +100,20 @@ def test_two_newcomers_trade_through_slash_commands_and_buttons(interact: Callab
     final = status(interact, BUYER, escrow_id)
     assert "State: **RELEASED**" in final.content
     assert final.custom_ids == []
-    assert list(EscrowEvent.objects.filter(escrow_id=escrow_id).order_by("version").values_list("type", flat=True)) \
-        == ["escrow.v1.EscrowCreated", "escrow.v1.EscrowFundsHeld", "escrow.v1.EscrowDelivered",
-            "escrow.v1.EscrowReleaseRequested", "escrow.v1.EscrowReleased"]
+    assert list(EscrowEvent.objects.filter(escrow_id=escrow_id).order_by("version").values_list("type", flat=True)) == [
+        "escrow.v1.EscrowCreated",
+        "escrow.v1.EscrowFundsHeld",
+        "escrow.v1.EscrowDelivered",
+        "escrow.v1.EscrowReleaseRequested",
+        "escrow.v1.EscrowReleased",
+    ]
     listed = interact(slash(SELLER, "list"))
     assert escrow_id in listed.content and "**RELEASED**" in listed.content and "(you sell)" in listed.content
 
 
 def test_a_strangers_click_on_a_forwarded_button_is_refused_in_words_and_changes_nothing(
-        interact: Callable[[dict[str, Any]], Sent], api_client: Callable[..., Any]) -> None:
+    interact: Callable[[dict[str, Any]], Sent], api_client: Callable[..., Any]
+) -> None:
     escrow_id = open_deal(interact)
     assert pay(api_client(account(BUYER)), escrow_id).status_code == 202
     before = escrow_tables()
@@ -109,7 +131,8 @@ def test_a_strangers_click_on_a_forwarded_button_is_refused_in_words_and_changes
 
 
 def test_a_party_pressing_a_button_that_is_not_theirs_now_is_refused_and_changes_nothing(
-        interact: Callable[[dict[str, Any]], Sent], api_client: Callable[..., Any]) -> None:
+    interact: Callable[[dict[str, Any]], Sent], api_client: Callable[..., Any]
+) -> None:
     escrow_id = open_deal(interact)
     before = escrow_tables()
 
@@ -130,7 +153,8 @@ def test_a_party_pressing_a_button_that_is_not_theirs_now_is_refused_and_changes
 
 
 def test_dispute_opens_a_modal_and_its_submission_carries_the_statement(
-        interact: Callable[[dict[str, Any]], Sent], api_client: Callable[..., Any]) -> None:
+    interact: Callable[[dict[str, Any]], Sent], api_client: Callable[..., Any]
+) -> None:
     escrow_id = open_deal(interact)
     assert pay(api_client(account(BUYER)), escrow_id).status_code == 202
     before = escrow_tables()
@@ -153,8 +177,7 @@ def test_dispute_opens_a_modal_and_its_submission_carries_the_statement(
     assert escrow.state == "DISPUTED" and escrow.dispute_reason == "The seller never logged in to trade."
 
 
-def test_bad_create_options_are_answered_in_words_and_open_nothing(
-        interact: Callable[[dict[str, Any]], Sent]) -> None:
+def test_bad_create_options_are_answered_in_words_and_open_nothing(interact: Callable[[dict[str, Any]], Sent]) -> None:
     cases = [
         (create_options(SELLER, amount="12.345"), "at most two decimals"),
         (create_options(SELLER, amount="-5"), "at most two decimals"),
@@ -173,8 +196,9 @@ def test_bad_create_options_are_answered_in_words_and_open_nothing(
     assert Escrow.objects.count() == 0
 
 
-def test_a_click_delivered_twice_has_one_effect(interact: Callable[[dict[str, Any]], Sent],
-                                               api_client: Callable[..., Any]) -> None:
+def test_a_click_delivered_twice_has_one_effect(
+    interact: Callable[[dict[str, Any]], Sent], api_client: Callable[..., Any]
+) -> None:
     escrow_id = open_deal(interact)
     assert pay(api_client(account(BUYER)), escrow_id).status_code == 202
     payload = click(SELLER, f"escrow:deliver:{escrow_id}")
