@@ -1,7 +1,6 @@
 """Follow-ups owed to deferred interactions, sent by the bus worker's tick (no transaction open).
 
-A deferred interaction waits for the read model to show its command (and, for the buyer, the checkout
-link). Once it does, or once `DISCORD_FOLLOWUP_WAIT_SECONDS` have passed, the original response is
+A deferred interaction waits for the read model to show its command. Once it does, or once `DISCORD_FOLLOWUP_WAIT_SECONDS` have passed, the original response is
 edited through the interaction webhook. Discord's interaction tokens live 15 minutes; a follow-up that
 could not be sent by then is marked failed (the person can always ask `/escrow status`)."""
 
@@ -36,11 +35,7 @@ def send_due_followups(*, limit: int = 50) -> int:
             _finish(follow_up, FollowUp.Status.FAILED, "the interaction token expired before the answer was ready")
             continue
         view = projections.escrow_view_get(escrow_id=str(follow_up.escrow_id))
-        ready = (
-            view is not None
-            and view.version >= follow_up.min_version
-            and not interactions.waits_for_checkout(view, follow_up.user_id)
-        )
+        ready = view is not None and view.version >= follow_up.min_version
         if not ready and age.total_seconds() < settings.DISCORD_FOLLOWUP_WAIT_SECONDS:
             continue
         if view is None:

@@ -27,6 +27,7 @@ from django.db import IntegrityError, transaction
 from apps.discord.models import FollowUp, InteractionReceipt
 from apps.escrow import public as escrow
 from apps.notifications import public as notifications
+from apps.payments import public as payments
 from apps.projections import public as projections
 from proto.common.v1 import Actor, ActorKind, Money
 from proto.escrow import v1 as escrow_v1
@@ -437,7 +438,7 @@ def _dispatch(interaction: Interaction, user_id: int, command: Any, *, note: str
     )
     view = projections.escrow_view_get(escrow_id=str(result.escrow_id)) if shown else None
     update = interaction.from_message and interaction.type in (MESSAGE_COMPONENT, MODAL_SUBMIT)
-    if view is None or waits_for_checkout(view, user_id):
+    if view is None:
         deferred: dict[str, Any] = (
             {"type": DEFERRED_UPDATE_MESSAGE}
             if update
@@ -461,12 +462,10 @@ def actions_now(view: Any, user_id: int) -> tuple[str, ...]:
 
 
 def checkout_url(view: Any, user_id: int) -> str | None:
-    """The buyer's checkout page for a deal awaiting funds; None until the payment exists."""
-    return None
-
-
-def waits_for_checkout(view: Any, user_id: int) -> bool:
-    return False
+    """The buyer's checkout page (a capability link that expires with the funding deadline)."""
+    if view.state != "AWAIT_FUNDS" or user_id != view.buyer_id:
+        return None
+    return payments.checkout_url(escrow_id=str(view.escrow_id), funding_deadline=view.funding_deadline)
 
 
 def _money(minor: int, currency: str) -> str:

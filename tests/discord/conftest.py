@@ -60,6 +60,7 @@ class Signer:
 
 @pytest.fixture
 def signer(settings: Any) -> Signer:
+    settings.PUBLIC_BASE_URL = "http://testserver"
     signer = Signer()
     settings.DISCORD_PUBLIC_KEY = signer.public_hex
     settings.DISCORD_APPLICATION_ID = APPLICATION_ID
@@ -88,6 +89,10 @@ class Sent:
         return [
             b["custom_id"] for row in self.data.get("components", []) for b in row["components"] if "custom_id" in b
         ]
+
+    @property
+    def links(self) -> list[str]:
+        return [b["url"] for row in self.data.get("components", []) for b in row["components"] if b.get("style") == 5]
 
     @property
     def ephemeral(self) -> bool:

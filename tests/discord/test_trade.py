@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.test import Client
 
 from apps.escrow.models import Escrow, EscrowEvent
 from apps.notifications.public import DiscordLink
 from apps.outbox.models import OutboxMessage
 from tests.discord.conftest import DiscordUser, Sent, click, create_options, modal_submit, slash
-from tests.helpers import pay
+from tests.gateway.support import settle
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -34,6 +35,16 @@ def account(user: DiscordUser) -> Any:
     return DiscordLink.objects.select_related("user").get(discord_user_id=int(user.id)).user
 
 
+def pay_through_the_link(reply: Sent) -> None:
+    """The buyer follows the Pay link button to the sandbox checkout and pays with Stripe's test card."""
+    [link] = reply.links
+    assert link.startswith("http://testserver/checkout/")
+    assert (
+        Client().post(link.removeprefix("http://testserver"), {"card_number": "4242 4242 4242 4242"}).status_code == 302
+    )
+    settle()
+
+
 def status(interact: Callable[[dict[str, Any]], Sent], user: DiscordUser, escrow_id: str) -> Sent:
     return interact(slash(user, "status", [{"name": "id", "type": 3, "value": escrow_id}]))
 
@@ -48,9 +59,7 @@ def open_deal(interact: Callable[[dict[str, Any]], Sent]) -> str:
     return str(Escrow.objects.get().pk)
 
 
-def test_two_newcomers_trade_through_slash_commands_and_buttons(
-    interact: Callable[[dict[str, Any]], Sent], api_client: Callable[..., Any]
-) -> None:
+def test_two_newcomers_trade_through_slash_commands_and_buttons(interact: Callable[[dict[str, Any]], Sent]) -> None:
     assert get_user_model().objects.count() == 0
 
     # The buyer opens the deal in a server channel, naming the seller (a USER option, resolved by Discord).
@@ -73,9 +82,14 @@ def test_two_newcomers_trade_through_slash_commands_and_buttons(
     assert "State: **AWAIT_FUNDS**" in created.content and escrow_id in created.content
     assert f"the seller is <@{SELLER.id}>" in created.content
     assert created.custom_ids == [f"escrow:cancel:{escrow_id}"]
+    assert len(created.links) == 1  # Pay, a link button to the buyer's checkout page
 
-    # The buyer pays in the sandbox.
-    assert pay(api_client(buyer), escrow_id).status_code == 202
+    seen_by_seller = status(interact, SELLER, escrow_id)
+    assert seen_by_seller.links == [] and seen_by_seller.custom_ids == [f"escrow:cancel:{escrow_id}"]
+    assert "You are the seller" in seen_by_seller.content
+
+    # The buyer pays through the Pay link's sandbox checkout (no sign-in: the link is the capability).
+    pay_through_the_link(created)
 
     # The seller sees the deal with a Deliver button, and clicks it (in a DM with the bot).
     seen = status(interact, SELLER, escrow_id)
@@ -112,10 +126,10 @@ def test_two_newcomers_trade_through_slash_commands_and_buttons(
 
 
 def test_a_strangers_click_on_a_forwarded_button_is_refused_in_words_and_changes_nothing(
-    interact: Callable[[dict[str, Any]], Sent], api_client: Callable[..., Any]
+    interact: Callable[[dict[str, Any]], Sent],
 ) -> None:
     escrow_id = open_deal(interact)
-    assert pay(api_client(account(BUYER)), escrow_id).status_code == 202
+    pay_through_the_link(status(interact, BUYER, escrow_id))
     before = escrow_tables()
 
     for action in ("deliver", "cancel", "release", "dispute"):
@@ -131,7 +145,7 @@ def test_a_strangers_click_on_a_forwarded_button_is_refused_in_words_and_changes
 
 
 def test_a_party_pressing_a_button_that_is_not_theirs_now_is_refused_and_changes_nothing(
-    interact: Callable[[dict[str, Any]], Sent], api_client: Callable[..., Any]
+    interact: Callable[[dict[str, Any]], Sent],
 ) -> None:
     escrow_id = open_deal(interact)
     before = escrow_tables()
@@ -144,7 +158,7 @@ def test_a_party_pressing_a_button_that_is_not_theirs_now_is_refused_and_changes
     assert escrow_tables() == before
 
     # A stale button: the deal was paid and delivered since; the old Cancel no longer applies to the buyer.
-    assert pay(api_client(account(BUYER)), escrow_id).status_code == 202
+    pay_through_the_link(status(interact, BUYER, escrow_id))
     assert interact(click(SELLER, f"escrow:deliver:{escrow_id}")).type == 7
     before = escrow_tables()
     stale = interact(click(BUYER, f"escrow:cancel:{escrow_id}"))
@@ -153,10 +167,10 @@ def test_a_party_pressing_a_button_that_is_not_theirs_now_is_refused_and_changes
 
 
 def test_dispute_opens_a_modal_and_its_submission_carries_the_statement(
-    interact: Callable[[dict[str, Any]], Sent], api_client: Callable[..., Any]
+    interact: Callable[[dict[str, Any]], Sent],
 ) -> None:
     escrow_id = open_deal(interact)
-    assert pay(api_client(account(BUYER)), escrow_id).status_code == 202
+    pay_through_the_link(status(interact, BUYER, escrow_id))
     before = escrow_tables()
 
     modal = interact(click(BUYER, f"escrow:dispute:{escrow_id}"))
@@ -196,11 +210,9 @@ def test_bad_create_options_are_answered_in_words_and_open_nothing(interact: Cal
     assert Escrow.objects.count() == 0
 
 
-def test_a_click_delivered_twice_has_one_effect(
-    interact: Callable[[dict[str, Any]], Sent], api_client: Callable[..., Any]
-) -> None:
+def test_a_click_delivered_twice_has_one_effect(interact: Callable[[dict[str, Any]], Sent]) -> None:
     escrow_id = open_deal(interact)
-    assert pay(api_client(account(BUYER)), escrow_id).status_code == 202
+    pay_through_the_link(status(interact, BUYER, escrow_id))
     payload = click(SELLER, f"escrow:deliver:{escrow_id}")
 
     first = interact(payload)
