@@ -492,10 +492,9 @@ def escrow_resolve_compliance_hold(*, command: escrow_v1.ResolveComplianceHold,
             raise InvalidCommand("decision must be lift or refund", field="decision")
         restarted = None
         if decision == escrow_v1.ComplianceDecision.LIFT and escrow.state == S.AWAIT_FUNDS:
-            restarted = escrow.funding_deadline = max(
-                escrow.funding_deadline,
-                timezone.now() + datetime.timedelta(hours=settings.FUNDING_DEADLINE_HOURS),
-            )
+            fresh = timezone.now() + datetime.timedelta(hours=settings.FUNDING_DEADLINE_HOURS)
+            # AWAIT_FUNDS always has a funding deadline (set on acceptance).
+            restarted = escrow.funding_deadline = max(escrow.funding_deadline or fresh, fresh)
         escrow.attention = ""
         escrow.attention_detail = ""
         _emit(

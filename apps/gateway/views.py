@@ -94,9 +94,10 @@ def _staff_or_user_actor(request: Request, escrow_id: uuid.UUID) -> Actor:
 
 def _is_staff(request: Request) -> bool:
     """Once per request: a page of escrows asks for every row."""
-    cached = getattr(request, "_escrow_staff", None)
+    cached: bool | None = getattr(request, "_escrow_staff", None)
     if cached is None:
-        cached = request._escrow_staff = is_staff_member(request.user)
+        cached = is_staff_member(request.user)
+        setattr(request, "_escrow_staff", cached)  # noqa: B010 - DRF's Request has no such attribute
     return cached
 
 

@@ -47,7 +47,11 @@ def test_a_seller_proposes_the_buyer_accepts_and_pays(api_client, buyer, seller)
 
     shown = detail(as_buyer, escrow_id)
     assert (shown["buyer"], shown["seller"], shown["created_by"], shown["creator_role"]) == (
-        buyer.pk, seller.pk, seller.pk, "seller")
+        buyer.pk,
+        seller.pk,
+        seller.pk,
+        "seller",
+    )
     assert shown["state"] == "AWAIT_ACCEPTANCE" and shown["acceptance_deadline"] and not shown["funding_deadline"]
     assert shown["actions"] == ["accept", "decline"] and "payment" not in shown
     assert detail(as_seller, escrow_id)["actions"] == ["cancel"]
@@ -113,8 +117,19 @@ def test_the_old_seller_field_still_creates_a_buyer_deal(api_client, buyer, sell
         ({"counterparty": True}, "counterparty"),
         ({"counterparty": f"discord:{SNOWFLAKE}", "amount": "0.001"}, "amount"),
     ],
-    ids=["unknown-role", "seller-field-for-a-seller", "both-names", "no-counterparty", "self", "unknown-user",
-         "discord-not-numeric", "discord-zero", "discord-too-big", "boolean", "discord-with-a-bad-amount"],
+    ids=[
+        "unknown-role",
+        "seller-field-for-a-seller",
+        "both-names",
+        "no-counterparty",
+        "self",
+        "unknown-user",
+        "discord-not-numeric",
+        "discord-zero",
+        "discord-too-big",
+        "boolean",
+        "discord-with-a-bad-amount",
+    ],
 )
 def test_bad_create_bodies_are_refused_and_change_nothing(api_client, buyer, seller, fields, field):
     users_before, before = get_user_model().objects.count(), table_counts()
@@ -191,10 +206,12 @@ def test_unknown_fields_on_accept_and_decline_are_refused(api_client, buyer, sel
     as_seller = api_client(seller)
     escrow_id = propose(api_client(buyer), counterparty=seller.username)["escrow_id"]
     before = table_counts()
-    assert "price" in error_fields(assert_problem(act(as_seller, escrow_id, "accept", {"price": "1.00"}),
-                                                  400, "validation_error"))
-    assert "reason" in error_fields(assert_problem(act(as_seller, escrow_id, "decline", {"reason": 7}),
-                                                   400, "validation_error"))
+    assert "price" in error_fields(
+        assert_problem(act(as_seller, escrow_id, "accept", {"price": "1.00"}), 400, "validation_error")
+    )
+    assert "reason" in error_fields(
+        assert_problem(act(as_seller, escrow_id, "decline", {"reason": 7}), 400, "validation_error")
+    )
     assert table_counts() == before
 
 
@@ -213,8 +230,10 @@ def test_accept_racing_the_creators_cancel_is_serialised(api_client, buyer, sell
     nothing; accept first, and the buyer's cancel is then a legal cancel of an unfunded escrow. Either way
     the deal ends cancelled, once, with a payment set up only if the accept came first."""
     escrow_id = propose(api_client(buyer), counterparty=seller.username)["escrow_id"]
-    calls = {"accept": (client_for(seller), "accept", None),
-             "cancel": (client_for(buyer), "cancel", {"reason": "changed my mind"})}
+    calls = {
+        "accept": (client_for(seller), "accept", None),
+        "cancel": (client_for(buyer), "cancel", {"reason": "changed my mind"}),
+    }
     answers: dict[str, Any] = {}
     start = threading.Barrier(2)
 
