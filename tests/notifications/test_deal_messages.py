@@ -26,7 +26,7 @@ def test_a_seller_proposal_asks_the_buyer_to_accept(buyer, seller, fake_discord,
     (to_buyer,) = [dm for dm in fake_discord.dms_to(BUYER_DISCORD_ID) if "deal" in dm]
     assert "A seller proposes a deal for 80.00 USD" in to_buyer and "accept it or decline it" in to_buyer
     assert f"/api/v1/escrows/{escrow_id}" in to_buyer
-    (to_seller,) = [dm for dm in fake_discord.dms_to(SELLER_DISCORD_ID) if "deal" in dm]
+    (to_seller,) = [dm for dm in fake_discord.dms_to(SELLER_DISCORD_ID) if "Deal for" in dm]
     assert "wait for the buyer to accept" in to_seller
     assert "pay" not in to_buyer.lower().split("http")[0]  # nobody is asked to pay yet
 
