@@ -45,8 +45,13 @@ def served(*, env: dict[str, str] | None = None, ready_seconds: float = 60.0) ->
     port = free_port()
     full_env = {**os.environ, "DATABASE_URL": test_database_url(), "LOG_LEVEL": "INFO", **(env or {})}
     log = open(_log_path(port), "w+b")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "manage.py", "serve", f"127.0.0.1:{port}"], cwd=ROOT, env=full_env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", f"127.0.0.1:{port}"],
+        cwd=ROOT,
+        env=full_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     proc.log_file = log  # type: ignore[attr-defined]
     base = f"http://127.0.0.1:{port}"
     try:
@@ -109,9 +114,17 @@ def chromium() -> Iterator[Any]:
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM or ""
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 "--window-size=1400,1000"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER or ""), options=options)
     try:

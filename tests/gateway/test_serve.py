@@ -61,8 +61,9 @@ def test_the_server_logs_json_lines_and_runs_the_bus_worker(server: Any) -> None
 
 def _connections_to_test_database() -> int:
     with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                       "AND pid <> pg_backend_pid()")
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
         return int(cursor.fetchone()[0])
 
 
@@ -93,11 +94,14 @@ def test_a_browser_sees_the_styled_admin_and_the_swagger_operations(server: Any)
         assert header.value_of_css_property("background-color") == ADMIN_HEADER_BG
         loaded = browser.execute_script(
             "return Array.from(document.styleSheets).filter(s => s.href && s.href.endsWith('/admin/css/base.css'))"
-            ".map(s => s.cssRules.length)")
+            ".map(s => s.cssRules.length)"
+        )
         assert loaded and loaded[0] > 0
 
         browser.get(f"{base}/api/v1/docs")
         WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
-        paths = {e.get_attribute("data-path") or e.text
-                 for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+        paths = {
+            e.get_attribute("data-path") or e.text
+            for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")
+        }
         assert "/api/v1/escrows" in paths and "/api/v1/escrows/{escrow_id}/release" in paths, paths

@@ -35,10 +35,13 @@ def parse_addrport(value: str) -> tuple[str, int]:
 def gunicorn_logging() -> dict[str, Any]:
     """The project's JSON logging for gunicorn's own lines; requests are logged by the app's middleware
     (one structured line each), so gunicorn's access log stays off."""
-    config: dict[str, Any] = {**settings.LOGGING, "disable_existing_loggers": False}
-    config["loggers"] = {**settings.LOGGING.get("loggers", {}),
-                         "gunicorn.error": {"level": "INFO", "propagate": True},
-                         "gunicorn.access": {"level": "WARNING", "propagate": True}}
+    base: dict[str, Any] = dict(settings.LOGGING)
+    config: dict[str, Any] = {**base, "disable_existing_loggers": False}
+    config["loggers"] = {
+        **base.get("loggers", {}),
+        "gunicorn.error": {"level": "INFO", "propagate": True},
+        "gunicorn.access": {"level": "WARNING", "propagate": True},
+    }
     return config
 
 
@@ -63,19 +66,33 @@ class _BusBeside:
 
 
 class Command(BaseCommand):
-    help = ("Serve the API, the admin and static files with gunicorn, and run the bus worker beside it "
-            "(the `make run` default).")
+    help = (
+        "Serve the API, the admin and static files with gunicorn, and run the bus worker beside it "
+        "(the `make run` default)."
+    )
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("addrport", nargs="?", default="127.0.0.1:8000",
-                            help="HOST:PORT (or PORT) to listen on; default 127.0.0.1:8000")
-        parser.add_argument("--threads", type=int, default=8,
-                            help="request threads (each keeps at most one database connection); default 8")
-        parser.add_argument("--timeout", type=int, default=60,
-                            help="seconds before an unresponsive worker process is restarted; default 60")
+        parser.add_argument(
+            "addrport",
+            nargs="?",
+            default="127.0.0.1:8000",
+            help="HOST:PORT (or PORT) to listen on; default 127.0.0.1:8000",
+        )
+        parser.add_argument(
+            "--threads",
+            type=int,
+            default=8,
+            help="request threads (each keeps at most one database connection); default 8",
+        )
+        parser.add_argument(
+            "--timeout",
+            type=int,
+            default=60,
+            help="seconds before an unresponsive worker process is restarted; default 60",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from gunicorn.app.base import BaseApplication
+        from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 
         from escrow_project.wsgi import application
 
@@ -97,7 +114,7 @@ class Command(BaseCommand):
             "proc_name": "escrow-serve",
         }
 
-        class Server(BaseApplication):  # type: ignore[misc]
+        class Server(BaseApplication):
             def load_config(self) -> None:
                 for key, value in config.items():
                     self.cfg.set(key, value)
