@@ -52,12 +52,9 @@ class _BusBeside:
         self.worker: Any = None
 
     def start(self, _gunicorn_worker: Any) -> None:
-        from apps.escrow.timers import fire_due_timers
-        from apps.notifications.public import deliver_due_notifications
-        from apps.outbox.worker import BusWorker
-        from apps.payments.public import deliver_owed_webhooks
+        from apps.outbox.worker import BusWorker, registered_ticks
 
-        self.worker = BusWorker(ticks=[fire_due_timers, deliver_due_notifications, deliver_owed_webhooks])
+        self.worker = BusWorker(ticks=registered_ticks())
         threading.Thread(target=self.worker.run_forever, name="bus-worker", daemon=True).start()
 
     def stop(self, *_: Any) -> None:
