@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "apps.notifications",
     "apps.gateway",
     "apps.web",
+    "apps.discord",
 ]
 
 MIDDLEWARE = [
@@ -252,6 +253,14 @@ NOTIFY_RETRY_MAX_SECONDS = float(os.environ.get("NOTIFY_RETRY_MAX_SECONDS", "900
 NOTIFY_DELIVER_ON_COMMIT = env_bool("NOTIFY_DELIVER_ON_COMMIT", True)
 DISCORD_SEND_TIMEOUT_SECONDS = float(os.environ.get("DISCORD_SEND_TIMEOUT_SECONDS", "45"))
 DISCORD_LINK_CODE_TTL_SECONDS = env_int("DISCORD_LINK_CODE_TTL_SECONDS", 600)
+# The interactions endpoint (docs/discord.md): off (404) without the application's public key (hex).
+DISCORD_PUBLIC_KEY = os.environ.get("DISCORD_PUBLIC_KEY", "")
+DISCORD_APPLICATION_ID = os.environ.get("DISCORD_APPLICATION_ID", "")
+# A signed interaction older (or newer) than this is refused as a replay.
+DISCORD_SIGNATURE_MAX_AGE_SECONDS = env_int("DISCORD_SIGNATURE_MAX_AGE_SECONDS", 300)
+# How long an interaction waits for the read model before it defers and follows up (Discord allows 3 s).
+DISCORD_REPLY_WAIT_SECONDS = float(os.environ.get("DISCORD_REPLY_WAIT_SECONDS", "1.5"))
+DISCORD_HTTP_TIMEOUT_SECONDS = float(os.environ.get("DISCORD_HTTP_TIMEOUT_SECONDS", "10"))
 
 # --- Messaging -------------------------------------------------------------------------------------
 KAFKA_BOOTSTRAP_SERVERS = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")

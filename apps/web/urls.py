@@ -1,6 +1,6 @@
 """The web app's pages, mounted at `/`."""
 
-from django.urls import path
+from django.urls import include, path
 
 from apps.web import views
 
@@ -22,4 +22,5 @@ urlpatterns = [
     path("deals/<uuid:escrow_id>/sandbox-pay", views.sandbox_pay, name="deal-sandbox-pay"),
     path("settings/payout", views.payout_settings, name="payout-settings"),
     path("settings/notifications", views.notification_settings, name="notification-settings"),
+    path("", include("apps.web.checkout_urls")),
 ]
