@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "allauth.socialaccount",
     "allauth.mfa",
     "allauth.headless",
+    "allauth.usersessions",
     "allauth.socialaccount.providers.discord",
     "apps.outbox",
     "apps.escrow",
@@ -124,6 +125,7 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 
 # --- Auth: django-allauth headless with its JWT token strategy -------------------------------------
 HEADLESS_ONLY = True
+HEADLESS_TOKEN_STRATEGY = "allauth.headless.tokens.strategies.jwt.JWTTokenStrategy"
 # HS256 with SECRET_KEY unless an RSA private key is configured (then RS256).
 HEADLESS_JWT_PRIVATE_KEY = os.environ.get("JWT_PRIVATE_KEY", "")
 HEADLESS_JWT_ALGORITHM = "RS256" if HEADLESS_JWT_PRIVATE_KEY else "HS256"
@@ -132,11 +134,11 @@ HEADLESS_JWT_ACCESS_TOKEN_EXPIRES_IN = env_int("JWT_ACCESS_TOKEN_EXPIRES_IN", 36
 HEADLESS_JWT_STATEFUL_VALIDATION_ENABLED = True
 # Headless flows that end in a browser (Discord sign-in) come back to the web app's pages.
 HEADLESS_FRONTEND_URLS: dict[str, str] = {"socialaccount_login_error": "/signin/"}
-# allauth's JWT strategy, plus sign-out revocation (apps/gateway/tokens.py).
-HEADLESS_TOKEN_STRATEGY = "apps.gateway.tokens.RevocableJWTTokenStrategy"
 ACCOUNT_LOGIN_METHODS = {"username"}
 ACCOUNT_SIGNUP_FIELDS = ["username*", "password1*"]
 ACCOUNT_EMAIL_VERIFICATION = "none"
+# People sign in with Discord (or the sandbox); nobody signs up with a password under /_allauth/.
+ACCOUNT_ADAPTER = "apps.web.signin.AccountAdapter"
 # Staff second factor (apps/gateway/mfa.py, docs/operations.md): TOTP only, secrets encrypted at rest.
 # On by default, so a production that forgets the variable still requires it; set 0 only for local work.
 ADMIN_REQUIRE_MFA = env_bool("ADMIN_REQUIRE_MFA", True)

@@ -76,15 +76,3 @@ class AuditLog(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> Any:
         raise PermissionError("AuditLog is append-only")
-
-
-class TokenRevocation(models.Model):
-    """Sign-out: every access or refresh token a user was issued before `revoked_at` is refused, whichever
-    session it is bound to (apps/gateway/tokens.py)."""
-
-    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True,
-                                related_name="+")
-    revoked_at = models.DateTimeField()
-
-    def __str__(self) -> str:
-        return f"tokens of user {self.user_id} before {self.revoked_at.isoformat()}"

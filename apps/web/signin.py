@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from allauth.account.adapter import DefaultAccountAdapter
 from allauth.socialaccount.adapter import DefaultSocialAccountAdapter
+from allauth.usersessions.models import UserSession
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
@@ -33,6 +35,11 @@ def _refuse_staff(user: Any) -> None:
         raise PermissionDenied("staff sign in at /admin/ with their second factor")
 
 
+class AccountAdapter(DefaultAccountAdapter):
+    def is_open_for_signup(self, request: HttpRequest) -> bool:
+        return False
+
+
 class SocialAccountAdapter(DefaultSocialAccountAdapter):
     """One account per Discord id, whichever door it came through: a Discord sign-in, a deal naming
     `discord:<id>`, or the Discord bot all resolve through `user_for_discord_id`, which never re-points a
@@ -50,8 +57,9 @@ class SocialAccountAdapter(DefaultSocialAccountAdapter):
             if link is None:
                 try:
                     notifications.discord_link_confirm(
-                        user_id=request.user.pk,
-                        code=notifications.link_code_issue(discord_user_id=discord_user_id))
+                        user_id=int(request.user.pk),  # type: ignore[arg-type]
+                        code=notifications.link_code_issue(discord_user_id=discord_user_id),
+                    )
                 except notifications.NotificationError as exc:
                     raise PermissionDenied(exc.detail) from None
             return
@@ -61,7 +69,8 @@ class SocialAccountAdapter(DefaultSocialAccountAdapter):
             _refuse_staff(sociallogin.user)
             return
         user = notifications.user_for_discord_id(
-            discord_user_id=discord_user_id, username_hint=str(sociallogin.account.extra_data.get("username") or ""))
+            discord_user_id=discord_user_id, username_hint=str(sociallogin.account.extra_data.get("username") or "")
+        )
         if not user.is_active:
             raise PermissionDenied("this account is deactivated")
         _refuse_staff(user)
@@ -118,3 +127,21 @@ def sandbox_user_create(*, username: str) -> Any:
     if User.objects.filter(username__iexact=username).exists():
         raise SandboxSigninRefused(f"{username} is taken; pick them from the list or choose another name")
     return User.objects.create_user(username=username, password=None)
+
+
+# --- signing out ------------------------------------------------------------------------------------
+
+
+def sessions_record(request: HttpRequest) -> None:
+    """Counts this browser session among the user's sessions (allauth's own sign-ins do this themselves)."""
+    UserSession.objects.create_from_request(request)
+
+
+def sessions_end_all(*, user_id: int) -> int:
+    """Sign-out everywhere: every recorded session of the user ends, and with it every access and refresh
+    token bound to one (tokens are validated statefully against their session)."""
+    ended = 0
+    for session in UserSession.objects.filter(user_id=user_id).iterator():
+        session.end()
+        ended += 1
+    return ended

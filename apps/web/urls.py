@@ -19,7 +19,6 @@ urlpatterns = [
     path("deals/<uuid:escrow_id>/cancel", views.cancel, name="deal-cancel"),
     path("deals/<uuid:escrow_id>/dispute", views.dispute, name="deal-dispute"),
     path("deals/<uuid:escrow_id>/evidence", views.evidence, name="deal-evidence"),
-    path("deals/<uuid:escrow_id>/sandbox-pay", views.sandbox_pay, name="deal-sandbox-pay"),
     path("settings/payout", views.payout_settings, name="payout-settings"),
     path("settings/notifications", views.notification_settings, name="notification-settings"),
     path("", include("apps.web.checkout_urls")),

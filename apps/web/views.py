@@ -28,11 +28,9 @@ from apps.escrow.public import (
     dispatch,
     evidence_add,
 )
-from apps.gateway.serializers import minor_to_decimal_string, parse_amount
-from apps.gateway.tokens import tokens_revoke
 from apps.notifications import public as notifications
 from apps.payments import public as payments
-from apps.projections import selectors
+from apps.projections import public as selectors
 from apps.web import deals, forms, signin
 from proto.common.v1 import Actor, ActorKind, Money
 from proto.escrow import v1 as escrow_v1
@@ -48,11 +46,16 @@ def _command_id(request: HttpRequest, *parts: str) -> uuid.UUID | None:
         uuid.UUID(nonce)
     except ValueError:
         return None
-    return uuid.uuid5(_COMMAND_NAMESPACE, ":".join([str(request.user.pk), *parts, nonce]))
+    return uuid.uuid5(_COMMAND_NAMESPACE, ":".join([str(_me(request)), *parts, nonce]))
+
+
+def _me(request: HttpRequest) -> int:
+    """The signed-in person's id (every caller is behind login_required)."""
+    return int(request.user.pk)  # type: ignore[arg-type]
 
 
 def _actor(request: HttpRequest) -> Actor:
-    return Actor(kind=ActorKind.USER, user_id=request.user.pk)
+    return Actor(kind=ActorKind.USER, user_id=_me(request))
 
 
 def _names(*user_ids: int) -> dict[int, str]:
@@ -60,7 +63,14 @@ def _names(*user_ids: int) -> dict[int, str]:
 
 
 def _money(amount_minor: int, currency: str) -> str:
-    return f"{minor_to_decimal_string(amount_minor, currency)} {currency}"
+    whole, cents = divmod(amount_minor, 100)  # every currency we take (ESCROW_CURRENCIES) has two decimals
+    return f"{whole}.{cents:02d} {currency}"
+
+
+def _minor(amount: str) -> int:
+    """A decimal string the form already checked (digits, at most two decimals) -> minor units."""
+    whole, _, frac = amount.partition(".")
+    return int(whole) * 100 + int((frac or "0").ljust(2, "0"))
 
 
 def _optional_url(name: str, **kwargs: Any) -> str | None:
@@ -78,8 +88,10 @@ def _refusal_words(exc: EscrowError) -> str:
     if isinstance(exc, EscrowNotFound):
         return "There is no such deal."
     if isinstance(exc, InvalidTransition):
-        return (f"That cannot be done now: the deal is at \u201c{deals.STATE_WORDS.get(exc.state, exc.state)}\u201d. "
-                f"({exc.detail})")
+        return (
+            f"That cannot be done now: the deal is at \u201c{deals.STATE_WORDS.get(exc.state, exc.state)}\u201d. "
+            f"({exc.detail})"
+        )
     if isinstance(exc, NotAllowed):
         return f"You may not do that on this deal. ({exc.detail})"
     if isinstance(exc, InvalidCommand):
@@ -91,8 +103,9 @@ def _wait_for_read_model(result: CommandResult) -> None:
     """As the REST API does: the next page shows the command's effect (bounded wait)."""
     if settings.READ_YOUR_WRITES_SECONDS <= 0 or "projections" not in settings.BUS_OUTBOX_SUBSCRIBERS:
         return
-    selectors.escrow_view_wait(escrow_id=str(result.escrow_id), version=result.version,
-                               timeout_seconds=settings.READ_YOUR_WRITES_SECONDS)
+    selectors.escrow_view_wait(
+        escrow_id=str(result.escrow_id), version=result.version, timeout_seconds=settings.READ_YOUR_WRITES_SECONDS
+    )
 
 
 # --- home and sign-in -------------------------------------------------------------------------------
@@ -109,18 +122,24 @@ def home(request: HttpRequest) -> HttpResponse:
 def signin_page(request: HttpRequest) -> HttpResponse:
     error = request.GET.get("error")
     if error:
-        words = {"permission_denied": "That Discord account cannot sign in here (it may be linked to another account).",
-                 "cancelled": "Sign-in with Discord was cancelled."}
+        words = {
+            "permission_denied": "That Discord account cannot sign in here (it may be linked to another account).",
+            "cancelled": "Sign-in with Discord was cancelled.",
+        }
         messages.error(request, words.get(error, "Sign-in with Discord failed; try again."))
         return redirect("web:signin")
     sandbox = signin.sandbox_signin_enabled()
-    return render(request, "web/signin.html", {
-        "discord": signin.discord_signin_enabled(),
-        "sandbox": sandbox,
-        "sandbox_users": signin.sandbox_users() if sandbox else [],
-        "create_form": forms.SandboxCreateForm(),
-        "next": _safe_next(request.GET.get("next")),
-    })
+    return render(
+        request,
+        "web/signin.html",
+        {
+            "discord": signin.discord_signin_enabled(),
+            "sandbox": sandbox,
+            "sandbox_users": signin.sandbox_users() if sandbox else [],
+            "create_form": forms.SandboxCreateForm(),
+            "next": _safe_next(request.GET.get("next")),
+        },
+    )
 
 
 def _safe_next(value: str | None) -> str:
@@ -133,8 +152,9 @@ def _safe_next(value: str | None) -> str:
 @require_POST
 def signin_sandbox(request: HttpRequest) -> HttpResponse:
     if not signin.sandbox_signin_enabled():
-        return render(request, "web/refused.html", {"words": "The sandbox sign-in is off in this deployment."},
-                      status=403)
+        return render(
+            request, "web/refused.html", {"words": "The sandbox sign-in is off in this deployment."}, status=403
+        )
     try:
         if request.POST.get("username"):
             user = signin.sandbox_user_create(username=request.POST["username"].strip())
@@ -144,13 +164,14 @@ def signin_sandbox(request: HttpRequest) -> HttpResponse:
         messages.error(request, str(exc))
         return redirect("web:signin")
     login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+    signin.sessions_record(request)
     return HttpResponseRedirect(_safe_next(request.POST.get("next")))
 
 
 @require_POST
 def signout(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
-        tokens_revoke(user_id=request.user.pk)
+        signin.sessions_end_all(user_id=_me(request))
     logout(request)
     messages.info(request, "You are signed out, and every token issued to you has been revoked.")
     return redirect("web:signin")
@@ -162,19 +183,28 @@ def signout(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def deal_list(request: HttpRequest) -> HttpResponse:
-    views = list(selectors.escrow_views_for_user(user_id=request.user.pk)[:200])
+    views = list(selectors.escrow_views_for_user(user_id=_me(request))[:200])
     names = _names(*{v.buyer_id for v in views} | {v.seller_id for v in views})
-    rows = [{
-        "view": v, "side": deals.party_of(v, request.user.pk),
-        "other": names.get(v.seller_id if v.buyer_id == request.user.pk else v.buyer_id, "?"),
-        "amount": _money(v.amount_minor, v.currency), "state_words": deals.STATE_WORDS.get(v.state, v.state),
-        "closed": v.state in deals.CLOSED_STATES,
-    } for v in views]
-    return render(request, "web/deals.html", {
-        "buying_open": [r for r in rows if r["side"] == "buyer" and not r["closed"]],
-        "selling_open": [r for r in rows if r["side"] == "seller" and not r["closed"]],
-        "closed": [r for r in rows if r["closed"]],
-    })
+    rows = [
+        {
+            "view": v,
+            "side": deals.party_of(v, _me(request)),
+            "other": names.get(v.seller_id if v.buyer_id == _me(request) else v.buyer_id, "?"),
+            "amount": _money(v.amount_minor, v.currency),
+            "state_words": deals.STATE_WORDS.get(v.state, v.state),
+            "closed": v.state in deals.CLOSED_STATES,
+        }
+        for v in views
+    ]
+    return render(
+        request,
+        "web/deals.html",
+        {
+            "buying_open": [r for r in rows if r["side"] == "buyer" and not r["closed"]],
+            "selling_open": [r for r in rows if r["side"] == "seller" and not r["closed"]],
+            "closed": [r for r in rows if r["closed"]],
+        },
+    )
 
 
 def _counterparty(value: str) -> Any:
@@ -182,7 +212,7 @@ def _counterparty(value: str) -> Any:
     value = value.strip()
     User = get_user_model()
     if value.lower().startswith("discord:"):
-        snowflake = value[len("discord:"):]
+        snowflake = value[len("discord:") :]
         if not (snowflake.isascii() and snowflake.isdigit()) or not 0 < len(snowflake) <= 20:
             raise ValueError("write a Discord user id as discord: followed by its digits")
         return notifications.user_for_discord_id(discord_user_id=int(snowflake))
@@ -203,28 +233,33 @@ def deal_new(request: HttpRequest) -> HttpResponse:
         if command_id is None:
             messages.error(request, "The form was incomplete; please submit it again.")
         else:
+            amount_minor = _minor(data["amount"])
             try:
                 other = _counterparty(data["counterparty"])
-                amount_minor = parse_amount(data["amount"], currency=data["currency"])
             except ValueError as exc:
                 form.add_error("counterparty", str(exc))
-            except Exception as exc:  # noqa: BLE001 - the amount parser's validation error
-                form.add_error("amount", " ".join(map(str, getattr(exc, "detail", [exc]))))
+            except notifications.NotificationError as exc:
+                form.add_error("counterparty", exc.detail)
             else:
                 low, high = settings.ESCROW_MIN_AMOUNT_MINOR, settings.ESCROW_MAX_AMOUNT_MINOR
-                if other.pk == request.user.pk:
+                if other.pk == _me(request):
                     form.add_error("counterparty", "you cannot trade with yourself")
                 elif not low <= amount_minor <= high:
-                    form.add_error("amount", f"must be between {_money(low, data['currency'])} and "
-                                             f"{_money(high, data['currency'])}")
+                    form.add_error(
+                        "amount",
+                        f"must be between {_money(low, data['currency'])} and {_money(high, data['currency'])}",
+                    )
                 else:
                     return _create(request, command_id, data, other, amount_minor)
-    return render(request, "web/deal_new.html", {"form": form, "nonce": uuid.uuid4()}, status=400 if form.errors else 200)
+    return render(
+        request, "web/deal_new.html", {"form": form, "nonce": uuid.uuid4()}, status=400 if form.errors else 200
+    )
 
 
-def _create(request: HttpRequest, command_id: uuid.UUID, data: dict[str, Any], other: Any,
-            amount_minor: int) -> HttpResponse:
-    buyer_id, seller_id = ((request.user.pk, other.pk) if data["role"] == "buyer" else (other.pk, request.user.pk))
+def _create(
+    request: HttpRequest, command_id: uuid.UUID, data: dict[str, Any], other: Any, amount_minor: int
+) -> HttpResponse:
+    buyer_id, seller_id = (_me(request), int(other.pk)) if data["role"] == "buyer" else (int(other.pk), _me(request))
     command = escrow_v1.CreateEscrow(
         escrow_id=str(uuid.uuid5(command_id, "escrow")),
         buyer_id=buyer_id,
@@ -248,7 +283,7 @@ def _create(request: HttpRequest, command_id: uuid.UUID, data: dict[str, Any], o
 
 def _participant_view(request: HttpRequest, escrow_id: uuid.UUID) -> Any:
     view = selectors.escrow_view_get(escrow_id=str(escrow_id))
-    if view is None or deals.party_of(view, request.user.pk) is None:
+    if view is None or deals.party_of(view, _me(request)) is None:
         return None
     return view
 
@@ -277,28 +312,39 @@ def deal_page(request: HttpRequest, escrow_id: uuid.UUID) -> HttpResponse:
     view = _participant_view(request, escrow_id)
     if view is None:
         return _not_found(request)
-    side = deals.party_of(view, request.user.pk)
+    side = deals.party_of(view, _me(request))
     names = _names(view.buyer_id, view.seller_id)
-    actions = available_actions(view, request.user.pk)
+    actions = available_actions(view, _me(request))
     checkout_url = None
     if "pay" in actions:
-        instructions = payments.payment_instructions(str(view.escrow_id))
-        checkout_url = getattr(instructions, "checkout_url", None) if instructions else None
-        if instructions is None:
+        # The buyer's capability link to the checkout page (the same one the API and Discord give).
+        checkout_url = payments.checkout_path(escrow_id=str(view.escrow_id), funding_deadline=view.funding_deadline)
+        if checkout_url is None:
             actions.remove("pay")
-    timeline = deals.timeline_words(selectors.escrow_timeline(escrow_id=str(view.escrow_id)),
-                                    names=names, viewer_id=request.user.pk)
-    return render(request, "web/deal.html", {
-        "view": view, "side": side, "names": names,
-        "buyer": names.get(view.buyer_id, "?"), "seller": names.get(view.seller_id, "?"),
-        "amount": _money(view.amount_minor, view.currency),
-        "state_words": deals.STATE_WORDS.get(view.state, view.state),
-        "actions": actions, "checkout_url": checkout_url,
-        "sandbox_pay": checkout_url is None and settings.PAYMENTS_PROVIDER == "sandbox",
-        "timeline": timeline, "nonce": uuid.uuid4(),
-        "reason_form": forms.ReasonForm(), "dispute_form": forms.DisputeForm(), "evidence_form": forms.EvidenceForm(),
-        "payout_waiting": side == "seller" and view.payout_pending,
-    })
+    timeline = deals.timeline_words(
+        selectors.escrow_timeline(escrow_id=str(view.escrow_id)), names=names, viewer_id=_me(request)
+    )
+    return render(
+        request,
+        "web/deal.html",
+        {
+            "view": view,
+            "side": side,
+            "names": names,
+            "buyer": names.get(view.buyer_id, "?"),
+            "seller": names.get(view.seller_id, "?"),
+            "amount": _money(view.amount_minor, view.currency),
+            "state_words": deals.STATE_WORDS.get(view.state, view.state),
+            "actions": actions,
+            "checkout_url": checkout_url,
+            "timeline": timeline,
+            "nonce": uuid.uuid4(),
+            "reason_form": forms.ReasonForm(),
+            "dispute_form": forms.DisputeForm(),
+            "evidence_form": forms.EvidenceForm(),
+            "payout_waiting": side == "seller" and view.payout_pending,
+        },
+    )
 
 
 def deal_action(handler: Callable[[HttpRequest, Any, uuid.UUID], CommandResult | HttpResponse | None]) -> Any:
@@ -332,16 +378,18 @@ def deal_action(handler: Callable[[HttpRequest, Any, uuid.UUID], CommandResult |
 
 @deal_action
 def deliver(request: HttpRequest, view: Any, command_id: uuid.UUID) -> CommandResult:
-    result = dispatch(escrow_v1.MarkDelivered(escrow_id=str(view.escrow_id), actor=_actor(request)),
-                      command_id=command_id)
+    result = dispatch(
+        escrow_v1.MarkDelivered(escrow_id=str(view.escrow_id), actor=_actor(request)), command_id=command_id
+    )
     messages.success(request, "Marked delivered. The buyer's inspection period has started.")
     return result
 
 
 @deal_action
 def release(request: HttpRequest, view: Any, command_id: uuid.UUID) -> CommandResult:
-    result = dispatch(escrow_v1.ReleaseFunds(escrow_id=str(view.escrow_id), actor=_actor(request)),
-                      command_id=command_id)
+    result = dispatch(
+        escrow_v1.ReleaseFunds(escrow_id=str(view.escrow_id), actor=_actor(request)), command_id=command_id
+    )
     messages.success(request, "Released. The seller is being paid.")
     return result
 
@@ -352,9 +400,15 @@ def cancel(request: HttpRequest, view: Any, command_id: uuid.UUID) -> CommandRes
     if not form.is_valid():
         messages.error(request, "The reason is too long (at most 1000 characters).")
         return None
-    result = dispatch(escrow_v1.CancelEscrow(escrow_id=str(view.escrow_id), actor=_actor(request),
-                                             reason=form.cleaned_data["reason"]), command_id=command_id)
-    messages.success(request, "Cancelled." if result.state == "CANCELLED" else "Cancelled: the buyer is being refunded.")
+    result = dispatch(
+        escrow_v1.CancelEscrow(
+            escrow_id=str(view.escrow_id), actor=_actor(request), reason=form.cleaned_data["reason"]
+        ),
+        command_id=command_id,
+    )
+    messages.success(
+        request, "Cancelled." if result.state == "CANCELLED" else "Cancelled: the buyer is being refunded."
+    )
     return result
 
 
@@ -364,8 +418,10 @@ def dispute(request: HttpRequest, view: Any, command_id: uuid.UUID) -> CommandRe
     if not form.is_valid():
         messages.error(request, "Say what went wrong (at most 1000 characters).")
         return None
-    result = dispatch(escrow_v1.OpenDispute(escrow_id=str(view.escrow_id), actor=_actor(request),
-                                            reason=form.cleaned_data["reason"]), command_id=command_id)
+    result = dispatch(
+        escrow_v1.OpenDispute(escrow_id=str(view.escrow_id), actor=_actor(request), reason=form.cleaned_data["reason"]),
+        command_id=command_id,
+    )
     messages.success(request, "The dispute is open. Our team will review it; timers are stopped.")
     if form.cleaned_data.get("evidence"):
         _add_evidence(request, view, form.cleaned_data["evidence"], "")
@@ -391,25 +447,6 @@ def _add_evidence(request: HttpRequest, view: Any, upload: Any, description: str
         messages.success(request, "Your evidence was added to the dispute.")
 
 
-@deal_action
-def sandbox_pay(request: HttpRequest, view: Any, command_id: uuid.UUID) -> None:
-    """The sandbox's simulated payment, until a checkout page exists for the deal."""
-    if view.buyer_id != request.user.pk:
-        messages.error(request, "Only the buyer pays.")
-        return None
-    payments.payment_instructions_wait(str(view.escrow_id), timeout_seconds=settings.READ_YOUR_WRITES_SECONDS)
-    try:
-        outcome = payments.sandbox_pay(str(view.escrow_id))
-    except payments.SandboxUnavailable as exc:
-        messages.error(request, f"That payment was refused: {exc}.")
-        return None
-    if outcome.http_status >= 400:
-        messages.error(request, f"That payment was refused: {outcome.detail}.")
-    else:
-        messages.success(request, "Paid (sandbox). The money is held until you release it.")
-    return None
-
-
 # --- settings ----------------------------------------------------------------------------------------
 
 
@@ -420,8 +457,9 @@ def payout_settings(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         if form.is_valid():
             try:
-                payments.destination_set(seller_id=request.user.pk, stripe_account_id=None,
-                                         wallet_address=form.cleaned_data["wallet_address"])
+                payments.destination_set(
+                    seller_id=_me(request), stripe_account_id=None, wallet_address=form.cleaned_data["wallet_address"]
+                )
             except payments.InvalidPayoutDestination as exc:
                 form.add_error("wallet_address", exc.detail)
                 status = exc.status if exc.status in (400, 409, 503) else 400
@@ -430,17 +468,22 @@ def payout_settings(request: HttpRequest) -> HttpResponse:
                 return redirect("web:payout-settings")
         else:
             status = 400
-    return render(request, "web/payout_settings.html", {
-        "form": form,
-        "destination": payments.destination_get(seller_id=request.user.pk),
-        "waiting": payments.waiting_payouts_count(seller_id=request.user.pk),
-        "onboarding_url": _optional_url("web:payout-onboarding"),
-    }, status=status)
+    return render(
+        request,
+        "web/payout_settings.html",
+        {
+            "form": form,
+            "destination": payments.destination_get(seller_id=_me(request)),
+            "waiting": payments.waiting_payouts_count(seller_id=_me(request)),
+            "onboarding_url": _optional_url("web:payout-onboarding"),
+        },
+        status=status,
+    )
 
 
 @login_required
 def notification_settings(request: HttpRequest) -> HttpResponse:
-    current = notifications.preferences_get(user_id=request.user.pk)
+    current = notifications.preferences_get(user_id=_me(request))
     if request.method == "POST":
         changes = {kind: request.POST.get(kind) == "on" for kind in current if kind not in notifications.LOCKED_ON}
         unknown = set(request.POST) - set(current) - {"csrfmiddlewaretoken"}
@@ -448,16 +491,27 @@ def notification_settings(request: HttpRequest) -> HttpResponse:
             messages.error(request, "The form had fields we do not know; nothing was changed.")
             return redirect("web:notification-settings")
         try:
-            notifications.preferences_set(user_id=request.user.pk, changes=changes)
+            notifications.preferences_set(user_id=_me(request), changes=changes)
         except notifications.NotificationError as exc:
             messages.error(request, exc.detail)
         else:
             messages.success(request, "Saved.")
         return redirect("web:notification-settings")
-    link = notifications.DiscordLink.objects.filter(user_id=request.user.pk).first()
-    return render(request, "web/notification_settings.html", {
-        "preferences": [{"kind": kind, "description": notifications.KINDS[kind], "enabled": enabled,
-                         "locked": kind in notifications.LOCKED_ON} for kind, enabled in current.items()],
-        "link": link,
-        "discord": signin.discord_signin_enabled(),
-    })
+    link = notifications.DiscordLink.objects.filter(user_id=_me(request)).first()
+    return render(
+        request,
+        "web/notification_settings.html",
+        {
+            "preferences": [
+                {
+                    "kind": kind,
+                    "description": notifications.KINDS[kind],
+                    "enabled": enabled,
+                    "locked": kind in notifications.LOCKED_ON,
+                }
+                for kind, enabled in current.items()
+            ],
+            "link": link,
+            "discord": signin.discord_signin_enabled(),
+        },
+    )

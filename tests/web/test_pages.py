@@ -11,7 +11,7 @@ from django.test import Client
 
 from apps.escrow.models import Escrow, EscrowEvent
 from tests.gateway.support import settle
-from tests.web.conftest import csrf_token, new_deal, post_form
+from tests.web.conftest import csrf_token, new_deal, pay_on_checkout, post_form
 
 
 def page_text(response: Any) -> str:
@@ -35,7 +35,7 @@ def test_a_whole_trade_through_the_pages(browser_of: Any, buyer: Any, seller: An
     seller_page = as_seller.get(f"/deals/{escrow_id}").content.decode()
     assert 'id="action-pay"' not in seller_page and 'id="action-deliver"' not in seller_page
 
-    assert post_form(as_buyer, f"/deals/{escrow_id}/sandbox-pay").status_code == 302
+    assert pay_on_checkout(as_buyer, escrow_id).status_code == 302
     assert state_on_page(as_seller, escrow_id) == "FUNDS_HELD"
     assert 'id="action-deliver"' in as_seller.get(f"/deals/{escrow_id}").content.decode()
 
@@ -44,8 +44,9 @@ def test_a_whole_trade_through_the_pages(browser_of: Any, buyer: Any, seller: An
     assert post_form(as_buyer, f"/deals/{escrow_id}/release").status_code == 302
 
     assert state_on_page(as_buyer, escrow_id) == state_on_page(as_seller, escrow_id) == "RELEASED"
-    buyer_timeline = re.search(r'<ol class="timeline" id="timeline">(.*?)</ol>',
-                               as_buyer.get(f"/deals/{escrow_id}").content.decode(), re.S).group(1)
+    buyer_timeline = re.search(
+        r'<ol class="timeline" id="timeline">(.*?)</ol>', as_buyer.get(f"/deals/{escrow_id}").content.decode(), re.S
+    ).group(1)
     assert "You opened the deal" in buyer_timeline
     assert "The seller was paid" in buyer_timeline
     assert "no-actions" in as_buyer.get(f"/deals/{escrow_id}").content.decode()
@@ -53,8 +54,9 @@ def test_a_whole_trade_through_the_pages(browser_of: Any, buyer: Any, seller: An
     assert "Dominus Empyreus" in lists and "Completed" in lists
 
 
-def test_a_stranger_gets_the_404_page_and_changes_nothing(browser_of: Any, buyer: Any, seller: Any,
-                                                           stranger: Any) -> None:
+def test_a_stranger_gets_the_404_page_and_changes_nothing(
+    browser_of: Any, buyer: Any, seller: Any, stranger: Any
+) -> None:
     escrow_id = new_deal(browser_of(buyer), counterparty=seller.username)
     as_stranger = browser_of(stranger)
     events = EscrowEvent.objects.count()
@@ -62,7 +64,8 @@ def test_a_stranger_gets_the_404_page_and_changes_nothing(browser_of: Any, buyer
     page = as_stranger.get(f"/deals/{escrow_id}")
     assert page.status_code == 404 and "Not found" in page_text(page)
     assert "Dominus" not in page_text(page)
-    for action in ("deliver", "release", "cancel", "dispute", "sandbox-pay"):
+    assert 'id="action-pay"' not in page.content.decode()
+    for action in ("deliver", "release", "cancel", "dispute", "evidence"):
         response = post_form(as_stranger, f"/deals/{escrow_id}/{action}", {"reason": "mine now"})
         assert response.status_code == 404, action
     # an id that does not exist looks the same as someone else's
@@ -80,8 +83,17 @@ def test_a_post_without_the_csrf_token_is_refused(browser_of: Any, buyer: Any, s
     as_buyer = browser_of(buyer)
     escrows = Escrow.objects.count()
 
-    response = as_buyer.post("/deals/new", {"role": "buyer", "counterparty": seller.username, "amount": "10.00",
-                                            "currency": "USD", "description": "x", "nonce": str(uuid.uuid4())})
+    response = as_buyer.post(
+        "/deals/new",
+        {
+            "role": "buyer",
+            "counterparty": seller.username,
+            "amount": "10.00",
+            "currency": "USD",
+            "description": "x",
+            "nonce": str(uuid.uuid4()),
+        },
+    )
     assert response.status_code == 403
     assert Escrow.objects.count() == escrows
 
@@ -92,8 +104,7 @@ def test_a_post_without_the_csrf_token_is_refused(browser_of: Any, buyer: Any, s
     assert Escrow.objects.get(pk=escrow_id).state == "AWAIT_FUNDS"
 
 
-def test_a_refused_command_is_shown_in_words_and_changes_nothing(browser_of: Any, buyer: Any,
-                                                                  seller: Any) -> None:
+def test_a_refused_command_is_shown_in_words_and_changes_nothing(browser_of: Any, buyer: Any, seller: Any) -> None:
     as_buyer, as_seller = browser_of(buyer), browser_of(seller)
     escrow_id = new_deal(as_buyer, counterparty=seller.username)
     events = EscrowEvent.objects.filter(escrow_id=escrow_id).count()
@@ -120,8 +131,7 @@ def test_the_same_form_sent_twice_opens_one_deal(browser_of: Any, buyer: Any, se
 def test_tampered_hidden_fields_are_refused(browser_of: Any, buyer: Any, seller: Any) -> None:
     as_buyer = browser_of(buyer)
     escrows = Escrow.objects.count()
-    body = {"role": "buyer", "counterparty": seller.username, "amount": "10.00", "currency": "USD",
-            "description": "x"}
+    body = {"role": "buyer", "counterparty": seller.username, "amount": "10.00", "currency": "USD", "description": "x"}
     for nonce in (" ", "not-a-uuid", "1 OR 1=1"):
         response = post_form(as_buyer, "/deals/new", body, nonce=nonce)
         assert response.status_code == 200 and "The form was incomplete" in page_text(response)
@@ -132,16 +142,27 @@ def test_tampered_hidden_fields_are_refused(browser_of: Any, buyer: Any, seller:
     assert Escrow.objects.count() == escrows
 
 
-def test_another_users_ids_do_not_make_them_a_party(browser_of: Any, buyer: Any, seller: Any,
-                                                     stranger: Any) -> None:
+def test_another_users_ids_do_not_make_them_a_party(browser_of: Any, buyer: Any, seller: Any, stranger: Any) -> None:
     as_buyer = browser_of(buyer)
     # trading with oneself, by name or by id, is refused
     for me in (buyer.username, str(buyer.pk)):
-        response = post_form(as_buyer, "/deals/new", {"role": "buyer", "counterparty": me, "amount": "10.00",
-                                                      "currency": "USD", "description": "x"})
+        response = post_form(
+            as_buyer,
+            "/deals/new",
+            {"role": "buyer", "counterparty": me, "amount": "10.00", "currency": "USD", "description": "x"},
+        )
         assert response.status_code == 400 and "yourself" in page_text(response)
-    response = post_form(as_buyer, "/deals/new", {"role": "buyer", "counterparty": "nobody_by_that_name",
-                                                  "amount": "10.00", "currency": "USD", "description": "x"})
+    response = post_form(
+        as_buyer,
+        "/deals/new",
+        {
+            "role": "buyer",
+            "counterparty": "nobody_by_that_name",
+            "amount": "10.00",
+            "currency": "USD",
+            "description": "x",
+        },
+    )
     assert response.status_code == 400 and "no one called" in page_text(response)
     assert Escrow.objects.count() == 0
 
@@ -160,14 +181,17 @@ def Client_for(user: Any) -> Client:  # noqa: N802 - reads like the fixture it s
 def test_a_dispute_with_a_statement_and_evidence(browser_of: Any, buyer: Any, seller: Any) -> None:
     as_buyer, as_seller = browser_of(buyer), browser_of(seller)
     escrow_id = new_deal(as_buyer, counterparty=seller.username)
-    post_form(as_buyer, f"/deals/{escrow_id}/sandbox-pay")
+    pay_on_checkout(as_buyer, escrow_id)
     post_form(as_seller, f"/deals/{escrow_id}/deliver")
 
     from django.core.files.uploadedfile import SimpleUploadedFile
 
-    body = {"csrfmiddlewaretoken": csrf_token(as_buyer), "nonce": str(uuid.uuid4()),
-            "reason": "the item never arrived in my inventory",
-            "evidence": SimpleUploadedFile("trade.txt", b"trade log: nothing received\n", "text/plain")}
+    body = {
+        "csrfmiddlewaretoken": csrf_token(as_buyer),
+        "nonce": str(uuid.uuid4()),
+        "reason": "the item never arrived in my inventory",
+        "evidence": SimpleUploadedFile("trade.txt", b"trade log: nothing received\n", "text/plain"),
+    }
     response = as_buyer.post(f"/deals/{escrow_id}/dispute", body, follow=True)
     settle()
     assert "The dispute is open" in page_text(response)
@@ -176,8 +200,11 @@ def test_a_dispute_with_a_statement_and_evidence(browser_of: Any, buyer: Any, se
     assert escrow.state == "DISPUTED"
     assert escrow.evidence.count() == 1
     # a file that is not a kept type is refused in words, and the dispute stays as it was
-    body = {"csrfmiddlewaretoken": csrf_token(as_seller), "nonce": str(uuid.uuid4()),
-            "evidence": SimpleUploadedFile("x.html", b"<html><script>1</script>", "text/html")}
+    body = {
+        "csrfmiddlewaretoken": csrf_token(as_seller),
+        "nonce": str(uuid.uuid4()),
+        "evidence": SimpleUploadedFile("x.html", b"<html><script>1</script>", "text/html"),
+    }
     response = as_seller.post(f"/deals/{escrow_id}/evidence", body, follow=True)
     assert "The file was not kept" in page_text(response)
     assert escrow.evidence.count() == 1

@@ -57,9 +57,16 @@ def test_staff_ids_names_and_garbage_are_refused() -> None:
     staff = UserFactory(username="ops_person", is_staff=True)
     taken = UserFactory(username="taken_name")
     client, token = signin_client()
-    assert 'signin-as-ops_person' not in client.get("/signin/").content.decode()
-    for body in ({"user_id": str(staff.pk)}, {"user_id": "999999"}, {"user_id": "1; drop"}, {"user_id": ""},
-                 {"username": "x"}, {"username": "has space"}, {"username": "Taken_Name"}):
+    assert "signin-as-ops_person" not in client.get("/signin/").content.decode()
+    for body in (
+        {"user_id": str(staff.pk)},
+        {"user_id": "999999"},
+        {"user_id": "1; drop"},
+        {"user_id": ""},
+        {"username": "x"},
+        {"username": "has space"},
+        {"username": "Taken_Name"},
+    ):
         response = client.post("/signin/sandbox", {"csrfmiddlewaretoken": token, **body}, follow=True)
         assert response.status_code == 200, body
         assert signed_in_as(client) is None, body
@@ -111,9 +118,19 @@ def test_sandbox_signin_defaults_off_in_production_configurations() -> None:
 
     code = "import django,os;django.setup();from django.conf import settings;print(settings.SANDBOX_SIGNIN)"
     for env in ({"HTTPS": "1"}, {"PAYMENTS_PROVIDER": "live"}, {}):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                             env={**__import__("os").environ, "DJANGO_SETTINGS_MODULE": "escrow_project.settings",
-                                  "HTTPS": "", "PAYMENTS_PROVIDER": "", **env}).stdout.strip()
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={
+                **__import__("os").environ,
+                "DJANGO_SETTINGS_MODULE": "escrow_project.settings",
+                "HTTPS": "",
+                "PAYMENTS_PROVIDER": "",
+                **env,
+            },
+        ).stdout.strip()
         assert out == ("True" if not env else "False"), env
 
 
@@ -147,3 +164,32 @@ def test_sign_out_needs_a_post_with_the_csrf_token(transactional_db: None) -> No
     assert client.post("/signout").status_code == 403
     assert signed_in_as(client) == person.username
     assert Client().get("/api/v1/escrows", HTTP_AUTHORIZATION=f"Bearer {api_token}").status_code == 200
+
+
+def test_an_app_client_signs_in_under_allauth_and_sign_out_ends_its_token(transactional_db: None) -> None:
+    person = UserFactory(username="app_user")
+    person.set_password("a long enough password 42")
+    person.save()
+    app = Client()
+    response = app.post(
+        "/_allauth/app/v1/auth/login",
+        {"username": "app_user", "password": "a long enough password 42"},
+        content_type="application/json",
+    )
+    assert response.status_code == 200, response.content
+    access = response.json()["meta"]["access_token"]
+    assert app.get("/api/v1/escrows", HTTP_AUTHORIZATION=f"Bearer {access}").status_code == 200
+    # nobody signs up with a password here
+    signup = app.post(
+        "/_allauth/app/v1/auth/signup",
+        {"username": "newcomer", "password": "another long password 42"},
+        content_type="application/json",
+    )
+    assert signup.status_code == 403
+    assert not get_user_model().objects.filter(username="newcomer").exists()
+
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(person)
+    browser.get("/deals/")
+    browser.post("/signout", {"csrfmiddlewaretoken": browser.cookies["csrftoken"].value})
+    assert app.get("/api/v1/escrows", HTTP_AUTHORIZATION=f"Bearer {access}").status_code == 401

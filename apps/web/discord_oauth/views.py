@@ -8,15 +8,15 @@ from django.conf import settings
 class DiscordOAuth2Adapter(_DiscordOAuth2Adapter):
     """allauth's Discord adapter with the endpoints read from settings at request time."""
 
-    @property  # type: ignore[override]
+    @property
     def access_token_url(self) -> str:
         return f"{settings.DISCORD_OAUTH_BASE}/oauth2/token"
 
-    @property  # type: ignore[override]
+    @property
     def authorize_url(self) -> str:
         return f"{settings.DISCORD_OAUTH_BASE}/oauth2/authorize"
 
-    @property  # type: ignore[override]
+    @property
     def profile_url(self) -> str:
         return f"{settings.DISCORD_OAUTH_BASE}/users/@me"
 
