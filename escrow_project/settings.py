@@ -262,6 +262,8 @@ DISCORD_APPLICATION_ID = os.environ.get("DISCORD_APPLICATION_ID", "")
 DISCORD_SIGNATURE_MAX_AGE_SECONDS = env_int("DISCORD_SIGNATURE_MAX_AGE_SECONDS", 300)
 # How long an interaction waits for the read model before it defers and follows up (Discord allows 3 s).
 DISCORD_REPLY_WAIT_SECONDS = float(os.environ.get("DISCORD_REPLY_WAIT_SECONDS", "1.5"))
+# A deferred interaction's follow-up waits at most this long for what it shows (the read model, the checkout link).
+DISCORD_FOLLOWUP_WAIT_SECONDS = float(os.environ.get("DISCORD_FOLLOWUP_WAIT_SECONDS", "60"))
 DISCORD_HTTP_TIMEOUT_SECONDS = float(os.environ.get("DISCORD_HTTP_TIMEOUT_SECONDS", "10"))
 
 # --- Messaging -------------------------------------------------------------------------------------
