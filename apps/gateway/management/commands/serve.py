@@ -91,7 +91,9 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 
-        from escrow_project.wsgi import application
+        from django.core.wsgi import get_wsgi_application
+
+        application = get_wsgi_application()
 
         host, port = parse_addrport(options["addrport"])
         bus = _BusBeside()
