@@ -89,9 +89,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
-
         from django.core.wsgi import get_wsgi_application
+        from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 
         application = get_wsgi_application()
 
