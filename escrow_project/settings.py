@@ -4,6 +4,7 @@ for `make run` (SQLite, in-process bus, sandbox payment provider)."""
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import dj_database_url
@@ -43,6 +44,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "allauth",
     "allauth.account",
     "allauth.socialaccount",
@@ -62,6 +64,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files (the admin's CSS, the Swagger UI) in every mode, before anything touches the database.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "apps.gateway.middleware.RequestContextMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "apps.gateway.login_throttle.LoginRateLimitMiddleware",
@@ -121,7 +125,16 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# `collectstatic` writes here (compressed copies too); WhiteNoise serves it. Without a collectstatic
+# (`make run`, tests) WhiteNoise finds the files in the apps instead (WHITENOISE_USE_FINDERS).
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", BASE_DIR / "staticfiles"))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = env_bool("WHITENOISE_USE_FINDERS", True)
+# Without a collectstatic there is no STATIC_ROOT yet, which is expected here, not worth a warning.
+warnings.filterwarnings("ignore", message="No directory at", module="whitenoise.base")
 
 # --- Auth: django-allauth headless with its JWT token strategy -------------------------------------
 HEADLESS_ONLY = True
@@ -189,6 +202,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Escrow for high-value game-item trades: money is held until the seller delivers.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The Swagger UI and ReDoc from this server's own static files (drf-spectacular-sidecar), no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "apps.gateway.schema.document_plain_routes"],
 }
