@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from django.contrib.auth.models import Group, Permission
 from django.core.management import call_command
 
