@@ -327,6 +327,10 @@ if TRACING_EXPORTER not in {"otlp", "console", "none"}:
 # ("escrow-consume-payments"), so each process of a split deployment is its own service.
 TRACING_SERVICE_NAME = os.environ.get("OTEL_SERVICE_NAME", "")
 
+# Who may scrape /api/v1/metrics: set, a client sending `Authorization: Bearer <METRICS_TOKEN>`; unset,
+# only clients on this host (behind a reverse proxy on the same host, set it: the proxy is loopback).
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,
