@@ -1,5 +1,5 @@
 from django.urls import path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from apps.gateway import evidence_views, notification_views, payout_views, views
 from apps.gateway.metrics import metrics_view
@@ -32,4 +32,7 @@ urlpatterns = [
     path("docs", SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[], permission_classes=[],
                                                 http_method_names=["get", "head"]),
          name="docs"),
+    path("redoc", SpectacularRedocView.as_view(url_name="schema", authentication_classes=[], permission_classes=[],
+                                               http_method_names=["get", "head"], template_name="gateway/redoc.html"),
+         name="redoc"),
 ]
