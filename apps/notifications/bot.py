@@ -24,8 +24,6 @@ NOT_LINKED = ("Your Discord account is not linked to an escrow account yet. Run 
               "the steps.")
 
 _NEXT: dict[str, dict[str, str]] = {
-    "AWAIT_ACCEPTANCE": {"buyer": "Waiting for both parties to agree: accept or decline it if the seller proposed it.",
-                         "seller": "Waiting for both parties to agree: accept or decline it if the buyer proposed it."},
     "AWAIT_FUNDS": {"buyer": "Pay it before the funding deadline.", "seller": "Wait for the buyer's payment."},
     "FUNDS_HELD": {"buyer": "Wait for the seller to deliver.",
                    "seller": "Deliver the item, then run `/escrow deliver`."},
@@ -82,6 +80,12 @@ class EscrowBot:
                  for e in page["results"]]
         more = f"\n…and {page['count'] - len(lines)} more." if page["count"] > len(lines) else ""
         return "\n".join(lines) + more
+
+    def accept(self, *, discord_user_id: int, request_id: str, escrow_id: str) -> str:
+        return self._mutate(discord_user_id, request_id, f"/escrows/{escrow_id}/accept", {}, verb="Accepted")
+
+    def decline(self, *, discord_user_id: int, request_id: str, escrow_id: str) -> str:
+        return self._mutate(discord_user_id, request_id, f"/escrows/{escrow_id}/decline", {}, verb="Declined")
 
     def deliver(self, *, discord_user_id: int, request_id: str, escrow_id: str) -> str:
         return self._mutate(discord_user_id, request_id, f"/escrows/{escrow_id}/deliver", {}, verb="Marked delivered")
@@ -140,6 +144,9 @@ def _role(escrow: dict[str, Any], user_id: int) -> str:
 def _describe(escrow: dict[str, Any], user_id: int) -> str:
     role = _role(escrow, user_id)
     next_step = _NEXT.get(escrow["state"], {}).get(role, "")
+    if escrow["state"] == "AWAIT_ACCEPTANCE":
+        next_step = ("Accept it or decline it." if "accept" in escrow.get("actions", [])
+                     else "Wait for the other party to accept it.")
     return (f"Escrow `{escrow['id']}`: {escrow['amount']} {escrow['currency']} for {escrow['description']!r}, "
             f"state **{escrow['state']}**, you are the {role}. Next: {next_step}").strip()
 
