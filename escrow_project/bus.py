@@ -5,7 +5,7 @@ from apps.discord.public import send_due_followups
 from apps.escrow.handlers import SUBSCRIBER as ESCROW
 from apps.escrow.timers import fire_due_timers
 from apps.notifications.handlers import SUBSCRIBER as NOTIFICATIONS
-from apps.notifications.public import deliver_due_notifications
+from apps.notifications.public import deliver_due_notifications, send_due_reminders
 from apps.outbox import bus
 from apps.outbox.worker import register_tick
 from apps.payments.handlers import SUBSCRIBER as PAYMENTS
@@ -17,6 +17,8 @@ for subscriber in (ESCROW, PAYMENTS, PROJECTIONS, NOTIFICATIONS):
 
 # `run_bus --no-timers` leaves out "timers" (for a deployment that fires them from cron).
 register_tick("timers", fire_due_timers)
+# Reminders first: the notifications tick of the same pass sends what they owe.
+register_tick("reminders", send_due_reminders)
 register_tick("notifications", deliver_due_notifications)
 register_tick("payments-webhooks", deliver_owed_webhooks)
 register_tick("discord-follow-ups", send_due_followups)

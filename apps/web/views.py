@@ -327,6 +327,8 @@ def deal_page(request: HttpRequest, escrow_id: uuid.UUID) -> HttpResponse:
             "buyer": names.get(view.buyer_id, "?"),
             "seller": names.get(view.seller_id, "?"),
             "amount": _money(view.amount_minor, view.currency),
+            "paid_to_seller": _money(view.paid_to_seller_minor, view.currency),
+            "refunded": _money(view.refunded_minor, view.currency),
             "state_words": deals.STATE_WORDS.get(view.state, view.state),
             "actions": actions,
             "checkout_url": checkout_url,
