@@ -8,7 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand
 from django.utils import timezone
 
-from apps.outbox.progress import CommandProgress
+from apps.outbox.public import CommandProgress
 from apps.payments import webhooks
 from apps.payments.models import WebhookEvent
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from apps.outbox.progress import CommandProgress
+from apps.outbox.public import CommandProgress
 from apps.projections.rebuild import projection_rebuild
 from apps.projections.tables import PROJECTION_SETS
 
