@@ -73,7 +73,12 @@ def test_notification_preferences_are_saved_and_locked_ones_stay_on(browser_of: 
 
 
 def test_the_deal_page_tells_a_seller_whose_payout_waits_for_a_destination(
-    fake_stripe: Any, api_client: Any, browser_of: Any, buyer: Any, seller: Any, settings: Any
+    fake_stripe: Any,  # noqa: F811 - the fixture imported above
+    api_client: Any,
+    browser_of: Any,
+    buyer: Any,
+    seller: Any,
+    settings: Any,
 ) -> None:
     from tests.helpers import act
     from tests.payments.test_stripe_rail import funded_escrow
