@@ -208,6 +208,8 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "apps.gateway.schema.document_plain_routes"],
+    # A deal's sides (the caller's `role` on create, `creator_role` on read): one enum, one name.
+    "ENUM_NAME_OVERRIDES": {"PartyRoleEnum": ["buyer", "seller"]},
 }
 # Mutations (POST/PUT/PATCH/DELETE) per caller: generous by default so that load tests and benchmarks
 # are not throttled; production sets THROTTLE_MUTATIONS_RATE (e.g. "120/min"); "off" disables it.
