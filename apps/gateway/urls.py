@@ -16,6 +16,7 @@ urlpatterns = [
     path("escrows/<uuid:escrow_id>/evidence", evidence_views.EscrowEvidence.as_view(), name="escrow-evidence"),
     path("sandbox/escrows/<uuid:escrow_id>/pay", views.SandboxPay.as_view(), name="sandbox-pay"),
     path("payout-destination", payout_views.PayoutDestination.as_view(), name="payout-destination"),
+    path("payout-destination/onboarding", payout_views.PayoutOnboarding.as_view(), name="payout-onboarding"),
     path("webhooks/stripe", views.stripe_webhook, name="webhook-stripe"),
     path("webhooks/custodian", views.custodian_webhook, name="webhook-custodian"),
     path("me/discord-link", notification_views.DiscordLinkView.as_view(), name="me-discord-link"),

@@ -1,5 +1,6 @@
 """What other apps may use of the notifications service (the gateway, the admin, the bot)."""
 
+from apps.notifications.components import actions_for, custom_id, deal_buttons, parse_custom_id
 from apps.notifications.delivery import deliver_due_notifications
 from apps.notifications.kinds import KINDS, LOCKED_ON
 from apps.notifications.models import DiscordLink
@@ -20,6 +21,10 @@ __all__ = [
     "LOCKED_ON",
     "DiscordLink",
     "NotificationError",
+    "actions_for",
+    "custom_id",
+    "deal_buttons",
+    "parse_custom_id",
     "deliver_due_notifications",
     "discord_id_for_user",
     "discord_link_confirm",
