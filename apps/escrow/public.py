@@ -2,7 +2,7 @@
 
 from apps.escrow.errors import EscrowError, EscrowNotFound, InvalidCommand, InvalidTransition, NotAllowed
 from apps.escrow.evidence import EvidenceRejected, evidence_add
-from apps.escrow.services import CommandResult, dispatch
+from apps.escrow.services import CommandResult, command_applied, dispatch
 
 __all__ = [
     "CommandResult",
@@ -12,6 +12,7 @@ __all__ = [
     "InvalidCommand",
     "InvalidTransition",
     "NotAllowed",
+    "command_applied",
     "dispatch",
     "evidence_add",
 ]

@@ -14,7 +14,7 @@ import requests
 from apps.outbox.models import DeadLetter
 from apps.payments.models import PaymentArtifact
 from tests.fakes.stripe_server import FakeStripe, signed_event
-from tests.helpers import act, create_escrow, state_of
+from tests.helpers import act, state_of
 from tests.payments.support import assert_money_invariant, outbox_types
 from tests.payments.test_stripe_rail import SELLER_ACCOUNT, funded_escrow, intent_of, webhook
 
