@@ -163,7 +163,7 @@ class FakeStripe(HostedStripe):
     requests: list[Seen] = field(default_factory=list)
     _replies: dict[str, tuple[dict[str, str], int, str]] = field(default_factory=dict)
     _failures: deque[tuple[str, int, dict[str, Any], bool, str | None]] = field(default_factory=deque)
-    _delays: deque[tuple[str, float]] = field(default_factory=deque)
+    _delays: deque[tuple[str, float, str | None]] = field(default_factory=deque)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -191,10 +191,11 @@ class FakeStripe(HostedStripe):
         intent = self.objects[intent_id]
         return self._refund(intent, amount, {})
 
-    def delay_next(self, path_prefix: str, seconds: float) -> None:
-        """The next request under `path_prefix` is processed, but answered only after `seconds` (a client
-        with a shorter timeout gives up, as with a slow Stripe that still did the work)."""
-        self._delays.append((path_prefix, seconds))
+    def delay_next(self, path_prefix: str, seconds: float, *, method: str | None = None) -> None:
+        """The next request under `path_prefix` (of `method`, if given) is processed, but answered only
+        after `seconds` (a client with a shorter timeout gives up, as with a slow Stripe that still did the
+        work)."""
+        self._delays.append((path_prefix, seconds, method))
 
     def created(self, kind: str) -> list[Seen]:
         """Successful POSTs that created an object of `kind` (payment_intents, transfers, refunds), replays
@@ -228,8 +229,8 @@ class FakeStripe(HostedStripe):
             key = request.headers.get("Idempotency-Key")
             status, body, replayed = self._answer(request, params, key)
             self.requests.append(Seen(request.method, request.path, params, key, status, replayed))
-            for index, (prefix, seconds) in enumerate(self._delays):
-                if request.path.startswith(prefix):
+            for index, (prefix, seconds, method) in enumerate(self._delays):
+                if request.path.startswith(prefix) and method in (None, request.method):
                     del self._delays[index]
                     time.sleep(seconds)  # holding the lock: a retry waits, then sees the replay
                     break
