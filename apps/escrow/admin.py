@@ -56,8 +56,9 @@ class EscrowEventInline(admin.TabularInline):
 
 @admin.register(Escrow)
 class EscrowAdmin(ReadOnlyAdmin):
-    list_display = ("id", "state", "amount_minor", "currency", "buyer", "seller", "attention", "created_at")
-    list_filter = ("state", "attention", "currency")
+    list_display = ("id", "state", "amount_minor", "currency", "buyer", "seller", "creator_role", "attention",
+                    "created_at")
+    list_filter = ("state", "creator_role", "attention", "currency")
     search_fields = ("id", "buyer__username", "seller__username")
     inlines = [EscrowEventInline]
     readonly_fields = [f.name for f in Escrow._meta.fields]
