@@ -6,7 +6,7 @@ from apps.escrow.handlers import SUBSCRIBER as ESCROW
 from apps.escrow.timers import fire_due_timers
 from apps.gateway.public import idempotency_records_purge
 from apps.notifications.handlers import SUBSCRIBER as NOTIFICATIONS
-from apps.notifications.public import deliver_due_notifications
+from apps.notifications.public import deliver_due_notifications, send_due_reminders
 from apps.outbox import bus
 from apps.outbox.worker import register_tick
 from apps.payments.handlers import SUBSCRIBER as PAYMENTS
@@ -18,6 +18,8 @@ for subscriber in (ESCROW, PAYMENTS, PROJECTIONS, NOTIFICATIONS):
 
 # `run_bus --no-timers` leaves out "timers" (for a deployment that fires them from cron).
 register_tick("timers", fire_due_timers)
+# Reminders first: the notifications tick of the same pass sends what they owe.
+register_tick("reminders", send_due_reminders)
 register_tick("notifications", deliver_due_notifications)
 register_tick("payments-webhooks", deliver_owed_webhooks)
 register_tick("discord-follow-ups", send_due_followups)

@@ -4,6 +4,7 @@ for `make run` (SQLite, in-process bus, sandbox payment provider)."""
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import dj_database_url
@@ -43,6 +44,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "allauth",
     "allauth.account",
     "allauth.socialaccount",
@@ -62,6 +64,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files (the admin's CSS, the Swagger UI) in every mode, before anything touches the database.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "apps.gateway.middleware.RequestContextMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "apps.gateway.login_throttle.LoginRateLimitMiddleware",
@@ -121,7 +125,16 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# `collectstatic` writes here (compressed copies too); WhiteNoise serves it. Without a collectstatic
+# (`make run`, tests) WhiteNoise finds the files in the apps instead (WHITENOISE_USE_FINDERS).
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", BASE_DIR / "staticfiles"))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = env_bool("WHITENOISE_USE_FINDERS", True)
+# Without a collectstatic there is no STATIC_ROOT yet, which is expected here, not worth a warning.
+warnings.filterwarnings("ignore", message="No directory at", module="whitenoise.base")
 
 # --- Auth: django-allauth headless with its JWT token strategy -------------------------------------
 HEADLESS_ONLY = True
@@ -189,6 +202,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Escrow for high-value game-item trades: money is held until the seller delivers.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The Swagger UI and ReDoc from this server's own static files (drf-spectacular-sidecar), no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "apps.gateway.schema.document_plain_routes"],
 }
@@ -216,6 +233,7 @@ IDEMPOTENCY_PURGE_EVERY_SECONDS = float(os.environ.get("IDEMPOTENCY_PURGE_EVERY_
 PLATFORM_FEE_BPS = env_int("PLATFORM_FEE_BPS", 250)
 INSPECTION_PERIOD_HOURS = env_int("INSPECTION_PERIOD_HOURS", 72)
 FUNDING_DEADLINE_HOURS = env_int("FUNDING_DEADLINE_HOURS", 24)
+ACCEPTANCE_DEADLINE_HOURS = env_int("ACCEPTANCE_DEADLINE_HOURS", 48)
 ESCROW_MIN_AMOUNT_MINOR = env_int("ESCROW_MIN_AMOUNT_MINOR", 100)
 ESCROW_MAX_AMOUNT_MINOR = env_int("ESCROW_MAX_AMOUNT_MINOR", 100_000_000)
 ESCROW_CURRENCIES = env_list("ESCROW_CURRENCIES", "USD")
@@ -260,6 +278,10 @@ NOTIFY_RETRY_MAX_SECONDS = float(os.environ.get("NOTIFY_RETRY_MAX_SECONDS", "900
 NOTIFY_DELIVER_ON_COMMIT = env_bool("NOTIFY_DELIVER_ON_COMMIT", True)
 DISCORD_SEND_TIMEOUT_SECONDS = float(os.environ.get("DISCORD_SEND_TIMEOUT_SECONDS", "45"))
 DISCORD_LINK_CODE_TTL_SECONDS = env_int("DISCORD_LINK_CODE_TTL_SECONDS", 600)
+# Reminders before a deadline (once each): how many hours before it, and how often the worker looks.
+REMINDER_FUNDING_HOURS_BEFORE = env_int("REMINDER_FUNDING_HOURS_BEFORE", 6)
+REMINDER_INSPECTION_HOURS_BEFORE = env_int("REMINDER_INSPECTION_HOURS_BEFORE", 12)
+REMINDER_SCAN_SECONDS = float(os.environ.get("REMINDER_SCAN_SECONDS", "60"))
 # The interactions endpoint (docs/discord.md): off (404) without the application's public key (hex).
 DISCORD_PUBLIC_KEY = os.environ.get("DISCORD_PUBLIC_KEY", "")
 DISCORD_APPLICATION_ID = os.environ.get("DISCORD_APPLICATION_ID", "")
@@ -314,6 +336,10 @@ if TRACING_EXPORTER not in {"otlp", "console", "none"}:
 # Empty: "escrow" for the web process, "escrow-<command>" for other manage.py commands
 # ("escrow-consume-payments"), so each process of a split deployment is its own service.
 TRACING_SERVICE_NAME = os.environ.get("OTEL_SERVICE_NAME", "")
+
+# Who may scrape /api/v1/metrics: set, a client sending `Authorization: Bearer <METRICS_TOKEN>`; unset,
+# only clients on this host (behind a reverse proxy on the same host, set it: the proxy is loopback).
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 LOGGING = {

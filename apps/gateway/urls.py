@@ -1,5 +1,5 @@
 from django.urls import path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from apps.gateway import evidence_views, notification_views, payout_views, views
 from apps.gateway.metrics import metrics_view
@@ -8,6 +8,8 @@ urlpatterns = [
     path("escrows", views.EscrowCollection.as_view(), name="escrow-list"),
     path("escrows/<uuid:escrow_id>", views.EscrowDetail.as_view(), name="escrow-detail"),
     path("escrows/<uuid:escrow_id>/events", views.EscrowEvents.as_view(), name="escrow-events"),
+    path("escrows/<uuid:escrow_id>/accept", views.AcceptEscrow.as_view(), name="escrow-accept"),
+    path("escrows/<uuid:escrow_id>/decline", views.DeclineEscrow.as_view(), name="escrow-decline"),
     path("escrows/<uuid:escrow_id>/deliver", views.DeliverEscrow.as_view(), name="escrow-deliver"),
     path("escrows/<uuid:escrow_id>/release", views.ReleaseEscrow.as_view(), name="escrow-release"),
     path("escrows/<uuid:escrow_id>/cancel", views.CancelEscrow.as_view(), name="escrow-cancel"),
@@ -30,4 +32,7 @@ urlpatterns = [
     path("docs", SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[], permission_classes=[],
                                                 http_method_names=["get", "head"]),
          name="docs"),
+    path("redoc", SpectacularRedocView.as_view(url_name="schema", authentication_classes=[], permission_classes=[],
+                                               http_method_names=["get", "head"], template_name="gateway/redoc.html"),
+         name="redoc"),
 ]

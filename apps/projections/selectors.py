@@ -57,6 +57,19 @@ def escrow_views_for_user(*, user_id: int, role: str | None = None,
     return found.order_by("-created_at", "escrow_id")
 
 
+def escrow_views_with_deadline_between(*, state: str, deadline: str, start: datetime.datetime,
+                                       end: datetime.datetime) -> QuerySet[Any]:
+    """Escrows in `state` whose `deadline` (a deadline field of the view) falls in [start, end): what
+    the reminders ask for."""
+    if deadline not in DEADLINE_FIELDS:
+        raise ValueError(f"unknown deadline field {deadline!r}")
+    return active_tables().view.objects.filter(
+        state=state, **{f"{deadline}__gte": start, f"{deadline}__lt": end}).order_by(deadline, "escrow_id")
+
+
+DEADLINE_FIELDS = frozenset({"funding_deadline", "inspection_deadline"})
+
+
 def escrow_timeline(*, escrow_id: str) -> QuerySet[Any]:
     return active_tables().timeline.objects.filter(escrow_id=escrow_id).order_by("version")
 
@@ -70,12 +83,14 @@ def ops_open_disputes() -> QuerySet[Any]:
 
 
 def ops_stuck_payments(*, now: datetime.datetime | None = None) -> QuerySet[Any]:
-    """Escrows waiting on money past their time: unfunded past the funding deadline (the timer should
-    have cancelled them), or a payout / refund that has not come back for a while."""
+    """Escrows waiting past their time: unanswered past the acceptance deadline or unfunded past the
+    funding deadline (the timer should have cancelled them), or a payout / refund that has not come back
+    for a while."""
     now = now or timezone.now()
     views = active_tables().view.objects
     return views.filter(
-        Q(state="AWAIT_FUNDS", funding_deadline__lt=now)
+        Q(state="AWAIT_ACCEPTANCE", acceptance_deadline__lt=now)
+        | Q(state="AWAIT_FUNDS", funding_deadline__lt=now)
         | Q(state__in=("RELEASING", "REFUNDING"), state_since__lt=now - MONEY_MOVING_STUCK_AFTER)
     ).order_by("state_since", "escrow_id")
 
