@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('gateway', '0004_upload_evidence'),
+        ('gateway', '0005_staff_groups'),
     ]
 
     operations = [
