@@ -226,6 +226,11 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 64 * 1024)
 MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", BASE_DIR / "media"))
 EVIDENCE_MAX_BYTES = env_int("EVIDENCE_MAX_BYTES", 5 * 1024 * 1024)
 
+# Idempotency-Key records are kept this long, then purged by the bus worker's tick (checked at most every
+# IDEMPOTENCY_PURGE_EVERY_SECONDS); the same key after that is a new request.
+IDEMPOTENCY_KEY_TTL_HOURS = float(os.environ.get("IDEMPOTENCY_KEY_TTL_HOURS", "24"))
+IDEMPOTENCY_PURGE_EVERY_SECONDS = float(os.environ.get("IDEMPOTENCY_PURGE_EVERY_SECONDS", "60"))
+
 # --- Domain ----------------------------------------------------------------------------------------
 PLATFORM_FEE_BPS = env_int("PLATFORM_FEE_BPS", 250)
 INSPECTION_PERIOD_HOURS = env_int("INSPECTION_PERIOD_HOURS", 72)
