@@ -6,8 +6,11 @@ delivery), never inside it."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 
+from apps.notifications.components import deal_buttons
 from apps.notifications.delivery import deliver_after_commit
 from apps.notifications.models import EscrowParties, Notification
 from apps.outbox.bus import Delivery, Subscriber
@@ -27,21 +30,25 @@ def _link(escrow_id: str) -> str:
     return f"{settings.PUBLIC_BASE_URL}/api/v1/escrows/{escrow_id}"
 
 
-def _notify(delivery: Delivery, kind: str, texts: dict[str, str]) -> None:
+def _notify(delivery: Delivery, kind: str, texts: dict[str, str],
+            buttons: dict[str, list[dict[str, Any]]] | None = None) -> None:
     parties = EscrowParties.objects.filter(escrow_id=delivery.aggregate_id).first()
     if parties is None:
         return
     users = {BUYER: parties.buyer_id, SELLER: parties.seller_id}
     owed: dict[int, str] = {}
+    components: dict[int, list[dict[str, Any]]] = {}
     for role, text in texts.items():
         owed.setdefault(users[role], text)
+        if buttons and role in buttons:
+            components.setdefault(users[role], buttons[role])
     # One read and one insert (get_or_create would cost a read, a savepoint, an insert and a release per
     # user); the unique constraint on (event, user) still backs the read up.
     sent_before = set(Notification.objects.filter(event_id=delivery.event_id, user_id__in=list(owed))
                       .values_list("user_id", flat=True))
     created = [notification.pk for notification in Notification.objects.bulk_create([
         Notification(event_id=delivery.event_id, user_id=user_id, escrow_id=delivery.aggregate_id, kind=kind,
-                     text=f"{text} {_link(delivery.aggregate_id)}")
+                     text=f"{text} {_link(delivery.aggregate_id)}", components=components.get(user_id, []))
         for user_id, text in owed.items() if user_id not in sent_before
     ])]
     deliver_after_commit(created)
@@ -65,14 +72,15 @@ def on_created(event: escrow_v1.EscrowCreated, delivery: Delivery) -> None:
         counterparty: f"A {creator} proposes a deal for {amount}: {event.description[:200]}. "
                       f"Next: accept it or decline it.",
         creator: f"Deal for {amount} created. Next: wait for the {counterparty} to accept it.",
-    })
+    }, buttons={counterparty: deal_buttons(escrow_id=event.escrow_id, actions=("accept", "decline"))})
 
 
 def on_accepted(event: escrow_v1.EscrowAccepted, delivery: Delivery) -> None:
+    checkout = payments.checkout_url(escrow_id=event.escrow_id, funding_deadline=event.funding_deadline)
     _notify(delivery, "escrow_accepted", {
         BUYER: "The deal was accepted. Next: pay it before the funding deadline.",
         SELLER: "The deal was accepted. Wait for the buyer's payment before you deliver.",
-    })
+    }, buttons={BUYER: deal_buttons(escrow_id=event.escrow_id, actions=("pay",), checkout_url=checkout)})
 
 
 def on_declined(event: escrow_v1.EscrowDeclined, delivery: Delivery) -> None:
