@@ -9,7 +9,7 @@ Steps (progress lines on stderr, summary on stdout, results in bench/results/<ti
    project plus /bench/noop), and `manage.py run_bus` beside it, both with BUS_INLINE_DISPATCH=0 unless
    --inline (see docs/performance.md for why).
 3. Framework ceiling: closed-loop GETs of /bench/noop; read-path maximum: closed-loop GETs of an escrow.
-4. Open-model load: commands (create / sandbox pay / deliver / release, each trade stepping through its
+4. Open-model load: commands (create / accept / sandbox pay / deliver / release, each trade stepping through its
    lifecycle) and queries (GET /escrows/{id}) sent at a constant arrival rate by a clock. Latency is
    measured from each request's SCHEDULED time, so a stall delays every request behind it in the
    figures (no coordinated omission).
@@ -58,11 +58,14 @@ PG_ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
 # The event each command's effect is judged by: when projections applied it, the reader can see it.
 EVENT_OF = {
     "create": "escrow.v1.EscrowCreated",
+    "accept": "escrow.v1.EscrowAccepted",
     "pay": "escrow.v1.EscrowFundsHeld",
     "deliver": "escrow.v1.EscrowDelivered",
     "release": "escrow.v1.EscrowReleaseRequested",
 }
-NEXT_STEP = {"create": "pay", "pay": "deliver", "deliver": "release", "release": None}
+# A trade as the product runs it: the buyer proposes, the seller accepts, the buyer pays, the seller
+# delivers, the buyer releases.
+NEXT_STEP = {"create": "accept", "accept": "pay", "pay": "deliver", "deliver": "release", "release": None}
 
 
 # The phases as they pass (apps/outbox/progress.py: a spinner on a terminal, plain lines otherwise).
@@ -295,7 +298,7 @@ async def command_step(client: aiohttp.ClientSession, load: Load, ready: deque[T
         record = await _send(client, load, "pay", "POST", f"/api/v1/sandbox/escrows/{trade.escrow_id}/pay",
                              buyer_token, scheduled_mono, scheduled_wall)
     else:
-        token = seller_token if trade.step == "deliver" else buyer_token
+        token = seller_token if trade.step in ("accept", "deliver") else buyer_token
         record = await _send(client, load, trade.step, "POST", f"/api/v1/escrows/{trade.escrow_id}/{trade.step}",
                              token, scheduled_mono, scheduled_wall)
     if record.status == 202:
