@@ -1,6 +1,6 @@
 """What other apps may use of the notifications service (the gateway, the web app, the Discord edge, the admin)."""
 
-from apps.notifications.components import actions_for, custom_id, deal_buttons, parse_custom_id
+from apps.notifications.components import custom_id, deal_buttons, parse_custom_id
 from apps.notifications.delivery import deliver_due_notifications
 from apps.notifications.kinds import KINDS, LOCKED_ON
 from apps.notifications.models import DiscordLink
@@ -21,7 +21,6 @@ __all__ = [
     "LOCKED_ON",
     "DiscordLink",
     "NotificationError",
-    "actions_for",
     "custom_id",
     "deal_buttons",
     "parse_custom_id",
