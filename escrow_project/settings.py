@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "allauth.socialaccount",
     "allauth.mfa",
     "allauth.headless",
+    "apps.core",
     "apps.outbox",
     "apps.escrow",
     "apps.payments",

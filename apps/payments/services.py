@@ -6,15 +6,11 @@ from __future__ import annotations
 import betterproto2
 from django.db import transaction
 
+from apps.core.public import money as money  # payments' modules call services.money
 from apps.outbox.messages import deterministic_id, type_name
 from apps.outbox.publish import outbox_append, stream_lock
 from apps.payments.models import PaymentOrder
-from proto.common.v1 import Money
 from proto.webhook import v1 as webhook_v1
-
-
-def money(amount_minor: int, currency: str) -> Money:
-    return Money(amount_minor=amount_minor, currency=currency)
 
 
 def lock_order(escrow_id: str) -> PaymentOrder | None:

@@ -1,11 +1,12 @@
-"""Writing the staff audit log. Callers pass the reason the staff member gave; it is required."""
+"""Writing the staff audit log. Callers pass the reason the staff member gave; it is required. Call it
+inside the transaction of the action it records, so both commit or neither does."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
-from apps.gateway.models import AuditLog
+from apps.core.models import AuditLog
 
 
 class ReasonRequired(ValueError):
