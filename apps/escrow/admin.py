@@ -27,8 +27,8 @@ from apps.escrow.errors import EscrowError
 from apps.escrow.evidence import evidence_add
 from apps.escrow.models import Escrow, EscrowEvent, EscrowState, Evidence
 from apps.escrow.services import dispatch, stranded_minor
-from apps.outbox.messages import deterministic_id
-from apps.projections import selectors
+from apps.outbox.public import deterministic_id
+from apps.projections import public as selectors
 from proto.common.v1 import Actor, ActorKind, Money
 from proto.escrow import v1 as escrow_v1
 

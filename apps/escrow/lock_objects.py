@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 
 from apps.escrow.models import Escrow
-from apps.outbox.publish import stream_lock
+from apps.outbox.public import stream_lock
 
 
 def escrow_lock(escrow_id: uuid.UUID | str) -> Escrow | None:

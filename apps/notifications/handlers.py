@@ -11,7 +11,7 @@ from django.conf import settings
 from apps.core.public import amount_display
 from apps.notifications.delivery import deliver_after_commit
 from apps.notifications.models import EscrowParties, Notification
-from apps.outbox.bus import Delivery, Subscriber
+from apps.outbox.public import Delivery, Subscriber
 from proto.escrow import v1 as escrow_v1
 
 BUYER, SELLER = "buyer", "seller"

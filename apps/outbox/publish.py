@@ -13,7 +13,7 @@ import betterproto2
 from django.db import connection, transaction
 from django.utils import timezone
 
-from apps.outbox import context, messages
+from apps.outbox import context, messages, wakeup
 from apps.outbox.models import OutboxMessage
 
 
@@ -50,17 +50,15 @@ def outbox_append(
 
 def _wake_subscribers_on_commit() -> None:
     """Once per transaction: NOTIFY other processes (delivered by PostgreSQL at commit), and wake this
-    process's bus after commit."""
-    from apps.outbox import bus
-
-    if any(func is bus.wake for _, func, _ in connection.run_on_commit):
+    process's bus after commit (what runs then is the bus's to register: apps.outbox.wakeup)."""
+    if any(func is wakeup.after_commit for _, func, _ in connection.run_on_commit):
         return
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_notify(%s, '')", [bus.NOTIFY_CHANNEL])
+            cursor.execute("SELECT pg_notify(%s, '')", [wakeup.NOTIFY_CHANNEL])
     # robust: the transaction has committed; a failing in-process drain must not turn the caller's
     # answer into an error (the worker catches up, and the failure is logged).
-    transaction.on_commit(bus.wake, robust=True)
+    transaction.on_commit(wakeup.after_commit, robust=True)
 
 
 class StreamLockedTooLate(RuntimeError):

@@ -124,3 +124,8 @@ from apps.payments.checkout import (  # noqa: E402
 __all__ += ["CardNumberInvalid", "CardOutcome", "Checkout", "CheckoutGrant", "CheckoutLinkExpired",
             "CheckoutLinkInvalid", "CheckoutUnavailable", "checkout_get", "checkout_path", "checkout_token_read",
             "checkout_url", "sandbox_card_pay", "stripe_checkout_start"]
+
+# The payments service's bus subscriber (wired in escrow_project/bus.py).
+from apps.payments.handlers import SUBSCRIBER  # noqa: E402
+
+__all__ += ["SUBSCRIBER"]

@@ -9,10 +9,7 @@ from typing import Any
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-from apps.escrow.timers import fire_due_timers
-from apps.notifications.public import deliver_due_notifications
-from apps.outbox.worker import BusWorker
-from apps.payments.public import deliver_owed_webhooks
+from apps.outbox.public import BusWorker, registered_ticks
 
 
 class Command(BaseCommand):
@@ -22,7 +19,7 @@ class Command(BaseCommand):
         parser.add_argument("addrport", nargs="?", default="127.0.0.1:8000")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        worker = BusWorker(ticks=[fire_due_timers, deliver_due_notifications, deliver_owed_webhooks])
+        worker = BusWorker(ticks=registered_ticks())
         threading.Thread(target=worker.run_forever, name="bus-worker", daemon=True).start()
         try:
             call_command("runserver", options["addrport"], use_reloader=False, use_threading=True)

@@ -1,5 +1,6 @@
 """Runs the bus worker: delivers outbox messages to this deployment's subscribers and fires escrow
-timers. `--once` drains what is there and exits (for scripts and cron)."""
+timers and the other ticks registered in escrow_project/bus.py. `--once` drains what is there and exits
+(for scripts and cron)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from apps.escrow.timers import fire_due_timers
-from apps.notifications.public import deliver_due_notifications
 from apps.outbox import bus
-from apps.outbox.worker import BusWorker
-from apps.payments.public import deliver_owed_webhooks
+from apps.outbox.worker import BusWorker, registered_ticks
 
 
 class Command(BaseCommand):
@@ -23,7 +21,7 @@ class Command(BaseCommand):
         parser.add_argument("--no-timers", action="store_true", help="do not fire escrow timers")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        worker = BusWorker(ticks=[deliver_due_notifications, deliver_owed_webhooks] if options["no_timers"] else [fire_due_timers, deliver_due_notifications, deliver_owed_webhooks])
+        worker = BusWorker(ticks=registered_ticks(timers=not options["no_timers"]))
         if options["once"]:
             handled = worker.run_once()
             lags = {sub.name: bus.lag(sub) for sub in bus.outbox_subscribers()}
