@@ -27,6 +27,7 @@ from django.db import IntegrityError, transaction
 from apps.discord.models import FollowUp, InteractionReceipt
 from apps.escrow import public as escrow
 from apps.notifications import public as notifications
+from apps.payments import public as payments
 from apps.projections import public as projections
 from proto.common.v1 import Actor, ActorKind, Money
 from proto.escrow import v1 as escrow_v1
@@ -48,23 +49,37 @@ _AMOUNT = re.compile(r"^[0-9]{1,12}(\.[0-9]{1,2})?$")
 
 # Words for the next step of each party, by state.
 NEXT_STEP: dict[str, dict[str, str]] = {
-    "AWAIT_ACCEPTANCE": {"creator": "Waiting for the other party to accept the terms.",
-                         "counterparty": "Accept the terms to go ahead, or decline."},
+    "AWAIT_ACCEPTANCE": {
+        "creator": "Waiting for the other party to accept the terms.",
+        "counterparty": "Accept the terms to go ahead, or decline.",
+    },
     "AWAIT_FUNDS": {"buyer": "Pay before the funding deadline.", "seller": "Wait for the buyer's payment."},
-    "FUNDS_HELD": {"buyer": "Your money is held. Wait for the seller to deliver.",
-                   "seller": "The money is held. Deliver the item, then mark it delivered."},
-    "DELIVERED": {"buyer": "Check the item, then release the funds or open a dispute.",
-                  "seller": "Wait for the buyer to release, or for the inspection period to end."},
+    "FUNDS_HELD": {
+        "buyer": "Your money is held. Wait for the seller to deliver.",
+        "seller": "The money is held. Deliver the item, then mark it delivered.",
+    },
+    "DELIVERED": {
+        "buyer": "Check the item, then release the funds or open a dispute.",
+        "seller": "Wait for the buyer to release, or for the inspection period to end.",
+    },
     "RELEASING": {"buyer": "The payout to the seller is under way.", "seller": "Your payout is under way."},
     "RELEASED": {"buyer": "Done: the seller was paid.", "seller": "Done: you were paid."},
     "REFUNDING": {"buyer": "Your refund is under way.", "seller": "The buyer is being refunded."},
     "REFUNDED": {"buyer": "Done: you were refunded.", "seller": "Done: the buyer was refunded."},
     "CANCELLED": {"buyer": "Nothing more to do.", "seller": "Nothing more to do."},
-    "DISPUTED": {"buyer": "Our staff are reviewing the dispute; the money stays held.",
-                 "seller": "Our staff are reviewing the dispute; the money stays held."},
+    "DISPUTED": {
+        "buyer": "Our staff are reviewing the dispute; the money stays held.",
+        "seller": "Our staff are reviewing the dispute; the money stays held.",
+    },
 }
-_VERB = {"accept": "accept", "decline": "decline", "deliver": "mark delivered", "release": "release",
-         "dispute": "open a dispute on", "cancel": "cancel"}
+_VERB = {
+    "accept": "accept",
+    "decline": "decline",
+    "deliver": "mark delivered",
+    "release": "release",
+    "dispute": "open a dispute on",
+    "cancel": "cancel",
+}
 
 
 class Malformed(Exception):
@@ -102,6 +117,10 @@ def _snowflake(value: Any, what: str) -> int:
     return int(value)
 
 
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
 def parse(payload: Any) -> Interaction:
     if not isinstance(payload, dict):
         raise Malformed("the body is not a JSON object")
@@ -122,10 +141,15 @@ def parse(payload: Any) -> Interaction:
     token = payload.get("token")
     if not isinstance(data, dict) or not isinstance(token, str) or not token:
         raise Malformed("data and token are required")
-    username = user.get("username") if isinstance(user.get("username"), str) else ""
+    username = _text(user.get("username"))
     return Interaction(
-        id=interaction_id, type=kind, application_id=str(_snowflake(payload.get("application_id"), "application_id")),
-        token=token, discord_user_id=_snowflake(user.get("id"), "user.id"), username=username, data=data,
+        id=interaction_id,
+        type=kind,
+        application_id=str(_snowflake(payload.get("application_id"), "application_id")),
+        token=token,
+        discord_user_id=_snowflake(user.get("id"), "user.id"),
+        username=username,
+        data=data,
         from_message=isinstance(payload.get("message"), dict),
     )
 
@@ -141,18 +165,26 @@ def answer(interaction: Interaction) -> dict[str, Any]:
     done = InteractionReceipt.objects.filter(interaction_id=interaction.id).first()
     if done is not None:
         return done.response
-    user = notifications.user_for_discord_id(discord_user_id=interaction.discord_user_id,
-                                             username_hint=interaction.username)
+    user = notifications.user_for_discord_id(
+        discord_user_id=interaction.discord_user_id, username_hint=interaction.username
+    )
     result = _route(interaction, user.pk)
     try:
         with transaction.atomic():
-            InteractionReceipt.objects.create(interaction_id=interaction.id, kind=interaction.type, user_id=user.pk,
-                                              response=result.body)
+            InteractionReceipt.objects.create(
+                interaction_id=interaction.id, kind=interaction.type, user_id=user.pk, response=result.body
+            )
             if result.follow_up is not None:
                 escrow_id, version, note = result.follow_up
-                FollowUp.objects.create(interaction_id=interaction.id, application_id=interaction.application_id,
-                                        token=interaction.token, user_id=user.pk, escrow_id=escrow_id,
-                                        min_version=version, note=note[:500])
+                FollowUp.objects.create(
+                    interaction_id=interaction.id,
+                    application_id=interaction.application_id,
+                    token=interaction.token,
+                    user_id=user.pk,
+                    escrow_id=escrow_id,
+                    min_version=version,
+                    note=note[:500],
+                )
     except IntegrityError:
         # The same interaction answered concurrently: its command id made the effect one; answer as it did.
         first = InteractionReceipt.objects.filter(interaction_id=interaction.id).first()
@@ -172,8 +204,9 @@ def _route(interaction: Interaction, user_id: int) -> Answer:
 
 def say(text: str) -> Answer:
     """An ephemeral message in words: only the person who clicked or typed sees it."""
-    return Answer({"type": CHANNEL_MESSAGE, "data": {"content": text, "flags": EPHEMERAL,
-                                                     "allowed_mentions": {"parse": []}}})
+    return Answer(
+        {"type": CHANNEL_MESSAGE, "data": {"content": text, "flags": EPHEMERAL, "allowed_mentions": {"parse": []}}}
+    )
 
 
 def _options(options: Any) -> dict[str, Any]:
@@ -187,8 +220,9 @@ def _options(options: Any) -> dict[str, Any]:
 def _command(interaction: Interaction, user_id: int) -> Answer:
     data = interaction.data
     if data.get("name") != COMMAND_NAME:
-        return say(f"I don't know the command /{data.get('name', '')}. Try /escrow create, /escrow list or "
-                   "/escrow status.")
+        return say(
+            f"I don't know the command /{data.get('name', '')}. Try /escrow create, /escrow list or /escrow status."
+        )
     subs = [o for o in _options(data.get("options")).values() if o.get("type") == SUB_COMMAND]
     if len(subs) != 1:
         return say("Use /escrow create, /escrow list or /escrow status.")
@@ -241,23 +275,33 @@ def _create(interaction: Interaction, user_id: int, values: dict[str, Any]) -> A
     if counterparty_discord_id == interaction.discord_user_id:
         return say("You cannot open a deal with yourself.")
     other = notifications.user_for_discord_id(
-        discord_user_id=counterparty_discord_id,
-        username_hint=counterparty.get("username") if isinstance(counterparty.get("username"), str) else "")
-    command = _create_command(interaction=interaction, user_id=user_id, other_id=other.pk, role=role,
-                              amount=Money(amount_minor=amount_minor, currency=currency),
-                              description=item.strip()[:500])
+        discord_user_id=counterparty_discord_id, username_hint=_text(counterparty.get("username"))
+    )
+    command = _create_command(
+        interaction=interaction,
+        user_id=user_id,
+        other_id=other.pk,
+        role=role,
+        amount=Money(amount_minor=amount_minor, currency=currency),
+        description=item.strip()[:500],
+    )
     if command is None:
         return say("Only buyers can open a deal here for now: use role buyer.")
     return _dispatch(interaction, user_id, command, note="Deal opened.")
 
 
-def _create_command(*, interaction: Interaction, user_id: int, other_id: int, role: str, amount: Money,
-                    description: str) -> escrow_v1.CreateEscrow | None:
+def _create_command(
+    *, interaction: Interaction, user_id: int, other_id: int, role: str, amount: Money, description: str
+) -> escrow_v1.CreateEscrow | None:
     if role != "buyer":
         return None
     return escrow_v1.CreateEscrow(
-        escrow_id=str(uuid.uuid5(interaction.command_id, "escrow")), buyer_id=user_id, seller_id=other_id,
-        amount=amount, description=description, actor=Actor(kind=ActorKind.USER, user_id=user_id),
+        escrow_id=str(uuid.uuid5(interaction.command_id, "escrow")),
+        buyer_id=user_id,
+        seller_id=other_id,
+        amount=amount,
+        description=description,
+        actor=Actor(kind=ActorKind.USER, user_id=user_id),
     )
 
 
@@ -265,8 +309,11 @@ def _list(user_id: int) -> Answer:
     views = list(projections.escrow_views_for_user(user_id=user_id)[:10])
     if not views:
         return say("You have no deals yet. Open one with /escrow create.")
-    lines = [f"`{v.escrow_id}` **{v.state}** {_money(v.amount_minor, v.currency)} for {v.description!r} "
-             f"(you {'buy' if v.buyer_id == user_id else 'sell'})" for v in views]
+    lines = [
+        f"`{v.escrow_id}` **{v.state}** {_money(v.amount_minor, v.currency)} for {v.description!r} "
+        f"(you {'buy' if v.buyer_id == user_id else 'sell'})"
+        for v in views
+    ]
     return say("Your latest deals (see one with /escrow status id:<id>):\n" + "\n".join(lines))
 
 
@@ -300,15 +347,32 @@ def _click(interaction: Interaction, user_id: int) -> Answer:
     if action not in actions_now(view, user_id):
         return say(f"You cannot {_VERB[action]} this deal now: it is {view.state}. Nothing was changed.")
     if action == "dispute":
-        return Answer({"type": MODAL, "data": {
-            "custom_id": notifications.custom_id(action="dispute", escrow_id=escrow_id),
-            "title": "Open a dispute",
-            "components": [{"type": 1, "components": [{
-                "type": TEXT_INPUT, "custom_id": STATEMENT_FIELD, "style": PARAGRAPH, "label": "What went wrong?",
-                "min_length": 10, "max_length": 1000, "required": True,
-                "placeholder": "Say what you expected, what happened, and what you have tried.",
-            }]}],
-        }})
+        return Answer(
+            {
+                "type": MODAL,
+                "data": {
+                    "custom_id": notifications.custom_id(action="dispute", escrow_id=escrow_id),
+                    "title": "Open a dispute",
+                    "components": [
+                        {
+                            "type": 1,
+                            "components": [
+                                {
+                                    "type": TEXT_INPUT,
+                                    "custom_id": STATEMENT_FIELD,
+                                    "style": PARAGRAPH,
+                                    "label": "What went wrong?",
+                                    "min_length": 10,
+                                    "max_length": 1000,
+                                    "required": True,
+                                    "placeholder": "Say what you expected, what happened, and what you have tried.",
+                                }
+                            ],
+                        }
+                    ],
+                },
+            }
+        )
     actor = Actor(kind=ActorKind.USER, user_id=user_id)
     command: Any
     if action == "deliver":
@@ -324,9 +388,14 @@ def _click(interaction: Interaction, user_id: int) -> Answer:
     return _dispatch(interaction, user_id, command, note=_DONE[action])
 
 
-_DONE = {"accept": "You accepted the deal.", "decline": "You declined the deal.",
-         "deliver": "Marked delivered.", "release": "Release requested: the seller is being paid.",
-         "dispute": "Dispute opened: our staff will review it.", "cancel": "Cancelled."}
+_DONE = {
+    "accept": "You accepted the deal.",
+    "decline": "You declined the deal.",
+    "deliver": "Marked delivered.",
+    "release": "Release requested: the seller is being paid.",
+    "dispute": "Dispute opened: our staff will review it.",
+    "cancel": "Cancelled.",
+}
 
 
 def _acceptance_command(action: str, escrow_id: uuid.UUID, actor: Actor) -> Any:
@@ -341,15 +410,16 @@ def _modal_submit(interaction: Interaction, user_id: int) -> Answer:
     for row in interaction.data.get("components") or []:
         for field in (row.get("components") or []) if isinstance(row, dict) else []:
             if isinstance(field, dict) and field.get("custom_id") == STATEMENT_FIELD:
-                statement = field.get("value") if isinstance(field.get("value"), str) else ""
+                statement = _text(field.get("value"))
     escrow_id = parsed[1]
     view = _view_for(user_id, escrow_id)
     if view is None:
         return say("This form belongs to someone else's deal; nothing was changed.")
     if not statement.strip():
         return say("A dispute needs a statement; nothing was changed.")
-    command = escrow_v1.OpenDispute(escrow_id=str(escrow_id), actor=Actor(kind=ActorKind.USER, user_id=user_id),
-                                    reason=statement.strip()[:1000])
+    command = escrow_v1.OpenDispute(
+        escrow_id=str(escrow_id), actor=Actor(kind=ActorKind.USER, user_id=user_id), reason=statement.strip()[:1000]
+    )
     return _dispatch(interaction, user_id, command, note=_DONE["dispute"])
 
 
@@ -363,16 +433,21 @@ def _dispatch(interaction: Interaction, user_id: int, command: Any, *, note: str
         return say(f"Refused: {exc.detail}{state}. Nothing was changed.")
     # Read-your-writes: the answer shows the deal as the command left it, if the read model gets there in
     # time; otherwise the interaction is deferred and the worker follows up.
-    shown = projections.escrow_view_wait(escrow_id=str(result.escrow_id), version=result.version,
-                                         timeout_seconds=settings.DISCORD_REPLY_WAIT_SECONDS)
+    shown = projections.escrow_view_wait(
+        escrow_id=str(result.escrow_id), version=result.version, timeout_seconds=settings.DISCORD_REPLY_WAIT_SECONDS
+    )
     view = projections.escrow_view_get(escrow_id=str(result.escrow_id)) if shown else None
     update = interaction.from_message and interaction.type in (MESSAGE_COMPONENT, MODAL_SUBMIT)
-    if view is None or _waits_for_checkout(view, user_id):
-        deferred = {"type": DEFERRED_UPDATE_MESSAGE} if update else {"type": DEFERRED_CHANNEL_MESSAGE,
-                                                                     "data": {"flags": EPHEMERAL}}
+    if view is None:
+        deferred: dict[str, Any] = (
+            {"type": DEFERRED_UPDATE_MESSAGE}
+            if update
+            else {"type": DEFERRED_CHANNEL_MESSAGE, "data": {"flags": EPHEMERAL}}
+        )
         return Answer(deferred, follow_up=(result.escrow_id, result.version, note))
-    return Answer({"type": UPDATE_MESSAGE if update else CHANNEL_MESSAGE,
-                   "data": deal_message(view, user_id, note=note)})
+    return Answer(
+        {"type": UPDATE_MESSAGE if update else CHANNEL_MESSAGE, "data": deal_message(view, user_id, note=note)}
+    )
 
 
 # --- the deal, as one person sees it ---------------------------------------------------------------------
@@ -387,12 +462,10 @@ def actions_now(view: Any, user_id: int) -> tuple[str, ...]:
 
 
 def checkout_url(view: Any, user_id: int) -> str | None:
-    """The buyer's checkout page for a deal awaiting funds; None until the payment exists."""
-    return None
-
-
-def _waits_for_checkout(view: Any, user_id: int) -> bool:
-    return False
+    """The buyer's checkout page (a capability link that expires with the funding deadline)."""
+    if view.state != "AWAIT_FUNDS" or user_id != view.buyer_id:
+        return None
+    return payments.checkout_url(escrow_id=str(view.escrow_id), funding_deadline=view.funding_deadline)
 
 
 def _money(minor: int, currency: str) -> str:
@@ -421,10 +494,17 @@ def deal_message(view: Any, user_id: int, *, note: str = "") -> dict[str, Any]:
         lines.append(deadline)
     lines.append(f"Deal `{view.escrow_id}`")
     actions = actions_now(view, user_id)
-    components = notifications.deal_buttons(escrow_id=view.escrow_id, actions=actions,
-                                            checkout_url=checkout_url(view, user_id) if "pay" in actions else None)
-    return {"content": "\n".join(lines), "components": components, "flags": EPHEMERAL,
-            "allowed_mentions": {"parse": []}}
+    components = notifications.deal_buttons(
+        escrow_id=view.escrow_id,
+        actions=actions,
+        checkout_url=checkout_url(view, user_id) if "pay" in actions else None,
+    )
+    return {
+        "content": "\n".join(lines),
+        "components": components,
+        "flags": EPHEMERAL,
+        "allowed_mentions": {"parse": []},
+    }
 
 
 def _deadline(view: Any) -> str:

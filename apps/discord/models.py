@@ -20,8 +20,8 @@ class InteractionReceipt(models.Model):
 
 class FollowUp(models.Model):
     """A deferred interaction's real answer, sent by the bus worker's tick through the interaction
-    webhook (`PATCH /webhooks/{application_id}/{token}/messages/@original`) once what it waits for (the
-    buyer's checkout link) exists, or when waiting longer would outlive the token."""
+    webhook (`PATCH /webhooks/{application_id}/{token}/messages/@original`) once the read model shows
+    the command's effect, or when waiting longer would be pointless."""
 
     class Status(models.TextChoices):
         PENDING = "pending"

@@ -25,8 +25,9 @@ def public_key() -> Ed25519PublicKey | None:
     return Ed25519PublicKey.from_public_bytes(bytes.fromhex(raw))
 
 
-def verify(*, key: Ed25519PublicKey, signature: str | None, timestamp: str | None, body: bytes,
-           now: float | None = None) -> None:
+def verify(
+    *, key: Ed25519PublicKey, signature: str | None, timestamp: str | None, body: bytes, now: float | None = None
+) -> None:
     """Raises SignatureRejected unless Discord signed this body at this timestamp, recently."""
     if not signature or not timestamp:
         raise SignatureRejected("missing signature headers")

@@ -19,8 +19,11 @@ PROBLEM = "application/problem+json"
 
 
 def _problem(status: int, code: str, detail: str) -> JsonResponse:
-    return JsonResponse({"type": "about:blank", "title": detail, "status": status, "code": code, "detail": detail},
-                        status=status, content_type=PROBLEM)
+    return JsonResponse(
+        {"type": "about:blank", "title": detail, "status": status, "code": code, "detail": detail},
+        status=status,
+        content_type=PROBLEM,
+    )
 
 
 @csrf_exempt
@@ -33,8 +36,12 @@ def interactions_endpoint(request: HttpRequest) -> JsonResponse:
         response["Allow"] = "POST"
         return response
     try:
-        signature.verify(key=key, signature=request.headers.get("X-Signature-Ed25519"),
-                         timestamp=request.headers.get("X-Signature-Timestamp"), body=request.body)
+        signature.verify(
+            key=key,
+            signature=request.headers.get("X-Signature-Ed25519"),
+            timestamp=request.headers.get("X-Signature-Timestamp"),
+            body=request.body,
+        )
     except signature.SignatureRejected as exc:
         return _problem(401, "invalid_signature", f"invalid request signature: {exc}")
     try:

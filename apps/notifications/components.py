@@ -12,8 +12,15 @@ from typing import Any
 ACTIONS = ("accept", "decline", "pay", "deliver", "release", "dispute", "cancel")
 # Discord's button styles: 1 primary, 2 secondary, 3 success, 4 danger, 5 link.
 _STYLE = {"accept": 3, "decline": 4, "deliver": 1, "release": 3, "dispute": 2, "cancel": 4}
-_LABEL = {"accept": "Accept", "decline": "Decline", "pay": "Pay", "deliver": "Mark delivered",
-          "release": "Release funds", "dispute": "Open a dispute", "cancel": "Cancel"}
+_LABEL = {
+    "accept": "Accept",
+    "decline": "Decline",
+    "pay": "Pay",
+    "deliver": "Mark delivered",
+    "release": "Release funds",
+    "dispute": "Open a dispute",
+    "cancel": "Cancel",
+}
 ACTION_ROW, BUTTON, LINK_STYLE = 1, 2, 5
 _PREFIX = "escrow"
 
@@ -33,8 +40,9 @@ def parse_custom_id(value: str) -> tuple[str, uuid.UUID] | None:
         return None
 
 
-def deal_buttons(*, escrow_id: str | uuid.UUID, actions: list[str] | tuple[str, ...],
-                 checkout_url: str | None = None) -> list[dict[str, Any]]:
+def deal_buttons(
+    *, escrow_id: str | uuid.UUID, actions: list[str] | tuple[str, ...], checkout_url: str | None = None
+) -> list[dict[str, Any]]:
     """One action row (at most five buttons), in the order of ACTIONS; empty when there is nothing to do.
     `pay` appears only with a checkout URL to link to."""
     buttons: list[dict[str, Any]] = []
@@ -45,8 +53,14 @@ def deal_buttons(*, escrow_id: str | uuid.UUID, actions: list[str] | tuple[str, 
             if checkout_url:
                 buttons.append({"type": BUTTON, "style": LINK_STYLE, "label": _LABEL[action], "url": checkout_url})
             continue
-        buttons.append({"type": BUTTON, "style": _STYLE[action], "label": _LABEL[action],
-                        "custom_id": custom_id(action=action, escrow_id=escrow_id)})
+        buttons.append(
+            {
+                "type": BUTTON,
+                "style": _STYLE[action],
+                "label": _LABEL[action],
+                "custom_id": custom_id(action=action, escrow_id=escrow_id),
+            }
+        )
     return [{"type": ACTION_ROW, "components": buttons[:5]}] if buttons else []
 
 

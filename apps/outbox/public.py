@@ -14,7 +14,7 @@ from apps.outbox.bus import Delivery, ExternalEffect, Subscriber, lag, outbox_su
 from apps.outbox.messages import decode, deterministic_id, message_class, type_name
 from apps.outbox.models import DeadLetter, OutboxMessage, ProcessedMessage, SubscriberCheckpoint
 from apps.outbox.publish import outbox_append, stream_lock
-from apps.outbox.worker import BusWorker, Tick, registered_ticks, tick_register
+from apps.outbox.worker import BusWorker, Tick, register_tick, registered_ticks
 
 __all__ = [
     "BusWorker",
@@ -34,12 +34,12 @@ __all__ = [
     "outbox_append",
     "outbox_subscribers",
     "register",
+    "register_tick",
     "registered_ticks",
     "rows_after",
     "stream_lock",
     "subscriber_checkpoint",
     "subscriber_exclusive",
-    "tick_register",
     "tracing",
     "type_name",
 ]

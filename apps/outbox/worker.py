@@ -3,7 +3,7 @@ wakes it (in-process event, or PostgreSQL NOTIFY from other processes) or the po
 After a crash it simply starts from each subscriber's committed checkpoint.
 
 What a pass runs besides draining (the ticks: escrow timers, due notifications, ...) is registered by
-the project's wiring (escrow_project/bus.py) with `tick_register`; `run_bus` and `serve` read it with
+the project's wiring (escrow_project/bus.py) with `register_tick`; `run_bus` and `serve` read it with
 `registered_ticks`."""
 
 from __future__ import annotations
@@ -30,18 +30,17 @@ _LISTEN_SLICE_SECONDS = 0.25
 # One unit of periodic work a pass runs after draining; returns how many things it did.
 Tick = Callable[[], int]
 
-_ticks: list[tuple[Tick, bool]] = []
+# Periodic work the worker does after each drain (timers, owed DMs, owed follow-ups, ...), registered by
+# the project's bus wiring (escrow_project/bus.py) so that the outbox imports no app above it.
+_ticks: dict[str, Tick] = {}
 
 
-def tick_register(tick: Tick, *, timer: bool = False) -> None:
-    """Adds `tick` to every worker pass, in registration order. A timer is left out by
-    `run_bus --no-timers`."""
-    if all(registered is not tick for registered, _ in _ticks):
-        _ticks.append((tick, timer))
+def register_tick(name: str, tick: Tick) -> None:
+    _ticks[name] = tick
 
 
-def registered_ticks(*, timers: bool = True) -> list[Tick]:
-    return [tick for tick, timer in _ticks if timers or not timer]
+def registered_ticks(*, leave_out: frozenset[str] = frozenset()) -> list[Tick]:
+    return [tick for name, tick in _ticks.items() if name not in leave_out]
 
 
 class BusWorker:

@@ -129,3 +129,18 @@ __all__ += ["CardNumberInvalid", "CardOutcome", "Checkout", "CheckoutGrant", "Ch
 from apps.payments.handlers import SUBSCRIBER  # noqa: E402
 
 __all__ += ["SUBSCRIBER"]
+
+# Getting paid by card: Stripe Connect Express onboarding (sandbox: a local page that completes at once).
+from apps.payments.onboarding import (  # noqa: E402
+    Onboarding,
+    OnboardingLinkInvalid,
+    OnboardingUnavailable,
+    onboarding_get,
+    onboarding_link_read,
+    onboarding_refresh,
+    onboarding_start,
+    sandbox_onboarding_complete,
+)
+
+__all__ += ["Onboarding", "OnboardingLinkInvalid", "OnboardingUnavailable", "onboarding_get", "onboarding_link_read",
+            "onboarding_refresh", "onboarding_start", "sandbox_onboarding_complete"]

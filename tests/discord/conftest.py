@@ -36,8 +36,13 @@ class DiscordUser:
     username: str
 
     def as_payload(self) -> dict[str, Any]:
-        return {"id": self.id, "username": self.username, "discriminator": "0", "global_name": self.username.title(),
-                "avatar": None}
+        return {
+            "id": self.id,
+            "username": self.username,
+            "discriminator": "0",
+            "global_name": self.username.title(),
+            "avatar": None,
+        }
 
 
 @dataclass
@@ -55,6 +60,7 @@ class Signer:
 
 @pytest.fixture
 def signer(settings: Any) -> Signer:
+    settings.PUBLIC_BASE_URL = "http://testserver"
     signer = Signer()
     settings.DISCORD_PUBLIC_KEY = signer.public_hex
     settings.DISCORD_APPLICATION_ID = APPLICATION_ID
@@ -80,8 +86,13 @@ class Sent:
 
     @property
     def custom_ids(self) -> list[str]:
-        return [b["custom_id"] for row in self.data.get("components", []) for b in row["components"]
-                if "custom_id" in b]
+        return [
+            b["custom_id"] for row in self.data.get("components", []) for b in row["components"] if "custom_id" in b
+        ]
+
+    @property
+    def links(self) -> list[str]:
+        return [b["url"] for row in self.data.get("components", []) for b in row["components"] if b.get("style") == 5]
 
     @property
     def ephemeral(self) -> bool:
@@ -114,9 +125,15 @@ def interact(post_raw: Callable[..., Any]) -> Callable[[dict[str, Any]], Sent]:
 
 def _base(kind: int, user: DiscordUser, *, in_dm: bool) -> dict[str, Any]:
     payload: dict[str, Any] = {
-        "id": next_snowflake(), "application_id": APPLICATION_ID, "type": kind,
-        "token": f"interaction-token-{next_snowflake()}", "version": 1, "locale": "en-US",
-        "app_permissions": "2248473465835073", "entitlements": [], "authorizing_integration_owners": {"0": GUILD_ID},
+        "id": next_snowflake(),
+        "application_id": APPLICATION_ID,
+        "type": kind,
+        "token": f"interaction-token-{next_snowflake()}",
+        "version": 1,
+        "locale": "en-US",
+        "app_permissions": "2248473465835073",
+        "entitlements": [],
+        "authorizing_integration_owners": {"0": GUILD_ID},
     }
     if in_dm:
         payload["user"] = user.as_payload()
@@ -126,27 +143,48 @@ def _base(kind: int, user: DiscordUser, *, in_dm: bool) -> dict[str, Any]:
         payload["guild_id"] = GUILD_ID
         payload["channel_id"] = CHANNEL_ID
         payload["context"] = 0
-        payload["member"] = {"user": user.as_payload(), "roles": [], "nick": None, "permissions": "2248473465835073",
-                             "joined_at": "2025-01-01T00:00:00.000000+00:00", "deaf": False, "mute": False}
+        payload["member"] = {
+            "user": user.as_payload(),
+            "roles": [],
+            "nick": None,
+            "permissions": "2248473465835073",
+            "joined_at": "2025-01-01T00:00:00.000000+00:00",
+            "deaf": False,
+            "mute": False,
+        }
     return payload
 
 
-def slash(user: DiscordUser, sub: str, options: list[dict[str, Any]] | None = None, *,
-          resolved_users: list[DiscordUser] = (), in_dm: bool = False) -> dict[str, Any]:
+def slash(
+    user: DiscordUser,
+    sub: str,
+    options: list[dict[str, Any]] | None = None,
+    *,
+    resolved_users: list[DiscordUser] = (),
+    in_dm: bool = False,
+) -> dict[str, Any]:
     """APPLICATION_COMMAND (2): /escrow <sub> with options, and resolved.users for USER options."""
     payload = _base(2, user, in_dm=in_dm)
-    payload["data"] = {"id": "1300000000000000100", "name": "escrow", "type": 1, "guild_id": GUILD_ID,
-                       "options": [{"name": sub, "type": 1, "options": options or []}]}
+    payload["data"] = {
+        "id": "1300000000000000100",
+        "name": "escrow",
+        "type": 1,
+        "guild_id": GUILD_ID,
+        "options": [{"name": sub, "type": 1, "options": options or []}],
+    }
     if resolved_users:
         payload["data"]["resolved"] = {"users": {u.id: u.as_payload() for u in resolved_users}}
     return payload
 
 
-def create_options(counterparty: DiscordUser, amount: str = "149.99", item: str = "Dominus Empyreus",
-                   role: str | None = None) -> list[dict[str, Any]]:
-    options = [{"name": "counterparty", "type": 6, "value": counterparty.id},
-               {"name": "amount", "type": 3, "value": amount},
-               {"name": "item", "type": 3, "value": item}]
+def create_options(
+    counterparty: DiscordUser, amount: str = "149.99", item: str = "Dominus Empyreus", role: str | None = None
+) -> list[dict[str, Any]]:
+    options = [
+        {"name": "counterparty", "type": 6, "value": counterparty.id},
+        {"name": "amount", "type": 3, "value": amount},
+        {"name": "item", "type": 3, "value": item},
+    ]
     if role is not None:
         options.append({"name": "role", "type": 3, "value": role})
     return options
@@ -156,11 +194,16 @@ def click(user: DiscordUser, custom_id: str, *, in_dm: bool = True) -> dict[str,
     """MESSAGE_COMPONENT (3): a button on a message the bot sent."""
     payload = _base(3, user, in_dm=in_dm)
     payload["data"] = {"custom_id": custom_id, "component_type": 2}
-    payload["message"] = {"id": next_snowflake(), "channel_id": payload["channel_id"], "type": 0, "content": "…",
-                          "author": {"id": APPLICATION_ID, "username": "escrow-bot", "bot": True},
-                          "components": [{"type": 1, "components": [{"type": 2, "style": 1, "label": "…",
-                                                                     "custom_id": custom_id}]}],
-                          "flags": 0, "timestamp": "2026-01-01T00:00:00.000000+00:00"}
+    payload["message"] = {
+        "id": next_snowflake(),
+        "channel_id": payload["channel_id"],
+        "type": 0,
+        "content": "…",
+        "author": {"id": APPLICATION_ID, "username": "escrow-bot", "bot": True},
+        "components": [{"type": 1, "components": [{"type": 2, "style": 1, "label": "…", "custom_id": custom_id}]}],
+        "flags": 0,
+        "timestamp": "2026-01-01T00:00:00.000000+00:00",
+    }
     return payload
 
 
@@ -168,8 +211,10 @@ def modal_submit(user: DiscordUser, custom_id: str, statement: str, *, in_dm: bo
     """MODAL_SUBMIT (5) of the dispute form, opened from a button on a message."""
     payload = click(user, custom_id, in_dm=in_dm)
     payload["type"] = 5
-    payload["data"] = {"custom_id": custom_id, "components": [
-        {"type": 1, "components": [{"type": 4, "custom_id": "statement", "value": statement}]}]}
+    payload["data"] = {
+        "custom_id": custom_id,
+        "components": [{"type": 1, "components": [{"type": 4, "custom_id": "statement", "value": statement}]}],
+    }
     return payload
 
 

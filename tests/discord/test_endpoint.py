@@ -24,14 +24,22 @@ BOB = DiscordUser("1500000000000000002", "bob")
 
 
 def tables() -> dict[str, int]:
-    return {"users": get_user_model().objects.count(), "links": DiscordLink.objects.count(),
-            "escrows": Escrow.objects.count(), "events": EscrowEvent.objects.count(),
-            "outbox": OutboxMessage.objects.count(), "receipts": InteractionReceipt.objects.count()}
+    return {
+        "users": get_user_model().objects.count(),
+        "links": DiscordLink.objects.count(),
+        "escrows": Escrow.objects.count(),
+        "events": EscrowEvent.objects.count(),
+        "outbox": OutboxMessage.objects.count(),
+        "receipts": InteractionReceipt.objects.count(),
+    }
 
 
 def test_ping_is_answered_with_pong(post_raw: Callable[..., Any]) -> None:
-    response = post_raw(json.dumps({"id": "1400000000000000001", "application_id": "13", "type": 1,
-                                    "token": "t", "version": 1}).encode())
+    response = post_raw(
+        json.dumps(
+            {"id": "1400000000000000001", "application_id": "13", "type": 1, "token": "t", "version": 1}
+        ).encode()
+    )
 
     assert response.status_code == 200
     assert response.json() == {"type": 1}
@@ -50,15 +58,20 @@ def test_a_get_is_not_allowed(signer: Signer) -> None:
     assert Client().get(ENDPOINT).status_code == 405
 
 
-@pytest.mark.parametrize("headers", [
-    {},
-    {"X-Signature-Timestamp": str(int(time.time()))},
-    {"X-Signature-Ed25519": "ab" * 64},
-    {"X-Signature-Ed25519": "not hex", "X-Signature-Timestamp": str(int(time.time()))},
-    {"X-Signature-Ed25519": "ab" * 10, "X-Signature-Timestamp": str(int(time.time()))},
-], ids=["none", "no-signature", "no-timestamp", "not-hex", "short"])
-def test_missing_or_garbled_signatures_are_401_and_change_nothing(post_raw: Callable[..., Any],
-                                                                   headers: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"X-Signature-Timestamp": str(int(time.time()))},
+        {"X-Signature-Ed25519": "ab" * 64},
+        {"X-Signature-Ed25519": "not hex", "X-Signature-Timestamp": str(int(time.time()))},
+        {"X-Signature-Ed25519": "ab" * 10, "X-Signature-Timestamp": str(int(time.time()))},
+    ],
+    ids=["none", "no-signature", "no-timestamp", "not-hex", "short"],
+)
+def test_missing_or_garbled_signatures_are_401_and_change_nothing(
+    post_raw: Callable[..., Any], headers: dict[str, str]
+) -> None:
     before = tables()
     body = json.dumps(slash(ALICE, "create", create_options(BOB), resolved_users=[BOB])).encode()
 
@@ -107,19 +120,32 @@ def test_the_age_limit_is_a_setting(post_raw: Callable[..., Any], settings: Any)
     assert post_raw(body, timestamp=int(time.time()) - 1800).status_code == 200
 
 
-@pytest.mark.parametrize("body", [
-    b"not json",
-    b"[1, 2]",
-    b'{"type": 2}',
-    b'{"id": "1400000000000000003", "type": "2"}',
-    b'{"id": "x", "type": 1}',
-    b'{"id": "1400000000000000003", "type": 4, "token": "t", "data": {}}',
-    json.dumps({"id": "1400000000000000004", "application_id": "13", "type": 2, "token": "t",
-                "data": {"name": "escrow"}}).encode(),
-    json.dumps({"id": "1400000000000000005", "application_id": "13", "type": 2, "token": "t",
-                "member": {"user": {"id": "alice"}}, "data": {"name": "escrow"}}).encode(),
-    b"\xff\xfe",
-], ids=["not-json", "array", "no-id", "type-string", "bad-id", "autocomplete", "no-user", "bad-user-id", "binary"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[1, 2]",
+        b'{"type": 2}',
+        b'{"id": "1400000000000000003", "type": "2"}',
+        b'{"id": "x", "type": 1}',
+        b'{"id": "1400000000000000003", "type": 4, "token": "t", "data": {}}',
+        json.dumps(
+            {"id": "1400000000000000004", "application_id": "13", "type": 2, "token": "t", "data": {"name": "escrow"}}
+        ).encode(),
+        json.dumps(
+            {
+                "id": "1400000000000000005",
+                "application_id": "13",
+                "type": 2,
+                "token": "t",
+                "member": {"user": {"id": "alice"}},
+                "data": {"name": "escrow"},
+            }
+        ).encode(),
+        b"\xff\xfe",
+    ],
+    ids=["not-json", "array", "no-id", "type-string", "bad-id", "autocomplete", "no-user", "bad-user-id", "binary"],
+)
 def test_a_signed_but_malformed_body_is_400_and_changes_nothing(post_raw: Callable[..., Any], body: bytes) -> None:
     before = tables()
 

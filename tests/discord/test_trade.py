@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.test import Client
 
 from apps.escrow.models import Escrow, EscrowEvent
 from apps.notifications.public import DiscordLink
 from apps.outbox.models import OutboxMessage
 from tests.discord.conftest import DiscordUser, Sent, click, create_options, modal_submit, slash
-from tests.helpers import pay
+from tests.gateway.support import settle
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -23,12 +24,25 @@ STRANGER = DiscordUser("1600000000000000003", "lurker")
 
 
 def escrow_tables() -> dict[str, Any]:
-    return {"escrows": list(Escrow.objects.values_list("id", "state", "version")),
-            "events": EscrowEvent.objects.count(), "outbox": OutboxMessage.objects.count()}
+    return {
+        "escrows": list(Escrow.objects.values_list("id", "state", "version")),
+        "events": EscrowEvent.objects.count(),
+        "outbox": OutboxMessage.objects.count(),
+    }
 
 
 def account(user: DiscordUser) -> Any:
     return DiscordLink.objects.select_related("user").get(discord_user_id=int(user.id)).user
+
+
+def pay_through_the_link(reply: Sent) -> None:
+    """The buyer follows the Pay link button to the sandbox checkout and pays with Stripe's test card."""
+    [link] = reply.links
+    assert link.startswith("http://testserver/checkout/")
+    assert (
+        Client().post(link.removeprefix("http://testserver"), {"card_number": "4242 4242 4242 4242"}).status_code == 302
+    )
+    settle()
 
 
 def status(interact: Callable[[dict[str, Any]], Sent], user: DiscordUser, escrow_id: str) -> Sent:
@@ -36,38 +50,55 @@ def status(interact: Callable[[dict[str, Any]], Sent], user: DiscordUser, escrow
 
 
 def open_deal(interact: Callable[[dict[str, Any]], Sent]) -> str:
-    created = interact(slash(BUYER, "create", create_options(SELLER, amount="149.99", item="Dominus Empyreus"),
-                             resolved_users=[SELLER]))
+    created = interact(
+        slash(
+            BUYER, "create", create_options(SELLER, amount="149.99", item="Dominus Empyreus"), resolved_users=[SELLER]
+        )
+    )
     assert created.type == 4 and created.ephemeral
     return str(Escrow.objects.get().pk)
 
 
-def test_two_newcomers_trade_through_slash_commands_and_buttons(interact: Callable[[dict[str, Any]], Sent],
-                                                                api_client: Callable[..., Any]) -> None:
+def test_two_newcomers_trade_through_slash_commands_and_buttons(interact: Callable[[dict[str, Any]], Sent]) -> None:
     assert get_user_model().objects.count() == 0
 
     # The buyer opens the deal in a server channel, naming the seller (a USER option, resolved by Discord).
-    created = interact(slash(BUYER, "create", create_options(SELLER, amount="149.99", item="Dominus Empyreus"),
-                             resolved_users=[SELLER]))
+    created = interact(
+        slash(
+            BUYER, "create", create_options(SELLER, amount="149.99", item="Dominus Empyreus"), resolved_users=[SELLER]
+        )
+    )
     escrow = Escrow.objects.get()
     escrow_id = str(escrow.pk)
     buyer, seller = account(BUYER), account(SELLER)
-    assert (escrow.buyer_id, escrow.seller_id, escrow.amount_minor, escrow.currency) == (buyer.pk, seller.pk,
-                                                                                        14999, "USD")
+    assert (escrow.buyer_id, escrow.seller_id, escrow.amount_minor, escrow.currency) == (
+        buyer.pk,
+        seller.pk,
+        14999,
+        "USD",
+    )
     assert escrow.description == "Dominus Empyreus"
     assert created.type == 4 and created.ephemeral
     assert "State: **AWAIT_FUNDS**" in created.content and escrow_id in created.content
     assert f"the seller is <@{SELLER.id}>" in created.content
     assert created.custom_ids == [f"escrow:cancel:{escrow_id}"]
+    assert len(created.links) == 1  # Pay, a link button to the buyer's checkout page
 
-    # The buyer pays in the sandbox.
-    assert pay(api_client(buyer), escrow_id).status_code == 202
+    seen_by_seller = status(interact, SELLER, escrow_id)
+    assert seen_by_seller.links == [] and seen_by_seller.custom_ids == [f"escrow:cancel:{escrow_id}"]
+    assert "You are the seller" in seen_by_seller.content
+
+    # The buyer pays through the Pay link's sandbox checkout (no sign-in: the link is the capability).
+    pay_through_the_link(created)
 
     # The seller sees the deal with a Deliver button, and clicks it (in a DM with the bot).
     seen = status(interact, SELLER, escrow_id)
     assert "State: **FUNDS_HELD**" in seen.content
-    assert seen.custom_ids == [f"escrow:deliver:{escrow_id}", f"escrow:dispute:{escrow_id}",
-                               f"escrow:cancel:{escrow_id}"]
+    assert seen.custom_ids == [
+        f"escrow:deliver:{escrow_id}",
+        f"escrow:dispute:{escrow_id}",
+        f"escrow:cancel:{escrow_id}",
+    ]
     delivered = interact(click(SELLER, f"escrow:deliver:{escrow_id}"))
     assert delivered.type == 7  # the message with the button is updated in place
     assert "Marked delivered." in delivered.content and "State: **DELIVERED**" in delivered.content
@@ -83,17 +114,22 @@ def test_two_newcomers_trade_through_slash_commands_and_buttons(interact: Callab
     final = status(interact, BUYER, escrow_id)
     assert "State: **RELEASED**" in final.content
     assert final.custom_ids == []
-    assert list(EscrowEvent.objects.filter(escrow_id=escrow_id).order_by("version").values_list("type", flat=True)) \
-        == ["escrow.v1.EscrowCreated", "escrow.v1.EscrowFundsHeld", "escrow.v1.EscrowDelivered",
-            "escrow.v1.EscrowReleaseRequested", "escrow.v1.EscrowReleased"]
+    assert list(EscrowEvent.objects.filter(escrow_id=escrow_id).order_by("version").values_list("type", flat=True)) == [
+        "escrow.v1.EscrowCreated",
+        "escrow.v1.EscrowFundsHeld",
+        "escrow.v1.EscrowDelivered",
+        "escrow.v1.EscrowReleaseRequested",
+        "escrow.v1.EscrowReleased",
+    ]
     listed = interact(slash(SELLER, "list"))
     assert escrow_id in listed.content and "**RELEASED**" in listed.content and "(you sell)" in listed.content
 
 
 def test_a_strangers_click_on_a_forwarded_button_is_refused_in_words_and_changes_nothing(
-        interact: Callable[[dict[str, Any]], Sent], api_client: Callable[..., Any]) -> None:
+    interact: Callable[[dict[str, Any]], Sent],
+) -> None:
     escrow_id = open_deal(interact)
-    assert pay(api_client(account(BUYER)), escrow_id).status_code == 202
+    pay_through_the_link(status(interact, BUYER, escrow_id))
     before = escrow_tables()
 
     for action in ("deliver", "cancel", "release", "dispute"):
@@ -109,7 +145,8 @@ def test_a_strangers_click_on_a_forwarded_button_is_refused_in_words_and_changes
 
 
 def test_a_party_pressing_a_button_that_is_not_theirs_now_is_refused_and_changes_nothing(
-        interact: Callable[[dict[str, Any]], Sent], api_client: Callable[..., Any]) -> None:
+    interact: Callable[[dict[str, Any]], Sent],
+) -> None:
     escrow_id = open_deal(interact)
     before = escrow_tables()
 
@@ -121,7 +158,7 @@ def test_a_party_pressing_a_button_that_is_not_theirs_now_is_refused_and_changes
     assert escrow_tables() == before
 
     # A stale button: the deal was paid and delivered since; the old Cancel no longer applies to the buyer.
-    assert pay(api_client(account(BUYER)), escrow_id).status_code == 202
+    pay_through_the_link(status(interact, BUYER, escrow_id))
     assert interact(click(SELLER, f"escrow:deliver:{escrow_id}")).type == 7
     before = escrow_tables()
     stale = interact(click(BUYER, f"escrow:cancel:{escrow_id}"))
@@ -130,9 +167,10 @@ def test_a_party_pressing_a_button_that_is_not_theirs_now_is_refused_and_changes
 
 
 def test_dispute_opens_a_modal_and_its_submission_carries_the_statement(
-        interact: Callable[[dict[str, Any]], Sent], api_client: Callable[..., Any]) -> None:
+    interact: Callable[[dict[str, Any]], Sent],
+) -> None:
     escrow_id = open_deal(interact)
-    assert pay(api_client(account(BUYER)), escrow_id).status_code == 202
+    pay_through_the_link(status(interact, BUYER, escrow_id))
     before = escrow_tables()
 
     modal = interact(click(BUYER, f"escrow:dispute:{escrow_id}"))
@@ -153,8 +191,7 @@ def test_dispute_opens_a_modal_and_its_submission_carries_the_statement(
     assert escrow.state == "DISPUTED" and escrow.dispute_reason == "The seller never logged in to trade."
 
 
-def test_bad_create_options_are_answered_in_words_and_open_nothing(
-        interact: Callable[[dict[str, Any]], Sent]) -> None:
+def test_bad_create_options_are_answered_in_words_and_open_nothing(interact: Callable[[dict[str, Any]], Sent]) -> None:
     cases = [
         (create_options(SELLER, amount="12.345"), "at most two decimals"),
         (create_options(SELLER, amount="-5"), "at most two decimals"),
@@ -173,10 +210,9 @@ def test_bad_create_options_are_answered_in_words_and_open_nothing(
     assert Escrow.objects.count() == 0
 
 
-def test_a_click_delivered_twice_has_one_effect(interact: Callable[[dict[str, Any]], Sent],
-                                               api_client: Callable[..., Any]) -> None:
+def test_a_click_delivered_twice_has_one_effect(interact: Callable[[dict[str, Any]], Sent]) -> None:
     escrow_id = open_deal(interact)
-    assert pay(api_client(account(BUYER)), escrow_id).status_code == 202
+    pay_through_the_link(status(interact, BUYER, escrow_id))
     payload = click(SELLER, f"escrow:deliver:{escrow_id}")
 
     first = interact(payload)

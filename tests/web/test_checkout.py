@@ -145,12 +145,15 @@ def test_a_double_submit_pays_once(deal):
     assert assert_money_invariant(deal["id"]).received_minor == 14999
 
 
-@pytest.mark.parametrize(("number", "words"), [
-    ("4242 4242 4242 4241", "Your card number is invalid."),
-    ("4242", "Your card number is incomplete."),
-    ("", "Your card number is incomplete."),
-    ("４２４２４２４２４２４２４２４２", "Your card number is incomplete."),
-])
+@pytest.mark.parametrize(
+    ("number", "words"),
+    [
+        ("4242 4242 4242 4241", "Your card number is invalid."),
+        ("4242", "Your card number is incomplete."),
+        ("", "Your card number is incomplete."),
+        ("４２４２４２４２４２４２４２４２", "Your card number is incomplete."),
+    ],
+)
 def test_a_malformed_card_number_is_refused_before_any_payment(deal, number, words):
     before = counts()
     response = pay_with(deal["link"], number)
@@ -178,8 +181,9 @@ def test_the_form_is_csrf_protected(deal):
     browser = Client(enforce_csrf_checks=True)
     page = browser.get(deal["link"]).content.decode()
     csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
-    assert browser.post(deal["link"], {"card_number": "4242424242424242", "csrfmiddlewaretoken": csrf}) \
-        .status_code == 302
+    assert (
+        browser.post(deal["link"], {"card_number": "4242424242424242", "csrfmiddlewaretoken": csrf}).status_code == 302
+    )
 
 
 # --- links that do not open ------------------------------------------------------------------------------
@@ -189,9 +193,13 @@ def tampered(link: str) -> list[str]:
     token = link.removeprefix("/checkout/")
     flipped = token[:-1] + ("A" if token[-1] != "A" else "B")
     value, signature = token.rsplit(":", 1)
-    return [f"/checkout/{flipped}", f"/checkout/{token[:-5]}", f"/checkout/x{token}",
-            f"/checkout/{value.replace(value[3], 'Q' if value[3] != 'Q' else 'R', 1)}:{signature}",
-            "/checkout/not-a-token"]
+    return [
+        f"/checkout/{flipped}",
+        f"/checkout/{token[:-5]}",
+        f"/checkout/x{token}",
+        f"/checkout/{value.replace(value[3], 'Q' if value[3] != 'Q' else 'R', 1)}:{signature}",
+        "/checkout/not-a-token",
+    ]
 
 
 def test_a_tampered_link_is_a_404_page_and_changes_nothing(deal):

@@ -1,6 +1,5 @@
 """Runs the bus worker: delivers outbox messages to this deployment's subscribers and fires escrow
-timers and the other ticks registered in escrow_project/bus.py. `--once` drains what is there and exits
-(for scripts and cron)."""
+timers. `--once` drains what is there and exits (for scripts and cron)."""
 
 from __future__ import annotations
 
@@ -21,7 +20,7 @@ class Command(BaseCommand):
         parser.add_argument("--no-timers", action="store_true", help="do not fire escrow timers")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        worker = BusWorker(ticks=registered_ticks(timers=not options["no_timers"]))
+        worker = BusWorker(ticks=registered_ticks(leave_out=frozenset({"timers"}) if options["no_timers"] else frozenset()))
         if options["once"]:
             handled = worker.run_once()
             lags = {sub.name: bus.lag(sub) for sub in bus.outbox_subscribers()}
