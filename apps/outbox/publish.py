@@ -8,13 +8,17 @@ import datetime
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import betterproto2
-from django.db import connection, transaction
+from django.db import connection, models, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from apps.outbox import context, messages, wakeup
 from apps.outbox.models import OutboxMessage
+
+M = TypeVar("M", bound=models.Model)
 
 
 def outbox_append(
@@ -92,6 +96,14 @@ def stream_lock(key: str) -> None:
                 raise StreamLockedTooLate(key)
             held.add(key)
         cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"stream:{key}"])
+
+
+def aggregate_lock(stream: str, rows: QuerySet[M]) -> M | None:
+    """The first write of a transaction that appends an aggregate's messages: the stream lock, then the
+    aggregate's row lock (`rows` selects that one row). Every app locks its aggregate this way, in this
+    order (see `stream_lock`)."""
+    stream_lock(stream)
+    return rows.select_for_update().first()
 
 
 @contextmanager
