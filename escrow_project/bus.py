@@ -14,6 +14,8 @@ for subscriber in (escrow.SUBSCRIBER, payments.SUBSCRIBER, projections.SUBSCRIBE
 
 # `run_bus --no-timers` leaves out "timers" (for a deployment that fires them from cron).
 outbox.register_tick("timers", escrow.fire_due_timers)
+# Reminders first: the notifications tick of the same pass sends what they owe.
+outbox.register_tick("reminders", notifications.send_due_reminders)
 outbox.register_tick("notifications", notifications.deliver_due_notifications)
 outbox.register_tick("payments-webhooks", payments.deliver_owed_webhooks)
 outbox.register_tick("discord-follow-ups", discord.send_due_followups)

@@ -273,6 +273,10 @@ NOTIFY_RETRY_MAX_SECONDS = float(os.environ.get("NOTIFY_RETRY_MAX_SECONDS", "900
 NOTIFY_DELIVER_ON_COMMIT = env_bool("NOTIFY_DELIVER_ON_COMMIT", True)
 DISCORD_SEND_TIMEOUT_SECONDS = float(os.environ.get("DISCORD_SEND_TIMEOUT_SECONDS", "45"))
 DISCORD_LINK_CODE_TTL_SECONDS = env_int("DISCORD_LINK_CODE_TTL_SECONDS", 600)
+# Reminders before a deadline (once each): how many hours before it, and how often the worker looks.
+REMINDER_FUNDING_HOURS_BEFORE = env_int("REMINDER_FUNDING_HOURS_BEFORE", 6)
+REMINDER_INSPECTION_HOURS_BEFORE = env_int("REMINDER_INSPECTION_HOURS_BEFORE", 12)
+REMINDER_SCAN_SECONDS = float(os.environ.get("REMINDER_SCAN_SECONDS", "60"))
 # The interactions endpoint (docs/discord.md): off (404) without the application's public key (hex).
 DISCORD_PUBLIC_KEY = os.environ.get("DISCORD_PUBLIC_KEY", "")
 DISCORD_APPLICATION_ID = os.environ.get("DISCORD_APPLICATION_ID", "")
@@ -327,6 +331,10 @@ if TRACING_EXPORTER not in {"otlp", "console", "none"}:
 # Empty: "escrow" for the web process, "escrow-<command>" for other manage.py commands
 # ("escrow-consume-payments"), so each process of a split deployment is its own service.
 TRACING_SERVICE_NAME = os.environ.get("OTEL_SERVICE_NAME", "")
+
+# Who may scrape /api/v1/metrics: set, a client sending `Authorization: Bearer <METRICS_TOKEN>`; unset,
+# only clients on this host (behind a reverse proxy on the same host, set it: the proxy is loopback).
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 LOGGING = {

@@ -12,7 +12,9 @@ from apps.core.public import amount_display
 from apps.notifications.delivery import deliver_after_commit
 from apps.notifications.models import EscrowParties, Notification
 from apps.outbox.public import Delivery, Subscriber
+from apps.payments import public as payments
 from proto.escrow import v1 as escrow_v1
+from proto.payments import v1 as payments_v1
 
 BUYER, SELLER = "buyer", "seller"
 
@@ -102,6 +104,14 @@ def on_dispute_resolved(event: escrow_v1.EscrowDisputeResolved, delivery: Delive
     })
 
 
+def on_transfer_failed(event: payments_v1.TransferFailed, delivery: Delivery) -> None:
+    """A payout parked because the seller has not said where to be paid: they are told how to fix it."""
+    if not event.awaiting_destination:
+        return  # other payout failures are ops' to handle; the seller's money stays held meanwhile
+    rail = "usdc" if event.provider == "custodian" else "card"
+    _notify(delivery, "payout_waiting", {SELLER: payments.payout_waiting_words(rail=rail, amount=_amount(event.amount))})
+
+
 SUBSCRIBER = Subscriber(
     name="notifications",
     handlers={
@@ -113,5 +123,6 @@ SUBSCRIBER = Subscriber(
         escrow_v1.EscrowRefunded: on_refunded,
         escrow_v1.EscrowDisputed: on_disputed,
         escrow_v1.EscrowDisputeResolved: on_dispute_resolved,
+        payments_v1.TransferFailed: on_transfer_failed,
     },
 )

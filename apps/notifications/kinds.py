@@ -16,7 +16,10 @@ KINDS: dict[str, str] = {
     "disputed": "A dispute was opened",
     "dispute_resolved": "A dispute was resolved and money moves",
     "account_linked": "A Discord account was linked to your account",
+    "payout_waiting": "Your payout waits for you to add where to be paid",
+    "reminder_funding": "A reminder to pay before the funding deadline",
+    "reminder_inspection": "A reminder to release or dispute before the inspection period ends",
 }
 
 LOCKED_ON: frozenset[str] = frozenset({"funds_held", "delivered", "released", "refunded", "dispute_resolved",
-                                       "account_linked"})
+                                       "account_linked", "payout_waiting"})

@@ -5,6 +5,7 @@ from apps.notifications.delivery import deliver_due_notifications
 from apps.notifications.handlers import SUBSCRIBER
 from apps.notifications.kinds import KINDS, LOCKED_ON
 from apps.notifications.models import DiscordLink
+from apps.notifications.reminders import send_due_reminders
 from apps.notifications.services import (
     NotificationError,
     discord_id_for_user,
@@ -35,5 +36,6 @@ __all__ = [
     "notification_resend",
     "preferences_get",
     "preferences_set",
+    "send_due_reminders",
     "user_for_discord_id",
 ]

@@ -361,7 +361,27 @@ def on_checkout_session_expired(record: Any, event: Any) -> bool:
     )
 
 
+def on_deposit_seen(record: Any, event: Any) -> bool:
+    """An inbound transfer into an escrow's deposit wallet that the custodian sees but that is not final
+    yet: remembered (by transaction id) so the deposit page can say the money is on its way. Nothing is
+    counted until the transaction is COMPLETE and screened."""
+    tx = event.object
+    if tx.get("transactionType") != "INBOUND" or not isinstance(tx.get("id"), str):
+        return False
+    artifact = (
+        PaymentArtifact.objects.select_for_update()
+        .filter(provider=record.provider, kind=PaymentArtifact.Kind.PAYMENT, provider_id=tx.get("walletId"))
+        .first()
+    )
+    if artifact is None or tx["id"] in artifact.raw.get("seen", []):
+        return False
+    artifact.raw = {**artifact.raw, "seen": [*artifact.raw.get("seen", []), tx["id"]]}
+    artifact.save(update_fields=["raw", "updated_at"])
+    return True
+
+
 WEBHOOK_HANDLERS = {
+    "custodian.not_final": on_deposit_seen,
     "checkout.session.completed": on_checkout_session_paid,
     "checkout.session.async_payment_succeeded": on_checkout_session_paid,
     "checkout.session.expired": on_checkout_session_expired,

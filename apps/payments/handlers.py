@@ -215,6 +215,7 @@ def _transfer_not_sent(command: payments_v1.TransferToSeller, delivery: Delivery
             amount=services.money(command.amount.amount_minor, command.amount.currency),
             provider=payment.provider,
             reason=reason,
+            awaiting_destination=isinstance(outcome, AwaitingDestination),
         ),
         fact=f"{payment.provider}:{key}:not_sent",
     )

@@ -135,12 +135,17 @@ from apps.payments.onboarding import (  # noqa: E402
     Onboarding,
     OnboardingLinkInvalid,
     OnboardingUnavailable,
+    PayoutStatus,
     onboarding_get,
     onboarding_link_read,
     onboarding_refresh,
     onboarding_start,
+    payout_settings_url,
+    payout_status,
+    payout_waiting_words,
     sandbox_onboarding_complete,
 )
 
 __all__ += ["Onboarding", "OnboardingLinkInvalid", "OnboardingUnavailable", "onboarding_get", "onboarding_link_read",
-            "onboarding_refresh", "onboarding_start", "sandbox_onboarding_complete"]
+            "onboarding_refresh", "onboarding_start", "PayoutStatus", "payout_settings_url", "payout_status",
+            "payout_waiting_words", "sandbox_onboarding_complete"]

@@ -49,6 +49,7 @@ _EVENT_WORDS = {
 @dataclass(frozen=True)
 class TimelineLine:
     at: Any
+    type: str
     text: str
 
 
@@ -77,7 +78,7 @@ def timeline_words(entries: Any, *, names: dict[int, str], viewer_id: int) -> li
             outcome = (entry.data or {}).get("outcome")
             if isinstance(outcome, str) and outcome:
                 text += f" ({outcome.lower().replace('dispute_outcome_', '')})"
-        lines.append(TimelineLine(at=entry.occurred_at, text=text))
+        lines.append(TimelineLine(at=entry.occurred_at, type=entry.type, text=text))
     return lines
 
 

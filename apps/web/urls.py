@@ -20,6 +20,7 @@ urlpatterns = [
     path("deals/<uuid:escrow_id>/dispute", views.dispute, name="deal-dispute"),
     path("deals/<uuid:escrow_id>/evidence", views.evidence, name="deal-evidence"),
     path("settings/payout", views.payout_settings, name="payout-settings"),
+    path("settings/payout/onboarding", views.payout_onboarding, name="payout-onboarding"),
     path("settings/notifications", views.notification_settings, name="notification-settings"),
     path("", include("apps.web.checkout_urls")),
 ]

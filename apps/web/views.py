@@ -14,7 +14,7 @@ from django.contrib.auth import get_user_model, login, logout
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
-from django.urls import NoReverseMatch, reverse
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from apps.escrow.public import (
@@ -71,13 +71,6 @@ def _minor(amount: str) -> int:
     """A decimal string the form already checked (digits, at most two decimals) -> minor units."""
     whole, _, frac = amount.partition(".")
     return int(whole) * 100 + int((frac or "0").ljust(2, "0"))
-
-
-def _optional_url(name: str, **kwargs: Any) -> str | None:
-    try:
-        return reverse(name, kwargs=kwargs or None)
-    except NoReverseMatch:
-        return None
 
 
 def _not_found(request: HttpRequest) -> HttpResponse:
@@ -334,6 +327,8 @@ def deal_page(request: HttpRequest, escrow_id: uuid.UUID) -> HttpResponse:
             "buyer": names.get(view.buyer_id, "?"),
             "seller": names.get(view.seller_id, "?"),
             "amount": _money(view.amount_minor, view.currency),
+            "paid_to_seller": _money(view.paid_to_seller_minor, view.currency),
+            "refunded": _money(view.refunded_minor, view.currency),
             "state_words": deals.STATE_WORDS.get(view.state, view.state),
             "actions": actions,
             "checkout_url": checkout_url,
@@ -475,10 +470,22 @@ def payout_settings(request: HttpRequest) -> HttpResponse:
             "form": form,
             "destination": payments.destination_get(seller_id=_me(request)),
             "waiting": payments.waiting_payouts_count(seller_id=_me(request)),
-            "onboarding_url": _optional_url("web:payout-onboarding"),
+            "onboarding": payments.onboarding_get(seller_id=_me(request)),
         },
         status=status,
     )
+
+
+@login_required
+@require_POST
+def payout_onboarding(request: HttpRequest) -> HttpResponse:
+    """Card payouts: off to Stripe's onboarding (sandbox: a local page that completes at once)."""
+    try:
+        url = payments.onboarding_start(seller_id=_me(request))
+    except payments.OnboardingUnavailable as exc:
+        messages.error(request, f"Stripe could not be reached; try again in a moment. ({exc})")
+        return redirect("web:payout-settings")
+    return HttpResponseRedirect(url)
 
 
 @login_required

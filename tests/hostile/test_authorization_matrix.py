@@ -57,6 +57,8 @@ USER_READS = {
     "me-discord-link": "/api/v1/me/discord-link",
     "me-notification-preferences": "/api/v1/me/notification-preferences",
 }
+# The caller's own actions (POST, no body): every valid user may, for themselves only.
+USER_POSTS = {"payout-onboarding": "/api/v1/payout-destination/onboarding"}
 PUBLIC = {"health": "/api/v1/health", "ready": "/api/v1/ready", "metrics": "/api/v1/metrics",
           "schema": "/api/v1/schema", "docs": "/api/v1/docs", "redoc": "/api/v1/redoc"}
 WEBHOOKS = {"webhook-stripe": "/api/v1/webhooks/stripe", "webhook-custodian": "/api/v1/webhooks/custodian"}
@@ -64,7 +66,8 @@ CREATE = {"escrow-list"}  # POST /escrows shares its URL name with the list
 
 
 def every_cell() -> list[tuple[str, str]]:
-    names = [*ESCROW_ACTIONS, *ESCROW_UPLOADS, *ESCROW_READS, *USER_READS, *PUBLIC, *WEBHOOKS, "escrows-create"]
+    names = [*ESCROW_ACTIONS, *ESCROW_UPLOADS, *ESCROW_READS, *USER_READS, *USER_POSTS, *PUBLIC, *WEBHOOKS,
+             "escrows-create"]
     return [(name, role) for name in names for role in ROLES]
 
 
@@ -91,7 +94,8 @@ def test_the_matrix_covers_every_endpoint() -> None:
     """A new endpoint fails here until someone decides who may call it."""
     gateway = next(p for p in get_resolver().url_patterns if str(p.pattern) == "api/v1/")
     names = {p.name for p in gateway.url_patterns}
-    covered = {*ESCROW_ACTIONS, *ESCROW_UPLOADS, *ESCROW_READS, *USER_READS, *PUBLIC, *WEBHOOKS, *CREATE}
+    covered = {*ESCROW_ACTIONS, *ESCROW_UPLOADS, *ESCROW_READS, *USER_READS, *USER_POSTS, *PUBLIC, *WEBHOOKS,
+               *CREATE}
     if not names <= covered:
         pytest.fail(f"endpoints missing from the authorization matrix: {sorted(names - covered)}")
 
@@ -173,6 +177,11 @@ def test_authorization(endpoint: str, role: str, buyer: Any, seller: Any, strang
 
         def request(c: APIClient) -> Any:
             return c.get(USER_READS[endpoint])
+    elif endpoint in USER_POSTS:
+        expected = 401 if bad else 200
+
+        def request(c: APIClient) -> Any:
+            return c.post(USER_POSTS[endpoint])
     elif endpoint in PUBLIC:
         expected = 200
 
