@@ -52,9 +52,33 @@ def on_created(event: escrow_v1.EscrowCreated, delivery: Delivery) -> None:
         escrow_id=event.escrow_id, defaults={"buyer_id": event.buyer_id, "seller_id": event.seller_id}
     )
     amount = _amount(event.amount)
+    if not event.created_by_id:
+        # An event from before deals waited for acceptance.
+        _notify(delivery, "escrow_created", {
+            BUYER: f"Escrow for {amount} created. Next: pay it before the funding deadline.",
+            SELLER: f"A buyer opened an escrow for {amount}. Wait for the funds before you deliver.",
+        })
+        return
+    creator, counterparty = (SELLER, BUYER) if event.created_by_id == event.seller_id else (BUYER, SELLER)
+    # The counterparty is asked first (dict order): one row per user, and the one that matters is theirs.
     _notify(delivery, "escrow_created", {
-        BUYER: f"Escrow for {amount} created. Next: pay it before the funding deadline.",
-        SELLER: f"A buyer opened an escrow for {amount}. Wait for the funds before you deliver.",
+        counterparty: f"A {creator} proposes a deal for {amount}: {event.description[:200]}. "
+                      f"Next: accept it or decline it.",
+        creator: f"Deal for {amount} created. Next: wait for the {counterparty} to accept it.",
+    })
+
+
+def on_accepted(event: escrow_v1.EscrowAccepted, delivery: Delivery) -> None:
+    _notify(delivery, "escrow_accepted", {
+        BUYER: "The deal was accepted. Next: pay it before the funding deadline.",
+        SELLER: "The deal was accepted. Wait for the buyer's payment before you deliver.",
+    })
+
+
+def on_declined(event: escrow_v1.EscrowDeclined, delivery: Delivery) -> None:
+    _notify(delivery, "escrow_declined", {
+        BUYER: "The deal was declined; it is cancelled and nothing was paid.",
+        SELLER: "The deal was declined; it is cancelled and nothing was paid.",
     })
 
 
@@ -116,6 +140,8 @@ SUBSCRIBER = Subscriber(
     name="notifications",
     handlers={
         escrow_v1.EscrowCreated: on_created,
+        escrow_v1.EscrowAccepted: on_accepted,
+        escrow_v1.EscrowDeclined: on_declined,
         escrow_v1.EscrowFundsHeld: on_funds_held,
         escrow_v1.EscrowDelivered: on_delivered,
         escrow_v1.EscrowReleased: on_released,

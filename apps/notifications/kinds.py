@@ -7,7 +7,9 @@ Discord account was linked."""
 from __future__ import annotations
 
 KINDS: dict[str, str] = {
-    "escrow_created": "An escrow you are party to was opened",
+    "escrow_created": "A deal you are party to was proposed (the other party accepts or declines it)",
+    "escrow_accepted": "A deal was accepted (the funding deadline starts)",
+    "escrow_declined": "A deal was declined",
     "funds_held": "The buyer's payment is held in escrow",
     "delivered": "The seller marked the item delivered (the inspection period starts)",
     "released": "The funds were paid to the seller",

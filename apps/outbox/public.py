@@ -13,11 +13,13 @@ from apps.outbox import bus, context, tracing
 from apps.outbox.bus import Delivery, ExternalEffect, Subscriber, lag, outbox_subscribers, register
 from apps.outbox.messages import decode, deterministic_id, message_class, type_name
 from apps.outbox.models import DeadLetter, OutboxMessage, ProcessedMessage, SubscriberCheckpoint
+from apps.outbox.progress import CommandProgress
 from apps.outbox.publish import aggregate_lock, outbox_append, stream_lock
 from apps.outbox.worker import BusWorker, Tick, register_tick, registered_ticks
 
 __all__ = [
     "BusWorker",
+    "CommandProgress",
     "DeadLetter",
     "Delivery",
     "ExternalEffect",

@@ -280,7 +280,9 @@ def on_checkout_session_paid(record: Any, event: Any) -> bool:
     from proto.payments import v1 as payments_v1
 
     obj = event.object
-    session = CheckoutSession.objects.filter(session_id=obj.get("id"), provider=record.provider).first()
+    if not isinstance(obj.get("id"), str):
+        return False
+    session = CheckoutSession.objects.filter(session_id=obj["id"], provider=record.provider).first()
     if session is None or obj.get("payment_status") != "paid":
         return False  # not ours, or an asynchronous method still settling (its own event follows)
     intent_id, amount, currency = obj.get("payment_intent"), obj.get("amount_total"), obj.get("currency")
@@ -352,6 +354,8 @@ def _cancel_replaced(intent_id: str, *, escrow_id: str) -> None:
 def on_checkout_session_expired(record: Any, event: Any) -> bool:
     from apps.payments.models import CheckoutSession
 
+    if not isinstance(event.object.get("id"), str):
+        return False
     return bool(
         CheckoutSession.objects.filter(
             session_id=event.object.get("id"),
@@ -366,7 +370,11 @@ def on_deposit_seen(record: Any, event: Any) -> bool:
     yet: remembered (by transaction id) so the deposit page can say the money is on its way. Nothing is
     counted until the transaction is COMPLETE and screened."""
     tx = event.object
-    if tx.get("transactionType") != "INBOUND" or not isinstance(tx.get("id"), str):
+    if (
+        tx.get("transactionType") != "INBOUND"
+        or not isinstance(tx.get("id"), str)
+        or not isinstance(tx.get("walletId"), str)
+    ):
         return False
     artifact = (
         PaymentArtifact.objects.select_for_update()

@@ -169,6 +169,8 @@ def on_account_updated(record: Any, event: Any) -> bool:
     transfers it becomes the seller's destination (a later loss of readiness is recorded, and Stripe
     itself then refuses transfers, which go to ops as TransferFailed)."""
     obj = event.object
+    if not isinstance(obj.get("id"), str):
+        return False
     row = (
         ConnectedAccount.objects.select_for_update().filter(account_id=obj.get("id"), provider=record.provider).first()
     )

@@ -83,12 +83,14 @@ def ops_open_disputes() -> QuerySet[Any]:
 
 
 def ops_stuck_payments(*, now: datetime.datetime | None = None) -> QuerySet[Any]:
-    """Escrows waiting on money past their time: unfunded past the funding deadline (the timer should
-    have cancelled them), or a payout / refund that has not come back for a while."""
+    """Escrows waiting past their time: unanswered past the acceptance deadline or unfunded past the
+    funding deadline (the timer should have cancelled them), or a payout / refund that has not come back
+    for a while."""
     now = now or timezone.now()
     views = active_tables().view.objects
     return views.filter(
-        Q(state="AWAIT_FUNDS", funding_deadline__lt=now)
+        Q(state="AWAIT_ACCEPTANCE", acceptance_deadline__lt=now)
+        | Q(state="AWAIT_FUNDS", funding_deadline__lt=now)
         | Q(state__in=("RELEASING", "REFUNDING"), state_since__lt=now - MONEY_MOVING_STUCK_AFTER)
     ).order_by("state_since", "escrow_id")
 

@@ -28,7 +28,15 @@ BAD_CREDENTIALS = ("anonymous", "expired", "alg_none", "tampered", "deactivated"
 ROLES = PARTIES + BAD_CREDENTIALS
 
 # Escrow-scoped endpoints: (method, action, the state it is legal in, body, status per party).
+# The escrows are created by the buyer, so the seller is the counterparty who accepts or declines.
 ESCROW_ACTIONS: dict[str, tuple[str, str, dict[str, Any] | None, dict[str, int]]] = {
+    "escrow-accept": ("accept", "AWAIT_ACCEPTANCE", None,
+                      {"buyer": 403, "seller": 202, "stranger": 404, "staff": 403}),
+    "escrow-decline": ("decline", "AWAIT_ACCEPTANCE", {"reason": "not at that price"},
+                       {"buyer": 403, "seller": 202, "stranger": 404, "staff": 403}),
+    # Before acceptance only the creator (or staff) cancels; the counterparty declines instead.
+    "escrow-cancel (unaccepted)": ("cancel", "AWAIT_ACCEPTANCE", {"reason": "no longer needed"},
+                                   {"buyer": 202, "seller": 403, "stranger": 404, "staff": 202}),
     "escrow-deliver": ("deliver", "FUNDS_HELD", None,
                        {"buyer": 403, "seller": 202, "stranger": 404, "staff": 403}),
     "escrow-release": ("release", "DELIVERED", None,
@@ -104,8 +112,9 @@ def bring_to(state: str, *, buyer: Any, seller: Any, staff: Any) -> str:
     as_buyer, as_seller = APIClient(), APIClient()
     as_buyer.credentials(HTTP_AUTHORIZATION=f"Bearer {mint_access_token(buyer)}")
     as_seller.credentials(HTTP_AUTHORIZATION=f"Bearer {mint_access_token(seller)}")
-    escrow_id = create_escrow(as_buyer, seller=seller, amount="250.00")["escrow_id"]
-    steps = {"AWAIT_FUNDS": [], "FUNDS_HELD": ["pay"], "DELIVERED": ["pay", "deliver"],
+    escrow_id = create_escrow(as_buyer, seller=seller, amount="250.00",
+                              accept=state != "AWAIT_ACCEPTANCE")["escrow_id"]
+    steps = {"AWAIT_ACCEPTANCE": [], "AWAIT_FUNDS": [], "FUNDS_HELD": ["pay"], "DELIVERED": ["pay", "deliver"],
              "DISPUTED": ["pay", "dispute"]}[state]
     for step in steps:
         if step == "pay":

@@ -104,3 +104,19 @@ def test_the_deposit_page_takes_no_post_and_bad_links_answer_in_json(deal):
     assert Client().post(deal["link"]).status_code == 405
     assert Client().get(f"{deal['link'][:-3]}xyz/status").json() == {"status": "not_found"}
     assert state_of(deal["as_buyer"], deal["id"]) == "AWAIT_FUNDS"
+
+
+@pytest.mark.parametrize(
+    "event_type",
+    ["checkout.session.completed", "checkout.session.expired", "account.updated", "custodian.not_final"],
+)
+@pytest.mark.parametrize("odd_id", [{"a": 1}, ["x"], 7, None, "nothing-of-ours"])
+def test_signed_events_with_odd_objects_are_ignored_not_a_5xx(event_type, odd_id):
+    from apps.payments.providers import sandbox
+    from apps.payments.public import webhook_receive
+
+    obj = {"id": odd_id, "walletId": odd_id, "transactionType": "INBOUND", "payment_status": "paid"}
+    body, headers = sandbox.signed_event(event_type, obj)
+    outcome = webhook_receive(provider="sandbox", body=body, headers=headers)
+
+    assert (outcome.http_status, outcome.status) == (200, "ignored"), outcome

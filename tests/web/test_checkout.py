@@ -70,7 +70,7 @@ def test_the_link_is_unguessable_and_names_one_escrow(deal, api_client, buyer, s
     other_link = checkout_link(deal["as_buyer"], other)
     assert other_link != deal["link"]
     token = deal["link"].removeprefix("/checkout/")
-    assert deal["id"] not in token  # the escrow id is inside the signed value, not readable as such
+    assert deal["id"] not in token  # it travels inside the signed value (base64), which an edit breaks
     assert len(token) >= 60
 
 
