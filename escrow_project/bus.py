@@ -4,6 +4,7 @@ these ticks). Loaded by apps.outbox when the app registry is ready (settings.BUS
 
 from apps.discord import public as discord
 from apps.escrow import public as escrow
+from apps.gateway import public as gateway
 from apps.notifications import public as notifications
 from apps.outbox import public as outbox
 from apps.payments import public as payments
@@ -19,3 +20,4 @@ outbox.register_tick("reminders", notifications.send_due_reminders)
 outbox.register_tick("notifications", notifications.deliver_due_notifications)
 outbox.register_tick("payments-webhooks", payments.deliver_owed_webhooks)
 outbox.register_tick("discord-follow-ups", discord.send_due_followups)
+outbox.register_tick("idempotency-expiry", gateway.idempotency_records_purge)

@@ -15,7 +15,7 @@ from apps.escrow.actions import ACTION_COMMANDS, ACTIONS, allowed_actions
 from apps.escrow.errors import EscrowError, EscrowNotFound, InvalidCommand, InvalidTransition, NotAllowed
 from apps.escrow.evidence import EvidenceRejected, evidence_add
 from apps.escrow.handlers import SUBSCRIBER
-from apps.escrow.services import CommandResult, dispatch
+from apps.escrow.services import CommandResult, command_applied, dispatch
 from apps.escrow.timers import fire_due_timers
 from proto.common.v1 import Actor, ActorKind
 from proto.escrow.v1 import (
@@ -51,6 +51,7 @@ __all__ = [
     "ReleaseFunds",
     "ResolveDispute",
     "allowed_actions",
+    "command_applied",
     "dispatch",
     "evidence_add",
     "fire_due_timers",

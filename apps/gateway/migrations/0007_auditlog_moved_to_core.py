@@ -8,7 +8,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('core', '0001_initial'),
-        ('gateway', '0005_staff_groups'),
+        ('gateway', '0006_idempotency_expiry'),
     ]
 
     operations = [
