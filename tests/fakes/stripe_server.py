@@ -73,6 +73,16 @@ class HostedStripe:
                 return _error(404, "invalid_request_error", f"No such checkout.session: '{match.group(1)}'",
                               code="resource_missing")
             return 200, json.dumps(self.public(match.group(1)))
+        match = re.fullmatch(r"/v1/checkout/sessions/([A-Za-z0-9_]+)/expire", path)
+        if method == "POST" and match:
+            session = self.objects.get(match.group(1))
+            if session is None:
+                return _error(404, "invalid_request_error", f"No such checkout.session: '{match.group(1)}'",
+                              code="resource_missing")
+            if session["status"] != "open":
+                return _error(400, "invalid_request_error", "This Checkout Session is not in an expirable state.")
+            session["status"] = "expired"
+            return 200, json.dumps(self.public(match.group(1)))
         match = re.fullmatch(r"/v1/payment_intents/([A-Za-z0-9_]+)/cancel", path)
         if method == "POST" and match:
             intent = self.objects.get(match.group(1))

@@ -243,3 +243,20 @@ def test_a_cancelled_deal_cannot_be_paid(deal):
     assert response.status_code == 409 and "not awaiting payment" in response.content.decode()
     assert counts() == before
     assert state_of(deal["as_buyer"], deal["id"]) == "CANCELLED"
+
+
+@pytest.mark.postgres_only
+@pytest.mark.parametrize("round_", range(3))
+def test_two_submits_at_the_same_moment_pay_once(deal, round_):
+    from tests.gateway.test_concurrency import at_once
+
+    answers = at_once(
+        lambda: Client().post(deal["link"], {"card_number": "4242 4242 4242 4242"}),
+        lambda: Client().post(deal["link"], {"card_number": "4242424242424242"}),
+    )
+    settle()
+
+    assert sorted(r.status_code for r in answers) in ([302, 302], [302, 409])
+    types = outbox_types(deal["id"])
+    assert types.count("PaymentSucceeded") == 1 and types.count("EscrowFundsHeld") == 1
+    assert assert_money_invariant(deal["id"]).received_minor == 14999
