@@ -13,6 +13,7 @@ deliver, release, dispute, cancel); see `apps.escrow.actions`.
 from apps.escrow.actions import ACTION_COMMANDS, ACTIONS, allowed_actions
 from apps.escrow.errors import EscrowError, EscrowNotFound, InvalidCommand, InvalidTransition, NotAllowed
 from apps.escrow.evidence import EvidenceRejected, evidence_add
+from apps.escrow.money import money_held_by_state
 from apps.escrow.services import CommandResult, dispatch
 from proto.common.v1 import Actor, ActorKind
 from proto.escrow.v1 import (
@@ -49,4 +50,5 @@ __all__ = [
     "allowed_actions",
     "dispatch",
     "evidence_add",
+    "money_held_by_state",
 ]
