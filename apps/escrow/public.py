@@ -13,7 +13,8 @@ deliver, release, dispute, cancel); see `apps.escrow.actions`.
 from apps.escrow.actions import ACTION_COMMANDS, ACTIONS, allowed_actions
 from apps.escrow.errors import EscrowError, EscrowNotFound, InvalidCommand, InvalidTransition, NotAllowed
 from apps.escrow.evidence import EvidenceRejected, evidence_add
-from apps.escrow.services import CommandResult, dispatch
+from apps.escrow.money import money_held_by_state
+from apps.escrow.services import CommandResult, command_applied, dispatch
 from proto.common.v1 import Actor, ActorKind
 from proto.escrow.v1 import (
     AcceptEscrow,
@@ -47,6 +48,8 @@ __all__ = [
     "ReleaseFunds",
     "ResolveDispute",
     "allowed_actions",
+    "command_applied",
     "dispatch",
     "evidence_add",
+    "money_held_by_state",
 ]

@@ -239,6 +239,11 @@ def _already_applied(escrow: Escrow, command: betterproto2.Message, command_id: 
     return True
 
 
+def command_applied(command_id: uuid.UUID) -> bool:
+    """Whether a command with this id was ever applied (the record is kept for good)."""
+    return ProcessedCommand.objects.filter(command_id=command_id).exists()
+
+
 def _record_command(escrow: Escrow, command: betterproto2.Message, command_id: uuid.UUID) -> None:
     ProcessedCommand.objects.create(command_id=command_id, escrow_id=escrow.id, type=type_name(command))
     # The accepted command itself, for the escrow.commands.v1 topic (an escrow process consuming from
