@@ -342,7 +342,9 @@ TRACING_SERVICE_NAME = os.environ.get("OTEL_SERVICE_NAME", "")
 
 # Who may scrape /api/v1/metrics: set, a client sending `Authorization: Bearer <METRICS_TOKEN>`; unset,
 # only clients on this host (behind a reverse proxy on the same host, set it: the proxy is loopback).
-METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+# METRICS_TOKEN_FILE names a file holding it instead (a container secret shared with Prometheus).
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "") or (
+    Path(os.environ["METRICS_TOKEN_FILE"]).read_text().strip() if os.environ.get("METRICS_TOKEN_FILE") else "")
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 LOGGING = {

@@ -15,6 +15,7 @@ from apps.escrow.actions import ACTION_COMMANDS, ACTIONS, allowed_actions
 from apps.escrow.errors import EscrowError, EscrowNotFound, InvalidCommand, InvalidTransition, NotAllowed
 from apps.escrow.evidence import EvidenceRejected, evidence_add
 from apps.escrow.handlers import SUBSCRIBER
+from apps.escrow.money import money_held_by_state
 from apps.escrow.services import CommandResult, command_applied, dispatch
 from apps.escrow.timers import fire_due_timers
 from proto.common.v1 import Actor, ActorKind
@@ -55,4 +56,5 @@ __all__ = [
     "dispatch",
     "evidence_add",
     "fire_due_timers",
+    "money_held_by_state",
 ]

@@ -9,6 +9,7 @@ from apps.projections.selectors import (
     escrow_view_wait,
     escrow_views_for_user,
     escrow_views_with_deadline_between,
+    ops_attention_waiting,
     ops_compliance_holds,
     ops_daily_figures,
     ops_dead_letters,
@@ -19,13 +20,14 @@ from apps.projections.selectors import (
 )
 
 __all__ = [
-    "SUBSCRIBER",
     "EscrowViewFields",
+    "SUBSCRIBER",
     "escrow_timeline",
     "escrow_view_get",
     "escrow_view_wait",
     "escrow_views_for_user",
     "escrow_views_with_deadline_between",
+    "ops_attention_waiting",
     "ops_compliance_holds",
     "ops_daily_figures",
     "ops_dead_letters",
