@@ -17,6 +17,7 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
+from apps.core.public import money
 from apps.escrow.errors import EscrowNotFound, InvalidCommand, InvalidTransition, NotAllowed
 from apps.escrow.lock_objects import escrow_lock
 from apps.escrow.models import Escrow, EscrowEvent, EscrowState, ProcessedCommand
@@ -81,10 +82,6 @@ class CommandResult:
     state: str
     version: int
     duplicate: bool = False
-
-
-def money(amount_minor: int, currency: str) -> Money:
-    return Money(amount_minor=amount_minor, currency=currency)
 
 
 def fee_for(gross_minor: int, fee_bps: int) -> int:
@@ -237,6 +234,11 @@ def _already_applied(escrow: Escrow, command: betterproto2.Message, command_id: 
     if applied.escrow_id != escrow.id or applied.type != type_name(command):
         raise InvalidCommand("this command id was already used for another command", field="command_id")
     return True
+
+
+def command_applied(command_id: uuid.UUID) -> bool:
+    """Whether a command with this id was ever applied (the record is kept for good)."""
+    return ProcessedCommand.objects.filter(command_id=command_id).exists()
 
 
 def _record_command(escrow: Escrow, command: betterproto2.Message, command_id: uuid.UUID) -> None:

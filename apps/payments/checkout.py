@@ -388,6 +388,34 @@ def on_deposit_seen(record: Any, event: Any) -> bool:
     return True
 
 
+def sessions_expire_prepare(event: Any, delivery: Any) -> list[str]:
+    """EscrowCancelled: the escrow's open Checkout sessions are expired at Stripe (outside any
+    transaction), so a page left open in a browser cannot take money for a cancelled deal. A session
+    Stripe will not expire (paid or expired meanwhile) is left to its own webhook."""
+    from apps.payments.models import CheckoutSession
+    from apps.payments.providers import stripe_checkout
+    from apps.payments.providers.base import ProviderError
+
+    expired = []
+    for session in CheckoutSession.objects.filter(escrow_id=event.escrow_id, status=CheckoutSession.Status.OPEN):
+        try:
+            stripe_checkout.session_expire(session.session_id)
+        except ProviderError as exc:
+            if exc.transient:
+                raise  # the bus retries; expiring twice is harmless
+            continue
+        expired.append(session.session_id)
+    return expired
+
+
+def sessions_expire_apply(event: Any, delivery: Any, expired: list[str]) -> None:
+    from apps.payments.models import CheckoutSession
+
+    CheckoutSession.objects.filter(session_id__in=expired, status=CheckoutSession.Status.OPEN).update(
+        status=CheckoutSession.Status.EXPIRED, updated_at=timezone.now()
+    )
+
+
 WEBHOOK_HANDLERS = {
     "custodian.not_final": on_deposit_seen,
     "checkout.session.completed": on_checkout_session_paid,
