@@ -52,6 +52,7 @@ INSTALLED_APPS = [
     "allauth.headless",
     "allauth.usersessions",
     "allauth.socialaccount.providers.discord",
+    "apps.core",
     "apps.outbox",
     "apps.escrow",
     "apps.payments",

@@ -131,7 +131,7 @@ def ops_daily_figures(*, since: datetime.date | None = None) -> QuerySet[Any]:
 
 def ops_dead_letters() -> QuerySet[Any]:
     """Dead letters are bus bookkeeping, not an event-fed read model: read from the outbox app."""
-    from apps.outbox.models import DeadLetter
+    from apps.outbox.public import DeadLetter
 
     return DeadLetter.objects.filter(status=DeadLetter.Status.OPEN).order_by("created_at")
 
