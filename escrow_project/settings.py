@@ -52,6 +52,7 @@ INSTALLED_APPS = [
     "allauth.headless",
     "allauth.usersessions",
     "allauth.socialaccount.providers.discord",
+    "apps.core",
     "apps.outbox",
     "apps.escrow",
     "apps.payments",
@@ -279,8 +280,8 @@ NOTIFY_RETRY_BASE_SECONDS = float(os.environ.get("NOTIFY_RETRY_BASE_SECONDS", "2
 NOTIFY_RETRY_MAX_SECONDS = float(os.environ.get("NOTIFY_RETRY_MAX_SECONDS", "900"))
 NOTIFY_DELIVER_ON_COMMIT = env_bool("NOTIFY_DELIVER_ON_COMMIT", True)
 DISCORD_SEND_TIMEOUT_SECONDS = float(os.environ.get("DISCORD_SEND_TIMEOUT_SECONDS", "45"))
-DISCORD_LINK_CODE_TTL_SECONDS = env_int("DISCORD_LINK_CODE_TTL_SECONDS", 600)
 # Reminders before a deadline (once each): how many hours before it, and how often the worker looks.
+REMINDER_ACCEPTANCE_HOURS_BEFORE = env_int("REMINDER_ACCEPTANCE_HOURS_BEFORE", 12)
 REMINDER_FUNDING_HOURS_BEFORE = env_int("REMINDER_FUNDING_HOURS_BEFORE", 6)
 REMINDER_INSPECTION_HOURS_BEFORE = env_int("REMINDER_INSPECTION_HOURS_BEFORE", 12)
 REMINDER_SCAN_SECONDS = float(os.environ.get("REMINDER_SCAN_SECONDS", "60"))
@@ -341,7 +342,9 @@ TRACING_SERVICE_NAME = os.environ.get("OTEL_SERVICE_NAME", "")
 
 # Who may scrape /api/v1/metrics: set, a client sending `Authorization: Bearer <METRICS_TOKEN>`; unset,
 # only clients on this host (behind a reverse proxy on the same host, set it: the proxy is loopback).
-METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+# METRICS_TOKEN_FILE names a file holding it instead (a container secret shared with Prometheus).
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "") or (
+    Path(os.environ["METRICS_TOKEN_FILE"]).read_text().strip() if os.environ.get("METRICS_TOKEN_FILE") else "")
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 LOGGING = {
