@@ -509,14 +509,6 @@ def payout_onboarding(request: HttpRequest) -> HttpResponse:
 @login_required
 def notification_settings(request: HttpRequest) -> HttpResponse:
     current = notifications.preferences_get(user_id=_me(request))
-    if request.method == "POST" and "link_code" in request.POST:
-        try:
-            notifications.discord_link_confirm(user_id=_me(request), code=request.POST["link_code"].strip()[:32])
-        except notifications.NotificationError as exc:
-            messages.error(request, f"That code did not link your Discord account: {exc.detail}")
-        else:
-            messages.success(request, "Your Discord account is linked: messages will come there.")
-        return redirect("web:notification-settings")
     if request.method == "POST":
         changes = {kind: request.POST.get(kind) == "on" for kind in current if kind not in notifications.LOCKED_ON}
         unknown = set(request.POST) - set(current) - {"csrfmiddlewaretoken"}

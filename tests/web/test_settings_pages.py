@@ -95,19 +95,3 @@ def test_the_deal_page_tells_a_seller_whose_payout_waits_for_a_destination(
     assert 'data-status="waiting_for_destination"' in page and "/settings/payout" in page
     # the buyer is not shown the seller's payout
     assert 'id="payout-status"' not in browser_of(buyer).get(f"/deals/{escrow_id}").content.decode()
-
-
-def test_link_discord_with_the_bots_code(browser_of: Any, buyer: Any, stranger: Any) -> None:
-    from apps.notifications.public import DiscordLink, link_code_issue
-
-    as_buyer = browser_of(buyer)
-    post(as_buyer, "/settings/notifications", {"link_code": "WRONG-CODE1"})
-    assert not DiscordLink.objects.filter(user_id=buyer.pk).exists()
-    code = link_code_issue(discord_user_id=812345678901234567)
-    response = post(as_buyer, "/settings/notifications", {"link_code": code})
-    assert response.status_code == 302
-    assert DiscordLink.objects.get(user_id=buyer.pk).discord_user_id == 812345678901234567
-    assert 'id="discord-linked"' in as_buyer.get("/settings/notifications").content.decode()
-    # a code is used once: nobody else can take the same Discord account with it
-    post(browser_of(stranger), "/settings/notifications", {"link_code": code})
-    assert not DiscordLink.objects.filter(user_id=stranger.pk).exists()
