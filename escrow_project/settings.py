@@ -96,6 +96,24 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Bounded connections whatever the server (runserver's thread per client, gunicorn's threads): one
+    # psycopg pool per process, at most DATABASE_POOL_MAX connections; a request that waits longer than
+    # DATABASE_POOL_TIMEOUT for one is answered 503 with Retry-After (docs/reliability.md). The pool keeps
+    # the connections, so Django's own persistence (CONN_MAX_AGE) is off; DATABASE_POOL=0 turns it back on.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", env_int("DATABASE_CONNECT_TIMEOUT", 5))
+    if env_bool("DATABASE_POOL", True):
+        DATABASES["default"]["CONN_MAX_AGE"] = 0
+        DATABASES["default"]["OPTIONS"]["pool"] = {
+            "min_size": env_int("DATABASE_POOL_MIN", 1),
+            "max_size": env_int("DATABASE_POOL_MAX", 10),
+            "timeout": float(os.environ.get("DATABASE_POOL_TIMEOUT", "10")),
+            # A connection idle this long is closed (down to min_size); one older than this is replaced.
+            "max_idle": 300.0,
+            "max_lifetime": 1800.0,
+        }
+# Seconds a client is told to wait (Retry-After) when the database is unavailable or its pool exhausted.
+DATABASE_RETRY_AFTER_SECONDS = env_int("DATABASE_RETRY_AFTER_SECONDS", 2)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # One writer at a time: take the write lock when the transaction starts, not on first write, so two
     # threads never deadlock upgrading read locks; wait for it instead of failing at once.
