@@ -16,6 +16,7 @@ venv: $(STAMP)
 
 migrate: venv
 	$(PY) manage.py migrate --noinput
+	$(PY) manage.py createcachetable
 
 demo: migrate
 	$(PY) manage.py seed_demo

@@ -111,14 +111,39 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
             # A connection idle this long is closed (down to min_size); one older than this is replaced.
             "max_idle": 300.0,
             "max_lifetime": 1800.0,
+            # After an outage, a failed reconnection is retried with backoff for this long; then the next
+            # request starts a fresh attempt, so the pool comes back within seconds of the database.
+            "reconnect_timeout": float(os.environ.get("DATABASE_POOL_RECONNECT_SECONDS", "5")),
         }
 # Seconds a client is told to wait (Retry-After) when the database is unavailable or its pool exhausted.
 DATABASE_RETRY_AFTER_SECONDS = env_int("DATABASE_RETRY_AFTER_SECONDS", 2)
+# The longest pause of the bus worker, the relay and the consumers between attempts while the database is away.
+DATABASE_BACKOFF_MAX_SECONDS = float(os.environ.get("DATABASE_BACKOFF_MAX_SECONDS", "5"))
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # One writer at a time: take the write lock when the transaction starts, not on first write, so two
     # threads never deadlock upgrading read locks; wait for it instead of failing at once.
     DATABASES["default"]["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 30}
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+
+# Shared state (rate-limit counters, the mutation throttle, allauth's TOTP code-reuse guard) lives in the
+# default cache, so every process must see the same one: Redis in production (CACHE_URL=redis://host:6379/0),
+# the database's cache table in the embedded default (created by `migrate` + `createcachetable`, i.e. `make
+# migrate`/`make run`). CACHE_URL=locmem:// is per process and only for single-process experiments.
+CACHE_URL = os.environ.get("CACHE_URL", "")
+CACHE_KEY_PREFIX = os.environ.get("CACHE_KEY_PREFIX", "escrow")
+if CACHE_URL.startswith(("redis://", "rediss://", "unix://")):
+    _cache: dict[str, object] = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
+elif CACHE_URL.startswith("locmem://"):
+    _cache = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+elif CACHE_URL in ("", "db://") or CACHE_URL.startswith("db://"):
+    _cache = {"BACKEND": "django.core.cache.backends.db.DatabaseCache",
+              "LOCATION": CACHE_URL.removeprefix("db://") or "escrow_cache"}
+else:
+    raise ValueError(f"CACHE_URL must be redis://, rediss://, unix://, db:// or locmem://, not {CACHE_URL!r}")
+CACHES = {"default": {**_cache, "KEY_PREFIX": CACHE_KEY_PREFIX}}
+# Proxies whose X-Forwarded-For is believed (addresses or CIDR networks, comma-separated): behind them the
+# client address (login throttle, anonymous mutation throttle) is the last address they did not add.
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", "")
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [

@@ -1,6 +1,7 @@
 """The bus worker: drains the outbox subscribers, fires due escrow timers, then sleeps until a commit
 wakes it (in-process event, or PostgreSQL NOTIFY from other processes) or the poll interval passes.
-After a crash it simply starts from each subscriber's committed checkpoint."""
+After a crash it simply starts from each subscriber's committed checkpoint; while the database is away it
+backs off (apps/outbox/outage.py) and resumes by itself, listening again once it is back."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from django.conf import settings
 from django.db import close_old_connections, connection
 
-from apps.outbox import bus
+from apps.outbox import bus, outage
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +56,30 @@ class BusWorker:
         self._listen()
         log.info("bus worker started", extra={"subscribers": [s.name for s in bus.outbox_subscribers()],
                                               "poll_seconds": self.poll_seconds})
+        failures = 0
         try:
             while not self.stopping.is_set():
                 started = time.perf_counter()
                 try:
                     handled = self.run_once()
-                except Exception:  # noqa: BLE001 - a worker pass failing must not end the worker
-                    log.exception("bus worker pass failed")
-                    connection.close()
-                    handled = 0
+                except Exception as exc:  # noqa: BLE001 - a worker pass failing must not end the worker
+                    # The database away (or a pass failing for another reason): back off, then try again
+                    # from the checkpoints, which the failed pass did not move past anything unapplied.
+                    failures += 1
+                    delay = outage.backoff_seconds(failures)
+                    if outage.is_database_error(exc) or isinstance(exc, outage.DatabaseUnavailable):
+                        log.warning("bus worker: database unavailable, will retry",
+                                    extra={"failures": failures, "retry_in_s": delay, "error": repr(exc)})
+                    else:
+                        log.exception("bus worker pass failed")
+                    outage.reset_connection()
+                    self.stopping.wait(delay)
+                    continue
+                if failures:
+                    log.info("bus worker: database back", extra={"after_failures": failures})
+                    failures = 0
+                if self._listener is None:
+                    self._listen()  # again, after the database came back
                 if handled:
                     log.info("bus worker pass", extra={"handled": handled, "total": self.handled,
                                                        "ms": round((time.perf_counter() - started) * 1000, 1)})
