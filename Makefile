@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test venv proto lint migrate demo bench clean
+.PHONY: run test venv proto lint format-check migrate demo bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,8 +38,16 @@ proto: venv
 bench: venv
 	$(PY) bench/run.py $(BENCH_ARGS)
 
+# ruff, the import rules (pyproject.toml [tool.importlinter]), mypy with the Django and DRF stubs, then the
+# formatting check last.
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
+	$(MAKE) --no-print-directory format-check
+
+format-check: venv
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(VENV) db.sqlite3 .demo-tokens.json .pytest_cache

@@ -428,7 +428,9 @@ def metrics_check(base: str, *, sent: int) -> dict[str, Any]:
     workers (merged through PROMETHEUS_MULTIPROC_DIR) should match what the load generator sent."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    response = httpx.get(f"{base}/api/v1/metrics", timeout=30)
+    token = os.environ.get("METRICS_TOKEN", "")
+    response = httpx.get(f"{base}/api/v1/metrics", timeout=30,
+                         headers={"Authorization": f"Bearer {token}"} if token else {})
     counted = 0.0
     command_to_event: dict[str, float] = {}
     for family in text_string_to_metric_families(response.text):

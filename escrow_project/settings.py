@@ -4,6 +4,7 @@ for `make run` (SQLite, in-process bus, sandbox payment provider)."""
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import dj_database_url
@@ -43,11 +44,14 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "allauth",
     "allauth.account",
     "allauth.socialaccount",
     "allauth.mfa",
     "allauth.headless",
+    "allauth.usersessions",
+    "allauth.socialaccount.providers.discord",
     "apps.outbox",
     "apps.escrow",
     "apps.payments",
@@ -55,10 +59,13 @@ INSTALLED_APPS = [
     "apps.notifications",
     "apps.gateway",
     "apps.web",
+    "apps.discord",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files (the admin's CSS, the Swagger UI) in every mode, before anything touches the database.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "apps.gateway.middleware.RequestContextMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "apps.gateway.login_throttle.LoginRateLimitMiddleware",
@@ -84,6 +91,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "apps.web.context.sandbox",
             ],
         },
     },
@@ -160,7 +168,16 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# `collectstatic` writes here (compressed copies too); WhiteNoise serves it. Without a collectstatic
+# (`make run`, tests) WhiteNoise finds the files in the apps instead (WHITENOISE_USE_FINDERS).
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", BASE_DIR / "staticfiles"))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = env_bool("WHITENOISE_USE_FINDERS", True)
+# Without a collectstatic there is no STATIC_ROOT yet, which is expected here, not worth a warning.
+warnings.filterwarnings("ignore", message="No directory at", module="whitenoise.base")
 
 # --- Auth: django-allauth headless with its JWT token strategy -------------------------------------
 HEADLESS_ONLY = True
@@ -171,10 +188,13 @@ HEADLESS_JWT_ALGORITHM = "RS256" if HEADLESS_JWT_PRIVATE_KEY else "HS256"
 HEADLESS_JWT_ACCESS_TOKEN_EXPIRES_IN = env_int("JWT_ACCESS_TOKEN_EXPIRES_IN", 3600)
 # Stateful: a token dies with its session, and a deactivated user's token stops working at once.
 HEADLESS_JWT_STATEFUL_VALIDATION_ENABLED = True
-HEADLESS_FRONTEND_URLS: dict[str, str] = {}
+# Headless flows that end in a browser (Discord sign-in) come back to the web app's pages.
+HEADLESS_FRONTEND_URLS: dict[str, str] = {"socialaccount_login_error": "/signin/"}
 ACCOUNT_LOGIN_METHODS = {"username"}
 ACCOUNT_SIGNUP_FIELDS = ["username*", "password1*"]
 ACCOUNT_EMAIL_VERIFICATION = "none"
+# People sign in with Discord (or the sandbox); nobody signs up with a password under /_allauth/.
+ACCOUNT_ADAPTER = "apps.web.signin.AccountAdapter"
 # Staff second factor (apps/gateway/mfa.py, docs/operations.md): TOTP only, secrets encrypted at rest.
 # On by default, so a production that forgets the variable still requires it; set 0 only for local work.
 ADMIN_REQUIRE_MFA = env_bool("ADMIN_REQUIRE_MFA", True)
@@ -183,6 +203,32 @@ MFA_SUPPORTED_TYPES = ["totp"]
 MFA_ENCRYPTION_KEY = os.environ.get("MFA_ENCRYPTION_KEY", "")
 MFA_TOTP_ISSUER = os.environ.get("MFA_TOTP_ISSUER", "Escrow admin")
 SESSION_ENGINE = "django.contrib.sessions.backends.db"
+LOGIN_URL = "/signin/"
+LOGIN_REDIRECT_URL = "/deals/"
+
+# --- Sign-in with Discord (docs/web.md) -----------------------------------------------------------
+# Off until DISCORD_CLIENT_ID and DISCORD_CLIENT_SECRET are set. DISCORD_OAUTH_BASE is where Discord's
+# OAuth2 endpoints live (authorize, token, users/@me); tests point it at a local fake.
+DISCORD_CLIENT_ID = os.environ.get("DISCORD_CLIENT_ID", "")
+DISCORD_CLIENT_SECRET = os.environ.get("DISCORD_CLIENT_SECRET", "")
+DISCORD_OAUTH_BASE = os.environ.get("DISCORD_OAUTH_BASE", "https://discord.com/api").rstrip("/")
+SOCIALACCOUNT_ADAPTER = "apps.web.signin.SocialAccountAdapter"
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = False
+SOCIALACCOUNT_AUTO_SIGNUP = True
+SOCIALACCOUNT_STORE_TOKENS = False
+SOCIALACCOUNT_PROVIDERS = {
+    "discord": {
+        "provider_class": "apps.web.discord_oauth.provider.DiscordProvider",
+        "OAUTH_PKCE_ENABLED": True,
+        "SCOPE": ["identify"],
+        "APPS": ([{"client_id": DISCORD_CLIENT_ID, "secret": DISCORD_CLIENT_SECRET, "key": ""}]
+                 if DISCORD_CLIENT_ID and DISCORD_CLIENT_SECRET else []),
+    },
+}
+# The sandbox sign-in (pick or create a demo user, no password) exists for `make run` only: off by default
+# in any production configuration, refused there even if switched on, and reported by `check --deploy`.
+HTTPS = env_bool("HTTPS", False)
+SANDBOX_SIGNIN = env_bool("SANDBOX_SIGNIN", not (HTTPS or os.environ.get("PAYMENTS_PROVIDER", "sandbox") == "live"))
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["apps.gateway.auth.BearerJWTAuthentication"],
@@ -199,6 +245,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Escrow for high-value game-item trades: money is held until the seller delivers.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The Swagger UI and ReDoc from this server's own static files (drf-spectacular-sidecar), no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "apps.gateway.schema.document_plain_routes"],
 }
@@ -265,6 +315,20 @@ NOTIFY_RETRY_MAX_SECONDS = float(os.environ.get("NOTIFY_RETRY_MAX_SECONDS", "900
 NOTIFY_DELIVER_ON_COMMIT = env_bool("NOTIFY_DELIVER_ON_COMMIT", True)
 DISCORD_SEND_TIMEOUT_SECONDS = float(os.environ.get("DISCORD_SEND_TIMEOUT_SECONDS", "45"))
 DISCORD_LINK_CODE_TTL_SECONDS = env_int("DISCORD_LINK_CODE_TTL_SECONDS", 600)
+# Reminders before a deadline (once each): how many hours before it, and how often the worker looks.
+REMINDER_FUNDING_HOURS_BEFORE = env_int("REMINDER_FUNDING_HOURS_BEFORE", 6)
+REMINDER_INSPECTION_HOURS_BEFORE = env_int("REMINDER_INSPECTION_HOURS_BEFORE", 12)
+REMINDER_SCAN_SECONDS = float(os.environ.get("REMINDER_SCAN_SECONDS", "60"))
+# The interactions endpoint (docs/discord.md): off (404) without the application's public key (hex).
+DISCORD_PUBLIC_KEY = os.environ.get("DISCORD_PUBLIC_KEY", "")
+DISCORD_APPLICATION_ID = os.environ.get("DISCORD_APPLICATION_ID", "")
+# A signed interaction older (or newer) than this is refused as a replay.
+DISCORD_SIGNATURE_MAX_AGE_SECONDS = env_int("DISCORD_SIGNATURE_MAX_AGE_SECONDS", 300)
+# How long an interaction waits for the read model before it defers and follows up (Discord allows 3 s).
+DISCORD_REPLY_WAIT_SECONDS = float(os.environ.get("DISCORD_REPLY_WAIT_SECONDS", "1.5"))
+# A deferred interaction's follow-up waits at most this long for what it shows (the read model, the checkout link).
+DISCORD_FOLLOWUP_WAIT_SECONDS = float(os.environ.get("DISCORD_FOLLOWUP_WAIT_SECONDS", "60"))
+DISCORD_HTTP_TIMEOUT_SECONDS = float(os.environ.get("DISCORD_HTTP_TIMEOUT_SECONDS", "10"))
 
 # --- Messaging -------------------------------------------------------------------------------------
 KAFKA_BOOTSTRAP_SERVERS = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
@@ -310,6 +374,10 @@ if TRACING_EXPORTER not in {"otlp", "console", "none"}:
 # ("escrow-consume-payments"), so each process of a split deployment is its own service.
 TRACING_SERVICE_NAME = os.environ.get("OTEL_SERVICE_NAME", "")
 
+# Who may scrape /api/v1/metrics: set, a client sending `Authorization: Bearer <METRICS_TOKEN>`; unset,
+# only clients on this host (behind a reverse proxy on the same host, set it: the proxy is loopback).
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,
@@ -333,7 +401,7 @@ if not DEBUG:
     SECURE_CONTENT_TYPE_NOSNIFF = True
     X_FRAME_OPTIONS = "DENY"
     SECURE_REFERRER_POLICY = "same-origin"
-if env_bool("HTTPS", False):
+if HTTPS:
     SECURE_SSL_REDIRECT = True
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True

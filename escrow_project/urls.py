@@ -9,7 +9,11 @@ admin.site.login_template = "admin/mfa_login.html"
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/v1/discord/", include("apps.discord.urls")),
     path("api/v1/", include("apps.gateway.urls")),
+    # allauth: headless sign-in for browsers and app clients (JWT), and Discord's OAuth callback.
+    path("_allauth/", include("allauth.headless.urls")),
+    path("accounts/", include("allauth.urls")),
     path("", include("apps.web.urls")),
 ]
 

@@ -3,13 +3,47 @@ command-to-event and webhook-to-event latency, outbox lag, dead letters (see doc
 
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponse
+import hmac
+import ipaddress
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
 from apps.gateway.observability import MULTIPROCESS, BusCollector, database_reachable
+from apps.gateway.problems import CONTENT_TYPE, problem_body
+
+
+def _from_loopback(request: HttpRequest) -> bool:
+    try:
+        return ipaddress.ip_address(request.META.get("REMOTE_ADDR", "")).is_loopback
+    except ValueError:
+        return False
+
+
+def scrape_refusal(request: HttpRequest) -> HttpResponse | None:
+    """Who may scrape: with METRICS_TOKEN set, whoever sends it as a bearer token (from anywhere);
+    without it, only clients on this host (loopback). The figures name routes, subscribers and money
+    held, which is nobody else's business."""
+    token = settings.METRICS_TOKEN
+    if token:
+        scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(sent.strip().encode(), token.encode()):
+            return None
+        response = JsonResponse(problem_body(401, "not_authenticated", "the metrics token is missing or wrong"),
+                                status=401, content_type=CONTENT_TYPE)
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    if _from_loopback(request):
+        return None
+    return JsonResponse(problem_body(403, "metrics_forbidden", "metrics are served to this host only unless "
+                                     "METRICS_TOKEN is set"), status=403, content_type=CONTENT_TYPE)
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
+    refused = scrape_refusal(request)
+    if refused is not None:
+        return refused
     if MULTIPROCESS:
         # Every gunicorn worker writes its own files; merge them so one scrape sees the whole server.
         registry = CollectorRegistry()

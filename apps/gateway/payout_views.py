@@ -67,3 +67,22 @@ class PayoutDestination(APIView):
             raise Problem(exc.status, code, exc.detail,
                           errors=[{"field": exc.field, "detail": exc.detail}]) from None
         return Response(_render(request.user.pk, destination))
+
+
+OnboardingOutput = inline_serializer("PayoutOnboarding", {"url": drf_serializers.URLField()})
+
+
+class PayoutOnboarding(APIView):
+    """POST /payout-destination/onboarding: where to send the caller to be paid by card (a Stripe Connect
+    Express onboarding link; sandbox: a local page). Readiness arrives by webhook, not from the redirect."""
+
+    @extend_schema(operation_id="payout_destination_onboarding", request=None, responses={200: OnboardingOutput})
+    def post(self, request: Request) -> Response:
+        if request.body and request.body.strip() not in (b"", b"{}"):
+            raise Problem(400, "validation_error", "this endpoint takes no body",
+                          errors=[{"field": "body", "detail": "must be empty"}])
+        try:
+            url = payments.onboarding_start(seller_id=request.user.pk)
+        except payments.OnboardingUnavailable as exc:
+            raise Problem(503, "provider_unavailable", str(exc)) from None
+        return Response({"url": url})

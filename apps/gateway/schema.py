@@ -52,4 +52,5 @@ def document_plain_routes(result: dict[str, Any], generator: Any, request: Any, 
     paths.setdefault("/api/v1/metrics", _plain_get("metrics", "Prometheus metrics", "text/plain"))
     paths.setdefault("/api/v1/schema", _plain_get("schema", "This OpenAPI 3 document", "application/vnd.oai.openapi+json"))
     paths.setdefault("/api/v1/docs", _plain_get("docs", "Swagger UI", "text/html"))
+    paths.setdefault("/api/v1/redoc", _plain_get("redoc", "ReDoc", "text/html"))
     return result

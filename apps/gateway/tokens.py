@@ -1,5 +1,6 @@
 """Access tokens for service accounts, scripts and the demo, minted the way allauth's headless JWT
-strategy mints them on login: a server-side session, and a JWT bound to it."""
+strategy mints them on login: a server-side session, and a JWT bound to it. The session is recorded as one
+of the user's sessions (allauth.usersessions), so signing out everywhere ends it and the token with it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from importlib import import_module
 from typing import Any
 
 from allauth.headless.tokens.strategies.jwt import internal
+from allauth.usersessions.models import UserSession
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 from django.contrib.auth.models import AbstractBaseUser
@@ -20,6 +22,8 @@ def mint_access_token(user: AbstractBaseUser, *, expires_in: int | None = None) 
     if expires_in:
         store.set_expiry(expires_in)
     store.save()
+    UserSession.objects.create(user=user, session_key=store.session_key, ip="127.0.0.1",
+                               user_agent="mint_access_token")
     sid = internal.session_key_to_sid(store.session_key)
     claims: dict[str, Any] = {}
     token, _ = internal.create_token(

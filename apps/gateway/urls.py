@@ -1,5 +1,5 @@
 from django.urls import path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from apps.gateway import evidence_views, notification_views, payout_views, views
 from apps.gateway.metrics import metrics_view
@@ -16,6 +16,7 @@ urlpatterns = [
     path("escrows/<uuid:escrow_id>/evidence", evidence_views.EscrowEvidence.as_view(), name="escrow-evidence"),
     path("sandbox/escrows/<uuid:escrow_id>/pay", views.SandboxPay.as_view(), name="sandbox-pay"),
     path("payout-destination", payout_views.PayoutDestination.as_view(), name="payout-destination"),
+    path("payout-destination/onboarding", payout_views.PayoutOnboarding.as_view(), name="payout-onboarding"),
     path("webhooks/stripe", views.stripe_webhook, name="webhook-stripe"),
     path("webhooks/custodian", views.custodian_webhook, name="webhook-custodian"),
     path("me/discord-link", notification_views.DiscordLinkView.as_view(), name="me-discord-link"),
@@ -29,4 +30,7 @@ urlpatterns = [
     path("docs", SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[], permission_classes=[],
                                                 http_method_names=["get", "head"]),
          name="docs"),
+    path("redoc", SpectacularRedocView.as_view(url_name="schema", authentication_classes=[], permission_classes=[],
+                                               http_method_names=["get", "head"], template_name="gateway/redoc.html"),
+         name="redoc"),
 ]

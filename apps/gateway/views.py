@@ -126,6 +126,9 @@ def _render_escrow(request: Request, view: EscrowView,
                 "status": instructions.status,
                 "client_secret": instructions.client_secret or None,
                 "deposit_address": instructions.deposit_address or None,
+                # A capability link to the checkout page, valid until the funding deadline.
+                "checkout_url": payments.checkout_url(escrow_id=str(view.escrow_id),
+                                                      funding_deadline=view.funding_deadline),
             }
     return body
 

@@ -70,6 +70,7 @@ class Claimed:
     text: str
     nonce: str
     attempt: int
+    components: list[dict[str, Any]] = field(default_factory=list)
 
 
 def discord_api_base() -> str:
@@ -147,6 +148,7 @@ def claim_due(*, limit: int, ids: list[int] | None = None) -> list[Claimed]:
                 text=notification.text,
                 nonce=nonce_for(event_id=notification.event_id, user_id=notification.user_id),
                 attempt=notification.attempts + 1,
+                components=list(notification.components or []),
             ))
     return claimed
 
@@ -263,6 +265,10 @@ async def _send_one(http: HTTPClient, claim: Claimed, timeout_seconds: float) ->
         async with asyncio.timeout(timeout_seconds):
             channel = await http.start_private_message(claim.discord_user_id)
             params = handle_message_parameters(content=claim.text, nonce=claim.nonce)
+            if claim.components and params.payload is not None:
+                # Raw components (buttons with custom ids and link buttons), as Discord's API takes them;
+                # discord.py's View objects are for a gateway bot that handles the clicks itself.
+                params.payload["components"] = claim.components
             message = await http.send_message(channel["id"], params=params)
         return SendResult(DeliveryAttempt.Outcome.SENT, 200, message_id=str(message.get("id", "")), http_log=seen.log)
     except Exception as exc:  # noqa: BLE001 - classified below; anything unknown is re-raised

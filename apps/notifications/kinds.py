@@ -16,6 +16,8 @@ KINDS: dict[str, str] = {
     "disputed": "A dispute was opened",
     "dispute_resolved": "A dispute was resolved and money moves",
     "account_linked": "A Discord account was linked to your account",
+    "reminder_funding": "A reminder to pay before the funding deadline",
+    "reminder_inspection": "A reminder to release or dispute before the inspection period ends",
 }
 
 LOCKED_ON: frozenset[str] = frozenset({"funds_held", "delivered", "released", "refunded", "dispute_resolved",

@@ -38,6 +38,9 @@ class Notification(models.Model):
     event_id = models.UUIDField()
     kind = models.CharField(max_length=50)
     text = models.CharField(max_length=2000)
+    # Discord message components sent with the text: the buttons for what the recipient may do now
+    # (apps/notifications/components.py). A click is re-checked by the Discord edge, never trusted.
+    components = models.JSONField(default=list, blank=True)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
     created_at = models.DateTimeField(auto_now_add=True)
     # Attempts since the notification was last (re)queued; the attempt budget counts these.

@@ -1,8 +1,10 @@
 """What other apps may use of the notifications service (the gateway, the admin, the bot)."""
 
+from apps.notifications.components import actions_for, custom_id, deal_buttons, parse_custom_id
 from apps.notifications.delivery import deliver_due_notifications
 from apps.notifications.kinds import KINDS, LOCKED_ON
 from apps.notifications.models import DiscordLink
+from apps.notifications.reminders import send_due_reminders
 from apps.notifications.services import (
     NotificationError,
     discord_id_for_user,
@@ -20,6 +22,10 @@ __all__ = [
     "LOCKED_ON",
     "DiscordLink",
     "NotificationError",
+    "actions_for",
+    "custom_id",
+    "deal_buttons",
+    "parse_custom_id",
     "deliver_due_notifications",
     "discord_id_for_user",
     "discord_link_confirm",
@@ -28,5 +34,6 @@ __all__ = [
     "notification_resend",
     "preferences_get",
     "preferences_set",
+    "send_due_reminders",
     "user_for_discord_id",
 ]

@@ -17,6 +17,18 @@ from apps.outbox import bus, outage
 
 log = logging.getLogger(__name__)
 
+# Periodic work the worker does after each drain (timers, owed DMs, owed follow-ups, ...), registered by
+# the project's bus wiring (escrow_project/bus.py) so that the outbox imports no app above it.
+_ticks: dict[str, Callable[[], int]] = {}
+
+
+def register_tick(name: str, tick: Callable[[], int]) -> None:
+    _ticks[name] = tick
+
+
+def registered_ticks(*, leave_out: frozenset[str] = frozenset()) -> list[Callable[[], int]]:
+    return [tick for name, tick in _ticks.items() if name not in leave_out]
+
 # How often a LISTEN wait looks up from the socket for stop() and in-process wakes.
 _LISTEN_SLICE_SECONDS = 0.25
 

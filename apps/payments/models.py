@@ -174,3 +174,49 @@ class WalletScreening(models.Model):
 
     def __str__(self) -> str:
         return f"{self.vendor} {self.address} {'allowed' if self.allowed else 'BLOCKED'}"
+
+
+class CheckoutSession(models.Model):
+    """A hosted checkout we opened for an escrow (Stripe Checkout). Kept so that an open one is reused,
+    and so that a `checkout.session.*` webhook is known to be ours before Stripe is asked about it."""
+
+    class Status(models.TextChoices):
+        OPEN = "open"
+        COMPLETE = "complete"
+        EXPIRED = "expired"
+
+    escrow_id = models.UUIDField(db_index=True)
+    provider = models.CharField(max_length=20)
+    session_id = models.CharField(max_length=255, unique=True)
+    url = models.URLField(max_length=2000)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.OPEN)
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"checkout {self.session_id} for {self.escrow_id} ({self.status})"
+
+
+class ConnectedAccount(models.Model):
+    """A seller's Stripe Connect Express account that we created for onboarding, and its readiness as the
+    last `account.updated` webhook (re-read from Stripe) reported it. Once ready it becomes the seller's
+    payout destination."""
+
+    seller_id = models.BigIntegerField(primary_key=True)
+    provider = models.CharField(max_length=20)
+    account_id = models.CharField(max_length=255, unique=True)
+    charges_enabled = models.BooleanField(default=False)
+    payouts_enabled = models.BooleanField(default=False)
+    details_submitted = models.BooleanField(default=False)
+    transfers_active = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"seller {self.seller_id}: {self.account_id} ({'ready' if self.ready else 'onboarding'})"
+
+    @property
+    def ready(self) -> bool:
+        # What a transfer to it needs (separate charges and transfers: the platform takes the charge).
+        return self.details_submitted and self.payouts_enabled and self.transfers_active

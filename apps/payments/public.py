@@ -103,3 +103,39 @@ from apps.payments.payouts import (  # noqa: E402
 )
 
 __all__ += ["Destination", "InvalidPayoutDestination", "destination_get", "destination_set", "waiting_payouts_count"]
+
+# The buyer's checkout (capability links, the page's content per rail, the sandbox card form).
+from apps.payments.checkout import (  # noqa: E402
+    CardNumberInvalid,
+    CardOutcome,
+    Checkout,
+    CheckoutGrant,
+    CheckoutLinkExpired,
+    CheckoutLinkInvalid,
+    CheckoutUnavailable,
+    checkout_get,
+    checkout_path,
+    checkout_token_read,
+    checkout_url,
+    sandbox_card_pay,
+    stripe_checkout_start,
+)
+
+__all__ += ["CardNumberInvalid", "CardOutcome", "Checkout", "CheckoutGrant", "CheckoutLinkExpired",
+            "CheckoutLinkInvalid", "CheckoutUnavailable", "checkout_get", "checkout_path", "checkout_token_read",
+            "checkout_url", "sandbox_card_pay", "stripe_checkout_start"]
+
+# Getting paid by card: Stripe Connect Express onboarding (sandbox: a local page that completes at once).
+from apps.payments.onboarding import (  # noqa: E402
+    Onboarding,
+    OnboardingLinkInvalid,
+    OnboardingUnavailable,
+    onboarding_get,
+    onboarding_link_read,
+    onboarding_refresh,
+    onboarding_start,
+    sandbox_onboarding_complete,
+)
+
+__all__ += ["Onboarding", "OnboardingLinkInvalid", "OnboardingUnavailable", "onboarding_get", "onboarding_link_read",
+            "onboarding_refresh", "onboarding_start", "sandbox_onboarding_complete"]

@@ -415,3 +415,10 @@ HANDLERS: dict[str, Callable[[WebhookEvent, ProviderEvent], bool]] = {
     "wallet.blocked": on_wallet_blocked,
     "charge.dispute.created": on_dispute_created,
 }
+
+# Hosted checkout sessions and Connect onboarding (apps/payments/checkout.py, onboarding.py).
+from apps.payments import checkout as _checkout  # noqa: E402
+from apps.payments import onboarding as _onboarding  # noqa: E402
+
+HANDLERS.update(_checkout.WEBHOOK_HANDLERS)
+HANDLERS.update(_onboarding.WEBHOOK_HANDLERS)

@@ -57,6 +57,19 @@ def escrow_views_for_user(*, user_id: int, role: str | None = None,
     return found.order_by("-created_at", "escrow_id")
 
 
+def escrow_views_with_deadline_between(*, state: str, deadline: str, start: datetime.datetime,
+                                       end: datetime.datetime) -> QuerySet[Any]:
+    """Escrows in `state` whose `deadline` (a deadline field of the view) falls in [start, end): what
+    the reminders ask for."""
+    if deadline not in DEADLINE_FIELDS:
+        raise ValueError(f"unknown deadline field {deadline!r}")
+    return active_tables().view.objects.filter(
+        state=state, **{f"{deadline}__gte": start, f"{deadline}__lt": end}).order_by(deadline, "escrow_id")
+
+
+DEADLINE_FIELDS = frozenset({"funding_deadline", "inspection_deadline"})
+
+
 def escrow_timeline(*, escrow_id: str) -> QuerySet[Any]:
     return active_tables().timeline.objects.filter(escrow_id=escrow_id).order_by("version")
 

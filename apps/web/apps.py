@@ -8,3 +8,6 @@ class WebConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "apps.web"
     label = "web"
+
+    def ready(self) -> None:
+        from apps.web import checks  # noqa: F401 - registers the deploy check

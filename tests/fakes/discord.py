@@ -2,6 +2,10 @@
 rate-limit headers on every answer, 429 with `retry_after` (and Cloudflare's `Via`, which discord.py
 checks to tell a rate limit from a ban), 403 code 50007 for a user who does not accept DMs, 5xx, and
 `enforce_nonce` (a repeated nonce in a channel returns the first message instead of a second one).
+It also takes the interaction webhook (`POST /webhooks/{application_id}/{token}`, `PATCH
+.../messages/@original`: no bot token, the interaction token is the credential) and command registration
+(`PUT /applications/{application_id}/commands`), and records all of it for the tests to read: DMs with
+their components, follow-ups, registrations.
 
 Faults are scripted per recipient (their Discord user id)."""
 
@@ -28,6 +32,24 @@ class SentDM:
     content: str
     nonce: str | None
     message_id: str
+    components: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def custom_ids(self) -> list[str]:
+        return [b["custom_id"] for row in self.components for b in row.get("components", []) if "custom_id" in b]
+
+    @property
+    def links(self) -> list[str]:
+        return [b["url"] for row in self.components for b in row.get("components", []) if b.get("style") == 5]
+
+
+@dataclass
+class FollowUp:
+    method: str
+    application_id: str
+    token: str
+    target: str  # "followup" (a new message) or "@original" (the deferred response, edited)
+    body: dict[str, Any]
 
 
 @dataclass
@@ -53,6 +75,9 @@ class FakeDiscord:
         self.token = token
         self.bot_id = "1100000000000000001"
         self.sent: list[SentDM] = []
+        self.followups: list[FollowUp] = []
+        self.registrations: list[tuple[str, list[dict[str, Any]]]] = []
+        self.expired_tokens: set[str] = set()
         self.exchanges: list[Exchange] = []
         self._faults: dict[int, list[Fault]] = {}
         self._blocked: set[int] = set()
@@ -101,6 +126,13 @@ class FakeDiscord:
     def dms_to(self, recipient_id: int) -> list[str]:
         return [dm.content for dm in self.sent if dm.recipient_id == recipient_id]
 
+    def messages_to(self, recipient_id: int) -> list[SentDM]:
+        return [dm for dm in self.sent if dm.recipient_id == recipient_id]
+
+    def expire_token(self, token: str) -> None:
+        """Discord forgets an interaction token after 15 minutes: its webhook is unknown (404, 10015)."""
+        self.expired_tokens.add(token)
+
     def message_posts_to(self, recipient_id: int) -> list[Exchange]:
         return [e for e in self.exchanges if e.recipient_id == recipient_id and e.path.endswith("/messages")]
 
@@ -120,9 +152,19 @@ class FakeDiscord:
         return response
 
     def _answer(self, request: Request) -> tuple[Response, int | None]:
+        path = request.path[len(API_PREFIX):]
+        webhook = re.fullmatch(r"/webhooks/(\d+)/([^/]+)(/messages/@original)?", path)
+        if webhook:
+            return self._webhook(request, webhook.group(1), webhook.group(2), bool(webhook.group(3))), None
         if request.headers.get("Authorization") != f"Bot {self.token}":
             return self._json(401, {"message": "401: Unauthorized", "code": 0}), None
-        path = request.path[len(API_PREFIX):]
+        registration = re.fullmatch(r"/applications/(\d+)/commands", path)
+        if request.method == "PUT" and registration:
+            commands = request.get_json()
+            with self._lock:
+                self.registrations.append((registration.group(1), commands))
+            return self._json(200, [{**c, "id": str(next(self._ids)), "application_id": registration.group(1),
+                                     "version": str(next(self._ids))} for c in commands]), None
         if request.method == "GET" and path == "/users/@me":
             return self._json(200, {"id": self.bot_id, "username": "escrow-bot", "discriminator": "0",
                                     "bot": True, "avatar": None}), None
@@ -154,11 +196,27 @@ class FakeDiscord:
         with self._lock:
             if nonce and payload.get("enforce_nonce") and (recipient, nonce) in self._nonces:
                 return self._json(200, self._message_body(self._nonces[(recipient, nonce)], channel_id))
-            dm = SentDM(recipient, payload.get("content", ""), nonce, str(next(self._ids)))
+            dm = SentDM(recipient, payload.get("content", ""), nonce, str(next(self._ids)),
+                        payload.get("components") or [])
             self.sent.append(dm)
             if nonce:
                 self._nonces[(recipient, nonce)] = dm
         return self._json(200, self._message_body(dm, channel_id))
+
+    def _webhook(self, request: Request, application_id: str, token: str, original: bool) -> Response:
+        if token in self.expired_tokens:
+            return self._json(404, {"message": "Unknown Webhook", "code": 10015})
+        if (original and request.method != "PATCH") or (not original and request.method != "POST"):
+            return self._json(405, {"message": "405: Method Not Allowed", "code": 0})
+        body = request.get_json()
+        with self._lock:
+            self.followups.append(FollowUp(request.method, application_id, token,
+                                           "@original" if original else "followup", body))
+            message_id = str(next(self._ids))
+        return self._json(200, {"id": message_id, "type": 20, "content": body.get("content", ""),
+                                "components": body.get("components", []), "application_id": application_id,
+                                "webhook_id": application_id, "channel_id": "1", "author": {
+                                    "id": self.bot_id, "username": "escrow-bot", "bot": True}})
 
     def _message_body(self, dm: SentDM, channel_id: str) -> dict[str, Any]:
         return {

@@ -26,6 +26,110 @@ from apps.payments.providers import stripe_signature
 WEBHOOK_SECRET = "whsec_test_fake_stripe_0123456789abcdef"
 
 
+# --- Checkout Sessions and Connect Express onboarding ------------------------------------------------------
+# Kept apart from the payment-command routes above: checkout sessions (hosted card page), cancelling a
+# PaymentIntent, Express accounts and Account Links, and what the buyer or seller does on Stripe's pages.
+
+
+class HostedStripe:
+    """Mixed into FakeStripe: the routes and test actions of Stripe's hosted surfaces."""
+
+    # FakeStripe provides: _new_id, _account, api_base.
+
+    def pays_at_checkout(self, session_id: str) -> dict[str, Any]:
+        """The buyer pays on the hosted page: a new PaymentIntent (with the session's
+        payment_intent_data) holds a succeeded charge, and the session is complete and paid. Returns the
+        session as the checkout.session.completed event carries it."""
+        session = self.objects[session_id]
+        intent_id, charge_id = self._new_id("pi"), self._new_id("ch")
+        self.objects[intent_id] = {
+            "id": intent_id, "object": "payment_intent", "amount": session["amount_total"],
+            "amount_received": session["amount_total"], "currency": session["currency"], "status": "succeeded",
+            "capture_method": "automatic", "client_secret": f"{intent_id}_secret_x", "latest_charge": charge_id,
+            "metadata": dict(session["_intent_metadata"]), "transfer_group": session["_transfer_group"],
+        }
+        self.objects[charge_id] = {"id": charge_id, "object": "charge", "amount": session["amount_total"],
+                                   "currency": session["currency"], "payment_intent": intent_id, "refunded": False}
+        session.update(status="complete", payment_status="paid", payment_intent=intent_id)
+        return self.public(session_id)
+
+    def finishes_onboarding(self, account_id: str) -> dict[str, Any]:
+        """The seller completes Express onboarding: the account can now receive transfers. Returns the
+        account as account.updated carries it."""
+        self.restricted.discard(account_id)
+        self.accounts.add(account_id)
+        return json.loads(self._account(account_id)[1])
+
+    def public(self, object_id: str) -> dict[str, Any]:
+        return {k: v for k, v in self.objects[object_id].items() if not k.startswith("_")}
+
+    def _route_hosted(self, request: Request, params: dict[str, str]) -> tuple[int, str] | None:
+        path, method = request.path, request.method
+        if method == "POST" and path == "/v1/checkout/sessions":
+            return self._create_session(params)
+        match = re.fullmatch(r"/v1/checkout/sessions/([A-Za-z0-9_]+)", path)
+        if method == "GET" and match:
+            if match.group(1) not in self.objects:
+                return _error(404, "invalid_request_error", f"No such checkout.session: '{match.group(1)}'",
+                              code="resource_missing")
+            return 200, json.dumps(self.public(match.group(1)))
+        match = re.fullmatch(r"/v1/payment_intents/([A-Za-z0-9_]+)/cancel", path)
+        if method == "POST" and match:
+            intent = self.objects.get(match.group(1))
+            if intent is None:
+                return _error(404, "invalid_request_error", f"No such payment_intent: '{match.group(1)}'",
+                              code="resource_missing")
+            if intent["status"] in ("succeeded", "canceled"):
+                return _error(400, "invalid_request_error", "You cannot cancel this PaymentIntent because it has "
+                              f"a status of {intent['status']}.", code="payment_intent_unexpected_state")
+            intent["status"] = "canceled"
+            return 200, json.dumps(intent)
+        if method == "POST" and path == "/v1/accounts":
+            if params.get("type") != "express":
+                return _error(400, "invalid_request_error", "Only Express accounts here", param="type")
+            account_id = self._new_id("acct")
+            self.restricted.add(account_id)
+            return self._account(account_id)
+        if method == "POST" and path == "/v1/account_links":
+            account = params.get("account", "")
+            if account not in self.accounts | self.restricted:
+                return _error(400, "invalid_request_error", f"No such account: '{account}'", param="account")
+            for name in ("refresh_url", "return_url"):
+                if not params.get(name, "").startswith(("http://", "https://")):
+                    return _error(400, "invalid_request_error", f"Invalid URL: {name}", param=name)
+            return 200, json.dumps({"object": "account_link", "created": int(time.time()),
+                                    "expires_at": int(time.time()) + 300,
+                                    "url": f"{self.api_base}/setup/e/{account}/{self._new_id('link')}"})
+        return None
+
+    def _create_session(self, params: dict[str, str]) -> tuple[int, str]:
+        item = "line_items[0][price_data]"
+        amount = int(params.get(f"{item}[unit_amount]", "0"))
+        if params.get("mode") != "payment" or params.get("line_items[0][quantity]") != "1":
+            return _error(400, "invalid_request_error", "mode=payment with one line item", param="mode")
+        if amount < 50:
+            return _error(400, "invalid_request_error", "Amount must be at least $0.50 usd", param="line_items")
+        expires_at = int(params.get("expires_at", time.time() + 86400))
+        if not time.time() + 1800 <= expires_at <= time.time() + 86400:
+            return _error(400, "invalid_request_error", "The `expires_at` timestamp must be between 30 minutes "
+                          "and 24 hours from Checkout Session creation.", param="expires_at")
+        for name in ("success_url", "cancel_url"):
+            if not params.get(name, "").startswith(("http://", "https://")):
+                return _error(400, "invalid_request_error", f"Not a valid URL: {name}", param=name)
+        session_id = self._new_id("cs_test")
+        self.objects[session_id] = {
+            "id": session_id, "object": "checkout.session", "mode": "payment", "status": "open",
+            "payment_status": "unpaid", "payment_intent": None, "amount_total": amount,
+            "currency": params[f"{item}[currency]"], "metadata": _nested(params, "metadata"),
+            "client_reference_id": params.get("client_reference_id"), "expires_at": expires_at,
+            "success_url": params["success_url"], "cancel_url": params["cancel_url"],
+            "url": f"{self.api_base}/c/pay/{session_id}",
+            "_intent_metadata": _nested(params, "payment_intent_data[metadata]"),
+            "_transfer_group": params.get("payment_intent_data[transfer_group]"),
+        }
+        return 200, json.dumps(self.public(session_id))
+
+
 @dataclass
 class Seen:
     method: str
@@ -36,7 +140,7 @@ class Seen:
 
 
 @dataclass
-class FakeStripe:
+class FakeStripe(HostedStripe):
     server: HTTPServer
     objects: dict[str, dict[str, Any]] = field(default_factory=dict)
     accounts: set[str] = field(default_factory=set)
@@ -128,6 +232,9 @@ class FakeStripe:
 
     def _route(self, request: Request, params: dict[str, str]) -> tuple[int, str]:
         path, method = request.path, request.method
+        hosted = self._route_hosted(request, params)
+        if hosted is not None:
+            return hosted
         if method == "POST" and path == "/v1/payment_intents":
             return self._create_intent(params)
         if method == "POST" and path == "/v1/transfers":

@@ -58,7 +58,7 @@ USER_READS = {
     "me-notification-preferences": "/api/v1/me/notification-preferences",
 }
 PUBLIC = {"health": "/api/v1/health", "ready": "/api/v1/ready", "metrics": "/api/v1/metrics",
-          "schema": "/api/v1/schema", "docs": "/api/v1/docs"}
+          "schema": "/api/v1/schema", "docs": "/api/v1/docs", "redoc": "/api/v1/redoc"}
 WEBHOOKS = {"webhook-stripe": "/api/v1/webhooks/stripe", "webhook-custodian": "/api/v1/webhooks/custodian"}
 CREATE = {"escrow-list"}  # POST /escrows shares its URL name with the list
 

@@ -19,6 +19,7 @@ HOST = "escrow.example.com"
 def production_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in {"DEBUG", "HTTPS", "SECRET_KEY", "ALLOWED_HOSTS"}}
     env.update({"DEBUG": "0", "HTTPS": "1", "SECRET_KEY": secrets.token_urlsafe(50), "ALLOWED_HOSTS": HOST,
+                "METRICS_TOKEN": secrets.token_urlsafe(32),
                 "DJANGO_SETTINGS_MODULE": "escrow_project.settings"})
     return env
 
@@ -40,6 +41,14 @@ def test_check_deploy_fails_without_a_real_secret_key() -> None:
     result = run(["manage.py", "check", "--deploy", "--fail-level", "WARNING"], env)
     assert result.returncode != 0
     assert "security.W009" in result.stdout + result.stderr
+
+
+def test_check_deploy_reports_metrics_without_a_token() -> None:
+    env = production_env()
+    del env["METRICS_TOKEN"]
+    result = run(["manage.py", "check", "--deploy", "--fail-level", "WARNING"], env)
+    assert result.returncode != 0
+    assert "gateway.W001" in result.stdout + result.stderr
 
 
 SHOW_HEADERS = f"""

@@ -100,3 +100,30 @@ def test_access_log_carries_route_and_escrow_id(api_client, buyer, seller, caplo
     assert record.escrow_id == escrow_id
     assert record.route == DETAIL_ROUTE
     assert record.correlation_id == "corr-42"
+
+
+def test_metrics_answer_this_host_only_without_a_token(client, db):
+    from_here = client.get("/api/v1/metrics", REMOTE_ADDR="127.0.0.1")
+    from_v6_here = client.get("/api/v1/metrics", REMOTE_ADDR="::1")
+    from_elsewhere = client.get("/api/v1/metrics", REMOTE_ADDR="203.0.113.7")
+
+    assert from_here.status_code == 200 and from_v6_here.status_code == 200
+    assert from_elsewhere.status_code == 403
+    assert from_elsewhere["Content-Type"].startswith("application/problem+json")
+    assert from_elsewhere.json()["code"] == "metrics_forbidden"
+    assert b"escrow_" not in from_elsewhere.content
+
+
+def test_metrics_with_a_token_need_it_from_everyone(client, db, settings):
+    settings.METRICS_TOKEN = "s3cret-scrape-token"
+    for headers in ({}, {"HTTP_AUTHORIZATION": "Bearer wrong"}, {"HTTP_AUTHORIZATION": "Basic s3cret-scrape-token"},
+                    {"HTTP_AUTHORIZATION": "Bearer s3cret-scrape-token-and-more"}):
+        refused = client.get("/api/v1/metrics", REMOTE_ADDR="127.0.0.1", **headers)
+        assert refused.status_code == 401, headers
+        assert refused["WWW-Authenticate"].startswith("Bearer")
+        assert refused.json()["code"] == "not_authenticated"
+        assert b"escrow_" not in refused.content
+
+    allowed = client.get("/api/v1/metrics", REMOTE_ADDR="203.0.113.7", HTTP_AUTHORIZATION="Bearer s3cret-scrape-token")
+    assert allowed.status_code == 200
+    assert b"escrow_http_requests_total" in allowed.content

@@ -53,8 +53,10 @@ def test_creating_an_escrow_makes_one_payment_intent_keyed_by_the_command(fake_s
     assert call.params["metadata[escrow_id]"] == escrow_id and call.params["transfer_group"] == escrow_id
     intent = intent_of(fake_stripe, escrow_id)
     detail = as_buyer.get(f"/api/v1/escrows/{escrow_id}").json()
+    checkout_url = detail["payment"].pop("checkout_url")
     assert detail["payment"] == {"provider": "stripe", "status": "pending",
                                  "client_secret": intent["client_secret"], "deposit_address": None}
+    assert "/checkout/" in checkout_url
     assert "payment" not in api_client(seller).get(f"/api/v1/escrows/{escrow_id}").json()
     assert_money_invariant(escrow_id)
 

@@ -96,9 +96,11 @@ class SandboxProvider(PaymentProvider):
             deliver_webhook("refund.updated", {**artifact.raw, "status": "succeeded"})
 
 
-def signed_event(event_type: str, obj: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
-    """A Stripe-shaped event for `obj`, and the headers a provider would sign it with."""
-    fingerprint = f"{event_type}:{obj['id']}:{obj.get('status', '')}"
+def signed_event(event_type: str, obj: dict[str, Any], *, attempt: str = "") -> tuple[bytes, dict[str, str]]:
+    """A Stripe-shaped event for `obj`, and the headers a provider would sign it with. The event id is
+    derived from the object's state (a repeat is the same event), and from `attempt` when each try is
+    a fact of its own (one declined card, then another)."""
+    fingerprint = f"{event_type}:{obj['id']}:{obj.get('status', '')}" + (f":{attempt}" if attempt else "")
     event = {
         "id": f"evt_sbx_{hashlib.sha256(fingerprint.encode()).hexdigest()[:24]}",
         "object": "event",
@@ -110,10 +112,10 @@ def signed_event(event_type: str, obj: dict[str, Any]) -> tuple[bytes, dict[str,
     return body.encode(), {"Stripe-Signature": stripe_signature.sign(body=body, secret=webhook_secret())}
 
 
-def deliver_webhook(event_type: str, obj: dict[str, Any]) -> Any:
+def deliver_webhook(event_type: str, obj: dict[str, Any], *, attempt: str = "") -> Any:
     from apps.payments import webhooks
 
-    body, headers = signed_event(event_type, obj)
+    body, headers = signed_event(event_type, obj, attempt=attempt)
     return webhooks.webhook_receive(provider=SandboxProvider.name, body=body, headers=headers)
 
 

@@ -159,7 +159,10 @@ class StripeProvider(PaymentProvider):
         event's snapshot is replaced by what Stripe says now. Objects we do not know are left alone (and
         then ignored): no call is made on a stranger's behalf."""
         from apps.payments.models import PaymentArtifact
+        from apps.payments.providers import stripe_checkout
 
+        if event.type in stripe_checkout.SESSION_EVENTS | stripe_checkout.ACCOUNT_EVENTS:
+            return stripe_checkout.refresh(event)  # hosted checkout and Connect onboarding
         if event.type not in REREAD_TYPES:
             return event
         kind = event.object.get("object")

@@ -8,11 +8,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from apps.escrow.timers import fire_due_timers
-from apps.notifications.public import deliver_due_notifications
 from apps.outbox import bus
-from apps.outbox.worker import BusWorker
-from apps.payments.public import deliver_owed_webhooks
+from apps.outbox.worker import BusWorker, registered_ticks
 
 
 class Command(BaseCommand):
@@ -23,7 +20,7 @@ class Command(BaseCommand):
         parser.add_argument("--no-timers", action="store_true", help="do not fire escrow timers")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        worker = BusWorker(ticks=[deliver_due_notifications, deliver_owed_webhooks] if options["no_timers"] else [fire_due_timers, deliver_due_notifications, deliver_owed_webhooks])
+        worker = BusWorker(ticks=registered_ticks(leave_out=frozenset({"timers"}) if options["no_timers"] else frozenset()))
         if options["once"]:
             handled = worker.run_once()
             lags = {sub.name: bus.lag(sub) for sub in bus.outbox_subscribers()}
