@@ -24,8 +24,20 @@ ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = {
     "serve": lambda port: [sys.executable, "manage.py", "serve", f"127.0.0.1:{port}"],
     "runserver": lambda port: [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
-    "gunicorn": lambda port: [sys.executable, "-m", "gunicorn", "escrow_project.wsgi", "--bind", f"127.0.0.1:{port}",
-                              "--workers", "1", "--worker-class", "gthread", "--threads", "16"],
+    "gunicorn": lambda port: [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "escrow_project.wsgi",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        "1",
+        "--worker-class",
+        "gthread",
+        "--threads",
+        "16",
+    ],
 }
 
 
@@ -41,26 +53,33 @@ def database_url(*, host: str | None = None, port: int | None = None, applicatio
     credentials = quote(db["USER"] or "")
     if db.get("PASSWORD"):
         credentials += ":" + quote(db["PASSWORD"])
-    url = (f"postgres://{credentials}@{host or db['HOST'] or '127.0.0.1'}:{port or db['PORT'] or 5432}"
-           f"/{db['NAME']}")
+    url = f"postgres://{credentials}@{host or db['HOST'] or '127.0.0.1'}:{port or db['PORT'] or 5432}/{db['NAME']}"
     return url + (f"?application_name={application_name}" if application_name else "")
 
 
 class ServerProcess:
-    def __init__(self, kind: str, logs: Path, *, env: dict[str, str] | None = None,
-                 database: str | None = None) -> None:
+    def __init__(
+        self, kind: str, logs: Path, *, env: dict[str, str] | None = None, database: str | None = None
+    ) -> None:
         self.kind = kind
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.application_name = f"escrow-test-{kind}-{uuid.uuid4().hex[:8]}"
         environment = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-        environment.update({"DEBUG": "0", "DATABASE_URL": database or database_url(application_name=self.application_name),
-                            "LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"})
+        environment.update(
+            {
+                "DEBUG": "0",
+                "DATABASE_URL": database or database_url(application_name=self.application_name),
+                "LOG_LEVEL": "WARNING",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         environment.update(env or {})
         self.log_path = logs / f"{self.application_name}.log"
         self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(COMMANDS[kind](self.port), cwd=ROOT, env=environment,
-                                        stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            COMMANDS[kind](self.port), cwd=ROOT, env=environment, stdout=self._log, stderr=subprocess.STDOUT
+        )
 
     def wait_ready(self, limit_seconds: float = 60.0) -> None:
         """Until /api/v1/health answers (a bound on a broken start, not a speed expectation)."""

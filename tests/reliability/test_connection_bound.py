@@ -86,19 +86,28 @@ def test_an_exhausted_pool_answers_503_with_retry_after_then_recovers(transactio
     UserFactory(username="seller")
     token = mint_access_token(buyer)
     headers = {"Authorization": f"Bearer {token}"}
-    with ServerProcess("runserver", tmp_path, env={"DATABASE_POOL_MAX": "1", "DATABASE_POOL_MIN": "1",
-                                                   "DATABASE_POOL_TIMEOUT": "0.5"}) as server:
+    with ServerProcess(
+        "runserver", tmp_path, env={"DATABASE_POOL_MAX": "1", "DATABASE_POOL_MIN": "1", "DATABASE_POOL_TIMEOUT": "0.5"}
+    ) as server:
         http = httpx.Client(base_url=f"{server.base}/api/v1", timeout=60)
-        created = http.post("/escrows", headers={**headers, "Idempotency-Key": "create-1"},
-                            json={"seller": "seller", "amount": "25.00", "currency": "USD", "description": "x"})
+        created = http.post(
+            "/escrows",
+            headers={**headers, "Idempotency-Key": "create-1"},
+            json={"seller": "seller", "amount": "25.00", "currency": "USD", "description": "x"},
+        )
         assert created.status_code == 202, created.text
         escrow_id = created.json()["escrow_id"]
         answers: list[httpx.Response] = []
         # Given: the server's only connection is busy inside a command that waits for a lock held here.
         with psycopg.connect(database_url()) as holder:
             holder.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"stream:{escrow_id}"])
-            cancel = threading.Thread(target=lambda: answers.append(http.post(
-                f"/escrows/{escrow_id}/cancel", headers={**headers, "Idempotency-Key": "cancel-1"}, json={})))
+            cancel = threading.Thread(
+                target=lambda: answers.append(
+                    http.post(
+                        f"/escrows/{escrow_id}/cancel", headers={**headers, "Idempotency-Key": "cancel-1"}, json={}
+                    )
+                )
+            )
             cancel.start()
             _wait_until_blocked_by(holder, server.application_name)
             # When: another request needs a connection.
@@ -124,7 +133,8 @@ def _wait_until_blocked_by(holder: psycopg.Connection, application_name: str, li
     with psycopg.connect(database_url(), autocommit=True) as probe:
         pid = holder.info.backend_pid
         while not probe.execute(
-                "SELECT 1 FROM pg_stat_activity WHERE application_name = %s AND %s = ANY(pg_blocking_pids(pid))",
-                [application_name, pid]).fetchone():
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = %s AND %s = ANY(pg_blocking_pids(pid))",
+            [application_name, pid],
+        ).fetchone():
             assert time.monotonic() < deadline, "the command never waited for the held lock"
             time.sleep(0.01)

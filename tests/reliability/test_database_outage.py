@@ -25,8 +25,14 @@ from tests.reliability.trades import PROBLEM
 pytestmark = [pytest.mark.postgres_only, pytest.mark.timeout(300)]
 
 # Short waits for the test; production keeps the defaults (docs/reliability.md).
-OUTAGE_ENV = {"DATABASE_POOL_TIMEOUT": "1", "DATABASE_CONNECT_TIMEOUT": "2", "DATABASE_POOL_RECONNECT_SECONDS": "1",
-              "DATABASE_BACKOFF_MAX_SECONDS": "0.5", "BUS_POLL_SECONDS": "0.2", "DATABASE_RETRY_AFTER_SECONDS": "1"}
+OUTAGE_ENV = {
+    "DATABASE_POOL_TIMEOUT": "1",
+    "DATABASE_CONNECT_TIMEOUT": "2",
+    "DATABASE_POOL_RECONNECT_SECONDS": "1",
+    "DATABASE_BACKOFF_MAX_SECONDS": "0.5",
+    "BUS_POLL_SECONDS": "0.2",
+    "DATABASE_RETRY_AFTER_SECONDS": "1",
+}
 
 
 def _until(condition, what: str, limit_seconds: float = 60.0):  # noqa: ANN001, ANN202
@@ -41,20 +47,28 @@ def _until(condition, what: str, limit_seconds: float = 60.0):  # noqa: ANN001, 
 
 
 def test_a_lost_database_answers_503_and_the_server_resumes_by_itself(
-        transactional_db: None, tmp_path: Path, api_client, settings) -> None:
+    transactional_db: None, tmp_path: Path, api_client, settings
+) -> None:
     buyer = UserFactory(username="buyer")
     UserFactory(username="seller")
     headers = {"Authorization": f"Bearer {mint_access_token(buyer)}"}
     db = connection.settings_dict
     proxy = TcpProxy(db["HOST"] or "127.0.0.1", int(db["PORT"] or 5432))
     name = "escrow-test-outage"
-    server = ServerProcess("serve", tmp_path, env=OUTAGE_ENV,
-                           database=database_url(host="127.0.0.1", port=proxy.port, application_name=name))
+    server = ServerProcess(
+        "serve",
+        tmp_path,
+        env=OUTAGE_ENV,
+        database=database_url(host="127.0.0.1", port=proxy.port, application_name=name),
+    )
     try:
         server.wait_ready()
         http = httpx.Client(base_url=f"{server.base}/api/v1", timeout=60)
-        created = http.post("/escrows", headers={**headers, "Idempotency-Key": "first"},
-                            json={"seller": "seller", "amount": "25.00", "currency": "USD", "description": "x"})
+        created = http.post(
+            "/escrows",
+            headers={**headers, "Idempotency-Key": "first"},
+            json={"seller": "seller", "amount": "25.00", "currency": "USD", "description": "x"},
+        )
         assert created.status_code == 202, created.text
         escrow_id = created.json()["escrow_id"]
         before = http.get(f"/escrows/{escrow_id}", headers=headers)
@@ -91,8 +105,10 @@ def test_a_lost_database_answers_503_and_the_server_resumes_by_itself(
 
         # Then: the server's worker delivered the cancel by itself, the API and readiness are back, and
         # the write refused during the outage goes through under its key.
-        _until(lambda: http.get(f"/escrows/{escrow_id}", headers=headers).json().get("state") == "CANCELLED",
-               "the server's bus worker delivered the cancel committed during the outage")
+        _until(
+            lambda: http.get(f"/escrows/{escrow_id}", headers=headers).json().get("state") == "CANCELLED",
+            "the server's bus worker delivered the cancel committed during the outage",
+        )
         _until(lambda: http.get("/ready").status_code == 200, "ready again")
         retried = http.post("/escrows", headers={**headers, "Idempotency-Key": "during"}, json=body)
         assert retried.status_code == 202, retried.text

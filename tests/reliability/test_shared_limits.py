@@ -22,20 +22,26 @@ LIMIT = 4
 @pytest.mark.postgres_only
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("backend", ["redis", "database"])
-def test_the_mutation_limit_holds_across_two_server_processes(transactional_db: None, tmp_path: Path,
-                                                              backend: str) -> None:
+def test_the_mutation_limit_holds_across_two_server_processes(
+    transactional_db: None, tmp_path: Path, backend: str
+) -> None:
     user = UserFactory(username="busy")
     headers = {"Authorization": f"Bearer {mint_access_token(user)}"}
     prefix = f"escrow-test-{uuid.uuid4().hex[:12]}"  # this run's keys only, on the shared Redis
-    env = {"THROTTLE_MUTATIONS_RATE": f"{LIMIT}/min", "CACHE_KEY_PREFIX": prefix,
-           "CACHE_URL": REDIS_URL if backend == "redis" else ""}
+    env = {
+        "THROTTLE_MUTATIONS_RATE": f"{LIMIT}/min",
+        "CACHE_KEY_PREFIX": prefix,
+        "CACHE_URL": REDIS_URL if backend == "redis" else "",
+    }
     servers = [ServerProcess("runserver", tmp_path, env=env) for _ in range(2)]
     try:
         for server in servers:
             server.wait_ready()
         # An invalid create: refused with 400 and no effect, but counted like any mutation.
-        statuses = [httpx.post(f"{servers[n % 2].base}/api/v1/escrows", headers=headers, json={}, timeout=60).status_code
-                    for n in range(2 * LIMIT)]
+        statuses = [
+            httpx.post(f"{servers[n % 2].base}/api/v1/escrows", headers=headers, json={}, timeout=60).status_code
+            for n in range(2 * LIMIT)
+        ]
     finally:
         for server in servers:
             server.stop()
@@ -54,8 +60,7 @@ LOGIN = "/admin/login/"
 
 def _attempt(client: Client, username: str, peer: str, forwarded: str | None = None) -> int:
     extra = {"HTTP_X_FORWARDED_FOR": forwarded} if forwarded else {}
-    return client.post(LOGIN, {"username": username, "password": "wrong-guess"}, REMOTE_ADDR=peer,
-                       **extra).status_code
+    return client.post(LOGIN, {"username": username, "password": "wrong-guess"}, REMOTE_ADDR=peer, **extra).status_code
 
 
 @pytest.mark.django_db(transaction=True)

@@ -36,7 +36,9 @@ class TradeClient:
                 self.faults.append(f"{method} {path}: {response.status_code} {response.text[:300]}")
             if response.status_code != 503:
                 return response
-            if not response.headers.get("content-type", "").startswith(PROBLEM) or not response.headers.get("Retry-After"):
+            if not response.headers.get("content-type", "").startswith(PROBLEM) or not response.headers.get(
+                "Retry-After"
+            ):
                 self.faults.append(f"{method} {path}: 503 without problem+json and Retry-After: {response.headers}")
             assert time.monotonic() < deadline, f"{method} {path} kept answering 503"
             time.sleep(min(float(response.headers.get("Retry-After") or 1), 0.2))
@@ -52,14 +54,20 @@ class TradeClient:
 
     def trade(self, buyer: tuple[str, str], seller: tuple[str, str]) -> str:
         """buyer, seller: (username, token). Create, pay, deliver, release; returns the escrow id."""
-        created = self.call("POST", "/escrows", buyer[1], {"seller": seller[0], "amount": "25.00", "currency": "USD",
-                                                          "description": "Dominus Empyreus"})
+        created = self.call(
+            "POST",
+            "/escrows",
+            buyer[1],
+            {"seller": seller[0], "amount": "25.00", "currency": "USD", "description": "Dominus Empyreus"},
+        )
         assert created.status_code == 202, created.text
         escrow_id = created.json()["escrow_id"]
         self.wait_for(escrow_id, buyer[1], "AWAIT_FUNDS")
-        steps = [("POST", f"/sandbox/escrows/{escrow_id}/pay", buyer, "FUNDS_HELD"),
-                 ("POST", f"/escrows/{escrow_id}/deliver", seller, "DELIVERED"),
-                 ("POST", f"/escrows/{escrow_id}/release", buyer, "RELEASED")]
+        steps = [
+            ("POST", f"/sandbox/escrows/{escrow_id}/pay", buyer, "FUNDS_HELD"),
+            ("POST", f"/escrows/{escrow_id}/deliver", seller, "DELIVERED"),
+            ("POST", f"/escrows/{escrow_id}/release", buyer, "RELEASED"),
+        ]
         for method, path, who, reached in steps:
             answer = self.call(method, path, who[1], {})
             deadline = time.monotonic() + self.limit_seconds
