@@ -344,6 +344,15 @@ KAFKA_SESSION_TIMEOUT_MS = env_int("KAFKA_SESSION_TIMEOUT_MS", 10_000)
 KAFKA_HEARTBEAT_INTERVAL_MS = env_int("KAFKA_HEARTBEAT_INTERVAL_MS", 3_000)
 KAFKA_TOPIC_PARTITIONS = env_int("KAFKA_TOPIC_PARTITIONS", 12)
 KAFKA_REPLICATION_FACTOR = env_int("KAFKA_REPLICATION_FACTOR", 1)
+# With acks=all a write needs this many in-sync replicas (production: 3 replicas, 2 in sync).
+KAFKA_MIN_INSYNC_REPLICAS = env_int("KAFKA_MIN_INSYNC_REPLICAS", 1)
+# How every Kafka client (relay, consumers, admin) connects: PLAINTEXT for the local broker; production runs
+# SASL_SSL with SCRAM-SHA-512, verifying the brokers' certificates against KAFKA_SSL_CAFILE.
+KAFKA_SECURITY_PROTOCOL = os.environ.get("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
+KAFKA_SASL_MECHANISM = os.environ.get("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+KAFKA_SASL_USERNAME = os.environ.get("KAFKA_SASL_USERNAME", "")
+KAFKA_SASL_PASSWORD = os.environ.get("KAFKA_SASL_PASSWORD", "")
+KAFKA_SSL_CAFILE = os.environ.get("KAFKA_SSL_CAFILE", "")
 # Deliver outbox messages to in-process subscribers right after the writing transaction commits, in
 # the committing thread. Off: only a bus worker (`manage.py run_bus`, or the one `manage.py serve`
 # starts) delivers them, woken by the commit.

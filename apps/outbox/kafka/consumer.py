@@ -26,7 +26,7 @@ from django.conf import settings
 
 from apps.outbox import bus, messages, outage
 from apps.outbox.kafka.catalog import dlq_for
-from apps.outbox.kafka.client import LoopRunner, bootstrap_servers, make_producer
+from apps.outbox.kafka.client import LoopRunner, bootstrap_servers, make_consumer, make_producer
 from apps.outbox.kafka.envelope import EnvelopeError, delivery_from_record
 from apps.outbox.kafka.schema_registry import unframe
 
@@ -68,9 +68,9 @@ class AppConsumer:
     def run(self, *, until_caught_up: bool = False) -> ConsumerStats:
         """Consumes until stopped; with `until_caught_up`, until every assigned partition is read to
         its end (for scripts and tests)."""
-        self._consumer = self._runner.build(lambda: AIOKafkaConsumer(
+        self._consumer = self._runner.build(lambda: make_consumer(
             *sorted(self.subscriber.topics),
-            bootstrap_servers=self.servers,
+            servers=self.servers,
             group_id=self.group_id,
             client_id=f"escrow-{self.group_id}",
             enable_auto_commit=False,
