@@ -4,15 +4,29 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test venv proto lint format-check migrate demo bench clean
+.PHONY: run test venv lock proto lint format-check migrate demo bench clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+# Installs exactly the locked tree (every package pinned, with hashes). Edit requirements*.txt, then
+# `make lock` regenerates the lock files from them; a test fails while a pin and the lock disagree.
+$(STAMP): requirements-dev.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --require-hashes -r requirements-dev.lock
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# requirements-dev.lock: the whole tree (runtime, tests, tooling), what make and CI install.
+# requirements.lock: the runtime part of the same resolution, what the image installs (deploy/Dockerfile).
+# The runtime lock starts from the development one, so both pin the same versions. Existing pins are kept
+# unless a requirement changed; LOCK_ARGS=--upgrade moves everything to the newest allowed.
+PIP_COMPILE := $(PY) -m piptools compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+	--no-emit-index-url --no-emit-find-links $(LOCK_ARGS)
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m piptools --version >/dev/null 2>&1 || $(PY) -m pip install --quiet "$$(grep -i '^pip-tools==' requirements-dev.txt)"
+	$(PIP_COMPILE) --output-file requirements-dev.lock requirements-dev.txt
+	cp requirements-dev.lock requirements.lock
+	$(PIP_COMPILE) --output-file requirements.lock requirements.txt
 
 migrate: venv
 	$(PY) manage.py migrate --noinput

@@ -9,7 +9,7 @@ Steps (progress lines on stderr, summary on stdout, results in bench/results/<ti
    project plus /bench/noop), and `manage.py run_bus` beside it, both with BUS_INLINE_DISPATCH=0 unless
    --inline (see docs/performance.md for why).
 3. Framework ceiling: closed-loop GETs of /bench/noop; read-path maximum: closed-loop GETs of an escrow.
-4. Open-model load: commands (create / sandbox pay / deliver / release, each trade stepping through its
+4. Open-model load: commands (create / accept / sandbox pay / deliver / release, each trade stepping through its
    lifecycle) and queries (GET /escrows/{id}) sent at a constant arrival rate by a clock. Latency is
    measured from each request's SCHEDULED time, so a stall delays every request behind it in the
    figures (no coordinated omission).
@@ -51,20 +51,30 @@ ROOT = Path(__file__).resolve().parents[1]
 PY = str(ROOT / ".venv" / "bin" / "python")
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))  # run as a script: bench.settings and the apps import from the project root
+from apps.outbox.progress import CommandProgress  # noqa: E402 - after the path is set
+
 PG_ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
 
 # The event each command's effect is judged by: when projections applied it, the reader can see it.
 EVENT_OF = {
     "create": "escrow.v1.EscrowCreated",
+    "accept": "escrow.v1.EscrowAccepted",
     "pay": "escrow.v1.EscrowFundsHeld",
     "deliver": "escrow.v1.EscrowDelivered",
     "release": "escrow.v1.EscrowReleaseRequested",
 }
-NEXT_STEP = {"create": "pay", "pay": "deliver", "deliver": "release", "release": None}
+# A trade as the product runs it: the buyer proposes, the seller accepts, the buyer pays, the seller
+# delivers, the buyer releases.
+NEXT_STEP = {"create": "accept", "accept": "pay", "pay": "deliver", "deliver": "release", "release": None}
+
+
+# The phases as they pass (apps/outbox/progress.py: a spinner on a terminal, plain lines otherwise).
+REPORTER = CommandProgress(sys.stderr, "bench phases")
 
 
 def progress(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+    REPORTER.line(f"[bench {time.strftime('%H:%M:%S')}] {message}")
+    REPORTER.advance()
 
 
 def free_port() -> int:
@@ -288,7 +298,7 @@ async def command_step(client: aiohttp.ClientSession, load: Load, ready: deque[T
         record = await _send(client, load, "pay", "POST", f"/api/v1/sandbox/escrows/{trade.escrow_id}/pay",
                              buyer_token, scheduled_mono, scheduled_wall)
     else:
-        token = seller_token if trade.step == "deliver" else buyer_token
+        token = seller_token if trade.step in ("accept", "deliver") else buyer_token
         record = await _send(client, load, trade.step, "POST", f"/api/v1/escrows/{trade.escrow_id}/{trade.step}",
                              token, scheduled_mono, scheduled_wall)
     if record.status == 202:
@@ -657,18 +667,23 @@ def render_markdown(result: dict[str, Any]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--commands-per-s", type=float, default=15)
-    parser.add_argument("--queries-per-s", type=float, default=40)
+    parser.add_argument("--commands-per-s", type=float, default=15,
+                        help="escrow commands per second in the open-model load; default 15")
+    parser.add_argument("--queries-per-s", type=float, default=40,
+                        help="GET queries per second in the open-model load; default 40")
     parser.add_argument("--duration", type=float, default=60, help="seconds of open-model load")
-    parser.add_argument("--ceiling-seconds", type=float, default=10)
-    parser.add_argument("--workers", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--ceiling-seconds", type=float, default=10,
+                        help="seconds for each closed-loop ceiling (framework, read path, pgbench); default 10")
+    parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes; default 3")
+    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker; default 4")
     parser.add_argument("--bus-split", default="",
                         help='run one bus worker per group of subscribers, e.g. "escrow,payments;projections,notifications"')
     parser.add_argument("--inline", action="store_true", help="drain the bus in the request thread, no run_bus")
     parser.add_argument("--pairs", type=int, default=50, help="buyer/seller pairs")
-    parser.add_argument("--max-in-flight", type=int, default=256)
-    parser.add_argument("--database", default="escrow_bench")
+    parser.add_argument("--max-in-flight", type=int, default=256,
+                        help="requests the load generator keeps open at most; default 256")
+    parser.add_argument("--database", default="escrow_bench",
+                        help="PostgreSQL database on 127.0.0.1:5432, dropped and created afresh; default escrow_bench")
     parser.add_argument("--relay", action="store_true", help="also run bench/relay_bench.py")
     parser.add_argument("--no-write", action="store_true", help="print the summary only")
     parser.add_argument("--profile", action="store_true",
@@ -682,6 +697,7 @@ def main() -> int:
                               "config": {"workers": args.workers, "threads": args.threads, "inline": args.inline, "bus_split": args.bus_split,
                                          "commands_per_s": args.commands_per_s,
                                          "queries_per_s": args.queries_per_s, "duration_s": args.duration}}
+    REPORTER.__enter__()
     try:
         progress(f"fresh database {args.database}")
         reset_database(args.database)
@@ -765,10 +781,11 @@ def main() -> int:
                                  "output": out.stdout[-2000:], "returncode": out.returncode}
         result["ceilings"] = ceilings
     except KeyboardInterrupt:
-        progress("interrupted")
+        REPORTER.summary("bench interrupted")
         return 130
     finally:
         stack.stop()
+        REPORTER.__exit__(None, None, None)
 
     markdown = render_markdown(result)
     for name, profile in result.get("profile", {}).items():
@@ -781,6 +798,9 @@ def main() -> int:
         (RESULTS / f"{started_at}.json").write_text(json.dumps(result, indent=2, default=str))
         (RESULTS / f"{started_at}.md").write_text(markdown)
         progress(f"wrote bench/results/{started_at}.md and .json")
+    load_figures = result.get("load", {})
+    REPORTER.summary(f"bench done: {load_figures.get('commands_per_s')} commands/s, "
+                     f"{load_figures.get('queries_per_s')} queries/s, errors {load_figures.get('errors')}")
     return 0
 
 

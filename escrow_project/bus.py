@@ -4,6 +4,7 @@
 from apps.discord.public import send_due_followups
 from apps.escrow.handlers import SUBSCRIBER as ESCROW
 from apps.escrow.timers import fire_due_timers
+from apps.gateway.public import idempotency_records_purge
 from apps.notifications.handlers import SUBSCRIBER as NOTIFICATIONS
 from apps.notifications.public import deliver_due_notifications, send_due_reminders
 from apps.outbox import bus
@@ -22,3 +23,4 @@ register_tick("reminders", send_due_reminders)
 register_tick("notifications", deliver_due_notifications)
 register_tick("payments-webhooks", deliver_owed_webhooks)
 register_tick("discord-follow-ups", send_due_followups)
+register_tick("idempotency-expiry", idempotency_records_purge)

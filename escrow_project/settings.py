@@ -251,6 +251,8 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "apps.gateway.schema.document_plain_routes"],
+    # A deal's sides (the caller's `role` on create, `creator_role` on read): one enum, one name.
+    "ENUM_NAME_OVERRIDES": {"PartyRoleEnum": ["buyer", "seller"]},
 }
 # Mutations (POST/PUT/PATCH/DELETE) per caller: generous by default so that load tests and benchmarks
 # are not throttled; production sets THROTTLE_MUTATIONS_RATE (e.g. "120/min"); "off" disables it.
@@ -267,10 +269,16 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 64 * 1024)
 MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", BASE_DIR / "media"))
 EVIDENCE_MAX_BYTES = env_int("EVIDENCE_MAX_BYTES", 5 * 1024 * 1024)
 
+# Idempotency-Key records are kept this long, then purged by the bus worker's tick (checked at most every
+# IDEMPOTENCY_PURGE_EVERY_SECONDS); the same key after that is a new request.
+IDEMPOTENCY_KEY_TTL_HOURS = float(os.environ.get("IDEMPOTENCY_KEY_TTL_HOURS", "24"))
+IDEMPOTENCY_PURGE_EVERY_SECONDS = float(os.environ.get("IDEMPOTENCY_PURGE_EVERY_SECONDS", "60"))
+
 # --- Domain ----------------------------------------------------------------------------------------
 PLATFORM_FEE_BPS = env_int("PLATFORM_FEE_BPS", 250)
 INSPECTION_PERIOD_HOURS = env_int("INSPECTION_PERIOD_HOURS", 72)
 FUNDING_DEADLINE_HOURS = env_int("FUNDING_DEADLINE_HOURS", 24)
+ACCEPTANCE_DEADLINE_HOURS = env_int("ACCEPTANCE_DEADLINE_HOURS", 48)
 ESCROW_MIN_AMOUNT_MINOR = env_int("ESCROW_MIN_AMOUNT_MINOR", 100)
 ESCROW_MAX_AMOUNT_MINOR = env_int("ESCROW_MAX_AMOUNT_MINOR", 100_000_000)
 ESCROW_CURRENCIES = env_list("ESCROW_CURRENCIES", "USD")
@@ -385,7 +393,9 @@ TRACING_SERVICE_NAME = os.environ.get("OTEL_SERVICE_NAME", "")
 
 # Who may scrape /api/v1/metrics: set, a client sending `Authorization: Bearer <METRICS_TOKEN>`; unset,
 # only clients on this host (behind a reverse proxy on the same host, set it: the proxy is loopback).
-METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+# METRICS_TOKEN_FILE names a file holding it instead (a container secret shared with Prometheus).
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "") or (
+    Path(os.environ["METRICS_TOKEN_FILE"]).read_text().strip() if os.environ.get("METRICS_TOKEN_FILE") else "")
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 LOGGING = {

@@ -19,9 +19,9 @@ PROTO = ROOT / "proto"
 
 # DESIGN.md, "Topic catalog" (the "..." rows are checked below: every other message has a topic too).
 CATALOG = {
-    "escrow.commands.v1": ["CreateEscrow", "MarkDelivered", "ReleaseFunds", "CancelEscrow", "OpenDispute",
+    "escrow.commands.v1": ["CreateEscrow", "AcceptEscrow", "DeclineEscrow", "MarkDelivered", "ReleaseFunds", "CancelEscrow", "OpenDispute",
                            "ResolveDispute"],
-    "escrow.events.v1": ["EscrowCreated", "EscrowFundsHeld", "EscrowDelivered", "EscrowReleaseRequested",
+    "escrow.events.v1": ["EscrowCreated", "EscrowAccepted", "EscrowDeclined", "EscrowFundsHeld", "EscrowDelivered", "EscrowReleaseRequested",
                          "EscrowReleased", "EscrowCancelled", "EscrowRefundRequested", "EscrowRefunded",
                          "EscrowDisputed", "EscrowDisputeResolved", "EscrowComplianceHold"],
     "payments.commands.v1": ["CreatePaymentIntent", "TransferToSeller", "InitiateRefund"],

@@ -14,8 +14,10 @@ from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBad
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path
+from django.utils.safestring import mark_safe
 from rest_framework import serializers as drf_serializers
 
+from apps.escrow import money
 from apps.escrow.errors import EscrowError
 from apps.escrow.evidence import evidence_add
 from apps.escrow.models import Escrow, EscrowEvent, EscrowState, Evidence
@@ -54,8 +56,9 @@ class EscrowEventInline(admin.TabularInline):
 
 @admin.register(Escrow)
 class EscrowAdmin(ReadOnlyAdmin):
-    list_display = ("id", "state", "amount_minor", "currency", "buyer", "seller", "attention", "created_at")
-    list_filter = ("state", "attention", "currency")
+    list_display = ("id", "state", "amount_minor", "currency", "buyer", "seller", "creator_role", "attention",
+                    "created_at")
+    list_filter = ("state", "creator_role", "attention", "currency")
     search_fields = ("id", "buyer__username", "seller__username")
     inlines = [EscrowEventInline]
     readonly_fields = [f.name for f in Escrow._meta.fields]
@@ -323,9 +326,28 @@ def _ops_queues(admin_site: admin.AdminSite, request: HttpRequest) -> HttpRespon
     return TemplateResponse(request, "admin/escrow/ops_queues.html", context)
 
 
+def _ops_money(admin_site: admin.AdminSite, request: HttpRequest) -> HttpResponse:
+    """The state of the money: the invariant's totals by rail and currency, today's movements, money
+    held by state, and the last 30 days as charts (SVG drawn here)."""
+    if not request.user.has_perm("escrow.view_escrow"):
+        raise PermissionDenied
+    series = money.daily_series(days=30)
+    context = {
+        **admin_site.each_context(request),
+        "title": "The state of the money",
+        "totals": money.money_totals(),
+        "held_by_state": money.money_held_by_state(),
+        "today": [(s.currency, s.held[-1], s.released[-1], s.refunded[-1]) for s in series],
+        "today_date": series[0].days[-1] if series else None,
+        "charts": [(s.currency, mark_safe(money.daily_chart_svg(s))) for s in series],  # noqa: S308 - escaped
+    }
+    return TemplateResponse(request, "admin/escrow/ops_money.html", context)
+
+
 def _dispute_urls(model_admin: admin.ModelAdmin) -> list[Any]:
     site = model_admin.admin_site
     return [
+        path("ops/money/", site.admin_view(lambda request: _ops_money(site, request)), name="escrow_ops_money"),
         path("ops/", site.admin_view(lambda request: _ops_queues(site, request)), name="escrow_ops_queues"),
         path("disputes/", site.admin_view(lambda request: _dispute_queue(site, request)),
              name="escrow_dispute_queue"),

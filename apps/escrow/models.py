@@ -12,6 +12,7 @@ from django.db.models import F, Q
 
 
 class EscrowState(models.TextChoices):
+    AWAIT_ACCEPTANCE = "AWAIT_ACCEPTANCE"
     AWAIT_FUNDS = "AWAIT_FUNDS"
     FUNDS_HELD = "FUNDS_HELD"
     DELIVERED = "DELIVERED"
@@ -33,13 +34,19 @@ class Escrow(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     buyer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     seller = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
-    state = models.CharField(max_length=20, choices=EscrowState.choices, default=EscrowState.AWAIT_FUNDS)
+    state = models.CharField(max_length=20, choices=EscrowState.choices, default=EscrowState.AWAIT_ACCEPTANCE)
+    # Which party created the deal; the other one (the counterparty) accepts or declines it.
+    creator_role = models.CharField(max_length=10, choices=[("buyer", "buyer"), ("seller", "seller")],
+                                    default="buyer")
     amount_minor = models.BigIntegerField()
     currency = models.CharField(max_length=3)
     description = models.CharField(max_length=500)
     inspection_period_hours = models.PositiveIntegerField()
     fee_bps = models.PositiveIntegerField()
-    funding_deadline = models.DateTimeField()
+    # The counterparty must accept by then, or the deal is cancelled.
+    acceptance_deadline = models.DateTimeField(null=True, blank=True)
+    # Starts when the deal is accepted (unset before).
+    funding_deadline = models.DateTimeField(null=True, blank=True)
     inspection_deadline = models.DateTimeField(null=True, blank=True)
 
     received_minor = models.BigIntegerField(default=0)
@@ -90,12 +97,21 @@ class Escrow(models.Model):
             ),
         ]
         indexes = [
+            models.Index(fields=["state", "acceptance_deadline"], name="escrow_acceptance_timer"),
             models.Index(fields=["state", "funding_deadline"], name="escrow_funding_timer"),
             models.Index(fields=["state", "inspection_deadline"], name="escrow_inspection_timer"),
         ]
 
     def __str__(self) -> str:
         return f"{self.id} {self.state}"
+
+    @property
+    def created_by_id(self) -> int:
+        return self.seller_id if self.creator_role == "seller" else self.buyer_id
+
+    @property
+    def counterparty_id(self) -> int:
+        return self.buyer_id if self.creator_role == "seller" else self.seller_id
 
 
 class EscrowEvent(models.Model):

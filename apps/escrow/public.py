@@ -1,17 +1,55 @@
-"""What other apps may use of the escrow service: its command dispatch and its error types."""
+"""What other apps may use of the escrow service: its command dispatch, the command types it takes, which
+actions a user may take now, and its error types.
 
+Every edge (REST API, web app, Discord) builds one of the commands below and calls `dispatch`:
+
+    from apps.escrow import public as escrow
+    escrow.dispatch(escrow.AcceptEscrow(escrow_id=..., actor=...), command_id=uuid.uuid4())
+
+`allowed_actions(escrow, user_id, staff=False)` names what to offer a person (accept, decline, pay,
+deliver, release, dispute, cancel); see `apps.escrow.actions`.
+"""
+
+from apps.escrow.actions import ACTION_COMMANDS, ACTIONS, allowed_actions
 from apps.escrow.errors import EscrowError, EscrowNotFound, InvalidCommand, InvalidTransition, NotAllowed
 from apps.escrow.evidence import EvidenceRejected, evidence_add
-from apps.escrow.services import CommandResult, dispatch
+from apps.escrow.money import money_held_by_state
+from apps.escrow.services import CommandResult, command_applied, dispatch
+from proto.common.v1 import Actor, ActorKind
+from proto.escrow.v1 import (
+    AcceptEscrow,
+    CancelEscrow,
+    CreateEscrow,
+    DeclineEscrow,
+    MarkDelivered,
+    OpenDispute,
+    ReleaseFunds,
+    ResolveDispute,
+)
 
 __all__ = [
+    "ACTIONS",
+    "ACTION_COMMANDS",
+    "AcceptEscrow",
+    "Actor",
+    "ActorKind",
+    "CancelEscrow",
     "CommandResult",
+    "CreateEscrow",
+    "DeclineEscrow",
     "EscrowError",
     "EscrowNotFound",
     "EvidenceRejected",
     "InvalidCommand",
     "InvalidTransition",
+    "MarkDelivered",
     "NotAllowed",
+    "OpenDispute",
+    "ReleaseFunds",
+    "ResolveDispute",
+    "allowed_actions",
+    "command_applied",
     "dispatch",
     "evidence_add",
+    "money_held_by_state",
 ]

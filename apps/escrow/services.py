@@ -30,12 +30,18 @@ from proto.payments import v1 as payments_v1
 S = EscrowState
 
 BUYER, SELLER, STAFF, TIMER, SYSTEM = "buyer", "seller", "staff", "timer", "system"
+# A party is also the deal's creator or its counterparty (the one who accepts or declines).
+CREATOR, COUNTERPARTY = "creator", "counterparty"
 
 # Who may send which command in which state (DESIGN.md, "Escrow state machine").
 RULES: dict[str, dict[str, frozenset[str]]] = {
+    "AcceptEscrow": {S.AWAIT_ACCEPTANCE: frozenset({COUNTERPARTY})},
+    "DeclineEscrow": {S.AWAIT_ACCEPTANCE: frozenset({COUNTERPARTY})},
     "MarkDelivered": {S.FUNDS_HELD: frozenset({SELLER})},
     "ReleaseFunds": {S.DELIVERED: frozenset({BUYER, STAFF, TIMER})},
     "CancelEscrow": {
+        # Before acceptance the counterparty declines instead (DeclineEscrow says who walked away).
+        S.AWAIT_ACCEPTANCE: frozenset({CREATOR, STAFF, TIMER}),
         S.AWAIT_FUNDS: frozenset({BUYER, SELLER, STAFF, TIMER}),
         S.FUNDS_HELD: frozenset({SELLER, STAFF}),
     },
@@ -46,10 +52,10 @@ RULES: dict[str, dict[str, frozenset[str]]] = {
     "ResolveDispute": {S.DISPUTED: frozenset({STAFF})},
     # Ops holds (docs/architecture.md): wherever a decision or a money movement is still ahead; a settled
     # escrow has nothing left to freeze.
-    "HoldEscrow": {state: frozenset({STAFF}) for state in (S.AWAIT_FUNDS, S.FUNDS_HELD, S.DELIVERED, S.DISPUTED,
-                                                           S.RELEASING, S.REFUNDING)},
-    "UnholdEscrow": {state: frozenset({STAFF}) for state in (S.AWAIT_FUNDS, S.FUNDS_HELD, S.DELIVERED, S.DISPUTED,
-                                                             S.RELEASING, S.REFUNDING)},
+    "HoldEscrow": {state: frozenset({STAFF}) for state in (S.AWAIT_ACCEPTANCE, S.AWAIT_FUNDS, S.FUNDS_HELD,
+                                                           S.DELIVERED, S.DISPUTED, S.RELEASING, S.REFUNDING)},
+    "UnholdEscrow": {state: frozenset({STAFF}) for state in (S.AWAIT_ACCEPTANCE, S.AWAIT_FUNDS, S.FUNDS_HELD,
+                                                             S.DELIVERED, S.DISPUTED, S.RELEASING, S.REFUNDING)},
     # A stranded-funds refund can fail in a settled state too, so retries are allowed there.
     "RetryPayout": {state: frozenset({STAFF}) for state in (S.RELEASING, S.REFUNDING, S.RELEASED, S.CANCELLED,
                                                             S.REFUNDED)},
@@ -106,17 +112,36 @@ def _role(escrow: Escrow, actor: Actor | None) -> str:
     raise EscrowNotFound("no such escrow")
 
 
+def _roles(escrow: Escrow, role: str) -> frozenset[str]:
+    """A party's role (buyer / seller) and its side of the deal (creator / counterparty)."""
+    if role == BUYER:
+        return frozenset({BUYER, CREATOR if escrow.creator_role == BUYER else COUNTERPARTY})
+    if role == SELLER:
+        return frozenset({SELLER, CREATOR if escrow.creator_role == SELLER else COUNTERPARTY})
+    return frozenset({role})
+
+
 def _authorize(escrow: Escrow, command: str, role: str) -> None:
     rules = RULES[command]
-    if role not in frozenset().union(*rules.values()):
-        raise NotAllowed(f"a {role} cannot send {command}", state=escrow.state)
+    roles = _roles(escrow, role)
+    if not roles & frozenset().union(*rules.values()):
+        raise NotAllowed(f"the {_describe(roles)} cannot send {command}", state=escrow.state)
     if escrow.state not in rules:
         raise InvalidTransition(f"{command} is not allowed in state {escrow.state}", state=escrow.state)
-    if role not in rules[escrow.state]:
+    if not roles & rules[escrow.state]:
         allowed = ", ".join(sorted(rules[escrow.state]))
         raise NotAllowed(
-            f"in state {escrow.state} only {allowed} can send {command}", state=escrow.state
+            f"in state {escrow.state} only the {allowed} can send {command}", state=escrow.state
         )
+
+
+def _describe(roles: frozenset[str]) -> str:
+    # "the buyer (creator)" reads better than a set.
+    main = next((r for r in (BUYER, SELLER) if r in roles), None)
+    side = next((r for r in (CREATOR, COUNTERPARTY) if r in roles), None)
+    if main and side:
+        return f"{main} ({'who created the deal' if side == CREATOR else 'counterparty'})"
+    return next(iter(roles))
 
 
 def _emit(escrow: Escrow, event: betterproto2.Message, *, actor: Actor | None = None,
@@ -214,6 +239,11 @@ def _already_applied(escrow: Escrow, command: betterproto2.Message, command_id: 
     return True
 
 
+def command_applied(command_id: uuid.UUID) -> bool:
+    """Whether a command with this id was ever applied (the record is kept for good)."""
+    return ProcessedCommand.objects.filter(command_id=command_id).exists()
+
+
 def _record_command(escrow: Escrow, command: betterproto2.Message, command_id: uuid.UUID) -> None:
     ProcessedCommand.objects.create(command_id=command_id, escrow_id=escrow.id, type=type_name(command))
     # The accepted command itself, for the escrow.commands.v1 topic (an escrow process consuming from
@@ -242,12 +272,18 @@ def escrow_create(*, command: escrow_v1.CreateEscrow, command_id: uuid.UUID) -> 
     if amount is None or amount.amount_minor <= 0:
         raise InvalidCommand("amount must be positive", field="amount")
     if command.buyer_id == command.seller_id:
-        raise InvalidCommand("buyer and seller must be different users", field="seller")
-    if command.actor is None or command.actor.user_id != command.buyer_id:
-        raise InvalidCommand("only the buyer can create an escrow", field="actor")
+        raise InvalidCommand("buyer and seller must be different users", field="counterparty")
+    if command.actor is None or command.actor.kind != ActorKind.USER or not command.actor.user_id:
+        raise InvalidCommand("a deal is created by its buyer or its seller", field="actor")
+    if command.actor.user_id == command.buyer_id:
+        creator_role = BUYER
+    elif command.actor.user_id == command.seller_id:
+        creator_role = SELLER
+    else:
+        raise InvalidCommand("a deal is created by its buyer or its seller", field="actor")
     users = get_user_model().objects.filter(pk__in=[command.buyer_id, command.seller_id], is_active=True)
     if users.count() != 2:
-        raise InvalidCommand("seller is not an active user", field="seller")
+        raise InvalidCommand("the counterparty is not an active user", field="counterparty")
     hours = command.inspection_period_hours or settings.INSPECTION_PERIOD_HOURS
     with transaction.atomic():
         existing = escrow_lock(escrow_id)
@@ -265,7 +301,10 @@ def escrow_create(*, command: escrow_v1.CreateEscrow, command_id: uuid.UUID) -> 
             description=command.description,
             inspection_period_hours=hours,
             fee_bps=settings.PLATFORM_FEE_BPS,
-            funding_deadline=now + datetime.timedelta(hours=settings.FUNDING_DEADLINE_HOURS),
+            state=S.AWAIT_ACCEPTANCE,
+            creator_role=creator_role,
+            acceptance_deadline=now + datetime.timedelta(hours=settings.ACCEPTANCE_DEADLINE_HOURS),
+            funding_deadline=None,
         )
         _emit(
             escrow,
@@ -276,8 +315,29 @@ def escrow_create(*, command: escrow_v1.CreateEscrow, command_id: uuid.UUID) -> 
                 amount=money(escrow.amount_minor, escrow.currency),
                 description=escrow.description,
                 inspection_period_hours=hours,
-                funding_deadline=escrow.funding_deadline,
                 actor=command.actor,
+                created_by_id=command.actor.user_id,
+                acceptance_deadline=escrow.acceptance_deadline,
+            ),
+            actor=command.actor,
+            command_id=command_id,
+        )
+        # Nobody is asked to pay before both parties agreed: the payment intent waits for AcceptEscrow.
+        escrow.save(update_fields=["version", "updated_at"])
+        _record_command(escrow, command, command_id)
+        return _result(escrow, command_id)
+
+
+def escrow_accept(*, command: escrow_v1.AcceptEscrow, command_id: uuid.UUID) -> CommandResult:
+    """The counterparty agrees to the terms: the funding clock starts and payments sets up the payment."""
+
+    def apply(escrow: Escrow) -> None:
+        escrow.state = S.AWAIT_FUNDS
+        escrow.funding_deadline = timezone.now() + datetime.timedelta(hours=settings.FUNDING_DEADLINE_HOURS)
+        _emit(
+            escrow,
+            escrow_v1.EscrowAccepted(
+                escrow_id=str(escrow.id), actor=command.actor, funding_deadline=escrow.funding_deadline
             ),
             actor=command.actor,
             command_id=command_id,
@@ -292,9 +352,23 @@ def escrow_create(*, command: escrow_v1.CreateEscrow, command_id: uuid.UUID) -> 
             ),
             command_id=command_id,
         )
-        escrow.save(update_fields=["version", "updated_at"])
-        _record_command(escrow, command, command_id)
-        return _result(escrow, command_id)
+
+    return _run_command(command=command, command_id=command_id, escrow_id=_parse_id(command.escrow_id), apply=apply)
+
+
+def escrow_decline(*, command: escrow_v1.DeclineEscrow, command_id: uuid.UUID) -> CommandResult:
+    """The counterparty turns the deal down. Nothing was paid (no payment was even set up)."""
+
+    def apply(escrow: Escrow) -> None:
+        escrow.state = S.CANCELLED
+        _emit(
+            escrow,
+            escrow_v1.EscrowDeclined(escrow_id=str(escrow.id), actor=command.actor, reason=command.reason[:1000]),
+            actor=command.actor,
+            command_id=command_id,
+        )
+
+    return _run_command(command=command, command_id=command_id, escrow_id=_parse_id(command.escrow_id), apply=apply)
 
 
 def escrow_mark_delivered(*, command: escrow_v1.MarkDelivered, command_id: uuid.UUID) -> CommandResult:
@@ -325,8 +399,11 @@ def escrow_release(*, command: escrow_v1.ReleaseFunds, command_id: uuid.UUID) ->
 
 def escrow_cancel(*, command: escrow_v1.CancelEscrow, command_id: uuid.UUID) -> CommandResult:
     def apply(escrow: Escrow) -> None:
-        if command.actor.kind == ActorKind.TIMER and not _lapsed(escrow.funding_deadline):
-            raise InvalidTransition("the funding deadline has not passed", state=escrow.state)
+        if command.actor.kind == ActorKind.TIMER:
+            if escrow.state == S.AWAIT_ACCEPTANCE and not _lapsed(escrow.acceptance_deadline):
+                raise InvalidTransition("the acceptance deadline has not passed", state=escrow.state)
+            if escrow.state == S.AWAIT_FUNDS and not _lapsed(escrow.funding_deadline):
+                raise InvalidTransition("the funding deadline has not passed", state=escrow.state)
         if escrow.held_minor > 0:
             # Funds (or a mismatched payment) are held: cancelling means giving them back.
             _request_refund(escrow, amount_minor=escrow.held_minor, actor=command.actor, command_id=command_id)
@@ -420,10 +497,9 @@ def escrow_resolve_compliance_hold(*, command: escrow_v1.ResolveComplianceHold,
             raise InvalidCommand("decision must be lift or refund", field="decision")
         restarted = None
         if decision == escrow_v1.ComplianceDecision.LIFT and escrow.state == S.AWAIT_FUNDS:
-            restarted = escrow.funding_deadline = max(
-                escrow.funding_deadline,
-                timezone.now() + datetime.timedelta(hours=settings.FUNDING_DEADLINE_HOURS),
-            )
+            fresh = timezone.now() + datetime.timedelta(hours=settings.FUNDING_DEADLINE_HOURS)
+            # AWAIT_FUNDS always has a funding deadline (set on acceptance).
+            restarted = escrow.funding_deadline = max(escrow.funding_deadline or fresh, fresh)
         escrow.attention = ""
         escrow.attention_detail = ""
         _emit(
@@ -674,8 +750,11 @@ def escrow_unhold(*, command: escrow_v1.UnholdEscrow, command_id: uuid.UUID) -> 
         # Timers stopped while held: the running deadline moves on by the time on hold, so lifting a hold
         # never fires a timer that lapsed during the investigation.
         frozen_for = timezone.now() - escrow.on_hold_since
-        funding = inspection = None
-        if escrow.state == S.AWAIT_FUNDS:
+        funding = inspection = acceptance = None
+        if escrow.state == S.AWAIT_ACCEPTANCE and escrow.acceptance_deadline is not None:
+            escrow.acceptance_deadline += frozen_for
+            acceptance = escrow.acceptance_deadline
+        if escrow.state == S.AWAIT_FUNDS and escrow.funding_deadline is not None:
             escrow.funding_deadline += frozen_for
             funding = escrow.funding_deadline
         if escrow.state == S.DELIVERED and escrow.inspection_deadline is not None:
@@ -683,7 +762,8 @@ def escrow_unhold(*, command: escrow_v1.UnholdEscrow, command_id: uuid.UUID) -> 
             inspection = escrow.inspection_deadline
         escrow.on_hold_since = None
         _emit(escrow, escrow_v1.EscrowHoldLifted(escrow_id=str(escrow.id), actor=command.actor, reason=reason,
-                                                 funding_deadline=funding, inspection_deadline=inspection),
+                                                 funding_deadline=funding, inspection_deadline=inspection,
+                                                 acceptance_deadline=acceptance),
               actor=command.actor, command_id=command_id)
 
     return _run_command(command=command, command_id=command_id, escrow_id=_parse_id(command.escrow_id), apply=apply)
@@ -762,6 +842,8 @@ def escrow_return_stranded_funds(*, command: escrow_v1.ReturnStrandedFunds, comm
 
 _COMMANDS: dict[type[betterproto2.Message], Callable[..., CommandResult]] = {
     escrow_v1.CreateEscrow: escrow_create,
+    escrow_v1.AcceptEscrow: escrow_accept,
+    escrow_v1.DeclineEscrow: escrow_decline,
     escrow_v1.MarkDelivered: escrow_mark_delivered,
     escrow_v1.ReleaseFunds: escrow_release,
     escrow_v1.CancelEscrow: escrow_cancel,

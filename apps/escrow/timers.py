@@ -1,5 +1,5 @@
-"""The two clocks of an escrow: the funding deadline (auto-cancel) and the inspection period
-(auto-release). Run by the bus worker on every tick, or by `manage.py fire_timers` from cron.
+"""The three clocks of an escrow: the acceptance deadline (auto-cancel of a deal the counterparty never
+accepted), the funding deadline (auto-cancel) and the inspection period (auto-release). Run by the bus worker on every tick, or by `manage.py fire_timers` from cron.
 
 Each firing is an ordinary command sent through `services.dispatch` with a command id derived from the
 escrow and its version, so two workers firing at once have one effect, and a lost race is a no-op.
@@ -28,6 +28,11 @@ def fire_due_timers(*, limit: int = 500) -> int:
     # A compliance hold stops both clocks (the services refuse the commands too; skipping here keeps
     # held escrows from being retried on every tick).
     # An ops hold (on_hold_since) stops them as well; lifting it moves the deadline on by the time held.
+    unanswered = Escrow.objects.filter(state=EscrowState.AWAIT_ACCEPTANCE, acceptance_deadline__lte=now,
+                                       on_hold_since__isnull=True)
+    for escrow_id, version in unanswered.values_list("id", "version")[:limit]:
+        command = escrow_v1.CancelEscrow(escrow_id=str(escrow_id), actor=TIMER, reason="acceptance deadline passed")
+        fired += _fire(command, deterministic_id(escrow_id, version, "acceptance-deadline"))
     expired = Escrow.objects.filter(state=EscrowState.AWAIT_FUNDS, funding_deadline__lte=now,
                                     on_hold_since__isnull=True).exclude(
         attention=services.COMPLIANCE_HOLD)

@@ -4,8 +4,14 @@
 - same key, another body: 422;
 - same key while the first request is still running: 409.
 
-The command id is derived from the caller and the key, so even a lost record cannot make a retried
-command take effect twice: the escrow service dedupes on the command id.
+The command id is derived from the caller and the key, so a retried command cannot take effect twice:
+the escrow service dedupes on the command id. A request that fails unexpectedly (5xx) leaves its record
+as `retry`, so the same request takes the key again with the same command id.
+
+Records expire IDEMPOTENCY_KEY_TTL_HOURS (24) after the first request, like Stripe's keys: the bus
+worker's tick purges them (`idempotency_records_purge`), and a key met again after that, purged or not
+yet, is a new request. Its command id is the next generation of the key (uuid5 over caller, key and
+generation) that the escrow service has never applied, so it is not mistaken for the old command.
 
 Only a decision about the escrow is remembered: an acceptance (2xx) or a refusal by the state machine
 (403, 409). A request refused as invalid (400 and other 4xx) never reached a decision and changed
@@ -14,14 +20,20 @@ nothing, so its key is forgotten and the client may send a corrected request und
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+import logging
+import time
 import uuid
 from collections.abc import Callable
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from apps.escrow.public import command_applied
 from apps.gateway.models import IdempotencyRecord
 from apps.gateway.problems import Problem, problem_response, to_problem
 
@@ -29,6 +41,45 @@ MAX_KEY_LENGTH = 255
 KEY_NAMESPACE = uuid.UUID("0b6f8f0e-3c1a-4d7e-9a51-7d2f1c3b4a90")
 # Refusals that are the state machine's decision about the escrow, replayed like an acceptance.
 REMEMBERED_REFUSALS = frozenset({403, 409})
+PURGE_BATCH = 1000
+
+log = logging.getLogger(__name__)
+_last_purge = {"at": float("-inf")}
+
+
+def _expiry_cutoff() -> datetime.datetime:
+    return timezone.now() - datetime.timedelta(hours=float(settings.IDEMPOTENCY_KEY_TTL_HOURS))
+
+
+def _command_id(user_pk: object, key: str) -> uuid.UUID:
+    """The key's first generation is uuid5(caller:key); a key used again after its record expired takes
+    the first generation the escrow service has not applied."""
+    generation = 0
+    while True:
+        name = f"{user_pk}:{key}" if generation == 0 else f"{user_pk}:{key}:{generation}"
+        command_id = uuid.uuid5(KEY_NAMESPACE, name)
+        if not command_applied(command_id):
+            return command_id
+        generation += 1
+
+
+def idempotency_records_purge(*, force: bool = False) -> int:
+    """Deletes records older than IDEMPOTENCY_KEY_TTL_HOURS, in batches; a bus worker tick (at most once
+    per IDEMPOTENCY_PURGE_EVERY_SECONDS unless forced). Returns 0: a purge puts nothing on the bus."""
+    now = time.monotonic()
+    if not force and now - _last_purge["at"] < float(settings.IDEMPOTENCY_PURGE_EVERY_SECONDS):
+        return 0
+    _last_purge["at"] = now
+    cutoff, purged = _expiry_cutoff(), 0
+    while True:
+        batch = list(IdempotencyRecord.objects.filter(created_at__lt=cutoff).values_list("pk", flat=True)
+                     [:PURGE_BATCH])
+        if not batch:
+            break
+        purged += IdempotencyRecord.objects.filter(pk__in=batch, created_at__lt=cutoff).delete()[0]
+    if purged:
+        log.info("expired idempotency records purged", extra={"purged": purged})
+    return 0
 
 
 def _fingerprint(request: Request, raw_body: bytes) -> str:
@@ -48,31 +99,14 @@ def run_idempotent(request: Request, raw_body: bytes, mutate: Callable[[uuid.UUI
     if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
         raise Problem(400, "invalid_idempotency_key", f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters")
     fingerprint = _fingerprint(request, raw_body)
+    record = _take_key(request, key, fingerprint)
+    if isinstance(record, Response):
+        return record
     try:
-        with transaction.atomic():
-            record = IdempotencyRecord.objects.create(user=request.user, key=key, fingerprint=fingerprint)
-    except IntegrityError:
-        existing = IdempotencyRecord.objects.filter(user=request.user, key=key).first()
-        if existing is None:
-            # The first request was just refused as invalid and forgot its key: it was in flight a moment ago.
-            raise Problem(409, "idempotency_key_in_flight", "a request with this Idempotency-Key is still being processed") from None
-        if existing.fingerprint != fingerprint:
-            raise Problem(422, "idempotency_key_reused", "this Idempotency-Key was used with another request") from None
-        if existing.status == IdempotencyRecord.Status.IN_FLIGHT:
-            raise Problem(409, "idempotency_key_in_flight", "a request with this Idempotency-Key is still being processed") from None
-        replay = Response(existing.response_body, status=existing.response_status)
-        if existing.response_status and existing.response_status >= 400:
-            replay.content_type = "application/problem+json"
-        if existing.response_location:
-            replay["Location"] = existing.response_location
-        replay["Idempotent-Replayed"] = "true"
-        return replay
-    command_id = uuid.uuid5(KEY_NAMESPACE, f"{request.user.pk}:{key}")
-    try:
-        response = _answer(mutate, command_id)
+        response = _answer(mutate, record.command_id or _command_id(request.user.pk, key))
     except BaseException:
-        # Unexpected failure: forget the key so that the client can retry it.
-        record.delete()
+        # Unexpected failure: the key may be taken again by the same request, with the same command id.
+        IdempotencyRecord.objects.filter(pk=record.pk).update(status=IdempotencyRecord.Status.RETRY)
         raise
     if response.status_code >= 400 and response.status_code not in REMEMBERED_REFUSALS:
         record.delete()
@@ -83,6 +117,43 @@ def run_idempotent(request: Request, raw_body: bytes, mutate: Callable[[uuid.UUI
     record.response_location = response.get("Location", "")
     record.save(update_fields=["status", "response_status", "response_body", "response_location"])
     return response
+
+
+def _take_key(request: Request, key: str, fingerprint: str) -> IdempotencyRecord | Response:
+    """The record this request runs under (new, expired and renewed, or left for a retry), or the replay
+    of the first response. Raises the 409 / 422 problems."""
+    for _ in range(3):
+        try:
+            with transaction.atomic():
+                return IdempotencyRecord.objects.create(user=request.user, key=key, fingerprint=fingerprint,
+                                                        command_id=_command_id(request.user.pk, key))
+        except IntegrityError:
+            pass
+        existing = IdempotencyRecord.objects.filter(user=request.user, key=key).first()
+        if existing is None:
+            # The first request was just refused as invalid and forgot its key: it was in flight a moment ago.
+            raise Problem(409, "idempotency_key_in_flight", "a request with this Idempotency-Key is still being processed")
+        if existing.created_at < _expiry_cutoff():
+            # Expired but not purged yet: the key is free again, for a new request.
+            IdempotencyRecord.objects.filter(pk=existing.pk, created_at=existing.created_at).delete()
+            continue
+        if existing.fingerprint != fingerprint:
+            raise Problem(422, "idempotency_key_reused", "this Idempotency-Key was used with another request")
+        if existing.status == IdempotencyRecord.Status.RETRY:
+            if IdempotencyRecord.objects.filter(pk=existing.pk, status=IdempotencyRecord.Status.RETRY).update(
+                    status=IdempotencyRecord.Status.IN_FLIGHT):
+                return existing
+            raise Problem(409, "idempotency_key_in_flight", "a request with this Idempotency-Key is still being processed")
+        if existing.status == IdempotencyRecord.Status.IN_FLIGHT:
+            raise Problem(409, "idempotency_key_in_flight", "a request with this Idempotency-Key is still being processed")
+        replay = Response(existing.response_body, status=existing.response_status)
+        if existing.response_status and existing.response_status >= 400:
+            replay.content_type = "application/problem+json"
+        if existing.response_location:
+            replay["Location"] = existing.response_location
+        replay["Idempotent-Replayed"] = "true"
+        return replay
+    raise Problem(409, "idempotency_key_in_flight", "a request with this Idempotency-Key is still being processed")
 
 
 def _answer(mutate: Callable[[uuid.UUID], Response], command_id: uuid.UUID) -> Response:

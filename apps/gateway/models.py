@@ -12,6 +12,9 @@ class IdempotencyRecord(models.Model):
     class Status(models.TextChoices):
         IN_FLIGHT = "in_flight"
         DONE = "done"
+        # The request failed unexpectedly (a 5xx): the same request may take the key again, with the same
+        # command id, so a command that did commit is not applied twice.
+        RETRY = "retry"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     key = models.CharField(max_length=255)
@@ -20,7 +23,9 @@ class IdempotencyRecord(models.Model):
     response_status = models.PositiveSmallIntegerField(null=True)
     response_body = models.JSONField(null=True)
     response_location = models.CharField(max_length=500, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    command_id = models.UUIDField(null=True)
+    # Records expire IDEMPOTENCY_KEY_TTL_HOURS after this; the bus worker's tick purges them.
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["user", "key"], name="idempotency_key_per_user")]

@@ -112,6 +112,36 @@ class BusCollector(Collector):
         yield from _dead_letter_metrics(sub.name for sub in subscribers)
 
 
+class DomainCollector(Collector):
+    """Money held by state and the escrows waiting for a human, read at scrape time through the escrow
+    and projections public modules (for the dashboard and the alerts in deploy/)."""
+
+    def collect(self) -> Iterator[Metric]:
+        from apps.escrow.public import money_held_by_state
+        from apps.projections.public import ops_attention_waiting
+
+        held = GaugeMetricFamily("escrow_money_held_minor",
+                                 "Money held now (minor units), by escrow state and currency",
+                                 labels=["state", "currency"])
+        holding = GaugeMetricFamily("escrow_money_held_escrows", "Escrows holding money now, by state and currency",
+                                    labels=["state", "currency"])
+        for state, currency, amount, escrows in money_held_by_state():
+            held.add_metric([state, currency], amount)
+            holding.add_metric([state, currency], escrows)
+        yield from (held, holding)
+
+        waiting = GaugeMetricFamily("escrow_attention_escrows",
+                                    "Escrows waiting for a human, by kind (compliance_hold, transfer_failed, ...)",
+                                    labels=["attention"])
+        oldest = GaugeMetricFamily("escrow_attention_oldest_seconds",
+                                   "How long the longest-waiting escrow of each kind of attention has waited",
+                                   labels=["attention"])
+        for attention, escrows, seconds in ops_attention_waiting():
+            waiting.add_metric([attention], escrows)
+            oldest.add_metric([attention], seconds)
+        yield from (waiting, oldest)
+
+
 def _pending(subscriber: object) -> tuple[int, float]:
     from django.db.models import Count, Min
 
@@ -169,6 +199,14 @@ def _outbox_metrics() -> Iterator[Metric]:
     written = CounterMetricFamily("escrow_outbox_written_messages", "Outbox rows written (highest row id)")
     written.add_metric([], last)
     yield written
+    # The relay publishes in row order, so the highest published id counts what it relayed; read from the
+    # newest rows down, it stops at the first published one (the backlog, when the relay keeps up: none).
+    relayed_id = (OutboxMessage.objects.filter(published_at__isnull=False).order_by("-id")
+                  .values_list("id", flat=True).first() or 0)
+    relayed = CounterMetricFamily("escrow_outbox_relayed_messages",
+                                  "Outbox rows relayed to Kafka (highest published row id); its rate is the relay rate")
+    relayed.add_metric([], relayed_id)
+    yield relayed
 
 
 def _dead_letter_metrics(names: Iterable[str]) -> Iterator[Metric]:

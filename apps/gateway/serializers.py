@@ -85,8 +85,36 @@ class SellerField(serializers.Field):
         return value.pk
 
 
+_DISCORD_REF = re.compile(r"^discord:([1-9][0-9]{0,19})$")
+_MAX_SNOWFLAKE = 2**63 - 1
+
+
+class DiscordUser(int):
+    """A Discord user id named as `discord:<snowflake>`: the account is found (or made) only once the rest of
+    the request is valid, so a refused request creates no account."""
+
+
+@extend_schema_field({"oneOf": [{"type": "integer"}, {"type": "string", "maxLength": 150}]})
+class CounterpartyField(SellerField):
+    """A user id (integer), a username, or `discord:<snowflake>` for someone who may have no account yet."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, str) and data.startswith("discord:"):
+            match = _DISCORD_REF.match(data)
+            if match is None or int(match.group(1)) > _MAX_SNOWFLAKE:
+                raise serializers.ValidationError("a Discord user is named as discord:<numeric user id>")
+            return DiscordUser(int(match.group(1)))
+        return super().to_internal_value(data)
+
+
 class CreateEscrowInput(StrictSerializer):
-    seller = SellerField(help_text="The seller's user id or username.")
+    role = serializers.ChoiceField(choices=["buyer", "seller"], default="buyer", required=False,
+                                   help_text="The caller's side of the deal.")
+    counterparty = CounterpartyField(
+        required=False,
+        help_text="The other party: a user id, a username, or discord:<snowflake> (an account is made for a "
+                  "Discord user who has none, and is theirs when they sign in with Discord).")
+    seller = SellerField(required=False, help_text="Older form of counterparty, for a deal the buyer creates.")
     # Not trimmed: an amount is exactly a decimal string, " 149.99" is as ambiguous as "149.990".
     amount = StrictCharField(help_text='Decimal string, e.g. "149.99".', max_length=20, trim_whitespace=False)
     currency = StrictCharField(min_length=3, max_length=3)
@@ -99,6 +127,17 @@ class CreateEscrowInput(StrictSerializer):
         return value
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        role = attrs.setdefault("role", "buyer")
+        if "seller" in attrs:
+            if "counterparty" in attrs:
+                raise serializers.ValidationError({"seller": ["give counterparty or seller, not both"]})
+            if role != "buyer":
+                raise serializers.ValidationError({"seller": ["only a buyer names a seller; use counterparty"]})
+            attrs["counterparty"] = attrs.pop("seller")
+            attrs["counterparty_field"] = "seller"
+        elif "counterparty" not in attrs:
+            raise serializers.ValidationError({"counterparty": ["This field is required."]})
+        attrs.setdefault("counterparty_field", "counterparty")
         try:
             minor = parse_amount(attrs["amount"], currency=attrs["currency"])
         except serializers.ValidationError as exc:
@@ -156,7 +195,10 @@ class EscrowOutput(serializers.Serializer):
     description = serializers.CharField()
     buyer = serializers.IntegerField()
     seller = serializers.IntegerField()
+    created_by = serializers.IntegerField(help_text="The party who created the deal; the other one accepts it.")
+    creator_role = serializers.ChoiceField(choices=["buyer", "seller"])
     inspection_period_hours = serializers.IntegerField()
+    acceptance_deadline = serializers.DateTimeField(allow_null=True)
     funding_deadline = serializers.DateTimeField(allow_null=True)
     inspection_deadline = serializers.DateTimeField(allow_null=True)
     paid_to_seller = serializers.CharField()
@@ -166,6 +208,9 @@ class EscrowOutput(serializers.Serializer):
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
     payment = serializers.DictField(required=False, help_text="Buyer only: how to pay.")
+    actions = serializers.ListField(child=serializers.CharField(),
+                                    help_text="What the caller may do now: accept, decline, pay, deliver, "
+                                              "release, dispute, cancel.")
     links = serializers.DictField(child=serializers.CharField())
 
 

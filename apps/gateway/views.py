@@ -21,11 +21,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.escrow.public import CommandResult, dispatch
+from apps.escrow.public import CommandResult, allowed_actions, dispatch
 from apps.gateway import serializers as io
 from apps.gateway.auth import is_staff_member
 from apps.gateway.idempotency import run_idempotent
 from apps.gateway.problems import CONTENT_TYPE, Problem, database_unavailable, problem_body
+from apps.notifications import public as notifications
 from apps.outbox import bus
 from apps.payments import public as payments
 from apps.projections import selectors
@@ -33,7 +34,7 @@ from apps.projections.models import EscrowViewFields as EscrowView
 from proto.common.v1 import Actor, ActorKind, Money
 from proto.escrow import v1 as escrow_v1
 
-ESCROW_STATES = {"AWAIT_FUNDS", "FUNDS_HELD", "DELIVERED", "RELEASING", "RELEASED", "CANCELLED", "REFUNDING",
+ESCROW_STATES = {"AWAIT_ACCEPTANCE", "AWAIT_FUNDS", "FUNDS_HELD", "DELIVERED", "RELEASING", "RELEASED", "CANCELLED", "REFUNDING",
                  "REFUNDED", "DISPUTED"}
 OUTCOMES = {
     "release": escrow_v1.DisputeOutcome.RELEASE,
@@ -92,12 +93,23 @@ def _staff_or_user_actor(request: Request, escrow_id: uuid.UUID) -> Actor:
     return _user_actor(request)
 
 
+def _is_staff(request: Request) -> bool:
+    """Once per request: a page of escrows asks for every row."""
+    cached: bool | None = getattr(request, "_escrow_staff", None)
+    if cached is None:
+        cached = is_staff_member(request.user)
+        setattr(request, "_escrow_staff", cached)  # noqa: B010 - DRF's Request has no such attribute
+    return cached
+
+
 def _can_read(request: Request, view: EscrowView) -> bool:
     return request.user.pk in (view.buyer_id, view.seller_id) or is_staff_member(request.user)
 
 
 def _render_escrow(request: Request, view: EscrowView,
                    instructions_by_escrow: dict[str, payments.PaymentInstructions] | None = None) -> dict[str, Any]:
+    # Views folded before two-sided deals name no creator: the buyer created those.
+    created_by = view.created_by_id or view.buyer_id
     body: dict[str, Any] = {
         "id": str(view.escrow_id),
         "state": view.state,
@@ -106,7 +118,10 @@ def _render_escrow(request: Request, view: EscrowView,
         "description": view.description,
         "buyer": view.buyer_id,
         "seller": view.seller_id,
+        "created_by": created_by,
+        "creator_role": "seller" if created_by == view.seller_id else "buyer",
         "inspection_period_hours": view.inspection_period_hours,
+        "acceptance_deadline": view.acceptance_deadline.isoformat() if view.acceptance_deadline else None,
         "funding_deadline": view.funding_deadline.isoformat() if view.funding_deadline else None,
         "inspection_deadline": view.inspection_deadline.isoformat() if view.inspection_deadline else None,
         "paid_to_seller": io.minor_to_decimal_string(view.paid_to_seller_minor, view.currency),
@@ -116,6 +131,8 @@ def _render_escrow(request: Request, view: EscrowView,
         "created_at": view.created_at.isoformat(),
         "updated_at": view.updated_at.isoformat(),
         "links": _links(request, view.escrow_id),
+        # What the caller may do now (accept, decline, pay, deliver, release, dispute, cancel).
+        "actions": allowed_actions(view, request.user.pk, staff=_is_staff(request)),
     }
     if request.user.pk == view.buyer_id and view.state == "AWAIT_FUNDS":
         instructions = (payments.payment_instructions(str(view.escrow_id)) if instructions_by_escrow is None
@@ -188,10 +205,17 @@ class EscrowCollection(APIView):
 
         def mutate(command_id: uuid.UUID) -> Response:
             data = _validated(io.CreateEscrowInput, request)
+            counterparty_id = _counterparty_id(data["counterparty"])
+            if counterparty_id == request.user.pk:
+                field = data["counterparty_field"]
+                raise Problem(400, "validation_error", "you cannot make a deal with yourself",
+                              errors=[{"field": field, "detail": "must be another user"}])
+            buyer_id, seller_id = ((request.user.pk, counterparty_id) if data["role"] == "buyer"
+                                   else (counterparty_id, request.user.pk))
             command = escrow_v1.CreateEscrow(
                 escrow_id=str(uuid.uuid5(command_id, "escrow")),
-                buyer_id=request.user.pk,
-                seller_id=data["seller"].pk,
+                buyer_id=buyer_id,
+                seller_id=seller_id,
                 amount=Money(amount_minor=data["amount_minor"], currency=data["currency"]),
                 description=data["description"],
                 inspection_period_hours=data.get("inspection_period_hours", 0),
@@ -200,6 +224,18 @@ class EscrowCollection(APIView):
             return _accepted(request, dispatch(command, command_id=command_id))
 
         return run_idempotent(request, raw, mutate)
+
+
+def _counterparty_id(counterparty: Any) -> int:
+    if isinstance(counterparty, io.DiscordUser):
+        # The account linked to this Discord id, made now if they have none: the deal waits for them and is
+        # theirs when they first sign in with Discord.
+        try:
+            return notifications.user_for_discord_id(discord_user_id=int(counterparty)).pk
+        except notifications.NotificationError as exc:
+            raise Problem(400, "validation_error", exc.detail,
+                          errors=[{"field": "counterparty", "detail": exc.detail}]) from None
+    return counterparty.pk
 
 
 _ASCII_DIGITS = re.compile(r"^[0-9]{1,9}$")
@@ -261,6 +297,29 @@ class EscrowAction(APIView):
             return _accepted(request, dispatch(command, command_id=command_id))
 
         return run_idempotent(request, raw, mutate)
+
+
+class AcceptEscrow(EscrowAction):
+    @extend_schema(operation_id="escrows_accept", request=None, responses={202: io.CommandAccepted})
+    def post(self, request: Request, escrow_id: uuid.UUID) -> Response:
+        return super().post(request, escrow_id)
+
+    def build(self, request: Request, escrow_id: uuid.UUID, data: dict[str, Any]) -> Any:
+        # Always as a user: only the counterparty accepts; staff get the 403 from the rules.
+        return escrow_v1.AcceptEscrow(escrow_id=str(escrow_id), actor=_staff_or_user_actor(request, escrow_id))
+
+
+class DeclineEscrow(EscrowAction):
+    input_class = io.CancelInput
+
+    @extend_schema(operation_id="escrows_decline", request=io.CancelInput, responses={202: io.CommandAccepted})
+    def post(self, request: Request, escrow_id: uuid.UUID) -> Response:
+        return super().post(request, escrow_id)
+
+    def build(self, request: Request, escrow_id: uuid.UUID, data: dict[str, Any]) -> Any:
+        return escrow_v1.DeclineEscrow(
+            escrow_id=str(escrow_id), actor=_staff_or_user_actor(request, escrow_id), reason=data.get("reason", "")
+        )
 
 
 class DeliverEscrow(EscrowAction):

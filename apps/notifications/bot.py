@@ -81,6 +81,12 @@ class EscrowBot:
         more = f"\n…and {page['count'] - len(lines)} more." if page["count"] > len(lines) else ""
         return "\n".join(lines) + more
 
+    def accept(self, *, discord_user_id: int, request_id: str, escrow_id: str) -> str:
+        return self._mutate(discord_user_id, request_id, f"/escrows/{escrow_id}/accept", {}, verb="Accepted")
+
+    def decline(self, *, discord_user_id: int, request_id: str, escrow_id: str) -> str:
+        return self._mutate(discord_user_id, request_id, f"/escrows/{escrow_id}/decline", {}, verb="Declined")
+
     def deliver(self, *, discord_user_id: int, request_id: str, escrow_id: str) -> str:
         return self._mutate(discord_user_id, request_id, f"/escrows/{escrow_id}/deliver", {}, verb="Marked delivered")
 
@@ -138,6 +144,9 @@ def _role(escrow: dict[str, Any], user_id: int) -> str:
 def _describe(escrow: dict[str, Any], user_id: int) -> str:
     role = _role(escrow, user_id)
     next_step = _NEXT.get(escrow["state"], {}).get(role, "")
+    if escrow["state"] == "AWAIT_ACCEPTANCE":
+        next_step = ("Accept it or decline it." if "accept" in escrow.get("actions", [])
+                     else "Wait for the other party to accept it.")
     return (f"Escrow `{escrow['id']}`: {escrow['amount']} {escrow['currency']} for {escrow['description']!r}, "
             f"state **{escrow['state']}**, you are the {role}. Next: {next_step}").strip()
 

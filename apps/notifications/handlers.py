@@ -11,7 +11,9 @@ from django.conf import settings
 from apps.notifications.delivery import deliver_after_commit
 from apps.notifications.models import EscrowParties, Notification
 from apps.outbox.bus import Delivery, Subscriber
+from apps.payments import public as payments
 from proto.escrow import v1 as escrow_v1
+from proto.payments import v1 as payments_v1
 
 BUYER, SELLER = "buyer", "seller"
 
@@ -50,9 +52,33 @@ def on_created(event: escrow_v1.EscrowCreated, delivery: Delivery) -> None:
         escrow_id=event.escrow_id, defaults={"buyer_id": event.buyer_id, "seller_id": event.seller_id}
     )
     amount = _amount(event.amount)
+    if not event.created_by_id:
+        # An event from before deals waited for acceptance.
+        _notify(delivery, "escrow_created", {
+            BUYER: f"Escrow for {amount} created. Next: pay it before the funding deadline.",
+            SELLER: f"A buyer opened an escrow for {amount}. Wait for the funds before you deliver.",
+        })
+        return
+    creator, counterparty = (SELLER, BUYER) if event.created_by_id == event.seller_id else (BUYER, SELLER)
+    # The counterparty is asked first (dict order): one row per user, and the one that matters is theirs.
     _notify(delivery, "escrow_created", {
-        BUYER: f"Escrow for {amount} created. Next: pay it before the funding deadline.",
-        SELLER: f"A buyer opened an escrow for {amount}. Wait for the funds before you deliver.",
+        counterparty: f"A {creator} proposes a deal for {amount}: {event.description[:200]}. "
+                      f"Next: accept it or decline it.",
+        creator: f"Deal for {amount} created. Next: wait for the {counterparty} to accept it.",
+    })
+
+
+def on_accepted(event: escrow_v1.EscrowAccepted, delivery: Delivery) -> None:
+    _notify(delivery, "escrow_accepted", {
+        BUYER: "The deal was accepted. Next: pay it before the funding deadline.",
+        SELLER: "The deal was accepted. Wait for the buyer's payment before you deliver.",
+    })
+
+
+def on_declined(event: escrow_v1.EscrowDeclined, delivery: Delivery) -> None:
+    _notify(delivery, "escrow_declined", {
+        BUYER: "The deal was declined; it is cancelled and nothing was paid.",
+        SELLER: "The deal was declined; it is cancelled and nothing was paid.",
     })
 
 
@@ -102,10 +128,20 @@ def on_dispute_resolved(event: escrow_v1.EscrowDisputeResolved, delivery: Delive
     })
 
 
+def on_transfer_failed(event: payments_v1.TransferFailed, delivery: Delivery) -> None:
+    """A payout parked because the seller has not said where to be paid: they are told how to fix it."""
+    if not event.awaiting_destination:
+        return  # other payout failures are ops' to handle; the seller's money stays held meanwhile
+    rail = "usdc" if event.provider == "custodian" else "card"
+    _notify(delivery, "payout_waiting", {SELLER: payments.payout_waiting_words(rail=rail, amount=_amount(event.amount))})
+
+
 SUBSCRIBER = Subscriber(
     name="notifications",
     handlers={
         escrow_v1.EscrowCreated: on_created,
+        escrow_v1.EscrowAccepted: on_accepted,
+        escrow_v1.EscrowDeclined: on_declined,
         escrow_v1.EscrowFundsHeld: on_funds_held,
         escrow_v1.EscrowDelivered: on_delivered,
         escrow_v1.EscrowReleased: on_released,
@@ -113,5 +149,6 @@ SUBSCRIBER = Subscriber(
         escrow_v1.EscrowRefunded: on_refunded,
         escrow_v1.EscrowDisputed: on_disputed,
         escrow_v1.EscrowDisputeResolved: on_dispute_resolved,
+        payments_v1.TransferFailed: on_transfer_failed,
     },
 )

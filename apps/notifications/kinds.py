@@ -7,7 +7,9 @@ Discord account was linked."""
 from __future__ import annotations
 
 KINDS: dict[str, str] = {
-    "escrow_created": "An escrow you are party to was opened",
+    "escrow_created": "A deal you are party to was proposed (the other party accepts or declines it)",
+    "escrow_accepted": "A deal was accepted (the funding deadline starts)",
+    "escrow_declined": "A deal was declined",
     "funds_held": "The buyer's payment is held in escrow",
     "delivered": "The seller marked the item delivered (the inspection period starts)",
     "released": "The funds were paid to the seller",
@@ -16,9 +18,10 @@ KINDS: dict[str, str] = {
     "disputed": "A dispute was opened",
     "dispute_resolved": "A dispute was resolved and money moves",
     "account_linked": "A Discord account was linked to your account",
+    "payout_waiting": "Your payout waits for you to add where to be paid",
     "reminder_funding": "A reminder to pay before the funding deadline",
     "reminder_inspection": "A reminder to release or dispute before the inspection period ends",
 }
 
 LOCKED_ON: frozenset[str] = frozenset({"funds_held", "delivered", "released", "refunded", "dispute_resolved",
-                                       "account_linked"})
+                                       "account_linked", "payout_waiting"})

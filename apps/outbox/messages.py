@@ -26,7 +26,7 @@ _TYPES: dict[str, type[betterproto2.Message]] = {
 }
 _NAMES = {cls: name for name, cls in _TYPES.items()}
 
-_ESCROW_COMMAND_NAMES = {"CreateEscrow", "MarkDelivered", "ReleaseFunds", "CancelEscrow", "OpenDispute", "ResolveDispute",
+_ESCROW_COMMAND_NAMES = {"CreateEscrow", "AcceptEscrow", "DeclineEscrow", "MarkDelivered", "ReleaseFunds", "CancelEscrow", "OpenDispute", "ResolveDispute",
                          "HoldEscrow", "UnholdEscrow", "RetryPayout", "ReturnStrandedFunds",
                          "ResolveComplianceHold"}
 _PAYMENT_COMMAND_NAMES = {"CreatePaymentIntent", "TransferToSeller", "InitiateRefund"}

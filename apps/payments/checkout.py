@@ -280,7 +280,9 @@ def on_checkout_session_paid(record: Any, event: Any) -> bool:
     from proto.payments import v1 as payments_v1
 
     obj = event.object
-    session = CheckoutSession.objects.filter(session_id=obj.get("id"), provider=record.provider).first()
+    if not isinstance(obj.get("id"), str):
+        return False
+    session = CheckoutSession.objects.filter(session_id=obj["id"], provider=record.provider).first()
     if session is None or obj.get("payment_status") != "paid":
         return False  # not ours, or an asynchronous method still settling (its own event follows)
     intent_id, amount, currency = obj.get("payment_intent"), obj.get("amount_total"), obj.get("currency")
@@ -352,6 +354,8 @@ def _cancel_replaced(intent_id: str, *, escrow_id: str) -> None:
 def on_checkout_session_expired(record: Any, event: Any) -> bool:
     from apps.payments.models import CheckoutSession
 
+    if not isinstance(event.object.get("id"), str):
+        return False
     return bool(
         CheckoutSession.objects.filter(
             session_id=event.object.get("id"),
@@ -361,7 +365,59 @@ def on_checkout_session_expired(record: Any, event: Any) -> bool:
     )
 
 
+def on_deposit_seen(record: Any, event: Any) -> bool:
+    """An inbound transfer into an escrow's deposit wallet that the custodian sees but that is not final
+    yet: remembered (by transaction id) so the deposit page can say the money is on its way. Nothing is
+    counted until the transaction is COMPLETE and screened."""
+    tx = event.object
+    if (
+        tx.get("transactionType") != "INBOUND"
+        or not isinstance(tx.get("id"), str)
+        or not isinstance(tx.get("walletId"), str)
+    ):
+        return False
+    artifact = (
+        PaymentArtifact.objects.select_for_update()
+        .filter(provider=record.provider, kind=PaymentArtifact.Kind.PAYMENT, provider_id=tx.get("walletId"))
+        .first()
+    )
+    if artifact is None or tx["id"] in artifact.raw.get("seen", []):
+        return False
+    artifact.raw = {**artifact.raw, "seen": [*artifact.raw.get("seen", []), tx["id"]]}
+    artifact.save(update_fields=["raw", "updated_at"])
+    return True
+
+
+def sessions_expire_prepare(event: Any, delivery: Any) -> list[str]:
+    """EscrowCancelled: the escrow's open Checkout sessions are expired at Stripe (outside any
+    transaction), so a page left open in a browser cannot take money for a cancelled deal. A session
+    Stripe will not expire (paid or expired meanwhile) is left to its own webhook."""
+    from apps.payments.models import CheckoutSession
+    from apps.payments.providers import stripe_checkout
+    from apps.payments.providers.base import ProviderError
+
+    expired = []
+    for session in CheckoutSession.objects.filter(escrow_id=event.escrow_id, status=CheckoutSession.Status.OPEN):
+        try:
+            stripe_checkout.session_expire(session.session_id)
+        except ProviderError as exc:
+            if exc.transient:
+                raise  # the bus retries; expiring twice is harmless
+            continue
+        expired.append(session.session_id)
+    return expired
+
+
+def sessions_expire_apply(event: Any, delivery: Any, expired: list[str]) -> None:
+    from apps.payments.models import CheckoutSession
+
+    CheckoutSession.objects.filter(session_id__in=expired, status=CheckoutSession.Status.OPEN).update(
+        status=CheckoutSession.Status.EXPIRED, updated_at=timezone.now()
+    )
+
+
 WEBHOOK_HANDLERS = {
+    "custodian.not_final": on_deposit_seen,
     "checkout.session.completed": on_checkout_session_paid,
     "checkout.session.async_payment_succeeded": on_checkout_session_paid,
     "checkout.session.expired": on_checkout_session_expired,

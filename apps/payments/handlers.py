@@ -10,7 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.outbox.bus import Delivery, ExternalEffect, Subscriber
-from apps.payments import payouts, providers, services
+from apps.payments import checkout, payouts, providers, services
 from apps.payments.models import PaymentArtifact, PaymentOrder, WaitingPayout
 from apps.payments.providers.base import MoneyMovement, PaymentSetup, ProviderError
 from proto.escrow import v1 as escrow_v1
@@ -215,6 +215,7 @@ def _transfer_not_sent(command: payments_v1.TransferToSeller, delivery: Delivery
             amount=services.money(command.amount.amount_minor, command.amount.currency),
             provider=payment.provider,
             reason=reason,
+            awaiting_destination=isinstance(outcome, AwaitingDestination),
         ),
         fact=f"{payment.provider}:{key}:not_sent",
     )
@@ -329,5 +330,8 @@ SUBSCRIBER = Subscriber(
         payments_v1.TransferToSeller: ExternalEffect(prepare=prepare_transfer, apply=apply_transfer),
         payments_v1.InitiateRefund: ExternalEffect(prepare=prepare_refund, apply=apply_refund),
         escrow_v1.EscrowComplianceHoldResolved: on_compliance_hold_resolved,
+        # A cancelled deal's open Stripe Checkout pages are closed (apps/payments/checkout.py).
+        escrow_v1.EscrowCancelled: ExternalEffect(prepare=checkout.sessions_expire_prepare,
+                                                  apply=checkout.sessions_expire_apply),
     },
 )

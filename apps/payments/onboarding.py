@@ -169,6 +169,8 @@ def on_account_updated(record: Any, event: Any) -> bool:
     transfers it becomes the seller's destination (a later loss of readiness is recorded, and Stripe
     itself then refuses transfers, which go to ops as TransferFailed)."""
     obj = event.object
+    if not isinstance(obj.get("id"), str):
+        return False
     row = (
         ConnectedAccount.objects.select_for_update().filter(account_id=obj.get("id"), provider=record.provider).first()
     )
@@ -183,6 +185,79 @@ def on_account_updated(record: Any, event: Any) -> bool:
     if row.ready:
         _make_destination(row.seller_id, row.account_id)
     return True
+
+
+# --- what a seller whose payout waits is told ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PayoutStatus:
+    """The escrow's payout as its seller should see it (the deal page, the DM)."""
+
+    # waiting_for_destination | sending | sent | on_hold (screening review) | cancelled (refunded instead)
+    status: str
+    rail: str  # card | usdc
+    seller_id: int
+    amount_minor: int
+    currency: str
+    message: str  # in words, with what to do
+    fix_url: str  # the payout settings page, when the seller has something to do
+
+
+PAYOUT_SETTINGS_NAMES = ("web:payout-settings", "web:payouts", "web:settings-payouts")
+
+
+def payout_settings_url() -> str:
+    """The web app's payout settings page (absolute: DMs carry it)."""
+    from django.urls import NoReverseMatch
+
+    for name in PAYOUT_SETTINGS_NAMES:
+        try:
+            return f"{settings.PUBLIC_BASE_URL.rstrip('/')}{reverse(name)}"
+        except NoReverseMatch:
+            continue
+    return f"{settings.PUBLIC_BASE_URL.rstrip('/')}/settings/payouts"
+
+
+def payout_waiting_words(*, rail: str, amount: str) -> str:
+    where = "a payout account (Stripe)" if rail == "card" else "a USDC wallet address on Base"
+    return (
+        f"Your payout of {amount} is waiting: you have not added {where} yet. Add it in your payout settings "
+        f"and it is sent at once: {payout_settings_url()}"
+    )
+
+
+def payout_status(escrow_id: str) -> PayoutStatus | None:
+    """The latest payout of the escrow, or None when none was attempted without going out at once."""
+    row = WaitingPayout.objects.filter(escrow_id=escrow_id).order_by("-pk").first()
+    if row is None:
+        return None
+    rail = "usdc" if row.provider == "custodian" else "card"
+    amount = f"{row.amount_minor // 100:,}.{row.amount_minor % 100:02d} {row.currency}"
+    status, message, fix_url = {
+        WaitingPayout.Status.WAITING: (
+            "waiting_for_destination",
+            payout_waiting_words(rail=rail, amount=amount),
+            payout_settings_url(),
+        ),
+        WaitingPayout.Status.SENDING: ("sending", f"Your payout of {amount} is being sent.", ""),
+        WaitingPayout.Status.SENT: ("sent", f"Your payout of {amount} was sent.", ""),
+        WaitingPayout.Status.BLOCKED: (
+            "on_hold",
+            f"Your payout of {amount} is on hold while our compliance team reviews the wallet.",
+            "",
+        ),
+        WaitingPayout.Status.CANCELLED: ("cancelled", "The buyer was refunded instead; nothing is paid out.", ""),
+    }[WaitingPayout.Status(row.status)]
+    return PayoutStatus(
+        status=status,
+        rail=rail,
+        seller_id=row.seller_id,
+        amount_minor=row.amount_minor,
+        currency=row.currency,
+        message=message,
+        fix_url=fix_url,
+    )
 
 
 WEBHOOK_HANDLERS = {"account.updated": on_account_updated}

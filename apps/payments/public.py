@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 
@@ -14,7 +15,7 @@ from apps.payments.providers import sandbox
 from apps.payments.providers.sandbox import deliver_owed_webhooks
 from apps.payments.webhooks import WebhookOutcome, webhook_receive
 
-__all__ = ["PaymentInstructions", "WebhookOutcome", "deliver_owed_webhooks", "payment_instructions", "payment_instructions_many",
+__all__ = ["PaymentInstructions", "escrow_ids_on_rail", "payment_rails", "WebhookOutcome", "deliver_owed_webhooks", "payment_instructions", "payment_instructions_many",
            "payment_instructions_wait",
            "sandbox_pay", "webhook_receive"]
 
@@ -130,12 +131,31 @@ from apps.payments.onboarding import (  # noqa: E402
     Onboarding,
     OnboardingLinkInvalid,
     OnboardingUnavailable,
+    PayoutStatus,
     onboarding_get,
     onboarding_link_read,
     onboarding_refresh,
     onboarding_start,
+    payout_settings_url,
+    payout_status,
+    payout_waiting_words,
     sandbox_onboarding_complete,
 )
 
 __all__ += ["Onboarding", "OnboardingLinkInvalid", "OnboardingUnavailable", "onboarding_get", "onboarding_link_read",
-            "onboarding_refresh", "onboarding_start", "sandbox_onboarding_complete"]
+            "onboarding_refresh", "onboarding_start", "PayoutStatus", "payout_settings_url", "payout_status",
+            "payout_waiting_words", "sandbox_onboarding_complete"]
+
+
+def payment_rails() -> list[str]:
+    """The rails (providers) escrows have been collected through, sorted."""
+    from apps.payments.models import PaymentOrder
+
+    return sorted(set(PaymentOrder.objects.values_list("provider", flat=True).distinct()))
+
+
+def escrow_ids_on_rail(rail: str) -> Any:
+    """The ids of the escrows collected through this rail, as a queryset (usable as a subquery)."""
+    from apps.payments.models import PaymentOrder
+
+    return PaymentOrder.objects.filter(provider=rail).values("escrow_id")

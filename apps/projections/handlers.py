@@ -72,17 +72,30 @@ def on_created(event: escrow_v1.EscrowCreated, delivery: Delivery, tables: Table
         escrow_id=event.escrow_id,
         buyer_id=event.buyer_id,
         seller_id=event.seller_id,
-        state="AWAIT_FUNDS",
+        # Events from before two-sided deals name no creator: the buyer created those, already accepted.
+        created_by_id=event.created_by_id or event.buyer_id,
+        state="AWAIT_ACCEPTANCE" if event.created_by_id else "AWAIT_FUNDS",
         amount_minor=event.amount.amount_minor,
         currency=event.amount.currency,
         description=event.description,
         inspection_period_hours=event.inspection_period_hours,
         funding_deadline=event.funding_deadline,
+        acceptance_deadline=event.acceptance_deadline,
         state_since=delivery.occurred_at,
         version=delivery.aggregate_version,
         created_at=delivery.occurred_at,
         updated_at=delivery.occurred_at,
     )
+    _timeline(event, delivery, tables)
+
+
+def on_accepted(event: escrow_v1.EscrowAccepted, delivery: Delivery, tables: Tables) -> None:
+    _update(delivery, tables, state="AWAIT_FUNDS", funding_deadline=event.funding_deadline)
+    _timeline(event, delivery, tables)
+
+
+def on_declined(event: escrow_v1.EscrowDeclined, delivery: Delivery, tables: Tables) -> None:
+    _update(delivery, tables, state="CANCELLED")
     _timeline(event, delivery, tables)
 
 
@@ -190,6 +203,8 @@ def on_hold_lifted(event: escrow_v1.EscrowHoldLifted, delivery: Delivery, tables
         changes["funding_deadline"] = event.funding_deadline
     if event.inspection_deadline is not None:
         changes["inspection_deadline"] = event.inspection_deadline
+    if event.acceptance_deadline is not None:
+        changes["acceptance_deadline"] = event.acceptance_deadline
     _update(delivery, tables, **changes)
     _timeline(event, delivery, tables)
 
@@ -212,6 +227,8 @@ def on_stranded_funds_return_requested(event: escrow_v1.EscrowStrandedFundsRetur
 
 FOLDS: dict[type[betterproto2.Message], Fold] = {
     escrow_v1.EscrowCreated: on_created,
+    escrow_v1.EscrowAccepted: on_accepted,
+    escrow_v1.EscrowDeclined: on_declined,
     escrow_v1.EscrowFundsHeld: on_funds_held,
     escrow_v1.EscrowDelivered: on_delivered,
     escrow_v1.EscrowReleaseRequested: on_release_requested,

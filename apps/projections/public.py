@@ -6,6 +6,8 @@ from apps.projections.selectors import (
     escrow_view_wait,
     escrow_views_for_user,
     escrow_views_with_deadline_between,
+    ops_attention_waiting,
+    ops_daily_figures,
 )
 
 __all__ = [
@@ -14,4 +16,6 @@ __all__ = [
     "escrow_view_wait",
     "escrow_views_for_user",
     "escrow_views_with_deadline_between",
+    "ops_attention_waiting",
+    "ops_daily_figures",
 ]

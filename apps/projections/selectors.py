@@ -83,18 +83,33 @@ def ops_open_disputes() -> QuerySet[Any]:
 
 
 def ops_stuck_payments(*, now: datetime.datetime | None = None) -> QuerySet[Any]:
-    """Escrows waiting on money past their time: unfunded past the funding deadline (the timer should
-    have cancelled them), or a payout / refund that has not come back for a while."""
+    """Escrows waiting past their time: unanswered past the acceptance deadline or unfunded past the
+    funding deadline (the timer should have cancelled them), or a payout / refund that has not come back
+    for a while."""
     now = now or timezone.now()
     views = active_tables().view.objects
     return views.filter(
-        Q(state="AWAIT_FUNDS", funding_deadline__lt=now)
+        Q(state="AWAIT_ACCEPTANCE", acceptance_deadline__lt=now)
+        | Q(state="AWAIT_FUNDS", funding_deadline__lt=now)
         | Q(state__in=("RELEASING", "REFUNDING"), state_since__lt=now - MONEY_MOVING_STUCK_AFTER)
     ).order_by("state_since", "escrow_id")
 
 
 def ops_compliance_holds() -> QuerySet[Any]:
     return active_tables().view.objects.filter(attention="compliance_hold").order_by("attention_since", "escrow_id")
+
+
+def ops_attention_waiting() -> list[tuple[str, int, float]]:
+    """(attention, escrows, seconds the longest-waiting one has waited) for each kind of attention open now
+    (compliance_hold, transfer_failed, ...): what the alerts watch."""
+    from django.db.models import Count, Min
+    from django.utils import timezone
+
+    now = timezone.now()
+    rows = (active_tables().view.objects.exclude(attention="").values("attention")
+            .annotate(n=Count("escrow_id"), oldest=Min("attention_since")).order_by("attention"))
+    return [(row["attention"], row["n"], max((now - row["oldest"]).total_seconds(), 0.0) if row["oldest"] else 0.0)
+            for row in rows]
 
 
 def ops_needs_attention() -> QuerySet[Any]:

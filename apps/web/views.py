@@ -337,7 +337,7 @@ def deal_page(request: HttpRequest, escrow_id: uuid.UUID) -> HttpResponse:
             "reason_form": forms.ReasonForm(),
             "dispute_form": forms.DisputeForm(),
             "evidence_form": forms.EvidenceForm(),
-            "payout_waiting": side == "seller" and view.payout_pending,
+            "payout": payments.payout_status(str(view.escrow_id)) if side == "seller" else None,
         },
     )
 

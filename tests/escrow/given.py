@@ -38,7 +38,9 @@ def money(amount_minor: int, currency: str = CURRENCY) -> Money:
     return Money(amount_minor=amount_minor, currency=currency)
 
 
-def create(*, buyer: Any, seller: Any, amount_minor: int = AMOUNT, currency: str = CURRENCY) -> uuid.UUID:
+def propose(*, buyer: Any, seller: Any, amount_minor: int = AMOUNT, currency: str = CURRENCY,
+            creator: Any = None) -> uuid.UUID:
+    """A deal created by `creator` (the buyer unless said otherwise), waiting for the other party."""
     escrow_id = uuid.uuid4()
     services.dispatch(
         escrow_v1.CreateEscrow(
@@ -47,10 +49,17 @@ def create(*, buyer: Any, seller: Any, amount_minor: int = AMOUNT, currency: str
             seller_id=seller.pk,
             amount=money(amount_minor, currency),
             description="Dominus Empyreus",
-            actor=user(buyer),
+            actor=user(creator or buyer),
         ),
         command_id=uuid.uuid4(),
     )
+    return escrow_id
+
+
+def create(*, buyer: Any, seller: Any, amount_minor: int = AMOUNT, currency: str = CURRENCY) -> uuid.UUID:
+    """A deal the buyer created and the seller accepted: AWAIT_FUNDS."""
+    escrow_id = propose(buyer=buyer, seller=seller, amount_minor=amount_minor, currency=currency)
+    send(escrow_v1.AcceptEscrow(escrow_id=str(escrow_id), actor=user(seller)))
     return escrow_id
 
 
@@ -96,6 +105,8 @@ def refunded(escrow_id: uuid.UUID) -> None:
 
 def escrow_in(state: str, *, buyer: Any, seller: Any, staff: Any) -> uuid.UUID:
     """An escrow brought to `state` along the path DESIGN.md's table describes."""
+    if state == "AWAIT_ACCEPTANCE":
+        return propose(buyer=buyer, seller=seller)
     eid = create(buyer=buyer, seller=seller)
     e = str(eid)
     if state == "AWAIT_FUNDS":

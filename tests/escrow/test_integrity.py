@@ -37,7 +37,7 @@ def test_database_refuses_unbalanced_books(update: dict[str, Any], buyer: Any, s
 
 
 def test_audit_rows_cannot_be_changed_or_deleted_through_the_model(buyer: Any, seller: Any) -> None:
-    escrow_id = given.create(buyer=buyer, seller=seller)
+    escrow_id = given.propose(buyer=buyer, seller=seller)
     event = EscrowEvent.objects.get(escrow_id=escrow_id)
     event.type = "escrow.v1.EscrowReleased"
     with pytest.raises(PermissionError):
@@ -55,7 +55,7 @@ def test_audit_rows_cannot_be_changed_or_deleted_through_the_model(buyer: Any, s
     ids=["update", "delete"],
 )
 def test_postgres_trigger_refuses_raw_update_and_delete(sql: str, buyer: Any, seller: Any) -> None:
-    escrow_id = given.create(buyer=buyer, seller=seller)
+    escrow_id = given.propose(buyer=buyer, seller=seller)
     event = EscrowEvent.objects.get(escrow_id=escrow_id)
     with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(sql, [event.pk])
@@ -64,7 +64,7 @@ def test_postgres_trigger_refuses_raw_update_and_delete(sql: str, buyer: Any, se
 
 @pytest.mark.postgres_only
 def test_postgres_trigger_refuses_a_queryset_update(buyer: Any, seller: Any) -> None:
-    escrow_id = given.create(buyer=buyer, seller=seller)
+    escrow_id = given.propose(buyer=buyer, seller=seller)
     with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
         EscrowEvent.objects.filter(escrow_id=escrow_id).update(actor_kind="staff")
     assert EscrowEvent.objects.get(escrow_id=escrow_id).actor_kind == "user"

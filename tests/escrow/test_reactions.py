@@ -56,7 +56,7 @@ def test_amount_mismatch_stays_awaiting_funds_for_ops_with_the_money_held(buyer:
     assert after["state"] == "AWAIT_FUNDS"
     assert after["attention"] == "payment_amount_mismatch"
     assert (after["received_minor"], after["held_minor"]) == (given.AMOUNT - 1, given.AMOUNT - 1)
-    assert given.event_types(escrow_id) == ["EscrowCreated", "EscrowNeedsAttention"]
+    assert given.event_types(escrow_id) == ["EscrowCreated", "EscrowAccepted", "EscrowNeedsAttention"]
     given.assert_books_balance(escrow_id)
 
     # Cancelling now must give the partial payment back, not just close the escrow.
@@ -81,7 +81,7 @@ def test_currency_mismatch_stays_awaiting_funds_and_is_not_booked_in_the_escrow_
     assert after["attention"] == "payment_currency_mismatch"
     # EUR cents cannot be added to USD books: the money is reported to ops in the event, not counted.
     assert (after["received_minor"], after["held_minor"]) == (0, 0)
-    assert given.event_types(escrow_id) == ["EscrowCreated", "EscrowNeedsAttention"]
+    assert given.event_types(escrow_id) == ["EscrowCreated", "EscrowAccepted", "EscrowNeedsAttention"]
     given.assert_books_balance(escrow_id)
 
 

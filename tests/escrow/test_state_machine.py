@@ -22,13 +22,19 @@ from proto.escrow import v1 as escrow_v1
 from tests.escrow import given
 from tests.factories import UserFactory
 
-STATES = ["AWAIT_FUNDS", "FUNDS_HELD", "DELIVERED", "RELEASING", "RELEASED", "CANCELLED", "REFUNDING",
+STATES = ["AWAIT_ACCEPTANCE", "AWAIT_FUNDS", "FUNDS_HELD", "DELIVERED", "RELEASING", "RELEASED", "CANCELLED", "REFUNDING",
           "REFUNDED", "DISPUTED"]
-COMMANDS = ["MarkDelivered", "ReleaseFunds", "CancelEscrow", "OpenDispute", "ResolveDispute"]
+COMMANDS = ["AcceptEscrow", "DeclineEscrow", "MarkDelivered", "ReleaseFunds", "CancelEscrow", "OpenDispute", "ResolveDispute"]
 ROLES = ["buyer", "seller", "staff", "timer", "system", "stranger"]
 
 # (from state, command) -> (who may, to state, events emitted, outbound payments commands). DESIGN.md.
+# The escrows here are created by the buyer, so the seller is the counterparty who accepts or declines
+# (test_seller_created_deal_is_accepted_by_the_buyer covers the mirror image).
 LEGAL: dict[tuple[str, str], tuple[set[str], str, list[str], list[str]]] = {
+    # The payment is set up only once both parties agreed.
+    ("AWAIT_ACCEPTANCE", "AcceptEscrow"): ({"seller"}, "AWAIT_FUNDS", ["EscrowAccepted"], ["CreatePaymentIntent"]),
+    ("AWAIT_ACCEPTANCE", "DeclineEscrow"): ({"seller"}, "CANCELLED", ["EscrowDeclined"], []),
+    ("AWAIT_ACCEPTANCE", "CancelEscrow"): ({"buyer", "staff", "timer"}, "CANCELLED", ["EscrowCancelled"], []),
     ("FUNDS_HELD", "MarkDelivered"): ({"seller"}, "DELIVERED", ["EscrowDelivered"], []),
     ("DELIVERED", "ReleaseFunds"): (
         {"buyer", "staff", "timer"}, "RELEASING", ["EscrowReleaseRequested"], ["TransferToSeller"]),
@@ -68,6 +74,8 @@ def actor_for(role: str, cast: dict[str, Any]) -> Any:
 def command_for(name: str, escrow_id: uuid.UUID, actor: Any) -> Any:
     e = str(escrow_id)
     return {
+        "AcceptEscrow": lambda: escrow_v1.AcceptEscrow(escrow_id=e, actor=actor),
+        "DeclineEscrow": lambda: escrow_v1.DeclineEscrow(escrow_id=e, actor=actor, reason="not at that price"),
         "MarkDelivered": lambda: escrow_v1.MarkDelivered(escrow_id=e, actor=actor),
         "ReleaseFunds": lambda: escrow_v1.ReleaseFunds(escrow_id=e, actor=actor),
         "CancelEscrow": lambda: escrow_v1.CancelEscrow(escrow_id=e, actor=actor, reason="changed my mind"),
@@ -91,7 +99,7 @@ def check_one(state: str, command: str, role: str, cast: dict[str, Any]) -> None
     # given an escrow in `state` whose deadlines have passed (so the timer's guard is not what decides)
     escrow_id = given.escrow_in(state, buyer=cast["buyer"], seller=cast["seller"], staff=cast["staff"])
     past = timezone.now() - datetime.timedelta(minutes=1)
-    Escrow.objects.filter(pk=escrow_id).update(funding_deadline=past)
+    Escrow.objects.filter(pk=escrow_id).update(funding_deadline=past, acceptance_deadline=past)
     Escrow.objects.filter(pk=escrow_id, inspection_deadline__isnull=False).update(inspection_deadline=past)
     before, footprint, outbox_mark = given.snapshot(escrow_id), given.footprint(), given.last_outbox_id()
     assert before["state"] == state
@@ -176,12 +184,49 @@ def test_create_twice_with_one_command_id_creates_one_escrow(buyer: Any, seller:
     assert given.footprint() == footprint
 
 
-def test_create_emits_escrow_created_and_create_payment_intent(buyer: Any, seller: Any) -> None:
+def test_create_awaits_acceptance_and_asks_for_no_payment_yet(buyer: Any, seller: Any) -> None:
     mark = given.last_outbox_id()
-    escrow_id = given.create(buyer=buyer, seller=seller)
-    assert given.snapshot(escrow_id)["state"] == "AWAIT_FUNDS"
+    escrow_id = given.propose(buyer=buyer, seller=seller)
+    escrow = Escrow.objects.get(pk=escrow_id)
+    assert (escrow.state, escrow.creator_role, escrow.created_by_id) == ("AWAIT_ACCEPTANCE", "buyer", buyer.pk)
+    assert escrow.funding_deadline is None and escrow.acceptance_deadline is not None
     assert given.event_types(escrow_id) == ["EscrowCreated"]
-    assert sorted(given.outbox_types_since(escrow_id, mark)) == ["CreateEscrow", "CreatePaymentIntent", "EscrowCreated"]
+    assert sorted(given.outbox_types_since(escrow_id, mark)) == ["CreateEscrow", "EscrowCreated"]
+
+
+def test_accept_starts_the_funding_deadline_and_asks_for_the_payment(buyer: Any, seller: Any,
+                                                                     settings: Any) -> None:
+    settings.FUNDING_DEADLINE_HOURS = 5
+    escrow_id = given.propose(buyer=buyer, seller=seller)
+    mark = given.last_outbox_id()
+    before = timezone.now()
+    given.send(escrow_v1.AcceptEscrow(escrow_id=str(escrow_id), actor=given.user(seller)))
+    escrow = Escrow.objects.get(pk=escrow_id)
+    assert escrow.state == "AWAIT_FUNDS"
+    assert before + datetime.timedelta(hours=5) <= escrow.funding_deadline
+    assert escrow.funding_deadline <= timezone.now() + datetime.timedelta(hours=5)
+    assert given.event_types(escrow_id) == ["EscrowCreated", "EscrowAccepted"]
+    assert sorted(given.outbox_types_since(escrow_id, mark)) == ["AcceptEscrow", "CreatePaymentIntent",
+                                                                 "EscrowAccepted"]
+
+
+def test_seller_created_deal_is_accepted_by_the_buyer(buyer: Any, seller: Any, staff: Any) -> None:
+    escrow_id = given.propose(buyer=buyer, seller=seller, creator=seller)
+    assert Escrow.objects.get(pk=escrow_id).created_by_id == seller.pk
+    before, footprint = given.snapshot(escrow_id), given.footprint()
+    # the seller created it: the seller can neither accept nor decline it, the buyer cannot cancel it
+    for refused in (escrow_v1.AcceptEscrow(escrow_id=str(escrow_id), actor=given.user(seller)),
+                    escrow_v1.DeclineEscrow(escrow_id=str(escrow_id), actor=given.user(seller)),
+                    escrow_v1.CancelEscrow(escrow_id=str(escrow_id), actor=given.user(buyer)),
+                    escrow_v1.AcceptEscrow(escrow_id=str(escrow_id), actor=given.staff_actor(staff))):
+        with pytest.raises(NotAllowed):
+            given.send(refused)
+    assert (given.snapshot(escrow_id), given.footprint()) == (before, footprint)
+    result = given.send(escrow_v1.AcceptEscrow(escrow_id=str(escrow_id), actor=given.user(buyer)))
+    assert result.state == "AWAIT_FUNDS"
+    # and the seller who created it may cancel another one before it is accepted
+    other = given.propose(buyer=buyer, seller=seller, creator=seller)
+    assert given.send(escrow_v1.CancelEscrow(escrow_id=str(other), actor=given.user(seller))).state == "CANCELLED"
 
 
 @pytest.mark.parametrize(
@@ -190,18 +235,21 @@ def test_create_emits_escrow_created_and_create_payment_intent(buyer: Any, selle
         {"amount": given.money(0)},
         {"amount": given.money(-5)},
         {"seller": "buyer"},
-        {"actor": "seller"},
+        {"actor": "stranger"},
+        {"actor": "timer"},
         {"escrow_id": "not-a-uuid"},
     ],
-    ids=["zero", "negative", "self-dealing", "not-the-buyer", "bad-id"],
+    ids=["zero", "negative", "self-dealing", "not-a-party", "not-a-user", "bad-id"],
 )
 def test_create_rejects_bad_input_and_writes_nothing(change: dict[str, Any], buyer: Any, seller: Any) -> None:
     fields: dict[str, Any] = {"escrow_id": str(uuid.uuid4()), "buyer_id": buyer.pk, "seller_id": seller.pk,
                               "amount": given.money(500), "description": "x", "actor": given.user(buyer)}
     if change.get("seller") == "buyer":
         fields["seller_id"] = buyer.pk
-    elif change.get("actor") == "seller":
-        fields["actor"] = given.user(seller)
+    elif change.get("actor") == "stranger":
+        fields["actor"] = given.user(UserFactory(username="outsider"))
+    elif change.get("actor") == "timer":
+        fields["actor"] = given.TIMER
     else:
         fields.update(change)
     with pytest.raises((InvalidCommand, EscrowNotFound)):

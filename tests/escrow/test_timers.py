@@ -1,4 +1,5 @@
-"""The escrow's clocks: funding deadline -> auto-cancel, inspection period -> auto-release. Time moves by
+"""The escrow's clocks: acceptance deadline -> auto-cancel of an unanswered deal, funding deadline ->
+auto-cancel, inspection period -> auto-release. Time moves by
 settings (FUNDING_DEADLINE_HOURS=0) or by moving a deadline column in the given step; the code is real,
 with the sandbox provider completing the payout through its signed webhooks."""
 
@@ -49,7 +50,47 @@ def test_funding_deadline_passing_cancels(settings: Any, buyer: Any, seller: Any
     assert cancelled.data["reason"] == "funding deadline passed"
     # fired once: a second pass finds nothing to do
     assert fire_due_timers() == 0
+    assert given.event_types(escrow_id) == ["EscrowCreated", "EscrowAccepted", "EscrowCancelled"]
+
+
+def test_acceptance_deadline_passing_cancels_the_unanswered_deal(settings: Any, buyer: Any, seller: Any) -> None:
+    settings.ACCEPTANCE_DEADLINE_HOURS = 0
+    escrow_id = given.propose(buyer=buyer, seller=seller)
+    settings.ACCEPTANCE_DEADLINE_HOURS = 48
+    answered = given.create(buyer=buyer, seller=seller)  # accepted in time: its funding clock runs instead
+    fresh = given.propose(buyer=buyer, seller=seller)  # still within its 48 hours
+
+    assert fire_due_timers() == 1
+
+    assert given.snapshot(escrow_id)["state"] == "CANCELLED"
+    cancelled = EscrowEvent.objects.get(escrow_id=escrow_id, type="escrow.v1.EscrowCancelled")
+    assert (cancelled.actor_kind, cancelled.data["reason"]) == ("timer", "acceptance deadline passed")
+    assert given.snapshot(answered)["state"] == "AWAIT_FUNDS"
+    assert given.snapshot(fresh)["state"] == "AWAIT_ACCEPTANCE"
+    assert fire_due_timers() == 0
     assert given.event_types(escrow_id) == ["EscrowCreated", "EscrowCancelled"]
+    # the counterparty comes back too late: the deal is gone
+    with pytest.raises(InvalidTransition):
+        given.send(escrow_v1.AcceptEscrow(escrow_id=str(escrow_id), actor=given.user(seller)))
+
+
+def test_the_timer_cannot_cancel_an_unanswered_deal_early(buyer: Any, seller: Any) -> None:
+    escrow_id = given.propose(buyer=buyer, seller=seller)
+    footprint = given.footprint()
+    with pytest.raises(InvalidTransition, match="acceptance deadline has not passed"):
+        given.send(escrow_v1.CancelEscrow(escrow_id=str(escrow_id), actor=given.TIMER, reason="early"))
+    assert given.footprint() == footprint
+    assert given.snapshot(escrow_id)["state"] == "AWAIT_ACCEPTANCE"
+
+
+def test_the_funding_deadline_starts_at_acceptance_not_at_creation(settings: Any, buyer: Any, seller: Any) -> None:
+    # a deal proposed long ago and accepted now has its full funding time ahead
+    settings.FUNDING_DEADLINE_HOURS = 1
+    escrow_id = given.propose(buyer=buyer, seller=seller)
+    Escrow.objects.filter(pk=escrow_id).update(created_at=timezone.now() - datetime.timedelta(hours=5))
+    given.send(escrow_v1.AcceptEscrow(escrow_id=str(escrow_id), actor=given.user(seller)))
+    assert fire_due_timers() == 0
+    assert Escrow.objects.get(pk=escrow_id).funding_deadline > timezone.now() + datetime.timedelta(minutes=50)
 
 
 def test_inspection_period_lapsing_releases_through_the_sandbox(buyer: Any, seller: Any) -> None:
@@ -68,11 +109,13 @@ def test_inspection_period_lapsing_releases_through_the_sandbox(buyer: Any, sell
 
 def test_nothing_fires_before_the_deadlines(buyer: Any, seller: Any) -> None:
     awaiting = given.create(buyer=buyer, seller=seller)
+    proposed = given.propose(buyer=buyer, seller=seller)
     delivered = delivered_escrow(buyer, seller, lapsed=False)
     footprint = given.footprint()
 
     assert fire_due_timers() == 0
 
+    assert given.snapshot(proposed)["state"] == "AWAIT_ACCEPTANCE"
     assert given.snapshot(awaiting)["state"] == "AWAIT_FUNDS"
     assert given.snapshot(delivered)["state"] == "DELIVERED"
     assert given.footprint() == footprint

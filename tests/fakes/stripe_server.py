@@ -1,10 +1,20 @@
 """A local Stripe, on pytest-httpserver, answering the real SDK the way Stripe does.
 
 It keeps PaymentIntents, Transfers and Refunds in memory, answers form-encoded v1 requests with JSON
-objects that carry ids, refuses bad requests with Stripe's `{"error": {...}}` bodies, replays a request
-sent again with the same Idempotency-Key (and refuses the key reused with other parameters), and can be
-told to answer the next requests with a 429, a 500 or a card error. It also signs webhooks with
-Stripe's scheme, so tests post exactly what Stripe would.
+objects that carry ids, and refuses bad requests with Stripe's `{"error": {...}}` bodies, including what
+Stripe refuses about money: a refund above what is left of the charge (`charge_already_refunded`,
+`amount_too_large`) and a transfer above what the source charge still has available
+(`balance_insufficient`).
+
+Idempotency as Stripe's "Idempotent requests" page describes it: the status and body of the first
+request for a key are saved once the endpoint has begun executing, whether it succeeded or failed, and a
+request sent again with the key gets that saved answer, 500s included, with `Idempotent-Replayed: true`
+(a key reused with other parameters is refused). Answers given before the endpoint runs (401, 429, 502 /
+503 from in front of it) are not saved. The fake can be told to answer the next requests with a 429, a
+500 (after doing the work, or without doing it) or a card error, and it answers list and search calls
+(transfers by transfer_group, refunds by payment_intent, PaymentIntents searched by metadata), which is
+how a client finds out what a 500 left behind. It also signs webhooks with Stripe's scheme, so tests
+post exactly what Stripe would.
 """
 
 from __future__ import annotations
@@ -24,6 +34,9 @@ from werkzeug import Request, Response
 from apps.payments.providers import stripe_signature
 
 WEBHOOK_SECRET = "whsec_test_fake_stripe_0123456789abcdef"
+# Answered before the endpoint runs (authentication, concurrency, rate limits, the load balancer): Stripe
+# saves nothing for the key, so the same key sent again is carried out.
+UNSAVED_STATUSES = frozenset({401, 409, 429, 502, 503})
 
 
 # --- Checkout Sessions and Connect Express onboarding ------------------------------------------------------
@@ -72,6 +85,16 @@ class HostedStripe:
             if match.group(1) not in self.objects:
                 return _error(404, "invalid_request_error", f"No such checkout.session: '{match.group(1)}'",
                               code="resource_missing")
+            return 200, json.dumps(self.public(match.group(1)))
+        match = re.fullmatch(r"/v1/checkout/sessions/([A-Za-z0-9_]+)/expire", path)
+        if method == "POST" and match:
+            session = self.objects.get(match.group(1))
+            if session is None:
+                return _error(404, "invalid_request_error", f"No such checkout.session: '{match.group(1)}'",
+                              code="resource_missing")
+            if session["status"] != "open":
+                return _error(400, "invalid_request_error", "This Checkout Session is not in an expirable state.")
+            session["status"] = "expired"
             return 200, json.dumps(self.public(match.group(1)))
         match = re.fullmatch(r"/v1/payment_intents/([A-Za-z0-9_]+)/cancel", path)
         if method == "POST" and match:
@@ -137,6 +160,7 @@ class Seen:
     params: dict[str, str]
     idempotency_key: str | None
     status: int
+    replayed: bool = False
 
 
 @dataclass
@@ -148,8 +172,8 @@ class FakeStripe(HostedStripe):
     restricted: set[str] = field(default_factory=set)
     requests: list[Seen] = field(default_factory=list)
     _replies: dict[str, tuple[dict[str, str], int, str]] = field(default_factory=dict)
-    _failures: deque[tuple[str, int, dict[str, Any]]] = field(default_factory=deque)
-    _delays: deque[tuple[str, float]] = field(default_factory=deque)
+    _failures: deque[tuple[str, int, dict[str, Any], bool, str | None]] = field(default_factory=deque)
+    _delays: deque[tuple[str, float, str | None]] = field(default_factory=deque)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -162,14 +186,26 @@ class FakeStripe(HostedStripe):
 
     # --- what tests arrange and inspect --------------------------------------------------------------
 
-    def fail_next(self, path_prefix: str, status: int, error: dict[str, Any] | None = None) -> None:
-        """The next request under `path_prefix` gets this status and a Stripe error body."""
-        self._failures.append((path_prefix, status, error or {"type": "api_error", "message": "Something broke"}))
+    def fail_next(self, path_prefix: str, status: int, error: dict[str, Any] | None = None, *,
+                  after_the_work: bool = False, method: str | None = None) -> None:
+        """The next request under `path_prefix` gets this status and a Stripe error body. With
+        `after_the_work` the request is carried out first (the object exists) and answered with the error
+        anyway, as when Stripe fails after committing. A 500 is saved for its key and replayed; a 401, 409,
+        429, 502 or 503 is answered before the endpoint runs and is not saved. `method` limits it to
+        one HTTP method (a POST that fails while the lookups answer)."""
+        self._failures.append((path_prefix, status, error or {"type": "api_error", "message": "Something broke"},
+                               after_the_work, method))
 
-    def delay_next(self, path_prefix: str, seconds: float) -> None:
-        """The next request under `path_prefix` is processed, but answered only after `seconds` (a client
-        with a shorter timeout gives up, as with a slow Stripe that still did the work)."""
-        self._delays.append((path_prefix, seconds))
+    def refund_outside(self, intent_id: str, amount: int) -> dict[str, Any]:
+        """Someone refunds part of the charge from Stripe's dashboard, outside the escrow."""
+        intent = self.objects[intent_id]
+        return self._refund(intent, amount, {})
+
+    def delay_next(self, path_prefix: str, seconds: float, *, method: str | None = None) -> None:
+        """The next request under `path_prefix` (of `method`, if given) is processed, but answered only
+        after `seconds` (a client with a shorter timeout gives up, as with a slow Stripe that still did the
+        work)."""
+        self._delays.append((path_prefix, seconds, method))
 
     def created(self, kind: str) -> list[Seen]:
         """Successful POSTs that created an object of `kind` (payment_intents, transfers, refunds), replays
@@ -188,7 +224,8 @@ class FakeStripe(HostedStripe):
         if currency is not None:
             intent["currency"] = currency
         self.objects[charge_id] = {"id": charge_id, "object": "charge", "amount": intent["amount_received"],
-                                   "currency": intent["currency"], "payment_intent": intent_id, "refunded": False}
+                                   "currency": intent["currency"], "payment_intent": intent_id, "refunded": False,
+                                   "amount_refunded": 0}
         return dict(intent)
 
     # --- the HTTP side ------------------------------------------------------------------------------
@@ -200,35 +237,41 @@ class FakeStripe(HostedStripe):
         with self._lock:
             params = dict(request.form) if request.method == "POST" else dict(request.args)
             key = request.headers.get("Idempotency-Key")
-            status, body = self._answer(request, params, key)
-            self.requests.append(Seen(request.method, request.path, params, key, status))
-            for index, (prefix, seconds) in enumerate(self._delays):
-                if request.path.startswith(prefix):
+            status, body, replayed = self._answer(request, params, key)
+            self.requests.append(Seen(request.method, request.path, params, key, status, replayed))
+            for index, (prefix, seconds, method) in enumerate(self._delays):
+                if request.path.startswith(prefix) and method in (None, request.method):
                     del self._delays[index]
                     time.sleep(seconds)  # holding the lock: a retry waits, then sees the replay
                     break
-            return Response(body, status=status, content_type="application/json",
-                            headers={"Request-Id": f"req_{next(self._ids)}", "Idempotency-Key": key or ""})
+            headers = {"Request-Id": f"req_{next(self._ids)}", "Idempotency-Key": key or ""}
+            if replayed:
+                headers["Idempotent-Replayed"] = "true"
+            return Response(body, status=status, content_type="application/json", headers=headers)
 
-    def _answer(self, request: Request, params: dict[str, str], key: str | None) -> tuple[int, str]:
+    def _answer(self, request: Request, params: dict[str, str], key: str | None) -> tuple[int, str, bool]:
         if not request.headers.get("Authorization", "").startswith("Bearer sk_"):
-            return _error(401, "invalid_request_error", "Invalid API Key provided")
-        for index, (prefix, status, error) in enumerate(self._failures):
-            if request.path.startswith(prefix):
-                del self._failures[index]
-                return status, json.dumps({"error": error})
+            return (*_error(401, "invalid_request_error", "Invalid API Key provided"), False)
         if request.method == "POST" and key:
             replay = self._replies.get(key)
             if replay is not None:
                 if replay[0] != params:
-                    return _error(400, "idempotency_error",
-                                  "Keys for idempotent requests can only be used with the same parameters "
-                                  "they were first used with.")
-                return replay[1], replay[2]
-        status, body = self._route(request, params)
-        if request.method == "POST" and key and status < 500:
+                    return (*_error(400, "idempotency_error",
+                                    "Keys for idempotent requests can only be used with the same parameters "
+                                    "they were first used with."), False)
+                return replay[1], replay[2], True
+        for index, (prefix, fail_status, error, after_the_work, method) in enumerate(self._failures):
+            if request.path.startswith(prefix) and method in (None, request.method):
+                del self._failures[index]
+                if after_the_work:
+                    self._route(request, params)
+                status, body = fail_status, json.dumps({"error": error})
+                break
+        else:
+            status, body = self._route(request, params)
+        if request.method == "POST" and key and status not in UNSAVED_STATUSES:
             self._replies[key] = (params, status, body)
-        return status, body
+        return status, body, False
 
     def _route(self, request: Request, params: dict[str, str]) -> tuple[int, str]:
         path, method = request.path, request.method
@@ -243,7 +286,13 @@ class FakeStripe(HostedStripe):
             return self._create_refund(params)
         if method == "GET" and path == "/v1/refunds":
             refunds = [o for o in self.of_kind("refund") if o["payment_intent"] == params.get("payment_intent")]
-            return 200, json.dumps({"object": "list", "url": "/v1/refunds", "has_more": False, "data": refunds})
+            return _list("/v1/refunds", refunds)
+        if method == "GET" and path == "/v1/transfers":
+            transfers = [o for o in self.of_kind("transfer") if "transfer_group" not in params
+                         or o["transfer_group"] == params["transfer_group"]]
+            return _list("/v1/transfers", transfers)
+        if method == "GET" and path == "/v1/payment_intents/search":
+            return self._search_intents(params.get("query", ""))
         match = re.fullmatch(r"/v1/accounts/([A-Za-z0-9_]+)", path)
         if method == "GET" and match:
             return self._account(match.group(1))
@@ -270,6 +319,20 @@ class FakeStripe(HostedStripe):
                              None if ready else "requirements.past_due"},
         })
 
+    def _search_intents(self, query: str) -> tuple[int, str]:
+        """Stripe's search query language, the part we use: metadata['key']:'value' clauses joined by AND."""
+        clauses = [c.strip() for c in re.split(r"\s+AND\s+", query.strip()) if c.strip()]
+        wanted: dict[str, str] = {}
+        for clause in clauses:
+            match = re.fullmatch(r"metadata\['([^']+)'\]:'([^']*)'", clause)
+            if match is None:
+                return _error(400, "invalid_request_error", f"Invalid search query: {query!r}", param="query")
+            wanted[match.group(1)] = match.group(2)
+        found = [o for o in self.of_kind("payment_intent")
+                 if all(o["metadata"].get(k) == v for k, v in wanted.items())]
+        return 200, json.dumps({"object": "search_result", "url": "/v1/payment_intents/search", "has_more": False,
+                                "next_page": None, "data": found})
+
     def _create_intent(self, params: dict[str, str]) -> tuple[int, str]:
         amount = int(params.get("amount", "0"))
         if amount < 50:
@@ -294,6 +357,13 @@ class FakeStripe(HostedStripe):
         charge = self.objects.get(params.get("source_transaction", ""))
         if charge is None or charge["object"] != "charge":
             return _error(400, "invalid_request_error", "No such charge", param="source_transaction")
+        transferred = sum(t["amount"] for t in self.of_kind("transfer")
+                          if t["source_transaction"] == charge["id"] and not t["reversed"])
+        available = charge["amount"] - charge.get("amount_refunded", 0) - transferred
+        if int(params["amount"]) > available:
+            return _error(400, "invalid_request_error",
+                          "Insufficient funds in Stripe account: the source transaction has "
+                          f"{available} {charge['currency']} available to transfer.", code="balance_insufficient")
         transfer_id = self._new_id("tr")
         transfer = {
             "id": transfer_id, "object": "transfer", "amount": int(params["amount"]), "currency": params["currency"],
@@ -308,20 +378,38 @@ class FakeStripe(HostedStripe):
         if intent is None or intent["status"] != "succeeded":
             return _error(400, "invalid_request_error", "This PaymentIntent does not have a successful charge to "
                           "refund.", param="payment_intent", code="charge_not_refundable" if intent else None)
+        charge = self.objects[intent["latest_charge"]]
+        left = charge["amount"] - charge.get("amount_refunded", 0)
+        amount = int(params.get("amount", left))
+        if left <= 0:
+            return _error(400, "invalid_request_error", f"Charge {charge['id']} has already been refunded.",
+                          code="charge_already_refunded")
+        if amount > left:
+            return _error(400, "invalid_request_error", f"Refund amount ({amount}) is greater than unrefunded "
+                          f"amount on charge ({left})", param="amount", code="amount_too_large")
+        return 200, json.dumps(self._refund(intent, amount, _nested(params, "metadata")))
+
+    def _refund(self, intent: dict[str, Any], amount: int, metadata: dict[str, str]) -> dict[str, Any]:
         refund_id = self._new_id("re")
         refund = {
-            "id": refund_id, "object": "refund", "amount": int(params.get("amount", intent["amount_received"])),
-            "currency": intent["currency"], "payment_intent": intent["id"], "charge": intent["latest_charge"],
-            "status": "succeeded", "metadata": _nested(params, "metadata"),
+            "id": refund_id, "object": "refund", "amount": amount, "currency": intent["currency"],
+            "payment_intent": intent["id"], "charge": intent["latest_charge"], "status": "succeeded",
+            "metadata": metadata,
         }
         self.objects[refund_id] = refund
-        self.objects[intent["latest_charge"]]["refunded"] = True
-        return 200, json.dumps(refund)
+        charge = self.objects[intent["latest_charge"]]
+        charge["amount_refunded"] = charge.get("amount_refunded", 0) + amount
+        charge["refunded"] = charge["amount_refunded"] >= charge["amount"]
+        return refund
 
 
 def _nested(params: dict[str, str], name: str) -> dict[str, str]:
     prefix = f"{name}["
     return {k[len(prefix):-1]: v for k, v in params.items() if k.startswith(prefix) and k.endswith("]")}
+
+
+def _list(url: str, data: list[dict[str, Any]]) -> tuple[int, str]:
+    return 200, json.dumps({"object": "list", "url": url, "has_more": False, "data": data})
 
 
 def _error(status: int, kind: str, message: str, *, param: str | None = None,

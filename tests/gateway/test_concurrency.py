@@ -119,7 +119,7 @@ def test_two_agents_resolve_one_dispute_differently(api_client, buyer, seller, r
 # --- many whole trades at once ------------------------------------------------------------------------
 
 TRADES, WORKERS, PARTIES = 200, 12, 24
-EXPECTED = ["EscrowCreated", "EscrowFundsHeld", "EscrowDelivered", "EscrowReleaseRequested", "EscrowReleased"]
+EXPECTED = ["EscrowCreated", "EscrowAccepted", "EscrowFundsHeld", "EscrowDelivered", "EscrowReleaseRequested", "EscrowReleased"]
 
 
 def until(check: Callable[[], Any], what: str, *, limit_seconds: float = 120.0) -> Any:
@@ -149,6 +149,9 @@ def drive_trade(number: int, as_buyer: Any, as_seller: Any, seller: Any) -> str:
             response = as_buyer.get(f"/api/v1/escrows/{escrow_id}")
             return response.status_code == 200 and response.json()["state"] == state
 
+        key = str(uuid.uuid4())
+        until(lambda: act(as_seller, escrow_id, "accept", HTTP_IDEMPOTENCY_KEY=key).status_code == 202,
+              f"trade {number} accepted")
         until(lambda: pay(as_buyer, escrow_id).status_code == 202, f"trade {number} to be paid")
         until(lambda: state_is("FUNDS_HELD"), f"trade {number} funded")
         key = str(uuid.uuid4())

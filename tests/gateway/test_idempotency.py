@@ -69,7 +69,7 @@ def test_the_same_key_with_another_body_is_422(api_client, buyer, seller):
     assert_problem(other_amount, 422, "idempotency_key_reused")
     assert_problem(other_route, 422, "idempotency_key_reused")
     assert table_counts() == before
-    assert Escrow.objects.get().state == "AWAIT_FUNDS"
+    assert Escrow.objects.get().state == "AWAIT_ACCEPTANCE"
 
 
 def test_a_refusal_by_the_state_machine_is_replayed_too(api_client, buyer, seller):
@@ -206,4 +206,4 @@ def test_concurrent_requests_with_one_key_have_one_effect(api_client, buyer, sel
     settle()
     assert Escrow.objects.count() == 1
     assert EscrowEvent.objects.filter(type__endswith="EscrowCreated").count() == 1
-    assert OutboxMessage.objects.filter(type__endswith="CreatePaymentIntent").count() == 1
+    assert OutboxMessage.objects.filter(type__endswith=".CreateEscrow").count() == 1

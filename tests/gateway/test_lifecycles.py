@@ -60,7 +60,7 @@ def test_release_pays_the_seller_net_of_the_fee(api_client, buyer, seller, funde
         "state": "RELEASED", "amount": AMOUNT, "paid_to_seller": SELLER_NET, "refunded": "0.00", "fee": FEE,
     }
     assert event_types(as_seller, funded) == [
-        "EscrowCreated", "EscrowFundsHeld", "EscrowDelivered", "EscrowReleaseRequested", "EscrowReleased",
+        "EscrowCreated", "EscrowAccepted", "EscrowFundsHeld", "EscrowDelivered", "EscrowReleaseRequested", "EscrowReleased",
     ]
     assert_timeline_is_ordered(as_buyer, funded)
     assert_balanced(funded)
@@ -80,7 +80,7 @@ def test_cancel_before_funding(api_client, buyer, seller, staff, who):
         "state": "CANCELLED", "amount": AMOUNT, "paid_to_seller": "0.00", "refunded": "0.00", "fee": "0.00",
     }
     entries = timeline(as_buyer, escrow_id)
-    assert [e["type"] for e in entries] == ["EscrowCreated", "EscrowCancelled"]
+    assert [e["type"] for e in entries] == ["EscrowCreated", "EscrowAccepted", "EscrowCancelled"]
     assert entries[-1]["actor"]["kind"] == ("staff" if who == "staff" else "user")
     assert entries[-1]["data"]["reason"] == "changed my mind"
     assert_balanced(escrow_id)
@@ -96,7 +96,7 @@ def test_seller_cancels_after_funding_and_the_buyer_is_refunded(api_client, buye
         "state": "REFUNDED", "amount": AMOUNT, "paid_to_seller": "0.00", "refunded": AMOUNT, "fee": "0.00",
     }
     assert event_types(as_buyer, funded) == [
-        "EscrowCreated", "EscrowFundsHeld", "EscrowRefundRequested", "EscrowCancelled", "EscrowRefunded",
+        "EscrowCreated", "EscrowAccepted", "EscrowFundsHeld", "EscrowRefundRequested", "EscrowCancelled", "EscrowRefunded",
     ]
     assert_timeline_is_ordered(as_buyer, funded)
     assert_balanced(funded)
@@ -148,7 +148,7 @@ def test_staff_resolve_a_dispute(api_client, buyer, seller, staff, funded, body,
     assert money_of(as_buyer, funded) == {
         "state": final, "amount": AMOUNT, "paid_to_seller": paid, "refunded": refunded, "fee": fee,
     }
-    assert event_types(as_staff, funded) == ["EscrowCreated", "EscrowFundsHeld", "EscrowDisputed", *tail]
+    assert event_types(as_staff, funded) == ["EscrowCreated", "EscrowAccepted", "EscrowFundsHeld", "EscrowDisputed", *tail]
     resolved = next(e for e in timeline(as_buyer, funded) if e["type"] == "EscrowDisputeResolved")
     assert resolved["actor"] == {"kind": "staff", "user_id": staff.pk}
     assert_timeline_is_ordered(as_buyer, funded)

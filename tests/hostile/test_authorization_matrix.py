@@ -28,7 +28,15 @@ BAD_CREDENTIALS = ("anonymous", "expired", "alg_none", "tampered", "deactivated"
 ROLES = PARTIES + BAD_CREDENTIALS
 
 # Escrow-scoped endpoints: (method, action, the state it is legal in, body, status per party).
+# The escrows are created by the buyer, so the seller is the counterparty who accepts or declines.
 ESCROW_ACTIONS: dict[str, tuple[str, str, dict[str, Any] | None, dict[str, int]]] = {
+    "escrow-accept": ("accept", "AWAIT_ACCEPTANCE", None,
+                      {"buyer": 403, "seller": 202, "stranger": 404, "staff": 403}),
+    "escrow-decline": ("decline", "AWAIT_ACCEPTANCE", {"reason": "not at that price"},
+                       {"buyer": 403, "seller": 202, "stranger": 404, "staff": 403}),
+    # Before acceptance only the creator (or staff) cancels; the counterparty declines instead.
+    "escrow-cancel (unaccepted)": ("cancel", "AWAIT_ACCEPTANCE", {"reason": "no longer needed"},
+                                   {"buyer": 202, "seller": 403, "stranger": 404, "staff": 202}),
     "escrow-deliver": ("deliver", "FUNDS_HELD", None,
                        {"buyer": 403, "seller": 202, "stranger": 404, "staff": 403}),
     "escrow-release": ("release", "DELIVERED", None,
@@ -57,6 +65,8 @@ USER_READS = {
     "me-discord-link": "/api/v1/me/discord-link",
     "me-notification-preferences": "/api/v1/me/notification-preferences",
 }
+# The caller's own actions (POST, no body): every valid user may, for themselves only.
+USER_POSTS = {"payout-onboarding": "/api/v1/payout-destination/onboarding"}
 PUBLIC = {"health": "/api/v1/health", "ready": "/api/v1/ready", "metrics": "/api/v1/metrics",
           "schema": "/api/v1/schema", "docs": "/api/v1/docs", "redoc": "/api/v1/redoc"}
 WEBHOOKS = {"webhook-stripe": "/api/v1/webhooks/stripe", "webhook-custodian": "/api/v1/webhooks/custodian"}
@@ -64,7 +74,8 @@ CREATE = {"escrow-list"}  # POST /escrows shares its URL name with the list
 
 
 def every_cell() -> list[tuple[str, str]]:
-    names = [*ESCROW_ACTIONS, *ESCROW_UPLOADS, *ESCROW_READS, *USER_READS, *PUBLIC, *WEBHOOKS, "escrows-create"]
+    names = [*ESCROW_ACTIONS, *ESCROW_UPLOADS, *ESCROW_READS, *USER_READS, *USER_POSTS, *PUBLIC, *WEBHOOKS,
+             "escrows-create"]
     return [(name, role) for name in names for role in ROLES]
 
 
@@ -91,7 +102,8 @@ def test_the_matrix_covers_every_endpoint() -> None:
     """A new endpoint fails here until someone decides who may call it."""
     gateway = next(p for p in get_resolver().url_patterns if str(p.pattern) == "api/v1/")
     names = {p.name for p in gateway.url_patterns}
-    covered = {*ESCROW_ACTIONS, *ESCROW_UPLOADS, *ESCROW_READS, *USER_READS, *PUBLIC, *WEBHOOKS, *CREATE}
+    covered = {*ESCROW_ACTIONS, *ESCROW_UPLOADS, *ESCROW_READS, *USER_READS, *USER_POSTS, *PUBLIC, *WEBHOOKS,
+               *CREATE}
     if not names <= covered:
         pytest.fail(f"endpoints missing from the authorization matrix: {sorted(names - covered)}")
 
@@ -100,8 +112,9 @@ def bring_to(state: str, *, buyer: Any, seller: Any, staff: Any) -> str:
     as_buyer, as_seller = APIClient(), APIClient()
     as_buyer.credentials(HTTP_AUTHORIZATION=f"Bearer {mint_access_token(buyer)}")
     as_seller.credentials(HTTP_AUTHORIZATION=f"Bearer {mint_access_token(seller)}")
-    escrow_id = create_escrow(as_buyer, seller=seller, amount="250.00")["escrow_id"]
-    steps = {"AWAIT_FUNDS": [], "FUNDS_HELD": ["pay"], "DELIVERED": ["pay", "deliver"],
+    escrow_id = create_escrow(as_buyer, seller=seller, amount="250.00",
+                              accept=state != "AWAIT_ACCEPTANCE")["escrow_id"]
+    steps = {"AWAIT_ACCEPTANCE": [], "AWAIT_FUNDS": [], "FUNDS_HELD": ["pay"], "DELIVERED": ["pay", "deliver"],
              "DISPUTED": ["pay", "dispute"]}[state]
     for step in steps:
         if step == "pay":
@@ -173,6 +186,11 @@ def test_authorization(endpoint: str, role: str, buyer: Any, seller: Any, strang
 
         def request(c: APIClient) -> Any:
             return c.get(USER_READS[endpoint])
+    elif endpoint in USER_POSTS:
+        expected = 401 if bad else 200
+
+        def request(c: APIClient) -> Any:
+            return c.post(USER_POSTS[endpoint])
     elif endpoint in PUBLIC:
         expected = 200
 

@@ -21,7 +21,7 @@ from tests.kafka.broker import TansuBroker, end_offsets, read_since
 
 pytestmark = pytest.mark.kafka
 
-LIFECYCLE_EVENTS = ["EscrowCreated", "EscrowFundsHeld", "EscrowDelivered", "EscrowReleaseRequested",
+LIFECYCLE_EVENTS = ["EscrowCreated", "EscrowAccepted", "EscrowFundsHeld", "EscrowDelivered", "EscrowReleaseRequested",
                     "EscrowReleased"]
 
 

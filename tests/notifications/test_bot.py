@@ -26,12 +26,19 @@ def test_bot_drives_a_lifecycle_through_the_api(live_server, api_client, buyer, 
 
     created = bot.create(discord_user_id=BUYER_DISCORD_ID, request_id="1001", seller="seller", amount="25.00",
                          currency="usd", description="Valkyrie Helm")
-    assert created.startswith("Created.") and "**AWAIT_FUNDS**" in created and "Pay it" in created, created
+    assert created.startswith("Created.") and "**AWAIT_ACCEPTANCE**" in created, created
     escrow_id = _escrow_id(created)
     # Discord redelivering the same interaction does not open a second escrow.
     assert _escrow_id(bot.create(discord_user_id=BUYER_DISCORD_ID, request_id="1001", seller="seller",
                                  amount="25.00", currency="usd", description="Valkyrie Helm")) == escrow_id
     assert Escrow.objects.count() == 1
+
+    # the buyer cannot accept their own deal; the seller does
+    refused = bot.accept(discord_user_id=BUYER_DISCORD_ID, request_id="1006", escrow_id=escrow_id)
+    assert refused.startswith("Refused:") and "not_allowed" in refused, refused
+    accepted = bot.accept(discord_user_id=SELLER_DISCORD_ID, request_id="1007", escrow_id=escrow_id)
+    assert accepted.startswith("Accepted.") and "**AWAIT_FUNDS**" in accepted, accepted
+    assert "Pay it" in bot.status(discord_user_id=BUYER_DISCORD_ID, escrow_id=escrow_id)
 
     assert pay(api_client(buyer), escrow_id).status_code == 202
     assert "Deliver the item" in bot.status(discord_user_id=SELLER_DISCORD_ID, escrow_id=escrow_id)

@@ -27,7 +27,7 @@ def test_short_429_is_retried_after_retry_after(api_client, buyer, seller, fake_
     link_discord(buyer, BUYER_DISCORD_ID)
     fake_discord.rate_limit_next(BUYER_DISCORD_ID, retry_after=0.4)
 
-    create_escrow(api_client(buyer), seller=seller)
+    create_escrow(api_client(buyer), seller=seller, accept=False)  # the deal proposed: one DM each
 
     posts = fake_discord.message_posts_to(BUYER_DISCORD_ID)
     assert [p.status for p in posts] == [200, 429, 200]  # account_linked, then the rate-limited one
@@ -45,7 +45,7 @@ def test_long_429_is_scheduled_after_retry_after_not_waited(api_client, buyer, s
     link_discord(buyer, BUYER_DISCORD_ID)
     fake_discord.rate_limit_next(BUYER_DISCORD_ID, retry_after=120.0)
 
-    create_escrow(api_client(buyer), seller=seller)
+    create_escrow(api_client(buyer), seller=seller, accept=False)  # the deal proposed: one DM each
 
     notification = _created_for(buyer)
     assert notification.status == Notification.Status.PENDING
@@ -74,7 +74,7 @@ def test_send_cut_short_during_a_rate_limit_wait_keeps_retry_after(api_client, b
     settings.DISCORD_SEND_TIMEOUT_SECONDS = 0.5
     fake_discord.rate_limit_next(BUYER_DISCORD_ID, retry_after=3.0)
 
-    create_escrow(api_client(buyer), seller=seller)
+    create_escrow(api_client(buyer), seller=seller, accept=False)  # the deal proposed: one DM each
 
     notification = _created_for(buyer)
     attempt = notification.delivery_attempts.get()
@@ -96,7 +96,7 @@ def test_user_who_blocks_dms_is_recorded_and_not_retried(api_client, buyer, sell
     link_discord(seller, SELLER_DISCORD_ID)
     fake_discord.block_dms(SELLER_DISCORD_ID)
 
-    create_escrow(api_client(buyer), seller=seller)
+    create_escrow(api_client(buyer), seller=seller, accept=False)  # the deal proposed: one DM each
     for _ in range(3):
         deliver_due_notifications()
 
@@ -116,7 +116,7 @@ def test_server_errors_are_retried_with_backoff(api_client, buyer, seller, fake_
     link_discord(buyer, BUYER_DISCORD_ID)
     fake_discord.server_error_next(BUYER_DISCORD_ID, status=503, times=2)
 
-    create_escrow(api_client(buyer), seller=seller)
+    create_escrow(api_client(buyer), seller=seller, accept=False)  # the deal proposed: one DM each
 
     notification = _created_for(buyer)
     first = notification.delivery_attempts.get()
@@ -144,7 +144,7 @@ def test_timeout_is_retried_and_the_nonce_keeps_it_to_one_dm(api_client, buyer, 
     # Discord is slow, but does create the message after we gave up waiting.
     fake_discord.hang_next(BUYER_DISCORD_ID, seconds=1.5)
 
-    create_escrow(api_client(buyer), seller=seller)
+    create_escrow(api_client(buyer), seller=seller, accept=False)  # the deal proposed: one DM each
     notification = _created_for(buyer)
     assert notification.delivery_attempts.get().detail == "timed out"
 
@@ -167,7 +167,7 @@ def test_dead_after_the_attempt_budget_then_ops_resend(api_client, buyer, seller
     settings.NOTIFY_MAX_ATTEMPTS = 3
     fake_discord.server_error_next(BUYER_DISCORD_ID, status=503, times=100)
 
-    create_escrow(api_client(buyer), seller=seller)
+    create_escrow(api_client(buyer), seller=seller, accept=False)  # the deal proposed: one DM each
     for _ in range(5):
         deliver_due_notifications()
 
@@ -189,7 +189,7 @@ def test_dead_after_the_attempt_budget_then_ops_resend(api_client, buyer, seller
 
 def test_a_sent_notification_is_not_resent(api_client, buyer, seller, fake_discord, link_discord, capsys):
     link_discord(buyer, BUYER_DISCORD_ID)
-    create_escrow(api_client(buyer), seller=seller)
+    create_escrow(api_client(buyer), seller=seller, accept=False)  # the deal proposed: one DM each
     notification = _created_for(buyer)
 
     call_command("resend_notifications", str(notification.pk))

@@ -78,7 +78,7 @@ def test_unlinked_user_gets_no_more_dms(api_client, buyer, seller, fake_discord,
     link_discord(buyer, BUYER_DISCORD_ID)
     assert api_client(buyer).delete(LINK).status_code == 204
 
-    create_escrow(api_client(buyer), seller=seller)
+    create_escrow(api_client(buyer), seller=seller, accept=False)  # the deal proposed: one DM each
 
     assert len(fake_discord.dms_to(BUYER_DISCORD_ID)) == 1  # only the link message
     assert Notification.objects.get(user_id=buyer.pk, kind="escrow_created").status == Notification.Status.SKIPPED
@@ -96,7 +96,7 @@ def test_optional_messages_can_be_muted_money_messages_cannot(api_client, buyer,
     assert response.status_code == 200, response.content
     assert {p["kind"]: p["enabled"] for p in response.json()["preferences"]}["escrow_created"] is False
 
-    create_escrow(client, seller=seller)
+    create_escrow(client, seller=seller, accept=False)
     muted = Notification.objects.get(user_id=buyer.pk, kind="escrow_created")
     assert muted.status == Notification.Status.SKIPPED
     assert "muted" in muted.delivery_attempts.get().detail

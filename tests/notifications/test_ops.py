@@ -17,7 +17,7 @@ def _make_dead(api_client, buyer, seller, fake_discord, link_discord, settings) 
     settings.NOTIFY_RETRY_BASE_SECONDS = 0.0
     settings.NOTIFY_MAX_ATTEMPTS = 2
     fake_discord.server_error_next(BUYER_DISCORD_ID, status=503, times=10)
-    create_escrow(api_client(buyer), seller=seller)
+    create_escrow(api_client(buyer), seller=seller, accept=False)  # the deal proposed: one DM each
     deliver_due_notifications()
     notification = Notification.objects.get(user_id=buyer.pk, kind="escrow_created")
     assert notification.status == Notification.Status.DEAD
@@ -50,7 +50,7 @@ def test_deliver_notifications_once_sends_what_is_due(api_client, buyer, seller,
                                                       settings, capsys):
     settings.NOTIFY_DELIVER_ON_COMMIT = False
     link_discord(buyer, BUYER_DISCORD_ID)
-    create_escrow(api_client(buyer), seller=seller)
+    create_escrow(api_client(buyer), seller=seller, accept=False)  # the deal proposed: one DM each
     assert fake_discord.sent == []  # nothing sent in the committing thread
 
     call_command("deliver_notifications", "--once")

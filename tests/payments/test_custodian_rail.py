@@ -60,6 +60,7 @@ def test_above_the_threshold_the_buyer_gets_a_deposit_wallet_on_base(fake_custod
     assert call.body["blockchains"] == ["BASE"] and call.body["metadata"][0]["refId"] == escrow_id
     [wallet] = fake_custodian.wallets.values()
     payment = as_buyer.get(f"/api/v1/escrows/{escrow_id}").json()["payment"]
+    assert "/checkout/" in payment.pop("checkout_url")  # the deposit page
     assert payment == {"provider": "custodian", "status": "pending", "client_secret": None,
                        "deposit_address": wallet["address"]}
 

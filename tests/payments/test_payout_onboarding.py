@@ -12,7 +12,9 @@ from urllib.parse import urlparse
 import pytest
 from django.test import Client
 
+from apps.notifications.models import Notification
 from apps.payments.models import ConnectedAccount, PayoutDestination, WaitingPayout
+from apps.payments.public import payout_status
 from tests.fakes.stripe_server import FakeStripe, signed_event
 from tests.gateway.support import assert_problem, settle
 from tests.helpers import act
@@ -146,6 +148,13 @@ def test_a_payout_parked_for_a_missing_destination_is_sent_once_the_account_is_r
     settle()
     parked = WaitingPayout.objects.get(escrow_id=escrow_id)
     assert parked.status == "waiting" and fake_stripe.created("transfers") == []
+    # The seller is told, by DM and on the deal page, how to fix it.
+    [dm] = Notification.objects.filter(escrow_id=escrow_id, kind="payout_waiting")
+    assert dm.user_id == seller.pk and "payout account" in dm.text and "http://testserver/" in dm.text
+    status = payout_status(escrow_id)
+    assert (status.status, status.rail, status.seller_id) == ("waiting_for_destination", "card", seller.pk)
+    assert status.fix_url.startswith("http://testserver/") and status.fix_url in dm.text
+    assert not Notification.objects.filter(escrow_id=escrow_id, kind="payout_waiting", user_id=buyer.pk).exists()
 
     onboard(as_seller)
     account_id = ConnectedAccount.objects.get(seller_id=seller.pk).account_id
@@ -159,6 +168,7 @@ def test_a_payout_parked_for_a_missing_destination_is_sent_once_the_account_is_r
 
     [call] = fake_stripe.created("transfers")
     assert call.idempotency_key == parked.idempotency_key and call.params["destination"] == account_id
+    assert payout_status(escrow_id).status == "sent"
     [transfer] = fake_stripe.of_kind("transfer")
     post_webhook(as_buyer, "stripe", *signed_event("transfer.created", transfer))
     settle()
@@ -209,3 +219,9 @@ def test_sandbox_onboarding_is_a_local_page_that_completes_at_once(api_client, s
     assert api_client(stranger).get("/api/v1/payout-destination").json()["stripe_account_id"] == ""
     assert Client().get(path[:-4] + "abcd").status_code == 404
     assert Client().post(path[:-4] + "abcd").status_code == 404
+
+
+def test_no_payout_attempt_means_no_status_and_no_message(fake_stripe, api_client, buyer, seller):
+    escrow_id = funded_escrow(fake_stripe, api_client(buyer), seller)
+    assert payout_status(escrow_id) is None
+    assert not Notification.objects.filter(kind="payout_waiting").exists()

@@ -177,3 +177,30 @@ def test_stripe_unreachable_is_said_in_words_and_records_nothing(deal, fake_stri
     assert re.search(r"unavailable right now", response.content.decode())
     assert CheckoutSession.objects.count() == 0
     assert state_of(deal["as_buyer"], deal["id"]) == "AWAIT_FUNDS"
+
+
+def test_cancelling_the_deal_closes_its_open_checkout_page(deal, fake_stripe):
+    session = session_of(fake_stripe, start(deal))
+
+    assert act(deal["as_buyer"], deal["id"], "cancel").status_code == 202
+    settle()
+
+    assert fake_stripe.objects[session["id"]]["status"] == "expired"
+    assert CheckoutSession.objects.get(session_id=session["id"]).status == "expired"
+    assert "not awaiting payment" in Client().get(deal["link"]).content.decode()
+
+
+def test_a_session_paid_before_the_cancel_is_left_to_its_webhook(deal, fake_stripe):
+    from apps.outbox.models import DeadLetter
+
+    paid = fake_stripe.pays_at_checkout(session_of(fake_stripe, start(deal))["id"])
+
+    assert act(deal["as_buyer"], deal["id"], "cancel").status_code == 202
+    settle()
+
+    assert fake_stripe.objects[paid["id"]]["status"] == "complete"  # Stripe would not expire it
+    assert DeadLetter.objects.count() == 0
+    # The money that did arrive is counted, never dropped; the escrow puts it in front of ops.
+    assert webhook(deal["as_buyer"], "checkout.session.completed", paid).status_code == 200
+    escrow = assert_money_invariant(deal["id"])
+    assert escrow.received_minor == 14999 and escrow.state == "CANCELLED" and escrow.attention

@@ -62,6 +62,7 @@ FIGURES: dict[str, int] = {"bus_catch_ups": 0, "histories": 0, "steps": 0, "comm
 # DESIGN.md, "Escrow state machine": every edge a state may take. AWAIT_FUNDS -> REFUNDING is the one
 # addition: cancelling an escrow that received a mismatched payment must give that money back.
 EDGES: dict[str, set[str]] = {
+    S.AWAIT_ACCEPTANCE: {S.AWAIT_FUNDS, S.CANCELLED},
     S.AWAIT_FUNDS: {S.FUNDS_HELD, S.CANCELLED, S.REFUNDING},
     S.FUNDS_HELD: {S.DELIVERED, S.REFUNDING, S.DISPUTED},
     S.DELIVERED: {S.RELEASING, S.DISPUTED},
@@ -85,8 +86,12 @@ def reachable(start: str) -> set[str]:
 
 
 # Who may send what, in which state (DESIGN.md's table; "admin" is staff). The timer also needs its
-# deadline to have passed.
+# deadline to have passed. "creator" and "counterparty" are whichever of buyer and seller created the deal
+# and the other one.
 LEGAL: dict[tuple[str, str], set[str]] = {
+    ("AcceptEscrow", S.AWAIT_ACCEPTANCE): {"counterparty"},
+    ("DeclineEscrow", S.AWAIT_ACCEPTANCE): {"counterparty"},
+    ("CancelEscrow", S.AWAIT_ACCEPTANCE): {"creator", "staff", "timer"},
     ("MarkDelivered", S.FUNDS_HELD): {"seller"},
     ("ReleaseFunds", S.DELIVERED): {"buyer", "staff", "timer"},
     ("CancelEscrow", S.AWAIT_FUNDS): {"buyer", "seller", "staff", "timer"},
@@ -145,6 +150,7 @@ class MoneyMachine(RuleBasedStateMachine):
         self.ids: list[uuid.UUID] = []
         self.sent_webhooks: list[tuple[bytes, dict[str, str]]] = []
         self.accepted: list[tuple[Any, uuid.UUID]] = []
+        self.creator: dict[uuid.UUID, str] = {}
         self.before: dict[uuid.UUID, dict[str, Any]] = {}
         self.ever_terminal: dict[uuid.UUID, str] = {}
         FIGURES["histories"] += 1
@@ -168,27 +174,46 @@ class MoneyMachine(RuleBasedStateMachine):
         FIGURES["webhooks_sent"] += 1
         return outcome
 
-    def payment_artifact(self, escrow_id: uuid.UUID) -> PaymentArtifact:
-        return PaymentArtifact.objects.get(escrow_id=escrow_id, kind=PaymentArtifact.Kind.PAYMENT)
+    def payment_artifact(self, escrow_id: uuid.UUID) -> PaymentArtifact | None:
+        # None until the deal is accepted: no payment exists to pay or to fake events about.
+        return PaymentArtifact.objects.filter(escrow_id=escrow_id, kind=PaymentArtifact.Kind.PAYMENT).first()
+
+    def sides(self, escrow_id: uuid.UUID, role: str) -> set[str]:
+        if role not in ("buyer", "seller"):
+            return {role}
+        return {role, "creator" if self.creator[escrow_id] == role else "counterparty"}
+
+    def party_for(self, escrow_id: uuid.UUID, side: str) -> str:
+        if side == "creator":
+            return self.creator[escrow_id]
+        if side == "counterparty":
+            return "seller" if self.creator[escrow_id] == "buyer" else "buyer"
+        return side
 
     # --- rules --------------------------------------------------------------------------------------
 
     @precondition(lambda self: len(self.ids) < MAX_ESCROWS)
-    @rule(target=escrows, amount=st.integers(min_value=100, max_value=2_000_000))
-    def create(self, amount: int) -> uuid.UUID:
+    @rule(target=escrows, amount=st.integers(min_value=100, max_value=2_000_000),
+          creator=st.sampled_from(["buyer", "seller"]))
+    def create(self, amount: int, creator: str) -> uuid.UUID:
         escrow_id = uuid.uuid4()
         command = escrow_v1.CreateEscrow(
             escrow_id=str(escrow_id), buyer_id=self.people.buyer.pk, seller_id=self.people.seller.pk,
-            amount=Money(amount_minor=amount, currency="USD"), description="property", actor=self.actor("buyer"),
+            amount=Money(amount_minor=amount, currency="USD"), description="property", actor=self.actor(creator),
         )
         result = services.dispatch(command, command_id=uuid.uuid4())
-        assert result.state == S.AWAIT_FUNDS
+        assert result.state == S.AWAIT_ACCEPTANCE
+        self.creator[escrow_id] = creator
         self.ids.append(escrow_id)
         FIGURES["escrows"] += 1
         return escrow_id
 
     @rule(escrow_id=escrows)
     def pay_in_full(self, escrow_id: uuid.UUID) -> None:
+        if self.payment_artifact(escrow_id) is None:
+            with pytest.raises(payments.SandboxUnavailable):
+                payments.sandbox_pay(str(escrow_id))  # nothing to pay before the deal is accepted
+            return
         outcome = payments.sandbox_pay(str(escrow_id))
         assert outcome.http_status < 500, outcome
         FIGURES["webhooks_sent"] += 1
@@ -196,18 +221,24 @@ class MoneyMachine(RuleBasedStateMachine):
     @rule(escrow_id=escrows, delta=st.integers(min_value=-99, max_value=5_000).filter(bool))
     def pay_wrong_amount(self, escrow_id: uuid.UUID, delta: int) -> None:
         artifact = self.payment_artifact(escrow_id)
+        if artifact is None:
+            return
         obj = {**artifact.raw, "status": "succeeded", "amount_received": artifact.amount_minor + delta}
         self.deliver(*signed_webhook("payment_intent.succeeded", obj))
 
     @rule(escrow_id=escrows)
     def payment_fails(self, escrow_id: uuid.UUID) -> None:
         artifact = self.payment_artifact(escrow_id)
+        if artifact is None:
+            return
         obj = {**artifact.raw, "status": "requires_payment_method", "last_payment_error": {"code": "card_declined"}}
         self.deliver(*signed_webhook("payment_intent.payment_failed", obj))
 
     @rule(escrow_id=escrows)
     def chargeback(self, escrow_id: uuid.UUID) -> None:
         artifact = self.payment_artifact(escrow_id)
+        if artifact is None:
+            return
         obj = {"id": f"dp_{uuid.uuid4().hex[:12]}", "object": "dispute", "payment_intent": artifact.provider_id,
                "amount": artifact.amount_minor, "reason": "fraudulent"}
         self.deliver(*signed_webhook("charge.dispute.created", obj))
@@ -249,7 +280,8 @@ class MoneyMachine(RuleBasedStateMachine):
     @rule(
         escrow_id=escrows,
         role=st.sampled_from(["buyer", "seller", "staff", "stranger", "timer"]),
-        name=st.sampled_from(["MarkDelivered", "ReleaseFunds", "CancelEscrow", "OpenDispute", "ResolveDispute"]),
+        name=st.sampled_from(["AcceptEscrow", "DeclineEscrow", "MarkDelivered", "ReleaseFunds", "CancelEscrow",
+                              "OpenDispute", "ResolveDispute"]),
         outcome=st.sampled_from(["release", "refund", "split"]),
         split=st.integers(min_value=-5, max_value=2_100_000),
     )
@@ -260,8 +292,8 @@ class MoneyMachine(RuleBasedStateMachine):
     def sensible_command(self, escrow_id: uuid.UUID, data: st.DataObject, outcome: str) -> None:
         """A command someone entitled would send in the current state (random ones are mostly refused)."""
         escrow = Escrow.objects.get(pk=escrow_id)
-        options = sorted((name, role) for (name, state), roles in LEGAL.items() if state == escrow.state
-                         for role in roles if role != "timer")
+        options = sorted((name, self.party_for(escrow_id, role)) for (name, state), roles in LEGAL.items()
+                         if state == escrow.state for role in roles if role != "timer")
         if not options:
             return
         name, role = data.draw(st.sampled_from(options))
@@ -284,8 +316,12 @@ class MoneyMachine(RuleBasedStateMachine):
         before = Escrow.objects.get(pk=escrow_id)
         actor = self.actor(role)
         common = {"escrow_id": str(escrow_id), "actor": actor}
-        if name == "MarkDelivered":
-            command: Any = escrow_v1.MarkDelivered(**common)
+        if name == "AcceptEscrow":
+            command: Any = escrow_v1.AcceptEscrow(**common)
+        elif name == "DeclineEscrow":
+            command = escrow_v1.DeclineEscrow(**common, reason="not at that price")
+        elif name == "MarkDelivered":
+            command = escrow_v1.MarkDelivered(**common)
         elif name == "ReleaseFunds":
             command = escrow_v1.ReleaseFunds(**common)
         elif name == "CancelEscrow":
@@ -298,10 +334,12 @@ class MoneyMachine(RuleBasedStateMachine):
                 seller_amount=Money(amount_minor=split, currency="USD") if outcome == "split" else None,
             )
 
-        legal = role in LEGAL.get((name, before.state), set())
+        legal = bool(self.sides(escrow_id, role) & LEGAL.get((name, before.state), set()))
         now = timezone.now()
         if role == "timer" and name == "CancelEscrow":
-            legal = legal and before.funding_deadline <= now
+            deadline = (before.acceptance_deadline if before.state == S.AWAIT_ACCEPTANCE
+                        else before.funding_deadline)
+            legal = legal and deadline is not None and deadline <= now
         if role == "timer" and name == "ReleaseFunds":
             legal = legal and before.inspection_deadline is not None and before.inspection_deadline <= now
         if name == "ResolveDispute" and outcome == "split":
@@ -338,13 +376,15 @@ class MoneyMachine(RuleBasedStateMachine):
         assert self.snapshot() == before
         assert OutboxMessage.objects.count() == outbox_before
 
-    @rule(escrow_id=escrows, which=st.sampled_from(["funding", "inspection"]))
+    @rule(escrow_id=escrows, which=st.sampled_from(["acceptance", "funding", "inspection"]))
     def deadline_passes(self, escrow_id: uuid.UUID, which: str) -> None:
         """Test setup moves a deadline into the past (no clock to fake); the real timer runner acts."""
         past = timezone.now() - datetime.timedelta(seconds=1)
         escrows = Escrow.objects.filter(pk=escrow_id)
-        if which == "funding":
-            escrows.update(funding_deadline=past)
+        if which == "acceptance":
+            escrows.update(acceptance_deadline=past)
+        elif which == "funding":
+            escrows.filter(funding_deadline__isnull=False).update(funding_deadline=past)
         else:
             escrows.filter(inspection_deadline__isnull=False).update(inspection_deadline=past)
         FIGURES["timers_fired"] += fire_due_timers()
@@ -380,6 +420,11 @@ class MoneyMachine(RuleBasedStateMachine):
     def _artifacts(self, e: Escrow) -> None:
         """The escrow's books agree with the payments service's records of provider objects."""
         artifacts = PaymentArtifact.objects.filter(escrow_id=e.id)
+        if not EscrowEvent.objects.filter(escrow=e, type="escrow.v1.EscrowAccepted").exists():
+            # Nobody is asked to pay for a deal both parties have not agreed to.
+            assert not artifacts.exists(), "a payment was set up for a deal nobody accepted"
+            assert not OutboxMessage.objects.filter(aggregate_id=str(e.id), topic=PAYMENTS_COMMANDS).exists()
+            assert e.received_minor == 0
         transfers = artifacts.filter(kind=PaymentArtifact.Kind.TRANSFER)
         refunds = artifacts.filter(kind=PaymentArtifact.Kind.REFUND)
         commands = OutboxMessage.objects.filter(aggregate_id=str(e.id), topic=PAYMENTS_COMMANDS)

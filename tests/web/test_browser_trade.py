@@ -151,6 +151,12 @@ def test_a_card_trade_between_two_people_in_two_browsers(two_people: Any) -> Non
     assert types[0] == "EscrowCreated" and types[-1] == "EscrowReleased"
     assert {"EscrowFundsHeld", "EscrowDelivered", "EscrowReleaseRequested"} <= set(types)
 
+    # a phone-sized window: the same page, one column
+    buyer.driver.set_window_size(390, 844)
+    buyer.driver.refresh()
+    buyer.shot("deal-released-narrow")
+    assert buyer.driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
+
     seller.open("/deals/")
     assert "Completed" in seller.find("#closed ~ table, section:last-of-type").text
     seller.shot("my-deals-finished")

@@ -70,7 +70,7 @@ def test_the_link_is_unguessable_and_names_one_escrow(deal, api_client, buyer, s
     other_link = checkout_link(deal["as_buyer"], other)
     assert other_link != deal["link"]
     token = deal["link"].removeprefix("/checkout/")
-    assert deal["id"] not in token  # the escrow id is inside the signed value, not readable as such
+    assert deal["id"] not in token  # it travels inside the signed value (base64), which an edit breaks
     assert len(token) >= 60
 
 
@@ -243,3 +243,35 @@ def test_a_cancelled_deal_cannot_be_paid(deal):
     assert response.status_code == 409 and "not awaiting payment" in response.content.decode()
     assert counts() == before
     assert state_of(deal["as_buyer"], deal["id"]) == "CANCELLED"
+
+
+@pytest.mark.postgres_only
+@pytest.mark.parametrize("round_", range(3))
+def test_two_submits_at_the_same_moment_pay_once(deal, round_):
+    from tests.gateway.test_concurrency import at_once
+
+    answers = at_once(
+        lambda: Client().post(deal["link"], {"card_number": "4242 4242 4242 4242"}),
+        lambda: Client().post(deal["link"], {"card_number": "4242424242424242"}),
+    )
+    settle()
+
+    assert sorted(r.status_code for r in answers) in ([302, 302], [302, 409])
+    types = outbox_types(deal["id"])
+    assert types.count("PaymentSucceeded") == 1 and types.count("EscrowFundsHeld") == 1
+    assert assert_money_invariant(deal["id"]).received_minor == 14999
+
+
+def test_a_deal_awaiting_acceptance_has_no_checkout_link_until_accepted(api_client, buyer, seller):
+    from tests.helpers import accept_escrow, create_escrow
+
+    as_buyer = api_client(buyer)
+    escrow_id = create_escrow(as_buyer, seller=seller, accept=False)["escrow_id"]
+    settle()
+    proposed = as_buyer.get(f"/api/v1/escrows/{escrow_id}").json()
+    assert proposed["state"] == "AWAIT_ACCEPTANCE" and "payment" not in proposed
+
+    accept_escrow(seller, escrow_id)
+    settle()
+    link = checkout_link(as_buyer, escrow_id)
+    assert Client().get(link).status_code == 200

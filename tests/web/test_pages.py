@@ -208,3 +208,24 @@ def test_a_dispute_with_a_statement_and_evidence(browser_of: Any, buyer: Any, se
     response = as_seller.post(f"/deals/{escrow_id}/evidence", body, follow=True)
     assert "The file was not kept" in page_text(response)
     assert escrow.evidence.count() == 1
+
+
+def test_a_deal_can_name_someone_by_their_discord_id(browser_of: Any, buyer: Any) -> None:
+    from apps.notifications.public import DiscordLink
+
+    as_buyer = browser_of(buyer)
+    escrow_id = new_deal(as_buyer, counterparty="discord:802931155219529748")
+    escrow = Escrow.objects.get(pk=escrow_id)
+    link = DiscordLink.objects.get(discord_user_id=802931155219529748)
+    assert escrow.seller_id == link.user_id != buyer.pk
+    # the same id again is the same person, never a second account
+    again = new_deal(as_buyer, counterparty="discord:802931155219529748", description="another item")
+    assert Escrow.objects.get(pk=again).seller_id == link.user_id
+    for bad in ("discord:", "discord:abc", "discord:-5", "discord:" + "9" * 25):
+        response = post_form(
+            as_buyer,
+            "/deals/new",
+            {"role": "buyer", "counterparty": bad, "amount": "10.00", "currency": "USD", "description": "x"},
+        )
+        assert response.status_code == 400, bad
+    assert Escrow.objects.count() == 2

@@ -10,6 +10,7 @@ import pytest
 
 from apps.notifications.public import preferences_get
 from apps.payments.public import destination_get, onboarding_get
+from tests.payments.conftest import fake_stripe  # noqa: F401 - the live Stripe fake
 from tests.web.conftest import csrf_token
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -69,3 +70,28 @@ def test_notification_preferences_are_saved_and_locked_ones_stay_on(browser_of: 
     # an unknown field changes nothing
     post(as_buyer, "/settings/notifications", {kinds[0]: "on", "is_staff": "on"})
     assert preferences_get(user_id=buyer.pk) == after
+
+
+def test_the_deal_page_tells_a_seller_whose_payout_waits_for_a_destination(
+    fake_stripe: Any,  # noqa: F811 - the fixture imported above
+    api_client: Any,
+    browser_of: Any,
+    buyer: Any,
+    seller: Any,
+    settings: Any,
+) -> None:
+    from tests.helpers import act
+    from tests.payments.test_stripe_rail import funded_escrow
+
+    settings.PUBLIC_BASE_URL = "http://testserver"
+    as_buyer = api_client(buyer)
+    escrow_id = funded_escrow(fake_stripe, as_buyer, seller)
+    act(api_client(seller), escrow_id, "deliver")
+    assert act(as_buyer, escrow_id, "release").status_code == 202
+    from tests.gateway.support import settle
+
+    settle()
+    page = browser_of(seller).get(f"/deals/{escrow_id}").content.decode()
+    assert 'data-status="waiting_for_destination"' in page and "/settings/payout" in page
+    # the buyer is not shown the seller's payout
+    assert 'id="payout-status"' not in browser_of(buyer).get(f"/deals/{escrow_id}").content.decode()

@@ -43,9 +43,11 @@ class WebhookVerificationError(Exception):
 class ProviderError(Exception):
     """The provider refused or could not be reached; `transient` errors are retried."""
 
-    def __init__(self, message: str, *, transient: bool) -> None:
+    def __init__(self, message: str, *, transient: bool, code: str = "") -> None:
         super().__init__(message)
         self.transient = transient
+        # The provider's own error code when it gave one (e.g. Stripe's `balance_insufficient`).
+        self.code = code
 
 
 class PaymentProvider(abc.ABC):

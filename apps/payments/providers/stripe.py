@@ -5,10 +5,23 @@ Transfer to the seller's connected account with `source_transaction` (so it wait
 funds), one Refund. Every call carries the Idempotency-Key our handler derives from the command's event
 id; the SDK's own retries are off so that a retry is always ours, with the same key.
 
+Stripe saves the first answer for an idempotency key once the endpoint has begun, 500s included, and
+replays it (`Idempotent-Replayed: true`) to every later request with that key. So a 5xx or a timeout is
+an unknown outcome, and re-sending the same key cannot settle it: every create goes through
+`_create_once`, which, after a 5xx or a timeout, looks the object up (PaymentIntents searched by
+metadata, transfers listed by transfer_group, refunds by payment_intent; each object carries
+metadata.idempotency_key, the command's key) and uses what it finds. Only a 5xx that Stripe *replayed*
+(so the first request has finished, and the lookup saw everything it did) lets the next key in a fixed
+sequence (`<key>`, `<key>-retry1`, ...) be tried; a fresh 5xx or a timeout is left to the bus's backoff,
+whose next attempt walks the same sequence again (finished keys replay, one in flight answers 409). The
+object is created at most once.
+
 Errors: 429, 5xx, timeouts, connection errors, 409 (a concurrent request holds the key) and auth /
 permission errors (configuration, fixable without losing the command) are transient: the bus retries
 with backoff and then dead-letters (replayable). A card error or an invalid request (400/402/404) is
-permanent: the handler turns it into PaymentFailed / TransferFailed / RefundFailed.
+permanent: the handler turns it into PaymentFailed / TransferFailed / RefundFailed, with Stripe's code
+in the reason (REFUSALS names the money refusals: a refund above what is left of the charge, a transfer
+above the available balance).
 """
 
 from __future__ import annotations
@@ -24,6 +37,16 @@ from apps.payments.providers import stripe_signature
 from apps.payments.providers.base import MoneyMovement, PaymentProvider, PaymentSetup, ProviderError, ProviderEvent
 
 T = TypeVar("T")
+
+# How many keys after the command's own may be tried when Stripe keeps answering 5xx having created
+# nothing; past that the command is left to the bus (and dead-lettered), never sent under more keys.
+MAX_SUCCESSOR_KEYS = 3
+# Stripe's refusals about money, in words for the ops desk (the code is kept in the reason too).
+REFUSALS = {
+    "charge_already_refunded": "the charge is already refunded in full",
+    "amount_too_large": "the refund is larger than what is left of the charge",
+    "balance_insufficient": "the platform's available balance (or the source charge) does not cover the transfer",
+}
 
 DEFAULT_TIMEOUT_SECONDS = 20.0
 # Only the fields we keep about a Stripe object: ids, amounts and states, never card data.
@@ -52,20 +75,61 @@ def _client() -> stripe.StripeClient:
     )
 
 
+def _provider_error(action: str, exc: stripe.StripeError) -> ProviderError:
+    status = exc.http_status or 0
+    code = getattr(exc, "code", None) or ""
+    said = f"{REFUSALS[code]}: " if code in REFUSALS else ""
+    message = f"stripe {action}: {status or 'no answer'} {code} {said}{exc.user_message or exc}".strip()
+    transient = (
+        isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError | stripe.AuthenticationError
+                   | stripe.PermissionError)
+        or status in (0, 401, 403, 409, 429)
+        or status >= 500
+    )
+    return ProviderError(message[:1000], transient=transient, code=code)
+
+
 def _call(action: str, fn: Callable[[], T]) -> T:
     try:
         return fn()
     except stripe.StripeError as exc:
-        status = exc.http_status or 0
-        code = getattr(exc, "code", None) or ""
-        message = f"stripe {action}: {status or 'no answer'} {code} {exc.user_message or exc}".strip()
-        transient = (
-            isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError | stripe.AuthenticationError
-                       | stripe.PermissionError)
-            or status in (0, 401, 403, 409, 429)
-            or status >= 500
-        )
-        raise ProviderError(message[:1000], transient=transient) from exc
+        raise _provider_error(action, exc) from exc
+
+
+def _outcome_unknown(exc: stripe.StripeError) -> bool:
+    """A 5xx or no answer at all: Stripe may have done the work."""
+    return isinstance(exc, stripe.APIConnectionError) or (exc.http_status or 0) >= 500
+
+
+def _replayed(exc: stripe.StripeError) -> bool:
+    headers = exc.headers or {}
+    return any(name.lower() == "idempotent-replayed" and str(value).lower() == "true"
+               for name, value in headers.items())
+
+
+def _create_once(action: str, key: str, create: Callable[[str], T], find: Callable[[], T | None]) -> T:
+    """Creates a Stripe object for the command keyed `key`, at most once (see the module docstring)."""
+    for n in range(MAX_SUCCESSOR_KEYS + 1):
+        try:
+            return create(key if n == 0 else f"{key}-retry{n}")
+        except stripe.StripeError as exc:
+            if not _outcome_unknown(exc):
+                raise _provider_error(action, exc) from exc
+            found = _call(f"look up after {action}", find)
+            if found is not None:
+                return found
+            if not _replayed(exc):
+                # This key's request is fresh (or unanswered, maybe still running): try it again later.
+                raise _provider_error(action, exc) from exc
+    raise ProviderError(f"stripe {action}: {MAX_SUCCESSOR_KEYS + 1} keys answered 5xx and nothing was "
+                        "created; left to the bus", transient=True)
+
+
+def _ours(objects: Any, key: str) -> Any:
+    for obj in objects:
+        if (obj.to_dict().get("metadata") or {}).get("idempotency_key") == key:
+            return obj
+    return None
 
 
 class StripeProvider(PaymentProvider):
@@ -74,17 +138,26 @@ class StripeProvider(PaymentProvider):
     def create_payment(
         self, *, escrow_id: str, amount_minor: int, currency: str, idempotency_key: str
     ) -> PaymentSetup:
-        intent = _call("create payment intent", lambda: _client().v1.payment_intents.create(
-            params={
-                "amount": amount_minor,
-                "currency": currency.lower(),
-                "capture_method": "automatic",
-                "automatic_payment_methods": {"enabled": True},
-                "metadata": {"escrow_id": escrow_id},
-                "transfer_group": escrow_id,
-            },
-            options={"idempotency_key": idempotency_key},
-        ))
+        client = _client()
+        # Search is Stripe's only server-side filter on metadata (it can lag behind a create by seconds;
+        # an extra PaymentIntent nobody pays moves no money, unlike a second transfer or refund).
+        intent = _create_once(
+            "create payment intent", idempotency_key,
+            lambda key: client.v1.payment_intents.create(
+                params={
+                    "amount": amount_minor,
+                    "currency": currency.lower(),
+                    "capture_method": "automatic",
+                    "automatic_payment_methods": {"enabled": True},
+                    "metadata": {"escrow_id": escrow_id, "idempotency_key": idempotency_key},
+                    "transfer_group": escrow_id,
+                },
+                options={"idempotency_key": key},
+            ),
+            lambda: _ours(client.v1.payment_intents.search(
+                params={"query": f"metadata['escrow_id']:'{escrow_id}'", "limit": 100}).auto_paging_iter(),
+                          idempotency_key),
+        )
         return PaymentSetup(provider_payment_id=intent.id, client_secret=intent.client_secret or "",
                             raw=_kept(intent))
 
@@ -106,26 +179,38 @@ class StripeProvider(PaymentProvider):
         charge_id = charge if isinstance(charge, str) else getattr(charge, "id", None)
         if intent.status != "succeeded" or not charge_id:
             raise ProviderError(f"payment intent {source_payment_id} has no succeeded charge", transient=True)
-        transfer = _call("create transfer", lambda: client.v1.transfers.create(
-            params={
-                "amount": amount_minor,
-                "currency": currency.lower(),
-                "destination": destination,
-                "source_transaction": charge_id,
-                "transfer_group": escrow_id,
-                "metadata": {"escrow_id": escrow_id},
-            },
-            options={"idempotency_key": idempotency_key},
-        ))
+        transfer = _create_once(
+            "create transfer", idempotency_key,
+            lambda key: client.v1.transfers.create(
+                params={
+                    "amount": amount_minor,
+                    "currency": currency.lower(),
+                    "destination": destination,
+                    "source_transaction": charge_id,
+                    "transfer_group": escrow_id,
+                    "metadata": {"escrow_id": escrow_id, "idempotency_key": idempotency_key},
+                },
+                options={"idempotency_key": key},
+            ),
+            lambda: _ours(client.v1.transfers.list(
+                params={"transfer_group": escrow_id, "limit": 100}).auto_paging_iter(), idempotency_key),
+        )
         return MoneyMovement(provider_id=transfer.id, raw=_kept(transfer))
 
     def create_refund(
         self, *, escrow_id: str, payment_id: str, amount_minor: int, currency: str, idempotency_key: str
     ) -> MoneyMovement:
-        refund = _call("create refund", lambda: _client().v1.refunds.create(
-            params={"payment_intent": payment_id, "amount": amount_minor, "metadata": {"escrow_id": escrow_id}},
-            options={"idempotency_key": idempotency_key},
-        ))
+        client = _client()
+        refund = _create_once(
+            "create refund", idempotency_key,
+            lambda key: client.v1.refunds.create(
+                params={"payment_intent": payment_id, "amount": amount_minor,
+                        "metadata": {"escrow_id": escrow_id, "idempotency_key": idempotency_key}},
+                options={"idempotency_key": key},
+            ),
+            lambda: _ours(client.v1.refunds.list(
+                params={"payment_intent": payment_id, "limit": 100}).auto_paging_iter(), idempotency_key),
+        )
         return MoneyMovement(provider_id=refund.id, raw=_kept(refund))
 
     def verify_connected_account(self, *, account_id: str) -> None:

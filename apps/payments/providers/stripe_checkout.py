@@ -109,6 +109,11 @@ def session_create(
     return _kept(session, SESSION_FIELDS)
 
 
+def session_expire(session_id: str) -> None:
+    """Closes an open session so that nobody can pay it any more (the escrow was cancelled)."""
+    _call("expire checkout session", lambda: _client().v1.checkout.sessions.expire(session_id))
+
+
 def payment_intent_cancel(intent_id: str, *, idempotency_key: str) -> None:
     """The PaymentIntent a Checkout payment made redundant: cancelled so it cannot be paid as well."""
     _call(

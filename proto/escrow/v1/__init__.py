@@ -4,14 +4,18 @@
 # This file has been @generated
 
 __all__ = (
+    "AcceptEscrow",
     "CancelEscrow",
     "ComplianceDecision",
     "CreateEscrow",
+    "DeclineEscrow",
     "DisputeOutcome",
+    "EscrowAccepted",
     "EscrowCancelled",
     "EscrowComplianceHold",
     "EscrowComplianceHoldResolved",
     "EscrowCreated",
+    "EscrowDeclined",
     "EscrowDelivered",
     "EscrowDisputeResolved",
     "EscrowDisputed",
@@ -106,6 +110,21 @@ class DisputeOutcome(betterproto2.Enum):
 
 
 @dataclass(eq=False, repr=False)
+class AcceptEscrow(betterproto2.Message):
+    """
+    The counterparty (the party that did not create the deal) agrees to its terms: AWAIT_ACCEPTANCE ->
+    AWAIT_FUNDS. The funding deadline starts and the payment is set up only now.
+    """
+
+    escrow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    actor: "__common__v1__.Actor | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+
+
+default_message_pool.register_message("escrow.v1", "AcceptEscrow", AcceptEscrow)
+
+
+@dataclass(eq=False, repr=False)
 class CancelEscrow(betterproto2.Message):
     escrow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -119,6 +138,11 @@ default_message_pool.register_message("escrow.v1", "CancelEscrow", CancelEscrow)
 
 @dataclass(eq=False, repr=False)
 class CreateEscrow(betterproto2.Message):
+    """
+    Either party creates the deal (the actor is its creator: the buyer or the seller); it waits for the other
+    party's AcceptEscrow.
+    """
+
     escrow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
     buyer_id: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
@@ -135,6 +159,40 @@ class CreateEscrow(betterproto2.Message):
 
 
 default_message_pool.register_message("escrow.v1", "CreateEscrow", CreateEscrow)
+
+
+@dataclass(eq=False, repr=False)
+class DeclineEscrow(betterproto2.Message):
+    """
+    The counterparty turns the deal down: AWAIT_ACCEPTANCE -> CANCELLED.
+    """
+
+    escrow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    actor: "__common__v1__.Actor | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+
+    reason: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("escrow.v1", "DeclineEscrow", DeclineEscrow)
+
+
+@dataclass(eq=False, repr=False)
+class EscrowAccepted(betterproto2.Message):
+    """
+    The counterparty accepted the terms: the escrow awaits the buyer's payment until funding_deadline.
+    """
+
+    escrow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    actor: "__common__v1__.Actor | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+
+    funding_deadline: "datetime.datetime | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
+    )
+
+
+default_message_pool.register_message("escrow.v1", "EscrowAccepted", EscrowAccepted)
 
 
 @dataclass(eq=False, repr=False)
@@ -199,11 +257,42 @@ class EscrowCreated(betterproto2.Message):
     funding_deadline: "datetime.datetime | None" = betterproto2.field(
         7, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
     )
+    """
+    Unset since deals wait for acceptance: the funding deadline starts with EscrowAccepted.
+    """
 
     actor: "__common__v1__.Actor | None" = betterproto2.field(8, betterproto2.TYPE_MESSAGE, optional=True)
 
+    created_by_id: "int" = betterproto2.field(9, betterproto2.TYPE_INT64)
+    """
+    The user who created the deal (the buyer or the seller); the other party accepts or declines.
+    """
+
+    acceptance_deadline: "datetime.datetime | None" = betterproto2.field(
+        10, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
+    )
+    """
+    The deal is cancelled if the counterparty has not accepted by then.
+    """
+
 
 default_message_pool.register_message("escrow.v1", "EscrowCreated", EscrowCreated)
+
+
+@dataclass(eq=False, repr=False)
+class EscrowDeclined(betterproto2.Message):
+    """
+    The counterparty declined the deal; it is cancelled with nothing to pay back.
+    """
+
+    escrow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    actor: "__common__v1__.Actor | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+
+    reason: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("escrow.v1", "EscrowDeclined", EscrowDeclined)
 
 
 @dataclass(eq=False, repr=False)
@@ -279,6 +368,10 @@ class EscrowHoldLifted(betterproto2.Message):
 
     inspection_deadline: "datetime.datetime | None" = betterproto2.field(
         5, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
+    )
+
+    acceptance_deadline: "datetime.datetime | None" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
     )
 
 

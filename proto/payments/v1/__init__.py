@@ -152,6 +152,12 @@ class TransferFailed(betterproto2.Message):
 
     reason: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
 
+    awaiting_destination: "bool" = betterproto2.field(6, betterproto2.TYPE_BOOL)
+    """
+    Nothing was sent because the seller has no payout destination for this rail yet: the payout is
+    parked and goes out when they add one (the seller is told how).
+    """
+
 
 default_message_pool.register_message("payments.v1", "TransferFailed", TransferFailed)
 

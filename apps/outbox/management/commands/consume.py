@@ -12,6 +12,7 @@ from django.core.management.base import BaseCommand, CommandError
 from apps.outbox import bus
 from apps.outbox.kafka.client import KafkaNotConfigured
 from apps.outbox.kafka.consumer import AppConsumer
+from apps.outbox.progress import CommandProgress
 
 
 class Command(BaseCommand):
@@ -36,12 +37,20 @@ class Command(BaseCommand):
             self.stderr.write(f"warning: {app!r} is also in BUS_OUTBOX_SUBSCRIBERS here; make sure the web "
                               "process and bus worker run with it removed, or the app is fed twice "
                               "(deduped per source, but processed twice).")
-        try:
-            consumer = AppConsumer(app=app, servers=options["bootstrap_servers"], group_id=options["group"],
-                                   report=self.stdout.write)
-        except KafkaNotConfigured as exc:
-            raise CommandError(str(exc)) from exc
-        signal.signal(signal.SIGTERM, lambda *_: consumer.stop())
-        signal.signal(signal.SIGINT, lambda *_: consumer.stop())
-        stats = consumer.run(until_caught_up=options["until_caught_up"])
-        self.stdout.write(f"consumer {app} stopped: {stats.summary()}")
+        with CommandProgress(self.stdout, f"{app} received") as progress:
+            consumer: AppConsumer | None = None
+
+            def report(line: str) -> None:
+                progress.line(line)
+                if consumer is not None:
+                    progress.update(consumer.stats.received)
+
+            try:
+                consumer = AppConsumer(app=app, servers=options["bootstrap_servers"], group_id=options["group"],
+                                       report=report)
+            except KafkaNotConfigured as exc:
+                raise CommandError(str(exc)) from exc
+            signal.signal(signal.SIGTERM, lambda *_: consumer.stop())
+            signal.signal(signal.SIGINT, lambda *_: consumer.stop())
+            stats = consumer.run(until_caught_up=options["until_caught_up"])
+            progress.summary(f"consumer {app} stopped: {stats.summary()}")

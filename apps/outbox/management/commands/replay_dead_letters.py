@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand
 
 from apps.outbox import bus
 from apps.outbox.models import DeadLetter
+from apps.outbox.progress import CommandProgress
 
 
 class Command(BaseCommand):
@@ -25,13 +26,15 @@ class Command(BaseCommand):
             letters = letters.filter(subscriber=options["subscriber"])
         total = letters.count()
         replayed = failed = 0
-        for index, letter in enumerate(letters.iterator(), start=1):
-            try:
-                bus.replay_dead_letter(letter)
-                replayed += 1
-                outcome = "replayed"
-            except Exception as exc:  # noqa: BLE001 - reported, the letter stays open
-                failed += 1
-                outcome = f"still failing: {exc!r}"
-            self.stdout.write(f"[{index}/{total}] {letter.subscriber} {letter.type} {letter.aggregate_id}: {outcome}")
-        self.stdout.write(f"{replayed} replayed, {failed} still failing, {total} considered")
+        with CommandProgress(self.stdout, "dead letters", total=total) as progress:
+            for index, letter in enumerate(letters.iterator(), start=1):
+                try:
+                    bus.replay_dead_letter(letter)
+                    replayed += 1
+                    outcome = "replayed"
+                except Exception as exc:  # noqa: BLE001 - reported, the letter stays open
+                    failed += 1
+                    outcome = f"still failing: {exc!r}"
+                progress.line(f"[{index}/{total}] {letter.subscriber} {letter.type} {letter.aggregate_id}: {outcome}")
+                progress.advance()
+            progress.summary(f"{replayed} replayed, {failed} still failing, {total} considered")

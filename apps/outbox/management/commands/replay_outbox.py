@@ -12,6 +12,7 @@ from django.utils.dateparse import parse_datetime
 from apps.outbox.kafka.client import KafkaNotConfigured
 from apps.outbox.kafka.relay import PublishFailed
 from apps.outbox.kafka.replay import replay_outbox, replay_selection
+from apps.outbox.progress import CommandProgress
 
 
 def _instant(value: str | None, flag: str) -> datetime.datetime | None:
@@ -32,7 +33,7 @@ class Command(BaseCommand):
         parser.add_argument("--escrow", help="one escrow id")
         parser.add_argument("--type", dest="type_name", help="message type, short or full name")
         parser.add_argument("--bootstrap-servers", default=None, help="default: KAFKA_BOOTSTRAP_SERVERS")
-        parser.add_argument("--batch-size", type=int, default=1000)
+        parser.add_argument("--batch-size", type=int, default=1000, help="rows published per batch; default 1000")
         parser.add_argument("--dry-run", action="store_true", help="count what would be replayed")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -44,9 +45,11 @@ class Command(BaseCommand):
         if options["dry_run"]:
             self.stdout.write(f"would replay {rows.count()} messages")
             return
-        try:
-            stats = replay_outbox(rows=rows, servers=options["bootstrap_servers"],
-                                  batch_size=options["batch_size"], report=self.stdout.write)
-        except (KafkaNotConfigured, PublishFailed) as exc:
-            raise CommandError(str(exc)) from exc
-        self.stdout.write(f"replay done: {stats.summary()}")
+        with CommandProgress(self.stdout, "replayed", total=rows.count()) as progress:
+            try:
+                stats = replay_outbox(rows=rows, servers=options["bootstrap_servers"],
+                                      batch_size=options["batch_size"], report=progress.line)
+            except (KafkaNotConfigured, PublishFailed) as exc:
+                raise CommandError(str(exc)) from exc
+            progress.update(stats.published)
+            progress.summary(f"replay done: {stats.summary()}")

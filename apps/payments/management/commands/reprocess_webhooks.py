@@ -8,6 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand
 from django.utils import timezone
 
+from apps.outbox.public import CommandProgress
 from apps.payments import webhooks
 from apps.payments.models import WebhookEvent
 
@@ -16,7 +17,9 @@ class Command(BaseCommand):
     help = "Reprocess failed webhooks (and received ones older than a minute)."
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("ids", nargs="*", type=int)
+        parser.add_argument("ids", nargs="*", type=int,
+                            help="webhook record ids to process again, whatever their status (default: every "
+                                 "failed one, and received ones older than a minute)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         stale = timezone.now() - datetime.timedelta(minutes=1)
@@ -27,11 +30,16 @@ class Command(BaseCommand):
             records = WebhookEvent.objects.filter(pk__in=options["ids"])
         records = records.order_by("id")
         total = records.count()
-        for index, record in enumerate(records, start=1):
-            try:
-                outcome = webhooks.reprocess(record)
-                result = outcome.status
-            except Exception as exc:  # noqa: BLE001 - reported per record
-                result = f"error: {exc!r}"
-            self.stdout.write(f"[{index}/{total}] {record.provider} {record.event_type} {record.provider_event_id}: {result}")
-        self.stdout.write(f"{total} webhooks reprocessed")
+        errors = 0
+        with CommandProgress(self.stdout, "webhooks", total=total) as progress:
+            for index, record in enumerate(records, start=1):
+                try:
+                    outcome = webhooks.reprocess(record)
+                    result = outcome.status
+                except Exception as exc:  # noqa: BLE001 - reported per record
+                    errors += 1
+                    result = f"error: {exc!r}"
+                progress.line(f"[{index}/{total}] {record.provider} {record.event_type} {record.provider_event_id}: "
+                              f"{result}")
+                progress.advance()
+            progress.summary(f"{total} webhooks reprocessed, {errors} errors")
