@@ -24,7 +24,6 @@ from apps.outbox.models import OutboxMessage, ProcessedMessage
 from tests.fakes.stripe_server import WEBHOOK_SECRET, signed_event
 from tests.helpers import act, create_escrow
 from tests.kafka.broker import GROUP_TIMINGS
-from tests.payments.conftest import fake_stripe  # noqa: F401 - fixture, found by name
 from tests.payments.support import assert_money_invariant, post_webhook
 from tests.reliability.servers import ROOT, database_url
 
@@ -92,7 +91,7 @@ class PaymentsConsumer:
 
 def test_escrow_and_payments_consumed_from_the_broker_survive_a_payments_kill_mid_call(
     kafka, fresh_group, settings, api_client, buyer, seller, fake_stripe, tmp_path
-):  # noqa: F811
+):
     settings.BUS_OUTBOX_SUBSCRIBERS = ["projections", "notifications"]  # escrow and payments: from Kafka
     escrow_group, payments_group = fresh_group("escrow"), fresh_group("payments")
     as_buyer, as_seller = api_client(buyer), api_client(seller)
