@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 from django.conf import settings
@@ -41,6 +42,7 @@ class BusWorker:
         self.handled = 0
         self.passes = 0
         self._listener = None
+        self._own_pids: deque[int] = deque(maxlen=64)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -165,8 +167,14 @@ class BusWorker:
             self._listener = None
 
     def _foreign_notification(self, timeout: float) -> bool:
-        own = connection.connection.info.backend_pid if connection.connection is not None else None
+        # The pool may hand this thread another backend from one pass to the next, and an announcement of an
+        # earlier pass's commit can arrive late: every backend this worker has used recently is its own. (A
+        # commit by another thread of this process on such a backend still wakes it: in-process wake.)
+        if connection.connection is not None:
+            pid = connection.connection.info.backend_pid
+            if pid not in self._own_pids:
+                self._own_pids.append(pid)
         for note in self._listener.notifies(timeout=timeout):
-            if note.pid != own:
+            if note.pid not in self._own_pids:
                 return True
         return False

@@ -72,7 +72,7 @@ def test_a_lost_database_answers_503_and_the_server_resumes_by_itself(
         assert created.status_code == 202, created.text
         escrow_id = created.json()["escrow_id"]
         before = http.get(f"/escrows/{escrow_id}", headers=headers)
-        assert before.status_code == 200 and before.json()["state"] == "AWAIT_FUNDS", (before.text, server.log())
+        assert before.status_code == 200 and before.json()["state"] == "AWAIT_ACCEPTANCE", (before.text, server.log())
         assert http.get("/ready").status_code == 200
 
         # When: the database goes away.
@@ -98,7 +98,7 @@ def test_a_lost_database_answers_503_and_the_server_resumes_by_itself(
         settings.BUS_INLINE_DISPATCH = False
         settings.READ_YOUR_WRITES_SECONDS = 0
         assert api_client(buyer).post(f"/api/v1/escrows/{escrow_id}/cancel", {}, format="json").status_code == 202
-        assert selectors.escrow_view_get(escrow_id=escrow_id).state == "AWAIT_FUNDS"  # not delivered yet
+        assert selectors.escrow_view_get(escrow_id=escrow_id).state == "AWAIT_ACCEPTANCE"  # not delivered yet
 
         # When: the database is back.
         proxy.restore()

@@ -53,7 +53,7 @@ class TradeClient:
             time.sleep(0.05)
 
     def trade(self, buyer: tuple[str, str], seller: tuple[str, str]) -> str:
-        """buyer, seller: (username, token). Create, pay, deliver, release; returns the escrow id."""
+        """buyer, seller: (username, token). Propose, accept, pay, deliver, release; returns the escrow id."""
         created = self.call(
             "POST",
             "/escrows",
@@ -62,6 +62,9 @@ class TradeClient:
         )
         assert created.status_code == 202, created.text
         escrow_id = created.json()["escrow_id"]
+        self.wait_for(escrow_id, seller[1], "AWAIT_ACCEPTANCE")
+        accepted = self.call("POST", f"/escrows/{escrow_id}/accept", seller[1], {})
+        assert accepted.status_code == 202, accepted.text
         self.wait_for(escrow_id, buyer[1], "AWAIT_FUNDS")
         steps = [
             ("POST", f"/sandbox/escrows/{escrow_id}/pay", buyer, "FUNDS_HELD"),
