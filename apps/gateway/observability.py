@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from django.db import connection
 from django.utils import timezone
@@ -22,6 +23,9 @@ from prometheus_client import Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from apps.outbox.public import Subscriber
 
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
@@ -75,9 +79,9 @@ class BusCollector(Collector):
     """Bus progress read from the outbox tables at scrape time."""
 
     def collect(self) -> Iterator[Metric]:
-        from apps.outbox import bus
+        from apps.outbox import public as outbox
 
-        subscribers = bus.outbox_subscribers()
+        subscribers = outbox.outbox_subscribers()
         lag = GaugeMetricFamily("escrow_bus_lag_messages",
                                 "Outbox messages a subscriber has not processed yet", labels=["subscriber"])
         lag_age = GaugeMetricFamily("escrow_bus_lag_seconds",
@@ -142,16 +146,15 @@ class DomainCollector(Collector):
         yield from (waiting, oldest)
 
 
-def _pending(subscriber: object) -> tuple[int, float]:
+def _pending(subscriber: Subscriber) -> tuple[int, float]:
     from django.db.models import Count, Min
 
-    from apps.outbox import bus
-    from apps.outbox.models import OutboxMessage
+    from apps.outbox.public import OutboxMessage, rows_after, subscriber_checkpoint
 
-    checkpoint = bus._checkpoint(subscriber.name)  # type: ignore[attr-defined]
+    checkpoint = subscriber_checkpoint(subscriber.name)
     row = OutboxMessage.objects.filter(
-        bus._after(checkpoint.last_txid, checkpoint.last_id),
-        topic__in=subscriber.topics,  # type: ignore[attr-defined]
+        rows_after(checkpoint.last_txid, checkpoint.last_id),
+        topic__in=subscriber.topics,
     ).aggregate(n=Count("id"), oldest=Min("occurred_at"))
     oldest = row["oldest"]
     age = (timezone.now() - oldest).total_seconds() if oldest is not None else 0.0
@@ -159,7 +162,7 @@ def _pending(subscriber: object) -> tuple[int, float]:
 
 
 def _applied_count(name: str) -> int:
-    from apps.outbox.models import ProcessedMessage
+    from apps.outbox.public import ProcessedMessage
 
     return ProcessedMessage.objects.filter(subscriber=name).count()
 
@@ -168,7 +171,7 @@ def _recent_delays(*, subscriber: str, types: Iterable[str] | None = None) -> li
     """Seconds from occurred_at to applied for the subscriber's last RECENT_WINDOW applied messages
     (only those of `types`, if given), sorted. Both reads use unique indexes: the newest dedupe
     records by primary key, then their outbox rows by event id; no scan grows with the tables."""
-    from apps.outbox.models import OutboxMessage, ProcessedMessage
+    from apps.outbox.public import OutboxMessage, ProcessedMessage
 
     rows = list(ProcessedMessage.objects.filter(subscriber=subscriber).order_by("-id")
                 .values_list("event_id", "processed_at")[:RECENT_WINDOW])
@@ -185,7 +188,7 @@ def _recent_delays(*, subscriber: str, types: Iterable[str] | None = None) -> li
 def _outbox_metrics() -> Iterator[Metric]:
     from django.db.models import Count, Min
 
-    from apps.outbox.models import OutboxMessage
+    from apps.outbox.public import OutboxMessage
 
     row = OutboxMessage.objects.filter(published_at__isnull=True).aggregate(n=Count("id"), oldest=Min("occurred_at"))
     unpublished = GaugeMetricFamily("escrow_outbox_unpublished_messages", "Outbox rows not yet relayed to Kafka")
@@ -212,7 +215,7 @@ def _outbox_metrics() -> Iterator[Metric]:
 def _dead_letter_metrics(names: Iterable[str]) -> Iterator[Metric]:
     from django.db.models import Count
 
-    from apps.outbox.models import DeadLetter
+    from apps.outbox.public import DeadLetter
 
     counts = dict(DeadLetter.objects.filter(status=DeadLetter.Status.OPEN)
                   .values_list("subscriber").annotate(n=Count("id")).values_list("subscriber", "n"))

@@ -67,7 +67,7 @@ def escrow_views_with_deadline_between(*, state: str, deadline: str, start: date
         state=state, **{f"{deadline}__gte": start, f"{deadline}__lt": end}).order_by(deadline, "escrow_id")
 
 
-DEADLINE_FIELDS = frozenset({"funding_deadline", "inspection_deadline"})
+DEADLINE_FIELDS = frozenset({"acceptance_deadline", "funding_deadline", "inspection_deadline"})
 
 
 def escrow_timeline(*, escrow_id: str) -> QuerySet[Any]:
@@ -131,7 +131,7 @@ def ops_daily_figures(*, since: datetime.date | None = None) -> QuerySet[Any]:
 
 def ops_dead_letters() -> QuerySet[Any]:
     """Dead letters are bus bookkeeping, not an event-fed read model: read from the outbox app."""
-    from apps.outbox.models import DeadLetter
+    from apps.outbox.public import DeadLetter
 
     return DeadLetter.objects.filter(status=DeadLetter.Status.OPEN).order_by("created_at")
 
