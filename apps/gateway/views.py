@@ -425,8 +425,18 @@ class SandboxPay(APIView):
 # --- provider webhooks: plain Django views, so the raw body reaches the verifier untouched -----------
 
 
+# The headers each provider signs with (required in the OpenAPI document).
+SIGNATURE_HEADERS = {"stripe": ("Stripe-Signature",), "custodian": ("X-Circle-Signature", "X-Circle-Key-Id")}
+
+
 def _webhook(request: HttpRequest, provider: str) -> JsonResponse:
     outcome = payments.webhook_receive(provider=provider, body=request.body, headers=request.headers)
+    missing = [name for name in SIGNATURE_HEADERS[provider] if not request.headers.get(name)]
+    if outcome.http_status == 404 and missing:
+        # Unsigned is a bad request whichever providers this deployment runs (an enabled provider stores
+        # and rejects it with 400 itself).
+        return JsonResponse(problem_body(400, "invalid_signature", f"missing {', '.join(missing)} header"),
+                            status=400, content_type=CONTENT_TYPE)
     if outcome.http_status >= 400:
         code = {400: "invalid_signature", 404: "provider_disabled", 413: "body_too_large"}.get(
             outcome.http_status, "webhook_failed"
