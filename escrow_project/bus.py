@@ -1,26 +1,23 @@
-"""Bus wiring: which app subscribes to what, and what the bus worker does on each tick. Each app's
-`handlers` module lists its reactions."""
+"""Bus wiring, in one place: which app subscribes to what (each app's `handlers` module lists its
+reactions), and what the bus worker runs on every pass besides draining (`run_bus` and `serve` read
+these ticks). Loaded by apps.outbox when the app registry is ready (settings.BUS_WIRING)."""
 
-from apps.discord.public import send_due_followups
-from apps.escrow.handlers import SUBSCRIBER as ESCROW
-from apps.escrow.timers import fire_due_timers
-from apps.gateway.public import idempotency_records_purge
-from apps.notifications.handlers import SUBSCRIBER as NOTIFICATIONS
-from apps.notifications.public import deliver_due_notifications, send_due_reminders
-from apps.outbox import bus
-from apps.outbox.worker import register_tick
-from apps.payments.handlers import SUBSCRIBER as PAYMENTS
-from apps.payments.public import deliver_owed_webhooks
-from apps.projections.handlers import SUBSCRIBER as PROJECTIONS
+from apps.discord import public as discord
+from apps.escrow import public as escrow
+from apps.gateway import public as gateway
+from apps.notifications import public as notifications
+from apps.outbox import public as outbox
+from apps.payments import public as payments
+from apps.projections import public as projections
 
-for subscriber in (ESCROW, PAYMENTS, PROJECTIONS, NOTIFICATIONS):
-    bus.register(subscriber)
+for subscriber in (escrow.SUBSCRIBER, payments.SUBSCRIBER, projections.SUBSCRIBER, notifications.SUBSCRIBER):
+    outbox.register(subscriber)
 
 # `run_bus --no-timers` leaves out "timers" (for a deployment that fires them from cron).
-register_tick("timers", fire_due_timers)
+outbox.register_tick("timers", escrow.fire_due_timers)
 # Reminders first: the notifications tick of the same pass sends what they owe.
-register_tick("reminders", send_due_reminders)
-register_tick("notifications", deliver_due_notifications)
-register_tick("payments-webhooks", deliver_owed_webhooks)
-register_tick("discord-follow-ups", send_due_followups)
-register_tick("idempotency-expiry", idempotency_records_purge)
+outbox.register_tick("reminders", notifications.send_due_reminders)
+outbox.register_tick("notifications", notifications.deliver_due_notifications)
+outbox.register_tick("payments-webhooks", payments.deliver_owed_webhooks)
+outbox.register_tick("discord-follow-ups", discord.send_due_followups)
+outbox.register_tick("idempotency-expiry", gateway.idempotency_records_purge)

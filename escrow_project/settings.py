@@ -52,6 +52,7 @@ INSTALLED_APPS = [
     "allauth.headless",
     "allauth.usersessions",
     "allauth.socialaccount.providers.discord",
+    "apps.core",
     "apps.outbox",
     "apps.escrow",
     "apps.payments",
@@ -209,6 +210,8 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "apps.gateway.schema.document_plain_routes",
                             "apps.gateway.schema.document_problems"],
+    # A deal's sides (the caller's `role` on create, `creator_role` on read): one enum, one name.
+    "ENUM_NAME_OVERRIDES": {"PartyRoleEnum": ["buyer", "seller"]},
 }
 # Mutations (POST/PUT/PATCH/DELETE) per caller: generous by default so that load tests and benchmarks
 # are not throttled; production sets THROTTLE_MUTATIONS_RATE (e.g. "120/min"); "off" disables it.
@@ -340,7 +343,9 @@ TRACING_SERVICE_NAME = os.environ.get("OTEL_SERVICE_NAME", "")
 
 # Who may scrape /api/v1/metrics: set, a client sending `Authorization: Bearer <METRICS_TOKEN>`; unset,
 # only clients on this host (behind a reverse proxy on the same host, set it: the proxy is loopback).
-METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+# METRICS_TOKEN_FILE names a file holding it instead (a container secret shared with Prometheus).
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "") or (
+    Path(os.environ["METRICS_TOKEN_FILE"]).read_text().strip() if os.environ.get("METRICS_TOKEN_FILE") else "")
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 LOGGING = {

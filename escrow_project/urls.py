@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from apps.gateway.mfa import MFAAdminAuthenticationForm
+from apps.gateway.public import MFAAdminAuthenticationForm
 
 # The admin login asks staff for their TOTP code (allauth.mfa); see apps/gateway/mfa.py.
 admin.site.login_form = MFAAdminAuthenticationForm

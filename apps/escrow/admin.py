@@ -15,31 +15,24 @@ from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils.safestring import mark_safe
-from rest_framework import serializers as drf_serializers
 
+from apps.core.public import (
+    AuditLog,
+    InvalidAmount,
+    ReadOnlyAdmin,
+    audit_record,
+    decimal_string_to_minor,
+    minor_to_decimal_string,
+)
 from apps.escrow import money
 from apps.escrow.errors import EscrowError
 from apps.escrow.evidence import evidence_add
 from apps.escrow.models import Escrow, EscrowEvent, EscrowState, Evidence
 from apps.escrow.services import dispatch, stranded_minor
-from apps.gateway.audit import audit_record
-from apps.gateway.models import AuditLog
-from apps.gateway.serializers import minor_to_decimal_string, parse_amount
-from apps.outbox.messages import deterministic_id
-from apps.projections import selectors
+from apps.outbox.public import deterministic_id
+from apps.projections import public as selectors
 from proto.common.v1 import Actor, ActorKind, Money
 from proto.escrow import v1 as escrow_v1
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 class EscrowEventInline(admin.TabularInline):
@@ -101,9 +94,9 @@ class ResolveForm(forms.Form):
         data = super().clean() or {}
         if data.get("outcome") == "split":
             try:
-                data["seller_minor"] = parse_amount(data.get("seller_amount") or "", currency=self.currency)
-            except drf_serializers.ValidationError as exc:
-                self.add_error("seller_amount", "; ".join(str(d) for d in exc.detail))
+                data["seller_minor"] = decimal_string_to_minor(data.get("seller_amount") or "", currency=self.currency)
+            except InvalidAmount as exc:
+                self.add_error("seller_amount", str(exc))
         elif data.get("seller_amount"):
             self.add_error("seller_amount", "only a split takes an amount")
         if data.get("reason") is not None and not data["reason"].strip():

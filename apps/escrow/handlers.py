@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from apps.escrow import services
-from apps.outbox.bus import Delivery, Subscriber
+from apps.outbox.public import Delivery, Subscriber
 from proto.payments import v1 as payments_v1
 
 

@@ -2,7 +2,8 @@
 
 `escrow_lock` must be the first write of any transaction that appends events for an escrow: the
 outbox stream lock on the escrow id first (it assigns no transaction id), then the row lock. See
-`apps.outbox.publish.stream_lock` for why that keeps per-escrow order in the outbox.
+`apps.outbox.publish.stream_lock` for why that keeps per-escrow order in the outbox (`aggregate_lock`
+takes both, for every app that appends an aggregate's messages).
 """
 
 from __future__ import annotations
@@ -10,9 +11,8 @@ from __future__ import annotations
 import uuid
 
 from apps.escrow.models import Escrow
-from apps.outbox.publish import stream_lock
+from apps.outbox.public import aggregate_lock
 
 
 def escrow_lock(escrow_id: uuid.UUID | str) -> Escrow | None:
-    stream_lock(str(escrow_id))
-    return Escrow.objects.select_for_update().filter(pk=escrow_id).first()
+    return aggregate_lock(str(escrow_id), Escrow.objects.filter(pk=escrow_id))

@@ -1,5 +1,6 @@
 """What other apps may use of the escrow service: its command dispatch, the command types it takes, which
-actions a user may take now, and its error types.
+actions a user may take now, its error types, evidence, and its bus subscriber and timers (wired in
+escrow_project/bus.py).
 
 Every edge (REST API, web app, Discord) builds one of the commands below and calls `dispatch`:
 
@@ -13,7 +14,10 @@ deliver, release, dispute, cancel); see `apps.escrow.actions`.
 from apps.escrow.actions import ACTION_COMMANDS, ACTIONS, allowed_actions
 from apps.escrow.errors import EscrowError, EscrowNotFound, InvalidCommand, InvalidTransition, NotAllowed
 from apps.escrow.evidence import EvidenceRejected, evidence_add
+from apps.escrow.handlers import SUBSCRIBER
+from apps.escrow.money import money_held_by_state
 from apps.escrow.services import CommandResult, command_applied, dispatch
+from apps.escrow.timers import fire_due_timers
 from proto.common.v1 import Actor, ActorKind
 from proto.escrow.v1 import (
     AcceptEscrow,
@@ -43,6 +47,7 @@ __all__ = [
     "InvalidTransition",
     "MarkDelivered",
     "NotAllowed",
+    "SUBSCRIBER",
     "OpenDispute",
     "ReleaseFunds",
     "ResolveDispute",
@@ -50,4 +55,6 @@ __all__ = [
     "command_applied",
     "dispatch",
     "evidence_add",
+    "fire_due_timers",
+    "money_held_by_state",
 ]

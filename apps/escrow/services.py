@@ -17,6 +17,7 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
+from apps.core.public import money
 from apps.escrow.errors import EscrowNotFound, InvalidCommand, InvalidTransition, NotAllowed
 from apps.escrow.lock_objects import escrow_lock
 from apps.escrow.models import Escrow, EscrowEvent, EscrowState, ProcessedCommand
@@ -81,10 +82,6 @@ class CommandResult:
     state: str
     version: int
     duplicate: bool = False
-
-
-def money(amount_minor: int, currency: str) -> Money:
-    return Money(amount_minor=amount_minor, currency=currency)
 
 
 def fee_for(gross_minor: int, fee_bps: int) -> int:

@@ -14,7 +14,7 @@ from django.utils import timezone
 from apps.escrow import services
 from apps.escrow.errors import EscrowError
 from apps.escrow.models import Escrow, EscrowState
-from apps.outbox.messages import deterministic_id
+from apps.outbox.public import deterministic_id
 from proto.common.v1 import Actor, ActorKind
 from proto.escrow import v1 as escrow_v1
 

@@ -11,7 +11,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
-from apps.gateway.observability import MULTIPROCESS, BusCollector, database_reachable
+from apps.gateway.observability import MULTIPROCESS, BusCollector, DomainCollector, database_reachable
 from apps.gateway.problems import CONTENT_TYPE, problem_body
 
 
@@ -61,5 +61,6 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     if database_reachable():
         tables = CollectorRegistry()
         tables.register(BusCollector())
+        tables.register(DomainCollector())
         body += generate_latest(tables)
     return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)

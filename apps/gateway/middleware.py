@@ -13,7 +13,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse
 
 from apps.gateway import observability
-from apps.outbox import context, tracing
+from apps.outbox.public import context, tracing
 
 log = logging.getLogger("apps.gateway.access")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")

@@ -1,11 +1,12 @@
-"""Idempotency keys (IETF httpapi Idempotency-Key draft): one record per caller and key."""
+"""Idempotency keys (IETF httpapi Idempotency-Key draft): one record per caller and key; the staff
+permissions on the audit log."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.conf import settings
 from django.db import models
+
+from apps.core.public import AuditLog as CoreAuditLog
 
 
 class IdempotencyRecord(models.Model):
@@ -34,34 +35,13 @@ class IdempotencyRecord(models.Model):
         return f"{self.key} ({self.status})"
 
 
-class AuditLog(models.Model):
-    """Every staff action (who, what, why, when), written in the same transaction as its effect.
-    Append-only: rows are never changed or deleted. The custom permissions are what the staff groups
-    grant (see `manage.py setup_staff_groups`)."""
-
-    class Action(models.TextChoices):
-        RESOLVE_DISPUTE = "resolve_dispute"
-        ADD_NOTE = "add_note"
-        REPLAY_DEAD_LETTER = "replay_dead_letter"
-        REBUILD_PROJECTIONS = "rebuild_projections"
-        HOLD = "hold"
-        UNHOLD = "unhold"
-        RETRY_PAYOUT = "retry_payout"
-        RETURN_STRANDED_FUNDS = "return_stranded_funds"
-        RESEND_NOTIFICATION = "resend_notification"
-        UPLOAD_EVIDENCE = "upload_evidence"
-
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
-    action = models.CharField(max_length=50, choices=Action.choices)
-    escrow_id = models.UUIDField(null=True, blank=True, db_index=True)
-    target = models.CharField(max_length=200, blank=True)
-    reason = models.TextField()
-    detail = models.JSONField(default=dict, blank=True)
-    command_id = models.UUIDField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+class AuditLog(CoreAuditLog):
+    """The staff audit log (apps.core) as the gateway's staff permissions know it: the permissions the
+    staff groups grant (`manage.py setup_staff_groups`) are declared here, so they keep the names
+    `gateway.<codename>` they have always had."""
 
     class Meta:
-        ordering = ["-created_at", "-id"]
+        proxy = True
         permissions = [
             ("resolve_dispute", "Can resolve a dispute (release, refund or split)"),
             ("add_dispute_note", "Can add a note to a dispute"),
@@ -70,14 +50,3 @@ class AuditLog(models.Model):
             ("return_stranded_funds", "Can refund money a settled escrow still holds"),
             ("upload_evidence", "Can upload dispute evidence on behalf of a party"),
         ]
-
-    def __str__(self) -> str:
-        return f"{self.created_at:%Y-%m-%d %H:%M} {self.actor_id} {self.action} {self.escrow_id or self.target}"
-
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        if not self._state.adding:
-            raise PermissionError("AuditLog is append-only")
-        super().save(*args, **kwargs)
-
-    def delete(self, *args: Any, **kwargs: Any) -> Any:
-        raise PermissionError("AuditLog is append-only")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from django.db import connection
 from django.utils import timezone
@@ -22,6 +23,9 @@ from prometheus_client import Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from apps.outbox.public import Subscriber
 
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
@@ -75,9 +79,9 @@ class BusCollector(Collector):
     """Bus progress read from the outbox tables at scrape time."""
 
     def collect(self) -> Iterator[Metric]:
-        from apps.outbox import bus
+        from apps.outbox import public as outbox
 
-        subscribers = bus.outbox_subscribers()
+        subscribers = outbox.outbox_subscribers()
         lag = GaugeMetricFamily("escrow_bus_lag_messages",
                                 "Outbox messages a subscriber has not processed yet", labels=["subscriber"])
         lag_age = GaugeMetricFamily("escrow_bus_lag_seconds",
@@ -112,16 +116,45 @@ class BusCollector(Collector):
         yield from _dead_letter_metrics(sub.name for sub in subscribers)
 
 
-def _pending(subscriber: object) -> tuple[int, float]:
+class DomainCollector(Collector):
+    """Money held by state and the escrows waiting for a human, read at scrape time through the escrow
+    and projections public modules (for the dashboard and the alerts in deploy/)."""
+
+    def collect(self) -> Iterator[Metric]:
+        from apps.escrow.public import money_held_by_state
+        from apps.projections.public import ops_attention_waiting
+
+        held = GaugeMetricFamily("escrow_money_held_minor",
+                                 "Money held now (minor units), by escrow state and currency",
+                                 labels=["state", "currency"])
+        holding = GaugeMetricFamily("escrow_money_held_escrows", "Escrows holding money now, by state and currency",
+                                    labels=["state", "currency"])
+        for state, currency, amount, escrows in money_held_by_state():
+            held.add_metric([state, currency], amount)
+            holding.add_metric([state, currency], escrows)
+        yield from (held, holding)
+
+        waiting = GaugeMetricFamily("escrow_attention_escrows",
+                                    "Escrows waiting for a human, by kind (compliance_hold, transfer_failed, ...)",
+                                    labels=["attention"])
+        oldest = GaugeMetricFamily("escrow_attention_oldest_seconds",
+                                   "How long the longest-waiting escrow of each kind of attention has waited",
+                                   labels=["attention"])
+        for attention, escrows, seconds in ops_attention_waiting():
+            waiting.add_metric([attention], escrows)
+            oldest.add_metric([attention], seconds)
+        yield from (waiting, oldest)
+
+
+def _pending(subscriber: Subscriber) -> tuple[int, float]:
     from django.db.models import Count, Min
 
-    from apps.outbox import bus
-    from apps.outbox.models import OutboxMessage
+    from apps.outbox.public import OutboxMessage, rows_after, subscriber_checkpoint
 
-    checkpoint = bus._checkpoint(subscriber.name)  # type: ignore[attr-defined]
+    checkpoint = subscriber_checkpoint(subscriber.name)
     row = OutboxMessage.objects.filter(
-        bus._after(checkpoint.last_txid, checkpoint.last_id),
-        topic__in=subscriber.topics,  # type: ignore[attr-defined]
+        rows_after(checkpoint.last_txid, checkpoint.last_id),
+        topic__in=subscriber.topics,
     ).aggregate(n=Count("id"), oldest=Min("occurred_at"))
     oldest = row["oldest"]
     age = (timezone.now() - oldest).total_seconds() if oldest is not None else 0.0
@@ -129,7 +162,7 @@ def _pending(subscriber: object) -> tuple[int, float]:
 
 
 def _applied_count(name: str) -> int:
-    from apps.outbox.models import ProcessedMessage
+    from apps.outbox.public import ProcessedMessage
 
     return ProcessedMessage.objects.filter(subscriber=name).count()
 
@@ -138,7 +171,7 @@ def _recent_delays(*, subscriber: str, types: Iterable[str] | None = None) -> li
     """Seconds from occurred_at to applied for the subscriber's last RECENT_WINDOW applied messages
     (only those of `types`, if given), sorted. Both reads use unique indexes: the newest dedupe
     records by primary key, then their outbox rows by event id; no scan grows with the tables."""
-    from apps.outbox.models import OutboxMessage, ProcessedMessage
+    from apps.outbox.public import OutboxMessage, ProcessedMessage
 
     rows = list(ProcessedMessage.objects.filter(subscriber=subscriber).order_by("-id")
                 .values_list("event_id", "processed_at")[:RECENT_WINDOW])
@@ -155,7 +188,7 @@ def _recent_delays(*, subscriber: str, types: Iterable[str] | None = None) -> li
 def _outbox_metrics() -> Iterator[Metric]:
     from django.db.models import Count, Min
 
-    from apps.outbox.models import OutboxMessage
+    from apps.outbox.public import OutboxMessage
 
     row = OutboxMessage.objects.filter(published_at__isnull=True).aggregate(n=Count("id"), oldest=Min("occurred_at"))
     unpublished = GaugeMetricFamily("escrow_outbox_unpublished_messages", "Outbox rows not yet relayed to Kafka")
@@ -169,12 +202,20 @@ def _outbox_metrics() -> Iterator[Metric]:
     written = CounterMetricFamily("escrow_outbox_written_messages", "Outbox rows written (highest row id)")
     written.add_metric([], last)
     yield written
+    # The relay publishes in row order, so the highest published id counts what it relayed; read from the
+    # newest rows down, it stops at the first published one (the backlog, when the relay keeps up: none).
+    relayed_id = (OutboxMessage.objects.filter(published_at__isnull=False).order_by("-id")
+                  .values_list("id", flat=True).first() or 0)
+    relayed = CounterMetricFamily("escrow_outbox_relayed_messages",
+                                  "Outbox rows relayed to Kafka (highest published row id); its rate is the relay rate")
+    relayed.add_metric([], relayed_id)
+    yield relayed
 
 
 def _dead_letter_metrics(names: Iterable[str]) -> Iterator[Metric]:
     from django.db.models import Count
 
-    from apps.outbox.models import DeadLetter
+    from apps.outbox.public import DeadLetter
 
     counts = dict(DeadLetter.objects.filter(status=DeadLetter.Status.OPEN)
                   .values_list("subscriber").annotate(n=Count("id")).values_list("subscriber", "n"))

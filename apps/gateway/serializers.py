@@ -11,28 +11,16 @@ from django.contrib.auth import get_user_model
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-_AMOUNT = re.compile(r"^(0|[1-9][0-9]{0,12})(\.[0-9]{1,2})?$")
-CURRENCY_EXPONENT = {"USD": 2, "EUR": 2, "GBP": 2}
-
-
-def minor_to_decimal_string(amount_minor: int, currency: str) -> str:
-    exponent = CURRENCY_EXPONENT.get(currency, 2)
-    sign = "-" if amount_minor < 0 else ""
-    whole, frac = divmod(abs(amount_minor), 10**exponent)
-    return f"{sign}{whole}.{frac:0{exponent}d}" if exponent else f"{sign}{whole}"
+from apps.core.public import InvalidAmount, decimal_string_to_minor
+from apps.core.public import minor_to_decimal_string as minor_to_decimal_string  # the views format through here
 
 
 def parse_amount(value: Any, *, currency: str = "USD") -> int:
     """A decimal string with at most the currency's minor digits -> integer minor units. No floats."""
-    if not isinstance(value, str):
-        raise serializers.ValidationError("must be a decimal string such as \"149.99\"")
-    if not _AMOUNT.match(value):
-        raise serializers.ValidationError(
-            "must be a positive decimal string with at most two decimal places, such as \"149.99\""
-        )
-    whole, _, frac = value.partition(".")
-    exponent = CURRENCY_EXPONENT.get(currency, 2)
-    return int(whole) * 10**exponent + int((frac or "0").ljust(exponent, "0"))
+    try:
+        return decimal_string_to_minor(value, currency=currency)
+    except InvalidAmount as exc:
+        raise serializers.ValidationError(str(exc)) from None
 
 
 class StrictSerializer(serializers.Serializer):

@@ -26,10 +26,10 @@ from apps.gateway.auth import is_staff_member
 from apps.gateway.idempotency import run_idempotent
 from apps.gateway.problems import CONTENT_TYPE, Problem, problem_body
 from apps.notifications import public as notifications
-from apps.outbox import bus
+from apps.outbox import public as bus
 from apps.payments import public as payments
-from apps.projections import selectors
-from apps.projections.models import EscrowViewFields as EscrowView
+from apps.projections import public as selectors
+from apps.projections.public import EscrowViewFields as EscrowView
 from proto.common.v1 import Actor, ActorKind, Money
 from proto.escrow import v1 as escrow_v1
 

@@ -10,9 +10,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from apps.escrow.admin import ReadOnlyAdmin
-from apps.gateway.audit import audit_record
-from apps.gateway.models import AuditLog
+from apps.core.public import AuditLog, ReadOnlyAdmin, audit_record
 from apps.notifications.delivery import deliver_due_notifications
 from apps.notifications.models import DeliveryAttempt, DiscordLink, Notification
 from apps.notifications.services import NotificationError, notification_resend

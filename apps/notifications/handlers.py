@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from django.conf import settings
 
+from apps.core.public import amount_display
 from apps.notifications.delivery import deliver_after_commit
 from apps.notifications.models import EscrowParties, Notification
-from apps.outbox.bus import Delivery, Subscriber
+from apps.outbox.public import Delivery, Subscriber
 from apps.payments import public as payments
 from proto.escrow import v1 as escrow_v1
 from proto.payments import v1 as payments_v1
@@ -19,8 +20,7 @@ BUYER, SELLER = "buyer", "seller"
 
 
 def _amount(money: object) -> str:
-    minor = getattr(money, "amount_minor", 0)
-    return f"{minor // 100}.{minor % 100:02d} {getattr(money, 'currency', '')}".strip()
+    return amount_display(getattr(money, "amount_minor", 0), getattr(money, "currency", ""))
 
 
 def _link(escrow_id: str) -> str:

@@ -2,6 +2,7 @@
 
 from apps.notifications.components import actions_for, custom_id, deal_buttons, parse_custom_id
 from apps.notifications.delivery import deliver_due_notifications
+from apps.notifications.handlers import SUBSCRIBER
 from apps.notifications.kinds import KINDS, LOCKED_ON
 from apps.notifications.models import DiscordLink
 from apps.notifications.reminders import send_due_reminders
@@ -20,6 +21,7 @@ from apps.notifications.services import (
 __all__ = [
     "KINDS",
     "LOCKED_ON",
+    "SUBSCRIBER",
     "DiscordLink",
     "NotificationError",
     "actions_for",

@@ -7,9 +7,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from apps.escrow.admin import ReadOnlyAdmin
-from apps.gateway.audit import audit_record
-from apps.gateway.models import AuditLog
+from apps.core.public import AuditLog, ReadOnlyAdmin, audit_record
 from apps.outbox import bus
 from apps.outbox.models import DeadLetter, OutboxMessage, SubscriberCheckpoint
 

@@ -31,12 +31,12 @@ from django.db.models import Q
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
-from apps.outbox import context, messages, publish
+from apps.outbox import context, messages, publish, wakeup
 from apps.outbox.models import DeadLetter, OutboxMessage, ProcessedMessage, SubscriberCheckpoint
 
 log = logging.getLogger(__name__)
 
-NOTIFY_CHANNEL = "outbox"
+NOTIFY_CHANNEL = wakeup.NOTIFY_CHANNEL
 # How long a drain waits for older in-flight transactions before leaving newer rows to the next wake.
 HOLD_BACK_WAIT_SECONDS = 1.0
 
@@ -563,7 +563,7 @@ def drain(names: list[str] | None = None) -> int:
 
 # --- waking ---------------------------------------------------------------------------------------
 
-_wake_event = threading.Event()
+_wake_event = wakeup.event
 
 
 @contextmanager
@@ -592,6 +592,9 @@ def wake() -> None:
             drain()
         finally:
             _local.draining = False
+
+
+wakeup.on_commit(wake)
 
 
 def wait_for_wake(timeout: float) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextvars
 import os
-import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from apps.outbox import tracing
+from apps.outbox.tracing import valid_traceparent
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,6 @@ class TraceContext:
 
 _EMPTY = TraceContext()
 _current: contextvars.ContextVar[TraceContext] = contextvars.ContextVar("trace_context")
-_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
 
 def current() -> TraceContext:
@@ -37,11 +36,6 @@ def bound(context: TraceContext) -> Iterator[TraceContext]:
         yield context
     finally:
         _current.reset(token)
-
-
-def valid_traceparent(value: str) -> bool:
-    match = _TRACEPARENT.match(value or "")
-    return bool(match) and match.group(1) != "0" * 32 and match.group(2) != "0" * 16
 
 
 def new_traceparent() -> str:

@@ -8,13 +8,17 @@ import datetime
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import betterproto2
-from django.db import connection, transaction
+from django.db import connection, models, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
-from apps.outbox import context, messages
+from apps.outbox import context, messages, wakeup
 from apps.outbox.models import OutboxMessage
+
+M = TypeVar("M", bound=models.Model)
 
 
 def outbox_append(
@@ -50,17 +54,15 @@ def outbox_append(
 
 def _wake_subscribers_on_commit() -> None:
     """Once per transaction: NOTIFY other processes (delivered by PostgreSQL at commit), and wake this
-    process's bus after commit."""
-    from apps.outbox import bus
-
-    if any(func is bus.wake for _, func, _ in connection.run_on_commit):
+    process's bus after commit (what runs then is the bus's to register: apps.outbox.wakeup)."""
+    if any(func is wakeup.after_commit for _, func, _ in connection.run_on_commit):
         return
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_notify(%s, '')", [bus.NOTIFY_CHANNEL])
+            cursor.execute("SELECT pg_notify(%s, '')", [wakeup.NOTIFY_CHANNEL])
     # robust: the transaction has committed; a failing in-process drain must not turn the caller's
     # answer into an error (the worker catches up, and the failure is logged).
-    transaction.on_commit(bus.wake, robust=True)
+    transaction.on_commit(wakeup.after_commit, robust=True)
 
 
 class StreamLockedTooLate(RuntimeError):
@@ -94,6 +96,14 @@ def stream_lock(key: str) -> None:
                 raise StreamLockedTooLate(key)
             held.add(key)
         cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"stream:{key}"])
+
+
+def aggregate_lock(stream: str, rows: QuerySet[M]) -> M | None:
+    """The first write of a transaction that appends an aggregate's messages: the stream lock, then the
+    aggregate's row lock (`rows` selects that one row). Every app locks its aggregate this way, in this
+    order (see `stream_lock`)."""
+    stream_lock(stream)
+    return rows.select_for_update().first()
 
 
 @contextmanager

@@ -13,6 +13,7 @@ left alone.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -132,6 +133,15 @@ def default_service_name(argv: Sequence[str]) -> str:
 # --- spans ----------------------------------------------------------------------------------------
 
 
+_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
+
+def valid_traceparent(value: str) -> bool:
+    """A W3C traceparent of version 00 whose trace and parent ids are not all zeros."""
+    match = _TRACEPARENT.match(value or "")
+    return match is not None and match.group(1) != "0" * 32 and match.group(2) != "0" * 16
+
+
 def traceparent_of(span: Span) -> str:
     """The W3C traceparent naming `span` as the parent (version 00)."""
     ctx = span.get_span_context()
@@ -143,8 +153,6 @@ def _parent_context(traceparent: str, tracestate: str = "") -> Any:
     context (a new trace) when there is none or it is invalid."""
     global _propagator
     from opentelemetry.context import Context
-
-    from apps.outbox.context import valid_traceparent
 
     if not valid_traceparent(traceparent):
         return Context()

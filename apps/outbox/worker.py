@@ -1,6 +1,10 @@
 """The bus worker: drains the outbox subscribers, fires due escrow timers, then sleeps until a commit
 wakes it (in-process event, or PostgreSQL NOTIFY from other processes) or the poll interval passes.
-After a crash it simply starts from each subscriber's committed checkpoint."""
+After a crash it simply starts from each subscriber's committed checkpoint.
+
+What a pass runs besides draining (the ticks: escrow timers, due notifications, ...) is registered by
+the project's wiring (escrow_project/bus.py) with `register_tick`; `run_bus` and `serve` read it with
+`registered_ticks`."""
 
 from __future__ import annotations
 
@@ -8,42 +12,49 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import close_old_connections, connection
 
-from apps.outbox import bus
+from apps.outbox import bus, wakeup
+
+if TYPE_CHECKING:
+    import psycopg
 
 log = logging.getLogger(__name__)
-
-# Periodic work the worker does after each drain (timers, owed DMs, owed follow-ups, ...), registered by
-# the project's bus wiring (escrow_project/bus.py) so that the outbox imports no app above it.
-_ticks: dict[str, Callable[[], int]] = {}
-
-
-def register_tick(name: str, tick: Callable[[], int]) -> None:
-    _ticks[name] = tick
-
-
-def registered_ticks(*, leave_out: frozenset[str] = frozenset()) -> list[Callable[[], int]]:
-    return [tick for name, tick in _ticks.items() if name not in leave_out]
 
 # How often a LISTEN wait looks up from the socket for stop() and in-process wakes.
 _LISTEN_SLICE_SECONDS = 0.25
 
+# One unit of periodic work a pass runs after draining; returns how many things it did.
+Tick = Callable[[], int]
+
+# Periodic work the worker does after each drain (timers, owed DMs, owed follow-ups, ...), registered by
+# the project's bus wiring (escrow_project/bus.py) so that the outbox imports no app above it.
+_ticks: dict[str, Tick] = {}
+
+
+def register_tick(name: str, tick: Tick) -> None:
+    _ticks[name] = tick
+
+
+def registered_ticks(*, leave_out: frozenset[str] = frozenset()) -> list[Tick]:
+    return [tick for name, tick in _ticks.items() if name not in leave_out]
+
 
 class BusWorker:
-    def __init__(self, *, ticks: list[Callable[[], int]] | None = None, poll_seconds: float | None = None) -> None:
+    def __init__(self, *, ticks: list[Tick] | None = None, poll_seconds: float | None = None) -> None:
         self.ticks = ticks or []
         self.poll_seconds = poll_seconds if poll_seconds is not None else settings.BUS_POLL_SECONDS
         self.stopping = threading.Event()
         self.handled = 0
         self.passes = 0
-        self._listener = None
+        self._listener: psycopg.Connection | None = None
 
     def stop(self) -> None:
         self.stopping.set()
-        bus._wake_event.set()
+        wakeup.event.set()
 
     def run_once(self) -> int:
         """One pass: drain, run the ticks, and drain again only if a tick did something (the first drain
@@ -102,7 +113,7 @@ class BusWorker:
         params.pop("context", None)
         try:
             self._listener = psycopg.connect(**params, autocommit=True)
-            self._listener.execute(f"LISTEN {bus.NOTIFY_CHANNEL}")
+            self._listener.execute(f"LISTEN {wakeup.NOTIFY_CHANNEL}")
         except Exception:  # noqa: BLE001 - without LISTEN the worker still polls
             log.exception("LISTEN failed; polling only")
             self._listener = None
@@ -127,7 +138,7 @@ class BusWorker:
             if self._listener is None:
                 bus.wait_for_wake(remaining)
                 break
-            if bus._wake_event.is_set():
+            if wakeup.event.is_set():
                 break
             try:
                 if self._foreign_notification(min(remaining, _LISTEN_SLICE_SECONDS)):
@@ -138,7 +149,7 @@ class BusWorker:
         self._drop_announcements()
 
     def _drop_announcements(self) -> None:
-        bus._wake_event.clear()
+        wakeup.event.clear()
         if self._listener is None:
             return
         try:
@@ -149,6 +160,8 @@ class BusWorker:
             self._listener = None
 
     def _foreign_notification(self, timeout: float) -> bool:
+        if self._listener is None:
+            return False
         own = connection.connection.info.backend_pid if connection.connection is not None else None
         for note in self._listener.notifies(timeout=timeout):
             if note.pid != own:

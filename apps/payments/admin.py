@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from apps.escrow.admin import ReadOnlyAdmin
+from apps.core.public import ReadOnlyAdmin
 from apps.payments.models import (
     PaymentArtifact,
     PaymentOrder,

@@ -126,6 +126,11 @@ __all__ += ["CardNumberInvalid", "CardOutcome", "Checkout", "CheckoutGrant", "Ch
             "CheckoutLinkInvalid", "CheckoutUnavailable", "checkout_get", "checkout_path", "checkout_token_read",
             "checkout_url", "sandbox_card_pay", "stripe_checkout_start"]
 
+# The payments service's bus subscriber (wired in escrow_project/bus.py).
+from apps.payments.handlers import SUBSCRIBER  # noqa: E402
+
+__all__ += ["SUBSCRIBER"]
+
 # Getting paid by card: Stripe Connect Express onboarding (sandbox: a local page that completes at once).
 from apps.payments.onboarding import (  # noqa: E402
     Onboarding,

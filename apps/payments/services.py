@@ -6,21 +6,15 @@ from __future__ import annotations
 import betterproto2
 from django.db import transaction
 
-from apps.outbox.messages import deterministic_id, type_name
-from apps.outbox.publish import outbox_append, stream_lock
+from apps.core.public import money as money  # payments' modules call services.money
+from apps.outbox.public import aggregate_lock, deterministic_id, outbox_append, type_name
 from apps.payments.models import PaymentOrder
-from proto.common.v1 import Money
 from proto.webhook import v1 as webhook_v1
-
-
-def money(amount_minor: int, currency: str) -> Money:
-    return Money(amount_minor=amount_minor, currency=currency)
 
 
 def lock_order(escrow_id: str) -> PaymentOrder | None:
     """First write of a payments transaction for an escrow: stream lock, then the order row."""
-    stream_lock(str(escrow_id))
-    return PaymentOrder.objects.select_for_update().filter(escrow_id=escrow_id).first()
+    return aggregate_lock(str(escrow_id), PaymentOrder.objects.filter(escrow_id=escrow_id))
 
 
 def emit(order: PaymentOrder, event: betterproto2.Message, *, fact: str) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import betterproto2
 from django.db.models import F
 
-from apps.outbox.bus import Delivery, Subscriber
+from apps.outbox.public import Delivery, Subscriber
 from apps.projections.models import EscrowViewFields
 from apps.projections.tables import Tables, active_tables
 from proto.common.v1 import Actor, ActorKind, Money

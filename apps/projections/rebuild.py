@@ -21,8 +21,14 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from apps.outbox import bus, messages
-from apps.outbox.models import OutboxMessage, SubscriberCheckpoint
+from apps.outbox.public import (
+    Delivery,
+    OutboxMessage,
+    SubscriberCheckpoint,
+    decode,
+    message_class,
+    subscriber_exclusive,
+)
 from apps.projections.handlers import FOLDS, SUBSCRIBER
 from apps.projections.models import ActiveGeneration, ProjectionRebuild
 from apps.projections.tables import ESCROWS, PROJECTION_SETS, Tables, other_color, tables_for
@@ -64,8 +70,8 @@ def _replay(tables: Tables, after: tuple[int, int], upto: tuple[int, int], progr
             return done
         with transaction.atomic():
             for row in rows:
-                fold = FOLDS[messages.message_class(row.type)]
-                fold(messages.decode(row.type, row.payload), bus.Delivery.of(row), tables)
+                fold = FOLDS[message_class(row.type)]
+                fold(decode(row.type, row.payload), Delivery.of(row), tables)
         done += len(rows)
         position = (rows[-1].txid, rows[-1].id)
         if progress is not None:
@@ -95,7 +101,7 @@ def projection_rebuild(*, name: str = ESCROWS, progress: Progress | None = None,
 
     deadline = time.monotonic() + lock_wait_seconds
     while True:
-        with bus._exclusive(SUBSCRIBER.name) as acquired:  # noqa: SLF001 - the bus's own drain lock
+        with subscriber_exclusive(SUBSCRIBER.name) as acquired:
             if acquired:
                 final_upto = _position(SUBSCRIBER.name)
                 total = done + _count(first_upto, final_upto)

@@ -99,6 +99,19 @@ def ops_compliance_holds() -> QuerySet[Any]:
     return active_tables().view.objects.filter(attention="compliance_hold").order_by("attention_since", "escrow_id")
 
 
+def ops_attention_waiting() -> list[tuple[str, int, float]]:
+    """(attention, escrows, seconds the longest-waiting one has waited) for each kind of attention open now
+    (compliance_hold, transfer_failed, ...): what the alerts watch."""
+    from django.db.models import Count, Min
+    from django.utils import timezone
+
+    now = timezone.now()
+    rows = (active_tables().view.objects.exclude(attention="").values("attention")
+            .annotate(n=Count("escrow_id"), oldest=Min("attention_since")).order_by("attention"))
+    return [(row["attention"], row["n"], max((now - row["oldest"]).total_seconds(), 0.0) if row["oldest"] else 0.0)
+            for row in rows]
+
+
 def ops_needs_attention() -> QuerySet[Any]:
     """Everything a human must look at (mismatched payments, chargebacks, failures, holds), oldest first."""
     return active_tables().view.objects.exclude(attention="").order_by("attention_since", "escrow_id")
@@ -118,7 +131,7 @@ def ops_daily_figures(*, since: datetime.date | None = None) -> QuerySet[Any]:
 
 def ops_dead_letters() -> QuerySet[Any]:
     """Dead letters are bus bookkeeping, not an event-fed read model: read from the outbox app."""
-    from apps.outbox.models import DeadLetter
+    from apps.outbox.public import DeadLetter
 
     return DeadLetter.objects.filter(status=DeadLetter.Status.OPEN).order_by("created_at")
 

@@ -17,6 +17,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
+from apps.escrow import public as escrow
 from apps.escrow.public import (
     CommandResult,
     EscrowError,
@@ -64,7 +65,7 @@ def _names(*user_ids: int) -> dict[int, str]:
 
 def _money(amount_minor: int, currency: str) -> str:
     whole, cents = divmod(amount_minor, 100)  # every currency we take (ESCROW_CURRENCIES) has two decimals
-    return f"{whole}.{cents:02d} {currency}"
+    return f"{whole:,}.{cents:02d} {currency}"
 
 
 def _minor(amount: str) -> int:
@@ -282,19 +283,10 @@ def _participant_view(request: HttpRequest, escrow_id: uuid.UUID) -> Any:
 
 
 def available_actions(view: Any, user_id: int) -> list[str]:
-    """What this person may do now, in the order the page offers it (mirrors the escrow's rules)."""
-    side = deals.party_of(view, user_id)
-    held = view.attention == "compliance_hold"
-    found: list[str] = []
-    if view.state == "AWAIT_FUNDS":
-        found += (["pay"] if side == "buyer" else []) + ["cancel"]
-    elif view.state == "FUNDS_HELD":
-        found += (["deliver"] if side == "seller" else []) + ["dispute"]
-        if side == "seller" and not held:
-            found.append("cancel")
-    elif view.state == "DELIVERED":
-        found += (["release"] if side == "buyer" and not held else []) + ["dispute"]
-    elif view.state == "DISPUTED":
+    """What this person may do now, in the order the page offers it: the escrow service's own answer
+    (`allowed_actions`, read from the rules `dispatch` enforces), plus adding evidence to an open dispute."""
+    found = escrow.allowed_actions(view, user_id)
+    if view.state == "DISPUTED" and deals.party_of(view, user_id) is not None:
         found.append("evidence")
     return found
 
@@ -329,7 +321,11 @@ def deal_page(request: HttpRequest, escrow_id: uuid.UUID) -> HttpResponse:
             "amount": _money(view.amount_minor, view.currency),
             "paid_to_seller": _money(view.paid_to_seller_minor, view.currency),
             "refunded": _money(view.refunded_minor, view.currency),
-            "state_words": deals.STATE_WORDS.get(view.state, view.state),
+            "state_words": (
+                "Waiting for you to accept the terms"
+                if "accept" in actions
+                else deals.STATE_WORDS.get(view.state, view.state)
+            ),
             "actions": actions,
             "checkout_url": checkout_url,
             "timeline": timeline,
@@ -369,6 +365,28 @@ def deal_action(handler: Callable[[HttpRequest, Any, uuid.UUID], CommandResult |
         return redirect("web:deal", escrow_id=escrow_id)
 
     return view_func
+
+
+@deal_action
+def accept(request: HttpRequest, view: Any, command_id: uuid.UUID) -> CommandResult:
+    result = dispatch(escrow.AcceptEscrow(escrow_id=str(view.escrow_id), actor=_actor(request)), command_id=command_id)
+    words = "The buyer can pay now." if view.seller_id == _me(request) else "You can pay now."
+    messages.success(request, f"You accepted the terms. {words}")
+    return result
+
+
+@deal_action
+def decline(request: HttpRequest, view: Any, command_id: uuid.UUID) -> CommandResult | None:
+    form = forms.ReasonForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "The reason is too long (at most 1000 characters).")
+        return None
+    result = dispatch(
+        escrow.DeclineEscrow(escrow_id=str(view.escrow_id), actor=_actor(request), reason=form.cleaned_data["reason"]),
+        command_id=command_id,
+    )
+    messages.success(request, "You declined the deal.")
+    return result
 
 
 @deal_action

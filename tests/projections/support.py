@@ -9,8 +9,14 @@ from apps.projections.tables import Tables
 from tests.gateway.support import settle
 from tests.helpers import act, create_escrow, pay
 
-# Each path is a list of (who, action, body); "pay" is the sandbox payment.
-PATHS: list[list[tuple[str, str, dict[str, Any] | None]]] = [
+# Each path is a list of (who, action, body); "pay" is the sandbox payment. Deals are proposed by the
+# buyer; all but the first three are accepted by the seller first.
+UNANSWERED: list[list[tuple[str, str, dict[str, Any] | None]]] = [
+    [],
+    [("seller", "decline", {"reason": "not at that price"})],
+    [("buyer", "accept", None), ("buyer", "cancel", None), ("seller", "accept", None)],
+]
+ACCEPTED: list[list[tuple[str, str, dict[str, Any] | None]]] = [
     [],
     [("buyer", "cancel", None)],
     [("buyer", "pay", None)],
@@ -27,6 +33,7 @@ PATHS: list[list[tuple[str, str, dict[str, Any] | None]]] = [
     # refused commands leave no events, but they are part of a realistic history
     [("seller", "release", None), ("buyer", "pay", None), ("buyer", "deliver", None)],
 ]
+PATHS = UNANSWERED + [[("seller", "accept", None), *path] for path in ACCEPTED]
 
 
 def random_histories(clients: dict[str, Any], seller: Any, *, seed: int, count: int) -> list[str]:
@@ -36,7 +43,7 @@ def random_histories(clients: dict[str, Any], seller: Any, *, seed: int, count: 
         amount = f"{rng.randint(50, 99_999) // 100}.{rng.randint(0, 99):02d}"
         currency = "USD"  # the only currency the gateway accepts today
         created = create_escrow(clients["buyer"], seller=seller, amount=amount if int(amount.split(".")[0]) > 40 else "99.00",
-                                currency=currency)
+                                currency=currency, accept=False)
         started.append((created["escrow_id"], list(rng.choice(PATHS))))
     # interleave the escrows' steps so the event log is not sorted by escrow
     while any(steps for _, steps in started):

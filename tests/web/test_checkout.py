@@ -260,3 +260,18 @@ def test_two_submits_at_the_same_moment_pay_once(deal, round_):
     types = outbox_types(deal["id"])
     assert types.count("PaymentSucceeded") == 1 and types.count("EscrowFundsHeld") == 1
     assert assert_money_invariant(deal["id"]).received_minor == 14999
+
+
+def test_a_deal_awaiting_acceptance_has_no_checkout_link_until_accepted(api_client, buyer, seller):
+    from tests.helpers import accept_escrow, create_escrow
+
+    as_buyer = api_client(buyer)
+    escrow_id = create_escrow(as_buyer, seller=seller, accept=False)["escrow_id"]
+    settle()
+    proposed = as_buyer.get(f"/api/v1/escrows/{escrow_id}").json()
+    assert proposed["state"] == "AWAIT_ACCEPTANCE" and "payment" not in proposed
+
+    accept_escrow(seller, escrow_id)
+    settle()
+    link = checkout_link(as_buyer, escrow_id)
+    assert Client().get(link).status_code == 200

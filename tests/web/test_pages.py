@@ -30,10 +30,17 @@ def test_a_whole_trade_through_the_pages(browser_of: Any, buyer: Any, seller: An
     escrow_id = new_deal(as_buyer, counterparty=seller.username)
     page = as_buyer.get(f"/deals/{escrow_id}")
     assert "149.99 USD" in page_text(page)
-    assert 'id="action-pay"' in page.content.decode()
-    # the seller sees the deal, but no pay button and no deliver yet
+    # the creator waits for the other party: no accept, no pay yet, but may cancel
+    assert state_on_page(as_buyer, escrow_id) == "AWAIT_ACCEPTANCE"
+    html = page.content.decode()
+    assert 'id="action-accept"' not in html and 'id="action-pay"' not in html and 'id="action-cancel"' in html
+    # the seller sees the deal and its terms to accept or decline
     seller_page = as_seller.get(f"/deals/{escrow_id}").content.decode()
+    assert 'id="action-accept"' in seller_page and 'id="action-decline"' in seller_page
     assert 'id="action-pay"' not in seller_page and 'id="action-deliver"' not in seller_page
+    assert post_form(as_seller, f"/deals/{escrow_id}/accept").status_code == 302
+    assert state_on_page(as_buyer, escrow_id) == "AWAIT_FUNDS"
+    assert 'id="action-pay"' in as_buyer.get(f"/deals/{escrow_id}").content.decode()
 
     assert pay_on_checkout(as_buyer, escrow_id).status_code == 302
     assert state_on_page(as_seller, escrow_id) == "FUNDS_HELD"
@@ -48,6 +55,7 @@ def test_a_whole_trade_through_the_pages(browser_of: Any, buyer: Any, seller: An
         r'<ol class="timeline" id="timeline">(.*?)</ol>', as_buyer.get(f"/deals/{escrow_id}").content.decode(), re.S
     ).group(1)
     assert "You opened the deal" in buyer_timeline
+    assert f"{seller.username} accepted the terms" in buyer_timeline
     assert "The seller was paid" in buyer_timeline
     assert "no-actions" in as_buyer.get(f"/deals/{escrow_id}").content.decode()
     lists = page_text(as_seller.get("/deals/"))
@@ -71,7 +79,7 @@ def test_a_stranger_gets_the_404_page_and_changes_nothing(
     # an id that does not exist looks the same as someone else's
     assert as_stranger.get(f"/deals/{uuid.uuid4()}").status_code == 404
     assert EscrowEvent.objects.count() == events
-    assert Escrow.objects.get(pk=escrow_id).state == "AWAIT_FUNDS"
+    assert Escrow.objects.get(pk=escrow_id).state == "AWAIT_ACCEPTANCE"
 
 
 def test_signed_out_people_are_sent_to_sign_in(buyer: Any) -> None:
@@ -101,7 +109,7 @@ def test_a_post_without_the_csrf_token_is_refused(browser_of: Any, buyer: Any, s
     response = as_buyer.post(f"/deals/{escrow_id}/cancel", {"nonce": str(uuid.uuid4())})
     assert response.status_code == 403
     settle()
-    assert Escrow.objects.get(pk=escrow_id).state == "AWAIT_FUNDS"
+    assert Escrow.objects.get(pk=escrow_id).state == "AWAIT_ACCEPTANCE"
 
 
 def test_a_refused_command_is_shown_in_words_and_changes_nothing(browser_of: Any, buyer: Any, seller: Any) -> None:
@@ -109,14 +117,14 @@ def test_a_refused_command_is_shown_in_words_and_changes_nothing(browser_of: Any
     escrow_id = new_deal(as_buyer, counterparty=seller.username)
     events = EscrowEvent.objects.filter(escrow_id=escrow_id).count()
 
-    # the seller forges a release (no such button for them), and the buyer a delivery
-    response = post_form(as_seller, f"/deals/{escrow_id}/release", follow=True)
-    assert "cannot be done now" in page_text(response) or "may not do that" in page_text(response)
-    response = post_form(as_buyer, f"/deals/{escrow_id}/deliver", follow=True)
-    assert "cannot be done now" in page_text(response) or "may not do that" in page_text(response)
+    # the creator forges an accept of their own deal, the seller a release, the buyer a delivery
+    for client, action in ((as_buyer, "accept"), (as_seller, "release"), (as_buyer, "deliver")):
+        response = post_form(client, f"/deals/{escrow_id}/{action}", follow=True)
+        words = page_text(response)
+        assert "cannot be done now" in words or "may not do that" in words, action
 
     assert EscrowEvent.objects.filter(escrow_id=escrow_id).count() == events
-    assert Escrow.objects.get(pk=escrow_id).state == "AWAIT_FUNDS"
+    assert Escrow.objects.get(pk=escrow_id).state == "AWAIT_ACCEPTANCE"
 
 
 def test_the_same_form_sent_twice_opens_one_deal(browser_of: Any, buyer: Any, seller: Any) -> None:
@@ -169,7 +177,8 @@ def test_another_users_ids_do_not_make_them_a_party(browser_of: Any, buyer: Any,
     # the stranger's deal with the seller is not the buyer's to act on
     theirs = new_deal(Client_for(stranger), counterparty=seller.username)
     assert post_form(as_buyer, f"/deals/{theirs}/cancel").status_code == 404
-    assert Escrow.objects.get(pk=theirs).state == "AWAIT_FUNDS"
+    assert post_form(as_buyer, f"/deals/{theirs}/accept").status_code == 404
+    assert Escrow.objects.get(pk=theirs).state == "AWAIT_ACCEPTANCE"
 
 
 def Client_for(user: Any) -> Client:  # noqa: N802 - reads like the fixture it stands in for
@@ -181,6 +190,7 @@ def Client_for(user: Any) -> Client:  # noqa: N802 - reads like the fixture it s
 def test_a_dispute_with_a_statement_and_evidence(browser_of: Any, buyer: Any, seller: Any) -> None:
     as_buyer, as_seller = browser_of(buyer), browser_of(seller)
     escrow_id = new_deal(as_buyer, counterparty=seller.username)
+    post_form(as_seller, f"/deals/{escrow_id}/accept")
     pay_on_checkout(as_buyer, escrow_id)
     post_form(as_seller, f"/deals/{escrow_id}/deliver")
 
@@ -229,3 +239,35 @@ def test_a_deal_can_name_someone_by_their_discord_id(browser_of: Any, buyer: Any
         )
         assert response.status_code == 400, bad
     assert Escrow.objects.count() == 2
+
+
+def test_a_seller_opens_the_deal_and_the_buyer_accepts_and_pays(browser_of: Any, buyer: Any, seller: Any) -> None:
+    as_buyer, as_seller = browser_of(buyer), browser_of(seller)
+    escrow_id = new_deal(as_seller, counterparty=buyer.username, role="seller", amount="75.00")
+    escrow = Escrow.objects.get(pk=escrow_id)
+    assert (escrow.buyer_id, escrow.seller_id, escrow.state) == (buyer.pk, seller.pk, "AWAIT_ACCEPTANCE")
+    assert 'id="action-accept"' not in as_seller.get(f"/deals/{escrow_id}").content.decode()
+    assert post_form(as_buyer, f"/deals/{escrow_id}/accept").status_code == 302
+    assert pay_on_checkout(as_buyer, escrow_id).status_code == 302
+    assert state_on_page(as_seller, escrow_id) == "FUNDS_HELD"
+
+
+def test_the_counterparty_declines(browser_of: Any, buyer: Any, seller: Any) -> None:
+    as_buyer, as_seller = browser_of(buyer), browser_of(seller)
+    escrow_id = new_deal(as_buyer, counterparty=seller.username)
+    response = post_form(as_seller, f"/deals/{escrow_id}/decline", {"reason": "sold it elsewhere"}, follow=True)
+    assert "You declined the deal" in page_text(response)
+    assert state_on_page(as_buyer, escrow_id) == "CANCELLED"
+    assert f"{seller.username} declined the deal" in page_text(as_buyer.get(f"/deals/{escrow_id}"))
+    # nothing is left to do, and a late accept is refused in words
+    response = post_form(as_seller, f"/deals/{escrow_id}/accept", follow=True)
+    assert "cannot be done now" in page_text(response)
+    assert Escrow.objects.get(pk=escrow_id).state == "CANCELLED"
+
+
+def test_the_creator_cancels_before_acceptance(browser_of: Any, buyer: Any, seller: Any) -> None:
+    as_buyer, as_seller = browser_of(buyer), browser_of(seller)
+    escrow_id = new_deal(as_buyer, counterparty=seller.username)
+    post_form(as_buyer, f"/deals/{escrow_id}/cancel", {"reason": "changed my mind"})
+    assert state_on_page(as_seller, escrow_id) == "CANCELLED"
+    assert 'id="action-accept"' not in as_seller.get(f"/deals/{escrow_id}").content.decode()

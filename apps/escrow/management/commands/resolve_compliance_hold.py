@@ -11,9 +11,9 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
+from apps.core.public import ReasonRequired, audit_record
 from apps.escrow.errors import EscrowError
 from apps.escrow.services import dispatch
-from apps.gateway.audit import ReasonRequired, audit_record
 from proto.common.v1 import Actor, ActorKind
 from proto.escrow import v1 as escrow_v1
 

@@ -52,7 +52,7 @@ class _BusBeside:
         self.worker: Any = None
 
     def start(self, _gunicorn_worker: Any) -> None:
-        from apps.outbox.worker import BusWorker, registered_ticks
+        from apps.outbox.public import BusWorker, registered_ticks
 
         self.worker = BusWorker(ticks=registered_ticks())
         threading.Thread(target=self.worker.run_forever, name="bus-worker", daemon=True).start()
