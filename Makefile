@@ -30,12 +30,14 @@ lock:
 
 migrate: venv
 	$(PY) manage.py migrate --noinput
+	$(PY) manage.py createcachetable
 
 demo: migrate
 	$(PY) manage.py seed_demo
 
 run: demo
 	@echo ""
+	@echo "Open http://127.0.0.1:8000/ and sign in as a demo person (sandbox): trade between two browser windows."
 	@echo "Escrow API on http://127.0.0.1:8000/api/v1/  (Swagger UI: http://127.0.0.1:8000/api/v1/docs)"
 	@echo "Demo tokens are above and in .demo-tokens.json. Try the lifecycle in README.md (section 'Try it')."
 	@echo ""

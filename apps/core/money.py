@@ -7,8 +7,9 @@ import re
 
 from proto.common.v1 import Money
 
-# Minor digits per currency; a currency not listed has two.
-CURRENCY_EXPONENT = {"USD": 2, "EUR": 2, "GBP": 2}
+# Minor digits per currency (ISO 4217); a currency not listed has two. Which currencies an escrow may
+# be opened in is a setting (ESCROW_CURRENCIES), not this table.
+CURRENCY_EXPONENT = {"USD": 2, "EUR": 2, "GBP": 2, "JPY": 0, "KRW": 0, "KWD": 3, "BHD": 3}
 _WORDS = {1: "one", 2: "two", 3: "three"}
 
 

@@ -285,20 +285,18 @@ def _create(interaction: Interaction, user_id: int, values: dict[str, Any]) -> A
         amount=Money(amount_minor=amount_minor, currency=currency),
         description=item.strip()[:500],
     )
-    if command is None:
-        return say("Only buyers can open a deal here for now: use role buyer.")
-    return _dispatch(interaction, user_id, command, note="Deal opened.")
+    return _dispatch(interaction, user_id, command, note="Deal opened: the other party is asked to accept it.")
 
 
 def _create_command(
     *, interaction: Interaction, user_id: int, other_id: int, role: str, amount: Money, description: str
-) -> escrow_v1.CreateEscrow | None:
-    if role != "buyer":
-        return None
+) -> escrow_v1.CreateEscrow:
+    """The caller creates the deal on their side (`role`); the other party accepts or declines it."""
+    buyer_id, seller_id = (user_id, other_id) if role == "buyer" else (other_id, user_id)
     return escrow_v1.CreateEscrow(
         escrow_id=str(uuid.uuid5(interaction.command_id, "escrow")),
-        buyer_id=user_id,
-        seller_id=other_id,
+        buyer_id=buyer_id,
+        seller_id=seller_id,
         amount=amount,
         description=description,
         actor=Actor(kind=ActorKind.USER, user_id=user_id),
@@ -381,10 +379,10 @@ def _click(interaction: Interaction, user_id: int) -> Answer:
         command = escrow_v1.ReleaseFunds(escrow_id=str(escrow_id), actor=actor)
     elif action == "cancel":
         command = escrow_v1.CancelEscrow(escrow_id=str(escrow_id), actor=actor, reason="cancelled on Discord")
+    elif action == "accept":
+        command = escrow.AcceptEscrow(escrow_id=str(escrow_id), actor=actor)
     else:
-        command = _acceptance_command(action, escrow_id, actor)
-        if command is None:
-            return say(f"You cannot {_VERB[action]} this deal now: it is {view.state}. Nothing was changed.")
+        command = escrow.DeclineEscrow(escrow_id=str(escrow_id), actor=actor, reason="declined on Discord")
     return _dispatch(interaction, user_id, command, note=_DONE[action])
 
 
@@ -396,10 +394,6 @@ _DONE = {
     "dispute": "Dispute opened: our staff will review it.",
     "cancel": "Cancelled.",
 }
-
-
-def _acceptance_command(action: str, escrow_id: uuid.UUID, actor: Actor) -> Any:
-    return None
 
 
 def _modal_submit(interaction: Interaction, user_id: int) -> Answer:
@@ -457,8 +451,9 @@ def role_of(view: Any, user_id: int) -> str:
     return "buyer" if view.buyer_id == user_id else "seller"
 
 
-def actions_now(view: Any, user_id: int) -> tuple[str, ...]:
-    return notifications.actions_for(state=view.state, role=role_of(view, user_id))
+def actions_now(view: Any, user_id: int) -> list[str]:
+    """What this person may do now, from the escrow service's own rules (shown, then re-checked on click)."""
+    return escrow.allowed_actions(view, user_id)
 
 
 def checkout_url(view: Any, user_id: int) -> str | None:
@@ -487,7 +482,7 @@ def deal_message(view: Any, user_id: int, *, note: str = "") -> dict[str, Any]:
     lines += [
         f"**{view.description}** for **{_money(view.amount_minor, view.currency)}**",
         f"You are the {role}; the {other_role} is {other}.",
-        f"State: **{view.state}**. {NEXT_STEP.get(view.state, {}).get(role, '')}".strip(),
+        f"State: **{view.state}**. {_next_step(view, user_id, role)}".strip(),
     ]
     deadline = _deadline(view)
     if deadline:
@@ -507,10 +502,19 @@ def deal_message(view: Any, user_id: int, *, note: str = "") -> dict[str, Any]:
     }
 
 
+def _next_step(view: Any, user_id: int, role: str) -> str:
+    if view.state == "AWAIT_ACCEPTANCE":
+        side = "creator" if user_id == (view.created_by_id or view.buyer_id) else "counterparty"
+        return NEXT_STEP["AWAIT_ACCEPTANCE"][side]
+    return NEXT_STEP.get(view.state, {}).get(role, "")
+
+
 def _deadline(view: Any) -> str:
     when: datetime.datetime | None = None
     label = ""
-    if view.state == "AWAIT_FUNDS":
+    if view.state == "AWAIT_ACCEPTANCE":
+        when, label = view.acceptance_deadline, "Accept by"
+    elif view.state == "AWAIT_FUNDS":
         when, label = view.funding_deadline, "Funding deadline"
     elif view.state == "DELIVERED":
         when, label = view.inspection_deadline, "Inspection ends"

@@ -12,14 +12,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.gateway.problems import Problem
-from apps.gateway.serializers import StrictCharField, StrictSerializer
 from apps.notifications import public as notifications
 
 _NOT_FOUND_OR_CONFLICT = {"discord_account_linked_elsewhere": 409}
-
-
-class LinkInput(StrictSerializer):
-    code = StrictCharField(max_length=32, help_text="The one-time code the bot sent you (`/escrow link`).")
 
 
 LinkOutput = inline_serializer("DiscordLinkOutput", {
@@ -58,16 +53,6 @@ class DiscordLinkView(APIView):
     @extend_schema(operation_id="me_discord_link_get", responses={200: LinkOutput})
     def get(self, request: Request) -> Response:
         return Response(_link_body(notifications.DiscordLink.objects.filter(user_id=request.user.pk).first()))
-
-    @extend_schema(operation_id="me_discord_link_put", request=LinkInput, responses={200: LinkOutput})
-    def put(self, request: Request) -> Response:
-        serializer = LinkInput(data=_body(request))
-        serializer.is_valid(raise_exception=True)
-        try:
-            link = notifications.discord_link_confirm(user_id=request.user.pk, code=serializer.validated_data["code"])
-        except notifications.NotificationError as exc:
-            raise _problem(exc) from None
-        return Response(_link_body(link))
 
     @extend_schema(operation_id="me_discord_link_delete", responses={204: None})
     def delete(self, request: Request) -> Response:

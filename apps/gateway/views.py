@@ -4,6 +4,7 @@ escrow service's dispatch, answer. Reads come from the projections."""
 from __future__ import annotations
 
 import re
+import sys
 import uuid
 from typing import Any
 
@@ -25,7 +26,7 @@ from apps.escrow.public import CommandResult, allowed_actions, dispatch
 from apps.gateway import serializers as io
 from apps.gateway.auth import is_staff_member
 from apps.gateway.idempotency import run_idempotent
-from apps.gateway.problems import CONTENT_TYPE, Problem, problem_body
+from apps.gateway.problems import CONTENT_TYPE, Problem, database_unavailable, problem_body
 from apps.notifications import public as notifications
 from apps.outbox import public as bus
 from apps.payments import public as payments
@@ -520,6 +521,13 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonR
 
 
 def server_error(request: HttpRequest) -> JsonResponse:
+    # Called inside Django's `except` for the failure, wherever it was raised (a middleware, a view).
+    if database_unavailable(sys.exc_info()[1]):
+        response = JsonResponse(problem_body(503, "database_unavailable",
+                                             "the database is unavailable; retry after the delay given"),
+                                status=503, content_type=CONTENT_TYPE)
+        response["Retry-After"] = str(settings.DATABASE_RETRY_AFTER_SECONDS)
+        return response
     return JsonResponse(problem_body(500, "internal_error", "something went wrong on our side; retry later"),
                         status=500, content_type=CONTENT_TYPE)
 

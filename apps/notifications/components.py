@@ -62,16 +62,3 @@ def deal_buttons(
             }
         )
     return [{"type": ACTION_ROW, "components": buttons[:5]}] if buttons else []
-
-
-# What a party may do in each state (DESIGN.md, "Escrow state machine"); every click is re-checked by
-# the escrow service, so this only decides which buttons to show.
-_ACTIONS_NOW: dict[str, dict[str, tuple[str, ...]]] = {
-    "AWAIT_FUNDS": {"buyer": ("pay", "cancel"), "seller": ("cancel",)},
-    "FUNDS_HELD": {"buyer": ("dispute",), "seller": ("deliver", "dispute", "cancel")},
-    "DELIVERED": {"buyer": ("release", "dispute"), "seller": ("dispute",)},
-}
-
-
-def actions_for(*, state: str, role: str) -> tuple[str, ...]:
-    return _ACTIONS_NOW.get(state, {}).get(role, ())

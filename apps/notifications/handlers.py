@@ -9,6 +9,8 @@ from __future__ import annotations
 from django.conf import settings
 
 from apps.core.public import amount_display
+from apps.escrow import public as escrow
+from apps.notifications.components import deal_buttons
 from apps.notifications.delivery import deliver_after_commit
 from apps.notifications.models import EscrowParties, Notification
 from apps.outbox.public import Delivery, Subscriber
@@ -27,7 +29,20 @@ def _link(escrow_id: str) -> str:
     return f"{settings.PUBLIC_BASE_URL}/api/v1/escrows/{escrow_id}"
 
 
-def _notify(delivery: Delivery, kind: str, texts: dict[str, str]) -> None:
+# Events after which someone has something to do: their DMs carry buttons for it.
+_WITH_BUTTONS = frozenset({"escrow_created", "escrow_accepted", "funds_held", "delivered"})
+
+
+def _buttons(escrow_id: str, user_id: int, funding_deadline: object) -> list[dict[str, object]]:
+    """Buttons for what this user may do now (the escrow's own rules; every click is checked again)."""
+    actions = escrow.allowed_actions(escrow_id, user_id)
+    checkout = None
+    if "pay" in actions and funding_deadline is not None:
+        checkout = payments.checkout_url(escrow_id=escrow_id, funding_deadline=funding_deadline)  # type: ignore[arg-type]
+    return deal_buttons(escrow_id=escrow_id, actions=actions, checkout_url=checkout)
+
+
+def _notify(delivery: Delivery, kind: str, texts: dict[str, str], *, funding_deadline: object = None) -> None:
     parties = EscrowParties.objects.filter(escrow_id=delivery.aggregate_id).first()
     if parties is None:
         return
@@ -41,7 +56,9 @@ def _notify(delivery: Delivery, kind: str, texts: dict[str, str]) -> None:
                       .values_list("user_id", flat=True))
     created = [notification.pk for notification in Notification.objects.bulk_create([
         Notification(event_id=delivery.event_id, user_id=user_id, escrow_id=delivery.aggregate_id, kind=kind,
-                     text=f"{text} {_link(delivery.aggregate_id)}")
+                     text=f"{text} {_link(delivery.aggregate_id)}",
+                     components=_buttons(delivery.aggregate_id, user_id, funding_deadline)
+                     if kind in _WITH_BUTTONS else [])
         for user_id, text in owed.items() if user_id not in sent_before
     ])]
     deliver_after_commit(created)
@@ -72,7 +89,7 @@ def on_accepted(event: escrow_v1.EscrowAccepted, delivery: Delivery) -> None:
     _notify(delivery, "escrow_accepted", {
         BUYER: "The deal was accepted. Next: pay it before the funding deadline.",
         SELLER: "The deal was accepted. Wait for the buyer's payment before you deliver.",
-    })
+    }, funding_deadline=event.funding_deadline)
 
 
 def on_declined(event: escrow_v1.EscrowDeclined, delivery: Delivery) -> None:

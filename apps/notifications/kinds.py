@@ -19,6 +19,7 @@ KINDS: dict[str, str] = {
     "dispute_resolved": "A dispute was resolved and money moves",
     "account_linked": "A Discord account was linked to your account",
     "payout_waiting": "Your payout waits for you to add where to be paid",
+    "reminder_acceptance": "A reminder to accept or decline a deal before it lapses",
     "reminder_funding": "A reminder to pay before the funding deadline",
     "reminder_inspection": "A reminder to release or dispute before the inspection period ends",
 }

@@ -99,21 +99,6 @@ class DiscordLink(models.Model):
         return f"user {self.user_id} <-> discord {self.discord_user_id}"
 
 
-class DiscordLinkCode(models.Model):
-    """A one-time code the bot gives a Discord user, redeemed by the signed-in user to prove they hold
-    that Discord account. Only its hash is stored."""
-
-    code_hash = models.CharField(max_length=64, unique=True)
-    discord_user_id = models.BigIntegerField()
-    expires_at = models.DateTimeField()
-    used_at = models.DateTimeField(null=True, blank=True)
-    used_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    def __str__(self) -> str:
-        return f"link code for discord {self.discord_user_id}"
-
-
 class NotificationPreference(models.Model):
     """An explicit choice; no row means the kind's default (on)."""
 

@@ -1,6 +1,6 @@
-"""What other apps may use of the notifications service (the gateway, the admin, the bot)."""
+"""What other apps may use of the notifications service (the gateway, the web app, the Discord edge, the admin)."""
 
-from apps.notifications.components import actions_for, custom_id, deal_buttons, parse_custom_id
+from apps.notifications.components import custom_id, deal_buttons, parse_custom_id
 from apps.notifications.delivery import deliver_due_notifications
 from apps.notifications.handlers import SUBSCRIBER
 from apps.notifications.kinds import KINDS, LOCKED_ON
@@ -9,9 +9,8 @@ from apps.notifications.reminders import send_due_reminders
 from apps.notifications.services import (
     NotificationError,
     discord_id_for_user,
-    discord_link_confirm,
+    discord_link_set,
     discord_unlink,
-    link_code_issue,
     notification_resend,
     preferences_get,
     preferences_set,
@@ -24,15 +23,13 @@ __all__ = [
     "SUBSCRIBER",
     "DiscordLink",
     "NotificationError",
-    "actions_for",
     "custom_id",
     "deal_buttons",
     "parse_custom_id",
     "deliver_due_notifications",
     "discord_id_for_user",
-    "discord_link_confirm",
+    "discord_link_set",
     "discord_unlink",
-    "link_code_issue",
     "notification_resend",
     "preferences_get",
     "preferences_set",

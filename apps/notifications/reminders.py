@@ -1,5 +1,5 @@
-"""Reminders before a deadline, once each: funding (the buyer, with the Pay link) and inspection (the
-buyer: release or open a dispute), and acceptance (the counterparty) where deals wait for it.
+"""Reminders before a deadline, once each: acceptance (the counterparty, with Accept and Decline),
+funding (the buyer, with the Pay link) and inspection (the buyer: release or open a dispute).
 
 A bus worker tick (`send_due_reminders`) looks, at most every REMINDER_SCAN_SECONDS, for escrows whose
 deadline is within the reminder's lead time (a setting per kind) and still in the state the deadline
@@ -53,7 +53,19 @@ def _hours(name: str) -> Callable[[], datetime.timedelta]:
     return lambda: datetime.timedelta(hours=getattr(settings, name))
 
 
+def _counterparty(view: Any) -> int:
+    creator = view.created_by_id or view.buyer_id
+    return view.seller_id if creator == view.buyer_id else view.buyer_id
+
+
 RULES: tuple[Rule, ...] = (
+    Rule(
+        kind="reminder_acceptance", state="AWAIT_ACCEPTANCE", deadline="acceptance_deadline",
+        lead=_hours("REMINDER_ACCEPTANCE_HOURS_BEFORE"), recipient=_counterparty,
+        text=lambda v, d: (f"Reminder: a deal for {_amount(v)} ({v.description[:200]!r}) waits for your answer. "
+                           f"Accept or decline it by {_when(d)}, or it is cancelled."),
+        buttons=lambda v: deal_buttons(escrow_id=v.escrow_id, actions=("accept", "decline")),
+    ),
     Rule(
         kind="reminder_funding", state="AWAIT_FUNDS", deadline="funding_deadline",
         lead=_hours("REMINDER_FUNDING_HOURS_BEFORE"), recipient=lambda v: v.buyer_id,

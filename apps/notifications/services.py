@@ -1,12 +1,9 @@
-"""Writes of the notifications service: linking a Discord account, preferences, resending.
+"""Writes of the notifications service: the Discord identity, preferences, resending.
 
 Each function owns its transaction; sending happens after commit (apps.notifications.delivery)."""
 
 from __future__ import annotations
 
-import datetime
-import hashlib
-import secrets
 import uuid
 
 from django.conf import settings
@@ -17,12 +14,7 @@ from django.utils import timezone
 
 from apps.notifications.delivery import deliver_after_commit
 from apps.notifications.kinds import KINDS, LOCKED_ON
-from apps.notifications.models import DiscordLink, DiscordLinkCode, Notification, NotificationPreference
-
-# No 0/O/1/I/L: the code is read off a Discord message and typed by hand.
-_CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
-_CODE_LENGTH = 10
-_LINK_EVENT_NAMESPACE = uuid.UUID("6f1d3f55-3c1e-4f0c-9a43-1b0d8f7d2a10")
+from apps.notifications.models import DiscordLink, Notification, NotificationPreference
 
 
 class NotificationError(Exception):
@@ -34,12 +26,11 @@ class NotificationError(Exception):
         self.field = field
 
 
-class InvalidLinkCode(NotificationError):
-    code = "invalid_link_code"
-
-
 class DiscordAccountTaken(NotificationError):
     code = "discord_account_linked_elsewhere"
+
+
+_LINK_EVENT_NAMESPACE = uuid.UUID("6f1d3f55-3c1e-4f0c-9a43-1b0d8f7d2a10")
 
 
 class PreferenceLocked(NotificationError):
@@ -54,51 +45,26 @@ class NotResendable(NotificationError):
     code = "notification_not_resendable"
 
 
-def _hash(code: str) -> str:
-    return hashlib.sha256(code.strip().upper().replace("-", "").encode()).hexdigest()
-
-
-def link_code_issue(*, discord_user_id: int) -> str:
-    """A one-time code for the Discord user the bot is talking to (the bot knows their id first-hand).
-    Returned once in plain text; only its hash is kept."""
-    code = "".join(secrets.choice(_CODE_ALPHABET) for _ in range(_CODE_LENGTH))
-    DiscordLinkCode.objects.create(
-        code_hash=_hash(code),
-        discord_user_id=discord_user_id,
-        expires_at=timezone.now() + datetime.timedelta(seconds=settings.DISCORD_LINK_CODE_TTL_SECONDS),
-    )
-    return f"{code[:5]}-{code[5:]}"
-
-
-def discord_link_confirm(*, user_id: int, code: str) -> DiscordLink:
-    """Links the signed-in user to the Discord account the code was issued to, and tells them by DM
-    (a security message: it cannot be switched off). Redeeming the same code again is a no-op."""
+def discord_link_set(*, user_id: int, discord_user_id: int) -> DiscordLink:
+    """Links a signed-in account to the Discord account Discord just vouched for (an OAuth connect), and
+    tells them by DM (a security message: it cannot be switched off). Linking the same pair again is a
+    no-op; a Discord id linked to another account is never re-pointed."""
     with transaction.atomic():
-        link_code = DiscordLinkCode.objects.select_for_update().filter(code_hash=_hash(code)).first()
-        if link_code is None or link_code.expires_at <= timezone.now():
-            raise InvalidLinkCode("the code is unknown or expired; ask the bot for a new one", field="code")
-        if link_code.used_at is not None:
-            current = DiscordLink.objects.filter(user_id=user_id, discord_user_id=link_code.discord_user_id).first()
-            if link_code.used_by_id == user_id and current is not None:
-                return current
-            raise InvalidLinkCode("the code was already used; ask the bot for a new one", field="code")
-        taken = DiscordLink.objects.filter(discord_user_id=link_code.discord_user_id).exclude(user_id=user_id)
-        if taken.exists():
+        current = DiscordLink.objects.filter(user_id=user_id, discord_user_id=discord_user_id).first()
+        if current is not None:
+            return current
+        if DiscordLink.objects.filter(discord_user_id=discord_user_id).exclude(user_id=user_id).exists():
             raise DiscordAccountTaken("this Discord account is linked to another user; unlink it there first")
         try:
             with transaction.atomic():
-                link, _ = DiscordLink.objects.update_or_create(
-                    user_id=user_id, defaults={"discord_user_id": link_code.discord_user_id}
-                )
+                link, _ = DiscordLink.objects.update_or_create(user_id=user_id,
+                                                               defaults={"discord_user_id": discord_user_id})
         except IntegrityError:
             raise DiscordAccountTaken("this Discord account is linked to another user; unlink it there first") from None
-        link_code.used_at = timezone.now()
-        link_code.used_by_id = user_id
-        link_code.save(update_fields=["used_at", "used_by"])
         notification = Notification.objects.create(
             user_id=user_id,
             escrow_id=None,
-            event_id=uuid.uuid5(_LINK_EVENT_NAMESPACE, f"{user_id}:{link_code.pk}"),
+            event_id=uuid.uuid5(_LINK_EVENT_NAMESPACE, f"{user_id}:{discord_user_id}:{link.pk}"),
             kind="account_linked",
             text="This Discord account is now linked to your escrow account. If that was not you, "
                  f"unlink it and contact support. {settings.PUBLIC_BASE_URL}/api/v1/me/discord-link",

@@ -67,7 +67,7 @@ def escrow_views_with_deadline_between(*, state: str, deadline: str, start: date
         state=state, **{f"{deadline}__gte": start, f"{deadline}__lt": end}).order_by(deadline, "escrow_id")
 
 
-DEADLINE_FIELDS = frozenset({"funding_deadline", "inspection_deadline"})
+DEADLINE_FIELDS = frozenset({"acceptance_deadline", "funding_deadline", "inspection_deadline"})
 
 
 def escrow_timeline(*, escrow_id: str) -> QuerySet[Any]:

@@ -42,7 +42,7 @@ class AccountAdapter(DefaultAccountAdapter):
 
 class SocialAccountAdapter(DefaultSocialAccountAdapter):
     """One account per Discord id, whichever door it came through: a Discord sign-in, a deal naming
-    `discord:<id>`, or the Discord bot all resolve through `user_for_discord_id`, which never re-points a
+    `discord:<id>`, or a Discord interaction all resolve through `user_for_discord_id`, which never re-points a
     linked id."""
 
     def pre_social_login(self, request: HttpRequest, sociallogin: Any) -> None:
@@ -56,9 +56,9 @@ class SocialAccountAdapter(DefaultSocialAccountAdapter):
                 raise PermissionDenied("this Discord account is already linked to another account")
             if link is None:
                 try:
-                    notifications.discord_link_confirm(
+                    notifications.discord_link_set(
                         user_id=int(request.user.pk),  # type: ignore[arg-type]
-                        code=notifications.link_code_issue(discord_user_id=discord_user_id),
+                        discord_user_id=discord_user_id,
                     )
                 except notifications.NotificationError as exc:
                     raise PermissionDenied(exc.detail) from None

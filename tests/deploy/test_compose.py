@@ -19,7 +19,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 SCHEMA = json.loads((Path(__file__).parent / "compose-spec.json").read_text())
-APP_SERVICES = {"init", "web", "bus", "relay", "projections", "notifications", "discord-bot"}
+APP_SERVICES = {"init", "web", "bus", "relay", "projections", "notifications"}
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
 def test_discord_settings_reach_the_processes_that_use_them(compose: dict[str, Any]) -> None:
     services = compose["services"]
     # DM retries and Discord follow-ups are bus-worker ticks; first sends happen in the notifications consumer.
-    for name in ("bus", "notifications", "discord-bot"):
+    for name in ("bus", "notifications"):
         assert "DISCORD_BOT_TOKEN" in environment(services[name]), name
     assert "DISCORD_APPLICATION_ID" in environment(services["bus"])
     # The interactions endpoint is served by the web process and verifies signatures with the public key.

@@ -186,6 +186,6 @@ def test_a_replayed_interaction_gets_the_same_answer_and_has_one_effect(post_raw
 
     assert first.status_code == again.status_code == 200
     assert again.json() == first.json()
-    assert "State: **AWAIT_FUNDS**" in first.json()["data"]["content"]
+    assert "State: **AWAIT_ACCEPTANCE**" in first.json()["data"]["content"]
     assert tables() == after_first
     assert Escrow.objects.count() == 1

@@ -53,7 +53,7 @@ def test_a_command_the_read_model_has_not_caught_up_with_is_deferred_then_follow
         "@original",
     )
     escrow_id = str(Escrow.objects.get().pk)
-    assert "Deal opened." in sent.body["content"] and "State: **AWAIT_FUNDS**" in sent.body["content"]
+    assert "Deal opened" in sent.body["content"] and "State: **AWAIT_ACCEPTANCE**" in sent.body["content"]
     assert escrow_id in sent.body["content"]
     assert [b["custom_id"] for b in sent.body["components"][0]["components"]] == [f"escrow:cancel:{escrow_id}"]
     assert FollowUp.objects.get().status == "sent"

@@ -14,6 +14,7 @@ from apps.escrow.models import Escrow, EscrowEvent
 from apps.notifications.public import DiscordLink
 from apps.outbox.models import OutboxMessage
 from tests.discord.conftest import DiscordUser, Sent, click, create_options, modal_submit, slash
+from tests.fakes.discord import FakeDiscord
 from tests.gateway.support import settle
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -49,17 +50,23 @@ def status(interact: Callable[[dict[str, Any]], Sent], user: DiscordUser, escrow
     return interact(slash(user, "status", [{"name": "id", "type": 3, "value": escrow_id}]))
 
 
-def open_deal(interact: Callable[[dict[str, Any]], Sent]) -> str:
+def open_deal(interact: Callable[[dict[str, Any]], Sent], *, accept: bool = True) -> str:
+    """The buyer opens a deal with the seller, who accepts it with the button (unless told not to)."""
     created = interact(
         slash(
             BUYER, "create", create_options(SELLER, amount="149.99", item="Dominus Empyreus"), resolved_users=[SELLER]
         )
     )
     assert created.type == 4 and created.ephemeral
-    return str(Escrow.objects.get().pk)
+    escrow_id = str(Escrow.objects.get().pk)
+    if accept:
+        assert "State: **AWAIT_FUNDS**" in interact(click(SELLER, f"escrow:accept:{escrow_id}")).content
+    return escrow_id
 
 
-def test_two_newcomers_trade_through_slash_commands_and_buttons(interact: Callable[[dict[str, Any]], Sent]) -> None:
+def test_two_newcomers_trade_through_slash_commands_and_buttons(
+    interact: Callable[[dict[str, Any]], Sent], fake_discord: FakeDiscord
+) -> None:
     assert get_user_model().objects.count() == 0
 
     # The buyer opens the deal in a server channel, naming the seller (a USER option, resolved by Discord).
@@ -79,30 +86,35 @@ def test_two_newcomers_trade_through_slash_commands_and_buttons(interact: Callab
     )
     assert escrow.description == "Dominus Empyreus"
     assert created.type == 4 and created.ephemeral
-    assert "State: **AWAIT_FUNDS**" in created.content and escrow_id in created.content
+    assert "State: **AWAIT_ACCEPTANCE**" in created.content and escrow_id in created.content
     assert f"the seller is <@{SELLER.id}>" in created.content
-    assert created.custom_ids == [f"escrow:cancel:{escrow_id}"]
-    assert len(created.links) == 1  # Pay, a link button to the buyer's checkout page
+    assert created.custom_ids == [f"escrow:cancel:{escrow_id}"] and created.links == []
 
-    seen_by_seller = status(interact, SELLER, escrow_id)
-    assert seen_by_seller.links == [] and seen_by_seller.custom_ids == [f"escrow:cancel:{escrow_id}"]
-    assert "You are the seller" in seen_by_seller.content
+    # The seller, who never used the product, gets a DM with Accept / Decline, and accepts from it.
+    [proposal] = fake_discord.messages_to(int(SELLER.id))
+    assert "proposes a deal for 149.99 USD" in proposal.content
+    assert proposal.custom_ids == [f"escrow:accept:{escrow_id}", f"escrow:decline:{escrow_id}"]
+    accepted = interact(click(SELLER, proposal.custom_ids[0]))
+    assert accepted.type == 7 and "You accepted the deal." in accepted.content
+    assert "State: **AWAIT_FUNDS**" in accepted.content and accepted.links == []
+
+    # The buyer is told by DM, with Pay: a link button to the checkout page; /escrow status shows it too.
+    told = [m for m in fake_discord.messages_to(int(BUYER.id)) if "accepted" in m.content]
+    assert len(told) == 1 and len(told[0].links) == 1
+    seen_by_buyer = status(interact, BUYER, escrow_id)
+    assert "State: **AWAIT_FUNDS**" in seen_by_buyer.content and len(seen_by_buyer.links) == 1
 
     # The buyer pays through the Pay link's sandbox checkout (no sign-in: the link is the capability).
-    pay_through_the_link(created)
+    pay_through_the_link(told[0])
 
     # The seller sees the deal with a Deliver button, and clicks it (in a DM with the bot).
     seen = status(interact, SELLER, escrow_id)
     assert "State: **FUNDS_HELD**" in seen.content
-    assert seen.custom_ids == [
-        f"escrow:deliver:{escrow_id}",
-        f"escrow:dispute:{escrow_id}",
-        f"escrow:cancel:{escrow_id}",
-    ]
+    assert f"escrow:deliver:{escrow_id}" in seen.custom_ids
     delivered = interact(click(SELLER, f"escrow:deliver:{escrow_id}"))
     assert delivered.type == 7  # the message with the button is updated in place
     assert "Marked delivered." in delivered.content and "State: **DELIVERED**" in delivered.content
-    assert delivered.custom_ids == [f"escrow:dispute:{escrow_id}"]
+    assert f"escrow:deliver:{escrow_id}" not in delivered.custom_ids
 
     # The buyer releases from the status reply's button.
     seen = status(interact, BUYER, escrow_id)
@@ -116,6 +128,7 @@ def test_two_newcomers_trade_through_slash_commands_and_buttons(interact: Callab
     assert final.custom_ids == []
     assert list(EscrowEvent.objects.filter(escrow_id=escrow_id).order_by("version").values_list("type", flat=True)) == [
         "escrow.v1.EscrowCreated",
+        "escrow.v1.EscrowAccepted",
         "escrow.v1.EscrowFundsHeld",
         "escrow.v1.EscrowDelivered",
         "escrow.v1.EscrowReleaseRequested",
@@ -125,6 +138,35 @@ def test_two_newcomers_trade_through_slash_commands_and_buttons(interact: Callab
     assert escrow_id in listed.content and "**RELEASED**" in listed.content and "(you sell)" in listed.content
 
 
+def test_a_seller_opens_the_deal_and_the_buyer_declines_it(
+    interact: Callable[[dict[str, Any]], Sent], fake_discord: FakeDiscord
+) -> None:
+    created = interact(
+        slash(
+            SELLER,
+            "create",
+            create_options(BUYER, amount="20.00", item="Valkyrie Helm", role="seller"),
+            resolved_users=[BUYER],
+        )
+    )
+    escrow = Escrow.objects.get()
+    escrow_id = str(escrow.pk)
+    assert (escrow.seller_id, escrow.buyer_id) == (account(SELLER).pk, account(BUYER).pk)
+    assert "You are the seller" in created.content and "State: **AWAIT_ACCEPTANCE**" in created.content
+    # The creator cannot accept their own deal; the button is refused and changes nothing.
+    before = escrow_tables()
+    refused = interact(click(SELLER, f"escrow:accept:{escrow_id}"))
+    assert refused.ephemeral and "cannot accept this deal now" in refused.content
+    assert escrow_tables() == before
+
+    [proposal] = fake_discord.messages_to(int(BUYER.id))
+    assert proposal.custom_ids == [f"escrow:accept:{escrow_id}", f"escrow:decline:{escrow_id}"]
+    declined = interact(click(BUYER, f"escrow:decline:{escrow_id}"))
+
+    assert declined.type == 7 and "State: **CANCELLED**" in declined.content and declined.custom_ids == []
+    assert Escrow.objects.get().state == "CANCELLED"
+
+
 def test_a_strangers_click_on_a_forwarded_button_is_refused_in_words_and_changes_nothing(
     interact: Callable[[dict[str, Any]], Sent],
 ) -> None:
@@ -132,7 +174,7 @@ def test_a_strangers_click_on_a_forwarded_button_is_refused_in_words_and_changes
     pay_through_the_link(status(interact, BUYER, escrow_id))
     before = escrow_tables()
 
-    for action in ("deliver", "cancel", "release", "dispute"):
+    for action in ("accept", "decline", "deliver", "cancel", "release", "dispute"):
         refused = interact(click(STRANGER, f"escrow:{action}:{escrow_id}"))
         assert refused.type == 4 and refused.ephemeral
         assert "someone else's deal" in refused.content and "nothing was changed" in refused.content

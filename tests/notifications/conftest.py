@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pytest_httpserver import HTTPServer
 
-from apps.notifications.services import link_code_issue
+from apps.notifications.models import DiscordLink
 from tests.fakes.discord import FakeDiscord
 
 BOT_TOKEN = "test-bot-token"
@@ -37,11 +37,10 @@ def fake_discord(discord_server: HTTPServer, settings: Any) -> FakeDiscord:
 
 @pytest.fixture
 def link_discord(api_client: Callable[..., Any]) -> Callable[[Any, int], None]:
-    """link_discord(user, discord_id): the bot's link flow, then the user redeems the code over the API."""
+    """link_discord(user, discord_id): given a user whose account knows their Discord id (as signing in with
+    Discord, or a first Discord interaction, leaves it)."""
 
     def link(user: Any, discord_id: int) -> None:
-        code = link_code_issue(discord_user_id=discord_id)
-        response = api_client(user).put("/api/v1/me/discord-link", {"code": code}, format="json")
-        assert response.status_code == 200, response.content
+        DiscordLink.objects.create(user=user, discord_user_id=discord_id)
 
     return link

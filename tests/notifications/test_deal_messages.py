@@ -9,6 +9,10 @@ from tests.helpers import act, client_for
 from tests.notifications.conftest import BUYER_DISCORD_ID, SELLER_DISCORD_ID
 
 
+def _buttons(dm) -> list[str]:
+    return [button.get("custom_id", button.get("url")) for row in dm.components for button in row["components"]]
+
+
 def _propose(creator, **fields) -> str:
     body = {"amount": "80.00", "currency": "USD", "description": "Sparkle Time Fedora", **fields}
     response = client_for(creator).post("/api/v1/escrows", body, format="json")
@@ -29,12 +33,20 @@ def test_a_seller_proposal_asks_the_buyer_to_accept(buyer, seller, fake_discord,
     (to_seller,) = [dm for dm in fake_discord.dms_to(SELLER_DISCORD_ID) if "Deal for" in dm]
     assert "wait for the buyer to accept" in to_seller
     assert "pay" not in to_buyer.lower().split("http")[0]  # nobody is asked to pay yet
+    # the proposal carries the counterparty's two buttons; the creator's, only Cancel
+    (proposal,) = [dm for dm in fake_discord.sent if "proposes a deal" in dm.content]
+    assert _buttons(proposal) == [f"escrow:accept:{escrow_id}", f"escrow:decline:{escrow_id}"]
+    (created,) = [dm for dm in fake_discord.sent if "Deal for" in dm.content]
+    assert _buttons(created) == [f"escrow:cancel:{escrow_id}"]
 
     assert act(client_for(buyer), escrow_id, "accept").status_code == 202
     settle()
     accepted = Notification.objects.filter(escrow_id=escrow_id, kind="escrow_accepted")
     assert {n.user_id for n in accepted} == {buyer.pk, seller.pk}
-    assert any("pay it before the funding deadline" in dm for dm in fake_discord.dms_to(BUYER_DISCORD_ID))
+    (to_pay,) = [dm for dm in fake_discord.sent if "pay it before the funding deadline" in dm.content]
+    assert to_pay.recipient_id == BUYER_DISCORD_ID
+    pay_button = to_pay.components[0]["components"][0]
+    assert pay_button["label"] == "Pay" and "/checkout/" in pay_button["url"]
 
 
 def test_the_creator_learns_of_a_decline(buyer, seller, fake_discord, link_discord):

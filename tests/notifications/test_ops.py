@@ -55,7 +55,7 @@ def test_deliver_notifications_once_sends_what_is_due(api_client, buyer, seller,
 
     call_command("deliver_notifications", "--once")
 
-    # The link message and the buyer's; the seller has no linked account, so theirs is skipped, not sent.
-    assert "attempted 2" in capsys.readouterr().out
-    assert len(fake_discord.dms_to(BUYER_DISCORD_ID)) == 2
+    # The buyer's; the seller has no linked account, so theirs is skipped, not sent.
+    assert "attempted 1" in capsys.readouterr().out
+    assert len(fake_discord.dms_to(BUYER_DISCORD_ID)) == 1
     assert Notification.objects.get(user_id=seller.pk).status == Notification.Status.SKIPPED

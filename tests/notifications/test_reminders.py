@@ -13,7 +13,7 @@ from apps.notifications.models import Notification
 from apps.notifications.public import send_due_reminders
 from apps.outbox.worker import BusWorker, registered_ticks
 from tests.gateway.support import create_settled, settle
-from tests.helpers import act, pay
+from tests.helpers import act, create_escrow, pay
 from tests.notifications.conftest import BUYER_DISCORD_ID, SELLER_DISCORD_ID
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -111,3 +111,21 @@ def test_the_bus_worker_tick_sends_due_reminders(api_client, buyer, seller, link
 
     assert [m.content.startswith("Reminder") for m in linked.messages_to(BUYER_DISCORD_ID)].count(True) == 1
     assert [r.status for r in reminders()] == [Notification.Status.SENT]
+
+
+def test_the_counterparty_is_reminded_to_accept_or_decline(api_client, buyer, seller, linked, settings):
+    settings.REMINDER_ACCEPTANCE_HOURS_BEFORE = 12
+    escrow_id = create_escrow(api_client(buyer), seller=seller, accept=False)["escrow_id"]
+    settle()
+    deadline = Escrow.objects.get(pk=escrow_id).acceptance_deadline
+
+    assert send_due_reminders(now=deadline - datetime.timedelta(hours=13), force=True) == 0
+    assert send_due_reminders(now=deadline - datetime.timedelta(hours=11), force=True) == 1
+    deliver()
+
+    [reminder] = reminders()
+    assert (reminder.kind, reminder.user_id) == ("reminder_acceptance", seller.pk)
+    [dm] = [m for m in linked.messages_to(SELLER_DISCORD_ID) if m.content.startswith("Reminder")]
+    assert "waits for your answer" in dm.content
+    assert dm.custom_ids == [f"escrow:accept:{escrow_id}", f"escrow:decline:{escrow_id}"]
+    assert not any(m.content.startswith("Reminder") for m in linked.messages_to(BUYER_DISCORD_ID))
