@@ -251,7 +251,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "apps.gateway.schema.document_plain_routes"],
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "apps.gateway.schema.document_plain_routes",
+                            "apps.gateway.schema.document_problems"],
     # A deal's sides (the caller's `role` on create, `creator_role` on read): one enum, one name.
     "ENUM_NAME_OVERRIDES": {"PartyRoleEnum": ["buyer", "seller"]},
 }
