@@ -105,11 +105,54 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Bounded connections whatever the server (runserver's thread per client, gunicorn's threads): one
+    # psycopg pool per process, at most DATABASE_POOL_MAX connections; a request that waits longer than
+    # DATABASE_POOL_TIMEOUT for one is answered 503 with Retry-After (docs/reliability.md). The pool keeps
+    # the connections, so Django's own persistence (CONN_MAX_AGE) is off; DATABASE_POOL=0 turns it back on.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", env_int("DATABASE_CONNECT_TIMEOUT", 5))
+    if env_bool("DATABASE_POOL", True):
+        DATABASES["default"]["CONN_MAX_AGE"] = 0
+        DATABASES["default"]["OPTIONS"]["pool"] = {
+            "min_size": env_int("DATABASE_POOL_MIN", 1),
+            "max_size": env_int("DATABASE_POOL_MAX", 10),
+            "timeout": float(os.environ.get("DATABASE_POOL_TIMEOUT", "10")),
+            # A connection idle this long is closed (down to min_size); one older than this is replaced.
+            "max_idle": 300.0,
+            "max_lifetime": 1800.0,
+            # After an outage, a failed reconnection is retried with backoff for this long; then the next
+            # request starts a fresh attempt, so the pool comes back within seconds of the database.
+            "reconnect_timeout": float(os.environ.get("DATABASE_POOL_RECONNECT_SECONDS", "5")),
+        }
+# Seconds a client is told to wait (Retry-After) when the database is unavailable or its pool exhausted.
+DATABASE_RETRY_AFTER_SECONDS = env_int("DATABASE_RETRY_AFTER_SECONDS", 2)
+# The longest pause of the bus worker, the relay and the consumers between attempts while the database is away.
+DATABASE_BACKOFF_MAX_SECONDS = float(os.environ.get("DATABASE_BACKOFF_MAX_SECONDS", "5"))
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # One writer at a time: take the write lock when the transaction starts, not on first write, so two
     # threads never deadlock upgrading read locks; wait for it instead of failing at once.
     DATABASES["default"]["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 30}
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+
+# Shared state (rate-limit counters, the mutation throttle, allauth's TOTP code-reuse guard) lives in the
+# default cache, so every process must see the same one: Redis in production (CACHE_URL=redis://host:6379/0),
+# the database's cache table in the embedded default (created by `migrate` + `createcachetable`, i.e. `make
+# migrate`/`make run`). CACHE_URL=locmem:// is per process and only for single-process experiments.
+CACHE_URL = os.environ.get("CACHE_URL", "")
+CACHE_KEY_PREFIX = os.environ.get("CACHE_KEY_PREFIX", "escrow")
+if CACHE_URL.startswith(("redis://", "rediss://", "unix://")):
+    _cache: dict[str, object] = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
+elif CACHE_URL.startswith("locmem://"):
+    _cache = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+elif CACHE_URL in ("", "db://") or CACHE_URL.startswith("db://"):
+    _cache = {"BACKEND": "django.core.cache.backends.db.DatabaseCache",
+              "LOCATION": CACHE_URL.removeprefix("db://") or "escrow_cache"}
+else:
+    raise ValueError(f"CACHE_URL must be redis://, rediss://, unix://, db:// or locmem://, not {CACHE_URL!r}")
+CACHES = {"default": {**_cache, "KEY_PREFIX": CACHE_KEY_PREFIX}}
+# Proxies whose X-Forwarded-For is believed (addresses or CIDR networks, comma-separated): behind them the
+# client address (login throttle, anonymous mutation throttle) is the last address they did not add.
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", "")
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [
@@ -208,7 +251,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "apps.gateway.schema.document_plain_routes"],
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "apps.gateway.schema.document_plain_routes",
+                            "apps.gateway.schema.document_problems"],
     # A deal's sides (the caller's `role` on create, `creator_role` on read): one enum, one name.
     "ENUM_NAME_OVERRIDES": {"PartyRoleEnum": ["buyer", "seller"]},
 }
@@ -310,6 +354,15 @@ KAFKA_SESSION_TIMEOUT_MS = env_int("KAFKA_SESSION_TIMEOUT_MS", 10_000)
 KAFKA_HEARTBEAT_INTERVAL_MS = env_int("KAFKA_HEARTBEAT_INTERVAL_MS", 3_000)
 KAFKA_TOPIC_PARTITIONS = env_int("KAFKA_TOPIC_PARTITIONS", 12)
 KAFKA_REPLICATION_FACTOR = env_int("KAFKA_REPLICATION_FACTOR", 1)
+# With acks=all a write needs this many in-sync replicas (production: 3 replicas, 2 in sync).
+KAFKA_MIN_INSYNC_REPLICAS = env_int("KAFKA_MIN_INSYNC_REPLICAS", 1)
+# How every Kafka client (relay, consumers, admin) connects: PLAINTEXT for the local broker; production runs
+# SASL_SSL with SCRAM-SHA-512, verifying the brokers' certificates against KAFKA_SSL_CAFILE.
+KAFKA_SECURITY_PROTOCOL = os.environ.get("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
+KAFKA_SASL_MECHANISM = os.environ.get("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+KAFKA_SASL_USERNAME = os.environ.get("KAFKA_SASL_USERNAME", "")
+KAFKA_SASL_PASSWORD = os.environ.get("KAFKA_SASL_PASSWORD", "")
+KAFKA_SSL_CAFILE = os.environ.get("KAFKA_SSL_CAFILE", "")
 # Deliver outbox messages to in-process subscribers right after the writing transaction commits, in
 # the committing thread. Off: only a bus worker (`manage.py run_bus`, or the one `manage.py serve`
 # starts) delivers them, woken by the commit.

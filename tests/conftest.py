@@ -30,6 +30,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason="needs PostgreSQL: set DATABASE_URL=postgres://..."))
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
+    """The test process is no server: its test threads keep a connection between the requests they send
+    (until they close it), so its pool is sized for them. Servers started by tests set their own."""
+    from django.conf import settings
+
+    pool = settings.DATABASES["default"].get("OPTIONS", {}).get("pool")
+    if isinstance(pool, dict):
+        pool["max_size"] = max(int(pool["max_size"]), int(os.environ.get("TEST_DATABASE_POOL_MAX", "40")))
+
+
 @pytest.fixture(autouse=True)
 def _require_postgres_really(request: pytest.FixtureRequest) -> None:
     if request.node.get_closest_marker("postgres_only") and os.environ.get("REQUIRE_POSTGRES") == "1":
@@ -44,11 +55,11 @@ def _media_in_tmp(settings: Any, tmp_path_factory: pytest.TempPathFactory) -> No
 
 
 @pytest.fixture(autouse=True)
-def _fresh_rate_limits() -> None:
-    """Rate-limit counts live in the cache and are keyed by user id, which tests reuse: start clean."""
-    from django.core.cache import cache
-
-    cache.clear()
+def _fresh_rate_limits(settings: Any) -> None:
+    """Rate-limit counts live in the shared cache (the database's cache table here, as in the embedded
+    default) and are keyed by user id, which tests reuse: each test gets a key prefix of its own, so it
+    starts clean without touching the database before its own database fixture is set up."""
+    settings.CACHES = {"default": {**settings.CACHES["default"], "KEY_PREFIX": f"test-{uuid.uuid4().hex}"}}
 
 
 @pytest.fixture

@@ -499,6 +499,12 @@ def escrow_resolve_compliance_hold(*, command: escrow_v1.ResolveComplianceHold,
             restarted = escrow.funding_deadline = max(escrow.funding_deadline or fresh, fresh)
         escrow.attention = ""
         escrow.attention_detail = ""
+        if decision == escrow_v1.ComplianceDecision.LIFT and escrow.state == S.REFUNDING and escrow.pending_refund_minor:
+            # The refund screening blocked was never sent and nothing keeps it: ops send it again (screened
+            # again on the way out), so the escrow stays in front of them instead of waiting silently.
+            escrow.attention = "refund_failed"
+            escrow.attention_detail = ("the refund screening blocked before this lift was not sent: retry it "
+                                       "(it is screened again)")
         _emit(
             escrow,
             escrow_v1.EscrowComplianceHoldResolved(

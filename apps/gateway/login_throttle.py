@@ -1,6 +1,7 @@
 """Rate limit on staff login attempts (the admin login form): per client address and per username, in a
 window that starts at the first attempt, counted before the password is checked, so guessing is slow
-whether or not it succeeds.
+whether or not it succeeds. Counters live in the shared default cache (CACHE_URL), so the limit holds across
+processes; the address is the client's behind a trusted proxy (apps/gateway/client_address.py).
 The API itself has no password login (tokens are minted by allauth's flows or `mint_token`)."""
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
+
+from apps.gateway.client_address import client_address
 
 
 def _parse(rate: str) -> tuple[int, int]:
@@ -28,7 +31,7 @@ class LoginRateLimitMiddleware:
         if rate and request.method == "POST" and request.path == reverse("admin:login"):
             limit, window = _parse(rate)
             username = (request.POST.get("username") or "")[:150].lower()
-            keys = [f"login-rate:ip:{request.META.get('REMOTE_ADDR', '')}"]
+            keys = [f"login-rate:ip:{client_address(request)}"]
             if username:
                 keys.append(f"login-rate:user:{username}")
             for key in keys:

@@ -8,6 +8,7 @@ import ipaddress
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
 from apps.gateway.observability import MULTIPROCESS, BusCollector, DomainCollector, database_reachable
@@ -40,7 +41,13 @@ def scrape_refusal(request: HttpRequest) -> HttpResponse | None:
                                      "METRICS_TOKEN is set"), status=403, content_type=CONTENT_TYPE)
 
 
+@csrf_exempt  # a read: an unknown method gets 405, not the CSRF middleware's 403
 def metrics_view(request: HttpRequest) -> HttpResponse:
+    if request.method not in ("GET", "HEAD"):
+        response = JsonResponse(problem_body(405, "method_not_allowed", f'Method "{request.method}" not allowed.'),
+                                status=405, content_type=CONTENT_TYPE)
+        response["Allow"] = "GET, HEAD"
+        return response
     refused = scrape_refusal(request)
     if refused is not None:
         return refused

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -107,9 +109,21 @@ def flatten_errors(detail: Any, prefix: str = "") -> list[dict[str, str]]:
     return [{"field": prefix or "body", "detail": str(detail)}]
 
 
+def database_unavailable(exc: BaseException | None) -> bool:
+    """The database cannot be reached, refused the connection (too many clients), dropped it, or this
+    process's pool had no free connection in time: the request did nothing durable and may be retried."""
+    return isinstance(exc, (OperationalError, InterfaceError))
+
+
+def unavailable_problem() -> Problem:
+    return Problem(503, "database_unavailable", "the database is unavailable; retry after the delay given")
+
+
 def to_problem(exc: Exception) -> Problem | None:
     if isinstance(exc, Problem):
         return exc
+    if database_unavailable(exc):
+        return unavailable_problem()
     if isinstance(exc, EscrowError):
         return from_domain(exc)
     if isinstance(exc, Http404):
@@ -130,4 +144,6 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         response["WWW-Authenticate"] = 'Bearer realm="api"'
     if isinstance(exc, exceptions.Throttled) and exc.wait:
         response["Retry-After"] = str(int(exc.wait) + 1)
+    if found.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
+        response["Retry-After"] = str(settings.DATABASE_RETRY_AFTER_SECONDS)
     return response

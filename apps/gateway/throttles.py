@@ -3,7 +3,8 @@
 
 Rates come from settings at request time (not from DRF's import-time copy), so an environment
 variable or a test's settings override takes effect at once; a rate of None switches the limit off.
-Counts live in the default cache: per process with the local-memory cache, shared with a shared cache.
+Counts live in the default cache, shared by every process (CACHE_URL: Redis, or the database's cache table).
+An anonymous caller is counted by its address behind a trusted proxy (apps/gateway/client_address.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Any
 
 from django.conf import settings
 from rest_framework.throttling import SimpleRateThrottle
+
+from apps.gateway.client_address import client_address
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -28,7 +31,7 @@ class MutationRateThrottle(SimpleRateThrottle):
 
     def get_cache_key(self, request: Any, view: Any) -> str | None:
         user = getattr(request, "user", None)
-        ident = f"user:{user.pk}" if user is not None and user.is_authenticated else f"ip:{self.get_ident(request)}"
+        ident = f"user:{user.pk}" if user is not None and user.is_authenticated else f"ip:{client_address(request)}"
         return self.cache_format % {"scope": self.scope, "ident": ident}
 
     def allow_request(self, request: Any, view: Any) -> bool:

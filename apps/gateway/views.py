@@ -4,12 +4,13 @@ escrow service's dispatch, answer. Reads come from the projections."""
 from __future__ import annotations
 
 import re
+import sys
 import uuid
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.db import connection
+from django.db import connection, transaction
 from django.http import HttpRequest, JsonResponse
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
@@ -20,11 +21,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.core.public import audit_record
 from apps.escrow.public import CommandResult, allowed_actions, dispatch
 from apps.gateway import serializers as io
 from apps.gateway.auth import is_staff_member
 from apps.gateway.idempotency import run_idempotent
-from apps.gateway.problems import CONTENT_TYPE, Problem, problem_body
+from apps.gateway.problems import CONTENT_TYPE, Problem, database_unavailable, problem_body
 from apps.notifications import public as notifications
 from apps.outbox import public as bus
 from apps.payments import public as payments
@@ -287,13 +289,30 @@ class EscrowAction(APIView):
     def build(self, request: Request, escrow_id: uuid.UUID, data: dict[str, Any]) -> Any:
         raise NotImplementedError
 
+    # The staff AuditLog's name for this action when staff take it (default: the route's last segment).
+    audit_action = ""
+
+    def audit_reason(self, data: dict[str, Any]) -> str:
+        return str(data.get("note") or data.get("reason") or "") or f"{self._action_name()} through the REST API"
+
+    def _action_name(self) -> str:
+        return self.audit_action or self.__class__.__name__.removesuffix("Escrow").lower()
+
     def post(self, request: Request, escrow_id: uuid.UUID) -> Response:
         raw = request.body
 
         def mutate(command_id: uuid.UUID) -> Response:
             data = _validated(self.input_class, request)
             command = self.build(request, escrow_id, data)
-            return _accepted(request, dispatch(command, command_id=command_id))
+            # A staff action and its AuditLog row commit together: a refused command leaves neither.
+            with transaction.atomic():
+                result = dispatch(command, command_id=command_id)
+                if command.actor.kind == ActorKind.STAFF and not result.duplicate:
+                    audit_record(actor=request.user, action=self._action_name(), escrow_id=escrow_id,
+                                 reason=self.audit_reason(data), command_id=command_id,
+                                 detail={"edge": "api", **{k: v for k, v in data.items() if k in ("outcome", "seller_amount")},
+                                         "state_after": result.state})
+            return _accepted(request, result)
 
         return run_idempotent(request, raw, mutate)
 
@@ -368,6 +387,7 @@ class DisputeEscrow(EscrowAction):
 
 class ResolveEscrow(EscrowAction):
     input_class = io.ResolveInput
+    audit_action = "resolve_dispute"
 
     @extend_schema(operation_id="escrows_resolve", request=io.ResolveInput, responses={202: io.CommandAccepted})
     def post(self, request: Request, escrow_id: uuid.UUID) -> Response:
@@ -425,8 +445,18 @@ class SandboxPay(APIView):
 # --- provider webhooks: plain Django views, so the raw body reaches the verifier untouched -----------
 
 
+# The headers each provider signs with (required in the OpenAPI document).
+SIGNATURE_HEADERS = {"stripe": ("Stripe-Signature",), "custodian": ("X-Circle-Signature", "X-Circle-Key-Id")}
+
+
 def _webhook(request: HttpRequest, provider: str) -> JsonResponse:
     outcome = payments.webhook_receive(provider=provider, body=request.body, headers=request.headers)
+    missing = [name for name in SIGNATURE_HEADERS[provider] if not request.headers.get(name)]
+    if outcome.http_status == 404 and missing:
+        # Unsigned is a bad request whichever providers this deployment runs (an enabled provider stores
+        # and rejects it with 400 itself).
+        return JsonResponse(problem_body(400, "invalid_signature", f"missing {', '.join(missing)} header"),
+                            status=400, content_type=CONTENT_TYPE)
     if outcome.http_status >= 400:
         code = {400: "invalid_signature", 404: "provider_disabled", 413: "body_too_large"}.get(
             outcome.http_status, "webhook_failed"
@@ -491,6 +521,13 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonR
 
 
 def server_error(request: HttpRequest) -> JsonResponse:
+    # Called inside Django's `except` for the failure, wherever it was raised (a middleware, a view).
+    if database_unavailable(sys.exc_info()[1]):
+        response = JsonResponse(problem_body(503, "database_unavailable",
+                                             "the database is unavailable; retry after the delay given"),
+                                status=503, content_type=CONTENT_TYPE)
+        response["Retry-After"] = str(settings.DATABASE_RETRY_AFTER_SECONDS)
+        return response
     return JsonResponse(problem_body(500, "internal_error", "something went wrong on our side; retry later"),
                         status=500, content_type=CONTENT_TYPE)
 

@@ -60,25 +60,42 @@ def _counterparty(view: Any) -> int:
 
 RULES: tuple[Rule, ...] = (
     Rule(
-        kind="reminder_acceptance", state="AWAIT_ACCEPTANCE", deadline="acceptance_deadline",
-        lead=_hours("REMINDER_ACCEPTANCE_HOURS_BEFORE"), recipient=_counterparty,
-        text=lambda v, d: (f"Reminder: a deal for {_amount(v)} ({v.description[:200]!r}) waits for your answer. "
-                           f"Accept or decline it by {_when(d)}, or it is cancelled."),
+        kind="reminder_acceptance",
+        state="AWAIT_ACCEPTANCE",
+        deadline="acceptance_deadline",
+        lead=_hours("REMINDER_ACCEPTANCE_HOURS_BEFORE"),
+        recipient=_counterparty,
+        text=lambda v, d: (
+            f"Reminder: a deal for {_amount(v)} ({v.description[:200]!r}) waits for your answer. "
+            f"Accept or decline it by {_when(d)}, or it is cancelled."
+        ),
         buttons=lambda v: deal_buttons(escrow_id=v.escrow_id, actions=("accept", "decline")),
     ),
     Rule(
-        kind="reminder_funding", state="AWAIT_FUNDS", deadline="funding_deadline",
-        lead=_hours("REMINDER_FUNDING_HOURS_BEFORE"), recipient=lambda v: v.buyer_id,
-        text=lambda v, d: (f"Reminder: pay {_amount(v)} for {v.description[:200]!r} by {_when(d)}, or the deal is "
-                           "cancelled."),
-        buttons=lambda v: deal_buttons(escrow_id=v.escrow_id, actions=("pay",), checkout_url=payments.checkout_url(
-            escrow_id=str(v.escrow_id), funding_deadline=v.funding_deadline)),
+        kind="reminder_funding",
+        state="AWAIT_FUNDS",
+        deadline="funding_deadline",
+        lead=_hours("REMINDER_FUNDING_HOURS_BEFORE"),
+        recipient=lambda v: v.buyer_id,
+        text=lambda v, d: (
+            f"Reminder: pay {_amount(v)} for {v.description[:200]!r} by {_when(d)}, or the deal is cancelled."
+        ),
+        buttons=lambda v: deal_buttons(
+            escrow_id=v.escrow_id,
+            actions=("pay",),
+            checkout_url=payments.checkout_url(escrow_id=str(v.escrow_id), funding_deadline=v.funding_deadline),
+        ),
     ),
     Rule(
-        kind="reminder_inspection", state="DELIVERED", deadline="inspection_deadline",
-        lead=_hours("REMINDER_INSPECTION_HOURS_BEFORE"), recipient=lambda v: v.buyer_id,
-        text=lambda v, d: (f"Reminder: the inspection period for {v.description[:200]!r} ends {_when(d)}. Release "
-                           "the funds or open a dispute; if you do neither, the seller is paid then."),
+        kind="reminder_inspection",
+        state="DELIVERED",
+        deadline="inspection_deadline",
+        lead=_hours("REMINDER_INSPECTION_HOURS_BEFORE"),
+        recipient=lambda v: v.buyer_id,
+        text=lambda v, d: (
+            f"Reminder: the inspection period for {v.description[:200]!r} ends {_when(d)}. Release "
+            "the funds or open a dispute; if you do neither, the seller is paid then."
+        ),
         buttons=lambda v: deal_buttons(escrow_id=v.escrow_id, actions=("release", "dispute")),
     ),
 )
@@ -95,8 +112,9 @@ def send_due_reminders(*, now: datetime.datetime | None = None, force: bool = Fa
     now = now or timezone.now()
     owed: list[Notification] = []
     for rule in RULES:
-        views = projections.escrow_views_with_deadline_between(state=rule.state, deadline=rule.deadline, start=now,
-                                                              end=now + rule.lead())[:500]
+        views = projections.escrow_views_with_deadline_between(
+            state=rule.state, deadline=rule.deadline, start=now, end=now + rule.lead()
+        )[:500]
         candidates = {}
         for view in views:
             deadline = getattr(view, rule.deadline)
@@ -108,9 +126,16 @@ def send_due_reminders(*, now: datetime.datetime | None = None, force: bool = Fa
         for event_id, (view, deadline) in candidates.items():
             if event_id in known:
                 continue
-            owed.append(Notification(event_id=event_id, user_id=rule.recipient(view), escrow_id=view.escrow_id,
-                                     kind=rule.kind, text=rule.text(view, deadline)[:2000],
-                                     components=rule.buttons(view)))
+            owed.append(
+                Notification(
+                    event_id=event_id,
+                    user_id=rule.recipient(view),
+                    escrow_id=view.escrow_id,
+                    kind=rule.kind,
+                    text=rule.text(view, deadline)[:2000],
+                    components=rule.buttons(view),
+                )
+            )
     if not owed:
         return 0
     # A concurrent scan may have owed the same reminder: the unique (event, user) keeps one. The worker's

@@ -31,7 +31,7 @@ from django.db.models import Q
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
-from apps.outbox import context, messages, publish, wakeup
+from apps.outbox import context, messages, outage, publish, wakeup
 from apps.outbox.models import DeadLetter, OutboxMessage, ProcessedMessage, SubscriberCheckpoint
 
 log = logging.getLogger(__name__)
@@ -471,6 +471,8 @@ def _deliver(subscriber: Subscriber, row: OutboxMessage, first_failure: Exceptio
     same transaction as the effect (or the dead letter). `first_failure`: the row's first attempt
     already failed (in a batch)."""
     delivery = Delivery.of(row)
+    if first_failure is not None and outage.connection_lost(first_failure):
+        raise outage.DatabaseUnavailable("database connection lost") from first_failure
     attempts = 1 if first_failure is not None else 0
     error = first_failure
     while True:
@@ -484,6 +486,9 @@ def _deliver(subscriber: Subscriber, row: OutboxMessage, first_failure: Exceptio
                     _save_checkpoint(subscriber.name, row)
                 return applied
             except Exception as exc:  # noqa: BLE001 - any handler failure is retried, then dead-lettered
+                if outage.connection_lost(exc):
+                    # Not the handler's fault: the row stays where it is (checkpoint unmoved) for the next pass.
+                    raise outage.DatabaseUnavailable("database connection lost") from exc
                 error = exc
         if attempts >= settings.BUS_MAX_ATTEMPTS:
             _dead_letter(subscriber, row, attempts, error)

@@ -1,6 +1,7 @@
 """The bus worker: drains the outbox subscribers, fires due escrow timers, then sleeps until a commit
 wakes it (in-process event, or PostgreSQL NOTIFY from other processes) or the poll interval passes.
-After a crash it simply starts from each subscriber's committed checkpoint.
+After a crash it simply starts from each subscriber's committed checkpoint; while the database is away it
+backs off (apps/outbox/outage.py) and resumes by itself, listening again once it is back.
 
 What a pass runs besides draining (the ticks: escrow timers, due notifications, ...) is registered by
 the project's wiring (escrow_project/bus.py) with `register_tick`; `run_bus` and `serve` read it with
@@ -11,13 +12,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import close_old_connections, connection
 
-from apps.outbox import bus, wakeup
+from apps.outbox import bus, outage, wakeup
 
 if TYPE_CHECKING:
     import psycopg
@@ -51,6 +53,7 @@ class BusWorker:
         self.handled = 0
         self.passes = 0
         self._listener: psycopg.Connection | None = None
+        self._own_pids: deque[int] = deque(maxlen=64)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -78,15 +81,30 @@ class BusWorker:
         self._listen()
         log.info("bus worker started", extra={"subscribers": [s.name for s in bus.outbox_subscribers()],
                                               "poll_seconds": self.poll_seconds})
+        failures = 0
         try:
             while not self.stopping.is_set():
                 started = time.perf_counter()
                 try:
                     handled = self.run_once()
-                except Exception:  # noqa: BLE001 - a worker pass failing must not end the worker
-                    log.exception("bus worker pass failed")
-                    connection.close()
-                    handled = 0
+                except Exception as exc:  # noqa: BLE001 - a worker pass failing must not end the worker
+                    # The database away (or a pass failing for another reason): back off, then try again
+                    # from the checkpoints, which the failed pass did not move past anything unapplied.
+                    failures += 1
+                    delay = outage.backoff_seconds(failures)
+                    if outage.is_database_error(exc) or isinstance(exc, outage.DatabaseUnavailable):
+                        log.warning("bus worker: database unavailable, will retry",
+                                    extra={"failures": failures, "retry_in_s": delay, "error": repr(exc)})
+                    else:
+                        log.exception("bus worker pass failed")
+                    outage.reset_connection()
+                    self.stopping.wait(delay)
+                    continue
+                if failures:
+                    log.info("bus worker: database back", extra={"after_failures": failures})
+                    failures = 0
+                if self._listener is None:
+                    self._listen()  # again, after the database came back
                 if handled:
                     log.info("bus worker pass", extra={"handled": handled, "total": self.handled,
                                                        "ms": round((time.perf_counter() - started) * 1000, 1)})
@@ -162,8 +180,14 @@ class BusWorker:
     def _foreign_notification(self, timeout: float) -> bool:
         if self._listener is None:
             return False
-        own = connection.connection.info.backend_pid if connection.connection is not None else None
+        # The pool may hand this thread another backend from one pass to the next, and an announcement of an
+        # earlier pass's commit can arrive late: every backend this worker has used recently is its own. (A
+        # commit by another thread of this process on such a backend still wakes it: in-process wake.)
+        if connection.connection is not None:
+            pid = connection.connection.info.backend_pid
+            if pid not in self._own_pids:
+                self._own_pids.append(pid)
         for note in self._listener.notifies(timeout=timeout):
-            if note.pid != own:
+            if note.pid not in self._own_pids:
                 return True
         return False

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import logging
 import re
+import uuid
 from dataclasses import dataclass
 
 from Crypto.Hash import keccak
@@ -149,6 +150,32 @@ def _unclaim(payout: WaitingPayout, error: str = "") -> None:
         status=WaitingPayout.Status.WAITING, last_error=error[:1000], updated_at=timezone.now())
 
 
+def _not_sent(payout: WaitingPayout, error: ProviderError) -> None:
+    """The provider refused or could not be reached for this claimed payout (after a compliance lift, a
+    seller's registration or a retry): the escrow goes in front of ops again (TransferFailed, attention
+    transfer_failed), since nothing else would show it. A transient failure leaves the payout waiting, for
+    `send_waiting_payouts`; a permanent one cancels it (the same key would only get the same refusal, and
+    ops' retry sends a new command, so the old row must never go out too)."""
+    from apps.payments import services
+
+    reason = f"waiting payout not sent: {error}"[:1000]
+    status = WaitingPayout.Status.WAITING if error.transient else WaitingPayout.Status.CANCELLED
+    with transaction.atomic():
+        order = services.lock_order(str(payout.escrow_id))
+        changed = WaitingPayout.objects.filter(pk=payout.pk, status=WaitingPayout.Status.SENDING).update(
+            status=status, last_error=reason, updated_at=timezone.now())
+        if not changed or order is None:
+            return
+        services.emit(
+            order,
+            payments_v1.TransferFailed(
+                escrow_id=str(payout.escrow_id), amount=services.money(payout.amount_minor, payout.currency),
+                provider=payout.provider, reason=reason,
+            ),
+            fact=f"{payout.provider}:{payout.idempotency_key}:resend_failed:{uuid.uuid4()}",
+        )
+
+
 def _hold_for_review(payout: WaitingPayout, blocked: ProviderError) -> None:
     """Screening blocked the wallet this claimed payout was to go to: nothing was sent. The payout is held
     (`blocked`: no sender claims it, so a wallet registered later cannot take it past the review), and the
@@ -215,7 +242,7 @@ def waiting_payouts_send(*, seller_id: int | None = None, escrow_id: str | None 
             _hold_for_review(payout, exc)
             continue
         except ProviderError as exc:
-            _unclaim(payout, str(exc))
+            _not_sent(payout, exc)
             log.warning("waiting payout not sent", extra={"escrow_id": str(payout.escrow_id), "error": str(exc)})
             continue
         except BaseException:

@@ -16,7 +16,7 @@ from django.db.models import F
 
 from apps.outbox.public import Delivery, Subscriber
 from apps.projections.models import EscrowViewFields
-from apps.projections.tables import Tables, active_tables
+from apps.projections.tables import Tables, live_tables_locked
 from proto.common.v1 import Actor, ActorKind, Money
 from proto.escrow import v1 as escrow_v1
 
@@ -249,11 +249,12 @@ FOLDS: dict[type[betterproto2.Message], Fold] = {
 
 
 def _live(fold: Fold) -> Callable[[Any, Delivery], None]:
-    """The bus handler: the same fold, into whichever colour is live at this moment (a rebuild flips
-    the pointer only while it holds this subscriber's drain lock, so it cannot change mid-message)."""
+    """The bus handler: the same fold, into whichever colour is live at this moment. A rebuild flips the
+    pointer only while it holds this subscriber's drain lock (the in-process bus) and the pointer row
+    FOR UPDATE, which the handler share-locks (a consumer fed from Kafka), so it cannot change mid-message."""
 
     def handler(event: Any, delivery: Delivery) -> None:
-        fold(event, delivery, active_tables())
+        fold(event, delivery, live_tables_locked())
 
     handler.__name__ = fold.__name__
     return handler

@@ -56,3 +56,18 @@ def active_color(name: str = ESCROWS) -> str:
 
 def active_tables(name: str = ESCROWS) -> Tables:
     return tables_for(active_color(name))
+
+
+def live_tables_locked(name: str = ESCROWS) -> Tables:
+    """The live colour for a handler about to write it, with the pointer row share-locked until that
+    handler's transaction ends: a rebuild's flip (FOR UPDATE) waits for it, and a handler that starts
+    after the flip waits for the flip and then writes the new colour. This is what keeps a projections
+    consumer fed from Kafka (which takes no bus drain lock) from writing a colour that was just retired."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return active_tables(name)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT color FROM {ActiveGeneration._meta.db_table} WHERE name = %s FOR KEY SHARE", [name])
+        row = cursor.fetchone()
+    return tables_for(row[0] if row is not None else BLUE)

@@ -68,8 +68,9 @@ def test_a_paid_deal_gets_no_funding_reminder(api_client, buyer, seller, linked,
     assert reminders() == []
 
 
-def test_the_buyer_is_reminded_to_release_or_dispute_before_inspection_ends(api_client, buyer, seller, linked,
-                                                                            settings):
+def test_the_buyer_is_reminded_to_release_or_dispute_before_inspection_ends(
+    api_client, buyer, seller, linked, settings
+):
     settings.REMINDER_INSPECTION_HOURS_BEFORE = 12
     escrow_id = create_settled(api_client(buyer), seller=seller)["escrow_id"]
     assert pay(api_client(buyer), escrow_id).status_code == 202
@@ -88,8 +89,12 @@ def test_the_buyer_is_reminded_to_release_or_dispute_before_inspection_ends(api_
 
 def test_a_muted_reminder_is_not_sent(api_client, buyer, seller, linked, settings):
     settings.REMINDER_FUNDING_HOURS_BEFORE = 6
-    assert api_client(buyer).patch("/api/v1/me/notification-preferences", {"reminder_funding": False},
-                                   format="json").status_code == 200
+    assert (
+        api_client(buyer)
+        .patch("/api/v1/me/notification-preferences", {"reminder_funding": False}, format="json")
+        .status_code
+        == 200
+    )
     escrow_id = create_settled(api_client(buyer), seller=seller)["escrow_id"]
     deadline = Escrow.objects.get(pk=escrow_id).funding_deadline
 

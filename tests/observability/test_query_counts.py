@@ -28,6 +28,13 @@ DELIVER_TRANSACTION = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _cache_outside_the_database(settings):
+    """Production keeps the shared cache in Redis (CACHE_URL): the throttle's reads and writes are no SQL
+    there. The embedded default's database cache would add them to every count below."""
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+
 @pytest.fixture
 def funded(api_client, buyer, seller):
     as_buyer, as_seller = api_client(buyer), api_client(seller)

@@ -145,3 +145,44 @@ def test_the_lift_delivered_twice_sends_one_transfer(fake_custodian, fake_screen
     assert (escrow.state, escrow.paid_out_minor + escrow.fee_minor) == ("RELEASED", AMOUNT_MINOR)
     assert len(fake_custodian.outbound()) == 1
     assert Escrow.objects.get(pk=escrow_id).attention == ""
+
+
+# --- a lift whose payout then fails for another reason ------------------------------------------------------
+
+
+def test_a_payout_refused_after_a_lift_puts_the_escrow_in_front_of_ops_and_is_not_kept(
+        fake_custodian, fake_screening, api_client, buyer, seller, staff):
+    escrow_id = blocked_at_release(fake_custodian, fake_screening, api_client, buyer, seller)
+    fake_screening.severe.discard(SELLER_WALLET)
+    fake_custodian.fail_next(TRANSFER, 400)  # the custodian refuses it for good (not a screening block)
+
+    resolve(escrow_id, "lift", note="false positive")
+
+    assert fake_custodian.outbound() == []
+    payout = WaitingPayout.objects.get(escrow_id=escrow_id)
+    assert payout.status == "cancelled" and "not sent" in payout.last_error
+    escrow = assert_money_invariant(escrow_id)
+    assert (escrow.state, escrow.held_minor, escrow.attention) == ("RELEASING", AMOUNT_MINOR, "transfer_failed")
+    # The refused row can never go out next to ops' retry.
+    call_command("send_waiting_payouts")
+    assert fake_custodian.outbound() == []
+
+
+def test_a_payout_that_cannot_reach_the_custodian_after_a_lift_waits_in_front_of_ops(
+        fake_custodian, fake_screening, api_client, buyer, seller, staff):
+    escrow_id = blocked_at_release(fake_custodian, fake_screening, api_client, buyer, seller)
+    fake_screening.severe.discard(SELLER_WALLET)
+    fake_custodian.fail_next(TRANSFER, 503)
+
+    resolve(escrow_id, "lift", note="false positive")
+
+    assert WaitingPayout.objects.get(escrow_id=escrow_id).status == "waiting"
+    escrow = assert_money_invariant(escrow_id)
+    assert (escrow.attention, escrow.held_minor) == ("transfer_failed", AMOUNT_MINOR)
+
+    call_command("send_waiting_payouts")  # the custodian is back: sent once, with the release's key
+
+    [sent] = fake_custodian.posts(TRANSFER)[-1:]
+    assert uuid.UUID(sent.body["idempotencyKey"]) == uuid.UUID(idempotency_uuid(release_transfer_key(escrow_id)))
+    assert len(fake_custodian.outbound()) == 1
+    assert WaitingPayout.objects.get(escrow_id=escrow_id).status == "sent"

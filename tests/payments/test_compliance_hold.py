@@ -155,3 +155,31 @@ def test_a_second_deposit_from_a_sanctioned_wallet_is_not_counted_and_holds(fake
     assert (escrow.received_minor, escrow.attention) == (AMOUNT_MINOR, "compliance_hold")
     assert act(as_seller, escrow_id, "cancel").status_code == 409
     assert fake_custodian.posts("/v1/w3s/developer/transactions/transfer") == []
+
+
+def test_a_refund_screening_blocks_after_a_lift_goes_back_in_front_of_ops_and_sends_nothing(
+        fake_custodian, fake_screening, api_client, buyer, seller, staff):
+    """The deposit's wallet was lifted by review, but the vendors still block it when the money is to go
+    back to it: the refund is held, the escrow is on compliance hold again, nothing leaves."""
+    as_buyer = api_client(buyer)
+    escrow_id = held_on_deposit(fake_custodian, fake_screening, as_buyer, seller)
+    resolve(escrow_id, "lift")
+    assert Escrow.objects.get(pk=escrow_id).state == "FUNDS_HELD"
+
+    assert act(api_client(seller), escrow_id, "cancel").status_code == 202
+
+    assert fake_custodian.outbound() == []
+    escrow = assert_money_invariant(escrow_id)
+    assert (escrow.state, escrow.held_minor, escrow.refunded_minor, escrow.attention) == (
+        "REFUNDING", AMOUNT_MINOR, 0, "compliance_hold")
+    assert outbox_types(escrow_id).count("RefundFailed") == 1
+    assert outbox_types(escrow_id).count("EscrowComplianceHold") == 2
+
+    # The vendors clear the wallet and ops lift the second hold: the refund is not forgotten.
+    fake_screening.severe.discard(BUYER_WALLET)
+    resolve(escrow_id, "lift", note="vendor re-rated the wallet")
+
+    escrow = assert_money_invariant(escrow_id)
+    assert fake_custodian.outbound() == []
+    assert (escrow.state, escrow.held_minor, escrow.attention) == ("REFUNDING", AMOUNT_MINOR, "refund_failed")
+    assert "retry" in escrow.attention_detail

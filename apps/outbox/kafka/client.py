@@ -9,8 +9,10 @@ import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Generic, TypeVar
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 T = TypeVar("T")
 
@@ -104,9 +106,45 @@ async def _turns(count: int) -> None:
         await asyncio.sleep(0)
 
 
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+
+
+def security_options() -> dict[str, Any]:
+    """How every client (producer, consumer, admin) authenticates and encrypts, from settings: production
+    runs SASL_SSL with SCRAM-SHA-512, verifying the brokers against KAFKA_SSL_CAFILE (docs/kafka.md)."""
+    protocol = settings.KAFKA_SECURITY_PROTOCOL.strip().upper()
+    if protocol not in SECURITY_PROTOCOLS:
+        raise ImproperlyConfigured(f"KAFKA_SECURITY_PROTOCOL must be one of {', '.join(SECURITY_PROTOCOLS)}")
+    options: dict[str, Any] = {"security_protocol": protocol}
+    if protocol in ("SSL", "SASL_SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        # Verifies the broker's certificate and host name; the system's CAs unless a CA file is given.
+        options["ssl_context"] = create_ssl_context(cafile=settings.KAFKA_SSL_CAFILE or None)
+    if protocol.startswith("SASL_"):
+        mechanism = settings.KAFKA_SASL_MECHANISM.strip().upper()
+        if mechanism not in SASL_MECHANISMS:
+            raise ImproperlyConfigured(f"KAFKA_SASL_MECHANISM must be one of {', '.join(SASL_MECHANISMS)}")
+        if not settings.KAFKA_SASL_USERNAME or not settings.KAFKA_SASL_PASSWORD:
+            raise ImproperlyConfigured("KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are required with SASL")
+        options.update(sasl_mechanism=mechanism, sasl_plain_username=settings.KAFKA_SASL_USERNAME,
+                       sasl_plain_password=settings.KAFKA_SASL_PASSWORD)
+    return options
+
+
+def make_consumer(*topics: str, servers: str, **overrides: Any) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(*topics, bootstrap_servers=servers, **{**security_options(), **overrides})
+
+
+def make_admin(servers: str, **overrides: Any) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(bootstrap_servers=servers, **{**security_options(), **overrides})
+
+
 def make_producer(servers: str, **overrides: Any) -> AIOKafkaProducer:
     """acks=all so a message is only acknowledged once every in-sync replica has it."""
     options: dict[str, Any] = {
+        **security_options(),
         "bootstrap_servers": servers,
         "acks": "all",
         "enable_idempotence": settings.KAFKA_ENABLE_IDEMPOTENCE,

@@ -7,10 +7,13 @@
   dedupe record turns the repeat into a no-op.
 - A record that keeps failing (or cannot be decoded) is published to `<topic>.dlq` with the error in
   its headers, and the consumer moves on.
+- While the database is away the record is kept (offset unmoved, no attempt spent): the consumer backs
+  off and resumes by itself when it is back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -21,9 +24,9 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from django.conf import settings
 
-from apps.outbox import bus, messages
+from apps.outbox import bus, messages, outage
 from apps.outbox.kafka.catalog import dlq_for
-from apps.outbox.kafka.client import LoopRunner, bootstrap_servers, make_producer
+from apps.outbox.kafka.client import LoopRunner, bootstrap_servers, make_consumer, make_producer
 from apps.outbox.kafka.envelope import EnvelopeError, delivery_from_record
 from apps.outbox.kafka.schema_registry import unframe
 
@@ -65,9 +68,9 @@ class AppConsumer:
     def run(self, *, until_caught_up: bool = False) -> ConsumerStats:
         """Consumes until stopped; with `until_caught_up`, until every assigned partition is read to
         its end (for scripts and tests)."""
-        self._consumer = self._runner.build(lambda: AIOKafkaConsumer(
+        self._consumer = self._runner.build(lambda: make_consumer(
             *sorted(self.subscriber.topics),
-            bootstrap_servers=self.servers,
+            servers=self.servers,
             group_id=self.group_id,
             client_id=f"escrow-{self.group_id}",
             enable_auto_commit=False,
@@ -114,6 +117,7 @@ class AppConsumer:
 
     def _handle(self, record: ConsumerRecord) -> None:
         attempts = 0
+        outages = 0
         while True:
             attempts += 1
             try:
@@ -132,6 +136,13 @@ class AppConsumer:
                 self._dead_letter(record, attempts, exc)
                 return
             except Exception as exc:  # noqa: BLE001 - any handler failure is retried, then dead-lettered
+                if outage.connection_lost(exc):
+                    # The database is away: not the record's fault. Keep it (offset unmoved) and wait for
+                    # the database, without spending an attempt; stopping leaves it for the next run.
+                    attempts -= 1
+                    outages += 1
+                    self._wait_for_database(record, outages, exc)
+                    continue
                 if attempts >= self.max_attempts:
                     self._dead_letter(record, attempts, exc)
                     return
@@ -141,6 +152,17 @@ class AppConsumer:
                                    "partition": record.partition, "offset": record.offset, "attempt": attempts,
                                    "error": repr(exc)})
                 time.sleep(delay)
+
+    def _wait_for_database(self, record: ConsumerRecord, outages: int, exc: BaseException) -> None:
+        if self.stopping.is_set():
+            raise outage.DatabaseUnavailable("stopping while the database is away") from exc
+        delay = outage.backoff_seconds(outages)
+        log.warning("kafka consumer: database unavailable, will retry",
+                    extra={"subscriber": self.subscriber.name, "topic": record.topic, "offset": record.offset,
+                           "failures": outages, "retry_in_s": delay, "error": repr(exc)})
+        outage.reset_connection()
+        # Waiting on the client's loop keeps the group membership alive (heartbeats) meanwhile.
+        self._runner.run(asyncio.sleep(delay))
 
     def _dead_letter(self, record: ConsumerRecord, attempts: int, exc: BaseException) -> None:
         assert self._dlq is not None
