@@ -51,6 +51,10 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
+# Django's username characters (UnicodeUsernameValidator).
+_USERNAME = re.compile(r"^[\w.@+-]+\Z")
+
+
 @extend_schema_field({"oneOf": [{"type": "integer"}, {"type": "string", "maxLength": 150}]})
 class SellerField(serializers.Field):
     """A user id (integer) or a username (string)."""
@@ -62,6 +66,9 @@ class SellerField(serializers.Field):
         if isinstance(data, int):
             user = User.objects.filter(pk=data, is_active=True).first()
         elif isinstance(data, str) and 0 < len(data) <= 150:
+            if not _USERNAME.match(data):
+                # Not a name any account can have (and a NUL byte would not even reach PostgreSQL).
+                raise serializers.ValidationError("no such user")
             user = User.objects.filter(username=data, is_active=True).first()
         else:
             raise serializers.ValidationError("must be a user id or a username")

@@ -115,6 +115,7 @@ def test_the_old_seller_field_still_creates_a_buyer_deal(api_client, buyer, sell
         ({"counterparty": "discord:0"}, "counterparty"),
         ({"counterparty": "discord:99999999999999999999"}, "counterparty"),
         ({"counterparty": True}, "counterparty"),
+        ({"counterparty": "sel\u0000ler"}, "counterparty"),
         ({"counterparty": f"discord:{SNOWFLAKE}", "amount": "0.001"}, "amount"),
     ],
     ids=[
@@ -128,6 +129,7 @@ def test_the_old_seller_field_still_creates_a_buyer_deal(api_client, buyer, sell
         "discord-zero",
         "discord-too-big",
         "boolean",
+        "nul-byte",
         "discord-with-a-bad-amount",
     ],
 )
