@@ -179,7 +179,7 @@ def test_200_trades_driven_concurrently_all_end_released(api_client, transaction
         escrow_ids = [future.result() for future in futures]
     settle()
 
-    # Then: every trade is RELEASED, with exactly the five events, versions 1..5, and balanced money.
+    # Then: every trade is RELEASED, with exactly the six events, versions 1..6, and balanced money.
     assert len(set(escrow_ids)) == TRADES
     escrows = Escrow.objects.filter(pk__in=escrow_ids)
     assert Counter(escrows.values_list("state", flat=True)) == {"RELEASED": TRADES}
