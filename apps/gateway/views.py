@@ -415,7 +415,10 @@ class ResolveEscrow(EscrowAction):
 
 
 class SandboxPay(APIView):
-    @extend_schema(operation_id="sandbox_pay", request=None, responses={202: io.CommandAccepted})
+    # Not a command of ours (the sandbox provider's webhook is what moves the money): its own answer.
+    @extend_schema(operation_id="sandbox_pay", request=None, responses={202: inline_serializer("SandboxPayment", {
+        "escrow_id": drf_serializers.UUIDField(), "state": drf_serializers.CharField(),
+        "webhook": drf_serializers.CharField(), "links": drf_serializers.DictField(child=drf_serializers.CharField())})})
     def post(self, request: Request, escrow_id: uuid.UUID) -> Response:
         if request.body and request.body.strip() not in (b"", b"{}"):
             raise Problem(400, "validation_error", "this endpoint takes no body",
