@@ -20,12 +20,6 @@ from tests.factories import UserFactory
 NEXT = "/admin/escrow/escrow/disputes/"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_cache() -> None:
-    # allauth's used-code marks and the login rate limit live in the process cache; each test starts clean.
-    cache.clear()
-
-
 @pytest.fixture
 def enrolled(agent: Any) -> Any:
     enroll_totp(user=agent)
