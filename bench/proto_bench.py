@@ -58,8 +58,11 @@ def main() -> int:
     from apps.outbox.models import OutboxMessage
 
     counts = dict(OutboxMessage.objects.values_list("type").annotate(n=Count("id")))
-    commands = sum(n for name, n in counts.items()
-                   if name in ("escrow.v1.CreateEscrow", "escrow.v1.MarkDelivered", "escrow.v1.ReleaseFunds"))
+    commands = sum(
+        n
+        for name, n in counts.items()
+        if name in ("escrow.v1.CreateEscrow", "escrow.v1.MarkDelivered", "escrow.v1.ReleaseFunds")
+    )
     commands += counts.get("escrow.v1.EscrowFundsHeld", 0)  # a sandbox pay is the fourth command of a trade
     if not commands:
         print(f"no trades in {args.database}: run `make bench` first", file=sys.stderr)
@@ -79,8 +82,10 @@ def main() -> int:
         total_us += per_command * (encode + readers * decode)
         print(f"| {name} | {per_command:.2f} | {len(payload)} | {encode:.1f} | {decode:.1f} | {readers} |", flush=True)
     print()
-    print(f"{sum(counts.values())} outbox rows for {commands} commands in {args.database}: protobuf costs "
-          f"{total_us:.0f} µs of CPU per command (encode once, decode once per in-process subscriber with a handler).")
+    print(
+        f"{sum(counts.values())} outbox rows for {commands} commands in {args.database}: protobuf costs "
+        f"{total_us:.0f} µs of CPU per command (encode once, decode once per in-process subscriber with a handler)."
+    )
     return 0
 
 

@@ -51,10 +51,17 @@ def seed(count: int) -> list[int]:
         for _ in range(count):
             escrow_id = str(uuid.uuid4())
             row = outbox_append(
-                message=escrow_v1.EscrowCreated(escrow_id=escrow_id, buyer_id=1, seller_id=2,
-                                                amount=Money(amount_minor=14999, currency="USD"),
-                                                description="bench", inspection_period_hours=72),
-                aggregate_id=escrow_id, aggregate_version=1)
+                message=escrow_v1.EscrowCreated(
+                    escrow_id=escrow_id,
+                    buyer_id=1,
+                    seller_id=2,
+                    amount=Money(amount_minor=14999, currency="USD"),
+                    description="bench",
+                    inspection_period_hours=72,
+                ),
+                aggregate_id=escrow_id,
+                aggregate_version=1,
+            )
             ids.append(row.id)
     return ids
 
@@ -65,8 +72,10 @@ Prepared = tuple[str, bytes, bytes, list[tuple[str, bytes]], int]
 def prepare(rows: list[OutboxMessage]) -> list[Prepared]:
     """What the relay sends for each row (topic, value, key, envelope headers, occurred_at as the record
     timestamp), built before the clock starts: the raw producer is timed on sending alone."""
-    return [(row.topic, bytes(row.payload), row.key.encode(), headers_for(row),
-             int(row.occurred_at.timestamp() * 1000)) for row in rows]
+    return [
+        (row.topic, bytes(row.payload), row.key.encode(), headers_for(row), int(row.occurred_at.timestamp() * 1000))
+        for row in rows
+    ]
 
 
 async def raw_producer(servers: str, records: list[Prepared], batch_size: int) -> tuple[float, list[float]]:
@@ -79,8 +88,10 @@ async def raw_producer(servers: str, records: list[Prepared], batch_size: int) -
         started = time.perf_counter()
         for offset in range(0, len(records), batch_size):
             batch_started = time.perf_counter()
-            futures = [await producer.send(topic, value=value, key=key, headers=headers, timestamp_ms=timestamp_ms)
-                       for topic, value, key, headers, timestamp_ms in records[offset:offset + batch_size]]
+            futures = [
+                await producer.send(topic, value=value, key=key, headers=headers, timestamp_ms=timestamp_ms)
+                for topic, value, key, headers, timestamp_ms in records[offset : offset + batch_size]
+            ]
             await asyncio.gather(*futures)
             latencies.append((time.perf_counter() - batch_started) * 1000)
         return time.perf_counter() - started, latencies
@@ -151,8 +162,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--batch-size", type=int, default=settings.KAFKA_RELAY_BATCH_SIZE)
-    parser.add_argument("--rounds", type=int, default=5,
-                        help="raw and relay back to back this many times, alternating which goes first")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="raw and relay back to back this many times, alternating which goes first"
+    )
     args = parser.parse_args()
 
     broker = None
@@ -170,23 +182,31 @@ def main() -> None:
         backlog_before = OutboxMessage.objects.filter(published_at__isnull=True).count()
         if backlog_before:
             sys.exit(f"{backlog_before} unpublished rows already in this database: use a dedicated one")
-        print(f"{args.events} events per round, batch size {args.batch_size}, linger {settings.KAFKA_LINGER_MS} ms, "
-              f"acks=all, database {connection.vendor}, broker {'Tansu (local)' if broker else servers}")
-        print(f"{'round':<7}{'first':<7}{'raw ev/s':>10}{'p50 ms':>8}{'p95 ms':>8}"
-              f"{'relay ev/s':>12}{'p50 ms':>8}{'p95 ms':>8}{'relay/raw':>11}")
+        print(
+            f"{args.events} events per round, batch size {args.batch_size}, linger {settings.KAFKA_LINGER_MS} ms, "
+            f"acks=all, database {connection.vendor}, broker {'Tansu (local)' if broker else servers}"
+        )
+        print(
+            f"{'round':<7}{'first':<7}{'raw ev/s':>10}{'p50 ms':>8}{'p95 ms':>8}"
+            f"{'relay ev/s':>12}{'p50 ms':>8}{'p95 ms':>8}{'relay/raw':>11}"
+        )
         rounds: list[Round] = []
         for number in range(1, args.rounds + 1):
             relay_first = number % 2 == 0
             result = run_round(servers, args.events, args.batch_size, relay_first)
             rounds.append(result)
-            print(f"{number:<7}{'relay' if relay_first else 'raw':<7}{result.raw_rate:>10,.0f}"
-                  f"{pct(result.raw_ms, 50):>8.1f}{pct(result.raw_ms, 95):>8.1f}{result.relay_rate:>12,.0f}"
-                  f"{pct(result.relay_ms, 50):>8.1f}{pct(result.relay_ms, 95):>8.1f}{result.ratio:>11.2f}",
-                  flush=True)
+            print(
+                f"{number:<7}{'relay' if relay_first else 'raw':<7}{result.raw_rate:>10,.0f}"
+                f"{pct(result.raw_ms, 50):>8.1f}{pct(result.raw_ms, 95):>8.1f}{result.relay_rate:>12,.0f}"
+                f"{pct(result.relay_ms, 50):>8.1f}{pct(result.relay_ms, 95):>8.1f}{result.ratio:>11.2f}",
+                flush=True,
+            )
         ratios = [r.ratio for r in rounds]
-        print(f"relay / raw: median {statistics.median(ratios):.2f}, min {min(ratios):.2f}, max {max(ratios):.2f}; "
-              f"relay events/s: median {statistics.median(r.relay_rate for r in rounds):,.0f}, "
-              f"min {min(r.relay_rate for r in rounds):,.0f}  (target: >= 5,000 events/s and >= 0.5)")
+        print(
+            f"relay / raw: median {statistics.median(ratios):.2f}, min {min(ratios):.2f}, max {max(ratios):.2f}; "
+            f"relay events/s: median {statistics.median(r.relay_rate for r in rounds):,.0f}, "
+            f"min {min(r.relay_rate for r in rounds):,.0f}  (target: >= 5,000 events/s and >= 0.5)"
+        )
     finally:
         if broker is not None:
             broker.stop()

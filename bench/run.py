@@ -91,8 +91,13 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
             return None
         return round(ordered[max(1, math.ceil(q * len(ordered))) - 1] * 1000, 1)
 
-    return {"n": len(ordered), "p50_ms": at(0.50), "p95_ms": at(0.95), "p99_ms": at(0.99),
-            "max_ms": round(ordered[-1] * 1000, 1) if ordered else None}
+    return {
+        "n": len(ordered),
+        "p50_ms": at(0.50),
+        "p95_ms": at(0.95),
+        "p99_ms": at(0.99),
+        "max_ms": round(ordered[-1] * 1000, 1) if ordered else None,
+    }
 
 
 # --- the stack ------------------------------------------------------------------------------------
@@ -107,8 +112,7 @@ class Stack:
 
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = proc
         return proc
 
@@ -170,18 +174,20 @@ def reset_database(name: str) -> None:
 
 def django_env(database_url: str, *, inline: bool) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "DATABASE_URL": database_url,
-        "DJANGO_SETTINGS_MODULE": "bench.settings",
-        "BUS_INLINE_DISPATCH": "1" if inline else "0",
-        "LOG_LEVEL": "WARNING",
-        "DEBUG": "0",
-        "PAYMENTS_PROVIDER": "sandbox",
-        # The bench's users are few and busy; the limit protects production from abuse, not from us.
-        "THROTTLE_MUTATIONS_RATE": "off",
-        "DB_CONN_MAX_AGE": os.environ.get("DB_CONN_MAX_AGE", "600"),
-        "PYTHONPATH": str(ROOT),
-    })
+    env.update(
+        {
+            "DATABASE_URL": database_url,
+            "DJANGO_SETTINGS_MODULE": "bench.settings",
+            "BUS_INLINE_DISPATCH": "1" if inline else "0",
+            "LOG_LEVEL": "WARNING",
+            "DEBUG": "0",
+            "PAYMENTS_PROVIDER": "sandbox",
+            # The bench's users are few and busy; the limit protects production from abuse, not from us.
+            "THROTTLE_MUTATIONS_RATE": "off",
+            "DB_CONN_MAX_AGE": os.environ.get("DB_CONN_MAX_AGE", "600"),
+            "PYTHONPATH": str(ROOT),
+        }
+    )
     return env
 
 
@@ -259,13 +265,25 @@ CLIENT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
 
 
 def client_session(base: str, connections: int, headers: dict[str, str] | None = None) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(base_url=base, headers=headers,
-                                 connector=aiohttp.TCPConnector(limit=connections, force_close=False),
-                                 timeout=aiohttp.ClientTimeout(total=30))
+    return aiohttp.ClientSession(
+        base_url=base,
+        headers=headers,
+        connector=aiohttp.TCPConnector(limit=connections, force_close=False),
+        timeout=aiohttp.ClientTimeout(total=30),
+    )
 
 
-async def _send(client: aiohttp.ClientSession, load: Load, kind: str, method: str, url: str, token: str,
-                scheduled_mono: float, scheduled_wall: float, body: dict[str, Any] | None = None) -> Record:
+async def _send(
+    client: aiohttp.ClientSession,
+    load: Load,
+    kind: str,
+    method: str,
+    url: str,
+    token: str,
+    scheduled_mono: float,
+    scheduled_wall: float,
+    body: dict[str, Any] | None = None,
+) -> Record:
     record = Record(kind=kind, correlation_id=f"bench-{kind}-{next(_corr)}", scheduled=scheduled_wall)
     headers = {"Authorization": f"Bearer {token}", "X-Correlation-ID": record.correlation_id}
     if method == "POST":
@@ -287,20 +305,56 @@ async def _send(client: aiohttp.ClientSession, load: Load, kind: str, method: st
     return record
 
 
-async def command_step(client: aiohttp.ClientSession, load: Load, ready: deque[Trade], tokens: list[tuple[str, str]],
-                       trade: Trade, scheduled_mono: float, scheduled_wall: float) -> None:
+async def command_step(
+    client: aiohttp.ClientSession,
+    load: Load,
+    ready: deque[Trade],
+    tokens: list[tuple[str, str]],
+    trade: Trade,
+    scheduled_mono: float,
+    scheduled_wall: float,
+) -> None:
     buyer_token, seller_token = tokens[trade.buyer]
     if trade.step == "create":
-        record = await _send(client, load, "create", "POST", "/api/v1/escrows", buyer_token, scheduled_mono,
-                             scheduled_wall, {"seller": f"bench-seller-{trade.buyer}", "amount": "149.99",
-                                              "currency": "USD", "description": "bench trade"})
+        record = await _send(
+            client,
+            load,
+            "create",
+            "POST",
+            "/api/v1/escrows",
+            buyer_token,
+            scheduled_mono,
+            scheduled_wall,
+            {
+                "seller": f"bench-seller-{trade.buyer}",
+                "amount": "149.99",
+                "currency": "USD",
+                "description": "bench trade",
+            },
+        )
     elif trade.step == "pay":
-        record = await _send(client, load, "pay", "POST", f"/api/v1/sandbox/escrows/{trade.escrow_id}/pay",
-                             buyer_token, scheduled_mono, scheduled_wall)
+        record = await _send(
+            client,
+            load,
+            "pay",
+            "POST",
+            f"/api/v1/sandbox/escrows/{trade.escrow_id}/pay",
+            buyer_token,
+            scheduled_mono,
+            scheduled_wall,
+        )
     else:
         token = seller_token if trade.step in ("accept", "deliver") else buyer_token
-        record = await _send(client, load, trade.step, "POST", f"/api/v1/escrows/{trade.escrow_id}/{trade.step}",
-                             token, scheduled_mono, scheduled_wall)
+        record = await _send(
+            client,
+            load,
+            trade.step,
+            "POST",
+            f"/api/v1/escrows/{trade.escrow_id}/{trade.step}",
+            token,
+            scheduled_mono,
+            scheduled_wall,
+        )
     if record.status == 202:
         if trade.step == "create":
             trade.escrow_id = record.body["escrow_id"]
@@ -321,8 +375,15 @@ async def command_step(client: aiohttp.ClientSession, load: Load, ready: deque[T
     ready.append(trade)
 
 
-async def open_model(base: str, tokens: list[tuple[str, str]], *, commands_per_s: float, queries_per_s: float,
-                     duration: float, max_in_flight: int) -> tuple[Load, float]:
+async def open_model(
+    base: str,
+    tokens: list[tuple[str, str]],
+    *,
+    commands_per_s: float,
+    queries_per_s: float,
+    duration: float,
+    max_in_flight: int,
+) -> tuple[Load, float]:
     load = Load()
     ready: deque[Trade] = deque()
     async with client_session(base, max_in_flight) as client:
@@ -336,8 +397,9 @@ async def open_model(base: str, tokens: list[tuple[str, str]], *, commands_per_s
             return (start + i / rate for i in range(int(duration * rate)))
 
         # One clock for both streams: merge their schedules.
-        events = sorted([(t, "command") for t in schedule(commands_per_s)]
-                        + [(t, "query") for t in schedule(queries_per_s)])
+        events = sorted(
+            [(t, "command") for t in schedule(commands_per_s)] + [(t, "query") for t in schedule(queries_per_s)]
+        )
         last_report = start
         next_pair = itertools.count()
         for at, kind in events:
@@ -354,15 +416,18 @@ async def open_model(base: str, tokens: list[tuple[str, str]], *, commands_per_s
                 if not load.escrows:
                     continue
                 escrow_id, pair = random.choice(load.escrows)
-                task = asyncio.create_task(_send(client, load, "query", "GET", f"/api/v1/escrows/{escrow_id}",
-                                                 tokens[pair][0], at, wall))
+                task = asyncio.create_task(
+                    _send(client, load, "query", "GET", f"/api/v1/escrows/{escrow_id}", tokens[pair][0], at, wall)
+                )
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             if time.monotonic() - last_report >= 10:
                 last_report = time.monotonic()
                 done = Counter(r.kind for r in load.records)
-                progress(f"load t={last_report - start:.0f}s sent {dict(done)} in flight {len(tasks)} "
-                         f"finished trades {load.trades_finished} errors {sum(load.errors.values())}")
+                progress(
+                    f"load t={last_report - start:.0f}s sent {dict(done)} in flight {len(tasks)} "
+                    f"finished trades {load.trades_finished} errors {sum(load.errors.values())}"
+                )
         if tasks:
             await asyncio.wait(tasks, timeout=60)
         elapsed = time.monotonic() - start
@@ -412,7 +477,8 @@ def event_latencies(load: Load) -> dict[str, Any]:
                FROM outbox_outboxmessage o
                JOIN outbox_processedmessage p ON p.event_id = o.event_id AND p.subscriber = 'projections'
                WHERE o.correlation_id LIKE 'bench-%%' AND o.type = ANY(%s)""",
-            [list(EVENT_OF.values())])
+            [list(EVENT_OF.values())],
+        )
         rows = cursor.fetchall()
     end_to_end: dict[str, list[float]] = {kind: [] for kind in EVENT_OF}
     server_side: dict[str, list[float]] = {kind: [] for kind in EVENT_OF}
@@ -439,19 +505,27 @@ def metrics_check(base: str, *, sent: int) -> dict[str, Any]:
     from prometheus_client.parser import text_string_to_metric_families
 
     token = os.environ.get("METRICS_TOKEN", "")
-    response = httpx.get(f"{base}/api/v1/metrics", timeout=30,
-                         headers={"Authorization": f"Bearer {token}"} if token else {})
+    response = httpx.get(
+        f"{base}/api/v1/metrics", timeout=30, headers={"Authorization": f"Bearer {token}"} if token else {}
+    )
     counted = 0.0
     command_to_event: dict[str, float] = {}
     for family in text_string_to_metric_families(response.text):
         for sample in family.samples:
-            if sample.name == "escrow_http_requests_total" and sample.labels.get("route", "").startswith("api/v1/") \
-                    and sample.labels["route"] != "api/v1/metrics":
+            if (
+                sample.name == "escrow_http_requests_total"
+                and sample.labels.get("route", "").startswith("api/v1/")
+                and sample.labels["route"] != "api/v1/metrics"
+            ):
                 counted += sample.value
             if sample.name == "escrow_command_to_event_seconds" and sample.labels.get("quantile") == "0.95":
                 command_to_event[sample.labels["subscriber"]] = round(sample.value * 1000, 1)
-    return {"status": response.status_code, "escrow_requests_counted": int(counted), "client_sent": sent,
-            "command_to_event_p95_ms_by_subscriber": command_to_event}
+    return {
+        "status": response.status_code,
+        "escrow_requests_counted": int(counted),
+        "client_sent": sent,
+        "command_to_event_p95_ms_by_subscriber": command_to_event,
+    }
 
 
 def database_transactions(database: str) -> int:
@@ -535,9 +609,31 @@ def pgbench(database: str, seconds: int, clients: int) -> dict[str, Any]:
         f.write(script)
     try:
         out = subprocess.run(
-            ["pgbench", "-h", "127.0.0.1", "-U", "postgres", "-n", "-f", f.name, "-c", str(clients), "-j", "2",
-             "-T", str(seconds), "-D", f"escrows={escrows}", "-P", "5", database],
-            capture_output=True, text=True, timeout=seconds + 60)
+            [
+                "pgbench",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-n",
+                "-f",
+                f.name,
+                "-c",
+                str(clients),
+                "-j",
+                "2",
+                "-T",
+                str(seconds),
+                "-D",
+                f"escrows={escrows}",
+                "-P",
+                "5",
+                database,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+        )
     finally:
         os.unlink(f.name)
         with psycopg.connect(url, autocommit=True) as conn:
@@ -570,9 +666,25 @@ def start_profilers(stack: Stack, stamp: str, seconds: float) -> dict[str, tuple
     started = {}
     for name, pid in targets.items():
         out = RESULTS / f"{stamp}-{name}.folded"
-        proc = subprocess.Popen([str(spy), "record", "--format", "raw", "--rate", "50", "--nonblocking",
-                                 "-d", str(int(seconds)), "-p", str(pid), "-o", str(out)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [
+                str(spy),
+                "record",
+                "--format",
+                "raw",
+                "--rate",
+                "50",
+                "--nonblocking",
+                "-d",
+                str(int(seconds)),
+                "-p",
+                str(pid),
+                "-o",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         started[name] = (proc, out)
     return started
 
@@ -601,9 +713,14 @@ def finish_profilers(profilers: dict[str, tuple[subprocess.Popen[bytes], Path]])
             ours = {frame.rsplit(":", 1)[0] + ")" for frame in stack_text.split(";") if "(apps/" in frame}
             for frame in ours:
                 inclusive[frame] += int(count)
-            inclusive["(waiting on PostgreSQL: psycopg Connection.wait)"] += int(count) * ("Connection.wait" in stack_text)
-        summary[name] = {"samples": total, "file": str(out.relative_to(ROOT)),
-                         "top": [(frame, round(n / total, 3)) for frame, n in inclusive.most_common(15)] if total else []}
+            inclusive["(waiting on PostgreSQL: psycopg Connection.wait)"] += int(count) * (
+                "Connection.wait" in stack_text
+            )
+        summary[name] = {
+            "samples": total,
+            "file": str(out.relative_to(ROOT)),
+            "top": [(frame, round(n / total, 3)) for frame, n in inclusive.most_common(15)] if total else [],
+        }
     return summary
 
 
@@ -667,36 +784,59 @@ def render_markdown(result: dict[str, Any]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--commands-per-s", type=float, default=15,
-                        help="escrow commands per second in the open-model load; default 15")
-    parser.add_argument("--queries-per-s", type=float, default=40,
-                        help="GET queries per second in the open-model load; default 40")
+    parser.add_argument(
+        "--commands-per-s", type=float, default=15, help="escrow commands per second in the open-model load; default 15"
+    )
+    parser.add_argument(
+        "--queries-per-s", type=float, default=40, help="GET queries per second in the open-model load; default 40"
+    )
     parser.add_argument("--duration", type=float, default=60, help="seconds of open-model load")
-    parser.add_argument("--ceiling-seconds", type=float, default=10,
-                        help="seconds for each closed-loop ceiling (framework, read path, pgbench); default 10")
+    parser.add_argument(
+        "--ceiling-seconds",
+        type=float,
+        default=10,
+        help="seconds for each closed-loop ceiling (framework, read path, pgbench); default 10",
+    )
     parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes; default 3")
     parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker; default 4")
-    parser.add_argument("--bus-split", default="",
-                        help='run one bus worker per group of subscribers, e.g. "escrow,payments;projections,notifications"')
+    parser.add_argument(
+        "--bus-split",
+        default="",
+        help='run one bus worker per group of subscribers, e.g. "escrow,payments;projections,notifications"',
+    )
     parser.add_argument("--inline", action="store_true", help="drain the bus in the request thread, no run_bus")
     parser.add_argument("--pairs", type=int, default=50, help="buyer/seller pairs")
-    parser.add_argument("--max-in-flight", type=int, default=256,
-                        help="requests the load generator keeps open at most; default 256")
-    parser.add_argument("--database", default="escrow_bench",
-                        help="PostgreSQL database on 127.0.0.1:5432, dropped and created afresh; default escrow_bench")
+    parser.add_argument(
+        "--max-in-flight", type=int, default=256, help="requests the load generator keeps open at most; default 256"
+    )
+    parser.add_argument(
+        "--database",
+        default="escrow_bench",
+        help="PostgreSQL database on 127.0.0.1:5432, dropped and created afresh; default escrow_bench",
+    )
     parser.add_argument("--relay", action="store_true", help="also run bench/relay_bench.py")
     parser.add_argument("--no-write", action="store_true", help="print the summary only")
-    parser.add_argument("--profile", action="store_true",
-                        help="py-spy samples one gunicorn worker and the bus worker during the load")
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy samples one gunicorn worker and the bus worker during the load"
+    )
     args = parser.parse_args()
 
     started_at = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     database_url = f"postgres://postgres@127.0.0.1:5432/{args.database}"
     stack = Stack()
-    result: dict[str, Any] = {"started_at": started_at, "command": " ".join(["bench/run.py", *sys.argv[1:]]),
-                              "config": {"workers": args.workers, "threads": args.threads, "inline": args.inline, "bus_split": args.bus_split,
-                                         "commands_per_s": args.commands_per_s,
-                                         "queries_per_s": args.queries_per_s, "duration_s": args.duration}}
+    result: dict[str, Any] = {
+        "started_at": started_at,
+        "command": " ".join(["bench/run.py", *sys.argv[1:]]),
+        "config": {
+            "workers": args.workers,
+            "threads": args.threads,
+            "inline": args.inline,
+            "bus_split": args.bus_split,
+            "commands_per_s": args.commands_per_s,
+            "queries_per_s": args.queries_per_s,
+            "duration_s": args.duration,
+        },
+    }
     REPORTER.__enter__()
     try:
         progress(f"fresh database {args.database}")
@@ -708,30 +848,57 @@ def main() -> int:
         env["PROMETHEUS_MULTIPROC_DIR"] = str(stack.logs / "prometheus")
         os.makedirs(env["PROMETHEUS_MULTIPROC_DIR"])
         progress(f"gunicorn {args.workers}x{args.threads} on {base}; logs in {stack.logs}")
-        stack.start("gunicorn", [str(ROOT / ".venv/bin/gunicorn"), "escrow_project.wsgi:application",
-                                 "-b", f"127.0.0.1:{port}", "-w", str(args.workers), "-k", "gthread",
-                                 "--threads", str(args.threads), "--backlog", "2048", "--log-level", "warning"],
-                    env)
+        stack.start(
+            "gunicorn",
+            [
+                str(ROOT / ".venv/bin/gunicorn"),
+                "escrow_project.wsgi:application",
+                "-b",
+                f"127.0.0.1:{port}",
+                "-w",
+                str(args.workers),
+                "-k",
+                "gthread",
+                "--threads",
+                str(args.threads),
+                "--backlog",
+                "2048",
+                "--log-level",
+                "warning",
+            ],
+            env,
+        )
         if not args.inline:
             groups = [g for g in args.bus_split.split(";") if g] or [""]
             for n, group in enumerate(groups):
                 # One process per group of subscribers; escrow timers fire in the first only.
                 argv = [PY, "manage.py", "run_bus"] + (["--no-timers"] if n else [])
-                stack.start("run_bus" + (f" {n + 1}" if n else ""), argv,
-                            {**env, "BUS_OUTBOX_SUBSCRIBERS": group} if group else env)
+                stack.start(
+                    "run_bus" + (f" {n + 1}" if n else ""),
+                    argv,
+                    {**env, "BUS_OUTBOX_SUBSCRIBERS": group} if group else env,
+                )
         wait_until_up(base, stack)
 
         progress(f"framework ceiling: /bench/noop closed loop for {args.ceiling_seconds}s")
         framework = asyncio.run(closed_loop(base, "/bench/noop", None, seconds=args.ceiling_seconds, concurrency=16))
         progress(f"  {framework['requests_per_s']} requests/s")
 
-        progress(f"open-model load: {args.commands_per_s} commands/s + {args.queries_per_s} queries/s "
-                 f"for {args.duration}s")
+        progress(
+            f"open-model load: {args.commands_per_s} commands/s + {args.queries_per_s} queries/s for {args.duration}s"
+        )
         profilers = start_profilers(stack, started_at, args.duration) if args.profile else {}
         xacts_before = database_transactions(args.database)
-        load, elapsed = asyncio.run(open_model(base, tokens, commands_per_s=args.commands_per_s,
-                                               queries_per_s=args.queries_per_s, duration=args.duration,
-                                               max_in_flight=args.max_in_flight))
+        load, elapsed = asyncio.run(
+            open_model(
+                base,
+                tokens,
+                commands_per_s=args.commands_per_s,
+                queries_per_s=args.queries_per_s,
+                duration=args.duration,
+                max_in_flight=args.max_in_flight,
+            )
+        )
         memory_mb = memory(stack)
         result["metrics_check"] = metrics_check(base, sent=len(load.records))
         xacts = database_transactions(args.database) - xacts_before
@@ -740,8 +907,11 @@ def main() -> int:
 
         progress("read-path maximum: GET escrow closed loop")
         escrow_id, pair = load.escrows[0] if load.escrows else ("00000000-0000-0000-0000-000000000000", 0)
-        read_path = asyncio.run(closed_loop(base, f"/api/v1/escrows/{escrow_id}", tokens[pair][0],
-                                            seconds=args.ceiling_seconds, concurrency=16))
+        read_path = asyncio.run(
+            closed_loop(
+                base, f"/api/v1/escrows/{escrow_id}", tokens[pair][0], seconds=args.ceiling_seconds, concurrency=16
+            )
+        )
         progress(f"  {read_path['requests_per_s']} requests/s")
 
         progress("waiting for the bus to catch up")
@@ -775,10 +945,19 @@ def main() -> int:
         progress(f"  {ceilings['pgbench']}")
         if args.relay:
             progress("relay: bench/relay_bench.py")
-            out = subprocess.run([PY, "bench/relay_bench.py"], cwd=ROOT, capture_output=True, text=True,
-                                 timeout=180, env={**os.environ, "DATABASE_URL": database_url})
-            ceilings["relay"] = {"summary": (out.stdout.strip().splitlines() or ["failed"])[-1][:200],
-                                 "output": out.stdout[-2000:], "returncode": out.returncode}
+            out = subprocess.run(
+                [PY, "bench/relay_bench.py"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=180,
+                env={**os.environ, "DATABASE_URL": database_url},
+            )
+            ceilings["relay"] = {
+                "summary": (out.stdout.strip().splitlines() or ["failed"])[-1][:200],
+                "output": out.stdout[-2000:],
+                "returncode": out.returncode,
+            }
         result["ceilings"] = ceilings
     except KeyboardInterrupt:
         REPORTER.summary("bench interrupted")
@@ -799,8 +978,10 @@ def main() -> int:
         (RESULTS / f"{started_at}.md").write_text(markdown)
         progress(f"wrote bench/results/{started_at}.md and .json")
     load_figures = result.get("load", {})
-    REPORTER.summary(f"bench done: {load_figures.get('commands_per_s')} commands/s, "
-                     f"{load_figures.get('queries_per_s')} queries/s, errors {load_figures.get('errors')}")
+    REPORTER.summary(
+        f"bench done: {load_figures.get('commands_per_s')} commands/s, "
+        f"{load_figures.get('queries_per_s')} queries/s, errors {load_figures.get('errors')}"
+    )
     return 0
 
 

@@ -31,8 +31,9 @@ def env_list(name: str, default: str) -> list[str]:
 DEBUG = env_bool("DEBUG", False)
 # The fallback key only exists so `make run` works out of the box; production sets SECRET_KEY. Its
 # "django-insecure-" prefix makes `manage.py check --deploy` report it if production ever runs with it.
-SECRET_KEY = (os.environ.get("SECRET_KEY")
-              or "django-insecure-dev-only-key-change-me-0123456789abcdefghijklmnopqrstuvwxyz")
+SECRET_KEY = (
+    os.environ.get("SECRET_KEY") or "django-insecure-dev-only-key-change-me-0123456789abcdefghijklmnopqrstuvwxyz"
+)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver")
 
 INSTALLED_APPS = [
@@ -145,8 +146,10 @@ if CACHE_URL.startswith(("redis://", "rediss://", "unix://")):
 elif CACHE_URL.startswith("locmem://"):
     _cache = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
 elif CACHE_URL in ("", "db://") or CACHE_URL.startswith("db://"):
-    _cache = {"BACKEND": "django.core.cache.backends.db.DatabaseCache",
-              "LOCATION": CACHE_URL.removeprefix("db://") or "escrow_cache"}
+    _cache = {
+        "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+        "LOCATION": CACHE_URL.removeprefix("db://") or "escrow_cache",
+    }
 else:
     raise ValueError(f"CACHE_URL must be redis://, rediss://, unix://, db:// or locmem://, not {CACHE_URL!r}")
 CACHES = {"default": {**_cache, "KEY_PREFIX": CACHE_KEY_PREFIX}}
@@ -222,8 +225,11 @@ SOCIALACCOUNT_PROVIDERS = {
         "provider_class": "apps.web.discord_oauth.provider.DiscordProvider",
         "OAUTH_PKCE_ENABLED": True,
         "SCOPE": ["identify"],
-        "APPS": ([{"client_id": DISCORD_CLIENT_ID, "secret": DISCORD_CLIENT_SECRET, "key": ""}]
-                 if DISCORD_CLIENT_ID and DISCORD_CLIENT_SECRET else []),
+        "APPS": (
+            [{"client_id": DISCORD_CLIENT_ID, "secret": DISCORD_CLIENT_SECRET, "key": ""}]
+            if DISCORD_CLIENT_ID and DISCORD_CLIENT_SECRET
+            else []
+        ),
     },
 }
 # The sandbox sign-in (pick or create a demo user, no password) exists for `make run` only: off by default
@@ -251,8 +257,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "apps.gateway.schema.document_plain_routes",
-                            "apps.gateway.schema.document_problems"],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "apps.gateway.schema.document_plain_routes",
+        "apps.gateway.schema.document_problems",
+    ],
     # A deal's sides (the caller's `role` on create, `creator_role` on read): one enum, one name.
     "ENUM_NAME_OVERRIDES": {"PartyRoleEnum": ["buyer", "seller"]},
 }
@@ -301,7 +310,9 @@ CHAINALYSIS_API_KEY = os.environ.get("CHAINALYSIS_API_KEY", "")
 # The custodian's wallet set, and USDC on Base as the custodian names it (token id) and on chain (address).
 CUSTODIAN_WALLET_SET_ID = os.environ.get("CUSTODIAN_WALLET_SET_ID", "")
 CUSTODIAN_USDC_TOKEN_ID = os.environ.get("CUSTODIAN_USDC_TOKEN_ID", "")
-CUSTODIAN_USDC_TOKEN_ADDRESS = os.environ.get("CUSTODIAN_USDC_TOKEN_ADDRESS", "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913")
+CUSTODIAN_USDC_TOKEN_ADDRESS = os.environ.get(
+    "CUSTODIAN_USDC_TOKEN_ADDRESS", "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"
+)
 # The 32-byte entity secret (hex) that the custodian wants RSA-OAEP-encrypted, freshly, in every write. Never logged.
 CUSTODIAN_ENTITY_SECRET = os.environ.get("CUSTODIAN_ENTITY_SECRET", "")
 # Provider HTTP clients: one request's time limit (seconds), and the longest Retry-After a client waits out
@@ -384,9 +395,18 @@ READ_YOUR_WRITES_SECONDS = float(os.environ.get("READ_YOUR_WRITES_SECONDS", "2.0
 TRACING_ENABLED = env_bool("TRACING_ENABLED", False)
 # Where spans go: "otlp" (OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT, the default when that is set),
 # "console" (stdout, the default otherwise) or "none" (real ids and spans, exported nowhere).
-TRACING_EXPORTER = (os.environ.get("TRACING_EXPORTER")
-                    or ("otlp" if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-                        or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") else "console")).strip().lower()
+TRACING_EXPORTER = (
+    (
+        os.environ.get("TRACING_EXPORTER")
+        or (
+            "otlp"
+            if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            else "console"
+        )
+    )
+    .strip()
+    .lower()
+)
 if TRACING_EXPORTER not in {"otlp", "console", "none"}:
     raise ValueError(f"TRACING_EXPORTER must be otlp, console or none, not {TRACING_EXPORTER!r}")
 # Empty: "escrow" for the web process, "escrow-<command>" for other manage.py commands
@@ -397,7 +417,8 @@ TRACING_SERVICE_NAME = os.environ.get("OTEL_SERVICE_NAME", "")
 # only clients on this host (behind a reverse proxy on the same host, set it: the proxy is loopback).
 # METRICS_TOKEN_FILE names a file holding it instead (a container secret shared with Prometheus).
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "") or (
-    Path(os.environ["METRICS_TOKEN_FILE"]).read_text().strip() if os.environ.get("METRICS_TOKEN_FILE") else "")
+    Path(os.environ["METRICS_TOKEN_FILE"]).read_text().strip() if os.environ.get("METRICS_TOKEN_FILE") else ""
+)
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 LOGGING = {
@@ -411,9 +432,7 @@ LOGGING = {
             "rename_fields": {"asctime": "ts", "levelname": "level", "name": "logger"},
         }
     },
-    "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["context"]}
-    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["context"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }

@@ -24,8 +24,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("postgres_only") and not on_postgres:
             if required:
-                item.add_marker(pytest.mark.xfail(reason="REQUIRE_POSTGRES=1 but DATABASE_URL is not PostgreSQL",
-                                                  strict=True, run=False))
+                item.add_marker(
+                    pytest.mark.xfail(
+                        reason="REQUIRE_POSTGRES=1 but DATABASE_URL is not PostgreSQL", strict=True, run=False
+                    )
+                )
             else:
                 item.add_marker(pytest.mark.skip(reason="needs PostgreSQL: set DATABASE_URL=postgres://..."))
 

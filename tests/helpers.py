@@ -16,8 +16,16 @@ def client_for(user: Any) -> APIClient:
     return client
 
 
-def create_escrow(client: APIClient, *, seller: Any, amount: str = "149.99", currency: str = "USD",
-                  description: str = "Dominus Empyreus", accept: bool = True, **extra: Any) -> dict[str, Any]:
+def create_escrow(
+    client: APIClient,
+    *,
+    seller: Any,
+    amount: str = "149.99",
+    currency: str = "USD",
+    description: str = "Dominus Empyreus",
+    accept: bool = True,
+    **extra: Any,
+) -> dict[str, Any]:
     """The caller (the buyer) proposes a deal to `seller`, who then accepts it with their own token, as
     they would: the escrow is in AWAIT_FUNDS when this returns (`accept=False` leaves it in
     AWAIT_ACCEPTANCE). Returns the create's 202 body, with the accept's under "accepted"."""

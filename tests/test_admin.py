@@ -21,10 +21,25 @@ from proto.payments import v1 as payments_v1
 from tests.escrow import given
 from tests.factories import UserFactory
 
-OPS_PERMISSIONS = ("escrow.view_escrow", "escrow.view_escrowevent", "outbox.view_deadletter",
-                   "outbox.change_deadletter")
-PROTECTED_FIELDS = ("state", "amount_minor", "currency", "received_minor", "held_minor", "paid_out_minor",
-                    "refunded_minor", "fee_minor", "pending_payout_minor", "pending_refund_minor", "version")
+OPS_PERMISSIONS = (
+    "escrow.view_escrow",
+    "escrow.view_escrowevent",
+    "outbox.view_deadletter",
+    "outbox.change_deadletter",
+)
+PROTECTED_FIELDS = (
+    "state",
+    "amount_minor",
+    "currency",
+    "received_minor",
+    "held_minor",
+    "paid_out_minor",
+    "refunded_minor",
+    "fee_minor",
+    "pending_payout_minor",
+    "pending_refund_minor",
+    "version",
+)
 
 
 def grant(user: Any, *perms: str) -> None:
@@ -79,8 +94,10 @@ def test_posting_the_change_form_changes_nothing(who: str, ops: Client, funded: 
         client.force_login(UserFactory(username="root", is_staff=True, is_superuser=True))
     before, footprint = given.snapshot(funded), given.footprint()
 
-    response = client.post(f"/admin/escrow/escrow/{funded}/change/",
-                           {"state": "RELEASED", "amount_minor": "1", "held_minor": "0", "paid_out_minor": "14999"})
+    response = client.post(
+        f"/admin/escrow/escrow/{funded}/change/",
+        {"state": "RELEASED", "amount_minor": "1", "held_minor": "0", "paid_out_minor": "14999"},
+    )
 
     assert response.status_code == 403
     assert given.snapshot(funded) == before
@@ -102,17 +119,21 @@ def test_non_staff_is_sent_to_login(buyer: Any) -> None:
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
 
 
-def test_dead_letters_are_listed_and_replayed_after_the_fix(settings: Any, ops: Client, buyer: Any,
-                                                           seller: Any) -> None:
+def test_dead_letters_are_listed_and_replayed_after_the_fix(
+    settings: Any, ops: Client, buyer: Any, seller: Any
+) -> None:
     # given a payout command payments cannot carry out yet (the escrow's payment has not arrived), so the
     # payments subscriber retries it and dead-letters it
     settings.BUS_RETRY_BASE_SECONDS = 0
     escrow_id = given.create(buyer=buyer, seller=seller)
     with transaction.atomic():
         outbox_append(
-            message=payments_v1.TransferToSeller(escrow_id=str(escrow_id), seller_id=seller.pk,
-                                                 amount=given.money(100), fee=given.money(0)),
-            aggregate_id=str(escrow_id), aggregate_version=99)
+            message=payments_v1.TransferToSeller(
+                escrow_id=str(escrow_id), seller_id=seller.pk, amount=given.money(100), fee=given.money(0)
+            ),
+            aggregate_id=str(escrow_id),
+            aggregate_version=99,
+        )
     letter = DeadLetter.objects.get(subscriber="payments")
     assert letter.status == "open" and letter.attempts == settings.BUS_MAX_ATTEMPTS
     assert "no succeeded payment" in letter.error
@@ -122,8 +143,7 @@ def test_dead_letters_are_listed_and_replayed_after_the_fix(settings: Any, ops: 
     assert "payments.v1.TransferToSeller" in listing.content.decode()
 
     # replaying before the fix leaves it open and says why
-    response = ops.post("/admin/outbox/deadletter/", {"action": "replay", "_selected_action": [letter.pk]},
-                        follow=True)
+    response = ops.post("/admin/outbox/deadletter/", {"action": "replay", "_selected_action": [letter.pk]}, follow=True)
     assert response.status_code == 200
     assert "still failing" in response.content.decode()
     letter.refresh_from_db()
@@ -132,15 +152,13 @@ def test_dead_letters_are_listed_and_replayed_after_the_fix(settings: Any, ops: 
 
     # when the cause is fixed (the payment arrives) and ops replay it
     assert sandbox_pay(str(escrow_id)).status == "processed"
-    response = ops.post("/admin/outbox/deadletter/", {"action": "replay", "_selected_action": [letter.pk]},
-                        follow=True)
+    response = ops.post("/admin/outbox/deadletter/", {"action": "replay", "_selected_action": [letter.pk]}, follow=True)
     assert "1 replayed, 0 still failing" in response.content.decode()
 
     # then the effect happened once and the letter is closed
     letter.refresh_from_db()
     assert letter.status == "replayed" and letter.resolved_at is not None
     assert PaymentArtifact.objects.filter(escrow_id=escrow_id, kind="transfer").count() == 1
-    again = ops.post("/admin/outbox/deadletter/", {"action": "replay", "_selected_action": [letter.pk]},
-                     follow=True)
+    again = ops.post("/admin/outbox/deadletter/", {"action": "replay", "_selected_action": [letter.pk]}, follow=True)
     assert "0 replayed, 0 still failing" in again.content.decode()
     assert PaymentArtifact.objects.filter(escrow_id=escrow_id, kind="transfer").count() == 1

@@ -19,17 +19,49 @@ PROTO = ROOT / "proto"
 
 # DESIGN.md, "Topic catalog" (the "..." rows are checked below: every other message has a topic too).
 CATALOG = {
-    "escrow.commands.v1": ["CreateEscrow", "AcceptEscrow", "DeclineEscrow", "MarkDelivered", "ReleaseFunds", "CancelEscrow", "OpenDispute",
-                           "ResolveDispute"],
-    "escrow.events.v1": ["EscrowCreated", "EscrowAccepted", "EscrowDeclined", "EscrowFundsHeld", "EscrowDelivered", "EscrowReleaseRequested",
-                         "EscrowReleased", "EscrowCancelled", "EscrowRefundRequested", "EscrowRefunded",
-                         "EscrowDisputed", "EscrowDisputeResolved", "EscrowComplianceHold"],
+    "escrow.commands.v1": [
+        "CreateEscrow",
+        "AcceptEscrow",
+        "DeclineEscrow",
+        "MarkDelivered",
+        "ReleaseFunds",
+        "CancelEscrow",
+        "OpenDispute",
+        "ResolveDispute",
+    ],
+    "escrow.events.v1": [
+        "EscrowCreated",
+        "EscrowAccepted",
+        "EscrowDeclined",
+        "EscrowFundsHeld",
+        "EscrowDelivered",
+        "EscrowReleaseRequested",
+        "EscrowReleased",
+        "EscrowCancelled",
+        "EscrowRefundRequested",
+        "EscrowRefunded",
+        "EscrowDisputed",
+        "EscrowDisputeResolved",
+        "EscrowComplianceHold",
+    ],
     "payments.commands.v1": ["CreatePaymentIntent", "TransferToSeller", "InitiateRefund"],
-    "payments.events.v1": ["PaymentSucceeded", "PaymentFailed", "TransferSucceeded", "TransferFailed",
-                           "RefundSucceeded", "RefundFailed", "WalletScreened", "ChargebackOpened"],
+    "payments.events.v1": [
+        "PaymentSucceeded",
+        "PaymentFailed",
+        "TransferSucceeded",
+        "TransferFailed",
+        "RefundSucceeded",
+        "RefundFailed",
+        "WalletScreened",
+        "ChargebackOpened",
+    ],
 }
-PACKAGE_OF_TOPIC = {"escrow.commands.v1": "escrow.v1", "escrow.events.v1": "escrow.v1",
-                    "payments.commands.v1": "payments.v1", "payments.events.v1": "payments.v1"}
+PACKAGE_OF_TOPIC = {
+    "escrow.commands.v1": "escrow.v1",
+    "escrow.events.v1": "escrow.v1",
+    "payments.commands.v1": "payments.v1",
+    "payments.events.v1": "payments.v1",
+}
 
 
 def generated_files(directory: Path) -> dict[str, str]:
@@ -96,7 +128,10 @@ def test_messages_round_trip_through_the_wire_format() -> None:
     from proto.escrow import v1 as escrow_v1  # noqa: PLC0415
 
     original = escrow_v1.ResolveDispute(
-        escrow_id="e", actor=common_v1.Actor(kind=common_v1.ActorKind.STAFF, user_id=7),
-        outcome=escrow_v1.DisputeOutcome.SPLIT, seller_amount=common_v1.Money(amount_minor=500, currency="USD"))
+        escrow_id="e",
+        actor=common_v1.Actor(kind=common_v1.ActorKind.STAFF, user_id=7),
+        outcome=escrow_v1.DisputeOutcome.SPLIT,
+        seller_amount=common_v1.Money(amount_minor=500, currency="USD"),
+    )
     decoded = messages.decode(messages.type_name(original), bytes(original))
     assert decoded == original

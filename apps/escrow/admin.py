@@ -49,8 +49,17 @@ class EscrowEventInline(admin.TabularInline):
 
 @admin.register(Escrow)
 class EscrowAdmin(ReadOnlyAdmin):
-    list_display = ("id", "state", "amount_minor", "currency", "buyer", "seller", "creator_role", "attention",
-                    "created_at")
+    list_display = (
+        "id",
+        "state",
+        "amount_minor",
+        "currency",
+        "buyer",
+        "seller",
+        "creator_role",
+        "attention",
+        "created_at",
+    )
     list_filter = ("state", "creator_role", "attention", "currency")
     search_fields = ("id", "buyer__username", "seller__username")
     inlines = [EscrowEventInline]
@@ -82,8 +91,9 @@ OUTCOMES = {
 
 class ResolveForm(forms.Form):
     outcome = forms.ChoiceField(choices=[(k, k) for k in OUTCOMES], widget=forms.RadioSelect)
-    seller_amount = forms.CharField(required=False, max_length=20,
-                                    help_text="split only: the seller's gross share, e.g. 40.00")
+    seller_amount = forms.CharField(
+        required=False, max_length=20, help_text="split only: the seller's gross share, e.g. 40.00"
+    )
     reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), max_length=2000)
 
     def __init__(self, *args: Any, currency: str, **kwargs: Any) -> None:
@@ -124,8 +134,11 @@ class EvidenceForm(forms.Form):
     prefix = "evidence"
     party = forms.ChoiceField(choices=Evidence.Party.choices, help_text="the party this evidence is from")
     file = forms.FileField(help_text="png, jpeg, pdf or plain text; at most 5 MB")
-    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), max_length=1000,
-                             help_text="how it reached us (e.g. sent by the buyer over Discord)")
+    reason = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 2}),
+        max_length=1000,
+        help_text="how it reached us (e.g. sent by the buyer over Discord)",
+    )
 
 
 @dataclass(frozen=True)
@@ -141,22 +154,41 @@ class OpsAction:
 OPS_ACTIONS: dict[str, OpsAction] = {
     "hold": OpsAction("Hold", escrow_v1.HoldEscrow, "gateway.hold_escrow", AuditLog.Action.HOLD),
     "unhold": OpsAction("Lift hold", escrow_v1.UnholdEscrow, "gateway.hold_escrow", AuditLog.Action.UNHOLD),
-    "retry_payout": OpsAction("Retry failed transfer / refund", escrow_v1.RetryPayout, "gateway.retry_payout",
-                              AuditLog.Action.RETRY_PAYOUT),
-    "return_stranded": OpsAction("Return stranded funds to the buyer", escrow_v1.ReturnStrandedFunds,
-                                 "gateway.return_stranded_funds", AuditLog.Action.RETURN_STRANDED_FUNDS),
+    "retry_payout": OpsAction(
+        "Retry failed transfer / refund", escrow_v1.RetryPayout, "gateway.retry_payout", AuditLog.Action.RETRY_PAYOUT
+    ),
+    "return_stranded": OpsAction(
+        "Return stranded funds to the buyer",
+        escrow_v1.ReturnStrandedFunds,
+        "gateway.return_stranded_funds",
+        AuditLog.Action.RETURN_STRANDED_FUNDS,
+    ),
 }
 
 
 def _upload_evidence(request: HttpRequest, escrow: Escrow, data: dict[str, Any]) -> bool:
     try:
         with transaction.atomic():
-            evidence = evidence_add(escrow_id=escrow.pk, uploaded_by=request.user, upload=data["file"],
-                                    party=data["party"], description=data["reason"])
-            audit_record(actor=request.user, action=AuditLog.Action.UPLOAD_EVIDENCE, escrow_id=escrow.pk,
-                         reason=data["reason"], target=f"evidence:{evidence.pk}",
-                         detail={"party": evidence.party, "content_type": evidence.content_type,
-                                 "size": evidence.size, "sha256": evidence.sha256})
+            evidence = evidence_add(
+                escrow_id=escrow.pk,
+                uploaded_by=request.user,
+                upload=data["file"],
+                party=data["party"],
+                description=data["reason"],
+            )
+            audit_record(
+                actor=request.user,
+                action=AuditLog.Action.UPLOAD_EVIDENCE,
+                escrow_id=escrow.pk,
+                reason=data["reason"],
+                target=f"evidence:{evidence.pk}",
+                detail={
+                    "party": evidence.party,
+                    "content_type": evidence.content_type,
+                    "size": evidence.size,
+                    "sha256": evidence.sha256,
+                },
+            )
     except EscrowError as exc:
         messages.error(request, f"Refused: {exc}")
         return False
@@ -171,8 +203,9 @@ def _evidence_download(request: HttpRequest, escrow_id: uuid.UUID, evidence_id: 
     evidence = get_object_or_404(Evidence, pk=evidence_id, escrow_id=escrow_id)
     extension = {"image/png": "png", "image/jpeg": "jpg", "application/pdf": "pdf", "text/plain": "txt"}
     name = f"{evidence.escrow_id}-{evidence.party}-{evidence.pk}.{extension.get(evidence.content_type, 'bin')}"
-    response = FileResponse(evidence.file.open("rb"), as_attachment=True, filename=name,
-                            content_type=evidence.content_type)
+    response = FileResponse(
+        evidence.file.open("rb"), as_attachment=True, filename=name, content_type=evidence.content_type
+    )
     response["X-Content-Type-Options"] = "nosniff"
     response["Content-Security-Policy"] = "default-src 'none'; sandbox"
     response["Cache-Control"] = "private, no-store"
@@ -183,14 +216,21 @@ def _ops_command(request: HttpRequest, escrow: Escrow, name: str, reason: str) -
     action = OPS_ACTIONS[name]
     # Deterministic from the escrow's version: a double-click or a resubmitted form is one command.
     command_id = deterministic_id(escrow.pk, escrow.version, f"admin-{name}")
-    command = action.command(escrow_id=str(escrow.pk), actor=Actor(kind=ActorKind.STAFF, user_id=request.user.pk),
-                             reason=reason)
+    command = action.command(
+        escrow_id=str(escrow.pk), actor=Actor(kind=ActorKind.STAFF, user_id=request.user.pk), reason=reason
+    )
     try:
         with transaction.atomic():
             result = dispatch(command, command_id=command_id)
             if not result.duplicate:
-                audit_record(actor=request.user, action=action.audit, escrow_id=escrow.pk, reason=reason,
-                             command_id=command_id, detail={"state_after": result.state})
+                audit_record(
+                    actor=request.user,
+                    action=action.audit,
+                    escrow_id=escrow.pk,
+                    reason=reason,
+                    command_id=command_id,
+                    detail={"state_after": result.state},
+                )
     except EscrowError as exc:
         messages.error(request, f"Refused: {exc}")
         return False
@@ -235,8 +275,12 @@ def _dispute_desk(admin_site: admin.AdminSite, request: HttpRequest, escrow_id: 
             note_form = NoteForm(request.POST)
             if note_form.is_valid():
                 with transaction.atomic():
-                    audit_record(actor=request.user, action=AuditLog.Action.ADD_NOTE, escrow_id=escrow.pk,
-                                 reason=note_form.cleaned_data["note"])
+                    audit_record(
+                        actor=request.user,
+                        action=AuditLog.Action.ADD_NOTE,
+                        escrow_id=escrow.pk,
+                        reason=note_form.cleaned_data["note"],
+                    )
                 messages.success(request, "Note added.")
                 return redirect(request.path)
         else:
@@ -257,25 +301,38 @@ def _dispute_desk(admin_site: admin.AdminSite, request: HttpRequest, escrow_id: 
         "ops_actions": [(key, a.label) for key, a in OPS_ACTIONS.items() if request.user.has_perm(a.permission)],
         "stranded_minor": stranded_minor(escrow),
     }
-    return TemplateResponse(request, "admin/escrow/dispute_desk.html", context,
-                            status=400 if request.method == "POST" else 200)
+    return TemplateResponse(
+        request, "admin/escrow/dispute_desk.html", context, status=400 if request.method == "POST" else 200
+    )
 
 
 def _resolve(request: HttpRequest, escrow: Escrow, data: dict[str, Any]) -> bool:
     command_id = uuid.uuid4()
-    seller_amount = (Money(amount_minor=data["seller_minor"], currency=escrow.currency)
-                     if data["outcome"] == "split" else None)
+    seller_amount = (
+        Money(amount_minor=data["seller_minor"], currency=escrow.currency) if data["outcome"] == "split" else None
+    )
     command = escrow_v1.ResolveDispute(
-        escrow_id=str(escrow.pk), actor=Actor(kind=ActorKind.STAFF, user_id=request.user.pk),
-        outcome=OUTCOMES[data["outcome"]], seller_amount=seller_amount, note=data["reason"].strip()[:1000],
+        escrow_id=str(escrow.pk),
+        actor=Actor(kind=ActorKind.STAFF, user_id=request.user.pk),
+        outcome=OUTCOMES[data["outcome"]],
+        seller_amount=seller_amount,
+        note=data["reason"].strip()[:1000],
     )
     try:
         with transaction.atomic():
             result = dispatch(command, command_id=command_id)
-            audit_record(actor=request.user, action=AuditLog.Action.RESOLVE_DISPUTE, escrow_id=escrow.pk,
-                         reason=data["reason"], command_id=command_id,
-                         detail={"outcome": data["outcome"], "seller_amount_minor": data.get("seller_minor"),
-                                 "state_after": result.state})
+            audit_record(
+                actor=request.user,
+                action=AuditLog.Action.RESOLVE_DISPUTE,
+                escrow_id=escrow.pk,
+                reason=data["reason"],
+                command_id=command_id,
+                detail={
+                    "outcome": data["outcome"],
+                    "seller_amount_minor": data.get("seller_minor"),
+                    "state_after": result.state,
+                },
+            )
     except EscrowError as exc:
         messages.error(request, f"Refused: {exc}")
         return False
@@ -342,12 +399,15 @@ def _dispute_urls(model_admin: admin.ModelAdmin) -> list[Any]:
     return [
         path("ops/money/", site.admin_view(lambda request: _ops_money(site, request)), name="escrow_ops_money"),
         path("ops/", site.admin_view(lambda request: _ops_queues(site, request)), name="escrow_ops_queues"),
-        path("disputes/", site.admin_view(lambda request: _dispute_queue(site, request)),
-             name="escrow_dispute_queue"),
-        path("<uuid:escrow_id>/evidence/<uuid:evidence_id>/",
-             site.admin_view(_evidence_download), name="escrow_evidence_download"),
-        path("<uuid:escrow_id>/dispute/",
-             site.admin_view(lambda request, escrow_id: _dispute_desk(site, request, escrow_id)),
-             name="escrow_dispute_desk"),
+        path("disputes/", site.admin_view(lambda request: _dispute_queue(site, request)), name="escrow_dispute_queue"),
+        path(
+            "<uuid:escrow_id>/evidence/<uuid:evidence_id>/",
+            site.admin_view(_evidence_download),
+            name="escrow_evidence_download",
+        ),
+        path(
+            "<uuid:escrow_id>/dispute/",
+            site.admin_view(lambda request, escrow_id: _dispute_desk(site, request, escrow_id)),
+            name="escrow_dispute_desk",
+        ),
     ]
-

@@ -60,8 +60,14 @@ def _clean_name(name: str) -> str:
     return cleaned[:200] or "evidence"
 
 
-def evidence_add(*, escrow_id: uuid.UUID | str, uploaded_by: Any, upload: UploadedFile, description: str = "",
-                 party: str | None = None) -> Evidence:
+def evidence_add(
+    *,
+    escrow_id: uuid.UUID | str,
+    uploaded_by: Any,
+    upload: UploadedFile,
+    description: str = "",
+    party: str | None = None,
+) -> Evidence:
     """Stores one evidence file. `party` None: the uploader is that party (buyer or seller); staff pass
     the party they upload for. Refused unless the escrow is DISPUTED."""
     if party is not None and party not in Evidence.Party.values:
@@ -78,8 +84,11 @@ def evidence_add(*, escrow_id: uuid.UUID | str, uploaded_by: Any, upload: Upload
         raise EvidenceRejected(f"evidence files are at most {limit} bytes", status=413, code="evidence_too_large")
     content_type = evidence_sniff(data)
     if content_type is None:
-        raise EvidenceRejected("only png, jpeg, pdf and plain text (UTF-8) files are accepted", status=415,
-                               code="unsupported_evidence_type")
+        raise EvidenceRejected(
+            "only png, jpeg, pdf and plain text (UTF-8) files are accepted",
+            status=415,
+            code="unsupported_evidence_type",
+        )
     stored = ""
     try:
         with transaction.atomic():
@@ -89,10 +98,16 @@ def evidence_add(*, escrow_id: uuid.UUID | str, uploaded_by: Any, upload: Upload
             party = party or _party_of(escrow, uploaded_by)
             if escrow.state != EscrowState.DISPUTED:
                 raise InvalidTransition("evidence is taken only while the escrow is disputed", state=escrow.state)
-            evidence = Evidence(escrow=escrow, party=party, uploaded_by=uploaded_by,
-                                original_name=_clean_name(upload.name or ""), content_type=content_type,
-                                size=len(data), sha256=hashlib.sha256(data).hexdigest(),
-                                description=description.strip())
+            evidence = Evidence(
+                escrow=escrow,
+                party=party,
+                uploaded_by=uploaded_by,
+                original_name=_clean_name(upload.name or ""),
+                content_type=content_type,
+                size=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+                description=description.strip(),
+            )
             evidence.file.save("evidence", ContentFile(data), save=False)
             stored = evidence.file.name
             evidence.save()

@@ -36,8 +36,7 @@ class Escrow(models.Model):
     seller = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     state = models.CharField(max_length=20, choices=EscrowState.choices, default=EscrowState.AWAIT_ACCEPTANCE)
     # Which party created the deal; the other one (the counterparty) accepts or declines it.
-    creator_role = models.CharField(max_length=10, choices=[("buyer", "buyer"), ("seller", "seller")],
-                                    default="buyer")
+    creator_role = models.CharField(max_length=10, choices=[("buyer", "buyer"), ("seller", "seller")], default="buyer")
     amount_minor = models.BigIntegerField()
     currency = models.CharField(max_length=3)
     description = models.CharField(max_length=500)

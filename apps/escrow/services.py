@@ -53,13 +53,34 @@ RULES: dict[str, dict[str, frozenset[str]]] = {
     "ResolveDispute": {S.DISPUTED: frozenset({STAFF})},
     # Ops holds (docs/architecture.md): wherever a decision or a money movement is still ahead; a settled
     # escrow has nothing left to freeze.
-    "HoldEscrow": {state: frozenset({STAFF}) for state in (S.AWAIT_ACCEPTANCE, S.AWAIT_FUNDS, S.FUNDS_HELD,
-                                                           S.DELIVERED, S.DISPUTED, S.RELEASING, S.REFUNDING)},
-    "UnholdEscrow": {state: frozenset({STAFF}) for state in (S.AWAIT_ACCEPTANCE, S.AWAIT_FUNDS, S.FUNDS_HELD,
-                                                             S.DELIVERED, S.DISPUTED, S.RELEASING, S.REFUNDING)},
+    "HoldEscrow": {
+        state: frozenset({STAFF})
+        for state in (
+            S.AWAIT_ACCEPTANCE,
+            S.AWAIT_FUNDS,
+            S.FUNDS_HELD,
+            S.DELIVERED,
+            S.DISPUTED,
+            S.RELEASING,
+            S.REFUNDING,
+        )
+    },
+    "UnholdEscrow": {
+        state: frozenset({STAFF})
+        for state in (
+            S.AWAIT_ACCEPTANCE,
+            S.AWAIT_FUNDS,
+            S.FUNDS_HELD,
+            S.DELIVERED,
+            S.DISPUTED,
+            S.RELEASING,
+            S.REFUNDING,
+        )
+    },
     # A stranded-funds refund can fail in a settled state too, so retries are allowed there.
-    "RetryPayout": {state: frozenset({STAFF}) for state in (S.RELEASING, S.REFUNDING, S.RELEASED, S.CANCELLED,
-                                                            S.REFUNDED)},
+    "RetryPayout": {
+        state: frozenset({STAFF}) for state in (S.RELEASING, S.REFUNDING, S.RELEASED, S.CANCELLED, S.REFUNDED)
+    },
     "ReturnStrandedFunds": {state: frozenset({STAFF}) for state in (S.RELEASED, S.CANCELLED, S.REFUNDED)},
     # Ending a compliance hold after review: staff only, in any state that can still hold money.
     "ResolveComplianceHold": {
@@ -127,9 +148,7 @@ def _authorize(escrow: Escrow, command: str, role: str) -> None:
         raise InvalidTransition(f"{command} is not allowed in state {escrow.state}", state=escrow.state)
     if not roles & rules[escrow.state]:
         allowed = ", ".join(sorted(rules[escrow.state]))
-        raise NotAllowed(
-            f"in state {escrow.state} only the {allowed} can send {command}", state=escrow.state
-        )
+        raise NotAllowed(f"in state {escrow.state} only the {allowed} can send {command}", state=escrow.state)
 
 
 def _describe(roles: frozenset[str]) -> str:
@@ -141,8 +160,9 @@ def _describe(roles: frozenset[str]) -> str:
     return next(iter(roles))
 
 
-def _emit(escrow: Escrow, event: betterproto2.Message, *, actor: Actor | None = None,
-          command_id: uuid.UUID | None = None) -> None:
+def _emit(
+    escrow: Escrow, event: betterproto2.Message, *, actor: Actor | None = None, command_id: uuid.UUID | None = None
+) -> None:
     escrow.version += 1
     name = type_name(event)
     event_id = deterministic_id(escrow.id, escrow.version, name)
@@ -213,11 +233,9 @@ def _run_command(
         _authorize(escrow, name, role)
         if escrow.on_hold_since is not None and name != "UnholdEscrow":
             # Frozen for an investigation: nothing moves (no release, refund, retry, timer) until ops lift it.
-            raise InvalidTransition(f"the escrow is on hold; {name} waits until the hold is lifted",
-                                    state=escrow.state)
+            raise InvalidTransition(f"the escrow is on hold; {name} waits until the hold is lifted", state=escrow.state)
         if escrow.attention == COMPLIANCE_HOLD and name in BLOCKED_BY_COMPLIANCE_HOLD:
-            raise InvalidTransition(f"{name} is not allowed while the escrow is on compliance hold",
-                                    state=escrow.state)
+            raise InvalidTransition(f"{name} is not allowed while the escrow is on compliance hold", state=escrow.state)
         apply(escrow)
         escrow.save()
         _record_command(escrow, command, command_id)
@@ -476,8 +494,7 @@ def escrow_resolve_dispute(*, command: escrow_v1.ResolveDispute, command_id: uui
     return _run_command(command=command, command_id=command_id, escrow_id=_parse_id(command.escrow_id), apply=apply)
 
 
-def escrow_resolve_compliance_hold(*, command: escrow_v1.ResolveComplianceHold,
-                                   command_id: uuid.UUID) -> CommandResult:
+def escrow_resolve_compliance_hold(*, command: escrow_v1.ResolveComplianceHold, command_id: uuid.UUID) -> CommandResult:
     """Staff end a compliance hold after review. LIFT: the wallet is cleared; the escrow carries on (a
     deposit screening blocked is then accepted by payments, and the funding clock restarts because it was
     stopped). REFUND: what the escrow holds goes back to the buyer, screened again on the way out. A blocked
@@ -499,16 +516,24 @@ def escrow_resolve_compliance_hold(*, command: escrow_v1.ResolveComplianceHold,
             restarted = escrow.funding_deadline = max(escrow.funding_deadline or fresh, fresh)
         escrow.attention = ""
         escrow.attention_detail = ""
-        if decision == escrow_v1.ComplianceDecision.LIFT and escrow.state == S.REFUNDING and escrow.pending_refund_minor:
+        if (
+            decision == escrow_v1.ComplianceDecision.LIFT
+            and escrow.state == S.REFUNDING
+            and escrow.pending_refund_minor
+        ):
             # The refund screening blocked was never sent and nothing keeps it: ops send it again (screened
             # again on the way out), so the escrow stays in front of them instead of waiting silently.
             escrow.attention = "refund_failed"
-            escrow.attention_detail = ("the refund screening blocked before this lift was not sent: retry it "
-                                       "(it is screened again)")
+            escrow.attention_detail = (
+                "the refund screening blocked before this lift was not sent: retry it (it is screened again)"
+            )
         _emit(
             escrow,
             escrow_v1.EscrowComplianceHoldResolved(
-                escrow_id=str(escrow.id), actor=command.actor, decision=decision, note=command.note,
+                escrow_id=str(escrow.id),
+                actor=command.actor,
+                decision=decision,
+                note=command.note,
                 funding_deadline=restarted,
             ),
             actor=command.actor,
@@ -522,8 +547,9 @@ def escrow_resolve_compliance_hold(*, command: escrow_v1.ResolveComplianceHold,
 
 def _refund_after_review(escrow: Escrow, *, actor: Actor, command_id: uuid.UUID) -> None:
     if escrow.held_minor == 0:
-        raise InvalidTransition("nothing is held for this escrow: a blocked deposit stays frozen in custody",
-                                state=escrow.state)
+        raise InvalidTransition(
+            "nothing is held for this escrow: a blocked deposit stays frozen in custody", state=escrow.state
+        )
     if escrow.pending_refund_minor:
         raise InvalidTransition("a refund is already pending", state=escrow.state)
     # A payout that screening blocked never left (TransferFailed): the buyer gets the funds back instead.
@@ -603,8 +629,12 @@ def escrow_record_payment(*, event: payments_v1.PaymentSucceeded) -> None:
     paid = event.amount or Money()
     if paid.currency != escrow.currency:
         # Money in another currency cannot be counted in this escrow's books: ops handle it.
-        _needs_attention(escrow, "payment_currency_mismatch",
-                         f"received {paid.amount_minor} {paid.currency} ({event.provider_payment_id})", paid)
+        _needs_attention(
+            escrow,
+            "payment_currency_mismatch",
+            f"received {paid.amount_minor} {paid.currency} ({event.provider_payment_id})",
+            paid,
+        )
         escrow.save()
         return
     # Whatever happens next, the money is with us now and is held until someone decides.
@@ -619,12 +649,16 @@ def escrow_record_payment(*, event: payments_v1.PaymentSucceeded) -> None:
             ),
         )
     elif escrow.state == S.AWAIT_FUNDS:
-        _needs_attention(escrow, "payment_amount_mismatch",
-                         f"expected {escrow.amount_minor}, received {paid.amount_minor} "
-                         f"({event.provider_payment_id})", paid)
+        _needs_attention(
+            escrow,
+            "payment_amount_mismatch",
+            f"expected {escrow.amount_minor}, received {paid.amount_minor} ({event.provider_payment_id})",
+            paid,
+        )
     else:
-        _needs_attention(escrow, "unexpected_payment",
-                         f"payment {event.provider_payment_id} arrived in state {escrow.state}", paid)
+        _needs_attention(
+            escrow, "unexpected_payment", f"payment {event.provider_payment_id} arrived in state {escrow.state}", paid
+        )
     escrow.save()
 
 
@@ -635,9 +669,12 @@ def escrow_record_transfer(*, event: payments_v1.TransferSucceeded) -> None:
     net = (event.amount or Money()).amount_minor
     fee = (event.fee or Money()).amount_minor
     if escrow.pending_payout_minor == 0 or net + fee != escrow.pending_payout_minor:
-        _needs_attention(escrow, "unexpected_transfer",
-                         f"transfer {event.provider_transfer_id} of {net}+{fee} does not match "
-                         f"pending payout {escrow.pending_payout_minor}")
+        _needs_attention(
+            escrow,
+            "unexpected_transfer",
+            f"transfer {event.provider_transfer_id} of {net}+{fee} does not match "
+            f"pending payout {escrow.pending_payout_minor}",
+        )
         escrow.save()
         return
     escrow.held_minor -= net + fee
@@ -662,9 +699,12 @@ def escrow_record_refund(*, event: payments_v1.RefundSucceeded) -> None:
         return
     amount = (event.amount or Money()).amount_minor
     if escrow.pending_refund_minor == 0 or amount != escrow.pending_refund_minor:
-        _needs_attention(escrow, "unexpected_refund",
-                         f"refund {event.provider_refund_id} of {amount} does not match "
-                         f"pending refund {escrow.pending_refund_minor}")
+        _needs_attention(
+            escrow,
+            "unexpected_refund",
+            f"refund {event.provider_refund_id} of {amount} does not match "
+            f"pending refund {escrow.pending_refund_minor}",
+        )
         escrow.save()
         return
     escrow.held_minor -= amount
@@ -719,8 +759,11 @@ def escrow_record_chargeback(*, event: payments_v1.ChargebackOpened) -> None:
         escrow.state = S.DISPUTED
         escrow.dispute_reason = f"chargeback: {event.reason}"
         system = Actor(kind=ActorKind.SYSTEM)
-        _emit(escrow, escrow_v1.EscrowDisputed(escrow_id=str(escrow.id), actor=system,
-                                               reason=escrow.dispute_reason), actor=system)
+        _emit(
+            escrow,
+            escrow_v1.EscrowDisputed(escrow_id=str(escrow.id), actor=system, reason=escrow.dispute_reason),
+            actor=system,
+        )
     _needs_attention(escrow, "chargeback", f"{event.provider_dispute_id}: {event.reason}")
     escrow.save()
 
@@ -739,8 +782,12 @@ def escrow_hold(*, command: escrow_v1.HoldEscrow, command_id: uuid.UUID) -> Comm
     def apply(escrow: Escrow) -> None:
         reason = _require_reason(command.reason)
         escrow.on_hold_since = timezone.now()
-        _emit(escrow, escrow_v1.EscrowPutOnHold(escrow_id=str(escrow.id), actor=command.actor, reason=reason),
-              actor=command.actor, command_id=command_id)
+        _emit(
+            escrow,
+            escrow_v1.EscrowPutOnHold(escrow_id=str(escrow.id), actor=command.actor, reason=reason),
+            actor=command.actor,
+            command_id=command_id,
+        )
 
     return _run_command(command=command, command_id=command_id, escrow_id=_parse_id(command.escrow_id), apply=apply)
 
@@ -764,10 +811,19 @@ def escrow_unhold(*, command: escrow_v1.UnholdEscrow, command_id: uuid.UUID) -> 
             escrow.inspection_deadline += frozen_for
             inspection = escrow.inspection_deadline
         escrow.on_hold_since = None
-        _emit(escrow, escrow_v1.EscrowHoldLifted(escrow_id=str(escrow.id), actor=command.actor, reason=reason,
-                                                 funding_deadline=funding, inspection_deadline=inspection,
-                                                 acceptance_deadline=acceptance),
-              actor=command.actor, command_id=command_id)
+        _emit(
+            escrow,
+            escrow_v1.EscrowHoldLifted(
+                escrow_id=str(escrow.id),
+                actor=command.actor,
+                reason=reason,
+                funding_deadline=funding,
+                inspection_deadline=inspection,
+                acceptance_deadline=acceptance,
+            ),
+            actor=command.actor,
+            command_id=command_id,
+        )
 
     return _run_command(command=command, command_id=command_id, escrow_id=_parse_id(command.escrow_id), apply=apply)
 
@@ -783,8 +839,9 @@ def escrow_retry_payout(*, command: escrow_v1.RetryPayout, command_id: uuid.UUID
             if "awaiting payout destination" in escrow.attention_detail:
                 # Parked, not failed: payments sends it with its original key once the seller registers a
                 # destination; a second send now could pay twice.
-                raise InvalidTransition("the transfer is waiting for the seller's payout destination",
-                                        state=escrow.state)
+                raise InvalidTransition(
+                    "the transfer is waiting for the seller's payout destination", state=escrow.state
+                )
             leg, amount = "transfer", escrow.pending_payout_minor
         elif escrow.attention == "refund_failed" and escrow.pending_refund_minor > 0:
             leg, amount = "refund", escrow.pending_refund_minor
@@ -792,19 +849,40 @@ def escrow_retry_payout(*, command: escrow_v1.RetryPayout, command_id: uuid.UUID
             raise InvalidTransition("there is no failed transfer or refund to retry", state=escrow.state)
         escrow.attention = ""
         escrow.attention_detail = ""
-        _emit(escrow, escrow_v1.EscrowPayoutRetried(escrow_id=str(escrow.id), actor=command.actor, reason=reason,
-                                                    leg=leg, amount=money(amount, escrow.currency)),
-              actor=command.actor, command_id=command_id)
+        _emit(
+            escrow,
+            escrow_v1.EscrowPayoutRetried(
+                escrow_id=str(escrow.id),
+                actor=command.actor,
+                reason=reason,
+                leg=leg,
+                amount=money(amount, escrow.currency),
+            ),
+            actor=command.actor,
+            command_id=command_id,
+        )
         if leg == "transfer":
             fee = fee_for(amount, escrow.fee_bps)
-            _send(escrow, payments_v1.TransferToSeller(
-                escrow_id=str(escrow.id), seller_id=escrow.seller_id,
-                amount=money(amount - fee, escrow.currency), fee=money(fee, escrow.currency),
-            ), command_id=command_id)
+            _send(
+                escrow,
+                payments_v1.TransferToSeller(
+                    escrow_id=str(escrow.id),
+                    seller_id=escrow.seller_id,
+                    amount=money(amount - fee, escrow.currency),
+                    fee=money(fee, escrow.currency),
+                ),
+                command_id=command_id,
+            )
         else:
-            _send(escrow, payments_v1.InitiateRefund(
-                escrow_id=str(escrow.id), buyer_id=escrow.buyer_id, amount=money(amount, escrow.currency),
-            ), command_id=command_id)
+            _send(
+                escrow,
+                payments_v1.InitiateRefund(
+                    escrow_id=str(escrow.id),
+                    buyer_id=escrow.buyer_id,
+                    amount=money(amount, escrow.currency),
+                ),
+                command_id=command_id,
+            )
 
     return _run_command(command=command, command_id=command_id, escrow_id=_parse_id(command.escrow_id), apply=apply)
 
@@ -831,12 +909,26 @@ def escrow_return_stranded_funds(*, command: escrow_v1.ReturnStrandedFunds, comm
         if escrow.attention in {"unexpected_payment", "payment_amount_mismatch"}:
             escrow.attention = ""
             escrow.attention_detail = ""
-        _emit(escrow, escrow_v1.EscrowStrandedFundsReturnRequested(
-            escrow_id=str(escrow.id), actor=command.actor, reason=reason, amount=money(amount, escrow.currency),
-        ), actor=command.actor, command_id=command_id)
-        _send(escrow, payments_v1.InitiateRefund(
-            escrow_id=str(escrow.id), buyer_id=escrow.buyer_id, amount=money(amount, escrow.currency),
-        ), command_id=command_id)
+        _emit(
+            escrow,
+            escrow_v1.EscrowStrandedFundsReturnRequested(
+                escrow_id=str(escrow.id),
+                actor=command.actor,
+                reason=reason,
+                amount=money(amount, escrow.currency),
+            ),
+            actor=command.actor,
+            command_id=command_id,
+        )
+        _send(
+            escrow,
+            payments_v1.InitiateRefund(
+                escrow_id=str(escrow.id),
+                buyer_id=escrow.buyer_id,
+                amount=money(amount, escrow.currency),
+            ),
+            command_id=command_id,
+        )
 
     return _run_command(command=command, command_id=command_id, escrow_id=_parse_id(command.escrow_id), apply=apply)
 

@@ -28,20 +28,21 @@ def fire_due_timers(*, limit: int = 500) -> int:
     # A compliance hold stops both clocks (the services refuse the commands too; skipping here keeps
     # held escrows from being retried on every tick).
     # An ops hold (on_hold_since) stops them as well; lifting it moves the deadline on by the time held.
-    unanswered = Escrow.objects.filter(state=EscrowState.AWAIT_ACCEPTANCE, acceptance_deadline__lte=now,
-                                       on_hold_since__isnull=True)
+    unanswered = Escrow.objects.filter(
+        state=EscrowState.AWAIT_ACCEPTANCE, acceptance_deadline__lte=now, on_hold_since__isnull=True
+    )
     for escrow_id, version in unanswered.values_list("id", "version")[:limit]:
         command = escrow_v1.CancelEscrow(escrow_id=str(escrow_id), actor=TIMER, reason="acceptance deadline passed")
         fired += _fire(command, deterministic_id(escrow_id, version, "acceptance-deadline"))
-    expired = Escrow.objects.filter(state=EscrowState.AWAIT_FUNDS, funding_deadline__lte=now,
-                                    on_hold_since__isnull=True).exclude(
-        attention=services.COMPLIANCE_HOLD)
+    expired = Escrow.objects.filter(
+        state=EscrowState.AWAIT_FUNDS, funding_deadline__lte=now, on_hold_since__isnull=True
+    ).exclude(attention=services.COMPLIANCE_HOLD)
     for escrow_id, version in expired.values_list("id", "version")[:limit]:
         command = escrow_v1.CancelEscrow(escrow_id=str(escrow_id), actor=TIMER, reason="funding deadline passed")
         fired += _fire(command, deterministic_id(escrow_id, version, "funding-deadline"))
-    lapsed = Escrow.objects.filter(state=EscrowState.DELIVERED, inspection_deadline__lte=now,
-                                   on_hold_since__isnull=True).exclude(
-        attention=services.COMPLIANCE_HOLD)
+    lapsed = Escrow.objects.filter(
+        state=EscrowState.DELIVERED, inspection_deadline__lte=now, on_hold_since__isnull=True
+    ).exclude(attention=services.COMPLIANCE_HOLD)
     for escrow_id, version in lapsed.values_list("id", "version")[:limit]:
         command = escrow_v1.ReleaseFunds(escrow_id=str(escrow_id), actor=TIMER)
         fired += _fire(command, deterministic_id(escrow_id, version, "inspection-lapsed"))

@@ -20,27 +20,36 @@ from apps.gateway.problems import Problem, from_domain
 _MULTIPART_OVERHEAD = 64 * 1024
 _FIELDS = {"file", "description"}
 
-EvidenceOutput = inline_serializer("Evidence", {
-    "id": drf_serializers.UUIDField(),
-    "escrow_id": drf_serializers.UUIDField(),
-    "party": drf_serializers.CharField(),
-    "content_type": drf_serializers.CharField(),
-    "size": drf_serializers.IntegerField(),
-    "sha256": drf_serializers.CharField(),
-    "created_at": drf_serializers.DateTimeField(),
-})
+EvidenceOutput = inline_serializer(
+    "Evidence",
+    {
+        "id": drf_serializers.UUIDField(),
+        "escrow_id": drf_serializers.UUIDField(),
+        "party": drf_serializers.CharField(),
+        "content_type": drf_serializers.CharField(),
+        "size": drf_serializers.IntegerField(),
+        "sha256": drf_serializers.CharField(),
+        "created_at": drf_serializers.DateTimeField(),
+    },
+)
 
-EvidenceInput = inline_serializer("EvidenceUpload", {
-    "file": drf_serializers.FileField(),
-    "description": drf_serializers.CharField(required=False, max_length=1000),
-})
+EvidenceInput = inline_serializer(
+    "EvidenceUpload",
+    {
+        "file": drf_serializers.FileField(),
+        "description": drf_serializers.CharField(required=False, max_length=1000),
+    },
+)
 
 
 class EscrowEvidence(APIView):
     parser_classes = [MultiPartParser]
 
-    @extend_schema(operation_id="escrow_evidence_add", request={"multipart/form-data": EvidenceInput},
-                   responses={201: EvidenceOutput})
+    @extend_schema(
+        operation_id="escrow_evidence_add",
+        request={"multipart/form-data": EvidenceInput},
+        responses={201: EvidenceOutput},
+    )
     def post(self, request: Request, escrow_id: uuid.UUID) -> Response:
         limit = settings.EVIDENCE_MAX_BYTES
         try:
@@ -49,29 +58,53 @@ class EscrowEvidence(APIView):
             declared = 0
         if declared > limit + _MULTIPART_OVERHEAD:
             # Refused before the body is read at all.
-            raise Problem(413, "evidence_too_large", f"evidence files are at most {limit} bytes",
-                          errors=[{"field": "file", "detail": "too large"}])
+            raise Problem(
+                413,
+                "evidence_too_large",
+                f"evidence files are at most {limit} bytes",
+                errors=[{"field": "file", "detail": "too large"}],
+            )
         unknown = (set(request.data.keys()) | set(request.FILES.keys())) - _FIELDS
         if unknown:
-            raise Problem(400, "validation_error", "unknown fields",
-                          errors=[{"field": name, "detail": "unknown field"} for name in sorted(unknown)])
+            raise Problem(
+                400,
+                "validation_error",
+                "unknown fields",
+                errors=[{"field": name, "detail": "unknown field"} for name in sorted(unknown)],
+            )
         files = request.FILES.getlist("file")
         if len(files) != 1:
-            raise Problem(400, "validation_error", "exactly one file is required",
-                          errors=[{"field": "file", "detail": "exactly one file is required"}])
+            raise Problem(
+                400,
+                "validation_error",
+                "exactly one file is required",
+                errors=[{"field": "file", "detail": "exactly one file is required"}],
+            )
         descriptions = request.data.getlist("description") if "description" in request.data else [""]
         if len(descriptions) != 1 or not isinstance(descriptions[0], str):
-            raise Problem(400, "validation_error", "description must be one string",
-                          errors=[{"field": "description", "detail": "must be one string"}])
+            raise Problem(
+                400,
+                "validation_error",
+                "description must be one string",
+                errors=[{"field": "description", "detail": "must be one string"}],
+            )
         try:
-            evidence = evidence_add(escrow_id=escrow_id, uploaded_by=request.user, upload=files[0],
-                                    description=descriptions[0])
+            evidence = evidence_add(
+                escrow_id=escrow_id, uploaded_by=request.user, upload=files[0], description=descriptions[0]
+            )
         except EvidenceRejected as exc:
             raise Problem(exc.status, exc.code, exc.detail, errors=[{"field": "file", "detail": exc.detail}]) from None
         except EscrowError as exc:
             raise from_domain(exc) from None
-        return Response({
-            "id": str(evidence.id), "escrow_id": str(evidence.escrow_id), "party": evidence.party,
-            "content_type": evidence.content_type, "size": evidence.size, "sha256": evidence.sha256,
-            "created_at": evidence.created_at,
-        }, status=201)
+        return Response(
+            {
+                "id": str(evidence.id),
+                "escrow_id": str(evidence.escrow_id),
+                "party": evidence.party,
+                "content_type": evidence.content_type,
+                "size": evidence.size,
+                "sha256": evidence.sha256,
+                "created_at": evidence.created_at,
+            },
+            status=201,
+        )

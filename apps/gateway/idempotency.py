@@ -72,8 +72,7 @@ def idempotency_records_purge(*, force: bool = False) -> int:
     _last_purge["at"] = now
     cutoff, purged = _expiry_cutoff(), 0
     while True:
-        batch = list(IdempotencyRecord.objects.filter(created_at__lt=cutoff).values_list("pk", flat=True)
-                     [:PURGE_BATCH])
+        batch = list(IdempotencyRecord.objects.filter(created_at__lt=cutoff).values_list("pk", flat=True)[:PURGE_BATCH])
         if not batch:
             break
         purged += IdempotencyRecord.objects.filter(pk__in=batch, created_at__lt=cutoff).delete()[0]
@@ -97,7 +96,9 @@ def run_idempotent(request: Request, raw_body: bytes, mutate: Callable[[uuid.UUI
     if key is None:
         return _answer(mutate, uuid.uuid4())
     if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
-        raise Problem(400, "invalid_idempotency_key", f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters")
+        raise Problem(
+            400, "invalid_idempotency_key", f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters"
+        )
     fingerprint = _fingerprint(request, raw_body)
     record = _take_key(request, key, fingerprint)
     if isinstance(record, Response):
@@ -125,14 +126,17 @@ def _take_key(request: Request, key: str, fingerprint: str) -> IdempotencyRecord
     for _ in range(3):
         try:
             with transaction.atomic():
-                return IdempotencyRecord.objects.create(user=request.user, key=key, fingerprint=fingerprint,
-                                                        command_id=_command_id(request.user.pk, key))
+                return IdempotencyRecord.objects.create(
+                    user=request.user, key=key, fingerprint=fingerprint, command_id=_command_id(request.user.pk, key)
+                )
         except IntegrityError:
             pass
         existing = IdempotencyRecord.objects.filter(user=request.user, key=key).first()
         if existing is None:
             # The first request was just refused as invalid and forgot its key: it was in flight a moment ago.
-            raise Problem(409, "idempotency_key_in_flight", "a request with this Idempotency-Key is still being processed")
+            raise Problem(
+                409, "idempotency_key_in_flight", "a request with this Idempotency-Key is still being processed"
+            )
         if existing.created_at < _expiry_cutoff():
             # Expired but not purged yet: the key is free again, for a new request.
             IdempotencyRecord.objects.filter(pk=existing.pk, created_at=existing.created_at).delete()
@@ -141,11 +145,16 @@ def _take_key(request: Request, key: str, fingerprint: str) -> IdempotencyRecord
             raise Problem(422, "idempotency_key_reused", "this Idempotency-Key was used with another request")
         if existing.status == IdempotencyRecord.Status.RETRY:
             if IdempotencyRecord.objects.filter(pk=existing.pk, status=IdempotencyRecord.Status.RETRY).update(
-                    status=IdempotencyRecord.Status.IN_FLIGHT):
+                status=IdempotencyRecord.Status.IN_FLIGHT
+            ):
                 return existing
-            raise Problem(409, "idempotency_key_in_flight", "a request with this Idempotency-Key is still being processed")
+            raise Problem(
+                409, "idempotency_key_in_flight", "a request with this Idempotency-Key is still being processed"
+            )
         if existing.status == IdempotencyRecord.Status.IN_FLIGHT:
-            raise Problem(409, "idempotency_key_in_flight", "a request with this Idempotency-Key is still being processed")
+            raise Problem(
+                409, "idempotency_key_in_flight", "a request with this Idempotency-Key is still being processed"
+            )
         replay = Response(existing.response_body, status=existing.response_status)
         if existing.response_status and existing.response_status >= 400:
             replay.content_type = "application/problem+json"

@@ -43,8 +43,11 @@ class LoginRateLimitMiddleware:
                     cache.add(key, 1, timeout=window)
                     attempts = 1
                 if attempts > limit:
-                    response = HttpResponse("Too many login attempts. Try again later.\n", status=429,
-                                            content_type="text/plain; charset=utf-8")
+                    response = HttpResponse(
+                        "Too many login attempts. Try again later.\n",
+                        status=429,
+                        content_type="text/plain; charset=utf-8",
+                    )
                     response["Retry-After"] = str(window)
                     return response
         return self.get_response(request)

@@ -31,21 +31,30 @@ def scrape_refusal(request: HttpRequest) -> HttpResponse | None:
         scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(sent.strip().encode(), token.encode()):
             return None
-        response = JsonResponse(problem_body(401, "not_authenticated", "the metrics token is missing or wrong"),
-                                status=401, content_type=CONTENT_TYPE)
+        response = JsonResponse(
+            problem_body(401, "not_authenticated", "the metrics token is missing or wrong"),
+            status=401,
+            content_type=CONTENT_TYPE,
+        )
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
     if _from_loopback(request):
         return None
-    return JsonResponse(problem_body(403, "metrics_forbidden", "metrics are served to this host only unless "
-                                     "METRICS_TOKEN is set"), status=403, content_type=CONTENT_TYPE)
+    return JsonResponse(
+        problem_body(403, "metrics_forbidden", "metrics are served to this host only unless METRICS_TOKEN is set"),
+        status=403,
+        content_type=CONTENT_TYPE,
+    )
 
 
 @csrf_exempt  # a read: an unknown method gets 405, not the CSRF middleware's 403
 def metrics_view(request: HttpRequest) -> HttpResponse:
     if request.method not in ("GET", "HEAD"):
-        response = JsonResponse(problem_body(405, "method_not_allowed", f'Method "{request.method}" not allowed.'),
-                                status=405, content_type=CONTENT_TYPE)
+        response = JsonResponse(
+            problem_body(405, "method_not_allowed", f'Method "{request.method}" not allowed.'),
+            status=405,
+            content_type=CONTENT_TYPE,
+        )
         response["Allow"] = "GET, HEAD"
         return response
     refused = scrape_refusal(request)

@@ -93,13 +93,20 @@ def verify_totp(*, user: Any, code: str) -> bool:
     cache; so the time step of the last accepted code is also kept on the Authenticator row (locked while
     checked), and a code from that step or an earlier one is refused whatever process sees it."""
     with transaction.atomic():
-        authenticator = (Authenticator.objects.select_for_update()
-                         .filter(user_id=user.pk, type=Authenticator.Type.TOTP).first())
+        authenticator = (
+            Authenticator.objects.select_for_update().filter(user_id=user.pk, type=Authenticator.Type.TOTP).first()
+        )
         if authenticator is None:
             return False
         secret = get_adapter().decrypt(authenticator.data["secret"])
-        step = next((c for c in yield_hotp_counters_from_time()
-                     if compare_user_code(actual=code, expected=format_hotp_value(hotp_value(secret, c)))), None)
+        step = next(
+            (
+                c
+                for c in yield_hotp_counters_from_time()
+                if compare_user_code(actual=code, expected=format_hotp_value(hotp_value(secret, c)))
+            ),
+            None,
+        )
         if step is None or step <= authenticator.data.get("last_step", -1):
             return False
         if not TOTP(authenticator).validate_code(code):
@@ -115,9 +122,11 @@ class MFAAdminAuthenticationForm(AdminAuthenticationForm):
     With ADMIN_REQUIRE_MFA on, staff without an authenticator are refused and told to enroll."""
 
     otp_code = forms.CharField(
-        label="Authenticator code", required=False, max_length=6, min_length=6,
-        widget=forms.TextInput(attrs={"autocomplete": "one-time-code", "inputmode": "numeric",
-                                      "pattern": "[0-9]{6}"}),
+        label="Authenticator code",
+        required=False,
+        max_length=6,
+        min_length=6,
+        widget=forms.TextInput(attrs={"autocomplete": "one-time-code", "inputmode": "numeric", "pattern": "[0-9]{6}"}),
     )
 
     error_messages = {

@@ -29,16 +29,21 @@ class RequestContextMiddleware:
         parent = request.headers.get("traceparent", "")
         active = tracing.tracer()
         if active is None:
-            traceparent = (context.child_traceparent(parent) if context.valid_traceparent(parent)
-                           else context.new_traceparent())
+            traceparent = (
+                context.child_traceparent(parent) if context.valid_traceparent(parent) else context.new_traceparent()
+            )
             return self._handle(request, correlation_id, traceparent, None)
         # The server span: the outbox rows written by this request name it as their parent.
         from opentelemetry.trace import SpanKind
 
-        with tracing.span(active, request.method or "HTTP", parent=parent, kind=SpanKind.SERVER,
-                          tracestate=request.headers.get("tracestate", ""),
-                          attributes={"http.request.method": request.method or "", "correlation_id": correlation_id},
-                          ) as span:
+        with tracing.span(
+            active,
+            request.method or "HTTP",
+            parent=parent,
+            kind=SpanKind.SERVER,
+            tracestate=request.headers.get("tracestate", ""),
+            attributes={"http.request.method": request.method or "", "correlation_id": correlation_id},
+        ) as span:
             return self._handle(request, correlation_id, tracing.traceparent_of(span), span)
 
     def _handle(self, request: HttpRequest, correlation_id: str, traceparent: str, span: Any) -> HttpResponse:
@@ -51,8 +56,9 @@ class RequestContextMiddleware:
             # The route pattern, not the path: one series per endpoint however many escrows exist.
             route = match.route if match is not None else "unmatched"
             escrow_id = match.kwargs.get("escrow_id") if match is not None else None
-            observability.observe_request(method=request.method or "", route=route,
-                                          status=response.status_code, seconds=duration)
+            observability.observe_request(
+                method=request.method or "", route=route, status=response.status_code, seconds=duration
+            )
             if span is not None:
                 _describe(span, request, route, response.status_code, escrow_id)
             response["X-Correlation-ID"] = correlation_id

@@ -17,19 +17,29 @@ from apps.notifications import public as notifications
 _NOT_FOUND_OR_CONFLICT = {"discord_account_linked_elsewhere": 409}
 
 
-LinkOutput = inline_serializer("DiscordLinkOutput", {
-    "linked": serializers.BooleanField(),
-    "discord_user_id": serializers.CharField(allow_null=True),
-    "linked_at": serializers.DateTimeField(allow_null=True),
-})
-PreferencesOutput = inline_serializer("NotificationPreferencesOutput", {
-    "preferences": inline_serializer("NotificationPreference", {
-        "kind": serializers.CharField(),
-        "description": serializers.CharField(),
-        "enabled": serializers.BooleanField(),
-        "locked": serializers.BooleanField(),
-    }, many=True),
-})
+LinkOutput = inline_serializer(
+    "DiscordLinkOutput",
+    {
+        "linked": serializers.BooleanField(),
+        "discord_user_id": serializers.CharField(allow_null=True),
+        "linked_at": serializers.DateTimeField(allow_null=True),
+    },
+)
+PreferencesOutput = inline_serializer(
+    "NotificationPreferencesOutput",
+    {
+        "preferences": inline_serializer(
+            "NotificationPreference",
+            {
+                "kind": serializers.CharField(),
+                "description": serializers.CharField(),
+                "enabled": serializers.BooleanField(),
+                "locked": serializers.BooleanField(),
+            },
+            many=True,
+        ),
+    },
+)
 
 
 def _problem(exc: notifications.NotificationError) -> Problem:
@@ -61,11 +71,17 @@ class DiscordLinkView(APIView):
 
 
 def _preferences_body(current: dict[str, bool]) -> dict[str, Any]:
-    return {"preferences": [
-        {"kind": kind, "description": notifications.KINDS[kind], "enabled": enabled,
-         "locked": kind in notifications.LOCKED_ON}
-        for kind, enabled in current.items()
-    ]}
+    return {
+        "preferences": [
+            {
+                "kind": kind,
+                "description": notifications.KINDS[kind],
+                "enabled": enabled,
+                "locked": kind in notifications.LOCKED_ON,
+            }
+            for kind, enabled in current.items()
+        ]
+    }
 
 
 class PreferencesView(APIView):
@@ -81,12 +97,20 @@ class PreferencesView(APIView):
     def patch(self, request: Request) -> Response:
         data = _body(request)
         if not isinstance(data, dict) or not data:
-            raise Problem(400, "validation_error", "send an object of kind -> true/false",
-                          errors=[{"field": "body", "detail": "must be a non-empty JSON object"}])
+            raise Problem(
+                400,
+                "validation_error",
+                "send an object of kind -> true/false",
+                errors=[{"field": "body", "detail": "must be a non-empty JSON object"}],
+            )
         wrong = [k for k, v in data.items() if not isinstance(v, bool)]
         if wrong:
-            raise Problem(400, "validation_error", "the request is invalid",
-                          errors=[{"field": k, "detail": "must be true or false"} for k in wrong])
+            raise Problem(
+                400,
+                "validation_error",
+                "the request is invalid",
+                errors=[{"field": k, "detail": "must be true or false"} for k in wrong],
+            )
         try:
             current = notifications.preferences_set(user_id=request.user.pk, changes=data)
         except notifications.NotificationError as exc:

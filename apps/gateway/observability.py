@@ -34,8 +34,7 @@ _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75
 
 HTTP_LATENCY = Histogram(
     "escrow_http_request_duration_seconds",
-    "Time to answer an HTTP request, by resolved route pattern (never the raw path: ids would explode "
-    "the label set)",
+    "Time to answer an HTTP request, by resolved route pattern (never the raw path: ids would explode the label set)",
     ["method", "route", "status"],
     buckets=_LATENCY_BUCKETS,
 )
@@ -82,17 +81,24 @@ class BusCollector(Collector):
         from apps.outbox import public as outbox
 
         subscribers = outbox.outbox_subscribers()
-        lag = GaugeMetricFamily("escrow_bus_lag_messages",
-                                "Outbox messages a subscriber has not processed yet", labels=["subscriber"])
-        lag_age = GaugeMetricFamily("escrow_bus_lag_seconds",
-                                    "Age of the oldest message a subscriber has not processed (0 if none)",
-                                    labels=["subscriber"])
-        applied = CounterMetricFamily("escrow_bus_applied_messages",
-                                      "Messages a subscriber has applied (its dedupe records)", labels=["subscriber"])
+        lag = GaugeMetricFamily(
+            "escrow_bus_lag_messages", "Outbox messages a subscriber has not processed yet", labels=["subscriber"]
+        )
+        lag_age = GaugeMetricFamily(
+            "escrow_bus_lag_seconds",
+            "Age of the oldest message a subscriber has not processed (0 if none)",
+            labels=["subscriber"],
+        )
+        applied = CounterMetricFamily(
+            "escrow_bus_applied_messages",
+            "Messages a subscriber has applied (its dedupe records)",
+            labels=["subscriber"],
+        )
         c2e = GaugeMetricFamily(
             "escrow_command_to_event_seconds",
             f"Outbox occurred_at to subscriber applied, over its last {RECENT_WINDOW} applied messages",
-            labels=["subscriber", "quantile"])
+            labels=["subscriber", "quantile"],
+        )
         for sub in subscribers:
             pending, oldest = _pending(sub)
             lag.add_metric([sub.name], pending)
@@ -106,7 +112,9 @@ class BusCollector(Collector):
         w2e = GaugeMetricFamily(
             "escrow_webhook_to_event_seconds",
             "Webhook accepted (its payment event written) to the escrow applying it, over the webhook "
-            f"events among the escrow's last {RECENT_WINDOW} applied messages", labels=["quantile"])
+            f"events among the escrow's last {RECENT_WINDOW} applied messages",
+            labels=["quantile"],
+        )
         delays = _recent_delays(subscriber="escrow", types=WEBHOOK_EVENT_TYPES)
         for q in QUANTILES:
             w2e.add_metric([str(q)], quantile(delays, q))
@@ -124,22 +132,31 @@ class DomainCollector(Collector):
         from apps.escrow.public import money_held_by_state
         from apps.projections.public import ops_attention_waiting
 
-        held = GaugeMetricFamily("escrow_money_held_minor",
-                                 "Money held now (minor units), by escrow state and currency",
-                                 labels=["state", "currency"])
-        holding = GaugeMetricFamily("escrow_money_held_escrows", "Escrows holding money now, by state and currency",
-                                    labels=["state", "currency"])
+        held = GaugeMetricFamily(
+            "escrow_money_held_minor",
+            "Money held now (minor units), by escrow state and currency",
+            labels=["state", "currency"],
+        )
+        holding = GaugeMetricFamily(
+            "escrow_money_held_escrows",
+            "Escrows holding money now, by state and currency",
+            labels=["state", "currency"],
+        )
         for state, currency, amount, escrows in money_held_by_state():
             held.add_metric([state, currency], amount)
             holding.add_metric([state, currency], escrows)
         yield from (held, holding)
 
-        waiting = GaugeMetricFamily("escrow_attention_escrows",
-                                    "Escrows waiting for a human, by kind (compliance_hold, transfer_failed, ...)",
-                                    labels=["attention"])
-        oldest = GaugeMetricFamily("escrow_attention_oldest_seconds",
-                                   "How long the longest-waiting escrow of each kind of attention has waited",
-                                   labels=["attention"])
+        waiting = GaugeMetricFamily(
+            "escrow_attention_escrows",
+            "Escrows waiting for a human, by kind (compliance_hold, transfer_failed, ...)",
+            labels=["attention"],
+        )
+        oldest = GaugeMetricFamily(
+            "escrow_attention_oldest_seconds",
+            "How long the longest-waiting escrow of each kind of attention has waited",
+            labels=["attention"],
+        )
         for attention, escrows, seconds in ops_attention_waiting():
             waiting.add_metric([attention], escrows)
             oldest.add_metric([attention], seconds)
@@ -173,14 +190,20 @@ def _recent_delays(*, subscriber: str, types: Iterable[str] | None = None) -> li
     records by primary key, then their outbox rows by event id; no scan grows with the tables."""
     from apps.outbox.public import OutboxMessage, ProcessedMessage
 
-    rows = list(ProcessedMessage.objects.filter(subscriber=subscriber).order_by("-id")
-                .values_list("event_id", "processed_at")[:RECENT_WINDOW])
+    rows = list(
+        ProcessedMessage.objects.filter(subscriber=subscriber)
+        .order_by("-id")
+        .values_list("event_id", "processed_at")[:RECENT_WINDOW]
+    )
     if not rows:
         return []
     outbox = OutboxMessage.objects.filter(event_id__in=[r[0] for r in rows])
     wanted = set(types) if types is not None else None
-    occurred = {eid: at for eid, at, type_name in outbox.values_list("event_id", "occurred_at", "type")
-                if wanted is None or type_name in wanted}
+    occurred = {
+        eid: at
+        for eid, at, type_name in outbox.values_list("event_id", "occurred_at", "type")
+        if wanted is None or type_name in wanted
+    }
     delays = [max((done - occurred[eid]).total_seconds(), 0.0) for eid, done in rows if eid in occurred]
     return sorted(delays)
 
@@ -194,8 +217,9 @@ def _outbox_metrics() -> Iterator[Metric]:
     unpublished = GaugeMetricFamily("escrow_outbox_unpublished_messages", "Outbox rows not yet relayed to Kafka")
     unpublished.add_metric([], row["n"])
     yield unpublished
-    age = GaugeMetricFamily("escrow_outbox_lag_seconds",
-                            "Age of the oldest outbox row not yet relayed to Kafka (0 if none)")
+    age = GaugeMetricFamily(
+        "escrow_outbox_lag_seconds", "Age of the oldest outbox row not yet relayed to Kafka (0 if none)"
+    )
     age.add_metric([], max((timezone.now() - row["oldest"]).total_seconds(), 0.0) if row["oldest"] else 0.0)
     yield age
     last = OutboxMessage.objects.order_by("-id").values_list("id", flat=True).first() or 0
@@ -204,10 +228,14 @@ def _outbox_metrics() -> Iterator[Metric]:
     yield written
     # The relay publishes in row order, so the highest published id counts what it relayed; read from the
     # newest rows down, it stops at the first published one (the backlog, when the relay keeps up: none).
-    relayed_id = (OutboxMessage.objects.filter(published_at__isnull=False).order_by("-id")
-                  .values_list("id", flat=True).first() or 0)
-    relayed = CounterMetricFamily("escrow_outbox_relayed_messages",
-                                  "Outbox rows relayed to Kafka (highest published row id); its rate is the relay rate")
+    relayed_id = (
+        OutboxMessage.objects.filter(published_at__isnull=False).order_by("-id").values_list("id", flat=True).first()
+        or 0
+    )
+    relayed = CounterMetricFamily(
+        "escrow_outbox_relayed_messages",
+        "Outbox rows relayed to Kafka (highest published row id); its rate is the relay rate",
+    )
     relayed.add_metric([], relayed_id)
     yield relayed
 
@@ -217,10 +245,15 @@ def _dead_letter_metrics(names: Iterable[str]) -> Iterator[Metric]:
 
     from apps.outbox.public import DeadLetter
 
-    counts = dict(DeadLetter.objects.filter(status=DeadLetter.Status.OPEN)
-                  .values_list("subscriber").annotate(n=Count("id")).values_list("subscriber", "n"))
-    per_subscriber = GaugeMetricFamily("escrow_dead_letters_open_by_subscriber",
-                                       "Dead letters waiting for ops, per subscriber", labels=["subscriber"])
+    counts = dict(
+        DeadLetter.objects.filter(status=DeadLetter.Status.OPEN)
+        .values_list("subscriber")
+        .annotate(n=Count("id"))
+        .values_list("subscriber", "n")
+    )
+    per_subscriber = GaugeMetricFamily(
+        "escrow_dead_letters_open_by_subscriber", "Dead letters waiting for ops, per subscriber", labels=["subscriber"]
+    )
     for name in sorted(set(names) | set(counts)):
         per_subscriber.add_metric([name], counts.get(name, 0))
     yield per_subscriber

@@ -28,12 +28,15 @@ class PayoutDestinationInput(io.StrictSerializer):
         return attrs
 
 
-PayoutDestinationOutput = inline_serializer("PayoutDestination", {
-    "seller": drf_serializers.IntegerField(),
-    "stripe_account_id": drf_serializers.CharField(),
-    "wallet_address": drf_serializers.CharField(),
-    "waiting_payouts": drf_serializers.IntegerField(),
-})
+PayoutDestinationOutput = inline_serializer(
+    "PayoutDestination",
+    {
+        "seller": drf_serializers.IntegerField(),
+        "stripe_account_id": drf_serializers.CharField(),
+        "wallet_address": drf_serializers.CharField(),
+        "waiting_payouts": drf_serializers.IntegerField(),
+    },
+)
 
 
 def _render(seller_id: int, destination: payments.Destination | None) -> dict[str, Any]:
@@ -50,8 +53,9 @@ class PayoutDestination(APIView):
     def get(self, request: Request) -> Response:
         return Response(_render(request.user.pk, payments.destination_get(seller_id=request.user.pk)))
 
-    @extend_schema(operation_id="payout_destination_put", request=PayoutDestinationInput,
-                   responses={200: PayoutDestinationOutput})
+    @extend_schema(
+        operation_id="payout_destination_put", request=PayoutDestinationInput, responses={200: PayoutDestinationOutput}
+    )
     def put(self, request: Request) -> Response:
         serializer = PayoutDestinationInput(data=request.data if request.body else {})
         serializer.is_valid(raise_exception=True)
@@ -64,8 +68,7 @@ class PayoutDestination(APIView):
             )
         except payments.InvalidPayoutDestination as exc:
             code = {409: "destination_not_ready", 503: "provider_unavailable"}.get(exc.status, "validation_error")
-            raise Problem(exc.status, code, exc.detail,
-                          errors=[{"field": exc.field, "detail": exc.detail}]) from None
+            raise Problem(exc.status, code, exc.detail, errors=[{"field": exc.field, "detail": exc.detail}]) from None
         return Response(_render(request.user.pk, destination))
 
 
@@ -79,8 +82,12 @@ class PayoutOnboarding(APIView):
     @extend_schema(operation_id="payout_destination_onboarding", request=None, responses={200: OnboardingOutput})
     def post(self, request: Request) -> Response:
         if request.body and request.body.strip() not in (b"", b"{}"):
-            raise Problem(400, "validation_error", "this endpoint takes no body",
-                          errors=[{"field": "body", "detail": "must be empty"}])
+            raise Problem(
+                400,
+                "validation_error",
+                "this endpoint takes no body",
+                errors=[{"field": "body", "detail": "must be empty"}],
+            )
         try:
             url = payments.onboarding_start(seller_id=request.user.pk)
         except payments.OnboardingUnavailable as exc:

@@ -14,7 +14,7 @@ from typing import Any
 PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "RFC 9457 problem details. `code` is stable; validation errors list `errors`, state-machine "
-                   "refusals carry the escrow's `state`, rate limits `retry_after` (seconds).",
+    "refusals carry the escrow's `state`, rate limits `retry_after` (seconds).",
     "required": ["type", "title", "status", "code", "detail"],
     "properties": {
         "type": {"type": "string"},
@@ -24,8 +24,10 @@ PROBLEM_SCHEMA: dict[str, Any] = {
         "detail": {"type": "string"},
         "state": {"type": "string"},
         "retry_after": {"type": "number", "nullable": True},
-        "errors": {"type": "array", "items": {"type": "object", "properties": {
-            "field": {"type": "string"}, "detail": {"type": "string"}}}},
+        "errors": {
+            "type": "array",
+            "items": {"type": "object", "properties": {"field": {"type": "string"}, "detail": {"type": "string"}}},
+        },
     },
     "additionalProperties": True,
 }
@@ -49,24 +51,29 @@ def _problem(status: int) -> dict[str, Any]:
     return {"description": WHY[status], "content": {"application/problem+json": {"schema": PROBLEM_REF}}}
 
 
-
 def _webhook(provider: str, *signature_headers: str) -> dict[str, Any]:
     return {
         "post": {
             "operationId": f"webhook_{provider}",
             "summary": f"Signature-verified {provider} webhook",
             "description": f"Called by {provider}, not by users. The raw body is verified against the "
-                           f"{', '.join(signature_headers)} header(s) before anything is trusted.",
+            f"{', '.join(signature_headers)} header(s) before anything is trusted.",
             "tags": ["webhooks"],
             "security": [],
-            "parameters": [{"name": name, "in": "header", "required": True, "schema": {"type": "string"}}
-                           for name in signature_headers],
+            "parameters": [
+                {"name": name, "in": "header", "required": True, "schema": {"type": "string"}}
+                for name in signature_headers
+            ],
             "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
             "responses": {
-                "200": {"description": "accepted (a duplicate delivery is accepted too, with no second effect)",
-                        "content": {"application/json": {"schema": {"type": "object"}}}},
-                "400": {**_problem(400), "description": "missing, forged or stale signature, or a body that is "
-                                                        "not the provider's event"},
+                "200": {
+                    "description": "accepted (a duplicate delivery is accepted too, with no second effect)",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "400": {
+                    **_problem(400),
+                    "description": "missing, forged or stale signature, or a body that is not the provider's event",
+                },
                 "404": {**_problem(404), "description": "this provider is not enabled in this deployment"},
                 "413": _problem(413),
             },
@@ -80,15 +87,19 @@ def _discord_interactions() -> dict[str, Any]:
             "operationId": "discord_interactions",
             "summary": "Discord's HTTP interactions endpoint (slash commands, buttons, modals)",
             "description": "Called by Discord, not by users: Ed25519 over X-Signature-Timestamp + the raw body, "
-                           "with DISCORD_PUBLIC_KEY. PING answers PONG.",
+            "with DISCORD_PUBLIC_KEY. PING answers PONG.",
             "tags": ["webhooks"],
             "security": [],
-            "parameters": [{"name": name, "in": "header", "required": True, "schema": {"type": "string"}}
-                           for name in ("X-Signature-Ed25519", "X-Signature-Timestamp")],
+            "parameters": [
+                {"name": name, "in": "header", "required": True, "schema": {"type": "string"}}
+                for name in ("X-Signature-Ed25519", "X-Signature-Timestamp")
+            ],
             "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
             "responses": {
-                "200": {"description": "the interaction response (type 1 PONG, 4 message, 5 deferred, ...)",
-                        "content": {"application/json": {"schema": {"type": "object"}}}},
+                "200": {
+                    "description": "the interaction response (type 1 PONG, 4 message, 5 deferred, ...)",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
                 "400": {**_problem(400), "description": "a body that is not a Discord interaction"},
                 "401": {**_problem(401), "description": "missing, forged or stale signature"},
                 "404": {**_problem(404), "description": "Discord is not configured in this deployment"},
@@ -116,7 +127,9 @@ def document_plain_routes(result: dict[str, Any], generator: Any, request: Any, 
     paths.setdefault("/api/v1/webhooks/custodian", _webhook("custodian", "X-Circle-Signature", "X-Circle-Key-Id"))
     paths.setdefault("/api/v1/discord/interactions", _discord_interactions())
     paths.setdefault("/api/v1/metrics", _plain_get("metrics", "Prometheus metrics", "text/plain"))
-    paths.setdefault("/api/v1/schema", _plain_get("schema", "This OpenAPI 3 document", "application/vnd.oai.openapi+json"))
+    paths.setdefault(
+        "/api/v1/schema", _plain_get("schema", "This OpenAPI 3 document", "application/vnd.oai.openapi+json")
+    )
     paths.setdefault("/api/v1/docs", _plain_get("docs", "Swagger UI", "text/html"))
     paths.setdefault("/api/v1/redoc", _plain_get("redoc", "ReDoc", "text/html"))
     return result
@@ -166,6 +179,7 @@ def document_problems(result: dict[str, Any], generator: Any, request: Any, publ
     metrics = paths.get("/api/v1/metrics", {}).get("get")
     if metrics is not None:  # METRICS_TOKEN, or loopback only (apps/gateway/metrics.py)
         metrics["responses"].setdefault("401", _problem(401))
-        metrics["responses"].setdefault("403", {**_problem(403), "description": "not from this host, and no "
-                                                                                "METRICS_TOKEN is set"})
+        metrics["responses"].setdefault(
+            "403", {**_problem(403), "description": "not from this host, and no METRICS_TOKEN is set"}
+        )
     return result

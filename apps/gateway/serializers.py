@@ -103,12 +103,14 @@ class CounterpartyField(SellerField):
 
 
 class CreateEscrowInput(StrictSerializer):
-    role = serializers.ChoiceField(choices=["buyer", "seller"], default="buyer", required=False,
-                                   help_text="The caller's side of the deal.")
+    role = serializers.ChoiceField(
+        choices=["buyer", "seller"], default="buyer", required=False, help_text="The caller's side of the deal."
+    )
     counterparty = CounterpartyField(
         required=False,
         help_text="The other party: a user id, a username, or discord:<snowflake> (an account is made for a "
-                  "Discord user who has none, and is theirs when they sign in with Discord).")
+        "Discord user who has none, and is theirs when they sign in with Discord).",
+    )
     seller = SellerField(required=False, help_text="Older form of counterparty, for a deal the buyer creates.")
     # Not trimmed: an amount is exactly a decimal string, " 149.99" is as ambiguous as "149.990".
     amount = StrictCharField(help_text='Decimal string, e.g. "149.99".', max_length=20, trim_whitespace=False)
@@ -139,10 +141,14 @@ class CreateEscrowInput(StrictSerializer):
             raise serializers.ValidationError({"amount": exc.detail}) from None
         low, high = settings.ESCROW_MIN_AMOUNT_MINOR, settings.ESCROW_MAX_AMOUNT_MINOR
         if not low <= minor <= high:
-            raise serializers.ValidationError({"amount": [
-                f"must be between {minor_to_decimal_string(low, attrs['currency'])} and "
-                f"{minor_to_decimal_string(high, attrs['currency'])}"
-            ]})
+            raise serializers.ValidationError(
+                {
+                    "amount": [
+                        f"must be between {minor_to_decimal_string(low, attrs['currency'])} and "
+                        f"{minor_to_decimal_string(high, attrs['currency'])}"
+                    ]
+                }
+            )
         attrs["amount_minor"] = minor
         return attrs
 
@@ -161,8 +167,9 @@ class DisputeInput(StrictSerializer):
 
 class ResolveInput(StrictSerializer):
     outcome = serializers.ChoiceField(choices=["release", "refund", "split"])
-    seller_amount = StrictCharField(required=False, max_length=20, trim_whitespace=False,
-                                    help_text="Split only: the seller's gross share.")
+    seller_amount = StrictCharField(
+        required=False, max_length=20, trim_whitespace=False, help_text="Split only: the seller's gross share."
+    )
     note = StrictCharField(max_length=1000, required=False, allow_blank=True, default="")
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -203,9 +210,10 @@ class EscrowOutput(serializers.Serializer):
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
     payment = serializers.DictField(required=False, help_text="Buyer only: how to pay.")
-    actions = serializers.ListField(child=serializers.CharField(),
-                                    help_text="What the caller may do now: accept, decline, pay, deliver, "
-                                              "release, dispute, cancel.")
+    actions = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="What the caller may do now: accept, decline, pay, deliver, release, dispute, cancel.",
+    )
     links = serializers.DictField(child=serializers.CharField())
 
 

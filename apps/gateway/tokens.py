@@ -22,8 +22,7 @@ def mint_access_token(user: AbstractBaseUser, *, expires_in: int | None = None) 
     if expires_in:
         store.set_expiry(expires_in)
     store.save()
-    UserSession.objects.create(user=user, session_key=store.session_key, ip="127.0.0.1",
-                               user_agent="mint_access_token")
+    UserSession.objects.create(user=user, session_key=store.session_key, ip="127.0.0.1", user_agent="mint_access_token")
     sid = internal.session_key_to_sid(store.session_key)
     claims: dict[str, Any] = {}
     token, _ = internal.create_token(

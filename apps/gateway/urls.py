@@ -22,17 +22,30 @@ urlpatterns = [
     path("webhooks/stripe", views.stripe_webhook, name="webhook-stripe"),
     path("webhooks/custodian", views.custodian_webhook, name="webhook-custodian"),
     path("me/discord-link", notification_views.DiscordLinkView.as_view(), name="me-discord-link"),
-    path("me/notification-preferences", notification_views.PreferencesView.as_view(),
-         name="me-notification-preferences"),
+    path(
+        "me/notification-preferences", notification_views.PreferencesView.as_view(), name="me-notification-preferences"
+    ),
     path("health", views.Health.as_view(), name="health"),
     path("ready", views.Ready.as_view(), name="ready"),
     path("metrics", metrics_view, name="metrics"),
     path("schema", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
     # GET only: DRF's OPTIONS answer cannot be rendered by the Swagger UI's HTML renderer (it was a 500).
-    path("docs", SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[], permission_classes=[],
-                                                http_method_names=["get", "head"]),
-         name="docs"),
-    path("redoc", SpectacularRedocView.as_view(url_name="schema", authentication_classes=[], permission_classes=[],
-                                               http_method_names=["get", "head"], template_name="gateway/redoc.html"),
-         name="redoc"),
+    path(
+        "docs",
+        SpectacularSwaggerView.as_view(
+            url_name="schema", authentication_classes=[], permission_classes=[], http_method_names=["get", "head"]
+        ),
+        name="docs",
+    ),
+    path(
+        "redoc",
+        SpectacularRedocView.as_view(
+            url_name="schema",
+            authentication_classes=[],
+            permission_classes=[],
+            http_method_names=["get", "head"],
+            template_name="gateway/redoc.html",
+        ),
+        name="redoc",
+    ),
 ]

@@ -35,8 +35,18 @@ from apps.projections.public import EscrowViewFields as EscrowView
 from proto.common.v1 import Actor, ActorKind, Money
 from proto.escrow import v1 as escrow_v1
 
-ESCROW_STATES = {"AWAIT_ACCEPTANCE", "AWAIT_FUNDS", "FUNDS_HELD", "DELIVERED", "RELEASING", "RELEASED", "CANCELLED", "REFUNDING",
-                 "REFUNDED", "DISPUTED"}
+ESCROW_STATES = {
+    "AWAIT_ACCEPTANCE",
+    "AWAIT_FUNDS",
+    "FUNDS_HELD",
+    "DELIVERED",
+    "RELEASING",
+    "RELEASED",
+    "CANCELLED",
+    "REFUNDING",
+    "REFUNDED",
+    "DISPUTED",
+}
 OUTCOMES = {
     "release": escrow_v1.DisputeOutcome.RELEASE,
     "refund": escrow_v1.DisputeOutcome.REFUND,
@@ -70,8 +80,9 @@ def _wait_for_read_model(result: CommandResult) -> None:
     caller's next GET does. On timeout the 202 still stands: the write is durable, the read model lags."""
     if settings.READ_YOUR_WRITES_SECONDS <= 0 or "projections" not in settings.BUS_OUTBOX_SUBSCRIBERS:
         return
-    selectors.escrow_view_wait(escrow_id=str(result.escrow_id), version=result.version,
-                               timeout_seconds=settings.READ_YOUR_WRITES_SECONDS)
+    selectors.escrow_view_wait(
+        escrow_id=str(result.escrow_id), version=result.version, timeout_seconds=settings.READ_YOUR_WRITES_SECONDS
+    )
 
 
 def _validated(serializer_class: type[drf_serializers.Serializer], request: Request) -> dict[str, Any]:
@@ -107,8 +118,9 @@ def _can_read(request: Request, view: EscrowView) -> bool:
     return request.user.pk in (view.buyer_id, view.seller_id) or is_staff_member(request.user)
 
 
-def _render_escrow(request: Request, view: EscrowView,
-                   instructions_by_escrow: dict[str, payments.PaymentInstructions] | None = None) -> dict[str, Any]:
+def _render_escrow(
+    request: Request, view: EscrowView, instructions_by_escrow: dict[str, payments.PaymentInstructions] | None = None
+) -> dict[str, Any]:
     # Views folded before two-sided deals name no creator: the buyer created those.
     created_by = view.created_by_id or view.buyer_id
     body: dict[str, Any] = {
@@ -136,8 +148,11 @@ def _render_escrow(request: Request, view: EscrowView,
         "actions": allowed_actions(view, request.user.pk, staff=_is_staff(request)),
     }
     if request.user.pk == view.buyer_id and view.state == "AWAIT_FUNDS":
-        instructions = (payments.payment_instructions(str(view.escrow_id)) if instructions_by_escrow is None
-                        else instructions_by_escrow.get(str(view.escrow_id)))
+        instructions = (
+            payments.payment_instructions(str(view.escrow_id))
+            if instructions_by_escrow is None
+            else instructions_by_escrow.get(str(view.escrow_id))
+        )
         if instructions is not None:
             body["payment"] = {
                 "provider": instructions.provider,
@@ -145,8 +160,9 @@ def _render_escrow(request: Request, view: EscrowView,
                 "client_secret": instructions.client_secret or None,
                 "deposit_address": instructions.deposit_address or None,
                 # A capability link to the checkout page, valid until the funding deadline.
-                "checkout_url": payments.checkout_url(escrow_id=str(view.escrow_id),
-                                                      funding_deadline=view.funding_deadline),
+                "checkout_url": payments.checkout_url(
+                    escrow_id=str(view.escrow_id), funding_deadline=view.funding_deadline
+                ),
             }
     return body
 
@@ -160,34 +176,51 @@ class EscrowCollection(APIView):
             OpenApiParameter("limit", int),
             OpenApiParameter("offset", int),
         ],
-        responses={200: inline_serializer("EscrowPage", {
-            "count": drf_serializers.IntegerField(),
-            "results": io.EscrowOutput(many=True),
-            "next": drf_serializers.CharField(allow_null=True),
-        })},
+        responses={
+            200: inline_serializer(
+                "EscrowPage",
+                {
+                    "count": drf_serializers.IntegerField(),
+                    "results": io.EscrowOutput(many=True),
+                    "next": drf_serializers.CharField(allow_null=True),
+                },
+            )
+        },
     )
     def get(self, request: Request) -> Response:
         params = request.query_params
         unknown = sorted(set(params) - {"role", "state", "limit", "offset"})
         if unknown:
-            raise Problem(400, "validation_error", "unknown query parameter",
-                          errors=[{"field": name, "detail": "unknown query parameter"} for name in unknown])
+            raise Problem(
+                400,
+                "validation_error",
+                "unknown query parameter",
+                errors=[{"field": name, "detail": "unknown query parameter"} for name in unknown],
+            )
         repeated = sorted(name for name in params if len(params.getlist(name)) > 1)
         if repeated:
             # Which of two values wins is not something a client should have to guess.
-            raise Problem(400, "validation_error", "repeated query parameter",
-                          errors=[{"field": name, "detail": "give this parameter once"} for name in repeated])
+            raise Problem(
+                400,
+                "validation_error",
+                "repeated query parameter",
+                errors=[{"field": name, "detail": "give this parameter once"} for name in repeated],
+            )
         role = params.get("role")
         state = params.get("state")
         if role is not None and role not in ("buyer", "seller"):
-            raise Problem(400, "validation_error", "invalid role", errors=[{"field": "role", "detail": "must be buyer or seller"}])
+            raise Problem(
+                400, "validation_error", "invalid role", errors=[{"field": "role", "detail": "must be buyer or seller"}]
+            )
         if state is not None and state not in ESCROW_STATES:
-            raise Problem(400, "validation_error", "invalid state", errors=[{"field": "state", "detail": "unknown state"}])
+            raise Problem(
+                400, "validation_error", "invalid state", errors=[{"field": "state", "detail": "unknown state"}]
+            )
         limit = _int_param(params, "limit", default=20, low=1, high=100)
         offset = _int_param(params, "offset", default=0, low=0, high=1_000_000)
         views = selectors.escrow_views_for_user(user_id=request.user.pk, role=role, state=state)
         count = views.count()
-        page = list(views[offset:offset + limit])
+        page = list(views[offset : offset + limit])
         next_link = None
         if offset + limit < count:
             query = request.query_params.copy()
@@ -196,9 +229,11 @@ class EscrowCollection(APIView):
             next_link = f"{request.path}?{query.urlencode()}"
         # One query for the page's payment instructions instead of one per escrow awaiting funds.
         instructions = payments.payment_instructions_many(
-            [str(v.escrow_id) for v in page if v.buyer_id == request.user.pk and v.state == "AWAIT_FUNDS"])
-        return Response({"count": count, "results": [_render_escrow(request, v, instructions) for v in page],
-                         "next": next_link})
+            [str(v.escrow_id) for v in page if v.buyer_id == request.user.pk and v.state == "AWAIT_FUNDS"]
+        )
+        return Response(
+            {"count": count, "results": [_render_escrow(request, v, instructions) for v in page], "next": next_link}
+        )
 
     @extend_schema(operation_id="escrows_create", request=io.CreateEscrowInput, responses={202: io.CommandAccepted})
     def post(self, request: Request) -> Response:
@@ -209,10 +244,15 @@ class EscrowCollection(APIView):
             counterparty_id = _counterparty_id(data["counterparty"])
             if counterparty_id == request.user.pk:
                 field = data["counterparty_field"]
-                raise Problem(400, "validation_error", "you cannot make a deal with yourself",
-                              errors=[{"field": field, "detail": "must be another user"}])
-            buyer_id, seller_id = ((request.user.pk, counterparty_id) if data["role"] == "buyer"
-                                   else (counterparty_id, request.user.pk))
+                raise Problem(
+                    400,
+                    "validation_error",
+                    "you cannot make a deal with yourself",
+                    errors=[{"field": field, "detail": "must be another user"}],
+                )
+            buyer_id, seller_id = (
+                (request.user.pk, counterparty_id) if data["role"] == "buyer" else (counterparty_id, request.user.pk)
+            )
             command = escrow_v1.CreateEscrow(
                 escrow_id=str(uuid.uuid5(command_id, "escrow")),
                 buyer_id=buyer_id,
@@ -234,8 +274,9 @@ def _counterparty_id(counterparty: Any) -> int:
         try:
             return notifications.user_for_discord_id(discord_user_id=int(counterparty)).pk
         except notifications.NotificationError as exc:
-            raise Problem(400, "validation_error", exc.detail,
-                          errors=[{"field": "counterparty", "detail": exc.detail}]) from None
+            raise Problem(
+                400, "validation_error", exc.detail, errors=[{"field": "counterparty", "detail": exc.detail}]
+            ) from None
     return counterparty.pk
 
 
@@ -248,8 +289,12 @@ def _int_param(params: Any, name: str, *, default: int, low: int, high: int) -> 
         return default
     # ASCII digits only: str.isdigit() also admits "²" (which int() then refuses) and "１".
     if not _ASCII_DIGITS.match(value) or not low <= int(value) <= high:
-        raise Problem(400, "validation_error", f"invalid {name}",
-                      errors=[{"field": name, "detail": f"must be an integer from {low} to {high}"}])
+        raise Problem(
+            400,
+            "validation_error",
+            f"invalid {name}",
+            errors=[{"field": name, "detail": f"must be an integer from {low} to {high}"}],
+        )
     return int(value)
 
 
@@ -269,16 +314,18 @@ class EscrowEvents(APIView):
         if view is None or not _can_read(request, view):
             raise Problem(404, "escrow_not_found", "no such escrow")
         entries = selectors.escrow_timeline(escrow_id=str(escrow_id))
-        return Response([
-            {
-                "version": entry.version,
-                "type": entry.type,
-                "occurred_at": entry.occurred_at.isoformat(),
-                "actor": {"kind": entry.actor_kind, "user_id": entry.actor_id},
-                "data": entry.data,
-            }
-            for entry in entries
-        ])
+        return Response(
+            [
+                {
+                    "version": entry.version,
+                    "type": entry.type,
+                    "occurred_at": entry.occurred_at.isoformat(),
+                    "actor": {"kind": entry.actor_kind, "user_id": entry.actor_id},
+                    "data": entry.data,
+                }
+                for entry in entries
+            ]
+        )
 
 
 class EscrowAction(APIView):
@@ -308,10 +355,18 @@ class EscrowAction(APIView):
             with transaction.atomic():
                 result = dispatch(command, command_id=command_id)
                 if command.actor.kind == ActorKind.STAFF and not result.duplicate:
-                    audit_record(actor=request.user, action=self._action_name(), escrow_id=escrow_id,
-                                 reason=self.audit_reason(data), command_id=command_id,
-                                 detail={"edge": "api", **{k: v for k, v in data.items() if k in ("outcome", "seller_amount")},
-                                         "state_after": result.state})
+                    audit_record(
+                        actor=request.user,
+                        action=self._action_name(),
+                        escrow_id=escrow_id,
+                        reason=self.audit_reason(data),
+                        command_id=command_id,
+                        detail={
+                            "edge": "api",
+                            **{k: v for k, v in data.items() if k in ("outcome", "seller_amount")},
+                            "state_after": result.state,
+                        },
+                    )
             return _accepted(request, result)
 
         return run_idempotent(request, raw, mutate)
@@ -394,8 +449,11 @@ class ResolveEscrow(EscrowAction):
         return super().post(request, escrow_id)
 
     def build(self, request: Request, escrow_id: uuid.UUID, data: dict[str, Any]) -> Any:
-        actor = (Actor(kind=ActorKind.STAFF, user_id=request.user.pk) if is_staff_member(request.user)
-                 else _user_actor(request))
+        actor = (
+            Actor(kind=ActorKind.STAFF, user_id=request.user.pk)
+            if is_staff_member(request.user)
+            else _user_actor(request)
+        )
         seller_amount = None
         if data["outcome"] == "split":
             view = selectors.escrow_view_get(escrow_id=str(escrow_id))
@@ -416,20 +474,38 @@ class ResolveEscrow(EscrowAction):
 
 class SandboxPay(APIView):
     # Not a command of ours (the sandbox provider's webhook is what moves the money): its own answer.
-    @extend_schema(operation_id="sandbox_pay", request=None, responses={202: inline_serializer("SandboxPayment", {
-        "escrow_id": drf_serializers.UUIDField(), "state": drf_serializers.CharField(),
-        "webhook": drf_serializers.CharField(), "links": drf_serializers.DictField(child=drf_serializers.CharField())})})
+    @extend_schema(
+        operation_id="sandbox_pay",
+        request=None,
+        responses={
+            202: inline_serializer(
+                "SandboxPayment",
+                {
+                    "escrow_id": drf_serializers.UUIDField(),
+                    "state": drf_serializers.CharField(),
+                    "webhook": drf_serializers.CharField(),
+                    "links": drf_serializers.DictField(child=drf_serializers.CharField()),
+                },
+            )
+        },
+    )
     def post(self, request: Request, escrow_id: uuid.UUID) -> Response:
         if request.body and request.body.strip() not in (b"", b"{}"):
-            raise Problem(400, "validation_error", "this endpoint takes no body",
-                          errors=[{"field": "body", "detail": "must be empty"}])
+            raise Problem(
+                400,
+                "validation_error",
+                "this endpoint takes no body",
+                errors=[{"field": "body", "detail": "must be empty"}],
+            )
         view = selectors.escrow_view_get(escrow_id=str(escrow_id))
         if view is None or request.user.pk not in (view.buyer_id, view.seller_id):
             raise Problem(404, "escrow_not_found", "no such escrow")
         if request.user.pk != view.buyer_id:
             raise Problem(403, "not_allowed", "only the buyer can pay", state=view.state)
         if view.state != "AWAIT_FUNDS":
-            raise Problem(409, "invalid_transition", f"the escrow is {view.state}, not awaiting funds", state=view.state)
+            raise Problem(
+                409, "invalid_transition", f"the escrow is {view.state}, not awaiting funds", state=view.state
+            )
         # Right after the create, payments may still be issuing the payment to pay (read-your-writes).
         payments.payment_instructions_wait(str(escrow_id), timeout_seconds=settings.READ_YOUR_WRITES_SECONDS)
         try:
@@ -439,8 +515,15 @@ class SandboxPay(APIView):
         if outcome.http_status >= 400:
             raise Problem(outcome.http_status, "payment_failed", outcome.detail)
         view.refresh_from_db()
-        response = Response({"escrow_id": str(escrow_id), "state": view.state, "webhook": outcome.status,
-                             "links": _links(request, escrow_id)}, status=202)
+        response = Response(
+            {
+                "escrow_id": str(escrow_id),
+                "state": view.state,
+                "webhook": outcome.status,
+                "links": _links(request, escrow_id),
+            },
+            status=202,
+        )
         response["Location"] = reverse("escrow-detail", kwargs={"escrow_id": escrow_id})
         return response
 
@@ -458,14 +541,20 @@ def _webhook(request: HttpRequest, provider: str) -> JsonResponse:
     if outcome.http_status == 404 and missing:
         # Unsigned is a bad request whichever providers this deployment runs (an enabled provider stores
         # and rejects it with 400 itself).
-        return JsonResponse(problem_body(400, "invalid_signature", f"missing {', '.join(missing)} header"),
-                            status=400, content_type=CONTENT_TYPE)
+        return JsonResponse(
+            problem_body(400, "invalid_signature", f"missing {', '.join(missing)} header"),
+            status=400,
+            content_type=CONTENT_TYPE,
+        )
     if outcome.http_status >= 400:
         code = {400: "invalid_signature", 404: "provider_disabled", 413: "body_too_large"}.get(
             outcome.http_status, "webhook_failed"
         )
-        return JsonResponse(problem_body(outcome.http_status, code, outcome.detail), status=outcome.http_status,
-                            content_type=CONTENT_TYPE)
+        return JsonResponse(
+            problem_body(outcome.http_status, code, outcome.detail),
+            status=outcome.http_status,
+            content_type=CONTENT_TYPE,
+        )
     return JsonResponse({"status": outcome.status, "detail": outcome.detail}, status=outcome.http_status)
 
 
@@ -473,8 +562,11 @@ def _post_only(request: HttpRequest) -> JsonResponse | None:
     """Django's require_POST answers 405 with an empty HTML body; every error here is problem+json."""
     if request.method == "POST":
         return None
-    response = JsonResponse(problem_body(405, "method_not_allowed", f'Method "{request.method}" not allowed.'),
-                            status=405, content_type=CONTENT_TYPE)
+    response = JsonResponse(
+        problem_body(405, "method_not_allowed", f'Method "{request.method}" not allowed.'),
+        status=405,
+        content_type=CONTENT_TYPE,
+    )
     response["Allow"] = "POST"
     return response
 
@@ -496,7 +588,9 @@ class Health(APIView):
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
 
-    @extend_schema(operation_id="health", responses={200: inline_serializer("Health", {"status": drf_serializers.CharField()})})
+    @extend_schema(
+        operation_id="health", responses={200: inline_serializer("Health", {"status": drf_serializers.CharField()})}
+    )
     def get(self, request: Request) -> Response:
         return Response({"status": "ok"})
 
@@ -505,17 +599,30 @@ class Ready(APIView):
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
 
-    @extend_schema(operation_id="ready", responses={200: inline_serializer("Ready", {
-        "status": drf_serializers.CharField(), "database": drf_serializers.CharField(),
-        "bus_lag": drf_serializers.DictField(child=drf_serializers.IntegerField())})})
+    @extend_schema(
+        operation_id="ready",
+        responses={
+            200: inline_serializer(
+                "Ready",
+                {
+                    "status": drf_serializers.CharField(),
+                    "database": drf_serializers.CharField(),
+                    "bus_lag": drf_serializers.DictField(child=drf_serializers.IntegerField()),
+                },
+            )
+        },
+    )
     def get(self, request: Request) -> Response:
         try:
             with connection.cursor() as cursor:
                 cursor.execute("SELECT 1")
             lags = {sub.name: bus.lag(sub) for sub in bus.outbox_subscribers()}
         except Exception as exc:  # noqa: BLE001 - readiness reports, it does not raise
-            return Response(problem_body(503, "not_ready", f"database unavailable: {type(exc).__name__}"),
-                            status=503, content_type=CONTENT_TYPE)
+            return Response(
+                problem_body(503, "not_ready", f"database unavailable: {type(exc).__name__}"),
+                status=503,
+                content_type=CONTENT_TYPE,
+            )
         return Response({"status": "ready", "database": "ok", "bus_lag": lags})
 
 
@@ -526,22 +633,26 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonR
 def server_error(request: HttpRequest) -> JsonResponse:
     # Called inside Django's `except` for the failure, wherever it was raised (a middleware, a view).
     if database_unavailable(sys.exc_info()[1]):
-        response = JsonResponse(problem_body(503, "database_unavailable",
-                                             "the database is unavailable; retry after the delay given"),
-                                status=503, content_type=CONTENT_TYPE)
+        response = JsonResponse(
+            problem_body(503, "database_unavailable", "the database is unavailable; retry after the delay given"),
+            status=503,
+            content_type=CONTENT_TYPE,
+        )
         response["Retry-After"] = str(settings.DATABASE_RETRY_AFTER_SECONDS)
         return response
-    return JsonResponse(problem_body(500, "internal_error", "something went wrong on our side; retry later"),
-                        status=500, content_type=CONTENT_TYPE)
+    return JsonResponse(
+        problem_body(500, "internal_error", "something went wrong on our side; retry later"),
+        status=500,
+        content_type=CONTENT_TYPE,
+    )
 
 
 def bad_request(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
     if isinstance(exception, RequestDataTooBig):
         # Raised outside DRF (the webhook views read the raw body): still a 413, not a vague 400.
-        return JsonResponse(problem_body(413, "body_too_large", "the request body is too large"), status=413,
-                            content_type=CONTENT_TYPE)
-    return JsonResponse(problem_body(400, "bad_request", "the request could not be understood"), status=400,
-                        content_type=CONTENT_TYPE)
-
-
-
+        return JsonResponse(
+            problem_body(413, "body_too_large", "the request body is too large"), status=413, content_type=CONTENT_TYPE
+        )
+    return JsonResponse(
+        problem_body(400, "bad_request", "the request could not be understood"), status=400, content_type=CONTENT_TYPE
+    )

@@ -18,8 +18,17 @@ from apps.notifications.services import NotificationError, notification_resend
 
 class DeliveryAttemptInline(admin.TabularInline):
     model = DeliveryAttempt
-    fields = ("number", "outcome", "http_status", "discord_code", "retry_after_seconds", "detail", "http_log",
-              "started_at", "finished_at")
+    fields = (
+        "number",
+        "outcome",
+        "http_status",
+        "discord_code",
+        "retry_after_seconds",
+        "detail",
+        "http_log",
+        "started_at",
+        "finished_at",
+    )
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -30,8 +39,17 @@ class DeliveryAttemptInline(admin.TabularInline):
 
 @admin.register(Notification)
 class NotificationAdmin(ReadOnlyAdmin):
-    list_display = ("id", "user_id", "escrow_id", "kind", "status", "attempts", "next_attempt_at", "last_error",
-                    "created_at")
+    list_display = (
+        "id",
+        "user_id",
+        "escrow_id",
+        "kind",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "last_error",
+        "created_at",
+    )
     list_filter = ("status", "kind")
     search_fields = ("=user_id", "=escrow_id", "=event_id")
     readonly_fields = [f.name for f in Notification._meta.fields]
@@ -46,10 +64,14 @@ class NotificationAdmin(ReadOnlyAdmin):
                 # The resend and its AuditLog row commit together: a refused resend leaves neither.
                 with transaction.atomic():
                     notification_resend(notification_id=notification.pk)
-                    audit_record(actor=request.user, action=AuditLog.Action.RESEND_NOTIFICATION,
-                                 escrow_id=notification.escrow_id, target=f"notification:{notification.pk}",
-                                 reason=f"resend of a {notification.status} {notification.kind} notification",
-                                 detail={"notification_id": notification.pk, "status_before": notification.status})
+                    audit_record(
+                        actor=request.user,
+                        action=AuditLog.Action.RESEND_NOTIFICATION,
+                        escrow_id=notification.escrow_id,
+                        target=f"notification:{notification.pk}",
+                        reason=f"resend of a {notification.status} {notification.kind} notification",
+                        detail={"notification_id": notification.pk, "status_before": notification.status},
+                    )
                 queued.append(notification.pk)
             except NotificationError as exc:
                 self.message_user(request, f"#{notification.pk}: {exc.detail}", messages.WARNING)

@@ -98,8 +98,12 @@ def _due(now: datetime.datetime) -> Q:
 def _skip(notification: Notification, reason: str, now: datetime.datetime) -> None:
     notification.attempts += 1
     DeliveryAttempt.objects.create(
-        notification=notification, number=_next_number(notification), outcome=DeliveryAttempt.Outcome.SKIPPED,
-        detail=reason, started_at=now, finished_at=now,
+        notification=notification,
+        number=_next_number(notification),
+        outcome=DeliveryAttempt.Outcome.SKIPPED,
+        detail=reason,
+        started_at=now,
+        finished_at=now,
     )
     notification.status = Notification.Status.SKIPPED
     notification.last_error = reason
@@ -142,14 +146,16 @@ def claim_due(*, limit: int, ids: list[int] | None = None) -> list[Claimed]:
             notification.status = Notification.Status.SENDING
             notification.claimed_until = now + lease
             notification.save(update_fields=["status", "claimed_until"])
-            claimed.append(Claimed(
-                notification_id=notification.pk,
-                discord_user_id=link.discord_user_id,
-                text=notification.text,
-                nonce=nonce_for(event_id=notification.event_id, user_id=notification.user_id),
-                attempt=notification.attempts + 1,
-                components=list(notification.components or []),
-            ))
+            claimed.append(
+                Claimed(
+                    notification_id=notification.pk,
+                    discord_user_id=link.discord_user_id,
+                    text=notification.text,
+                    nonce=nonce_for(event_id=notification.event_id, user_id=notification.user_id),
+                    attempt=notification.attempts + 1,
+                    components=list(notification.components or []),
+                )
+            )
     return claimed
 
 
@@ -168,10 +174,16 @@ def record_result(*, claim: Claimed, result: SendResult, started_at: datetime.da
             return notification
         notification.attempts += 1
         DeliveryAttempt.objects.create(
-            notification=notification, number=_next_number(notification), outcome=result.outcome,
-            http_status=result.http_status, discord_code=result.discord_code,
-            retry_after_seconds=result.retry_after, detail=result.detail[:500], http_log=result.http_log,
-            started_at=started_at, finished_at=now,
+            notification=notification,
+            number=_next_number(notification),
+            outcome=result.outcome,
+            http_status=result.http_status,
+            discord_code=result.discord_code,
+            retry_after_seconds=result.retry_after,
+            detail=result.detail[:500],
+            http_log=result.http_log,
+            started_at=started_at,
+            finished_at=now,
         )
         notification.claimed_until = None
         notification.last_error = "" if result.outcome == DeliveryAttempt.Outcome.SENT else result.detail[:500]
@@ -193,6 +205,7 @@ def record_result(*, claim: Claimed, result: SendResult, started_at: datetime.da
 
 
 # --- sending (no transaction open) ----------------------------------------------------------------
+
 
 @dataclass
 class _Exchanges:
@@ -236,7 +249,9 @@ def _classify(exc: BaseException) -> SendResult:
         if status == 429:
             retry_after = _retry_after_header(exc.response)
         permanent = code in PERMANENT_DISCORD_CODES or status in (400, 403, 404)
-        outcome = DeliveryAttempt.Outcome.PERMANENT if permanent and status != 429 else DeliveryAttempt.Outcome.TRANSIENT
+        outcome = (
+            DeliveryAttempt.Outcome.PERMANENT if permanent and status != 429 else DeliveryAttempt.Outcome.TRANSIENT
+        )
         if status == 401:
             # A bad bot token is ours to fix, not the user's: keep it retryable (and dead-letter it).
             outcome = DeliveryAttempt.Outcome.TRANSIENT
@@ -283,7 +298,9 @@ async def _send_one(http: HTTPClient, claim: Claimed, timeout_seconds: float) ->
         _exchanges.reset(token)
 
 
-async def _send_all(claims: list[Claimed], timeout_seconds: float) -> list[tuple[Claimed, SendResult, datetime.datetime]]:
+async def _send_all(
+    claims: list[Claimed], timeout_seconds: float
+) -> list[tuple[Claimed, SendResult, datetime.datetime]]:
     discord_api_base()
     trace = aiohttp.TraceConfig()
     trace.on_request_end.append(_on_request_end)
@@ -321,8 +338,9 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 ON_COMMIT_TIMEOUT_SECONDS = 5.0
 
 
-def deliver_due_notifications(*, limit: int = 100, ids: list[int] | None = None,
-                              timeout_seconds: float | None = None) -> int:
+def deliver_due_notifications(
+    *, limit: int = 100, ids: list[int] | None = None, timeout_seconds: float | None = None
+) -> int:
     """One delivery pass; returns how many notifications it attempted to send. The delivery loop, a bus
     worker tick and the after-commit hook call it; it must never run inside a transaction."""
     if connection.in_atomic_block:
@@ -360,7 +378,8 @@ def _deliver_robustly() -> None:
     # transaction match no row and cost nothing.
     ids, _after_commit.ids = getattr(_after_commit, "ids", None) or [], []
     try:
-        deliver_due_notifications(ids=ids, timeout_seconds=min(settings.DISCORD_SEND_TIMEOUT_SECONDS,
-                                                               ON_COMMIT_TIMEOUT_SECONDS))
+        deliver_due_notifications(
+            ids=ids, timeout_seconds=min(settings.DISCORD_SEND_TIMEOUT_SECONDS, ON_COMMIT_TIMEOUT_SECONDS)
+        )
     except Exception:  # noqa: BLE001
         log.exception("notification delivery pass failed")

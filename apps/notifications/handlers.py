@@ -52,15 +52,30 @@ def _notify(delivery: Delivery, kind: str, texts: dict[str, str], *, funding_dea
         owed.setdefault(users[role], text)
     # One read and one insert (get_or_create would cost a read, a savepoint, an insert and a release per
     # user); the unique constraint on (event, user) still backs the read up.
-    sent_before = set(Notification.objects.filter(event_id=delivery.event_id, user_id__in=list(owed))
-                      .values_list("user_id", flat=True))
-    created = [notification.pk for notification in Notification.objects.bulk_create([
-        Notification(event_id=delivery.event_id, user_id=user_id, escrow_id=delivery.aggregate_id, kind=kind,
-                     text=f"{text} {_link(delivery.aggregate_id)}",
-                     components=_buttons(delivery.aggregate_id, user_id, funding_deadline)
-                     if kind in _WITH_BUTTONS else [])
-        for user_id, text in owed.items() if user_id not in sent_before
-    ])]
+    sent_before = set(
+        Notification.objects.filter(event_id=delivery.event_id, user_id__in=list(owed)).values_list(
+            "user_id", flat=True
+        )
+    )
+    created = [
+        notification.pk
+        for notification in Notification.objects.bulk_create(
+            [
+                Notification(
+                    event_id=delivery.event_id,
+                    user_id=user_id,
+                    escrow_id=delivery.aggregate_id,
+                    kind=kind,
+                    text=f"{text} {_link(delivery.aggregate_id)}",
+                    components=_buttons(delivery.aggregate_id, user_id, funding_deadline)
+                    if kind in _WITH_BUTTONS
+                    else [],
+                )
+                for user_id, text in owed.items()
+                if user_id not in sent_before
+            ]
+        )
+    ]
     deliver_after_commit(created)
 
 
@@ -71,53 +86,82 @@ def on_created(event: escrow_v1.EscrowCreated, delivery: Delivery) -> None:
     amount = _amount(event.amount)
     if not event.created_by_id:
         # An event from before deals waited for acceptance.
-        _notify(delivery, "escrow_created", {
-            BUYER: f"Escrow for {amount} created. Next: pay it before the funding deadline.",
-            SELLER: f"A buyer opened an escrow for {amount}. Wait for the funds before you deliver.",
-        })
+        _notify(
+            delivery,
+            "escrow_created",
+            {
+                BUYER: f"Escrow for {amount} created. Next: pay it before the funding deadline.",
+                SELLER: f"A buyer opened an escrow for {amount}. Wait for the funds before you deliver.",
+            },
+        )
         return
     creator, counterparty = (SELLER, BUYER) if event.created_by_id == event.seller_id else (BUYER, SELLER)
     # The counterparty is asked first (dict order): one row per user, and the one that matters is theirs.
-    _notify(delivery, "escrow_created", {
-        counterparty: f"A {creator} proposes a deal for {amount}: {event.description[:200]}. "
-                      f"Next: accept it or decline it.",
-        creator: f"Deal for {amount} created. Next: wait for the {counterparty} to accept it.",
-    })
+    _notify(
+        delivery,
+        "escrow_created",
+        {
+            counterparty: f"A {creator} proposes a deal for {amount}: {event.description[:200]}. "
+            f"Next: accept it or decline it.",
+            creator: f"Deal for {amount} created. Next: wait for the {counterparty} to accept it.",
+        },
+    )
 
 
 def on_accepted(event: escrow_v1.EscrowAccepted, delivery: Delivery) -> None:
-    _notify(delivery, "escrow_accepted", {
-        BUYER: "The deal was accepted. Next: pay it before the funding deadline.",
-        SELLER: "The deal was accepted. Wait for the buyer's payment before you deliver.",
-    }, funding_deadline=event.funding_deadline)
+    _notify(
+        delivery,
+        "escrow_accepted",
+        {
+            BUYER: "The deal was accepted. Next: pay it before the funding deadline.",
+            SELLER: "The deal was accepted. Wait for the buyer's payment before you deliver.",
+        },
+        funding_deadline=event.funding_deadline,
+    )
 
 
 def on_declined(event: escrow_v1.EscrowDeclined, delivery: Delivery) -> None:
-    _notify(delivery, "escrow_declined", {
-        BUYER: "The deal was declined; it is cancelled and nothing was paid.",
-        SELLER: "The deal was declined; it is cancelled and nothing was paid.",
-    })
+    _notify(
+        delivery,
+        "escrow_declined",
+        {
+            BUYER: "The deal was declined; it is cancelled and nothing was paid.",
+            SELLER: "The deal was declined; it is cancelled and nothing was paid.",
+        },
+    )
 
 
 def on_funds_held(event: escrow_v1.EscrowFundsHeld, delivery: Delivery) -> None:
-    _notify(delivery, "funds_held", {
-        BUYER: "Your payment is held in escrow. Next: wait for the seller to deliver.",
-        SELLER: "The buyer's money is held in escrow. Next: deliver the item, then mark it delivered.",
-    })
+    _notify(
+        delivery,
+        "funds_held",
+        {
+            BUYER: "Your payment is held in escrow. Next: wait for the seller to deliver.",
+            SELLER: "The buyer's money is held in escrow. Next: deliver the item, then mark it delivered.",
+        },
+    )
 
 
 def on_delivered(event: escrow_v1.EscrowDelivered, delivery: Delivery) -> None:
-    _notify(delivery, "delivered", {
-        BUYER: "The seller marked the item delivered. Next: check it and release the funds, or open a dispute.",
-        SELLER: "Marked delivered. The funds are released when the buyer confirms or the inspection period ends.",
-    })
+    _notify(
+        delivery,
+        "delivered",
+        {
+            BUYER: "The seller marked the item delivered. Next: check it and release the funds, or open a dispute.",
+            SELLER: "Marked delivered. The funds are released when the buyer confirms or the inspection period ends.",
+        },
+    )
 
 
 def on_released(event: escrow_v1.EscrowReleased, delivery: Delivery) -> None:
-    _notify(delivery, "released", {
-        BUYER: "The escrow is complete: the funds went to the seller.",
-        SELLER: f"{_amount(event.paid_to_seller)} is on its way to you.",
-    })
+    _notify(
+        delivery,
+        "released",
+        {
+            BUYER: "The escrow is complete: the funds went to the seller.",
+            SELLER: f"{_amount(event.paid_to_seller)} is on its way to you.",
+        },
+    )
 
 
 def on_cancelled(event: escrow_v1.EscrowCancelled, delivery: Delivery) -> None:
@@ -125,24 +169,36 @@ def on_cancelled(event: escrow_v1.EscrowCancelled, delivery: Delivery) -> None:
 
 
 def on_refunded(event: escrow_v1.EscrowRefunded, delivery: Delivery) -> None:
-    _notify(delivery, "refunded", {
-        BUYER: f"{_amount(event.amount)} was refunded to you.",
-        SELLER: "The buyer was refunded.",
-    })
+    _notify(
+        delivery,
+        "refunded",
+        {
+            BUYER: f"{_amount(event.amount)} was refunded to you.",
+            SELLER: "The buyer was refunded.",
+        },
+    )
 
 
 def on_disputed(event: escrow_v1.EscrowDisputed, delivery: Delivery) -> None:
-    _notify(delivery, "disputed", {
-        BUYER: "A dispute is open. Our staff will review it; the funds stay held.",
-        SELLER: "A dispute is open. Our staff will review it; the funds stay held.",
-    })
+    _notify(
+        delivery,
+        "disputed",
+        {
+            BUYER: "A dispute is open. Our staff will review it; the funds stay held.",
+            SELLER: "A dispute is open. Our staff will review it; the funds stay held.",
+        },
+    )
 
 
 def on_dispute_resolved(event: escrow_v1.EscrowDisputeResolved, delivery: Delivery) -> None:
-    _notify(delivery, "dispute_resolved", {
-        BUYER: f"The dispute was resolved: {_amount(event.buyer_amount)} back to you.",
-        SELLER: f"The dispute was resolved: {_amount(event.seller_amount)} (before fees) to you.",
-    })
+    _notify(
+        delivery,
+        "dispute_resolved",
+        {
+            BUYER: f"The dispute was resolved: {_amount(event.buyer_amount)} back to you.",
+            SELLER: f"The dispute was resolved: {_amount(event.seller_amount)} (before fees) to you.",
+        },
+    )
 
 
 def on_transfer_failed(event: payments_v1.TransferFailed, delivery: Delivery) -> None:
@@ -150,7 +206,9 @@ def on_transfer_failed(event: payments_v1.TransferFailed, delivery: Delivery) ->
     if not event.awaiting_destination:
         return  # other payout failures are ops' to handle; the seller's money stays held meanwhile
     rail = "usdc" if event.provider == "custodian" else "card"
-    _notify(delivery, "payout_waiting", {SELLER: payments.payout_waiting_words(rail=rail, amount=_amount(event.amount))})
+    _notify(
+        delivery, "payout_waiting", {SELLER: payments.payout_waiting_words(rail=rail, amount=_amount(event.amount))}
+    )
 
 
 SUBSCRIBER = Subscriber(

@@ -24,5 +24,6 @@ KINDS: dict[str, str] = {
     "reminder_inspection": "A reminder to release or dispute before the inspection period ends",
 }
 
-LOCKED_ON: frozenset[str] = frozenset({"funds_held", "delivered", "released", "refunded", "dispute_resolved",
-                                       "account_linked", "payout_waiting"})
+LOCKED_ON: frozenset[str] = frozenset(
+    {"funds_held", "delivered", "released", "refunded", "dispute_resolved", "account_linked", "payout_waiting"}
+)

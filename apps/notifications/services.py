@@ -57,8 +57,9 @@ def discord_link_set(*, user_id: int, discord_user_id: int) -> DiscordLink:
             raise DiscordAccountTaken("this Discord account is linked to another user; unlink it there first")
         try:
             with transaction.atomic():
-                link, _ = DiscordLink.objects.update_or_create(user_id=user_id,
-                                                               defaults={"discord_user_id": discord_user_id})
+                link, _ = DiscordLink.objects.update_or_create(
+                    user_id=user_id, defaults={"discord_user_id": discord_user_id}
+                )
         except IntegrityError:
             raise DiscordAccountTaken("this Discord account is linked to another user; unlink it there first") from None
         notification = Notification.objects.create(
@@ -67,7 +68,7 @@ def discord_link_set(*, user_id: int, discord_user_id: int) -> DiscordLink:
             event_id=uuid.uuid5(_LINK_EVENT_NAMESPACE, f"{user_id}:{discord_user_id}:{link.pk}"),
             kind="account_linked",
             text="This Discord account is now linked to your escrow account. If that was not you, "
-                 f"unlink it and contact support. {settings.PUBLIC_BASE_URL}/api/v1/me/discord-link",
+            f"unlink it and contact support. {settings.PUBLIC_BASE_URL}/api/v1/me/discord-link",
         )
         deliver_after_commit([notification.pk])
     return link
@@ -89,8 +90,9 @@ def preferences_set(*, user_id: int, changes: dict[str, bool]) -> dict[str, bool
         if kind not in KINDS:
             raise UnknownKind(f"unknown notification kind {kind!r}", field=kind)
         if kind in LOCKED_ON and not enabled:
-            raise PreferenceLocked(f"{kind} messages move money or protect your account and cannot be switched off",
-                                   field=kind)
+            raise PreferenceLocked(
+                f"{kind} messages move money or protect your account and cannot be switched off", field=kind
+            )
     with transaction.atomic():
         for kind, enabled in changes.items():
             NotificationPreference.objects.update_or_create(user_id=user_id, kind=kind, defaults={"enabled": enabled})
@@ -102,10 +104,14 @@ def notification_resend(*, notification_id: int) -> Notification:
     recorded). A sent one is not resent: that would be a second DM for one event."""
     with transaction.atomic():
         notification = Notification.objects.select_for_update().get(pk=notification_id)
-        if notification.status not in (Notification.Status.DEAD, Notification.Status.FAILED,
-                                       Notification.Status.SKIPPED):
-            raise NotResendable(f"notification {notification_id} is {notification.status}; only dead, failed "
-                                "or skipped ones are resent")
+        if notification.status not in (
+            Notification.Status.DEAD,
+            Notification.Status.FAILED,
+            Notification.Status.SKIPPED,
+        ):
+            raise NotResendable(
+                f"notification {notification_id} is {notification.status}; only dead, failed or skipped ones are resent"
+            )
         notification.status = Notification.Status.PENDING
         notification.attempts = 0
         notification.next_attempt_at = timezone.now()

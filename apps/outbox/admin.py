@@ -47,10 +47,14 @@ class DeadLetterAdmin(ReadOnlyAdmin):
         for letter in queryset.filter(status=DeadLetter.Status.OPEN):
             try:
                 if bus.replay_dead_letter(letter):
-                    audit_record(actor=request.user, action=AuditLog.Action.REPLAY_DEAD_LETTER,
-                                 escrow_id=_uuid_or_none(letter.aggregate_id), target=f"dead letter {letter.pk}",
-                                 reason="replay requested in the admin", detail={"subscriber": letter.subscriber,
-                                                                                 "type": letter.type})
+                    audit_record(
+                        actor=request.user,
+                        action=AuditLog.Action.REPLAY_DEAD_LETTER,
+                        escrow_id=_uuid_or_none(letter.aggregate_id),
+                        target=f"dead letter {letter.pk}",
+                        reason="replay requested in the admin",
+                        detail={"subscriber": letter.subscriber, "type": letter.type},
+                    )
                 done += 1
             except Exception as exc:  # noqa: BLE001 - reported to the operator
                 failed += 1

@@ -413,15 +413,13 @@ def _deliver_run(subscriber: Subscriber, rows: list[OutboxMessage]) -> int:
         # A stream the batch had not locked is no handler failure: that row simply needs its own transaction.
         first_failure = None if isinstance(error, publish.StreamLockedTooLate) else error
         handled += _deliver(subscriber, rows[failed_at], first_failure)
-        rows = rows[failed_at + 1:]
+        rows = rows[failed_at + 1 :]
     if rows:
         handled += _deliver(subscriber, rows[0])
     return handled
 
 
-def _apply_batch(
-    subscriber: Subscriber, rows: list[OutboxMessage]
-) -> tuple[int, int | None, Exception | None]:
+def _apply_batch(subscriber: Subscriber, rows: list[OutboxMessage]) -> tuple[int, int | None, Exception | None]:
     """One transaction: the batch's streams locked first (for a subscriber that appends to the outbox),
     one dedupe read, each handler in order, one insert of the dedupe records, one checkpoint write.
 

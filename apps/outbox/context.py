@@ -80,8 +80,7 @@ def handling(delivery: Any, name: str) -> Iterator[TraceContext]:
         "correlation_id": delivery.correlation_id,
     }
     with (
-        tracing.span(active, name, parent=delivery.traceparent, kind=SpanKind.CONSUMER,
-                     attributes=attributes) as span,
+        tracing.span(active, name, parent=delivery.traceparent, kind=SpanKind.CONSUMER, attributes=attributes) as span,
         bound(
             TraceContext(
                 correlation_id=delivery.correlation_id,

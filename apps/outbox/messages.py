@@ -26,9 +26,21 @@ _TYPES: dict[str, type[betterproto2.Message]] = {
 }
 _NAMES = {cls: name for name, cls in _TYPES.items()}
 
-_ESCROW_COMMAND_NAMES = {"CreateEscrow", "AcceptEscrow", "DeclineEscrow", "MarkDelivered", "ReleaseFunds", "CancelEscrow", "OpenDispute", "ResolveDispute",
-                         "HoldEscrow", "UnholdEscrow", "RetryPayout", "ReturnStrandedFunds",
-                         "ResolveComplianceHold"}
+_ESCROW_COMMAND_NAMES = {
+    "CreateEscrow",
+    "AcceptEscrow",
+    "DeclineEscrow",
+    "MarkDelivered",
+    "ReleaseFunds",
+    "CancelEscrow",
+    "OpenDispute",
+    "ResolveDispute",
+    "HoldEscrow",
+    "UnholdEscrow",
+    "RetryPayout",
+    "ReturnStrandedFunds",
+    "ResolveComplianceHold",
+}
 _PAYMENT_COMMAND_NAMES = {"CreatePaymentIntent", "TransferToSeller", "InitiateRefund"}
 
 # Event ids are uuid5 over business state, so a retried write cannot mint a second id.

@@ -48,9 +48,7 @@ class OutboxMessage(models.Model):
         indexes = [
             models.Index(fields=["txid", "id"], name="outbox_delivery_order"),
             models.Index(fields=["aggregate_id", "id"], name="outbox_by_aggregate"),
-            models.Index(
-                fields=["id"], name="outbox_unpublished", condition=models.Q(published_at__isnull=True)
-            ),
+            models.Index(fields=["id"], name="outbox_unpublished", condition=models.Q(published_at__isnull=True)),
         ]
 
     def __str__(self) -> str:
@@ -77,9 +75,7 @@ class ProcessedMessage(models.Model):
     processed_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["subscriber", "event_id"], name="processed_once_per_subscriber")
-        ]
+        constraints = [models.UniqueConstraint(fields=["subscriber", "event_id"], name="processed_once_per_subscriber")]
 
     def __str__(self) -> str:
         return f"{self.subscriber} processed {self.event_id}"
@@ -105,9 +101,7 @@ class DeadLetter(models.Model):
     resolved_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["subscriber", "event_id"], name="one_dead_letter_per_message")
-        ]
+        constraints = [models.UniqueConstraint(fields=["subscriber", "event_id"], name="one_dead_letter_per_message")]
         indexes = [models.Index(fields=["status", "created_at"], name="dead_letter_queue")]
 
     def __str__(self) -> str:

@@ -55,8 +55,13 @@ def enabled() -> bool:
     return tracer() is not None
 
 
-def setup(*, enabled: bool | None = None, exporter: SpanExporter | None = None, service_name: str | None = None,
-          batch: bool | None = None) -> Tracer | None:
+def setup(
+    *,
+    enabled: bool | None = None,
+    exporter: SpanExporter | None = None,
+    service_name: str | None = None,
+    batch: bool | None = None,
+) -> Tracer | None:
     """(Re)configures this process's tracing; the arguments default to the settings.
 
     `exporter`: where finished spans go (default: the `TRACING_EXPORTER` setting). `batch`: export from
@@ -167,11 +172,19 @@ def _parent_context(traceparent: str, tracestate: str = "") -> Any:
 
 
 @contextmanager
-def span(active: Tracer, name: str, *, parent: str, kind: SpanKind, tracestate: str = "",
-         attributes: Mapping[str, Any] | None = None) -> Iterator[Span]:
+def span(
+    active: Tracer,
+    name: str,
+    *,
+    parent: str,
+    kind: SpanKind,
+    tracestate: str = "",
+    attributes: Mapping[str, Any] | None = None,
+) -> Iterator[Span]:
     """A span that is the current one while the block runs, child of the traceparent `parent` (not of
     whatever span is current: a subscriber drained inside a request belongs to its message's trace).
     An exception leaving the block is recorded on it and sets its status to error."""
-    with active.start_as_current_span(name, context=_parent_context(parent, tracestate), kind=kind,
-                                      attributes=attributes) as current:
+    with active.start_as_current_span(
+        name, context=_parent_context(parent, tracestate), kind=kind, attributes=attributes
+    ) as current:
         yield current

@@ -79,8 +79,10 @@ class BusWorker:
 
     def run_forever(self) -> None:
         self._listen()
-        log.info("bus worker started", extra={"subscribers": [s.name for s in bus.outbox_subscribers()],
-                                              "poll_seconds": self.poll_seconds})
+        log.info(
+            "bus worker started",
+            extra={"subscribers": [s.name for s in bus.outbox_subscribers()], "poll_seconds": self.poll_seconds},
+        )
         failures = 0
         try:
             while not self.stopping.is_set():
@@ -93,8 +95,10 @@ class BusWorker:
                     failures += 1
                     delay = outage.backoff_seconds(failures)
                     if outage.is_database_error(exc) or isinstance(exc, outage.DatabaseUnavailable):
-                        log.warning("bus worker: database unavailable, will retry",
-                                    extra={"failures": failures, "retry_in_s": delay, "error": repr(exc)})
+                        log.warning(
+                            "bus worker: database unavailable, will retry",
+                            extra={"failures": failures, "retry_in_s": delay, "error": repr(exc)},
+                        )
                     else:
                         log.exception("bus worker pass failed")
                     outage.reset_connection()
@@ -106,8 +110,14 @@ class BusWorker:
                 if self._listener is None:
                     self._listen()  # again, after the database came back
                 if handled:
-                    log.info("bus worker pass", extra={"handled": handled, "total": self.handled,
-                                                       "ms": round((time.perf_counter() - started) * 1000, 1)})
+                    log.info(
+                        "bus worker pass",
+                        extra={
+                            "handled": handled,
+                            "total": self.handled,
+                            "ms": round((time.perf_counter() - started) * 1000, 1),
+                        },
+                    )
                 # Always wait: a commit made during the pass by anyone else has announced itself, so the
                 # wait ends at once; an immediate extra pass would only find nothing, at ~4 statements
                 # per subscriber.

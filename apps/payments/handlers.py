@@ -61,8 +61,7 @@ def _key(delivery: Delivery, purpose: str) -> str:
 # --- CreatePaymentIntent ---------------------------------------------------------------------------------
 
 
-def prepare_payment(command: payments_v1.CreatePaymentIntent,
-                    delivery: Delivery) -> tuple[str, PaymentSetup | Refusal]:
+def prepare_payment(command: payments_v1.CreatePaymentIntent, delivery: Delivery) -> tuple[str, PaymentSetup | Refusal]:
     amount = command.amount
     provider = providers.for_new_payment(amount_minor=amount.amount_minor, currency=amount.currency)
     try:
@@ -77,8 +76,9 @@ def prepare_payment(command: payments_v1.CreatePaymentIntent,
     return provider.name, setup
 
 
-def apply_payment(command: payments_v1.CreatePaymentIntent, delivery: Delivery,
-                  prepared: tuple[str, PaymentSetup | Refusal]) -> None:
+def apply_payment(
+    command: payments_v1.CreatePaymentIntent, delivery: Delivery, prepared: tuple[str, PaymentSetup | Refusal]
+) -> None:
     provider_name, setup = prepared
     amount = command.amount
     services.lock_order(command.escrow_id)
@@ -139,8 +139,9 @@ def _payment_of(escrow_id: str) -> PaymentArtifact:
     return payment
 
 
-def prepare_transfer(command: payments_v1.TransferToSeller,
-                     delivery: Delivery) -> MoneyMovement | Refusal | AwaitingDestination:
+def prepare_transfer(
+    command: payments_v1.TransferToSeller, delivery: Delivery
+) -> MoneyMovement | Refusal | AwaitingDestination:
     payment = _payment_of(command.escrow_id)
     try:
         return providers.get(payment.provider).create_transfer(
@@ -157,8 +158,9 @@ def prepare_transfer(command: payments_v1.TransferToSeller,
         return _refusal(exc)
 
 
-def apply_transfer(command: payments_v1.TransferToSeller, delivery: Delivery,
-                   prepared: MoneyMovement | Refusal | AwaitingDestination) -> None:
+def apply_transfer(
+    command: payments_v1.TransferToSeller, delivery: Delivery, prepared: MoneyMovement | Refusal | AwaitingDestination
+) -> None:
     payment = _payment_of(command.escrow_id)
     if isinstance(prepared, Refusal | AwaitingDestination):
         _transfer_not_sent(command, delivery, payment, prepared)
@@ -175,8 +177,12 @@ def apply_transfer(command: payments_v1.TransferToSeller, delivery: Delivery,
     )
 
 
-def _transfer_not_sent(command: payments_v1.TransferToSeller, delivery: Delivery, payment: PaymentArtifact,
-                       outcome: Refusal | AwaitingDestination) -> None:
+def _transfer_not_sent(
+    command: payments_v1.TransferToSeller,
+    delivery: Delivery,
+    payment: PaymentArtifact,
+    outcome: Refusal | AwaitingDestination,
+) -> None:
     """No money moved: the funds stay held, the escrow stays RELEASING and is flagged for ops by the
     TransferFailed. A missing destination also parks the payout, sent when the seller registers one. A
     payout screening blocked is kept as well, held (`blocked`) for the compliance review: a lift sends it
@@ -200,14 +206,20 @@ def _transfer_not_sent(command: payments_v1.TransferToSeller, delivery: Delivery
         reason = f"awaiting payout destination: {outcome.reason}; sent once the seller registers one"
     else:
         reason = outcome.reason
-        outstanding = WaitingPayout.objects.filter(escrow_id=command.escrow_id, status__in=[
-            WaitingPayout.Status.WAITING, WaitingPayout.Status.SENDING, WaitingPayout.Status.BLOCKED,
-        ]).exclude(idempotency_key=key)
+        outstanding = WaitingPayout.objects.filter(
+            escrow_id=command.escrow_id,
+            status__in=[
+                WaitingPayout.Status.WAITING,
+                WaitingPayout.Status.SENDING,
+                WaitingPayout.Status.BLOCKED,
+            ],
+        ).exclude(idempotency_key=key)
         # One outstanding payout per escrow: a second blocked command for it (a retry that raced the hold)
         # is not kept, or a lift would send both.
         if outcome.blocked_address and not outstanding.exists():
-            WaitingPayout.objects.get_or_create(idempotency_key=key, defaults={
-                **payout, "status": WaitingPayout.Status.BLOCKED, "last_error": reason})
+            WaitingPayout.objects.get_or_create(
+                idempotency_key=key, defaults={**payout, "status": WaitingPayout.Status.BLOCKED, "last_error": reason}
+            )
     services.emit(
         order,
         payments_v1.TransferFailed(
@@ -270,8 +282,17 @@ def apply_refund(command: payments_v1.InitiateRefund, delivery: Delivery, prepar
     )
 
 
-def record_movement(*, escrow_id: str, kind: str, provider_name: str, movement: MoneyMovement, key: str,
-                     amount_minor: int, fee_minor: int, currency: str) -> None:
+def record_movement(
+    *,
+    escrow_id: str,
+    kind: str,
+    provider_name: str,
+    movement: MoneyMovement,
+    key: str,
+    amount_minor: int,
+    fee_minor: int,
+    currency: str,
+) -> None:
     services.lock_order(escrow_id)
     _, created = PaymentArtifact.objects.get_or_create(
         idempotency_key=key,
@@ -288,9 +309,7 @@ def record_movement(*, escrow_id: str, kind: str, provider_name: str, movement: 
     )
     if created:
         provider = providers.get(provider_name)
-        transaction.on_commit(
-            lambda: provider.after_commit(kind=kind, provider_id=movement.provider_id), robust=True
-        )
+        transaction.on_commit(lambda: provider.after_commit(kind=kind, provider_id=movement.provider_id), robust=True)
 
 
 # --- EscrowComplianceHoldResolved --------------------------------------------------------------------------
@@ -311,11 +330,15 @@ def on_compliance_hold_resolved(event: escrow_v1.EscrowComplianceHoldResolved, d
     if order is None:
         return
     released = WaitingPayout.objects.filter(escrow_id=event.escrow_id, status=WaitingPayout.Status.BLOCKED).update(
-        status=WaitingPayout.Status.WAITING, last_error="compliance hold lifted", updated_at=timezone.now())
+        status=WaitingPayout.Status.WAITING, last_error="compliance hold lifted", updated_at=timezone.now()
+    )
     if released:
         transaction.on_commit(lambda: payouts.waiting_payouts_send(escrow_id=event.escrow_id), robust=True)
-    artifacts = PaymentArtifact.objects.select_for_update().filter(
-        escrow_id=event.escrow_id, kind=PaymentArtifact.Kind.PAYMENT).order_by("pk")
+    artifacts = (
+        PaymentArtifact.objects.select_for_update()
+        .filter(escrow_id=event.escrow_id, kind=PaymentArtifact.Kind.PAYMENT)
+        .order_by("pk")
+    )
     for artifact in artifacts:
         for deposit, seen in artifact.raw.get("blocked", {}).items():
             if deposit not in artifact.raw.get("deposits", []):
@@ -331,7 +354,8 @@ SUBSCRIBER = Subscriber(
         payments_v1.InitiateRefund: ExternalEffect(prepare=prepare_refund, apply=apply_refund),
         escrow_v1.EscrowComplianceHoldResolved: on_compliance_hold_resolved,
         # A cancelled deal's open Stripe Checkout pages are closed (apps/payments/checkout.py).
-        escrow_v1.EscrowCancelled: ExternalEffect(prepare=checkout.sessions_expire_prepare,
-                                                  apply=checkout.sessions_expire_apply),
+        escrow_v1.EscrowCancelled: ExternalEffect(
+            prepare=checkout.sessions_expire_prepare, apply=checkout.sessions_expire_apply
+        ),
     },
 )

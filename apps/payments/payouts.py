@@ -58,13 +58,16 @@ class Destination:
 
 
 def _of(row: PayoutDestination) -> Destination:
-    return Destination(seller_id=row.seller_id, stripe_account_id=row.stripe_account_id,
-                       wallet_address=row.wallet_address)
+    return Destination(
+        seller_id=row.seller_id, stripe_account_id=row.stripe_account_id, wallet_address=row.wallet_address
+    )
 
 
 def validate_stripe_account(value: str) -> str:
     if not STRIPE_ACCOUNT.match(value):
-        raise InvalidPayoutDestination("stripe_account_id", "must be a Stripe connected account id such as acct_1Nv0FGQ9RKHgCVdK")
+        raise InvalidPayoutDestination(
+            "stripe_account_id", "must be a Stripe connected account id such as acct_1Nv0FGQ9RKHgCVdK"
+        )
     return value
 
 
@@ -84,8 +87,10 @@ def validate_wallet(value: str) -> str:
         raise InvalidPayoutDestination("wallet_address", "must be a 0x-prefixed 40-hex-digit address on Base")
     digits = value[2:]
     if digits != digits.lower() and digits != digits.upper() and value != eip55_checksum(value):
-        raise InvalidPayoutDestination("wallet_address", "the EIP-55 checksum (its mixed case) does not match: "
-                                                         "copy the address again from the wallet")
+        raise InvalidPayoutDestination(
+            "wallet_address",
+            "the EIP-55 checksum (its mixed case) does not match: copy the address again from the wallet",
+        )
     if value.lower() == ZERO_ADDRESS:
         raise InvalidPayoutDestination("wallet_address", "the zero address burns funds")
     return value.lower()
@@ -141,13 +146,15 @@ def _claim(payout: WaitingPayout) -> bool:
     payouts uses the same kind of UPDATE, so for one row exactly one of them wins."""
     stale = timezone.now() - STALE_CLAIM
     claimable = WaitingPayout.objects.filter(pk=payout.pk, status=WaitingPayout.Status.WAITING) | (
-        WaitingPayout.objects.filter(pk=payout.pk, status=WaitingPayout.Status.SENDING, updated_at__lt=stale))
+        WaitingPayout.objects.filter(pk=payout.pk, status=WaitingPayout.Status.SENDING, updated_at__lt=stale)
+    )
     return bool(claimable.update(status=WaitingPayout.Status.SENDING, updated_at=timezone.now()))
 
 
 def _unclaim(payout: WaitingPayout, error: str = "") -> None:
     WaitingPayout.objects.filter(pk=payout.pk, status=WaitingPayout.Status.SENDING).update(
-        status=WaitingPayout.Status.WAITING, last_error=error[:1000], updated_at=timezone.now())
+        status=WaitingPayout.Status.WAITING, last_error=error[:1000], updated_at=timezone.now()
+    )
 
 
 def _not_sent(payout: WaitingPayout, error: ProviderError) -> None:
@@ -163,14 +170,17 @@ def _not_sent(payout: WaitingPayout, error: ProviderError) -> None:
     with transaction.atomic():
         order = services.lock_order(str(payout.escrow_id))
         changed = WaitingPayout.objects.filter(pk=payout.pk, status=WaitingPayout.Status.SENDING).update(
-            status=status, last_error=reason, updated_at=timezone.now())
+            status=status, last_error=reason, updated_at=timezone.now()
+        )
         if not changed or order is None:
             return
         services.emit(
             order,
             payments_v1.TransferFailed(
-                escrow_id=str(payout.escrow_id), amount=services.money(payout.amount_minor, payout.currency),
-                provider=payout.provider, reason=reason,
+                escrow_id=str(payout.escrow_id),
+                amount=services.money(payout.amount_minor, payout.currency),
+                provider=payout.provider,
+                reason=reason,
             ),
             fact=f"{payout.provider}:{payout.idempotency_key}:resend_failed:{uuid.uuid4()}",
         )
@@ -185,21 +195,28 @@ def _hold_for_review(payout: WaitingPayout, blocked: ProviderError) -> None:
 
     address = str(getattr(blocked, "address", ""))
     # One announcement per screening that blocked (a payout blocked again after a lift is a new hold).
-    verdict = (WalletScreening.objects.filter(escrow_id=payout.escrow_id, address=address, allowed=False)
-               .order_by("-pk").values_list("pk", flat=True).first())
+    verdict = (
+        WalletScreening.objects.filter(escrow_id=payout.escrow_id, address=address, allowed=False)
+        .order_by("-pk")
+        .values_list("pk", flat=True)
+        .first()
+    )
     fact = f"{payout.idempotency_key}:parked:{verdict}"
     reason = str(blocked)[:1000]
     with transaction.atomic():
         order = services.lock_order(str(payout.escrow_id))
         held = WaitingPayout.objects.filter(pk=payout.pk, status=WaitingPayout.Status.SENDING).update(
-            status=WaitingPayout.Status.BLOCKED, last_error=reason, updated_at=timezone.now())
+            status=WaitingPayout.Status.BLOCKED, last_error=reason, updated_at=timezone.now()
+        )
         if not held or order is None:
             return
         services.emit(
             order,
             payments_v1.TransferFailed(
-                escrow_id=str(payout.escrow_id), amount=services.money(payout.amount_minor, payout.currency),
-                provider=payout.provider, reason=reason,
+                escrow_id=str(payout.escrow_id),
+                amount=services.money(payout.amount_minor, payout.currency),
+                provider=payout.provider,
+                reason=reason,
             ),
             fact=f"{payout.provider}:{fact}:not_sent",
         )
@@ -217,7 +234,8 @@ def waiting_payouts_send(*, seller_id: int | None = None, escrow_id: str | None 
     from apps.payments.providers.screening import ScreeningBlocked
 
     waiting = WaitingPayout.objects.filter(
-        status__in=[WaitingPayout.Status.WAITING, WaitingPayout.Status.SENDING]).order_by("id")
+        status__in=[WaitingPayout.Status.WAITING, WaitingPayout.Status.SENDING]
+    ).order_by("id")
     if seller_id is not None:
         waiting = waiting.filter(seller_id=seller_id)
     if escrow_id is not None:
@@ -251,9 +269,14 @@ def waiting_payouts_send(*, seller_id: int | None = None, escrow_id: str | None 
         with transaction.atomic():
             locked = WaitingPayout.objects.select_for_update().get(pk=payout.pk)
             handlers.record_movement(
-                escrow_id=str(payout.escrow_id), kind="transfer", provider_name=payout.provider,
-                movement=movement, key=payout.idempotency_key, amount_minor=payout.amount_minor,
-                fee_minor=payout.fee_minor, currency=payout.currency,
+                escrow_id=str(payout.escrow_id),
+                kind="transfer",
+                provider_name=payout.provider,
+                movement=movement,
+                key=payout.idempotency_key,
+                amount_minor=payout.amount_minor,
+                fee_minor=payout.fee_minor,
+                currency=payout.currency,
             )
             locked.status = WaitingPayout.Status.SENT
             locked.last_error = ""
@@ -281,23 +304,27 @@ def refund_budget_check(*, escrow_id: str, refund_minor: int) -> str:
         return ""
     artifacts = PaymentArtifact.objects.filter(escrow_id=escrow_id)
     live = [PaymentArtifact.Status.PENDING, PaymentArtifact.Status.SUCCEEDED]
-    received = _sum(artifacts.filter(kind=PaymentArtifact.Kind.PAYMENT, status=PaymentArtifact.Status.SUCCEEDED),
-                    "amount_minor")
-    committed = (_sum(artifacts.filter(kind=PaymentArtifact.Kind.TRANSFER, status__in=live),
-                      F("amount_minor") + F("fee_minor"))
-                 + _sum(artifacts.filter(kind=PaymentArtifact.Kind.REFUND, status__in=live), "amount_minor"))
+    received = _sum(
+        artifacts.filter(kind=PaymentArtifact.Kind.PAYMENT, status=PaymentArtifact.Status.SUCCEEDED), "amount_minor"
+    )
+    committed = _sum(
+        artifacts.filter(kind=PaymentArtifact.Kind.TRANSFER, status__in=live), F("amount_minor") + F("fee_minor")
+    ) + _sum(artifacts.filter(kind=PaymentArtifact.Kind.REFUND, status__in=live), "amount_minor")
     parked = _sum(payouts.filter(status__in=parked_statuses), F("amount_minor") + F("fee_minor"))
     sending = _sum(payouts.filter(status=WaitingPayout.Status.SENDING), F("amount_minor") + F("fee_minor"))
     if committed + parked + sending + refund_minor <= received:
         return ""
     cancelled = payouts.filter(status__in=parked_statuses).update(
-        status=WaitingPayout.Status.CANCELLED, last_error="superseded by a refund", updated_at=timezone.now())
+        status=WaitingPayout.Status.CANCELLED, last_error="superseded by a refund", updated_at=timezone.now()
+    )
     if cancelled:
         log.warning("parked payouts cancelled by a refund", extra={"escrow_id": escrow_id, "cancelled": cancelled})
     sending = _sum(payouts.filter(status=WaitingPayout.Status.SENDING), F("amount_minor") + F("fee_minor"))
     if committed + sending + refund_minor > received:
-        return (f"refund of {refund_minor} would exceed what the escrow received ({received}); "
-                f"{committed + sending} is already paid out, refunded or being sent")
+        return (
+            f"refund of {refund_minor} would exceed what the escrow received ({received}); "
+            f"{committed + sending} is already paid out, refunded or being sent"
+        )
     return ""
 
 

@@ -15,9 +15,18 @@ from apps.payments.providers import sandbox
 from apps.payments.providers.sandbox import deliver_owed_webhooks
 from apps.payments.webhooks import WebhookOutcome, webhook_receive
 
-__all__ = ["PaymentInstructions", "escrow_ids_on_rail", "payment_rails", "WebhookOutcome", "deliver_owed_webhooks", "payment_instructions", "payment_instructions_many",
-           "payment_instructions_wait",
-           "sandbox_pay", "webhook_receive"]
+__all__ = [
+    "PaymentInstructions",
+    "escrow_ids_on_rail",
+    "payment_rails",
+    "WebhookOutcome",
+    "deliver_owed_webhooks",
+    "payment_instructions",
+    "payment_instructions_many",
+    "payment_instructions_wait",
+    "sandbox_pay",
+    "webhook_receive",
+]
 
 
 @dataclass(frozen=True)
@@ -61,16 +70,20 @@ def payment_instructions_many(escrow_ids: list[str]) -> dict[str, PaymentInstruc
     found: dict[str, PaymentInstructions] = {}
     if not escrow_ids:
         return found
-    artifacts = (PaymentArtifact.objects.filter(escrow_id__in=escrow_ids, kind=PaymentArtifact.Kind.PAYMENT)
-                 .order_by("created_at"))
+    artifacts = PaymentArtifact.objects.filter(escrow_id__in=escrow_ids, kind=PaymentArtifact.Kind.PAYMENT).order_by(
+        "created_at"
+    )
     for artifact in artifacts:
         # The first (oldest) artifact per escrow wins, as in payment_instructions.
-        found.setdefault(str(artifact.escrow_id), PaymentInstructions(
-            provider=artifact.provider,
-            status=artifact.status,
-            client_secret=artifact.client_secret,
-            deposit_address=artifact.deposit_address,
-        ))
+        found.setdefault(
+            str(artifact.escrow_id),
+            PaymentInstructions(
+                provider=artifact.provider,
+                status=artifact.status,
+                client_secret=artifact.client_secret,
+                deposit_address=artifact.deposit_address,
+            ),
+        )
     return found
 
 
@@ -122,9 +135,21 @@ from apps.payments.checkout import (  # noqa: E402
     stripe_checkout_start,
 )
 
-__all__ += ["CardNumberInvalid", "CardOutcome", "Checkout", "CheckoutGrant", "CheckoutLinkExpired",
-            "CheckoutLinkInvalid", "CheckoutUnavailable", "checkout_get", "checkout_path", "checkout_token_read",
-            "checkout_url", "sandbox_card_pay", "stripe_checkout_start"]
+__all__ += [
+    "CardNumberInvalid",
+    "CardOutcome",
+    "Checkout",
+    "CheckoutGrant",
+    "CheckoutLinkExpired",
+    "CheckoutLinkInvalid",
+    "CheckoutUnavailable",
+    "checkout_get",
+    "checkout_path",
+    "checkout_token_read",
+    "checkout_url",
+    "sandbox_card_pay",
+    "stripe_checkout_start",
+]
 
 # The payments service's bus subscriber (wired in escrow_project/bus.py).
 from apps.payments.handlers import SUBSCRIBER  # noqa: E402
@@ -147,9 +172,20 @@ from apps.payments.onboarding import (  # noqa: E402
     sandbox_onboarding_complete,
 )
 
-__all__ += ["Onboarding", "OnboardingLinkInvalid", "OnboardingUnavailable", "onboarding_get", "onboarding_link_read",
-            "onboarding_refresh", "onboarding_start", "PayoutStatus", "payout_settings_url", "payout_status",
-            "payout_waiting_words", "sandbox_onboarding_complete"]
+__all__ += [
+    "Onboarding",
+    "OnboardingLinkInvalid",
+    "OnboardingUnavailable",
+    "onboarding_get",
+    "onboarding_link_read",
+    "onboarding_refresh",
+    "onboarding_start",
+    "PayoutStatus",
+    "payout_settings_url",
+    "payout_status",
+    "payout_waiting_words",
+    "sandbox_onboarding_complete",
+]
 
 
 def payment_rails() -> list[str]:

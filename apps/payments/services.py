@@ -32,8 +32,9 @@ def emit(order: PaymentOrder, event: betterproto2.Message, *, fact: str) -> None
     )
 
 
-def emit_webhook_verified(order: PaymentOrder, *, provider: str, event_id: str, event_type: str,
-                          provider_payment_id: str) -> None:
+def emit_webhook_verified(
+    order: PaymentOrder, *, provider: str, event_id: str, event_type: str, provider_payment_id: str
+) -> None:
     outbox_append(
         message=webhook_v1.WebhookVerified(
             provider=provider,

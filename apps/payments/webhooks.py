@@ -82,9 +82,13 @@ def webhook_receive(*, provider: str, body: bytes, headers: Mapping[str, str]) -
 
 
 def process(record: WebhookEvent, event: ProviderEvent) -> WebhookOutcome:
-    if WebhookEvent.objects.filter(
-        provider=record.provider, provider_event_id=event.id, status=WebhookEvent.Status.PROCESSED
-    ).exclude(pk=record.pk).exists():
+    if (
+        WebhookEvent.objects.filter(
+            provider=record.provider, provider_event_id=event.id, status=WebhookEvent.Status.PROCESSED
+        )
+        .exclude(pk=record.pk)
+        .exists()
+    ):
         _finish(record, WebhookEvent.Status.DUPLICATE)
         return WebhookOutcome(WebhookEvent.Status.DUPLICATE, 200, "duplicate event, already processed", record.pk)
     try:
@@ -114,8 +118,9 @@ def process(record: WebhookEvent, event: ProviderEvent) -> WebhookOutcome:
         log.exception("webhook processing failed", extra={"provider": record.provider, "webhook_id": record.pk})
         return WebhookOutcome(WebhookEvent.Status.FAILED, 500, "processing failed; retry later", record.pk)
     if not applied:
-        return WebhookOutcome(WebhookEvent.Status.IGNORED, 200, "not about a known object, or nothing changed",
-                              record.pk)
+        return WebhookOutcome(
+            WebhookEvent.Status.IGNORED, 200, "not about a known object, or nothing changed", record.pk
+        )
     return WebhookOutcome(WebhookEvent.Status.PROCESSED, 200, "processed", record.pk)
 
 
@@ -180,8 +185,9 @@ def on_payment_succeeded(record: WebhookEvent, event: ProviderEvent) -> bool:
     deposit = event.object.get("transaction")
     if artifact.status == PaymentArtifact.Status.SUCCEEDED:
         if isinstance(deposit, str) and deposit not in artifact.raw.get("deposits", []):
-            return deposit_accept(order=order, artifact=artifact, deposit=deposit, obj=event.object,
-                                  verified=(record, event))
+            return deposit_accept(
+                order=order, artifact=artifact, deposit=deposit, obj=event.object, verified=(record, event)
+            )
         return False
     if event.object.get("status", "succeeded") != "succeeded":
         return False  # the re-read object is not (or no longer) succeeded: trust it over the event
@@ -208,8 +214,14 @@ def on_payment_succeeded(record: WebhookEvent, event: ProviderEvent) -> bool:
     return True
 
 
-def deposit_accept(*, order: PaymentOrder, artifact: PaymentArtifact, deposit: str, obj: dict[str, Any],
-                   verified: tuple[WebhookEvent, ProviderEvent] | None = None) -> bool:
+def deposit_accept(
+    *,
+    order: PaymentOrder,
+    artifact: PaymentArtifact,
+    deposit: str,
+    obj: dict[str, Any],
+    verified: tuple[WebhookEvent, ProviderEvent] | None = None,
+) -> bool:
     """Counts one more deposit into an escrow's wallet: a second deposit after the escrow was funded, or a
     deposit screening blocked that compliance then cleared. Money that arrived is never dropped: it is
     reported as a PaymentSucceeded and the escrow books it (held, and in front of ops when unexpected).
@@ -254,8 +266,10 @@ def on_payment_failed(record: WebhookEvent, event: ProviderEvent) -> bool:
     services.emit(
         order,
         payments_v1.PaymentFailed(
-            escrow_id=str(order.escrow_id), provider=record.provider,
-            provider_payment_id=artifact.provider_id, reason=reason,
+            escrow_id=str(order.escrow_id),
+            provider=record.provider,
+            provider_payment_id=artifact.provider_id,
+            reason=reason,
         ),
         fact=f"{record.provider}:{event.id}",
     )
@@ -352,8 +366,7 @@ def on_charge_refunded(record: WebhookEvent, event: ProviderEvent) -> bool:
     for refund in refunds:
         if isinstance(refund, dict) and refund.get("object", "refund") == "refund":
             # One verified-webhook message per refund settled: its id names the refund too.
-            nested = ProviderEvent(id=f"{event.id}:{refund.get('id')}", type=event.type, object=refund,
-                                   raw=event.raw)
+            nested = ProviderEvent(id=f"{event.id}:{refund.get('id')}", type=event.type, object=refund, raw=event.raw)
             applied = on_refund_updated(record, nested) or applied
     return applied
 
@@ -368,16 +381,23 @@ def on_wallet_blocked(record: WebhookEvent, event: ProviderEvent) -> bool:
     reason = str(event.object.get("reason") or "screening blocked")[:1000]
     artifact.failure_reason = f"deposit {event.object.get('transaction')} blocked: {reason}"[:1000]
     # Kept so that compliance can clear it later (ResolveComplianceHold LIFT) and it is then counted.
-    blocked = {**artifact.raw.get("blocked", {}), str(event.object.get("transaction")): {
-        key: event.object.get(key) for key in ("amount_received", "currency", "source_address")
-    }}
+    blocked = {
+        **artifact.raw.get("blocked", {}),
+        str(event.object.get("transaction")): {
+            key: event.object.get(key) for key in ("amount_received", "currency", "source_address")
+        },
+    }
     artifact.raw = {**artifact.raw, "blocked": blocked}
     artifact.save(update_fields=["failure_reason", "raw", "updated_at"])
     _emit_verified(record, event, order, artifact.provider_id)
     services.emit(
         order,
-        payments_v1.WalletScreened(escrow_id=str(order.escrow_id), address=str(event.object.get("source_address")),
-                                   allowed=False, reason=reason),
+        payments_v1.WalletScreened(
+            escrow_id=str(order.escrow_id),
+            address=str(event.object.get("source_address")),
+            allowed=False,
+            reason=reason,
+        ),
         fact=f"{record.provider}:{event.object.get('transaction')}:blocked",
     )
     return True

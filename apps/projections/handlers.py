@@ -20,8 +20,7 @@ from apps.projections.tables import Tables, live_tables_locked
 from proto.common.v1 import Actor, ActorKind, Money
 from proto.escrow import v1 as escrow_v1
 
-_ACTOR_KINDS = {ActorKind.USER: "user", ActorKind.STAFF: "staff", ActorKind.TIMER: "timer",
-                ActorKind.SYSTEM: "system"}
+_ACTOR_KINDS = {ActorKind.USER: "user", ActorKind.STAFF: "staff", ActorKind.TIMER: "timer", ActorKind.SYSTEM: "system"}
 
 Fold = Callable[[Any, Delivery, Tables], None]
 
@@ -152,10 +151,18 @@ def on_released(event: escrow_v1.EscrowReleased, delivery: Delivery, tables: Tab
     view.paid_to_seller_minor += event.paid_to_seller.amount_minor
     view.fee_minor += event.fee.amount_minor
     view.payout_pending = False
-    _update(delivery, tables, paid_to_seller_minor=view.paid_to_seller_minor, fee_minor=view.fee_minor,
-            payout_pending=False, state=_settled_state(view), attention="")
-    gross = Money(amount_minor=event.paid_to_seller.amount_minor + event.fee.amount_minor,
-                  currency=event.paid_to_seller.currency)
+    _update(
+        delivery,
+        tables,
+        paid_to_seller_minor=view.paid_to_seller_minor,
+        fee_minor=view.fee_minor,
+        payout_pending=False,
+        state=_settled_state(view),
+        attention="",
+    )
+    gross = Money(
+        amount_minor=event.paid_to_seller.amount_minor + event.fee.amount_minor, currency=event.paid_to_seller.currency
+    )
     _count_daily(delivery, tables, gross, "released")
     _timeline(event, delivery, tables)
 
@@ -164,8 +171,14 @@ def on_refunded(event: escrow_v1.EscrowRefunded, delivery: Delivery, tables: Tab
     view = tables.view.objects.select_for_update().get(escrow_id=delivery.aggregate_id)
     view.refunded_minor += event.amount.amount_minor
     view.refund_pending = False
-    _update(delivery, tables, refunded_minor=view.refunded_minor, refund_pending=False,
-            state=_settled_state(view), attention="")
+    _update(
+        delivery,
+        tables,
+        refunded_minor=view.refunded_minor,
+        refund_pending=False,
+        state=_settled_state(view),
+        attention="",
+    )
     _count_daily(delivery, tables, event.amount, "refunded")
     _timeline(event, delivery, tables)
 
@@ -180,8 +193,9 @@ def on_compliance_hold(event: escrow_v1.EscrowComplianceHold, delivery: Delivery
     _timeline(event, delivery, tables)
 
 
-def on_compliance_hold_resolved(event: escrow_v1.EscrowComplianceHoldResolved, delivery: Delivery,
-                                tables: Tables) -> None:
+def on_compliance_hold_resolved(
+    event: escrow_v1.EscrowComplianceHoldResolved, delivery: Delivery, tables: Tables
+) -> None:
     changes: dict[str, Any] = {"attention": "", "attention_detail": ""}
     if event.decision == escrow_v1.ComplianceDecision.REFUND:
         changes["payout_pending"] = False  # a blocked payout never left; the buyer is refunded instead
@@ -214,8 +228,9 @@ def on_payout_retried(event: escrow_v1.EscrowPayoutRetried, delivery: Delivery, 
     _timeline(event, delivery, tables)
 
 
-def on_stranded_funds_return_requested(event: escrow_v1.EscrowStrandedFundsReturnRequested, delivery: Delivery,
-                                       tables: Tables) -> None:
+def on_stranded_funds_return_requested(
+    event: escrow_v1.EscrowStrandedFundsReturnRequested, delivery: Delivery, tables: Tables
+) -> None:
     # The escrow clears a mismatch / late-payment flag when ops return the money.
     view = tables.view.objects.get(escrow_id=delivery.aggregate_id)
     changes: dict[str, Any] = {"refund_pending": True}

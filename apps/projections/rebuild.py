@@ -75,8 +75,9 @@ def _events_between(after: tuple[int, int], upto: tuple[int, int]) -> Q:
     )
 
 
-def _replay(tables: Tables, after: tuple[int, int], upto: tuple[int, int], progress: Progress | None,
-            done: int, total: int) -> int:
+def _replay(
+    tables: Tables, after: tuple[int, int], upto: tuple[int, int], progress: Progress | None, done: int, total: int
+) -> int:
     """Folds every event in (after, upto] into `tables`, in batches of one transaction each."""
     position = after
     while True:
@@ -106,20 +107,29 @@ def _applied_ids() -> set[uuid.UUID]:
     return set(ProcessedMessage.objects.filter(subscriber=SUBSCRIBER.name).values_list("event_id", flat=True))
 
 
-def _replay_applied(tables: Tables, wanted: set[uuid.UUID], progress: Progress | None, done: int, total: int,
-                    *, scan: bool) -> int:
+def _replay_applied(
+    tables: Tables, wanted: set[uuid.UUID], progress: Progress | None, done: int, total: int, *, scan: bool
+) -> int:
     """Folds the log's events whose ids are in `wanted`, in delivery order. `scan`: walk the whole log
     (many ids); otherwise fetch the few rows by id."""
     events = Q(topic__in=SUBSCRIBER.topics, type__in=SUBSCRIBER.types)
     if not scan:
-        rows = sorted((row for chunk in _chunks(sorted(wanted), BATCH)
-                       for row in OutboxMessage.objects.filter(events, event_id__in=chunk)),
-                      key=lambda row: (row.txid, row.id))
+        rows = sorted(
+            (
+                row
+                for chunk in _chunks(sorted(wanted), BATCH)
+                for row in OutboxMessage.objects.filter(events, event_id__in=chunk)
+            ),
+            key=lambda row: (row.txid, row.id),
+        )
         return _fold_rows(tables, rows, progress, done, total)
     position = (0, 0)
     while True:
-        page = list(OutboxMessage.objects.filter(events, Q(txid__gt=position[0]) | Q(txid=position[0], id__gt=position[1]))
-                    .order_by("txid", "id")[:BATCH])
+        page = list(
+            OutboxMessage.objects.filter(
+                events, Q(txid__gt=position[0]) | Q(txid=position[0], id__gt=position[1])
+            ).order_by("txid", "id")[:BATCH]
+        )
         if not page:
             return done
         position = (page[-1].txid, page[-1].id)
@@ -140,7 +150,7 @@ def _fold_rows(tables: Tables, rows: list[OutboxMessage], progress: Progress | N
 
 
 def _chunks(items: list[uuid.UUID], size: int) -> list[list[uuid.UUID]]:
-    return [items[start:start + size] for start in range(0, len(items), size)]
+    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 def _empty(tables: Tables) -> None:
@@ -149,8 +159,13 @@ def _empty(tables: Tables) -> None:
             model.objects.all().delete()
 
 
-def projection_rebuild(*, name: str = ESCROWS, progress: Progress | None = None,
-                       lock_wait_seconds: float = 30.0, from_kafka: bool | None = None) -> RebuildSummary:
+def projection_rebuild(
+    *,
+    name: str = ESCROWS,
+    progress: Progress | None = None,
+    lock_wait_seconds: float = 30.0,
+    from_kafka: bool | None = None,
+) -> RebuildSummary:
     """`from_kafka`: None decides from settings (`fed_from_kafka`)."""
     if name not in PROJECTION_SETS:
         raise LookupError(f"no projection set named {name!r}; known: {', '.join(PROJECTION_SETS)}")
@@ -182,8 +197,14 @@ def projection_rebuild(*, name: str = ESCROWS, progress: Progress | None = None,
                     locked.color, locked.generation, locked.switched_at = target, locked.generation + 1, switched
                     locked.save()
                     ProjectionRebuild.objects.create(
-                        name=name, from_color=live_color, to_color=target, generation=locked.generation,
-                        events=done, started_at=started, switched_at=switched)
+                        name=name,
+                        from_color=live_color,
+                        to_color=target,
+                        generation=locked.generation,
+                        events=done,
+                        started_at=started,
+                        switched_at=switched,
+                    )
                 break
         if time.monotonic() >= deadline:
             raise TimeoutError("the live projections subscriber kept its drain lock; try again")
@@ -191,13 +212,18 @@ def projection_rebuild(*, name: str = ESCROWS, progress: Progress | None = None,
     if progress is not None:
         progress(done, done)
     return RebuildSummary(
-        name=name, from_color=live_color, to_color=target, generation=locked.generation, events=done,
+        name=name,
+        from_color=live_color,
+        to_color=target,
+        generation=locked.generation,
+        events=done,
         rows={model.__name__: model.objects.count() for model in tables.all()},
     )
 
 
-def _rebuild_from_consumer(name: str, live_color: str, target: str, tables: Tables, started: Any,
-                           progress: Progress | None) -> RebuildSummary:
+def _rebuild_from_consumer(
+    name: str, live_color: str, target: str, tables: Tables, started: Any, progress: Progress | None
+) -> RebuildSummary:
     first = _applied_ids()
     done = _replay_applied(tables, first, progress, 0, len(first), scan=True)
     with transaction.atomic():
@@ -210,12 +236,22 @@ def _rebuild_from_consumer(name: str, live_color: str, target: str, tables: Tabl
         switched = timezone.now()
         locked.color, locked.generation, locked.switched_at = target, locked.generation + 1, switched
         locked.save()
-        ProjectionRebuild.objects.create(name=name, from_color=live_color, to_color=target,
-                                         generation=locked.generation, events=done, started_at=started,
-                                         switched_at=switched)
+        ProjectionRebuild.objects.create(
+            name=name,
+            from_color=live_color,
+            to_color=target,
+            generation=locked.generation,
+            events=done,
+            started_at=started,
+            switched_at=switched,
+        )
     if progress is not None:
         progress(done, done)
     return RebuildSummary(
-        name=name, from_color=live_color, to_color=target, generation=locked.generation, events=done,
+        name=name,
+        from_color=live_color,
+        to_color=target,
+        generation=locked.generation,
+        events=done,
         rows={model.__name__: model.objects.count() for model in tables.all()},
     )

@@ -43,8 +43,7 @@ def escrow_view_wait(*, escrow_id: str, version: int, timeout_seconds: float) ->
         time.sleep(0.005)
 
 
-def escrow_views_for_user(*, user_id: int, role: str | None = None,
-                          state: str | None = None) -> QuerySet[Any]:
+def escrow_views_for_user(*, user_id: int, role: str | None = None, state: str | None = None) -> QuerySet[Any]:
     views = active_tables().view.objects
     if role == "buyer":
         found = views.filter(buyer_id=user_id)
@@ -57,14 +56,18 @@ def escrow_views_for_user(*, user_id: int, role: str | None = None,
     return found.order_by("-created_at", "escrow_id")
 
 
-def escrow_views_with_deadline_between(*, state: str, deadline: str, start: datetime.datetime,
-                                       end: datetime.datetime) -> QuerySet[Any]:
+def escrow_views_with_deadline_between(
+    *, state: str, deadline: str, start: datetime.datetime, end: datetime.datetime
+) -> QuerySet[Any]:
     """Escrows in `state` whose `deadline` (a deadline field of the view) falls in [start, end): what
     the reminders ask for."""
     if deadline not in DEADLINE_FIELDS:
         raise ValueError(f"unknown deadline field {deadline!r}")
-    return active_tables().view.objects.filter(
-        state=state, **{f"{deadline}__gte": start, f"{deadline}__lt": end}).order_by(deadline, "escrow_id")
+    return (
+        active_tables()
+        .view.objects.filter(state=state, **{f"{deadline}__gte": start, f"{deadline}__lt": end})
+        .order_by(deadline, "escrow_id")
+    )
 
 
 DEADLINE_FIELDS = frozenset({"acceptance_deadline", "funding_deadline", "inspection_deadline"})
@@ -106,10 +109,17 @@ def ops_attention_waiting() -> list[tuple[str, int, float]]:
     from django.utils import timezone
 
     now = timezone.now()
-    rows = (active_tables().view.objects.exclude(attention="").values("attention")
-            .annotate(n=Count("escrow_id"), oldest=Min("attention_since")).order_by("attention"))
-    return [(row["attention"], row["n"], max((now - row["oldest"]).total_seconds(), 0.0) if row["oldest"] else 0.0)
-            for row in rows]
+    rows = (
+        active_tables()
+        .view.objects.exclude(attention="")
+        .values("attention")
+        .annotate(n=Count("escrow_id"), oldest=Min("attention_since"))
+        .order_by("attention")
+    )
+    return [
+        (row["attention"], row["n"], max((now - row["oldest"]).total_seconds(), 0.0) if row["oldest"] else 0.0)
+        for row in rows
+    ]
 
 
 def ops_needs_attention() -> QuerySet[Any]:
@@ -118,8 +128,11 @@ def ops_needs_attention() -> QuerySet[Any]:
 
 
 def ops_failed_payouts() -> QuerySet[Any]:
-    return active_tables().view.objects.filter(attention__in=FAILED_PAYOUT_REASONS).order_by(
-        "attention_since", "escrow_id")
+    return (
+        active_tables()
+        .view.objects.filter(attention__in=FAILED_PAYOUT_REASONS)
+        .order_by("attention_since", "escrow_id")
+    )
 
 
 def ops_daily_figures(*, since: datetime.date | None = None) -> QuerySet[Any]:
@@ -134,4 +147,3 @@ def ops_dead_letters() -> QuerySet[Any]:
     from apps.outbox.public import DeadLetter
 
     return DeadLetter.objects.filter(status=DeadLetter.Status.OPEN).order_by("created_at")
-

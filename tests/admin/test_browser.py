@@ -32,8 +32,16 @@ def browser() -> Iterator[Any]:
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM or ""
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER or ""), options=options)
     driver.implicitly_wait(10)
@@ -43,8 +51,7 @@ def browser() -> Iterator[Any]:
         driver.quit()
 
 
-def test_an_agent_resolves_a_dispute_in_the_browser(live_server: Any, browser: Any, agent: Any,
-                                                     disputed: str) -> None:
+def test_an_agent_resolves_a_dispute_in_the_browser(live_server: Any, browser: Any, agent: Any, disputed: str) -> None:
     from selenium.webdriver.common.by import By
 
     enroll_totp(user=agent)

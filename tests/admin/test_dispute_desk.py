@@ -19,12 +19,19 @@ from tests.gateway.support import settle
 def footprint(escrow_id: str) -> tuple[Any, ...]:
     settle()
     escrow = Escrow.objects.get(pk=escrow_id)
-    return (escrow.state, escrow.version, escrow.held_minor, EscrowEvent.objects.count(),
-            OutboxMessage.objects.count(), AuditLog.objects.count())
+    return (
+        escrow.state,
+        escrow.version,
+        escrow.held_minor,
+        EscrowEvent.objects.count(),
+        OutboxMessage.objects.count(),
+        AuditLog.objects.count(),
+    )
 
 
-def test_the_queue_lists_open_disputes_oldest_first(agent: Any, disputed: str, api_client: Any, buyer: Any,
-                                                    seller: Any) -> None:
+def test_the_queue_lists_open_disputes_oldest_first(
+    agent: Any, disputed: str, api_client: Any, buyer: Any, seller: Any
+) -> None:
     from tests.helpers import act, create_escrow, pay
 
     as_buyer = api_client(buyer)
@@ -50,9 +57,10 @@ def test_the_desk_shows_statements_and_the_full_timeline(agent: Any, disputed: s
 
 
 def test_an_agent_resolves_a_split_and_it_is_audited(agent: Any, disputed: str) -> None:
-    response = logged_in(agent).post(f"/admin/escrow/escrow/{disputed}/dispute/",
-                                     {"action": "resolve", "outcome": "split", "seller_amount": "40.00",
-                                      "reason": "photos show half the set"})
+    response = logged_in(agent).post(
+        f"/admin/escrow/escrow/{disputed}/dispute/",
+        {"action": "resolve", "outcome": "split", "seller_amount": "40.00", "reason": "photos show half the set"},
+    )
     assert response.status_code == 302
     settle()
     escrow = Escrow.objects.get(pk=disputed)
@@ -66,14 +74,17 @@ def test_an_agent_resolves_a_split_and_it_is_audited(agent: Any, disputed: str) 
     assert entry.detail["outcome"] == "split" and entry.detail["seller_amount_minor"] == 4000
 
 
-@pytest.mark.parametrize("form", [
-    {"outcome": "split", "seller_amount": "100.00", "reason": "all of it"},   # not less than the amount
-    {"outcome": "split", "seller_amount": "-1", "reason": "negative"},
-    {"outcome": "split", "seller_amount": "", "reason": "no amount"},
-    {"outcome": "release", "seller_amount": "10.00", "reason": "amount on a release"},
-    {"outcome": "release", "reason": "   "},
-    {"outcome": "burn", "reason": "unknown outcome"},
-])
+@pytest.mark.parametrize(
+    "form",
+    [
+        {"outcome": "split", "seller_amount": "100.00", "reason": "all of it"},  # not less than the amount
+        {"outcome": "split", "seller_amount": "-1", "reason": "negative"},
+        {"outcome": "split", "seller_amount": "", "reason": "no amount"},
+        {"outcome": "release", "seller_amount": "10.00", "reason": "amount on a release"},
+        {"outcome": "release", "reason": "   "},
+        {"outcome": "burn", "reason": "unknown outcome"},
+    ],
+)
 def test_bad_resolutions_change_nothing(form: dict[str, str], agent: Any, disputed: str) -> None:
     before = footprint(disputed)
     response = logged_in(agent).post(f"/admin/escrow/escrow/{disputed}/dispute/", {"action": "resolve", **form})
@@ -97,8 +108,10 @@ def test_ops_cannot_resolve_and_nothing_changes(ops_user: Any, disputed: str) ->
     client = logged_in(ops_user)
     page = client.get(f"/admin/escrow/escrow/{disputed}/dispute/")
     assert page.status_code == 200 and 'id="resolve-form"' not in page.content.decode()
-    response = client.post(f"/admin/escrow/escrow/{disputed}/dispute/",
-                           {"action": "resolve", "outcome": "release", "reason": "ops shortcut"})
+    response = client.post(
+        f"/admin/escrow/escrow/{disputed}/dispute/",
+        {"action": "resolve", "outcome": "release", "reason": "ops shortcut"},
+    )
     assert response.status_code == 403
     assert footprint(disputed) == before
 

@@ -29,12 +29,17 @@ def test_ops_hold_and_lift_from_the_desk_are_audited(ops_user: Any, disputed: st
     client = logged_in(ops_user)
     assert 'value="hold"' in client.get(desk(disputed)).content.decode()
 
-    assert client.post(desk(disputed), {"action": "hold", "ops-reason": "same card on five accounts"}).status_code == 302
+    assert (
+        client.post(desk(disputed), {"action": "hold", "ops-reason": "same card on five accounts"}).status_code == 302
+    )
     escrow = Escrow.objects.get(pk=disputed)
     assert escrow.on_hold_since is not None
     [entry] = AuditLog.objects.filter(escrow_id=disputed, action="hold")
-    assert (entry.actor_id, entry.reason, entry.detail["state_after"]) == (ops_user.pk, "same card on five accounts",
-                                                                            "DISPUTED")
+    assert (entry.actor_id, entry.reason, entry.detail["state_after"]) == (
+        ops_user.pk,
+        "same card on five accounts",
+        "DISPUTED",
+    )
     assert entry.command_id is not None
 
     # Holding again is refused by the service: nothing changes, nothing is audited.
@@ -48,8 +53,7 @@ def test_ops_hold_and_lift_from_the_desk_are_audited(ops_user: Any, disputed: st
     assert AuditLog.objects.filter(escrow_id=disputed, action="unhold").count() == 1
 
 
-def test_an_ops_action_without_a_reason_or_permission_changes_nothing(agent: Any, ops_user: Any,
-                                                                      disputed: str) -> None:
+def test_an_ops_action_without_a_reason_or_permission_changes_nothing(agent: Any, ops_user: Any, disputed: str) -> None:
     before = footprint(disputed)
     assert logged_in(ops_user).post(desk(disputed), {"action": "hold", "ops-reason": "  "}).status_code == 400
     # Agents may hold, but retrying payouts and returning money is for ops.
@@ -60,7 +64,12 @@ def test_an_ops_action_without_a_reason_or_permission_changes_nothing(agent: Any
 
 
 def test_ops_retry_a_failed_transfer_from_the_desk(
-        ops_user: Any, fake_stripe: Any, api_client: Any, buyer: Any, seller: Any) -> None:  # noqa: F811
+    ops_user: Any,
+    fake_stripe: Any,
+    api_client: Any,
+    buyer: Any,
+    seller: Any,  # noqa: F811
+) -> None:
     from tests.payments.support import released_with_a_refused_transfer
     from tests.payments.test_stripe_rail import webhook
 
@@ -91,7 +100,12 @@ def test_the_ops_queues_page_is_for_staff_with_escrow_view_only(transactional_db
 
 
 def test_a_notification_resend_from_the_admin_is_audited_and_a_refused_one_is_not(
-        api_client: Any, buyer: Any, seller: Any, fake_discord: Any, link_discord: Any) -> None:  # noqa: F811
+    api_client: Any,
+    buyer: Any,
+    seller: Any,
+    fake_discord: Any,
+    link_discord: Any,  # noqa: F811
+) -> None:
     link_discord(buyer, BUYER_DISCORD_ID)
     escrow_id = create_escrow(api_client(buyer), seller=seller)["escrow_id"]
     settle()

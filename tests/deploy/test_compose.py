@@ -123,7 +123,8 @@ def test_prometheus_and_grafana_are_provisioned_with_the_rules_and_the_dashboard
     assert source["datasources"][0]["url"] == "http://prometheus:9090"
     dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "escrow.json").read_text())
     assert {t["datasource"]["uid"] for p in dashboard["panels"] for t in p.get("targets", [])} == {
-        source["datasources"][0]["uid"]}
+        source["datasources"][0]["uid"]
+    }
 
 
 def test_every_file_the_stack_mounts_or_builds_from_exists(compose: dict[str, Any]) -> None:

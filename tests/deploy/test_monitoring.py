@@ -39,18 +39,31 @@ def test_every_panel_but_rows_has_a_query_and_the_dashboard_covers_the_brief() -
     panels = [p for p in DASHBOARD["panels"] if p["type"] != "row"]
     assert all(p.get("targets") and all(t["expr"].strip() for t in p["targets"]) for p in panels)
     used = " ".join(panel_expressions())
-    for metric in ("escrow_command_to_event_seconds", "escrow_webhook_to_event_seconds",
-                   "escrow_http_request_duration_seconds_bucket", "escrow_http_requests_total",
-                   "escrow_bus_lag_seconds", "escrow_outbox_lag_seconds", "escrow_outbox_relayed_messages_total",
-                   "escrow_dead_letters_open_by_subscriber", "escrow_money_held_minor"):
+    for metric in (
+        "escrow_command_to_event_seconds",
+        "escrow_webhook_to_event_seconds",
+        "escrow_http_request_duration_seconds_bucket",
+        "escrow_http_requests_total",
+        "escrow_bus_lag_seconds",
+        "escrow_outbox_lag_seconds",
+        "escrow_outbox_relayed_messages_total",
+        "escrow_dead_letters_open_by_subscriber",
+        "escrow_money_held_minor",
+    ):
         assert metric in used, metric
 
 
 def test_every_alert_says_what_to_do() -> None:
     alerts = [rule for group in RULES["groups"] for rule in group["rules"] if "alert" in rule]
     names = {rule["alert"] for rule in alerts}
-    assert {"BusLagHigh", "OutboxRelayLagHigh", "DeadLettersOpen", "Http5xxRateHigh", "AvailabilitySLOFastBurn",
-            "ComplianceHoldWaitingTooLong"} <= names
+    assert {
+        "BusLagHigh",
+        "OutboxRelayLagHigh",
+        "DeadLettersOpen",
+        "Http5xxRateHigh",
+        "AvailabilitySLOFastBurn",
+        "ComplianceHoldWaitingTooLong",
+    } <= names
     for rule in alerts:
         assert rule["labels"]["severity"] in {"page", "ticket"}, rule["alert"]
         assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]

@@ -38,8 +38,9 @@ def money(amount_minor: int, currency: str = CURRENCY) -> Money:
     return Money(amount_minor=amount_minor, currency=currency)
 
 
-def propose(*, buyer: Any, seller: Any, amount_minor: int = AMOUNT, currency: str = CURRENCY,
-            creator: Any = None) -> uuid.UUID:
+def propose(
+    *, buyer: Any, seller: Any, amount_minor: int = AMOUNT, currency: str = CURRENCY, creator: Any = None
+) -> uuid.UUID:
     """A deal created by `creator` (the buyer unless said otherwise), waiting for the other party."""
     escrow_id = uuid.uuid4()
     services.dispatch(
@@ -82,25 +83,41 @@ def send(command: Any) -> services.CommandResult:
 
 
 def paid(escrow_id: uuid.UUID, amount_minor: int = AMOUNT, currency: str = CURRENCY) -> None:
-    deliver_to_escrow(payments_v1.PaymentSucceeded(
-        escrow_id=str(escrow_id), amount=money(amount_minor, currency), provider="sandbox",
-        provider_payment_id="pi_test"))
+    deliver_to_escrow(
+        payments_v1.PaymentSucceeded(
+            escrow_id=str(escrow_id),
+            amount=money(amount_minor, currency),
+            provider="sandbox",
+            provider_payment_id="pi_test",
+        )
+    )
 
 
 def transferred(escrow_id: uuid.UUID) -> None:
     escrow = Escrow.objects.get(pk=escrow_id)
     gross = escrow.pending_payout_minor
     fee = services.fee_for(gross, escrow.fee_bps)
-    deliver_to_escrow(payments_v1.TransferSucceeded(
-        escrow_id=str(escrow_id), amount=money(gross - fee, escrow.currency), fee=money(fee, escrow.currency),
-        provider="sandbox", provider_transfer_id="tr_test"))
+    deliver_to_escrow(
+        payments_v1.TransferSucceeded(
+            escrow_id=str(escrow_id),
+            amount=money(gross - fee, escrow.currency),
+            fee=money(fee, escrow.currency),
+            provider="sandbox",
+            provider_transfer_id="tr_test",
+        )
+    )
 
 
 def refunded(escrow_id: uuid.UUID) -> None:
     escrow = Escrow.objects.get(pk=escrow_id)
-    deliver_to_escrow(payments_v1.RefundSucceeded(
-        escrow_id=str(escrow_id), amount=money(escrow.pending_refund_minor, escrow.currency),
-        provider="sandbox", provider_refund_id="re_test"))
+    deliver_to_escrow(
+        payments_v1.RefundSucceeded(
+            escrow_id=str(escrow_id),
+            amount=money(escrow.pending_refund_minor, escrow.currency),
+            provider="sandbox",
+            provider_refund_id="re_test",
+        )
+    )
 
 
 def escrow_in(state: str, *, buyer: Any, seller: Any, staff: Any) -> uuid.UUID:
@@ -142,22 +159,41 @@ def footprint() -> tuple[int, int, int]:
 
 
 def snapshot(escrow_id: uuid.UUID) -> dict[str, Any]:
-    fields = ("state", "version", "received_minor", "held_minor", "paid_out_minor", "refunded_minor",
-              "fee_minor", "pending_payout_minor", "pending_refund_minor", "attention")
+    fields = (
+        "state",
+        "version",
+        "received_minor",
+        "held_minor",
+        "paid_out_minor",
+        "refunded_minor",
+        "fee_minor",
+        "pending_payout_minor",
+        "pending_refund_minor",
+        "attention",
+    )
     return Escrow.objects.filter(pk=escrow_id).values(*fields).get()
 
 
 def assert_books_balance(escrow_id: uuid.UUID) -> None:
     e = Escrow.objects.get(pk=escrow_id)
     assert e.received_minor == e.held_minor + e.paid_out_minor + e.refunded_minor + e.fee_minor, snapshot(escrow_id)
-    for name in ("received_minor", "held_minor", "paid_out_minor", "refunded_minor", "fee_minor",
-                 "pending_payout_minor", "pending_refund_minor"):
+    for name in (
+        "received_minor",
+        "held_minor",
+        "paid_out_minor",
+        "refunded_minor",
+        "fee_minor",
+        "pending_payout_minor",
+        "pending_refund_minor",
+    ):
         assert getattr(e, name) >= 0, (name, snapshot(escrow_id))
 
 
 def event_types(escrow_id: uuid.UUID) -> list[str]:
-    return [t.rpartition(".")[2] for t in
-            EscrowEvent.objects.filter(escrow_id=escrow_id).order_by("version").values_list("type", flat=True)]
+    return [
+        t.rpartition(".")[2]
+        for t in EscrowEvent.objects.filter(escrow_id=escrow_id).order_by("version").values_list("type", flat=True)
+    ]
 
 
 def outbox_types_since(escrow_id: uuid.UUID, after_id: int) -> list[str]:

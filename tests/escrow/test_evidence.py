@@ -34,9 +34,11 @@ def stored_files(root: Path) -> list[Path]:
 
 
 def upload(client: Any, escrow_id: str, content: bytes, name: str = "proof.png", **fields: Any) -> Any:
-    return client.post(f"/api/v1/escrows/{escrow_id}/evidence",
-                       {"file": SimpleUploadedFile(name, content, content_type="image/png"), **fields},
-                       format="multipart")
+    return client.post(
+        f"/api/v1/escrows/{escrow_id}/evidence",
+        {"file": SimpleUploadedFile(name, content, content_type="image/png"), **fields},
+        format="multipart",
+    )
 
 
 @pytest.fixture
@@ -48,17 +50,27 @@ def disputed_escrow(api_client: Any, buyer: Any, seller: Any) -> str:
     return escrow_id
 
 
-@pytest.mark.parametrize(("content", "expected"), [
-    (PNG, "image/png"), (JPEG, "image/jpeg"), (PDF, "application/pdf"), (TEXT, "text/plain"),
-    (b"<!DOCTYPE html><script>alert(1)</script>", None), (b"  <svg onload=alert(1)>", None),
-    (b"GIF89a\x01\x00", None), (b"MZ\x90\x00\x03", None), (b"\xff\xfe\x00bad", None),
-])
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (PNG, "image/png"),
+        (JPEG, "image/jpeg"),
+        (PDF, "application/pdf"),
+        (TEXT, "text/plain"),
+        (b"<!DOCTYPE html><script>alert(1)</script>", None),
+        (b"  <svg onload=alert(1)>", None),
+        (b"GIF89a\x01\x00", None),
+        (b"MZ\x90\x00\x03", None),
+        (b"\xff\xfe\x00bad", None),
+    ],
+)
 def test_the_type_is_decided_by_the_bytes(content: bytes, expected: str | None) -> None:
     assert evidence_sniff(content) == expected
 
 
-def test_each_party_uploads_while_disputed(api_client: Any, buyer: Any, seller: Any, disputed_escrow: str,
-                                           media_root: Path) -> None:
+def test_each_party_uploads_while_disputed(
+    api_client: Any, buyer: Any, seller: Any, disputed_escrow: str, media_root: Path
+) -> None:
     response = upload(api_client(buyer), disputed_escrow, PNG, name="../../etc/passwd.png", description="photo")
     assert response.status_code == 201, response.content
     body = response.json()
@@ -73,19 +85,35 @@ def test_each_party_uploads_while_disputed(api_client: Any, buyer: Any, seller: 
     assert (media_root / first.file.name).read_bytes() == PNG
 
 
-def test_refused_uploads_leave_no_row_and_no_file(api_client: Any, buyer: Any, seller: Any, staff: Any,
-                                                  disputed_escrow: str, media_root: Path) -> None:
+def test_refused_uploads_leave_no_row_and_no_file(
+    api_client: Any, buyer: Any, seller: Any, staff: Any, disputed_escrow: str, media_root: Path
+) -> None:
     as_buyer = api_client(buyer)
     cases = [
         (upload(as_buyer, disputed_escrow, PNG + b"\x00" * 2048), 413, "evidence_too_large"),
-        (upload(as_buyer, disputed_escrow, b"<html><body>hi</body></html>", name="a.txt"), 415,
-         "unsupported_evidence_type"),
-        (upload(as_buyer, disputed_escrow, b"GIF89a\x01\x00\x01\x00\x80\x00\x00", name="a.png"), 415, "unsupported_evidence_type"),
+        (
+            upload(as_buyer, disputed_escrow, b"<html><body>hi</body></html>", name="a.txt"),
+            415,
+            "unsupported_evidence_type",
+        ),
+        (
+            upload(as_buyer, disputed_escrow, b"GIF89a\x01\x00\x01\x00\x80\x00\x00", name="a.png"),
+            415,
+            "unsupported_evidence_type",
+        ),
         (upload(as_buyer, disputed_escrow, PNG, party="seller"), 400, "validation_error"),
-        (as_buyer.post(f"/api/v1/escrows/{disputed_escrow}/evidence", {"description": "no file"},
-                       format="multipart"), 400, "validation_error"),
-        (as_buyer.post(f"/api/v1/escrows/{disputed_escrow}/evidence", {"file": "x"}, format="json"), 415,
-         "unsupported_media_type"),
+        (
+            as_buyer.post(
+                f"/api/v1/escrows/{disputed_escrow}/evidence", {"description": "no file"}, format="multipart"
+            ),
+            400,
+            "validation_error",
+        ),
+        (
+            as_buyer.post(f"/api/v1/escrows/{disputed_escrow}/evidence", {"file": "x"}, format="json"),
+            415,
+            "unsupported_media_type",
+        ),
         (upload(api_client(staff), disputed_escrow, PNG), 404, "escrow_not_found"),
     ]
     for response, status, code in cases:
@@ -105,18 +133,30 @@ def test_no_uploads_outside_a_dispute(api_client: Any, buyer: Any, seller: Any, 
 
 
 def test_staff_upload_for_a_party_is_audited_and_downloads_as_an_attachment(
-        agent: Any, disputed_escrow: str, media_root: Path) -> None:  # noqa: F811
+    agent: Any,
+    disputed_escrow: str,
+    media_root: Path,  # noqa: F811
+) -> None:
     client = logged_in(agent)
     desk = f"/admin/escrow/escrow/{disputed_escrow}/dispute/"
-    response = client.post(desk, {"action": "evidence", "evidence-party": "seller",
-                                  "evidence-reason": "sent to support by email",
-                                  "evidence-file": SimpleUploadedFile("shot.txt", TEXT)})
+    response = client.post(
+        desk,
+        {
+            "action": "evidence",
+            "evidence-party": "seller",
+            "evidence-reason": "sent to support by email",
+            "evidence-file": SimpleUploadedFile("shot.txt", TEXT),
+        },
+    )
     assert response.status_code == 302
     [evidence] = Evidence.objects.all()
     assert (evidence.party, evidence.uploaded_by_id, evidence.content_type) == ("seller", agent.pk, "text/plain")
     [entry] = AuditLog.objects.filter(action="upload_evidence")
-    assert (entry.actor_id, entry.target, entry.reason) == (agent.pk, f"evidence:{evidence.pk}",
-                                                             "sent to support by email")
+    assert (entry.actor_id, entry.target, entry.reason) == (
+        agent.pk,
+        f"evidence:{evidence.pk}",
+        "sent to support by email",
+    )
 
     download = client.get(f"/admin/escrow/escrow/{disputed_escrow}/evidence/{evidence.pk}/")
     assert download.status_code == 200
@@ -127,15 +167,21 @@ def test_staff_upload_for_a_party_is_audited_and_downloads_as_an_attachment(
     assert "download" in client.get(desk).content.decode()
 
     # A refused upload (markup) is neither stored nor audited.
-    response = client.post(desk, {"action": "evidence", "evidence-party": "buyer", "evidence-reason": "x",
-                                  "evidence-file": SimpleUploadedFile("a.txt", b"<!doctype html><p>")})
+    response = client.post(
+        desk,
+        {
+            "action": "evidence",
+            "evidence-party": "buyer",
+            "evidence-reason": "x",
+            "evidence-file": SimpleUploadedFile("a.txt", b"<!doctype html><p>"),
+        },
+    )
     assert response.status_code == 400
     assert Evidence.objects.count() == 1 and AuditLog.objects.filter(action="upload_evidence").count() == 1
     assert len(stored_files(media_root)) == 1
 
 
-def test_evidence_is_for_staff_only(
-        api_client: Any, buyer: Any, agent: Any, disputed_escrow: str) -> None:  # noqa: F811
+def test_evidence_is_for_staff_only(api_client: Any, buyer: Any, agent: Any, disputed_escrow: str) -> None:  # noqa: F811
     evidence_id = upload(api_client(buyer), disputed_escrow, PDF, name="r.pdf").json()["id"]
     url = f"/admin/escrow/escrow/{disputed_escrow}/evidence/{evidence_id}/"
     buyer_client = logged_in(buyer)

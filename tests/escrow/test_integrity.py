@@ -50,8 +50,10 @@ def test_audit_rows_cannot_be_changed_or_deleted_through_the_model(buyer: Any, s
 @pytest.mark.postgres_only
 @pytest.mark.parametrize(
     "sql",
-    ["UPDATE escrow_escrowevent SET type = 'escrow.v1.EscrowReleased' WHERE id = %s",
-     "DELETE FROM escrow_escrowevent WHERE id = %s"],
+    [
+        "UPDATE escrow_escrowevent SET type = 'escrow.v1.EscrowReleased' WHERE id = %s",
+        "DELETE FROM escrow_escrowevent WHERE id = %s",
+    ],
     ids=["update", "delete"],
 )
 def test_postgres_trigger_refuses_raw_update_and_delete(sql: str, buyer: Any, seller: Any) -> None:

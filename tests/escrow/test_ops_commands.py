@@ -36,8 +36,7 @@ def hold(escrow_id: uuid.UUID, staff: Any, reason: str = "seller reported for fr
 
 
 def unhold(escrow_id: uuid.UUID, staff: Any, reason: str = "cleared") -> services.CommandResult:
-    return given.send(escrow_v1.UnholdEscrow(escrow_id=str(escrow_id), actor=given.staff_actor(staff),
-                                             reason=reason))
+    return given.send(escrow_v1.UnholdEscrow(escrow_id=str(escrow_id), actor=given.staff_actor(staff), reason=reason))
 
 
 def retry(escrow_id: uuid.UUID, staff: Any, reason: str = "destination fixed") -> services.CommandResult:
@@ -45,8 +44,9 @@ def retry(escrow_id: uuid.UUID, staff: Any, reason: str = "destination fixed") -
 
 
 def return_stranded(escrow_id: uuid.UUID, staff: Any, reason: str = "late payment") -> services.CommandResult:
-    return given.send(escrow_v1.ReturnStrandedFunds(escrow_id=str(escrow_id), actor=given.staff_actor(staff),
-                                                    reason=reason))
+    return given.send(
+        escrow_v1.ReturnStrandedFunds(escrow_id=str(escrow_id), actor=given.staff_actor(staff), reason=reason)
+    )
 
 
 def refused(escrow_id: uuid.UUID, error: type[Exception], send: Any) -> None:
@@ -73,16 +73,21 @@ def test_a_hold_refuses_release_refund_and_the_timer_until_it_is_lifted(buyer: A
     assert hold(escrow_id, staff).state == "DELIVERED"
     assert Escrow.objects.get(pk=escrow_id).on_hold_since is not None
 
-    refused(escrow_id, InvalidTransition,
-            lambda: given.send(escrow_v1.ReleaseFunds(escrow_id=e, actor=given.user(buyer))))
-    refused(escrow_id, InvalidTransition,
-            lambda: given.send(escrow_v1.OpenDispute(escrow_id=e, actor=given.user(buyer), reason="x")))
+    refused(
+        escrow_id, InvalidTransition, lambda: given.send(escrow_v1.ReleaseFunds(escrow_id=e, actor=given.user(buyer)))
+    )
+    refused(
+        escrow_id,
+        InvalidTransition,
+        lambda: given.send(escrow_v1.OpenDispute(escrow_id=e, actor=given.user(buyer), reason="x")),
+    )
     refused(escrow_id, InvalidTransition, lambda: hold(escrow_id, staff))
     # Given a hold that began two hours ago, with the inspection period lapsing during it (the clock is
     # moved, not the code path): the timer must not release.
     now = timezone.now()
-    Escrow.objects.filter(pk=escrow_id).update(on_hold_since=now - datetime.timedelta(hours=2),
-                                               inspection_deadline=now - datetime.timedelta(hours=1))
+    Escrow.objects.filter(pk=escrow_id).update(
+        on_hold_since=now - datetime.timedelta(hours=2), inspection_deadline=now - datetime.timedelta(hours=1)
+    )
     counts = given.footprint()
     assert timers.fire_due_timers() == 0
     assert given.footprint() == counts and Escrow.objects.get(pk=escrow_id).state == "DELIVERED"
@@ -100,8 +105,11 @@ def test_a_hold_refuses_release_refund_and_the_timer_until_it_is_lifted(buyer: A
 def test_hold_is_staff_only_needs_a_reason_and_not_in_settled_states(buyer: Any, seller: Any, staff: Any) -> None:
     escrow_id = given.escrow_in("FUNDS_HELD", buyer=buyer, seller=seller, staff=staff)
     e = str(escrow_id)
-    refused(escrow_id, NotAllowed,
-            lambda: given.send(escrow_v1.HoldEscrow(escrow_id=e, actor=given.user(buyer), reason="mine")))
+    refused(
+        escrow_id,
+        NotAllowed,
+        lambda: given.send(escrow_v1.HoldEscrow(escrow_id=e, actor=given.user(buyer), reason="mine")),
+    )
     refused(escrow_id, InvalidCommand, lambda: hold(escrow_id, staff, reason="  "))
     refused(escrow_id, InvalidTransition, lambda: unhold(escrow_id, staff))
     released = given.escrow_in("RELEASED", buyer=buyer, seller=seller, staff=staff)
@@ -123,16 +131,19 @@ def test_the_same_hold_command_id_twice_has_one_effect(buyer: Any, seller: Any, 
 
 
 @pytest.mark.usefixtures("_no_inline_bus")
-def test_a_failed_transfer_is_retried_once_with_a_new_payments_command_id(buyer: Any, seller: Any,
-                                                                           staff: Any) -> None:
+def test_a_failed_transfer_is_retried_once_with_a_new_payments_command_id(buyer: Any, seller: Any, staff: Any) -> None:
     escrow_id = given.escrow_in("RELEASING", buyer=buyer, seller=seller, staff=staff)
     refused(escrow_id, InvalidTransition, lambda: retry(escrow_id, staff))  # nothing known to have failed
     [first] = outbound(escrow_id, payments_v1.TransferToSeller)
-    given.deliver_to_escrow(payments_v1.TransferFailed(escrow_id=str(escrow_id), provider="stripe",
-                                                       reason="No such destination"))
+    given.deliver_to_escrow(
+        payments_v1.TransferFailed(escrow_id=str(escrow_id), provider="stripe", reason="No such destination")
+    )
     assert Escrow.objects.get(pk=escrow_id).attention == "transfer_failed"
-    refused(escrow_id, NotAllowed, lambda: given.send(escrow_v1.RetryPayout(
-        escrow_id=str(escrow_id), actor=given.user(buyer), reason="pay him")))
+    refused(
+        escrow_id,
+        NotAllowed,
+        lambda: given.send(escrow_v1.RetryPayout(escrow_id=str(escrow_id), actor=given.user(buyer), reason="pay him")),
+    )
 
     retry(escrow_id, staff)
 
@@ -151,9 +162,13 @@ def test_a_failed_transfer_is_retried_once_with_a_new_payments_command_id(buyer:
 @pytest.mark.usefixtures("_no_inline_bus")
 def test_a_transfer_parked_for_a_payout_destination_is_not_retried(buyer: Any, seller: Any, staff: Any) -> None:
     escrow_id = given.escrow_in("RELEASING", buyer=buyer, seller=seller, staff=staff)
-    given.deliver_to_escrow(payments_v1.TransferFailed(
-        escrow_id=str(escrow_id), provider="stripe",
-        reason="awaiting payout destination: none registered; sent once the seller registers one"))
+    given.deliver_to_escrow(
+        payments_v1.TransferFailed(
+            escrow_id=str(escrow_id),
+            provider="stripe",
+            reason="awaiting payout destination: none registered; sent once the seller registers one",
+        )
+    )
     refused(escrow_id, InvalidTransition, lambda: retry(escrow_id, staff))
 
 
@@ -161,8 +176,9 @@ def test_a_transfer_parked_for_a_payout_destination_is_not_retried(buyer: Any, s
 def test_a_failed_refund_is_retried(buyer: Any, seller: Any, staff: Any) -> None:
     escrow_id = given.escrow_in("REFUNDING", buyer=buyer, seller=seller, staff=staff)
     [first] = outbound(escrow_id, payments_v1.InitiateRefund)
-    given.deliver_to_escrow(payments_v1.RefundFailed(escrow_id=str(escrow_id), provider="stripe",
-                                                     reason="charge disputed"))
+    given.deliver_to_escrow(
+        payments_v1.RefundFailed(escrow_id=str(escrow_id), provider="stripe", reason="charge disputed")
+    )
     hold(escrow_id, staff)
     refused(escrow_id, InvalidTransition, lambda: retry(escrow_id, staff))  # on hold: nothing moves
     unhold(escrow_id, staff)
@@ -177,7 +193,12 @@ def test_a_failed_refund_is_retried(buyer: Any, seller: Any, staff: Any) -> None
 
 
 def test_a_retry_reaches_stripe_with_a_new_key_and_records_a_new_artifact(
-        fake_stripe: FakeStripe, api_client: Any, buyer: Any, seller: Any, staff: Any) -> None:  # noqa: F811
+    fake_stripe: FakeStripe,
+    api_client: Any,
+    buyer: Any,
+    seller: Any,
+    staff: Any,  # noqa: F811
+) -> None:
     from tests.payments.support import released_with_a_refused_transfer
     from tests.payments.test_stripe_rail import webhook
 
@@ -202,16 +223,25 @@ def test_a_retry_reaches_stripe_with_a_new_key_and_records_a_new_artifact(
 
 
 @pytest.mark.usefixtures("_no_inline_bus")
-def test_a_late_payment_after_release_goes_back_to_the_buyer_and_the_state_stays(buyer: Any, seller: Any,
-                                                                                 staff: Any) -> None:
+def test_a_late_payment_after_release_goes_back_to_the_buyer_and_the_state_stays(
+    buyer: Any, seller: Any, staff: Any
+) -> None:
     escrow_id = given.escrow_in("RELEASED", buyer=buyer, seller=seller, staff=staff)
     refused(escrow_id, InvalidTransition, lambda: return_stranded(escrow_id, staff))  # nothing stranded
-    given.deliver_to_escrow(payments_v1.PaymentSucceeded(
-        escrow_id=str(escrow_id), amount=given.money(500), provider="sandbox", provider_payment_id="pi_late"))
+    given.deliver_to_escrow(
+        payments_v1.PaymentSucceeded(
+            escrow_id=str(escrow_id), amount=given.money(500), provider="sandbox", provider_payment_id="pi_late"
+        )
+    )
     assert Escrow.objects.get(pk=escrow_id).held_minor == 500
     refused(escrow_id, InvalidCommand, lambda: return_stranded(escrow_id, staff, reason=""))
-    refused(escrow_id, NotAllowed, lambda: given.send(escrow_v1.ReturnStrandedFunds(
-        escrow_id=str(escrow_id), actor=given.user(buyer), reason="mine")))
+    refused(
+        escrow_id,
+        NotAllowed,
+        lambda: given.send(
+            escrow_v1.ReturnStrandedFunds(escrow_id=str(escrow_id), actor=given.user(buyer), reason="mine")
+        ),
+    )
 
     return_stranded(escrow_id, staff)
 
@@ -232,8 +262,9 @@ def test_stranded_funds_cannot_be_taken_from_a_live_escrow(buyer: Any, seller: A
     refused(escrow_id, InvalidTransition, lambda: return_stranded(escrow_id, staff))
 
 
-def test_a_sandbox_payment_after_cancel_is_returned_through_the_provider(api_client: Any, buyer: Any,
-                                                                        seller: Any, staff: Any) -> None:
+def test_a_sandbox_payment_after_cancel_is_returned_through_the_provider(
+    api_client: Any, buyer: Any, seller: Any, staff: Any
+) -> None:
     as_buyer = api_client(buyer)
     escrow_id = create_escrow(as_buyer, seller=seller, amount="100.00")["escrow_id"]
     assert act(as_buyer, escrow_id, "cancel", {"reason": "changed my mind"}).status_code == 202

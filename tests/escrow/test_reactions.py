@@ -38,8 +38,9 @@ def test_full_payment_holds_funds_and_the_books_balance_at_each_step(buyer: Any,
 
 def test_the_same_payments_event_twice_is_counted_once(buyer: Any, seller: Any) -> None:
     escrow_id = given.create(buyer=buyer, seller=seller)
-    event = payments_v1.PaymentSucceeded(escrow_id=str(escrow_id), amount=given.money(given.AMOUNT),
-                                         provider="sandbox", provider_payment_id="pi_1")
+    event = payments_v1.PaymentSucceeded(
+        escrow_id=str(escrow_id), amount=given.money(given.AMOUNT), provider="sandbox", provider_payment_id="pi_1"
+    )
     event_id = uuid.uuid4()
     assert given.deliver_to_escrow(event, event_id=event_id) is True
     footprint = given.footprint()
@@ -95,34 +96,44 @@ def test_payment_after_cancellation_is_held_and_flagged(buyer: Any, seller: Any,
 
 
 @pytest.mark.parametrize("kind", ["transfer", "refund"])
-def test_unexpected_transfer_or_refund_amount_changes_no_money(kind: str, buyer: Any, seller: Any,
-                                                               staff: Any) -> None:
+def test_unexpected_transfer_or_refund_amount_changes_no_money(kind: str, buyer: Any, seller: Any, staff: Any) -> None:
     state = "RELEASING" if kind == "transfer" else "REFUNDING"
     escrow_id = given.escrow_in(state, buyer=buyer, seller=seller, staff=staff)
     before = given.snapshot(escrow_id)
     if kind == "transfer":
-        event: Any = payments_v1.TransferSucceeded(escrow_id=str(escrow_id), amount=given.money(1),
-                                                   fee=given.money(0), provider_transfer_id="tr_x")
+        event: Any = payments_v1.TransferSucceeded(
+            escrow_id=str(escrow_id), amount=given.money(1), fee=given.money(0), provider_transfer_id="tr_x"
+        )
     else:
-        event = payments_v1.RefundSucceeded(escrow_id=str(escrow_id), amount=given.money(given.AMOUNT + 100),
-                                            provider_refund_id="re_x")
+        event = payments_v1.RefundSucceeded(
+            escrow_id=str(escrow_id), amount=given.money(given.AMOUNT + 100), provider_refund_id="re_x"
+        )
     given.deliver_to_escrow(event)
 
     after = given.snapshot(escrow_id)
     assert after["state"] == state
     assert after["attention"] == f"unexpected_{kind}"
-    money = ("received_minor", "held_minor", "paid_out_minor", "refunded_minor", "fee_minor",
-             "pending_payout_minor", "pending_refund_minor")
+    money = (
+        "received_minor",
+        "held_minor",
+        "paid_out_minor",
+        "refunded_minor",
+        "fee_minor",
+        "pending_payout_minor",
+        "pending_refund_minor",
+    )
     assert {k: after[k] for k in money} == {k: before[k] for k in money}
     assert given.event_types(escrow_id)[-1] == "EscrowNeedsAttention"
 
 
 @pytest.mark.parametrize("state", ["FUNDS_HELD", "DELIVERED"])
-def test_chargeback_while_funds_held_freezes_them_in_a_dispute(state: str, buyer: Any, seller: Any,
-                                                               staff: Any) -> None:
+def test_chargeback_while_funds_held_freezes_them_in_a_dispute(state: str, buyer: Any, seller: Any, staff: Any) -> None:
     escrow_id = given.escrow_in(state, buyer=buyer, seller=seller, staff=staff)
-    given.deliver_to_escrow(payments_v1.ChargebackOpened(
-        escrow_id=str(escrow_id), amount=given.money(given.AMOUNT), provider_dispute_id="dp_1", reason="fraudulent"))
+    given.deliver_to_escrow(
+        payments_v1.ChargebackOpened(
+            escrow_id=str(escrow_id), amount=given.money(given.AMOUNT), provider_dispute_id="dp_1", reason="fraudulent"
+        )
+    )
     after = given.snapshot(escrow_id)
     assert after["state"] == "DISPUTED"
     assert after["attention"] == "chargeback"
@@ -140,8 +151,9 @@ def test_chargeback_while_funds_held_freezes_them_in_a_dispute(state: str, buyer
         ("REFUNDING", payments_v1.RefundFailed, "refund_failed"),
     ],
 )
-def test_payout_failure_keeps_state_and_asks_ops(state: str, event: Any, reason: str, buyer: Any, seller: Any,
-                                                 staff: Any) -> None:
+def test_payout_failure_keeps_state_and_asks_ops(
+    state: str, event: Any, reason: str, buyer: Any, seller: Any, staff: Any
+) -> None:
     escrow_id = given.escrow_in(state, buyer=buyer, seller=seller, staff=staff)
     before = given.snapshot(escrow_id)
     given.deliver_to_escrow(event(escrow_id=str(escrow_id), amount=given.money(1), reason="account closed"))
@@ -162,9 +174,14 @@ def test_payout_failure_keeps_state_and_asks_ops(state: str, event: Any, reason:
 def test_split_where_the_refund_lands_before_the_transfer(buyer: Any, seller: Any, staff: Any) -> None:
     escrow_id = given.escrow_in("DISPUTED", buyer=buyer, seller=seller, staff=staff)
     seller_gross = 10_000
-    given.send(escrow_v1.ResolveDispute(escrow_id=str(escrow_id), actor=given.staff_actor(staff),
-                                        outcome=escrow_v1.DisputeOutcome.SPLIT,
-                                        seller_amount=given.money(seller_gross)))
+    given.send(
+        escrow_v1.ResolveDispute(
+            escrow_id=str(escrow_id),
+            actor=given.staff_actor(staff),
+            outcome=escrow_v1.DisputeOutcome.SPLIT,
+            seller_amount=given.money(seller_gross),
+        )
+    )
     given.assert_books_balance(escrow_id)
 
     given.refunded(escrow_id)

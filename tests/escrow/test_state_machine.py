@@ -22,9 +22,27 @@ from proto.escrow import v1 as escrow_v1
 from tests.escrow import given
 from tests.factories import UserFactory
 
-STATES = ["AWAIT_ACCEPTANCE", "AWAIT_FUNDS", "FUNDS_HELD", "DELIVERED", "RELEASING", "RELEASED", "CANCELLED", "REFUNDING",
-          "REFUNDED", "DISPUTED"]
-COMMANDS = ["AcceptEscrow", "DeclineEscrow", "MarkDelivered", "ReleaseFunds", "CancelEscrow", "OpenDispute", "ResolveDispute"]
+STATES = [
+    "AWAIT_ACCEPTANCE",
+    "AWAIT_FUNDS",
+    "FUNDS_HELD",
+    "DELIVERED",
+    "RELEASING",
+    "RELEASED",
+    "CANCELLED",
+    "REFUNDING",
+    "REFUNDED",
+    "DISPUTED",
+]
+COMMANDS = [
+    "AcceptEscrow",
+    "DeclineEscrow",
+    "MarkDelivered",
+    "ReleaseFunds",
+    "CancelEscrow",
+    "OpenDispute",
+    "ResolveDispute",
+]
 ROLES = ["buyer", "seller", "staff", "timer", "system", "stranger"]
 
 # (from state, command) -> (who may, to state, events emitted, outbound payments commands). DESIGN.md.
@@ -37,15 +55,27 @@ LEGAL: dict[tuple[str, str], tuple[set[str], str, list[str], list[str]]] = {
     ("AWAIT_ACCEPTANCE", "CancelEscrow"): ({"buyer", "staff", "timer"}, "CANCELLED", ["EscrowCancelled"], []),
     ("FUNDS_HELD", "MarkDelivered"): ({"seller"}, "DELIVERED", ["EscrowDelivered"], []),
     ("DELIVERED", "ReleaseFunds"): (
-        {"buyer", "staff", "timer"}, "RELEASING", ["EscrowReleaseRequested"], ["TransferToSeller"]),
+        {"buyer", "staff", "timer"},
+        "RELEASING",
+        ["EscrowReleaseRequested"],
+        ["TransferToSeller"],
+    ),
     ("AWAIT_FUNDS", "CancelEscrow"): ({"buyer", "seller", "staff", "timer"}, "CANCELLED", ["EscrowCancelled"], []),
     # Cancelling with money held records both the request for a refund and the cancellation itself.
     ("FUNDS_HELD", "CancelEscrow"): (
-        {"seller", "staff"}, "REFUNDING", ["EscrowRefundRequested", "EscrowCancelled"], ["InitiateRefund"]),
+        {"seller", "staff"},
+        "REFUNDING",
+        ["EscrowRefundRequested", "EscrowCancelled"],
+        ["InitiateRefund"],
+    ),
     ("FUNDS_HELD", "OpenDispute"): ({"buyer", "seller"}, "DISPUTED", ["EscrowDisputed"], []),
     ("DELIVERED", "OpenDispute"): ({"buyer", "seller"}, "DISPUTED", ["EscrowDisputed"], []),
     ("DISPUTED", "ResolveDispute"): (
-        {"staff"}, "RELEASING", ["EscrowDisputeResolved", "EscrowReleaseRequested"], ["TransferToSeller"]),
+        {"staff"},
+        "RELEASING",
+        ["EscrowDisputeResolved", "EscrowReleaseRequested"],
+        ["TransferToSeller"],
+    ),
 }
 SENDERS = {cmd: set().union(*(who for (_, c), (who, *_) in LEGAL.items() if c == cmd)) for cmd in COMMANDS}
 
@@ -81,7 +111,8 @@ def command_for(name: str, escrow_id: uuid.UUID, actor: Any) -> Any:
         "CancelEscrow": lambda: escrow_v1.CancelEscrow(escrow_id=e, actor=actor, reason="changed my mind"),
         "OpenDispute": lambda: escrow_v1.OpenDispute(escrow_id=e, actor=actor, reason="item never arrived"),
         "ResolveDispute": lambda: escrow_v1.ResolveDispute(
-            escrow_id=e, actor=actor, outcome=escrow_v1.DisputeOutcome.RELEASE),
+            escrow_id=e, actor=actor, outcome=escrow_v1.DisputeOutcome.RELEASE
+        ),
     }[name]()
 
 
@@ -112,7 +143,7 @@ def check_one(state: str, command: str, role: str, cast: dict[str, Any]) -> None
         # then: the right state, exactly the right events and outbound commands, the books balance
         assert (result.state, result.duplicate) == (to_state, False)
         assert given.snapshot(escrow_id)["state"] == to_state
-        assert given.event_types(escrow_id)[-len(events):] == events
+        assert given.event_types(escrow_id)[-len(events) :] == events
         assert EscrowEvent.objects.count() == footprint[0] + len(events)
         written = given.outbox_types_since(escrow_id, outbox_mark)
         assert sorted(written) == sorted([*events, *outbound, command])
@@ -168,8 +199,14 @@ def test_same_command_id_twice_has_one_effect(buyer: Any, seller: Any, staff: An
 
 def test_create_twice_with_one_command_id_creates_one_escrow(buyer: Any, seller: Any) -> None:
     escrow_id, command_id = uuid.uuid4(), uuid.uuid4()
-    command = escrow_v1.CreateEscrow(escrow_id=str(escrow_id), buyer_id=buyer.pk, seller_id=seller.pk,
-                                     amount=given.money(500), description="x", actor=given.user(buyer))
+    command = escrow_v1.CreateEscrow(
+        escrow_id=str(escrow_id),
+        buyer_id=buyer.pk,
+        seller_id=seller.pk,
+        amount=given.money(500),
+        description="x",
+        actor=given.user(buyer),
+    )
     services.dispatch(command, command_id=command_id)
     footprint = given.footprint()
 
@@ -194,8 +231,7 @@ def test_create_awaits_acceptance_and_asks_for_no_payment_yet(buyer: Any, seller
     assert sorted(given.outbox_types_since(escrow_id, mark)) == ["CreateEscrow", "EscrowCreated"]
 
 
-def test_accept_starts_the_funding_deadline_and_asks_for_the_payment(buyer: Any, seller: Any,
-                                                                     settings: Any) -> None:
+def test_accept_starts_the_funding_deadline_and_asks_for_the_payment(buyer: Any, seller: Any, settings: Any) -> None:
     settings.FUNDING_DEADLINE_HOURS = 5
     escrow_id = given.propose(buyer=buyer, seller=seller)
     mark = given.last_outbox_id()
@@ -206,8 +242,11 @@ def test_accept_starts_the_funding_deadline_and_asks_for_the_payment(buyer: Any,
     assert before + datetime.timedelta(hours=5) <= escrow.funding_deadline
     assert escrow.funding_deadline <= timezone.now() + datetime.timedelta(hours=5)
     assert given.event_types(escrow_id) == ["EscrowCreated", "EscrowAccepted"]
-    assert sorted(given.outbox_types_since(escrow_id, mark)) == ["AcceptEscrow", "CreatePaymentIntent",
-                                                                 "EscrowAccepted"]
+    assert sorted(given.outbox_types_since(escrow_id, mark)) == [
+        "AcceptEscrow",
+        "CreatePaymentIntent",
+        "EscrowAccepted",
+    ]
 
 
 def test_seller_created_deal_is_accepted_by_the_buyer(buyer: Any, seller: Any, staff: Any) -> None:
@@ -215,10 +254,12 @@ def test_seller_created_deal_is_accepted_by_the_buyer(buyer: Any, seller: Any, s
     assert Escrow.objects.get(pk=escrow_id).created_by_id == seller.pk
     before, footprint = given.snapshot(escrow_id), given.footprint()
     # the seller created it: the seller can neither accept nor decline it, the buyer cannot cancel it
-    for refused in (escrow_v1.AcceptEscrow(escrow_id=str(escrow_id), actor=given.user(seller)),
-                    escrow_v1.DeclineEscrow(escrow_id=str(escrow_id), actor=given.user(seller)),
-                    escrow_v1.CancelEscrow(escrow_id=str(escrow_id), actor=given.user(buyer)),
-                    escrow_v1.AcceptEscrow(escrow_id=str(escrow_id), actor=given.staff_actor(staff))):
+    for refused in (
+        escrow_v1.AcceptEscrow(escrow_id=str(escrow_id), actor=given.user(seller)),
+        escrow_v1.DeclineEscrow(escrow_id=str(escrow_id), actor=given.user(seller)),
+        escrow_v1.CancelEscrow(escrow_id=str(escrow_id), actor=given.user(buyer)),
+        escrow_v1.AcceptEscrow(escrow_id=str(escrow_id), actor=given.staff_actor(staff)),
+    ):
         with pytest.raises(NotAllowed):
             given.send(refused)
     assert (given.snapshot(escrow_id), given.footprint()) == (before, footprint)
@@ -242,8 +283,14 @@ def test_seller_created_deal_is_accepted_by_the_buyer(buyer: Any, seller: Any, s
     ids=["zero", "negative", "self-dealing", "not-a-party", "not-a-user", "bad-id"],
 )
 def test_create_rejects_bad_input_and_writes_nothing(change: dict[str, Any], buyer: Any, seller: Any) -> None:
-    fields: dict[str, Any] = {"escrow_id": str(uuid.uuid4()), "buyer_id": buyer.pk, "seller_id": seller.pk,
-                              "amount": given.money(500), "description": "x", "actor": given.user(buyer)}
+    fields: dict[str, Any] = {
+        "escrow_id": str(uuid.uuid4()),
+        "buyer_id": buyer.pk,
+        "seller_id": seller.pk,
+        "amount": given.money(500),
+        "description": "x",
+        "actor": given.user(buyer),
+    }
     if change.get("seller") == "buyer":
         fields["seller_id"] = buyer.pk
     elif change.get("actor") == "stranger":
@@ -276,13 +323,19 @@ def test_event_ids_are_uuid5_of_escrow_version_and_type(buyer: Any, seller: Any,
     ],
     ids=["refund", "split"],
 )
-def test_resolve_refund_and_split(outcome: Any, seller_amount: int | None, to_state: str, outbound: list[str],
-                                  buyer: Any, seller: Any, staff: Any) -> None:
+def test_resolve_refund_and_split(
+    outcome: Any, seller_amount: int | None, to_state: str, outbound: list[str], buyer: Any, seller: Any, staff: Any
+) -> None:
     escrow_id = given.escrow_in("DISPUTED", buyer=buyer, seller=seller, staff=staff)
     mark = given.last_outbox_id()
-    given.send(escrow_v1.ResolveDispute(
-        escrow_id=str(escrow_id), actor=given.staff_actor(staff), outcome=outcome,
-        seller_amount=given.money(seller_amount) if seller_amount else None))
+    given.send(
+        escrow_v1.ResolveDispute(
+            escrow_id=str(escrow_id),
+            actor=given.staff_actor(staff),
+            outcome=outcome,
+            seller_amount=given.money(seller_amount) if seller_amount else None,
+        )
+    )
     after = given.snapshot(escrow_id)
     assert after["state"] == to_state
     written = given.outbox_types_since(escrow_id, mark)
@@ -300,8 +353,14 @@ def test_split_with_a_bad_share_is_refused(seller_amount: Any, buyer: Any, selle
     escrow_id = given.escrow_in("DISPUTED", buyer=buyer, seller=seller, staff=staff)
     before, footprint = given.snapshot(escrow_id), given.footprint()
     with pytest.raises(InvalidCommand) as raised:
-        given.send(escrow_v1.ResolveDispute(escrow_id=str(escrow_id), actor=given.staff_actor(staff),
-                                            outcome=escrow_v1.DisputeOutcome.SPLIT, seller_amount=seller_amount))
+        given.send(
+            escrow_v1.ResolveDispute(
+                escrow_id=str(escrow_id),
+                actor=given.staff_actor(staff),
+                outcome=escrow_v1.DisputeOutcome.SPLIT,
+                seller_amount=seller_amount,
+            )
+        )
     assert raised.value.field == "seller_amount"
     assert (given.snapshot(escrow_id), given.footprint()) == (before, footprint)
 
@@ -329,11 +388,13 @@ def test_a_command_id_spent_on_another_escrow_or_command_is_refused(buyer: Any, 
 
     # the same id for the same command on another escrow would otherwise answer "duplicate" and do nothing
     with pytest.raises(InvalidCommand) as raised:
-        services.dispatch(escrow_v1.MarkDelivered(escrow_id=str(other), actor=given.user(seller)),
-                          command_id=command_id)
+        services.dispatch(
+            escrow_v1.MarkDelivered(escrow_id=str(other), actor=given.user(seller)), command_id=command_id
+        )
     assert raised.value.field == "command_id"
     # and for another command on the same escrow
     with pytest.raises(InvalidCommand):
-        services.dispatch(escrow_v1.OpenDispute(escrow_id=str(first), actor=given.user(buyer), reason="late"),
-                          command_id=command_id)
+        services.dispatch(
+            escrow_v1.OpenDispute(escrow_id=str(first), actor=given.user(buyer), reason="late"), command_id=command_id
+        )
     assert (given.snapshot(other), given.footprint()) == (before, footprint)

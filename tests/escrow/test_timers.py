@@ -33,8 +33,7 @@ def delivered_escrow(buyer: Any, seller: Any, *, lapsed: bool) -> uuid.UUID:
     given.send(escrow_v1.MarkDelivered(escrow_id=str(escrow_id), actor=given.user(seller)))
     assert given.snapshot(escrow_id)["state"] == "DELIVERED"
     if lapsed:
-        Escrow.objects.filter(pk=escrow_id).update(
-            inspection_deadline=timezone.now() - datetime.timedelta(seconds=1))
+        Escrow.objects.filter(pk=escrow_id).update(inspection_deadline=timezone.now() - datetime.timedelta(seconds=1))
     return escrow_id
 
 

@@ -78,18 +78,28 @@ class FakeCustodian:
 
     @property
     def public_key_b64(self) -> str:
-        der = self.signing_key.public_key().public_bytes(serialization.Encoding.DER,
-                                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+        der = self.signing_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
         return base64.b64encode(der).decode()
 
-    def fail_next(self, path_prefix: str, status: int, *, code: int | None = None, message: str | None = None,
-                  times: int = 1, retry_after: str | None = None) -> None:
+    def fail_next(
+        self,
+        path_prefix: str,
+        status: int,
+        *,
+        code: int | None = None,
+        message: str | None = None,
+        times: int = 1,
+        retry_after: str | None = None,
+    ) -> None:
         """The next `times` requests under `path_prefix` get `status` and Circle's error body (`code`,
         `message`; defaults per status), with a Retry-After header when given. Nothing is carried out."""
         default_code, default_message = CIRCLE_ERRORS.get(status, (-1, "Something went wrong."))
         for _ in range(times):
-            self._failures.append((path_prefix, status, default_code if code is None else code,
-                                   message or default_message, retry_after))
+            self._failures.append(
+                (path_prefix, status, default_code if code is None else code, message or default_message, retry_after)
+            )
 
     def delay_next(self, path_prefix: str, seconds: float, *, times: int = 1) -> None:
         """The next `times` requests under `path_prefix` are carried out (and their answer kept for an
@@ -109,27 +119,38 @@ class FakeCustodian:
 
     # --- what happens on chain ----------------------------------------------------------------------
 
-    def deposit(self, wallet_id: str, *, amount: str, source: str, token_id: str = USDC_TOKEN_ID,
-                state: str = "COMPLETE") -> dict[str, Any]:
-        tx = self._tx(wallet_id=wallet_id, tx_type="INBOUND", amount=amount, source=source,
-                      destination=self.wallets[wallet_id]["address"], token_id=token_id, state=state)
+    def deposit(
+        self, wallet_id: str, *, amount: str, source: str, token_id: str = USDC_TOKEN_ID, state: str = "COMPLETE"
+    ) -> dict[str, Any]:
+        tx = self._tx(
+            wallet_id=wallet_id,
+            tx_type="INBOUND",
+            amount=amount,
+            source=source,
+            destination=self.wallets[wallet_id]["address"],
+            token_id=token_id,
+            state=state,
+        )
         return tx
 
     def settle(self, tx_id: str, state: str = "COMPLETE") -> dict[str, Any]:
         self.transactions[tx_id]["state"] = state
         return dict(self.transactions[tx_id])
 
-    def notification(self, tx: dict[str, Any], *, signing_key: ec.EllipticCurvePrivateKey | None = None,
-                     key_id: str = KEY_ID) -> tuple[bytes, dict[str, str]]:
+    def notification(
+        self, tx: dict[str, Any], *, signing_key: ec.EllipticCurvePrivateKey | None = None, key_id: str = KEY_ID
+    ) -> tuple[bytes, dict[str, str]]:
         kind = "transactions.inbound" if tx["transactionType"] == "INBOUND" else "transactions.outbound"
-        body = json.dumps({
-            "subscriptionId": "5c5a0a4c-0000-4000-8000-000000000001",
-            "notificationId": str(uuid.uuid4()),
-            "notificationType": kind,
-            "notification": tx,
-            "timestamp": "2026-11-24T00:00:00.000Z",
-            "version": 2,
-        }).encode()
+        body = json.dumps(
+            {
+                "subscriptionId": "5c5a0a4c-0000-4000-8000-000000000001",
+                "notificationId": str(uuid.uuid4()),
+                "notificationType": kind,
+                "notification": tx,
+                "timestamp": "2026-11-24T00:00:00.000Z",
+                "version": 2,
+            }
+        ).encode()
         signature = (signing_key or self.signing_key).sign(body, ec.ECDSA(hashes.SHA256()))
         return body, {"X-Circle-Signature": base64.b64encode(signature).decode(), "X-Circle-Key-Id": key_id}
 
@@ -138,12 +159,22 @@ class FakeCustodian:
     def _new_id(self) -> str:
         return str(uuid.UUID(int=next(self._ids), version=4))
 
-    def _tx(self, *, wallet_id: str, tx_type: str, amount: str, source: str, destination: str, token_id: str,
-            state: str) -> dict[str, Any]:
+    def _tx(
+        self, *, wallet_id: str, tx_type: str, amount: str, source: str, destination: str, token_id: str, state: str
+    ) -> dict[str, Any]:
         tx_id = self._new_id()
-        tx = {"id": tx_id, "blockchain": "BASE", "walletId": wallet_id, "tokenId": token_id, "amounts": [amount],
-              "sourceAddress": source, "destinationAddress": destination, "transactionType": tx_type,
-              "state": state, "txHash": "0x" + tx_id.replace("-", "").ljust(64, "0")}
+        tx = {
+            "id": tx_id,
+            "blockchain": "BASE",
+            "walletId": wallet_id,
+            "tokenId": token_id,
+            "amounts": [amount],
+            "sourceAddress": source,
+            "destinationAddress": destination,
+            "transactionType": tx_type,
+            "state": state,
+            "txHash": "0x" + tx_id.replace("-", "").ljust(64, "0"),
+        }
         self.transactions[tx_id] = tx
         return dict(tx)
 
@@ -216,31 +247,48 @@ class FakeCustodian:
     def _route(self, request: Request, body: dict[str, Any]) -> tuple[int, str]:
         path = request.path
         if request.method == "GET" and path == "/v1/w3s/config/entity/publicKey":
-            pem = self.entity_key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+            pem = self.entity_key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
             return 200, json.dumps({"data": {"publicKey": pem.decode()}})
         if request.method == "POST" and path == "/v1/w3s/developer/wallets":
             if body.get("blockchains") != ["BASE"] or body.get("count") != 1:
                 return _error(400, 2, "Invalid blockchains or count")
             wallet_id = self._new_id()
-            wallet = {"id": wallet_id, "state": "LIVE", "custodyType": "DEVELOPER", "blockchain": "BASE",
-                      "address": "0x" + wallet_id.replace("-", "")[:40].rjust(40, "a"), "accountType": "EOA",
-                      "refId": (body.get("metadata") or [{}])[0].get("refId", "")}
+            wallet = {
+                "id": wallet_id,
+                "state": "LIVE",
+                "custodyType": "DEVELOPER",
+                "blockchain": "BASE",
+                "address": "0x" + wallet_id.replace("-", "")[:40].rjust(40, "a"),
+                "accountType": "EOA",
+                "refId": (body.get("metadata") or [{}])[0].get("refId", ""),
+            }
             self.wallets[wallet_id] = wallet
             return 201, json.dumps({"data": {"wallets": [wallet]}})
         if request.method == "POST" and path == "/v1/w3s/developer/transactions/transfer":
             wallet_id = body.get("walletId", "")
             if wallet_id not in self.wallets:
                 return _error(400, 156002, "Wallet not found")
-            tx = self._tx(wallet_id=wallet_id, tx_type="OUTBOUND", amount=body["amounts"][0],
-                          source=self.wallets[wallet_id]["address"], destination=body["destinationAddress"],
-                          token_id=USDC_TOKEN_ID, state="INITIATED")
+            tx = self._tx(
+                wallet_id=wallet_id,
+                tx_type="OUTBOUND",
+                amount=body["amounts"][0],
+                source=self.wallets[wallet_id]["address"],
+                destination=body["destinationAddress"],
+                token_id=USDC_TOKEN_ID,
+                state="INITIATED",
+            )
             return 201, json.dumps({"data": {"id": tx["id"], "state": tx["state"]}})
         if request.method == "GET" and path == "/v1/w3s/transactions":
             wallet_ids = request.args.get("walletIds", "").split(",")
-            found = [tx for tx in self.transactions.values() if tx["walletId"] in wallet_ids
-                     and tx["transactionType"] == request.args.get("txType", tx["transactionType"])
-                     and tx["state"] == request.args.get("state", tx["state"])]
+            found = [
+                tx
+                for tx in self.transactions.values()
+                if tx["walletId"] in wallet_ids
+                and tx["transactionType"] == request.args.get("txType", tx["transactionType"])
+                and tx["state"] == request.args.get("state", tx["state"])
+            ]
             return 200, json.dumps({"data": {"transactions": found}})
         match = re.fullmatch(r"/v1/w3s/transactions/([0-9a-f-]+)", path)
         if request.method == "GET" and match:
@@ -252,8 +300,16 @@ class FakeCustodian:
         if request.method == "GET" and match:
             if match.group(1) != KEY_ID:
                 return _error(404, 3, "Public key not found")
-            return 200, json.dumps({"data": {"id": KEY_ID, "algorithm": "ECDSA_SHA_256",
-                                             "publicKey": self.public_key_b64, "createDate": "2026-01-01T00:00:00Z"}})
+            return 200, json.dumps(
+                {
+                    "data": {
+                        "id": KEY_ID,
+                        "algorithm": "ECDSA_SHA_256",
+                        "publicKey": self.public_key_b64,
+                        "createDate": "2026-01-01T00:00:00Z",
+                    }
+                }
+            )
         return _error(404, 3, "Not found")
 
 

@@ -139,20 +139,26 @@ class FakeDiscord:
     # --- answering -----------------------------------------------------------------------------
 
     def _json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
-        base = {"Via": "1.1 google", "X-RateLimit-Limit": "5", "X-RateLimit-Remaining": "4",
-                "X-RateLimit-Reset-After": "1.0", "X-RateLimit-Bucket": "dm-bucket"}
+        base = {
+            "Via": "1.1 google",
+            "X-RateLimit-Limit": "5",
+            "X-RateLimit-Remaining": "4",
+            "X-RateLimit-Reset-After": "1.0",
+            "X-RateLimit-Bucket": "dm-bucket",
+        }
         base.update(headers or {})
         return Response(json.dumps(body), status=status, headers=base, content_type="application/json")
 
     def _handle(self, request: Request) -> Response:
         response, recipient = self._answer(request)
         with self._lock:
-            self.exchanges.append(Exchange(time.monotonic(), request.method, request.path, response.status_code,
-                                           recipient))
+            self.exchanges.append(
+                Exchange(time.monotonic(), request.method, request.path, response.status_code, recipient)
+            )
         return response
 
     def _answer(self, request: Request) -> tuple[Response, int | None]:
-        path = request.path[len(API_PREFIX):]
+        path = request.path[len(API_PREFIX) :]
         webhook = re.fullmatch(r"/webhooks/(\d+)/([^/]+)(/messages/@original)?", path)
         if webhook:
             return self._webhook(request, webhook.group(1), webhook.group(2), bool(webhook.group(3))), None
@@ -163,18 +169,35 @@ class FakeDiscord:
             commands = request.get_json()
             with self._lock:
                 self.registrations.append((registration.group(1), commands))
-            return self._json(200, [{**c, "id": str(next(self._ids)), "application_id": registration.group(1),
-                                     "version": str(next(self._ids))} for c in commands]), None
+            return self._json(
+                200,
+                [
+                    {
+                        **c,
+                        "id": str(next(self._ids)),
+                        "application_id": registration.group(1),
+                        "version": str(next(self._ids)),
+                    }
+                    for c in commands
+                ],
+            ), None
         if request.method == "GET" and path == "/users/@me":
-            return self._json(200, {"id": self.bot_id, "username": "escrow-bot", "discriminator": "0",
-                                    "bot": True, "avatar": None}), None
+            return self._json(
+                200, {"id": self.bot_id, "username": "escrow-bot", "discriminator": "0", "bot": True, "avatar": None}
+            ), None
         if request.method == "POST" and path == "/users/@me/channels":
             recipient = int(request.get_json()["recipient_id"])
-            return self._json(200, {
-                "id": str(_CHANNEL_OFFSET + recipient), "type": 1, "last_message_id": None,
-                "recipients": [{"id": str(recipient), "username": f"user{recipient}", "discriminator": "0",
-                                "avatar": None}],
-            }), recipient
+            return self._json(
+                200,
+                {
+                    "id": str(_CHANNEL_OFFSET + recipient),
+                    "type": 1,
+                    "last_message_id": None,
+                    "recipients": [
+                        {"id": str(recipient), "username": f"user{recipient}", "discriminator": "0", "avatar": None}
+                    ],
+                },
+            ), recipient
         match = re.fullmatch(r"/channels/(\d+)/messages", path)
         if request.method == "POST" and match:
             recipient = int(match.group(1)) - _CHANNEL_OFFSET
@@ -196,8 +219,9 @@ class FakeDiscord:
         with self._lock:
             if nonce and payload.get("enforce_nonce") and (recipient, nonce) in self._nonces:
                 return self._json(200, self._message_body(self._nonces[(recipient, nonce)], channel_id))
-            dm = SentDM(recipient, payload.get("content", ""), nonce, str(next(self._ids)),
-                        payload.get("components") or [])
+            dm = SentDM(
+                recipient, payload.get("content", ""), nonce, str(next(self._ids)), payload.get("components") or []
+            )
             self.sent.append(dm)
             if nonce:
                 self._nonces[(recipient, nonce)] = dm
@@ -210,19 +234,38 @@ class FakeDiscord:
             return self._json(405, {"message": "405: Method Not Allowed", "code": 0})
         body = request.get_json()
         with self._lock:
-            self.followups.append(FollowUp(request.method, application_id, token,
-                                           "@original" if original else "followup", body))
+            self.followups.append(
+                FollowUp(request.method, application_id, token, "@original" if original else "followup", body)
+            )
             message_id = str(next(self._ids))
-        return self._json(200, {"id": message_id, "type": 20, "content": body.get("content", ""),
-                                "components": body.get("components", []), "application_id": application_id,
-                                "webhook_id": application_id, "channel_id": "1", "author": {
-                                    "id": self.bot_id, "username": "escrow-bot", "bot": True}})
+        return self._json(
+            200,
+            {
+                "id": message_id,
+                "type": 20,
+                "content": body.get("content", ""),
+                "components": body.get("components", []),
+                "application_id": application_id,
+                "webhook_id": application_id,
+                "channel_id": "1",
+                "author": {"id": self.bot_id, "username": "escrow-bot", "bot": True},
+            },
+        )
 
     def _message_body(self, dm: SentDM, channel_id: str) -> dict[str, Any]:
         return {
-            "id": dm.message_id, "channel_id": channel_id, "content": dm.content, "nonce": dm.nonce, "type": 0,
-            "author": {"id": self.bot_id, "username": "escrow-bot", "discriminator": "0", "bot": True,
-                       "avatar": None},
-            "timestamp": "2026-01-01T00:00:00+00:00", "tts": False, "mention_everyone": False, "mentions": [],
-            "mention_roles": [], "attachments": [], "embeds": [], "pinned": False,
+            "id": dm.message_id,
+            "channel_id": channel_id,
+            "content": dm.content,
+            "nonce": dm.nonce,
+            "type": 0,
+            "author": {"id": self.bot_id, "username": "escrow-bot", "discriminator": "0", "bot": True, "avatar": None},
+            "timestamp": "2026-01-01T00:00:00+00:00",
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": [],
+            "mention_roles": [],
+            "attachments": [],
+            "embeds": [],
+            "pinned": False,
         }

@@ -54,14 +54,16 @@ class FakeScreening:
     def __post_init__(self) -> None:
         self.server.expect_request("/public/v2/screening/addresses", method="POST").respond_with_handler(self._trm)
         self.server.expect_request(re.compile(r"^/api/v1/address/.+"), method="GET").respond_with_handler(
-            self._chainalysis)
+            self._chainalysis
+        )
 
     @property
     def api_base(self) -> str:
         return self.server.url_for("").rstrip("/")
 
-    def fail_next(self, vendor: str, status: int, times: int = 1, *, retry_after: str | None = None,
-                  message: str | None = None) -> None:
+    def fail_next(
+        self, vendor: str, status: int, times: int = 1, *, retry_after: str | None = None, message: str | None = None
+    ) -> None:
         """The vendor's next `times` answers are `status` with its error body (and Retry-After if given)."""
         for _ in range(times):
             self._failures.append((vendor, status, retry_after, message))
@@ -76,8 +78,12 @@ class FakeScreening:
         for index, (who, status, retry_after, message) in enumerate(self._failures):
             if who == vendor:
                 del self._failures[index]
-                return _error(vendor, status, message or ERROR_MESSAGES.get(status, "Internal Server Error"),
-                              retry_after=retry_after)
+                return _error(
+                    vendor,
+                    status,
+                    message or ERROR_MESSAGES.get(status, "Internal Server Error"),
+                    retry_after=retry_after,
+                )
         return None
 
     def _delay(self, vendor: str) -> None:
@@ -113,15 +119,36 @@ class FakeScreening:
                 self.screened.append(("trm", address))
                 indicators: list[dict[str, Any]] = []
                 if address.lower() in self.severe:
-                    indicators.append({"category": "Sanctions", "categoryId": "69", "riskType": "OWNERSHIP",
-                                       "categoryRiskScoreLevel": 15, "categoryRiskScoreLevelLabel": "Severe",
-                                       "incomingVolumeUsd": "1000", "outgoingVolumeUsd": "0",
-                                       "totalVolumeUsd": "1000"})
-                answers.append({"accountExternalId": None, "address": address, "addressSubmitted": address,
-                                "chain": item["chain"], "addressRiskIndicators": indicators,
-                                "entities": [{"category": "Exchange", "riskScoreLevel": 1,
-                                              "riskScoreLevelLabel": "Low", "entity": "Some Exchange"}],
-                                "trmAppUrl": f"https://example.invalid/address/{address}"})
+                    indicators.append(
+                        {
+                            "category": "Sanctions",
+                            "categoryId": "69",
+                            "riskType": "OWNERSHIP",
+                            "categoryRiskScoreLevel": 15,
+                            "categoryRiskScoreLevelLabel": "Severe",
+                            "incomingVolumeUsd": "1000",
+                            "outgoingVolumeUsd": "0",
+                            "totalVolumeUsd": "1000",
+                        }
+                    )
+                answers.append(
+                    {
+                        "accountExternalId": None,
+                        "address": address,
+                        "addressSubmitted": address,
+                        "chain": item["chain"],
+                        "addressRiskIndicators": indicators,
+                        "entities": [
+                            {
+                                "category": "Exchange",
+                                "riskScoreLevel": 1,
+                                "riskScoreLevelLabel": "Low",
+                                "entity": "Some Exchange",
+                            }
+                        ],
+                        "trmAppUrl": f"https://example.invalid/address/{address}",
+                    }
+                )
             return Response(json.dumps(answers), status=200, content_type="application/json")
 
     def _chainalysis_answer(self, request: Request) -> Response:
@@ -135,7 +162,14 @@ class FakeScreening:
             self.screened.append(("chainalysis", address))
             identifications = []
             if address.lower() in self.sanctioned:
-                identifications.append({"category": "sanctions", "name": "SANCTIONS: OFAC SDN Test Entity",
-                                        "description": "Listed", "url": "https://example.invalid/sdn"})
-            return Response(json.dumps({"identifications": identifications}), status=200,
-                            content_type="application/json")
+                identifications.append(
+                    {
+                        "category": "sanctions",
+                        "name": "SANCTIONS: OFAC SDN Test Entity",
+                        "description": "Listed",
+                        "url": "https://example.invalid/sdn",
+                    }
+                )
+            return Response(
+                json.dumps({"identifications": identifications}), status=200, content_type="application/json"
+            )

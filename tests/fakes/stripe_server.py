@@ -56,13 +56,26 @@ class HostedStripe:
         session = self.objects[session_id]
         intent_id, charge_id = self._new_id("pi"), self._new_id("ch")
         self.objects[intent_id] = {
-            "id": intent_id, "object": "payment_intent", "amount": session["amount_total"],
-            "amount_received": session["amount_total"], "currency": session["currency"], "status": "succeeded",
-            "capture_method": "automatic", "client_secret": f"{intent_id}_secret_x", "latest_charge": charge_id,
-            "metadata": dict(session["_intent_metadata"]), "transfer_group": session["_transfer_group"],
+            "id": intent_id,
+            "object": "payment_intent",
+            "amount": session["amount_total"],
+            "amount_received": session["amount_total"],
+            "currency": session["currency"],
+            "status": "succeeded",
+            "capture_method": "automatic",
+            "client_secret": f"{intent_id}_secret_x",
+            "latest_charge": charge_id,
+            "metadata": dict(session["_intent_metadata"]),
+            "transfer_group": session["_transfer_group"],
         }
-        self.objects[charge_id] = {"id": charge_id, "object": "charge", "amount": session["amount_total"],
-                                   "currency": session["currency"], "payment_intent": intent_id, "refunded": False}
+        self.objects[charge_id] = {
+            "id": charge_id,
+            "object": "charge",
+            "amount": session["amount_total"],
+            "currency": session["currency"],
+            "payment_intent": intent_id,
+            "refunded": False,
+        }
         session.update(status="complete", payment_status="paid", payment_intent=intent_id)
         return self.public(session_id)
 
@@ -83,15 +96,23 @@ class HostedStripe:
         match = re.fullmatch(r"/v1/checkout/sessions/([A-Za-z0-9_]+)", path)
         if method == "GET" and match:
             if match.group(1) not in self.objects:
-                return _error(404, "invalid_request_error", f"No such checkout.session: '{match.group(1)}'",
-                              code="resource_missing")
+                return _error(
+                    404,
+                    "invalid_request_error",
+                    f"No such checkout.session: '{match.group(1)}'",
+                    code="resource_missing",
+                )
             return 200, json.dumps(self.public(match.group(1)))
         match = re.fullmatch(r"/v1/checkout/sessions/([A-Za-z0-9_]+)/expire", path)
         if method == "POST" and match:
             session = self.objects.get(match.group(1))
             if session is None:
-                return _error(404, "invalid_request_error", f"No such checkout.session: '{match.group(1)}'",
-                              code="resource_missing")
+                return _error(
+                    404,
+                    "invalid_request_error",
+                    f"No such checkout.session: '{match.group(1)}'",
+                    code="resource_missing",
+                )
             if session["status"] != "open":
                 return _error(400, "invalid_request_error", "This Checkout Session is not in an expirable state.")
             session["status"] = "expired"
@@ -100,11 +121,16 @@ class HostedStripe:
         if method == "POST" and match:
             intent = self.objects.get(match.group(1))
             if intent is None:
-                return _error(404, "invalid_request_error", f"No such payment_intent: '{match.group(1)}'",
-                              code="resource_missing")
+                return _error(
+                    404, "invalid_request_error", f"No such payment_intent: '{match.group(1)}'", code="resource_missing"
+                )
             if intent["status"] in ("succeeded", "canceled"):
-                return _error(400, "invalid_request_error", "You cannot cancel this PaymentIntent because it has "
-                              f"a status of {intent['status']}.", code="payment_intent_unexpected_state")
+                return _error(
+                    400,
+                    "invalid_request_error",
+                    f"You cannot cancel this PaymentIntent because it has a status of {intent['status']}.",
+                    code="payment_intent_unexpected_state",
+                )
             intent["status"] = "canceled"
             return 200, json.dumps(intent)
         if method == "POST" and path == "/v1/accounts":
@@ -120,9 +146,14 @@ class HostedStripe:
             for name in ("refresh_url", "return_url"):
                 if not params.get(name, "").startswith(("http://", "https://")):
                     return _error(400, "invalid_request_error", f"Invalid URL: {name}", param=name)
-            return 200, json.dumps({"object": "account_link", "created": int(time.time()),
-                                    "expires_at": int(time.time()) + 300,
-                                    "url": f"{self.api_base}/setup/e/{account}/{self._new_id('link')}"})
+            return 200, json.dumps(
+                {
+                    "object": "account_link",
+                    "created": int(time.time()),
+                    "expires_at": int(time.time()) + 300,
+                    "url": f"{self.api_base}/setup/e/{account}/{self._new_id('link')}",
+                }
+            )
         return None
 
     def _create_session(self, params: dict[str, str]) -> tuple[int, str]:
@@ -134,18 +165,30 @@ class HostedStripe:
             return _error(400, "invalid_request_error", "Amount must be at least $0.50 usd", param="line_items")
         expires_at = int(params.get("expires_at", time.time() + 86400))
         if not time.time() + 1800 <= expires_at <= time.time() + 86400:
-            return _error(400, "invalid_request_error", "The `expires_at` timestamp must be between 30 minutes "
-                          "and 24 hours from Checkout Session creation.", param="expires_at")
+            return _error(
+                400,
+                "invalid_request_error",
+                "The `expires_at` timestamp must be between 30 minutes and 24 hours from Checkout Session creation.",
+                param="expires_at",
+            )
         for name in ("success_url", "cancel_url"):
             if not params.get(name, "").startswith(("http://", "https://")):
                 return _error(400, "invalid_request_error", f"Not a valid URL: {name}", param=name)
         session_id = self._new_id("cs_test")
         self.objects[session_id] = {
-            "id": session_id, "object": "checkout.session", "mode": "payment", "status": "open",
-            "payment_status": "unpaid", "payment_intent": None, "amount_total": amount,
-            "currency": params[f"{item}[currency]"], "metadata": _nested(params, "metadata"),
-            "client_reference_id": params.get("client_reference_id"), "expires_at": expires_at,
-            "success_url": params["success_url"], "cancel_url": params["cancel_url"],
+            "id": session_id,
+            "object": "checkout.session",
+            "mode": "payment",
+            "status": "open",
+            "payment_status": "unpaid",
+            "payment_intent": None,
+            "amount_total": amount,
+            "currency": params[f"{item}[currency]"],
+            "metadata": _nested(params, "metadata"),
+            "client_reference_id": params.get("client_reference_id"),
+            "expires_at": expires_at,
+            "success_url": params["success_url"],
+            "cancel_url": params["cancel_url"],
             "url": f"{self.api_base}/c/pay/{session_id}",
             "_intent_metadata": _nested(params, "payment_intent_data[metadata]"),
             "_transfer_group": params.get("payment_intent_data[transfer_group]"),
@@ -186,15 +229,23 @@ class FakeStripe(HostedStripe):
 
     # --- what tests arrange and inspect --------------------------------------------------------------
 
-    def fail_next(self, path_prefix: str, status: int, error: dict[str, Any] | None = None, *,
-                  after_the_work: bool = False, method: str | None = None) -> None:
+    def fail_next(
+        self,
+        path_prefix: str,
+        status: int,
+        error: dict[str, Any] | None = None,
+        *,
+        after_the_work: bool = False,
+        method: str | None = None,
+    ) -> None:
         """The next request under `path_prefix` gets this status and a Stripe error body. With
         `after_the_work` the request is carried out first (the object exists) and answered with the error
         anyway, as when Stripe fails after committing. A 500 is saved for its key and replayed; a 401, 409,
         429, 502 or 503 is answered before the endpoint runs and is not saved. `method` limits it to
         one HTTP method (a POST that fails while the lookups answer)."""
-        self._failures.append((path_prefix, status, error or {"type": "api_error", "message": "Something broke"},
-                               after_the_work, method))
+        self._failures.append(
+            (path_prefix, status, error or {"type": "api_error", "message": "Something broke"}, after_the_work, method)
+        )
 
     def refund_outside(self, intent_id: str, amount: int) -> dict[str, Any]:
         """Someone refunds part of the charge from Stripe's dashboard, outside the escrow."""
@@ -219,13 +270,20 @@ class FakeStripe(HostedStripe):
         """The buyer's card succeeds: the PaymentIntent now holds a succeeded charge."""
         intent = self.objects[intent_id]
         charge_id = self._new_id("ch")
-        intent.update(status="succeeded", amount_received=intent["amount"] if amount is None else amount,
-                      latest_charge=charge_id)
+        intent.update(
+            status="succeeded", amount_received=intent["amount"] if amount is None else amount, latest_charge=charge_id
+        )
         if currency is not None:
             intent["currency"] = currency
-        self.objects[charge_id] = {"id": charge_id, "object": "charge", "amount": intent["amount_received"],
-                                   "currency": intent["currency"], "payment_intent": intent_id, "refunded": False,
-                                   "amount_refunded": 0}
+        self.objects[charge_id] = {
+            "id": charge_id,
+            "object": "charge",
+            "amount": intent["amount_received"],
+            "currency": intent["currency"],
+            "payment_intent": intent_id,
+            "refunded": False,
+            "amount_refunded": 0,
+        }
         return dict(intent)
 
     # --- the HTTP side ------------------------------------------------------------------------------
@@ -256,9 +314,15 @@ class FakeStripe(HostedStripe):
             replay = self._replies.get(key)
             if replay is not None:
                 if replay[0] != params:
-                    return (*_error(400, "idempotency_error",
-                                    "Keys for idempotent requests can only be used with the same parameters "
-                                    "they were first used with."), False)
+                    return (
+                        *_error(
+                            400,
+                            "idempotency_error",
+                            "Keys for idempotent requests can only be used with the same parameters "
+                            "they were first used with.",
+                        ),
+                        False,
+                    )
                 return replay[1], replay[2], True
         for index, (prefix, fail_status, error, after_the_work, method) in enumerate(self._failures):
             if request.path.startswith(prefix) and method in (None, request.method):
@@ -288,8 +352,11 @@ class FakeStripe(HostedStripe):
             refunds = [o for o in self.of_kind("refund") if o["payment_intent"] == params.get("payment_intent")]
             return _list("/v1/refunds", refunds)
         if method == "GET" and path == "/v1/transfers":
-            transfers = [o for o in self.of_kind("transfer") if "transfer_group" not in params
-                         or o["transfer_group"] == params["transfer_group"]]
+            transfers = [
+                o
+                for o in self.of_kind("transfer")
+                if "transfer_group" not in params or o["transfer_group"] == params["transfer_group"]
+            ]
             return _list("/v1/transfers", transfers)
         if method == "GET" and path == "/v1/payment_intents/search":
             return self._search_intents(params.get("query", ""))
@@ -300,24 +367,38 @@ class FakeStripe(HostedStripe):
         if method == "GET" and match:
             obj = self.objects.get(match.group(2))
             if obj is None:
-                return _error(404, "invalid_request_error", f"No such object: '{match.group(2)}'",
-                              code="resource_missing")
+                return _error(
+                    404, "invalid_request_error", f"No such object: '{match.group(2)}'", code="resource_missing"
+                )
             return 200, json.dumps(obj)
         return _error(404, "invalid_request_error", f"Unrecognized request URL ({method}: {path}).")
 
     def _account(self, account_id: str) -> tuple[int, str]:
         if account_id not in self.accounts | self.restricted:
             # What Stripe answers for an account that is not connected to the platform.
-            return _error(404, "invalid_request_error", f"No such account: '{account_id}'", param="account",
-                          code="resource_missing")
+            return _error(
+                404,
+                "invalid_request_error",
+                f"No such account: '{account_id}'",
+                param="account",
+                code="resource_missing",
+            )
         ready = account_id in self.accounts and account_id not in self.restricted
-        return 200, json.dumps({
-            "id": account_id, "object": "account", "type": "express", "charges_enabled": ready,
-            "payouts_enabled": ready, "details_submitted": ready,
-            "capabilities": {"transfers": "active" if ready else "inactive"},
-            "requirements": {"currently_due": [] if ready else ["external_account"], "disabled_reason":
-                             None if ready else "requirements.past_due"},
-        })
+        return 200, json.dumps(
+            {
+                "id": account_id,
+                "object": "account",
+                "type": "express",
+                "charges_enabled": ready,
+                "payouts_enabled": ready,
+                "details_submitted": ready,
+                "capabilities": {"transfers": "active" if ready else "inactive"},
+                "requirements": {
+                    "currently_due": [] if ready else ["external_account"],
+                    "disabled_reason": None if ready else "requirements.past_due",
+                },
+            }
+        )
 
     def _search_intents(self, query: str) -> tuple[int, str]:
         """Stripe's search query language, the part we use: metadata['key']:'value' clauses joined by AND."""
@@ -328,23 +409,40 @@ class FakeStripe(HostedStripe):
             if match is None:
                 return _error(400, "invalid_request_error", f"Invalid search query: {query!r}", param="query")
             wanted[match.group(1)] = match.group(2)
-        found = [o for o in self.of_kind("payment_intent")
-                 if all(o["metadata"].get(k) == v for k, v in wanted.items())]
-        return 200, json.dumps({"object": "search_result", "url": "/v1/payment_intents/search", "has_more": False,
-                                "next_page": None, "data": found})
+        found = [o for o in self.of_kind("payment_intent") if all(o["metadata"].get(k) == v for k, v in wanted.items())]
+        return 200, json.dumps(
+            {
+                "object": "search_result",
+                "url": "/v1/payment_intents/search",
+                "has_more": False,
+                "next_page": None,
+                "data": found,
+            }
+        )
 
     def _create_intent(self, params: dict[str, str]) -> tuple[int, str]:
         amount = int(params.get("amount", "0"))
         if amount < 50:
-            return _error(400, "invalid_request_error", "Amount must be at least $0.50 usd", param="amount",
-                          code="amount_too_small")
+            return _error(
+                400,
+                "invalid_request_error",
+                "Amount must be at least $0.50 usd",
+                param="amount",
+                code="amount_too_small",
+            )
         intent_id = self._new_id("pi")
         intent = {
-            "id": intent_id, "object": "payment_intent", "amount": amount, "amount_received": 0,
-            "currency": params["currency"], "status": "requires_payment_method",
+            "id": intent_id,
+            "object": "payment_intent",
+            "amount": amount,
+            "amount_received": 0,
+            "currency": params["currency"],
+            "status": "requires_payment_method",
             "capture_method": params.get("capture_method", "automatic"),
-            "client_secret": f"{intent_id}_secret_{intent_id[-6:]}", "latest_charge": None,
-            "metadata": _nested(params, "metadata"), "transfer_group": params.get("transfer_group"),
+            "client_secret": f"{intent_id}_secret_{intent_id[-6:]}",
+            "latest_charge": None,
+            "metadata": _nested(params, "metadata"),
+            "transfer_group": params.get("transfer_group"),
         }
         self.objects[intent_id] = intent
         return 200, json.dumps(intent)
@@ -352,23 +450,41 @@ class FakeStripe(HostedStripe):
     def _create_transfer(self, params: dict[str, str]) -> tuple[int, str]:
         destination = params.get("destination", "")
         if destination not in self.accounts:
-            return _error(400, "invalid_request_error", f"No such destination: '{destination}'",
-                          param="destination", code="resource_missing")
+            return _error(
+                400,
+                "invalid_request_error",
+                f"No such destination: '{destination}'",
+                param="destination",
+                code="resource_missing",
+            )
         charge = self.objects.get(params.get("source_transaction", ""))
         if charge is None or charge["object"] != "charge":
             return _error(400, "invalid_request_error", "No such charge", param="source_transaction")
-        transferred = sum(t["amount"] for t in self.of_kind("transfer")
-                          if t["source_transaction"] == charge["id"] and not t["reversed"])
+        transferred = sum(
+            t["amount"]
+            for t in self.of_kind("transfer")
+            if t["source_transaction"] == charge["id"] and not t["reversed"]
+        )
         available = charge["amount"] - charge.get("amount_refunded", 0) - transferred
         if int(params["amount"]) > available:
-            return _error(400, "invalid_request_error",
-                          "Insufficient funds in Stripe account: the source transaction has "
-                          f"{available} {charge['currency']} available to transfer.", code="balance_insufficient")
+            return _error(
+                400,
+                "invalid_request_error",
+                "Insufficient funds in Stripe account: the source transaction has "
+                f"{available} {charge['currency']} available to transfer.",
+                code="balance_insufficient",
+            )
         transfer_id = self._new_id("tr")
         transfer = {
-            "id": transfer_id, "object": "transfer", "amount": int(params["amount"]), "currency": params["currency"],
-            "destination": destination, "source_transaction": charge["id"], "reversed": False,
-            "transfer_group": params.get("transfer_group"), "metadata": _nested(params, "metadata"),
+            "id": transfer_id,
+            "object": "transfer",
+            "amount": int(params["amount"]),
+            "currency": params["currency"],
+            "destination": destination,
+            "source_transaction": charge["id"],
+            "reversed": False,
+            "transfer_group": params.get("transfer_group"),
+            "metadata": _nested(params, "metadata"),
         }
         self.objects[transfer_id] = transfer
         return 200, json.dumps(transfer)
@@ -376,24 +492,43 @@ class FakeStripe(HostedStripe):
     def _create_refund(self, params: dict[str, str]) -> tuple[int, str]:
         intent = self.objects.get(params.get("payment_intent", ""))
         if intent is None or intent["status"] != "succeeded":
-            return _error(400, "invalid_request_error", "This PaymentIntent does not have a successful charge to "
-                          "refund.", param="payment_intent", code="charge_not_refundable" if intent else None)
+            return _error(
+                400,
+                "invalid_request_error",
+                "This PaymentIntent does not have a successful charge to refund.",
+                param="payment_intent",
+                code="charge_not_refundable" if intent else None,
+            )
         charge = self.objects[intent["latest_charge"]]
         left = charge["amount"] - charge.get("amount_refunded", 0)
         amount = int(params.get("amount", left))
         if left <= 0:
-            return _error(400, "invalid_request_error", f"Charge {charge['id']} has already been refunded.",
-                          code="charge_already_refunded")
+            return _error(
+                400,
+                "invalid_request_error",
+                f"Charge {charge['id']} has already been refunded.",
+                code="charge_already_refunded",
+            )
         if amount > left:
-            return _error(400, "invalid_request_error", f"Refund amount ({amount}) is greater than unrefunded "
-                          f"amount on charge ({left})", param="amount", code="amount_too_large")
+            return _error(
+                400,
+                "invalid_request_error",
+                f"Refund amount ({amount}) is greater than unrefunded amount on charge ({left})",
+                param="amount",
+                code="amount_too_large",
+            )
         return 200, json.dumps(self._refund(intent, amount, _nested(params, "metadata")))
 
     def _refund(self, intent: dict[str, Any], amount: int, metadata: dict[str, str]) -> dict[str, Any]:
         refund_id = self._new_id("re")
         refund = {
-            "id": refund_id, "object": "refund", "amount": amount, "currency": intent["currency"],
-            "payment_intent": intent["id"], "charge": intent["latest_charge"], "status": "succeeded",
+            "id": refund_id,
+            "object": "refund",
+            "amount": amount,
+            "currency": intent["currency"],
+            "payment_intent": intent["id"],
+            "charge": intent["latest_charge"],
+            "status": "succeeded",
             "metadata": metadata,
         }
         self.objects[refund_id] = refund
@@ -405,15 +540,16 @@ class FakeStripe(HostedStripe):
 
 def _nested(params: dict[str, str], name: str) -> dict[str, str]:
     prefix = f"{name}["
-    return {k[len(prefix):-1]: v for k, v in params.items() if k.startswith(prefix) and k.endswith("]")}
+    return {k[len(prefix) : -1]: v for k, v in params.items() if k.startswith(prefix) and k.endswith("]")}
 
 
 def _list(url: str, data: list[dict[str, Any]]) -> tuple[int, str]:
     return 200, json.dumps({"object": "list", "url": url, "has_more": False, "data": data})
 
 
-def _error(status: int, kind: str, message: str, *, param: str | None = None,
-           code: str | None = None) -> tuple[int, str]:
+def _error(
+    status: int, kind: str, message: str, *, param: str | None = None, code: str | None = None
+) -> tuple[int, str]:
     error: dict[str, Any] = {"type": kind, "message": message}
     if param:
         error["param"] = param
@@ -425,8 +561,14 @@ def _error(status: int, kind: str, message: str, *, param: str | None = None,
 _event_ids = itertools.count(1)
 
 
-def signed_event(event_type: str, obj: dict[str, Any], *, secret: str = WEBHOOK_SECRET,
-                 timestamp: int | None = None, event_id: str | None = None) -> tuple[bytes, dict[str, str]]:
+def signed_event(
+    event_type: str,
+    obj: dict[str, Any],
+    *,
+    secret: str = WEBHOOK_SECRET,
+    timestamp: int | None = None,
+    event_id: str | None = None,
+) -> tuple[bytes, dict[str, str]]:
     """A Stripe event around `obj`, signed with Stripe's scheme (t=..., v1=HMAC-SHA256)."""
     event = {
         "id": event_id or f"evt_fake{next(_event_ids):08d}",

@@ -57,18 +57,23 @@ def assert_records_agree(escrow_id: str) -> None:
     every audit event has its outbox row, every processed command has its outbox row (and vice versa),
     and the books balance."""
     escrow = Escrow.objects.get(pk=escrow_id)
-    versions = list(EscrowEvent.objects.filter(escrow_id=escrow_id).order_by("version")
-                    .values_list("version", flat=True))
+    versions = list(
+        EscrowEvent.objects.filter(escrow_id=escrow_id).order_by("version").values_list("version", flat=True)
+    )
     assert versions == list(range(1, escrow.version + 1)), (versions, escrow.version)
     event_ids = set(EscrowEvent.objects.filter(escrow_id=escrow_id).values_list("event_id", flat=True))
     outbox_ids = set(OutboxMessage.objects.filter(aggregate_id=escrow_id).values_list("event_id", flat=True))
     assert event_ids <= outbox_ids, "an audit event without its outbox row"
     commands = set(ProcessedCommand.objects.filter(escrow_id=escrow_id).values_list("command_id", flat=True))
-    command_rows = set(OutboxMessage.objects.filter(aggregate_id=escrow_id, topic="escrow.commands.v1")
-                       .values_list("event_id", flat=True))
+    command_rows = set(
+        OutboxMessage.objects.filter(aggregate_id=escrow_id, topic="escrow.commands.v1").values_list(
+            "event_id", flat=True
+        )
+    )
     assert commands == command_rows, "a processed command without its outbox row, or the reverse"
-    assert escrow.received_minor == (escrow.held_minor + escrow.paid_out_minor + escrow.refunded_minor
-                                     + escrow.fee_minor)
+    assert escrow.received_minor == (
+        escrow.held_minor + escrow.paid_out_minor + escrow.refunded_minor + escrow.fee_minor
+    )
     for name in ("received_minor", "held_minor", "paid_out_minor", "refunded_minor", "fee_minor"):
         assert getattr(escrow, name) >= 0, name
 
@@ -76,8 +81,9 @@ def assert_records_agree(escrow_id: str) -> None:
 def assert_nothing_twice() -> None:
     assert not EscrowEvent.objects.values("event_id").annotate(n=Count("id")).filter(n__gt=1).exists()
     assert not OutboxMessage.objects.values("event_id").annotate(n=Count("id")).filter(n__gt=1).exists()
-    assert not (ProcessedMessage.objects.values("subscriber", "event_id").annotate(n=Count("id"))
-                .filter(n__gt=1).exists())
+    assert not (
+        ProcessedMessage.objects.values("subscriber", "event_id").annotate(n=Count("id")).filter(n__gt=1).exists()
+    )
 
 
 def new_key() -> str:

@@ -33,9 +33,12 @@ FIGURES: Counter[str] = Counter()
 
 def _footprint(escrow_id: str) -> tuple[Any, ...]:
     escrow = Escrow.objects.filter(pk=escrow_id).values_list("state", "version", "held_minor").get()
-    return (escrow, EscrowEvent.objects.filter(escrow_id=escrow_id).count(),
-            OutboxMessage.objects.filter(aggregate_id=escrow_id).count(),
-            ProcessedCommand.objects.filter(escrow_id=escrow_id).count())
+    return (
+        escrow,
+        EscrowEvent.objects.filter(escrow_id=escrow_id).count(),
+        OutboxMessage.objects.filter(aggregate_id=escrow_id).count(),
+        ProcessedCommand.objects.filter(escrow_id=escrow_id).count(),
+    )
 
 
 def _blocked_backend(*, limit_seconds: float = 30.0) -> tuple[int, str]:
@@ -46,8 +49,10 @@ def _blocked_backend(*, limit_seconds: float = 30.0) -> tuple[int, str]:
         while True:
             # pg_stat_activity is read once per transaction unless its snapshot is cleared.
             cursor.execute("SELECT pg_stat_clear_snapshot()")
-            cursor.execute("SELECT pid, query FROM pg_stat_activity WHERE datname = current_database() "
-                           "AND pg_backend_pid() = ANY(pg_blocking_pids(pid))")
+            cursor.execute(
+                "SELECT pid, query FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pg_backend_pid() = ANY(pg_blocking_pids(pid))"
+            )
             row = cursor.fetchone()
             if row:
                 return int(row[0]), str(row[1])
@@ -82,7 +87,8 @@ ACTIONS = {
 @pytest.mark.parametrize("where", ["before its first write", "after its writes"])
 @pytest.mark.parametrize("action", sorted(ACTIONS))
 def test_a_command_whose_connection_is_killed_is_all_or_nothing_and_safe_to_retry(
-        api_client, buyer, seller, action, where):
+    api_client, buyer, seller, action, where
+):
     who, body, start, asks = ACTIONS[action]
     users = {"buyer": buyer, "seller": seller}
     escrow_id = funded_escrow(api_client(buyer), seller)

@@ -35,8 +35,10 @@ def _calls(fake: FakeStripe, path: str) -> list[Any]:
 def _ready_to_release(fake: FakeStripe, api_client: Any, buyer: Any, seller: Any) -> tuple[Any, str]:
     as_buyer, as_seller = api_client(buyer), api_client(seller)
     fake.accounts.add(SELLER_ACCOUNT)
-    assert as_seller.put("/api/v1/payout-destination", {"stripe_account_id": SELLER_ACCOUNT},
-                         format="json").status_code == 200
+    assert (
+        as_seller.put("/api/v1/payout-destination", {"stripe_account_id": SELLER_ACCOUNT}, format="json").status_code
+        == 200
+    )
     escrow_id = funded_escrow(fake, as_buyer, seller)
     assert act(as_seller, escrow_id, "deliver").status_code == 202
     return as_buyer, escrow_id
@@ -48,8 +50,9 @@ def _count(kind: str, fake: FakeStripe, path: str) -> None:
     record_figures("provider timeouts", dict(FIGURES))
 
 
-def test_a_transfer_that_times_out_is_retried_with_its_key_and_made_once(fake_stripe, api_client, buyer, seller,
-                                                                          settings):
+def test_a_transfer_that_times_out_is_retried_with_its_key_and_made_once(
+    fake_stripe, api_client, buyer, seller, settings
+):
     settings.STRIPE_TIMEOUT_SECONDS = TIMEOUT
     as_buyer, escrow_id = _ready_to_release(fake_stripe, api_client, buyer, seller)
     fake_stripe.delay_next("/v1/transfers", LATE)
@@ -59,8 +62,9 @@ def test_a_transfer_that_times_out_is_retried_with_its_key_and_made_once(fake_st
     calls = _calls(fake_stripe, "/v1/transfers")
     # Whether the lookup or the first key re-sent finds it depends on the machine: one key either way.
     assert len({c.idempotency_key for c in calls}) == 1
-    assert any(r.method == "GET" and r.path == "/v1/transfers" for r in fake_stripe.requests), \
+    assert any(r.method == "GET" and r.path == "/v1/transfers" for r in fake_stripe.requests), (
         "the timed-out call was meant to be settled by a lookup"
+    )
     [transfer] = fake_stripe.of_kind("transfer")
     assert PaymentArtifact.objects.get(escrow_id=escrow_id, kind="transfer").provider_id == transfer["id"]
     assert webhook(as_buyer, *signed_event("transfer.created", transfer)).status_code == 200
@@ -70,8 +74,9 @@ def test_a_transfer_that_times_out_is_retried_with_its_key_and_made_once(fake_st
     _count("transfer", fake_stripe, "/v1/transfers")
 
 
-def test_a_refund_that_times_out_is_retried_with_its_key_and_made_once(fake_stripe, api_client, buyer, seller,
-                                                                        settings):
+def test_a_refund_that_times_out_is_retried_with_its_key_and_made_once(
+    fake_stripe, api_client, buyer, seller, settings
+):
     settings.STRIPE_TIMEOUT_SECONDS = TIMEOUT
     as_buyer, as_seller = api_client(buyer), api_client(seller)
     escrow_id = funded_escrow(fake_stripe, as_buyer, seller)
@@ -89,8 +94,9 @@ def test_a_refund_that_times_out_is_retried_with_its_key_and_made_once(fake_stri
     _count("refund", fake_stripe, "/v1/refunds")
 
 
-def test_timeouts_outlasting_every_retry_dead_letter_and_the_replay_pays_once(fake_stripe, api_client, buyer,
-                                                                               seller, settings):
+def test_timeouts_outlasting_every_retry_dead_letter_and_the_replay_pays_once(
+    fake_stripe, api_client, buyer, seller, settings
+):
     """Stripe made the transfer on the first call but every answer came too late, the lookups' too: the
     bus gives up and dead-letters the command with the money still held. The replay (after the outage)
     uses the same key, gets Stripe's stored answer, and records the one transfer that exists."""

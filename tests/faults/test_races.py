@@ -77,8 +77,9 @@ def test_release_dispute_and_timer_racing_on_a_delivered_escrow(api_client, buye
         Escrow.objects.filter(pk=escrow_id).update(inspection_deadline=timezone.now() - timezone.timedelta(seconds=1))
         racers: dict[str, Callable[[], Any]] = {}
         for n in range(2):
-            racers[f"buyer release#{n}"] = partial(act, api_client(buyer), escrow_id, "release",
-                                                       HTTP_IDEMPOTENCY_KEY=new_key())
+            racers[f"buyer release#{n}"] = partial(
+                act, api_client(buyer), escrow_id, "release", HTTP_IDEMPOTENCY_KEY=new_key()
+            )
             racers[f"staff release#{n}"] = partial(act, api_client(staff), escrow_id, "release")
             racers[f"buyer dispute#{n}"] = partial(act, api_client(buyer), escrow_id, "dispute", {"reason": "fake"})
             racers[f"seller dispute#{n}"] = partial(act, api_client(seller), escrow_id, "dispute", {"reason": "late"})
@@ -105,8 +106,9 @@ def test_cancel_and_dispute_racing_on_a_funded_escrow(api_client, buyer, seller,
         racers: dict[str, Callable[[], Any]] = {}
         for n in range(2):
             racers[f"seller cancel#{n}"] = partial(act, api_client(seller), escrow_id, "cancel", {"reason": "gone"})
-            racers[f"staff cancel#{n}"] = partial(act, api_client(staff), escrow_id, "cancel", {"reason": "fraud"},
-                                                      HTTP_IDEMPOTENCY_KEY=new_key())
+            racers[f"staff cancel#{n}"] = partial(
+                act, api_client(staff), escrow_id, "cancel", {"reason": "fraud"}, HTTP_IDEMPOTENCY_KEY=new_key()
+            )
             racers[f"buyer dispute#{n}"] = partial(act, api_client(buyer), escrow_id, "dispute", {"reason": "x"})
             racers[f"seller dispute#{n}"] = partial(act, api_client(seller), escrow_id, "dispute", {"reason": "y"})
 
@@ -153,9 +155,9 @@ def test_one_key_racing_with_two_bodies_has_one_effect(api_client, buyer, seller
         key = new_key()
         bodies = [{"reason": "never arrived"}, {"reason": "wrong item"}] * 5
 
-        answers = at_once(*[
-            partial(act, api_client(buyer), escrow_id, "dispute", body, HTTP_IDEMPOTENCY_KEY=key)
-            for body in bodies])
+        answers = at_once(
+            *[partial(act, api_client(buyer), escrow_id, "dispute", body, HTTP_IDEMPOTENCY_KEY=key) for body in bodies]
+        )
 
         first = [a for a in answers if a.status_code == 202 and "Idempotent-Replayed" not in a]
         assert len(first) == 1, [a.status_code for a in answers]

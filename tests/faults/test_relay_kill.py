@@ -38,18 +38,37 @@ def _seed() -> None:
     for version in range(1, VERSIONS + 1):
         with transaction.atomic():
             for escrow_id in ids:
-                outbox_append(message=escrow_v1.EscrowCreated(
-                    escrow_id=escrow_id, buyer_id=1, seller_id=2, amount=Money(amount_minor=1000, currency="USD"),
-                    description=f"v{version}", inspection_period_hours=72),
-                    aggregate_id=escrow_id, aggregate_version=version, event_id=uuid.uuid4())
+                outbox_append(
+                    message=escrow_v1.EscrowCreated(
+                        escrow_id=escrow_id,
+                        buyer_id=1,
+                        seller_id=2,
+                        amount=Money(amount_minor=1000, currency="USD"),
+                        description=f"v{version}",
+                        inspection_period_hours=72,
+                    ),
+                    aggregate_id=escrow_id,
+                    aggregate_version=version,
+                    event_id=uuid.uuid4(),
+                )
 
 
 def _relay(kafka: str, *extra: str) -> subprocess.Popen[bytes]:
     db = connection.settings_dict
-    env = {**os.environ, "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-           "KAFKA_BOOTSTRAP_SERVERS": kafka, "KAFKA_ENABLE_IDEMPOTENCE": "0", "LOG_LEVEL": "WARNING"}
-    return subprocess.Popen([sys.executable, "manage.py", "relay_outbox", *extra], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "KAFKA_BOOTSTRAP_SERVERS": kafka,
+        "KAFKA_ENABLE_IDEMPOTENCE": "0",
+        "LOG_LEVEL": "WARNING",
+    }
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "relay_outbox", *extra],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _published() -> int:
@@ -103,5 +122,7 @@ def test_a_relay_killed_at_random_points_publishes_everything_in_order(transacti
             first_seen[row.key].append(row.aggregate_version)
     for key, versions in first_seen.items():
         assert versions == list(range(1, VERSIONS + 1)), (key, versions)
-    record_figures("relay kills", {"relays SIGKILLed": kills, "messages": total,
-                                   "duplicates published": len(records) - total, "last seed": SEED})
+    record_figures(
+        "relay kills",
+        {"relays SIGKILLed": kills, "messages": total, "duplicates published": len(records) - total, "last seed": SEED},
+    )

@@ -48,10 +48,16 @@ FIGURES: Counter[str] = Counter()
 
 def _worker() -> subprocess.Popen[bytes]:
     db = connection.settings_dict
-    env = {**os.environ, "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-           "BUS_INLINE_DISPATCH": "0", "BUS_POLL_SECONDS": "0.1", "LOG_LEVEL": "WARNING"}
-    return subprocess.Popen([sys.executable, "manage.py", "run_bus"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "BUS_INLINE_DISPATCH": "0",
+        "BUS_POLL_SECONDS": "0.1",
+        "LOG_LEVEL": "WARNING",
+    }
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "run_bus"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
 
 
 def _lags() -> dict[str, int]:
@@ -62,8 +68,9 @@ def _handled() -> int:
     return ProcessedMessage.objects.count()
 
 
-def _chaos(rng: random.Random, *, kills: int, done: Callable[[], bool] = lambda: True,
-           limit_seconds: float = 180.0) -> None:
+def _chaos(
+    rng: random.Random, *, kills: int, done: Callable[[], bool] = lambda: True, limit_seconds: float = 180.0
+) -> None:
     """Runs workers until the bus is caught up (and `done()`), SIGKILLing up to `kills` of them mid-work."""
     deadline = time.monotonic() + limit_seconds
     while True:
@@ -92,8 +99,11 @@ def _story(escrow_id: str) -> dict[str, Any]:
     rows = OutboxMessage.objects.filter(aggregate_id=escrow_id).order_by("txid", "id")
     return {
         "outbox": [(r.type.rpartition(".")[2], r.aggregate_version) for r in rows],
-        "processed": sorted(ProcessedMessage.objects.filter(event_id__in=[r.event_id for r in rows])
-                            .values_list("subscriber", "event_id")),
+        "processed": sorted(
+            ProcessedMessage.objects.filter(event_id__in=[r.event_id for r in rows]).values_list(
+                "subscriber", "event_id"
+            )
+        ),
         "artifacts": list(PaymentArtifact.objects.filter(escrow_id=escrow_id).values()),
     }
 

@@ -29,7 +29,9 @@ def post_raw(client: Any, path: str, raw: str, **headers: Any) -> Any:
 # --- the create body ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("raw", ["{not json", '{"seller": "seller",}', "\x00\x01"], ids=["garbage", "trailing-comma", "binary"])
+@pytest.mark.parametrize(
+    "raw", ["{not json", '{"seller": "seller",}', "\x00\x01"], ids=["garbage", "trailing-comma", "binary"]
+)
 def test_malformed_json_is_refused(api_client, buyer, seller, raw):
     client, before = api_client(buyer), table_counts()
 
@@ -120,8 +122,12 @@ def test_a_missing_required_field_is_named(api_client, buyer, seller, field):
 def test_the_buyer_cannot_sell_to_themself(api_client, buyer, by):
     client, before = api_client(buyer), table_counts()
 
-    response = client.post(ESCROWS, valid_body(buyer, seller=buyer.username if by == "username" else buyer.pk),
-                           format="json", HTTP_IDEMPOTENCY_KEY="self-trade")
+    response = client.post(
+        ESCROWS,
+        valid_body(buyer, seller=buyer.username if by == "username" else buyer.pk),
+        format="json",
+        HTTP_IDEMPOTENCY_KEY="self-trade",
+    )
 
     assert error_fields(assert_problem(response, 400, "validation_error")) == {"seller"}
     assert table_counts() == before
@@ -175,8 +181,7 @@ def test_a_request_without_a_valid_token_is_refused(api_client, buyer, seller, k
         client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
     before = table_counts()
 
-    response = (client.post(ESCROWS, valid_body(seller), format="json") if method == "create"
-                else client.get(ESCROWS))
+    response = client.post(ESCROWS, valid_body(seller), format="json") if method == "create" else client.get(ESCROWS)
 
     assert_problem(response, 401, "not_authenticated" if kind == "missing" else "invalid_token")
     assert response["WWW-Authenticate"].startswith("Bearer")
@@ -253,7 +258,7 @@ def test_a_stranger_cannot_tell_a_real_escrow_from_a_missing_one(api_client, str
 @pytest.mark.parametrize(
     ("who", "action", "body", "status", "code"),
     [
-        ("buyer", "release", {}, 409, "invalid_transition"),   # not delivered yet
+        ("buyer", "release", {}, 409, "invalid_transition"),  # not delivered yet
         ("buyer", "resolve", {"outcome": "release"}, 403, "not_allowed"),
         ("staff", "resolve", {"outcome": "refund"}, 409, "invalid_transition"),  # no dispute open
         ("buyer", "deliver", {}, 403, "not_allowed"),
@@ -262,8 +267,9 @@ def test_a_stranger_cannot_tell_a_real_escrow_from_a_missing_one(api_client, str
         ("staff", "dispute", {"reason": "x"}, 403, "not_allowed"),
     ],
 )
-def test_a_refused_command_says_why_and_changes_nothing(api_client, buyer, seller, staff, funded, who, action, body,
-                                                        status, code):
+def test_a_refused_command_says_why_and_changes_nothing(
+    api_client, buyer, seller, staff, funded, who, action, body, status, code
+):
     client = api_client({"buyer": buyer, "seller": seller, "staff": staff}[who])
     before = table_counts()
 
@@ -279,9 +285,13 @@ def test_a_finished_escrow_refuses_every_command_with_409(api_client, buyer, sel
     assert act(as_buyer, escrow_id, "cancel").status_code == 202
     before = table_counts()
 
-    for client, action, body in [(as_seller, "deliver", {}), (as_buyer, "release", {}), (as_buyer, "cancel", {}),
-                                 (as_buyer, "dispute", {"reason": "late"}),
-                                 (api_client(staff), "resolve", {"outcome": "refund"})]:
+    for client, action, body in [
+        (as_seller, "deliver", {}),
+        (as_buyer, "release", {}),
+        (as_buyer, "cancel", {}),
+        (as_buyer, "dispute", {"reason": "late"}),
+        (api_client(staff), "resolve", {"outcome": "refund"}),
+    ]:
         problem = assert_problem(act(client, escrow_id, action, body), 409, "invalid_transition")
         assert problem["state"] == "CANCELLED"
     assert_problem(pay(as_buyer, escrow_id), 409, "invalid_transition")
@@ -343,10 +353,16 @@ def test_bad_list_parameters_are_named(api_client, buyer, query, field):
     assert error_fields(assert_problem(response, 400, "validation_error")) == {field}
 
 
-@pytest.mark.parametrize("path", [
-    "/api/v1/escrows/not-a-uuid", "/api/v1/escrows/123/events", "/api/v1/escrows/123/cancel",
-    "/api/v1/sandbox/escrows/xyz/pay", "/api/v1/nowhere",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/escrows/not-a-uuid",
+        "/api/v1/escrows/123/events",
+        "/api/v1/escrows/123/cancel",
+        "/api/v1/sandbox/escrows/xyz/pay",
+        "/api/v1/nowhere",
+    ],
+)
 def test_a_path_that_is_not_a_route_is_a_json_404(api_client, buyer, path):
     client, before = api_client(buyer), table_counts()
 

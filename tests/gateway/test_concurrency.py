@@ -119,7 +119,14 @@ def test_two_agents_resolve_one_dispute_differently(api_client, buyer, seller, r
 # --- many whole trades at once ------------------------------------------------------------------------
 
 TRADES, WORKERS, PARTIES = 200, 12, 24
-EXPECTED = ["EscrowCreated", "EscrowAccepted", "EscrowFundsHeld", "EscrowDelivered", "EscrowReleaseRequested", "EscrowReleased"]
+EXPECTED = [
+    "EscrowCreated",
+    "EscrowAccepted",
+    "EscrowFundsHeld",
+    "EscrowDelivered",
+    "EscrowReleaseRequested",
+    "EscrowReleased",
+]
 
 
 def until(check: Callable[[], Any], what: str, *, limit_seconds: float = 120.0) -> Any:
@@ -139,9 +146,17 @@ def drive_trade(number: int, as_buyer: Any, as_seller: Any, seller: Any) -> str:
     """One whole trade, as a client would drive it: every POST carries an Idempotency-Key, so a retry
     after a 404 (read model not there yet) or a 409 (key in flight) is safe."""
     try:
-        created = as_buyer.post("/api/v1/escrows", {
-            "seller": seller.username, "amount": "149.99", "currency": "USD", "description": f"trade {number}",
-        }, format="json", HTTP_IDEMPOTENCY_KEY=f"trade-{number}")
+        created = as_buyer.post(
+            "/api/v1/escrows",
+            {
+                "seller": seller.username,
+                "amount": "149.99",
+                "currency": "USD",
+                "description": f"trade {number}",
+            },
+            format="json",
+            HTTP_IDEMPOTENCY_KEY=f"trade-{number}",
+        )
         assert created.status_code == 202, created.content
         escrow_id = created.json()["escrow_id"]
 
@@ -150,16 +165,22 @@ def drive_trade(number: int, as_buyer: Any, as_seller: Any, seller: Any) -> str:
             return response.status_code == 200 and response.json()["state"] == state
 
         key = str(uuid.uuid4())
-        until(lambda: act(as_seller, escrow_id, "accept", HTTP_IDEMPOTENCY_KEY=key).status_code == 202,
-              f"trade {number} accepted")
+        until(
+            lambda: act(as_seller, escrow_id, "accept", HTTP_IDEMPOTENCY_KEY=key).status_code == 202,
+            f"trade {number} accepted",
+        )
         until(lambda: pay(as_buyer, escrow_id).status_code == 202, f"trade {number} to be paid")
         until(lambda: state_is("FUNDS_HELD"), f"trade {number} funded")
         key = str(uuid.uuid4())
-        until(lambda: act(as_seller, escrow_id, "deliver", HTTP_IDEMPOTENCY_KEY=key).status_code == 202,
-              f"trade {number} delivered")
+        until(
+            lambda: act(as_seller, escrow_id, "deliver", HTTP_IDEMPOTENCY_KEY=key).status_code == 202,
+            f"trade {number} delivered",
+        )
         key = str(uuid.uuid4())
-        until(lambda: act(as_buyer, escrow_id, "release", HTTP_IDEMPOTENCY_KEY=key).status_code == 202,
-              f"trade {number} released")
+        until(
+            lambda: act(as_buyer, escrow_id, "release", HTTP_IDEMPOTENCY_KEY=key).status_code == 202,
+            f"trade {number} released",
+        )
         until(lambda: state_is("RELEASED"), f"trade {number} RELEASED")
         return escrow_id
     finally:
@@ -170,8 +191,9 @@ def test_200_trades_driven_concurrently_all_end_released(api_client, transaction
     # Given: 24 users trading with each other in pairs, each holding a client per role.
     users = [UserFactory(username=f"trader-{n}") for n in range(PARTIES)]
     clients = {user.pk: api_client(user) for user in users}
-    pairs = list(itertools.islice(itertools.cycle(
-        [(users[n], users[(n + 1) % PARTIES]) for n in range(PARTIES)]), TRADES))
+    pairs = list(
+        itertools.islice(itertools.cycle([(users[n], users[(n + 1) % PARTIES]) for n in range(PARTIES)]), TRADES)
+    )
 
     # When: 12 workers drive 200 trades end to end through the API.
     with ThreadPoolExecutor(WORKERS) as pool:
@@ -184,8 +206,13 @@ def test_200_trades_driven_concurrently_all_end_released(api_client, transaction
     escrows = Escrow.objects.filter(pk__in=escrow_ids)
     assert Counter(escrows.values_list("state", flat=True)) == {"RELEASED": TRADES}
     for escrow in escrows:
-        assert (escrow.received_minor, escrow.paid_out_minor, escrow.fee_minor, escrow.held_minor,
-                escrow.refunded_minor) == (14999, 14625, 374, 0, 0)
+        assert (
+            escrow.received_minor,
+            escrow.paid_out_minor,
+            escrow.fee_minor,
+            escrow.held_minor,
+            escrow.refunded_minor,
+        ) == (14999, 14625, 374, 0, 0)
     events = EscrowEvent.objects.filter(escrow_id__in=escrow_ids).order_by("escrow_id", "version")
     by_escrow: dict[str, list[tuple[int, str]]] = {}
     for event in events:
@@ -200,6 +227,8 @@ def test_200_trades_driven_concurrently_all_end_released(api_client, transaction
     # No event was minted twice, nothing was handled twice, nothing was given up on.
     assert not EscrowEvent.objects.values("event_id").annotate(n=Count("id")).filter(n__gt=1).exists()
     assert not OutboxMessage.objects.values("event_id").annotate(n=Count("id")).filter(n__gt=1).exists()
-    assert not ProcessedMessage.objects.values("subscriber", "event_id").annotate(n=Count("id")).filter(n__gt=1).exists()
+    assert (
+        not ProcessedMessage.objects.values("subscriber", "event_id").annotate(n=Count("id")).filter(n__gt=1).exists()
+    )
     assert OutboxMessage.objects.filter(type="payments.v1.TransferToSeller").count() == TRADES
     assert not DeadLetter.objects.exists()

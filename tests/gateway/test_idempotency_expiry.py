@@ -30,8 +30,7 @@ def worker_pass() -> None:
     BusWorker(ticks=registered_ticks()).run_once()
 
 
-def test_the_worker_purges_records_older_than_the_ttl_and_keeps_the_rest(api_client, buyer, seller,
-                                                                         purge_every_pass):
+def test_the_worker_purges_records_older_than_the_ttl_and_keeps_the_rest(api_client, buyer, seller, purge_every_pass):
     client = api_client(buyer)
     for key in ("old", "young"):
         assert post_create(client, body_for(seller), key).status_code == 202
@@ -88,8 +87,7 @@ def test_an_expired_record_not_yet_purged_does_not_replay_or_refuse(api_client, 
     assert IdempotencyRecord.objects.filter(key="order-10").count() == 1
 
 
-def test_a_key_used_a_third_time_after_two_expiries_is_a_third_request(api_client, buyer, seller,
-                                                                       purge_every_pass):
+def test_a_key_used_a_third_time_after_two_expiries_is_a_third_request(api_client, buyer, seller, purge_every_pass):
     client = api_client(buyer)
     ids = set()
     for _ in range(3):

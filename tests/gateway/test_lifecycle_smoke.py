@@ -27,7 +27,12 @@ def test_buyer_pays_seller_delivers_buyer_releases(api_client, buyer, seller):
 
     timeline = as_buyer.get(f"/api/v1/escrows/{escrow_id}/events").json()
     assert [e["type"] for e in timeline] == [
-        "EscrowCreated", "EscrowAccepted", "EscrowFundsHeld", "EscrowDelivered", "EscrowReleaseRequested", "EscrowReleased",
+        "EscrowCreated",
+        "EscrowAccepted",
+        "EscrowFundsHeld",
+        "EscrowDelivered",
+        "EscrowReleaseRequested",
+        "EscrowReleased",
     ]
     escrow = Escrow.objects.get(pk=escrow_id)
     assert escrow.received_minor == 14999

@@ -57,10 +57,19 @@ def test_release_pays_the_seller_net_of_the_fee(api_client, buyer, seller, funde
     assert delivered.status_code == 202 and delivered.json()["state"] == "DELIVERED"
     assert released.status_code == 202 and released["Location"] == f"/api/v1/escrows/{funded}"
     assert money_of(as_buyer, funded) == {
-        "state": "RELEASED", "amount": AMOUNT, "paid_to_seller": SELLER_NET, "refunded": "0.00", "fee": FEE,
+        "state": "RELEASED",
+        "amount": AMOUNT,
+        "paid_to_seller": SELLER_NET,
+        "refunded": "0.00",
+        "fee": FEE,
     }
     assert event_types(as_seller, funded) == [
-        "EscrowCreated", "EscrowAccepted", "EscrowFundsHeld", "EscrowDelivered", "EscrowReleaseRequested", "EscrowReleased",
+        "EscrowCreated",
+        "EscrowAccepted",
+        "EscrowFundsHeld",
+        "EscrowDelivered",
+        "EscrowReleaseRequested",
+        "EscrowReleased",
     ]
     assert_timeline_is_ordered(as_buyer, funded)
     assert_balanced(funded)
@@ -77,7 +86,11 @@ def test_cancel_before_funding(api_client, buyer, seller, staff, who):
 
     assert response.status_code == 202 and response.json()["state"] == "CANCELLED"
     assert money_of(as_buyer, escrow_id) == {
-        "state": "CANCELLED", "amount": AMOUNT, "paid_to_seller": "0.00", "refunded": "0.00", "fee": "0.00",
+        "state": "CANCELLED",
+        "amount": AMOUNT,
+        "paid_to_seller": "0.00",
+        "refunded": "0.00",
+        "fee": "0.00",
     }
     entries = timeline(as_buyer, escrow_id)
     assert [e["type"] for e in entries] == ["EscrowCreated", "EscrowAccepted", "EscrowCancelled"]
@@ -93,10 +106,19 @@ def test_seller_cancels_after_funding_and_the_buyer_is_refunded(api_client, buye
 
     assert response.status_code == 202 and response.json()["state"] == "REFUNDING"
     assert money_of(as_buyer, funded) == {
-        "state": "REFUNDED", "amount": AMOUNT, "paid_to_seller": "0.00", "refunded": AMOUNT, "fee": "0.00",
+        "state": "REFUNDED",
+        "amount": AMOUNT,
+        "paid_to_seller": "0.00",
+        "refunded": AMOUNT,
+        "fee": "0.00",
     }
     assert event_types(as_buyer, funded) == [
-        "EscrowCreated", "EscrowAccepted", "EscrowFundsHeld", "EscrowRefundRequested", "EscrowCancelled", "EscrowRefunded",
+        "EscrowCreated",
+        "EscrowAccepted",
+        "EscrowFundsHeld",
+        "EscrowRefundRequested",
+        "EscrowCancelled",
+        "EscrowRefunded",
     ]
     assert_timeline_is_ordered(as_buyer, funded)
     assert_balanced(funded)
@@ -126,15 +148,37 @@ def test_either_party_can_open_a_dispute(api_client, buyer, seller, funded, who,
 @pytest.mark.parametrize(
     ("body", "final", "paid", "refunded", "fee", "tail"),
     [
-        ({"outcome": "release"}, "RELEASED", SELLER_NET, "0.00", FEE,
-         ["EscrowDisputeResolved", "EscrowReleaseRequested", "EscrowReleased"]),
-        ({"outcome": "refund"}, "REFUNDED", "0.00", AMOUNT, "0.00",
-         ["EscrowDisputeResolved", "EscrowRefundRequested", "EscrowRefunded"]),
+        (
+            {"outcome": "release"},
+            "RELEASED",
+            SELLER_NET,
+            "0.00",
+            FEE,
+            ["EscrowDisputeResolved", "EscrowReleaseRequested", "EscrowReleased"],
+        ),
+        (
+            {"outcome": "refund"},
+            "REFUNDED",
+            "0.00",
+            AMOUNT,
+            "0.00",
+            ["EscrowDisputeResolved", "EscrowRefundRequested", "EscrowRefunded"],
+        ),
         # Split: the seller's gross share is 100.00, the fee is taken from it (2.50); the rest goes back.
-        ({"outcome": "split", "seller_amount": "100.00", "note": "half delivered"}, "RELEASED", "97.50", "49.99",
-         "2.50",
-         ["EscrowDisputeResolved", "EscrowReleaseRequested", "EscrowRefundRequested", "EscrowReleased",
-          "EscrowRefunded"]),
+        (
+            {"outcome": "split", "seller_amount": "100.00", "note": "half delivered"},
+            "RELEASED",
+            "97.50",
+            "49.99",
+            "2.50",
+            [
+                "EscrowDisputeResolved",
+                "EscrowReleaseRequested",
+                "EscrowRefundRequested",
+                "EscrowReleased",
+                "EscrowRefunded",
+            ],
+        ),
     ],
     ids=["release", "refund", "split"],
 )
@@ -146,9 +190,19 @@ def test_staff_resolve_a_dispute(api_client, buyer, seller, staff, funded, body,
 
     assert response.status_code == 202, response.content
     assert money_of(as_buyer, funded) == {
-        "state": final, "amount": AMOUNT, "paid_to_seller": paid, "refunded": refunded, "fee": fee,
+        "state": final,
+        "amount": AMOUNT,
+        "paid_to_seller": paid,
+        "refunded": refunded,
+        "fee": fee,
     }
-    assert event_types(as_staff, funded) == ["EscrowCreated", "EscrowAccepted", "EscrowFundsHeld", "EscrowDisputed", *tail]
+    assert event_types(as_staff, funded) == [
+        "EscrowCreated",
+        "EscrowAccepted",
+        "EscrowFundsHeld",
+        "EscrowDisputed",
+        *tail,
+    ]
     resolved = next(e for e in timeline(as_buyer, funded) if e["type"] == "EscrowDisputeResolved")
     assert resolved["actor"] == {"kind": "staff", "user_id": staff.pk}
     assert_timeline_is_ordered(as_buyer, funded)

@@ -31,8 +31,11 @@ def test_a_resolve_through_the_api_is_audited_once(api_client, buyer, seller, st
 
     assert answer.status_code == 202 and again["Idempotent-Replayed"] == "true"
     [entry] = AuditLog.objects.filter(escrow_id=escrow_id)
-    assert (entry.actor_id, entry.action, entry.reason) == (staff.pk, "resolve_dispute",
-                                                             "seller admitted it never shipped")
+    assert (entry.actor_id, entry.action, entry.reason) == (
+        staff.pk,
+        "resolve_dispute",
+        "seller admitted it never shipped",
+    )
     assert str(entry.command_id) == answer.json()["command_id"]
     assert entry.detail["outcome"] == "refund" and entry.detail["edge"] == "api"
 

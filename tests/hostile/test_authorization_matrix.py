@@ -30,25 +30,41 @@ ROLES = PARTIES + BAD_CREDENTIALS
 # Escrow-scoped endpoints: (method, action, the state it is legal in, body, status per party).
 # The escrows are created by the buyer, so the seller is the counterparty who accepts or declines.
 ESCROW_ACTIONS: dict[str, tuple[str, str, dict[str, Any] | None, dict[str, int]]] = {
-    "escrow-accept": ("accept", "AWAIT_ACCEPTANCE", None,
-                      {"buyer": 403, "seller": 202, "stranger": 404, "staff": 403}),
-    "escrow-decline": ("decline", "AWAIT_ACCEPTANCE", {"reason": "not at that price"},
-                       {"buyer": 403, "seller": 202, "stranger": 404, "staff": 403}),
+    "escrow-accept": ("accept", "AWAIT_ACCEPTANCE", None, {"buyer": 403, "seller": 202, "stranger": 404, "staff": 403}),
+    "escrow-decline": (
+        "decline",
+        "AWAIT_ACCEPTANCE",
+        {"reason": "not at that price"},
+        {"buyer": 403, "seller": 202, "stranger": 404, "staff": 403},
+    ),
     # Before acceptance only the creator (or staff) cancels; the counterparty declines instead.
-    "escrow-cancel (unaccepted)": ("cancel", "AWAIT_ACCEPTANCE", {"reason": "no longer needed"},
-                                   {"buyer": 202, "seller": 403, "stranger": 404, "staff": 202}),
-    "escrow-deliver": ("deliver", "FUNDS_HELD", None,
-                       {"buyer": 403, "seller": 202, "stranger": 404, "staff": 403}),
-    "escrow-release": ("release", "DELIVERED", None,
-                       {"buyer": 202, "seller": 403, "stranger": 404, "staff": 202}),
-    "escrow-cancel": ("cancel", "AWAIT_FUNDS", {"reason": "no longer needed"},
-                      {"buyer": 202, "seller": 202, "stranger": 404, "staff": 202}),
-    "escrow-dispute": ("dispute", "FUNDS_HELD", {"reason": "item not as described"},
-                       {"buyer": 202, "seller": 202, "stranger": 404, "staff": 403}),
-    "escrow-resolve": ("resolve", "DISPUTED", {"outcome": "refund"},
-                       {"buyer": 403, "seller": 403, "stranger": 404, "staff": 202}),
-    "sandbox-pay": ("pay", "AWAIT_FUNDS", None,
-                    {"buyer": 202, "seller": 403, "stranger": 404, "staff": 404}),
+    "escrow-cancel (unaccepted)": (
+        "cancel",
+        "AWAIT_ACCEPTANCE",
+        {"reason": "no longer needed"},
+        {"buyer": 202, "seller": 403, "stranger": 404, "staff": 202},
+    ),
+    "escrow-deliver": ("deliver", "FUNDS_HELD", None, {"buyer": 403, "seller": 202, "stranger": 404, "staff": 403}),
+    "escrow-release": ("release", "DELIVERED", None, {"buyer": 202, "seller": 403, "stranger": 404, "staff": 202}),
+    "escrow-cancel": (
+        "cancel",
+        "AWAIT_FUNDS",
+        {"reason": "no longer needed"},
+        {"buyer": 202, "seller": 202, "stranger": 404, "staff": 202},
+    ),
+    "escrow-dispute": (
+        "dispute",
+        "FUNDS_HELD",
+        {"reason": "item not as described"},
+        {"buyer": 202, "seller": 202, "stranger": 404, "staff": 403},
+    ),
+    "escrow-resolve": (
+        "resolve",
+        "DISPUTED",
+        {"outcome": "refund"},
+        {"buyer": 403, "seller": 403, "stranger": 404, "staff": 202},
+    ),
+    "sandbox-pay": ("pay", "AWAIT_FUNDS", None, {"buyer": 202, "seller": 403, "stranger": 404, "staff": 404}),
 }
 # Multipart uploads to an escrow: (the state it is legal in, status per party).
 ESCROW_UPLOADS: dict[str, tuple[str, dict[str, int]]] = {
@@ -67,15 +83,29 @@ USER_READS = {
 }
 # The caller's own actions (POST, no body): every valid user may, for themselves only.
 USER_POSTS = {"payout-onboarding": "/api/v1/payout-destination/onboarding"}
-PUBLIC = {"health": "/api/v1/health", "ready": "/api/v1/ready", "metrics": "/api/v1/metrics",
-          "schema": "/api/v1/schema", "docs": "/api/v1/docs", "redoc": "/api/v1/redoc"}
+PUBLIC = {
+    "health": "/api/v1/health",
+    "ready": "/api/v1/ready",
+    "metrics": "/api/v1/metrics",
+    "schema": "/api/v1/schema",
+    "docs": "/api/v1/docs",
+    "redoc": "/api/v1/redoc",
+}
 WEBHOOKS = {"webhook-stripe": "/api/v1/webhooks/stripe", "webhook-custodian": "/api/v1/webhooks/custodian"}
 CREATE = {"escrow-list"}  # POST /escrows shares its URL name with the list
 
 
 def every_cell() -> list[tuple[str, str]]:
-    names = [*ESCROW_ACTIONS, *ESCROW_UPLOADS, *ESCROW_READS, *USER_READS, *USER_POSTS, *PUBLIC, *WEBHOOKS,
-             "escrows-create"]
+    names = [
+        *ESCROW_ACTIONS,
+        *ESCROW_UPLOADS,
+        *ESCROW_READS,
+        *USER_READS,
+        *USER_POSTS,
+        *PUBLIC,
+        *WEBHOOKS,
+        "escrows-create",
+    ]
     return [(name, role) for name in names for role in ROLES]
 
 
@@ -102,8 +132,7 @@ def test_the_matrix_covers_every_endpoint() -> None:
     """A new endpoint fails here until someone decides who may call it."""
     gateway = next(p for p in get_resolver().url_patterns if str(p.pattern) == "api/v1/")
     names = {p.name for p in gateway.url_patterns}
-    covered = {*ESCROW_ACTIONS, *ESCROW_UPLOADS, *ESCROW_READS, *USER_READS, *USER_POSTS, *PUBLIC, *WEBHOOKS,
-               *CREATE}
+    covered = {*ESCROW_ACTIONS, *ESCROW_UPLOADS, *ESCROW_READS, *USER_READS, *USER_POSTS, *PUBLIC, *WEBHOOKS, *CREATE}
     if not names <= covered:
         pytest.fail(f"endpoints missing from the authorization matrix: {sorted(names - covered)}")
 
@@ -112,10 +141,14 @@ def bring_to(state: str, *, buyer: Any, seller: Any, staff: Any) -> str:
     as_buyer, as_seller = APIClient(), APIClient()
     as_buyer.credentials(HTTP_AUTHORIZATION=f"Bearer {mint_access_token(buyer)}")
     as_seller.credentials(HTTP_AUTHORIZATION=f"Bearer {mint_access_token(seller)}")
-    escrow_id = create_escrow(as_buyer, seller=seller, amount="250.00",
-                              accept=state != "AWAIT_ACCEPTANCE")["escrow_id"]
-    steps = {"AWAIT_ACCEPTANCE": [], "AWAIT_FUNDS": [], "FUNDS_HELD": ["pay"], "DELIVERED": ["pay", "deliver"],
-             "DISPUTED": ["pay", "dispute"]}[state]
+    escrow_id = create_escrow(as_buyer, seller=seller, amount="250.00", accept=state != "AWAIT_ACCEPTANCE")["escrow_id"]
+    steps = {
+        "AWAIT_ACCEPTANCE": [],
+        "AWAIT_FUNDS": [],
+        "FUNDS_HELD": ["pay"],
+        "DELIVERED": ["pay", "deliver"],
+        "DISPUTED": ["pay", "dispute"],
+    }[state]
     for step in steps:
         if step == "pay":
             assert pay(as_buyer, escrow_id).status_code == 202
@@ -154,9 +187,11 @@ def test_authorization(endpoint: str, role: str, buyer: Any, seller: Any, strang
         escrow_id = bring_to(state, buyer=buyer, seller=seller, staff=staff)
         expected = 401 if bad else expected_by_party[role]
         if action == "pay":
+
             def request(c: APIClient) -> Any:
                 return pay(c, escrow_id)
         else:
+
             def request(c: APIClient) -> Any:
                 return act(c, escrow_id, action, body)
     elif endpoint in ESCROW_UPLOADS:
@@ -165,8 +200,11 @@ def test_authorization(endpoint: str, role: str, buyer: Any, seller: Any, strang
         expected = 401 if bad else expected_by_party[role]
 
         def request(c: APIClient) -> Any:
-            return c.post(f"/api/v1/escrows/{escrow_id}/evidence",
-                          {"file": SimpleUploadedFile("note.txt", b"matrix evidence\n")}, format="multipart")
+            return c.post(
+                f"/api/v1/escrows/{escrow_id}/evidence",
+                {"file": SimpleUploadedFile("note.txt", b"matrix evidence\n")},
+                format="multipart",
+            )
     elif endpoint in ESCROW_READS:
         suffix, expected_by_party = ESCROW_READS[endpoint]
         escrow_id = bring_to("FUNDS_HELD", buyer=buyer, seller=seller, staff=staff)
@@ -179,8 +217,11 @@ def test_authorization(endpoint: str, role: str, buyer: Any, seller: Any, strang
         expected = 401 if bad else {"buyer": 202, "seller": 400, "stranger": 202, "staff": 202}[role]
 
         def request(c: APIClient) -> Any:
-            return c.post("/api/v1/escrows", {"seller": seller.username, "amount": "10.00", "currency": "USD",
-                                              "description": "matrix"}, format="json")
+            return c.post(
+                "/api/v1/escrows",
+                {"seller": seller.username, "amount": "10.00", "currency": "USD", "description": "matrix"},
+                format="json",
+            )
     elif endpoint in USER_READS:
         expected = 401 if bad else 200
 

@@ -22,15 +22,18 @@ from tests.helpers import create_escrow
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,"
-          "response_schema_conformance,negative_data_rejection,missing_required_header,unsupported_method,"
-          "ignored_auth")
+CHECKS = (
+    "not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,"
+    "response_schema_conformance,negative_data_rejection,missing_required_header,unsupported_method,"
+    "ignored_auth"
+)
 MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "4"))
 TIME_BUDGET_SECONDS = 150
 
 
-def test_every_operation_answers_as_the_openapi_document_says(live_server: Any, api_client: Any, buyer: Any,
-                                                              seller: Any, tmp_path: Path, settings: Any) -> None:
+def test_every_operation_answers_as_the_openapi_document_says(
+    live_server: Any, api_client: Any, buyer: Any, seller: Any, tmp_path: Path, settings: Any
+) -> None:
     # Discord's endpoint switched on (it is a 404 without a key), with a key nobody here can sign for.
     settings.DISCORD_PUBLIC_KEY = Ed25519PrivateKey.generate().public_key().public_bytes_raw().hex()
     # A real escrow of the caller's, so operations on one are reached past the 404 of an unknown id.
@@ -39,17 +42,35 @@ def test_every_operation_answers_as_the_openapi_document_says(live_server: Any, 
     config.write_text(f'[parameters]\n"path.escrow_id" = "{escrow_id}"\n')
     st = Path(sys.executable).with_name("st")
     command = [
-        str(st), "--config-file", str(config), "run", f"{live_server.url}/api/v1/schema",
-        "--checks", CHECKS, "--mode", "all", "--max-examples", str(MAX_EXAMPLES),
-        "--max-time", str(TIME_BUDGET_SECONDS), "--request-timeout", "20", "--no-color",
-        "-H", f"Authorization: Bearer {mint_access_token(buyer)}",
-        "--report-dir", str(tmp_path / "report"), "--generation-database", ":memory:",
+        str(st),
+        "--config-file",
+        str(config),
+        "run",
+        f"{live_server.url}/api/v1/schema",
+        "--checks",
+        CHECKS,
+        "--mode",
+        "all",
+        "--max-examples",
+        str(MAX_EXAMPLES),
+        "--max-time",
+        str(TIME_BUDGET_SECONDS),
+        "--request-timeout",
+        "20",
+        "--no-color",
+        "-H",
+        f"Authorization: Bearer {mint_access_token(buyer)}",
+        "--report-dir",
+        str(tmp_path / "report"),
+        "--generation-database",
+        ":memory:",
     ]
     if os.environ.get("SCHEMATHESIS_SEED"):
         command += ["--seed", os.environ["SCHEMATHESIS_SEED"]]
 
-    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=TIME_BUDGET_SECONDS + 120,
-                         check=False)
+    run = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=TIME_BUDGET_SECONDS + 120, check=False
+    )
 
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-12000:]

@@ -18,9 +18,16 @@ HOST = "escrow.example.com"
 
 def production_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in {"DEBUG", "HTTPS", "SECRET_KEY", "ALLOWED_HOSTS"}}
-    env.update({"DEBUG": "0", "HTTPS": "1", "SECRET_KEY": secrets.token_urlsafe(50), "ALLOWED_HOSTS": HOST,
-                "METRICS_TOKEN": secrets.token_urlsafe(32),
-                "DJANGO_SETTINGS_MODULE": "escrow_project.settings"})
+    env.update(
+        {
+            "DEBUG": "0",
+            "HTTPS": "1",
+            "SECRET_KEY": secrets.token_urlsafe(50),
+            "ALLOWED_HOSTS": HOST,
+            "METRICS_TOKEN": secrets.token_urlsafe(32),
+            "DJANGO_SETTINGS_MODULE": "escrow_project.settings",
+        }
+    )
     return env
 
 

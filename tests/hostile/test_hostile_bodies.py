@@ -45,8 +45,7 @@ def test_nesting_inside_strings_does_not_count(api_client: Any, buyer: Any, sell
 
 @pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-0"])
 @pytest.mark.parametrize("field", ["amount", "seller", "inspection_period_hours"])
-def test_non_standard_numbers_are_refused(literal: bytes, field: str, api_client: Any, buyer: Any,
-                                          seller: Any) -> None:
+def test_non_standard_numbers_are_refused(literal: bytes, field: str, api_client: Any, buyer: Any, seller: Any) -> None:
     body = json.dumps({**VALID, field: "__X__"}).encode().replace(b'"__X__"', literal)
     before = counts()
     response = post_raw(api_client(buyer), "/api/v1/escrows", body)
@@ -79,8 +78,9 @@ def test_non_standard_numbers_are_refused(literal: bytes, field: str, api_client
         ({"unexpected": 1}, "unexpected"),
     ],
 )
-def test_absurd_values_are_400_naming_the_field(changes: dict[str, Any], field: str, api_client: Any, buyer: Any,
-                                                 seller: Any) -> None:
+def test_absurd_values_are_400_naming_the_field(
+    changes: dict[str, Any], field: str, api_client: Any, buyer: Any, seller: Any
+) -> None:
     before = counts()
     response = api_client(buyer).post("/api/v1/escrows", {**VALID, **changes}, format="json")
     body = assert_problem(response, 400, "validation_error")
@@ -89,15 +89,15 @@ def test_absurd_values_are_400_naming_the_field(changes: dict[str, Any], field: 
 
 
 @pytest.mark.parametrize("split", ["-1.00", "0", "99999999999999999999", "149.99", "NaN", "1e2", ""])
-def test_absurd_split_amounts_are_refused(split: str, api_client: Any, buyer: Any, seller: Any,
-                                          staff: Any) -> None:
+def test_absurd_split_amounts_are_refused(split: str, api_client: Any, buyer: Any, seller: Any, staff: Any) -> None:
     as_buyer = api_client(buyer)
     escrow_id = create_escrow(as_buyer, seller=seller, amount="149.99")["escrow_id"]
     assert as_buyer.post(f"/api/v1/sandbox/escrows/{escrow_id}/pay").status_code == 202
     assert as_buyer.post(f"/api/v1/escrows/{escrow_id}/dispute", {"reason": "broken"}, format="json").status_code == 202
     before = counts()
-    response = api_client(staff).post(f"/api/v1/escrows/{escrow_id}/resolve",
-                                      {"outcome": "split", "seller_amount": split}, format="json")
+    response = api_client(staff).post(
+        f"/api/v1/escrows/{escrow_id}/resolve", {"outcome": "split", "seller_amount": split}, format="json"
+    )
     assert response.status_code == 400, response.content
     assert counts() == before
     assert Escrow.objects.get(pk=escrow_id).state == "DISPUTED"

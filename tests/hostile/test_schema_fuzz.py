@@ -33,8 +33,10 @@ def caller(api_client: Any, buyer: Any, seller: Any) -> dict[str, str]:
 
 
 @schema.parametrize()
-@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                                HealthCheck.filter_too_much])
+@settings(
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 def test_no_5xx_and_responses_match_the_schema(case: Any, caller: dict[str, str]) -> None:
     CALLS["schema_cases"] += 1
     case.call_and_validate(headers=caller, checks=[not_a_server_error, response_schema_conformance])

@@ -34,23 +34,27 @@ json_values = st.recursive(
 def provider_events(object_ids: list[str]) -> st.SearchStrategy[bytes]:
     """Stripe-shaped events about our own objects: exactly what a forger would send."""
     obj = st.fixed_dictionaries(
-        {"id": st.sampled_from(object_ids) | st.text(max_size=30), "status": st.sampled_from(["succeeded", "failed"]),
-         "amount": st.integers(min_value=-10, max_value=10**12), "amount_received": st.integers(0, 10**12),
-         "currency": st.sampled_from(["usd", "eur", ""]), "payment_intent": st.sampled_from(object_ids)},
+        {
+            "id": st.sampled_from(object_ids) | st.text(max_size=30),
+            "status": st.sampled_from(["succeeded", "failed"]),
+            "amount": st.integers(min_value=-10, max_value=10**12),
+            "amount_received": st.integers(0, 10**12),
+            "currency": st.sampled_from(["usd", "eur", ""]),
+            "payment_intent": st.sampled_from(object_ids),
+        },
     )
-    event = st.fixed_dictionaries({
-        "id": st.text(alphabet=PRINTABLE, min_size=1, max_size=40),
-        "type": st.sampled_from(sorted(HANDLERS)) | st.text(max_size=30),
-        "created": st.integers(0, 2**40),
-        "data": st.fixed_dictionaries({"object": obj}),
-    })
+    event = st.fixed_dictionaries(
+        {
+            "id": st.text(alphabet=PRINTABLE, min_size=1, max_size=40),
+            "type": st.sampled_from(sorted(HANDLERS)) | st.text(max_size=30),
+            "created": st.integers(0, 2**40),
+            "data": st.fixed_dictionaries({"object": obj}),
+        }
+    )
     return event.map(lambda e: json.dumps(e).encode())
 
 
-bodies = (
-    st.binary(max_size=2_000)
-    | json_values.map(lambda v: json.dumps(v).encode())
-)
+bodies = st.binary(max_size=2_000) | json_values.map(lambda v: json.dumps(v).encode())
 
 
 def signature_headers() -> st.SearchStrategy[dict[str, str]]:
@@ -60,17 +64,24 @@ def signature_headers() -> st.SearchStrategy[dict[str, str]]:
         st.integers(min_value=-(10**6), max_value=10**6) | st.just(0),
         st.text(alphabet="0123456789abcdef", min_size=64, max_size=64),
     )
-    return st.fixed_dictionaries({}, optional={
-        "Stripe-Signature": forged | st.text(alphabet=PRINTABLE, max_size=200),
-        "X-Circle-Signature": st.text(alphabet=PRINTABLE, max_size=200),
-        "X-Circle-Key-Id": st.text(alphabet=PRINTABLE, max_size=50),
-    })
+    return st.fixed_dictionaries(
+        {},
+        optional={
+            "Stripe-Signature": forged | st.text(alphabet=PRINTABLE, max_size=200),
+            "X-Circle-Signature": st.text(alphabet=PRINTABLE, max_size=200),
+            "X-Circle-Key-Id": st.text(alphabet=PRINTABLE, max_size=50),
+        },
+    )
 
 
 def wrongly_signed(body: bytes, *, stale: bool) -> dict[str, str]:
     timestamp = int(time.time()) - (3_600 if stale else 0)
     secret = "whsec_not_ours" if not stale else "whsec_not_ours_either"
-    return {"Stripe-Signature": stripe_signature.sign(body=body.decode(errors="replace"), secret=secret, timestamp=timestamp)}
+    return {
+        "Stripe-Signature": stripe_signature.sign(
+            body=body.decode(errors="replace"), secret=secret, timestamp=timestamp
+        )
+    }
 
 
 @pytest.fixture
@@ -88,26 +99,39 @@ def protected_state(escrow_id: str) -> tuple[Any, ...]:
     escrow = Escrow.objects.get(pk=escrow_id)
     return (
         counts(),
-        escrow.state, escrow.version, escrow.received_minor, escrow.held_minor, escrow.paid_out_minor,
-        escrow.refunded_minor, escrow.attention,
+        escrow.state,
+        escrow.version,
+        escrow.received_minor,
+        escrow.held_minor,
+        escrow.paid_out_minor,
+        escrow.refunded_minor,
+        escrow.attention,
         sorted(PaymentArtifact.objects.values_list("provider_id", "status")),
     )
 
 
-FUZZ = settings(max_examples=150, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 @FUZZ
 @given(data=st.data())
-def test_random_webhooks_over_http_change_nothing(data: st.DataObject, client_factory: Any,
-                                                  funded_escrow: dict[str, Any]) -> None:
+def test_random_webhooks_over_http_change_nothing(
+    data: st.DataObject, client_factory: Any, funded_escrow: dict[str, Any]
+) -> None:
     path = data.draw(st.sampled_from(["/api/v1/webhooks/stripe", "/api/v1/webhooks/custodian"]))
     body = data.draw(bodies | provider_events(funded_escrow["object_ids"]))
     headers = data.draw(signature_headers())
     before = protected_state(funded_escrow["id"])
     response = client_factory().generic(
-        "POST", path, body, content_type="application/json",
+        "POST",
+        path,
+        body,
+        content_type="application/json",
         **{f"HTTP_{name.upper().replace('-', '_')}": value for name, value in headers.items()},
     )
     TRIED["http_webhooks"] += 1
@@ -131,8 +155,9 @@ def test_forged_provider_events_change_nothing(data: st.DataObject, funded_escro
     assert protected_state(funded_escrow["id"]) == before
     # Stored raw for forensics, and marked rejected: never processed.
     assert WebhookEvent.objects.filter(status=WebhookEvent.Status.REJECTED).count() == rejected_before + 1
-    assert not WebhookEvent.objects.exclude(status__in=[WebhookEvent.Status.REJECTED,
-                                                        WebhookEvent.Status.PROCESSED]).exists()
+    assert not WebhookEvent.objects.exclude(
+        status__in=[WebhookEvent.Status.REJECTED, WebhookEvent.Status.PROCESSED]
+    ).exists()
 
 
 @pytest.fixture
@@ -146,10 +171,12 @@ def test_record_figures() -> None:
     record_figures("hostile_webhooks", dict(TRIED))
 
 
-@pytest.mark.parametrize(("body", "signature"), [(b"\x00", "t=1,v1=00"), (b'{"id":"evt_1"}', "t=1,v1=\x00"),
-                                                 (b"\xff\xfe\x00{", "")])
-def test_nul_bytes_are_rejected_and_stored_not_a_5xx(body: bytes, signature: str,
-                                                     funded_escrow: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    ("body", "signature"), [(b"\x00", "t=1,v1=00"), (b'{"id":"evt_1"}', "t=1,v1=\x00"), (b"\xff\xfe\x00{", "")]
+)
+def test_nul_bytes_are_rejected_and_stored_not_a_5xx(
+    body: bytes, signature: str, funded_escrow: dict[str, Any]
+) -> None:
     """PostgreSQL refuses NUL in text columns: storing the raw request must not turn into a 500."""
     before = protected_state(funded_escrow["id"])
     outcome = payments.webhook_receive(provider="sandbox", body=body, headers={"Stripe-Signature": signature})

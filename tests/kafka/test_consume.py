@@ -48,18 +48,34 @@ def drive_escrows(as_buyer: Any, as_seller: Any, seller: Any, catch_up: Callable
 
 def read_models() -> dict[str, list[tuple[Any, ...]]]:
     return {
-        "views": sorted(EscrowView.objects.values_list(
-            "escrow_id", "state", "amount_minor", "currency", "paid_to_seller_minor", "fee_minor",
-            "refunded_minor", "payout_pending", "refund_pending", "attention", "version", "updated_at")),
-        "timeline": sorted(TimelineEntry.objects.values_list(
-            "escrow_id", "version", "event_id", "type", "occurred_at", "actor_kind", "actor_id")),
-        "notifications": sorted(Notification.objects.values_list("user_id", "escrow_id", "event_id", "kind",
-                                                                 "text")),
+        "views": sorted(
+            EscrowView.objects.values_list(
+                "escrow_id",
+                "state",
+                "amount_minor",
+                "currency",
+                "paid_to_seller_minor",
+                "fee_minor",
+                "refunded_minor",
+                "payout_pending",
+                "refund_pending",
+                "attention",
+                "version",
+                "updated_at",
+            )
+        ),
+        "timeline": sorted(
+            TimelineEntry.objects.values_list(
+                "escrow_id", "version", "event_id", "type", "occurred_at", "actor_kind", "actor_id"
+            )
+        ),
+        "notifications": sorted(Notification.objects.values_list("user_id", "escrow_id", "event_id", "kind", "text")),
     }
 
 
 def test_split_out_apps_fed_from_kafka_build_the_same_read_models_and_notifications_as_in_process(
-        kafka, fresh_group, settings, api_client, buyer, seller):
+    kafka, fresh_group, settings, api_client, buyer, seller
+):
     settings.BUS_OUTBOX_SUBSCRIBERS = ["escrow", "payments"]  # the web process no longer feeds them
     groups = {app: fresh_group(app) for app in SPLIT_OUT}
     created = create_escrow(api_client(buyer), seller=seller)["escrow_id"]
@@ -70,8 +86,7 @@ def test_split_out_apps_fed_from_kafka_build_the_same_read_models_and_notificati
         nonlocal applied
         call_command("relay_outbox", "--once", stdout=io.StringIO())
         out = io.StringIO()
-        call_command("consume", "notifications", "--group", groups["notifications"], "--until-caught-up",
-                     stdout=out)
+        call_command("consume", "notifications", "--group", groups["notifications"], "--until-caught-up", stdout=out)
         assert "dead_lettered=0" in out.getvalue()
         stats = AppConsumer(app="projections", group_id=groups["projections"]).run(until_caught_up=True)
         assert stats.dead_lettered == 0
@@ -96,8 +111,7 @@ def test_split_out_apps_fed_from_kafka_build_the_same_read_models_and_notificati
     assert read_models() == from_kafka
 
 
-def test_redelivered_and_replayed_messages_are_applied_once(kafka, fresh_group, settings, api_client, buyer,
-                                                            seller):
+def test_redelivered_and_replayed_messages_are_applied_once(kafka, fresh_group, settings, api_client, buyer, seller):
     settings.BUS_OUTBOX_SUBSCRIBERS = ["escrow", "payments"]
     group = fresh_group("projections")
     first = AppConsumer(app="projections", group_id=group)
@@ -119,8 +133,10 @@ def test_redelivered_and_replayed_messages_are_applied_once(kafka, fresh_group, 
 
     assert first.stats.applied > 0
     assert again.applied == 0
-    assert again.duplicates == OutboxMessage.objects.filter(
-        aggregate_id=released, type__in=bus.get_subscriber("projections").types).count()
+    assert (
+        again.duplicates
+        == OutboxMessage.objects.filter(aggregate_id=released, type__in=bus.get_subscriber("projections").types).count()
+    )
     assert read_models() == before
     assert ProcessedMessage.objects.filter(subscriber="projections").count() == processed
 
@@ -136,21 +152,31 @@ async def _produce(servers: str, records: list[tuple[str, bytes, bytes, list[tup
 
 
 def test_poison_messages_go_to_the_dead_letter_topic_and_the_consumer_carries_on(
-        kafka, fresh_group, settings, api_client, buyer, seller):
+    kafka, fresh_group, settings, api_client, buyer, seller
+):
     settings.BUS_OUTBOX_SUBSCRIBERS = ["escrow", "payments"]
     group = fresh_group("projections")
     dlq = messages.ESCROW_EVENTS + ".dlq"
     since = end_offsets(kafka, [dlq])
     ghost, poison_event = str(uuid.uuid4()), uuid.uuid4()
-    envelope = [("event_id", str(poison_event).encode()), ("type", b"escrow.v1.EscrowDelivered"),
-                ("aggregate_id", ghost.encode()), ("aggregate_version", b"3"),
-                ("occurred_at", b"2026-01-01T00:00:00+00:00")]
-    asyncio.run(_produce(kafka, [
-        # a delivery for an escrow the read model has never seen: the handler fails every time
-        (messages.ESCROW_EVENTS, ghost.encode(), bytes(escrow_v1.EscrowDelivered(escrow_id=ghost)), envelope),
-        # no envelope at all: cannot even be decoded
-        (messages.ESCROW_EVENTS, ghost.encode(), b"\x00garbage", []),
-    ]))
+    envelope = [
+        ("event_id", str(poison_event).encode()),
+        ("type", b"escrow.v1.EscrowDelivered"),
+        ("aggregate_id", ghost.encode()),
+        ("aggregate_version", b"3"),
+        ("occurred_at", b"2026-01-01T00:00:00+00:00"),
+    ]
+    asyncio.run(
+        _produce(
+            kafka,
+            [
+                # a delivery for an escrow the read model has never seen: the handler fails every time
+                (messages.ESCROW_EVENTS, ghost.encode(), bytes(escrow_v1.EscrowDelivered(escrow_id=ghost)), envelope),
+                # no envelope at all: cannot even be decoded
+                (messages.ESCROW_EVENTS, ghost.encode(), b"\x00garbage", []),
+            ],
+        )
+    )
     dead_lettered = 0
 
     def catch_up() -> None:

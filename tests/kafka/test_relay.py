@@ -21,8 +21,14 @@ from tests.kafka.broker import TansuBroker, end_offsets, read_since
 
 pytestmark = pytest.mark.kafka
 
-LIFECYCLE_EVENTS = ["EscrowCreated", "EscrowAccepted", "EscrowFundsHeld", "EscrowDelivered", "EscrowReleaseRequested",
-                    "EscrowReleased"]
+LIFECYCLE_EVENTS = [
+    "EscrowCreated",
+    "EscrowAccepted",
+    "EscrowFundsHeld",
+    "EscrowDelivered",
+    "EscrowReleaseRequested",
+    "EscrowReleased",
+]
 
 
 def run_lifecycle(as_buyer, as_seller, seller) -> str:
@@ -56,7 +62,8 @@ def in_thread(relay: OutboxRelay) -> threading.Thread:
 
 
 def test_every_lifecycle_message_arrives_on_its_topic_keyed_by_escrow_in_order_with_headers(
-        kafka, api_client, buyer, seller):
+    kafka, api_client, buyer, seller
+):
     since = end_offsets(kafka, list(messages.TOPICS))
     escrow_id = run_lifecycle(api_client(buyer), api_client(seller), seller)
     rows = list(OutboxMessage.objects.order_by("txid", "id"))
@@ -78,9 +85,13 @@ def test_every_lifecycle_message_arrives_on_its_topic_keyed_by_escrow_in_order_w
         assert record.value == bytes(row.payload)
         headers = {name: value.decode() for name, value in record.headers}
         assert headers == {
-            "event_id": str(row.event_id), "type": row.type, "aggregate_id": row.aggregate_id,
-            "aggregate_version": str(row.aggregate_version), "occurred_at": row.occurred_at.isoformat(),
-            "correlation_id": row.correlation_id, "causation_id": row.causation_id,
+            "event_id": str(row.event_id),
+            "type": row.type,
+            "aggregate_id": row.aggregate_id,
+            "aggregate_version": str(row.aggregate_version),
+            "occurred_at": row.occurred_at.isoformat(),
+            "correlation_id": row.correlation_id,
+            "causation_id": row.causation_id,
             "traceparent": row.traceparent,
         }
         assert headers["traceparent"] and headers["correlation_id"]
@@ -91,8 +102,11 @@ def test_every_lifecycle_message_arrives_on_its_topic_keyed_by_escrow_in_order_w
     for (topic, _), event_ids in per_partition.items():
         expected = [str(r.event_id) for r in rows if r.topic == topic and str(r.event_id) in set(event_ids)]
         assert event_ids == expected
-    escrow_events = [dict(r.headers)["type"].decode().rsplit(".", 1)[-1]
-                     for r in sorted(records, key=lambda r: r.offset) if r.topic == messages.ESCROW_EVENTS]
+    escrow_events = [
+        dict(r.headers)["type"].decode().rsplit(".", 1)[-1]
+        for r in sorted(records, key=lambda r: r.offset)
+        if r.topic == messages.ESCROW_EVENTS
+    ]
     assert escrow_events == LIFECYCLE_EVENTS
 
     # Published rows are never sent again by the relay.
@@ -104,8 +118,10 @@ def test_every_lifecycle_message_arrives_on_its_topic_keyed_by_escrow_in_order_w
 @pytest.mark.postgres_only  # threads writing one SQLite in-memory database lock each other's tables
 def test_two_relays_only_the_lock_holder_publishes_and_the_standby_takes_over(kafka, api_client, buyer, seller):
     as_buyer, as_seller = api_client(buyer), api_client(seller)
-    first, second = OutboxRelay(servers=kafka, poll_seconds=0.05, standby_seconds=0.05), \
-        OutboxRelay(servers=kafka, poll_seconds=0.05, standby_seconds=0.05)
+    first, second = (
+        OutboxRelay(servers=kafka, poll_seconds=0.05, standby_seconds=0.05),
+        OutboxRelay(servers=kafka, poll_seconds=0.05, standby_seconds=0.05),
+    )
     first_thread = in_thread(first)
     wait_until(first.active.is_set, "first relay active")
     second_thread = in_thread(second)
@@ -130,7 +146,8 @@ def test_two_relays_only_the_lock_holder_publishes_and_the_standby_takes_over(ka
 
 
 def test_broker_outage_api_keeps_working_outbox_grows_then_drains_and_replay_restores_lost_data(
-        kafka, api_client, buyer, seller):
+    kafka, api_client, buyer, seller
+):
     """A broker of its own (memory storage), so stopping it does not disturb other tests."""
     broker = TansuBroker()
     broker.start()
@@ -155,13 +172,15 @@ def test_broker_outage_api_keeps_working_outbox_grows_then_drains_and_replay_res
         assert OutboxRelay(servers=broker.bootstrap).run(once=True).published == waiting.pending
         assert backlog().pending == 0
         arrived = {dict(r.headers)["event_id"].decode() for r in read_since(broker.bootstrap, {})}
-        outage_ids = {str(e) for e in OutboxMessage.objects.filter(aggregate_id=during_outage)
-                      .values_list("event_id", flat=True)}
+        outage_ids = {
+            str(e) for e in OutboxMessage.objects.filter(aggregate_id=during_outage).values_list("event_id", flat=True)
+        }
         assert arrived == outage_ids
 
         # The restarted broker lost what it had before: the recovery procedure is a replay.
-        lost = {str(e) for e in OutboxMessage.objects.filter(aggregate_id=before_outage)
-                .values_list("event_id", flat=True)}
+        lost = {
+            str(e) for e in OutboxMessage.objects.filter(aggregate_id=before_outage).values_list("event_id", flat=True)
+        }
         since = end_offsets(broker.bootstrap, list(messages.TOPICS))
         replayed = replay_outbox(rows=replay_selection(escrow_id=before_outage), servers=broker.bootstrap)
         assert replayed.published == len(lost)

@@ -33,12 +33,23 @@ def _relay_only(settings) -> None:
     settings.BUS_OUTBOX_SUBSCRIBERS = []  # these synthetic messages are for the relay, not the subscribers
 
 
-def append_created(escrow_id: str, version: int, *, description: str = "batching",
-                   occurred_at: datetime.datetime | None = None) -> None:
-    outbox_append(message=escrow_v1.EscrowCreated(
-        escrow_id=escrow_id, buyer_id=1, seller_id=2, amount=Money(amount_minor=1000, currency="USD"),
-        description=description, inspection_period_hours=72),
-        aggregate_id=escrow_id, aggregate_version=version, event_id=uuid.uuid4(), occurred_at=occurred_at)
+def append_created(
+    escrow_id: str, version: int, *, description: str = "batching", occurred_at: datetime.datetime | None = None
+) -> None:
+    outbox_append(
+        message=escrow_v1.EscrowCreated(
+            escrow_id=escrow_id,
+            buyer_id=1,
+            seller_id=2,
+            amount=Money(amount_minor=1000, currency="USD"),
+            description=description,
+            inspection_period_hours=72,
+        ),
+        aggregate_id=escrow_id,
+        aggregate_version=version,
+        event_id=uuid.uuid4(),
+        occurred_at=occurred_at,
+    )
 
 
 def seed_interleaved(escrows: int, versions: int, *, description: str = "batching") -> list[str]:
@@ -54,9 +65,14 @@ def seed_interleaved(escrows: int, versions: int, *, description: str = "batchin
 
 def test_partition_for_is_the_default_partitioners_choice():
     # Kafka's own murmur2 vectors (the Java client's UtilsTest), as signed 32-bit values.
-    for text, expected in [("21", -973932308), ("foobar", -790332482), ("a-little-bit-long-string", -985981536),
-                           ("a-little-bit-longer-string", -1486304829),
-                           ("lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971), ("abc", 479470107)]:
+    for text, expected in [
+        ("21", -973932308),
+        ("foobar", -790332482),
+        ("a-little-bit-long-string", -985981536),
+        ("a-little-bit-longer-string", -1486304829),
+        ("lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971),
+        ("abc", 479470107),
+    ]:
         assert murmur2(text.encode()) - (1 << 32 if murmur2(text.encode()) >= 1 << 31 else 0) == expected
     rng = random.Random(7)
     keys = [str(uuid.uuid4()).encode() for _ in range(2000)]
@@ -137,14 +153,15 @@ def test_a_broker_dying_mid_run_leaves_a_delivery_order_prefix_marked_and_the_re
         return value
 
     try:
-        relay = OutboxRelay(servers=broker.bootstrap, batch_size=20, pipeline_depth=3,
-                            encode_value=stop_broker_at_the_fifth_batch)
+        relay = OutboxRelay(
+            servers=broker.bootstrap, batch_size=20, pipeline_depth=3, encode_value=stop_broker_at_the_fifth_batch
+        )
         with pytest.raises(PublishFailed):
             relay.run(once=True)
 
         published = set(OutboxMessage.objects.filter(published_at__isnull=False).values_list("id", flat=True))
         assert 0 < len(published) <= 4 * 20 < len(order)
-        assert published == set(order[:len(published)])  # a prefix of the delivery order: no gap
+        assert published == set(order[: len(published)])  # a prefix of the delivery order: no gap
         assert relay.stats.published == len(published)
 
         broker.start()  # same port, empty storage

@@ -34,21 +34,41 @@ def seed_created_escrows(count: int) -> None:
     with transaction.atomic():
         for _ in range(count):
             escrow_id = str(uuid.uuid4())
-            outbox_append(message=escrow_v1.EscrowCreated(
-                escrow_id=escrow_id, buyer_id=1, seller_id=2, amount=Money(amount_minor=1000, currency="USD"),
-                description="load", inspection_period_hours=72), aggregate_id=escrow_id, aggregate_version=1)
+            outbox_append(
+                message=escrow_v1.EscrowCreated(
+                    escrow_id=escrow_id,
+                    buyer_id=1,
+                    seller_id=2,
+                    amount=Money(amount_minor=1000, currency="USD"),
+                    description="load",
+                    inspection_period_hours=72,
+                ),
+                aggregate_id=escrow_id,
+                aggregate_version=1,
+            )
 
 
 def relay_process(kafka: str, *extra: str) -> subprocess.Popen[bytes]:
     db = connection.settings_dict
-    env = {**os.environ, "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-           "KAFKA_BOOTSTRAP_SERVERS": kafka, "KAFKA_ENABLE_IDEMPOTENCE": "0", "LOG_LEVEL": "WARNING"}
-    return subprocess.Popen([sys.executable, "manage.py", "relay_outbox", *extra], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "KAFKA_BOOTSTRAP_SERVERS": kafka,
+        "KAFKA_ENABLE_IDEMPOTENCE": "0",
+        "LOG_LEVEL": "WARNING",
+    }
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "relay_outbox", *extra],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
-def test_relay_killed_mid_batch_and_restarted_delivers_everything_at_least_once(transactional_db, kafka, fresh_group,
-                                                                                settings):
+def test_relay_killed_mid_batch_and_restarted_delivers_everything_at_least_once(
+    transactional_db, kafka, fresh_group, settings
+):
     settings.BUS_OUTBOX_SUBSCRIBERS = []  # only the Kafka consumer applies these
     group = fresh_group("projections")
     since = end_offsets(kafka, [messages.ESCROW_EVENTS])

@@ -47,10 +47,10 @@ class FakeRegistry:
         self.registrations: list[tuple[str, dict[str, Any]]] = []
         self.down = False
         # Reference subjects contain '/', sent as %2F; the server sees the decoded path.
-        server.expect_request(re.compile(r"^/subjects/.+/versions$"), method="POST").respond_with_handler(
-            self.register)
+        server.expect_request(re.compile(r"^/subjects/.+/versions$"), method="POST").respond_with_handler(self.register)
         server.expect_request(re.compile(r"^/subjects/(?!.*/versions$).+$"), method="POST").respond_with_handler(
-            self.lookup)
+            self.lookup
+        )
 
     @property
     def url(self) -> str:
@@ -66,13 +66,15 @@ class FakeRegistry:
             return Response(json.dumps({"error_code": 50001, "message": "store error"}), 500, content_type=CONTENT_TYPE)
         subject, body, canonical = self._parse(request)
         if body.get("schemaType") != "PROTOBUF" or not body.get("schema"):
-            return Response(json.dumps({"error_code": 42201, "message": "Invalid schema"}), 422,
-                            content_type=CONTENT_TYPE)
+            return Response(
+                json.dumps({"error_code": 42201, "message": "Invalid schema"}), 422, content_type=CONTENT_TYPE
+            )
         for reference in body.get("references", []):
             versions = self.subjects.get(reference["subject"], [])
             if not any(v["version"] == reference["version"] for v in versions):
-                return Response(json.dumps({"error_code": 42201, "message": "unknown reference"}), 422,
-                                content_type=CONTENT_TYPE)
+                return Response(
+                    json.dumps({"error_code": 42201, "message": "unknown reference"}), 422, content_type=CONTENT_TYPE
+                )
         self.registrations.append((subject, body))
         schema_id = self.ids.setdefault(canonical, len(self.ids) + 1)
         versions = self.subjects.setdefault(subject, [])
@@ -85,10 +87,14 @@ class FakeRegistry:
         schema_id = self.ids.get(canonical)
         for version in self.subjects.get(subject, []):
             if version["id"] == schema_id:
-                return Response(json.dumps({"subject": subject, "id": schema_id, "version": version["version"]}),
-                                200, content_type=CONTENT_TYPE)
-        return Response(json.dumps({"error_code": 40403, "message": "Schema not found"}), 404,
-                        content_type=CONTENT_TYPE)
+                return Response(
+                    json.dumps({"subject": subject, "id": schema_id, "version": version["version"]}),
+                    200,
+                    content_type=CONTENT_TYPE,
+                )
+        return Response(
+            json.dumps({"error_code": 40403, "message": "Schema not found"}), 404, content_type=CONTENT_TYPE
+        )
 
 
 @pytest.fixture
@@ -126,7 +132,8 @@ def test_unframe_checks_the_frame_against_the_type_header() -> None:
 
 
 def test_relay_registers_topic_subjects_with_references_and_consumers_apply_framed_records(
-        kafka, registry, fresh_group, settings, api_client, buyer, seller):
+    kafka, registry, fresh_group, settings, api_client, buyer, seller
+):
     settings.BUS_OUTBOX_SUBSCRIBERS = ["escrow", "payments"]  # projections are fed from Kafka only
     group = fresh_group("projections")
     since = end_offsets(kafka, list(messages.TOPICS))
@@ -163,8 +170,9 @@ def test_relay_registers_topic_subjects_with_references_and_consumers_apply_fram
     assert not any(subject.startswith("google/") for subject in registry.subjects)
     # Registered once per (subject, file) by each relay (two ran here), not once per record.
     events_text = proto_files()["escrow/v1/events.proto"].text
-    assert len([b for s, b in registry.registrations
-                if s == "escrow.events.v1-value" and b["schema"] == events_text]) <= 2
+    assert (
+        len([b for s, b in registry.registrations if s == "escrow.events.v1-value" and b["schema"] == events_text]) <= 2
+    )
 
 
 def test_registry_down_fails_the_batch_and_marks_nothing(kafka, registry, api_client, buyer, seller):
@@ -195,8 +203,9 @@ async def _produce(servers: str, records: list[tuple[str, bytes, bytes, list[tup
         await producer.stop()
 
 
-def test_a_frame_naming_another_message_is_dead_lettered_and_not_applied(kafka, fresh_group, settings,
-                                                                      transactional_db):
+def test_a_frame_naming_another_message_is_dead_lettered_and_not_applied(
+    kafka, fresh_group, settings, transactional_db
+):
     settings.BUS_OUTBOX_SUBSCRIBERS = ["escrow", "payments"]
     group = fresh_group("projections")
     dlq = messages.ESCROW_EVENTS + ".dlq"
@@ -205,9 +214,13 @@ def test_a_frame_naming_another_message_is_dead_lettered_and_not_applied(kafka, 
     payload = bytes(escrow_v1.EscrowDelivered(escrow_id=escrow_id))
     # Says EscrowCreated (index [0]) in the frame but EscrowDelivered in the type header.
     wrong = b"\x00" + struct.pack(">I", 1) + b"\x00" + payload
-    headers = [("event_id", str(event_id).encode()), ("type", b"escrow.v1.EscrowDelivered"),
-               ("aggregate_id", escrow_id.encode()), ("aggregate_version", b"3"),
-               ("occurred_at", b"2026-01-01T00:00:00+00:00")]
+    headers = [
+        ("event_id", str(event_id).encode()),
+        ("type", b"escrow.v1.EscrowDelivered"),
+        ("aggregate_id", escrow_id.encode()),
+        ("aggregate_version", b"3"),
+        ("occurred_at", b"2026-01-01T00:00:00+00:00"),
+    ]
     asyncio.run(_produce(kafka, [(messages.ESCROW_EVENTS, escrow_id.encode(), wrong, headers)]))
 
     stats = AppConsumer(app="projections", group_id=group, max_attempts=3).run(until_caught_up=True)

@@ -17,10 +17,12 @@ from tests.notifications.conftest import BUYER_DISCORD_ID
 def test_concurrent_passes_claim_disjoint_rows(buyer, fake_discord, link_discord, settings):
     settings.NOTIFY_DELIVER_ON_COMMIT = False
     link_discord(buyer, BUYER_DISCORD_ID)
-    Notification.objects.bulk_create([
-        Notification(user_id=buyer.pk, event_id=uuid.uuid4(), kind="funds_held", text=f"message {n}")
-        for n in range(30)
-    ])
+    Notification.objects.bulk_create(
+        [
+            Notification(user_id=buyer.pk, event_id=uuid.uuid4(), kind="funds_held", text=f"message {n}")
+            for n in range(30)
+        ]
+    )
     errors: list[BaseException] = []
     start = threading.Barrier(3)
 

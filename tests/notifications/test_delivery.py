@@ -67,8 +67,9 @@ def test_long_429_is_scheduled_after_retry_after_not_waited(api_client, buyer, s
     assert len([dm for dm in fake_discord.dms_to(BUYER_DISCORD_ID) if "created" in dm]) == 1
 
 
-def test_send_cut_short_during_a_rate_limit_wait_keeps_retry_after(api_client, buyer, seller, fake_discord,
-                                                                   link_discord, settings):
+def test_send_cut_short_during_a_rate_limit_wait_keeps_retry_after(
+    api_client, buyer, seller, fake_discord, link_discord, settings
+):
     link_discord(buyer, BUYER_DISCORD_ID)
     # The committing thread gives Discord little time; discord.py would wait 3 s for this rate limit.
     settings.DISCORD_SEND_TIMEOUT_SECONDS = 0.5
@@ -89,8 +90,9 @@ def test_send_cut_short_during_a_rate_limit_wait_keeps_retry_after(api_client, b
     assert len([dm for dm in fake_discord.dms_to(BUYER_DISCORD_ID) if "created" in dm]) == 1
 
 
-def test_user_who_blocks_dms_is_recorded_and_not_retried(api_client, buyer, seller, fake_discord, link_discord,
-                                                         settings):
+def test_user_who_blocks_dms_is_recorded_and_not_retried(
+    api_client, buyer, seller, fake_discord, link_discord, settings
+):
     settings.NOTIFY_RETRY_BASE_SECONDS = 0.0
     link_discord(buyer, BUYER_DISCORD_ID)
     link_discord(seller, SELLER_DISCORD_ID)
@@ -123,7 +125,8 @@ def test_server_errors_are_retried_with_backoff(api_client, buyer, seller, fake_
     assert (first.outcome, first.http_status) == ("transient", 503)
     # Backoff: the next try is due no sooner than the base delay.
     assert notification.next_attempt_at >= first.finished_at + datetime.timedelta(
-        seconds=settings.NOTIFY_RETRY_BASE_SECONDS)
+        seconds=settings.NOTIFY_RETRY_BASE_SECONDS
+    )
     assert deliver_due_notifications() == 0
 
     settings.NOTIFY_RETRY_BASE_SECONDS = 0.0
@@ -136,8 +139,9 @@ def test_server_errors_are_retried_with_backoff(api_client, buyer, seller, fake_
     assert len([dm for dm in fake_discord.dms_to(BUYER_DISCORD_ID) if "created" in dm]) == 1
 
 
-def test_timeout_is_retried_and_the_nonce_keeps_it_to_one_dm(api_client, buyer, seller, fake_discord, link_discord,
-                                                            settings):
+def test_timeout_is_retried_and_the_nonce_keeps_it_to_one_dm(
+    api_client, buyer, seller, fake_discord, link_discord, settings
+):
     link_discord(buyer, BUYER_DISCORD_ID)
     settings.NOTIFY_RETRY_BASE_SECONDS = 0.0
     settings.DISCORD_SEND_TIMEOUT_SECONDS = 0.5
@@ -160,8 +164,7 @@ def test_timeout_is_retried_and_the_nonce_keeps_it_to_one_dm(api_client, buyer, 
     assert len([dm for dm in fake_discord.dms_to(BUYER_DISCORD_ID) if "created" in dm]) == 1
 
 
-def test_dead_after_the_attempt_budget_then_ops_resend(api_client, buyer, seller, fake_discord, link_discord,
-                                                      settings):
+def test_dead_after_the_attempt_budget_then_ops_resend(api_client, buyer, seller, fake_discord, link_discord, settings):
     link_discord(buyer, BUYER_DISCORD_ID)
     settings.NOTIFY_RETRY_BASE_SECONDS = 0.0
     settings.NOTIFY_MAX_ATTEMPTS = 3

@@ -44,8 +44,7 @@ def test_unlinked_user_gets_no_more_dms(api_client, buyer, seller, fake_discord,
     assert Notification.objects.get(user_id=buyer.pk, kind="escrow_created").status == Notification.Status.SKIPPED
 
 
-def test_optional_messages_can_be_muted_money_messages_cannot(api_client, buyer, seller, fake_discord,
-                                                             link_discord):
+def test_optional_messages_can_be_muted_money_messages_cannot(api_client, buyer, seller, fake_discord, link_discord):
     link_discord(buyer, BUYER_DISCORD_ID)
     client = api_client(buyer)
     prefs = {p["kind"]: p for p in client.get(PREFS).json()["preferences"]}
@@ -66,13 +65,19 @@ def test_optional_messages_can_be_muted_money_messages_cannot(api_client, buyer,
 def test_locked_unknown_and_malformed_preference_changes_are_refused(api_client, buyer):
     client = api_client(buyer)
 
-    body = _problem(client.patch(PREFS, {"escrow_created": False, "released": False}, format="json"), 400,
-                    "preference_locked")
+    body = _problem(
+        client.patch(PREFS, {"escrow_created": False, "released": False}, format="json"), 400, "preference_locked"
+    )
     assert body["errors"][0]["field"] == "released"
-    assert _problem(client.patch(PREFS, {"nope": True}, format="json"), 400,
-                    "unknown_notification_kind")["errors"][0]["field"] == "nope"
-    assert _problem(client.patch(PREFS, {"disputed": "no"}, format="json"), 400,
-                    "validation_error")["errors"] == [{"field": "disputed", "detail": "must be true or false"}]
+    assert (
+        _problem(client.patch(PREFS, {"nope": True}, format="json"), 400, "unknown_notification_kind")["errors"][0][
+            "field"
+        ]
+        == "nope"
+    )
+    assert _problem(client.patch(PREFS, {"disputed": "no"}, format="json"), 400, "validation_error")["errors"] == [
+        {"field": "disputed", "detail": "must be true or false"}
+    ]
     _problem(client.patch(PREFS, [], format="json"), 400, "validation_error")
     _problem(client.patch(PREFS, {}, format="json"), 400, "validation_error")
 

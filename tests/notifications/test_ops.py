@@ -24,8 +24,9 @@ def _make_dead(api_client, buyer, seller, fake_discord, link_discord, settings) 
     return notification
 
 
-def test_admin_lists_dead_notifications_and_resends_them(api_client, buyer, seller, fake_discord, link_discord,
-                                                         settings):
+def test_admin_lists_dead_notifications_and_resends_them(
+    api_client, buyer, seller, fake_discord, link_discord, settings
+):
     dead = _make_dead(api_client, buyer, seller, fake_discord, link_discord, settings)
     admin = Client()
     admin.force_login(UserFactory(username="ops-admin", is_staff=True, is_superuser=True))
@@ -36,8 +37,9 @@ def test_admin_lists_dead_notifications_and_resends_them(api_client, buyer, sell
     assert admin.get(f"/admin/notifications/notification/{dead.pk}/change/").status_code == 200
 
     fake_discord.heal(BUYER_DISCORD_ID)
-    response = admin.post("/admin/notifications/notification/",
-                          {"action": "resend", "_selected_action": [str(dead.pk)]})
+    response = admin.post(
+        "/admin/notifications/notification/", {"action": "resend", "_selected_action": [str(dead.pk)]}
+    )
     assert response.status_code == 302
 
     dead.refresh_from_db()
@@ -46,8 +48,9 @@ def test_admin_lists_dead_notifications_and_resends_them(api_client, buyer, sell
     assert len([dm for dm in fake_discord.dms_to(BUYER_DISCORD_ID) if "created" in dm]) == 1
 
 
-def test_deliver_notifications_once_sends_what_is_due(api_client, buyer, seller, fake_discord, link_discord,
-                                                      settings, capsys):
+def test_deliver_notifications_once_sends_what_is_due(
+    api_client, buyer, seller, fake_discord, link_discord, settings, capsys
+):
     settings.NOTIFY_DELIVER_ON_COMMIT = False
     link_discord(buyer, BUYER_DISCORD_ID)
     create_escrow(api_client(buyer), seller=seller, accept=False)  # the deal proposed: one DM each

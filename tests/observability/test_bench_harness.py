@@ -23,13 +23,22 @@ def pgbench_statements(script: str) -> list[str]:
 
 def test_pgbench_replays_the_pinned_statements_of_one_command():
     statements = pgbench_statements(run.PGBENCH_SCRIPT)
-    body = statements[statements.index("BEGIN") + 1:statements.index("COMMIT")]
+    body = statements[statements.index("BEGIN") + 1 : statements.index("COMMIT")]
     # The first statement picks an escrow by number; the real command already knows its id.
     assert "\\gset" in body[0]
     replayed = body[1:]
     assert len(replayed) == len(DELIVER_TRANSACTION)
-    kinds = ["advisory_xact_lock", "FOR UPDATE", "pgb_command", "INTO pgb_event", "INTO pgb_outbox", "pg_notify",
-             "UPDATE pgb_escrow", "INTO pgb_command", "INTO pgb_outbox"]
+    kinds = [
+        "advisory_xact_lock",
+        "FOR UPDATE",
+        "pgb_command",
+        "INTO pgb_event",
+        "INTO pgb_outbox",
+        "pg_notify",
+        "UPDATE pgb_escrow",
+        "INTO pgb_command",
+        "INTO pgb_outbox",
+    ]
     for statement, kind in zip(replayed, kinds, strict=True):
         assert kind in statement, (kind, statement)
 

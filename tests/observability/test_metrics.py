@@ -45,15 +45,18 @@ def test_metrics_move_after_a_lifecycle(api_client, buyer, seller):
 
     # HTTP latency is labelled by the route pattern, never by the escrow's id.
     detail = dict(method="GET", route=DETAIL_ROUTE, status="200")
-    assert value(after, "escrow_http_request_duration_seconds_count", **detail) >= \
-        value(before, "escrow_http_request_duration_seconds_count", **detail) + 1
+    assert (
+        value(after, "escrow_http_request_duration_seconds_count", **detail)
+        >= value(before, "escrow_http_request_duration_seconds_count", **detail) + 1
+    )
     assert value(after, "escrow_http_requests_total", method="POST", route="api/v1/escrows", status="202") >= 1
     assert not [key for key in after if escrow_id in str(key)]
 
     # Every subscriber applied the lifecycle's messages and caught up.
     for subscriber in ("escrow", "payments", "projections", "notifications"):
-        assert value(after, "escrow_bus_applied_messages_total", subscriber=subscriber) > \
-            value(before, "escrow_bus_applied_messages_total", subscriber=subscriber)
+        assert value(after, "escrow_bus_applied_messages_total", subscriber=subscriber) > value(
+            before, "escrow_bus_applied_messages_total", subscriber=subscriber
+        )
         assert value(after, "escrow_bus_lag_messages", subscriber=subscriber) == 0
         assert value(after, "escrow_bus_lag_seconds", subscriber=subscriber) == 0
         p95 = value(after, "escrow_command_to_event_seconds", subscriber=subscriber, quantile="0.95")
@@ -65,8 +68,10 @@ def test_metrics_move_after_a_lifecycle(api_client, buyer, seller):
     assert written >= value(before, "escrow_outbox_written_messages_total") + 5
     assert written == OutboxMessage.objects.order_by("-id").first().id
     # Without a relay nothing is published, so the outbox lag counts every row.
-    assert value(after, "escrow_outbox_unpublished_messages") == \
-        OutboxMessage.objects.filter(published_at__isnull=True).count()
+    assert (
+        value(after, "escrow_outbox_unpublished_messages")
+        == OutboxMessage.objects.filter(published_at__isnull=True).count()
+    )
     assert value(after, "escrow_dead_letters_open") == 0 == DeadLetter.objects.count()
 
 
@@ -116,8 +121,12 @@ def test_metrics_answer_this_host_only_without_a_token(client, db):
 
 def test_metrics_with_a_token_need_it_from_everyone(client, db, settings):
     settings.METRICS_TOKEN = "s3cret-scrape-token"
-    for headers in ({}, {"HTTP_AUTHORIZATION": "Bearer wrong"}, {"HTTP_AUTHORIZATION": "Basic s3cret-scrape-token"},
-                    {"HTTP_AUTHORIZATION": "Bearer s3cret-scrape-token-and-more"}):
+    for headers in (
+        {},
+        {"HTTP_AUTHORIZATION": "Bearer wrong"},
+        {"HTTP_AUTHORIZATION": "Basic s3cret-scrape-token"},
+        {"HTTP_AUTHORIZATION": "Bearer s3cret-scrape-token-and-more"},
+    ):
         refused = client.get("/api/v1/metrics", REMOTE_ADDR="127.0.0.1", **headers)
         assert refused.status_code == 401, headers
         assert refused["WWW-Authenticate"].startswith("Bearer")

@@ -16,15 +16,15 @@ from tests.helpers import act, create_escrow, pay
 # The command transaction of MarkDelivered, statement for statement (bench/run.py's pgbench script
 # replays the same list as the database ceiling).
 DELIVER_TRANSACTION = [
-    "advisory_xact_lock",            # the escrow's message stream
-    'FROM "escrow_escrow"',          # the escrow row, FOR UPDATE on PostgreSQL
+    "advisory_xact_lock",  # the escrow's message stream
+    'FROM "escrow_escrow"',  # the escrow row, FOR UPDATE on PostgreSQL
     'FROM "escrow_processedcommand"',  # the command id, for at-most-once
-    'INTO "escrow_escrowevent"',     # the audit row
-    'INTO "outbox_outboxmessage"',   # EscrowDelivered
-    "pg_notify",                     # wakes the bus worker in other processes
-    'UPDATE "escrow_escrow"',        # the state change
+    'INTO "escrow_escrowevent"',  # the audit row
+    'INTO "outbox_outboxmessage"',  # EscrowDelivered
+    "pg_notify",  # wakes the bus worker in other processes
+    'UPDATE "escrow_escrow"',  # the state change
     'INTO "escrow_processedcommand"',
-    'INTO "outbox_outboxmessage"',   # the command's own record on the commands topic
+    'INTO "outbox_outboxmessage"',  # the command's own record on the commands topic
 ]
 
 
@@ -75,7 +75,7 @@ def test_deliver_runs_one_transaction_of_nine_statements(funded, settings):
         assert act(as_seller, escrow_id, "deliver").status_code == 202
     sql = [q["sql"] for q in captured.captured_queries]
     begin, commit = sql.index("BEGIN"), sql.index("COMMIT")
-    inside = sql[begin + 1:commit]
+    inside = sql[begin + 1 : commit]
     assert len(inside) == len(DELIVER_TRANSACTION), "\n".join(inside)
     for statement, expected in zip(inside, DELIVER_TRANSACTION, strict=True):
         assert expected in statement, (expected, statement)

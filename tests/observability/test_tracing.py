@@ -58,15 +58,17 @@ def drive_trade(as_buyer: Any, as_seller: Any, seller: Any) -> tuple[str, dict[s
     """create -> sandbox pay -> deliver -> release; the responses by step."""
     created = create_escrow(as_buyer, seller=seller, amount="149.99")
     escrow_id = created["escrow_id"]
-    responses = {"pay": pay(as_buyer, escrow_id), "deliver": act(as_seller, escrow_id, "deliver"),
-                 "release": act(as_buyer, escrow_id, "release")}
+    responses = {
+        "pay": pay(as_buyer, escrow_id),
+        "deliver": act(as_seller, escrow_id, "deliver"),
+        "release": act(as_buyer, escrow_id, "release"),
+    }
     assert all(r.status_code == 202 for r in responses.values()), {k: r.content for k, r in responses.items()}
     assert state_of(as_buyer, escrow_id) == "RELEASED"
     return escrow_id, responses
 
 
-def test_a_trade_is_one_trace_per_request_from_the_http_span_through_every_subscriber(
-        spans, api_client, buyer, seller):
+def test_a_trade_is_one_trace_per_request_from_the_http_span_through_every_subscriber(spans, api_client, buyer, seller):
     escrow_id, responses = drive_trade(api_client(buyer), api_client(seller), seller)
     finished = list(spans.get_finished_spans())
     by_ids = {ids_of(s): s for s in finished}
@@ -113,9 +115,13 @@ def test_a_trade_is_one_trace_per_request_from_the_http_span_through_every_subsc
 
 def test_an_incoming_traceparent_is_continued(spans, api_client, buyer, seller):
     client = api_client(buyer)
-    response = client.post("/api/v1/escrows", {"seller": seller.username, "amount": "20.00", "currency": "USD",
-                                               "description": "traced"},
-                           format="json", HTTP_TRACEPARENT=INCOMING, HTTP_X_CORRELATION_ID="trace-test-1")
+    response = client.post(
+        "/api/v1/escrows",
+        {"seller": seller.username, "amount": "20.00", "currency": "USD", "description": "traced"},
+        format="json",
+        HTTP_TRACEPARENT=INCOMING,
+        HTTP_X_CORRELATION_ID="trace-test-1",
+    )
     assert response.status_code == 202, response.content
     escrow_id = response.json()["escrow_id"]
     incoming_trace, incoming_span = ids(INCOMING)
@@ -142,16 +148,18 @@ def test_an_invalid_incoming_traceparent_starts_a_new_trace(spans, api_client, b
     assert response["traceparent"] == tracing.traceparent_of(server)
 
 
-def test_with_tracing_off_no_span_is_recorded_and_rows_still_carry_a_traceparent(settings, api_client, buyer,
-                                                                                  seller):
+def test_with_tracing_off_no_span_is_recorded_and_rows_still_carry_a_traceparent(settings, api_client, buyer, seller):
     exporter = InMemorySpanExporter()
     tracing.setup(enabled=True, exporter=exporter)
     settings.TRACING_ENABLED = False
     tracing.shutdown()  # as at startup: the first use reads the settings
     try:
         response = api_client(buyer).post(
-            "/api/v1/escrows", {"seller": seller.username, "amount": "20.00", "currency": "USD",
-                                "description": "untraced"}, format="json", HTTP_TRACEPARENT=INCOMING)
+            "/api/v1/escrows",
+            {"seller": seller.username, "amount": "20.00", "currency": "USD", "description": "untraced"},
+            format="json",
+            HTTP_TRACEPARENT=INCOMING,
+        )
         assert response.status_code == 202, response.content
         escrow_id = response.json()["escrow_id"]
         assert act(api_client(buyer), escrow_id, "cancel").status_code == 202
@@ -197,15 +205,19 @@ def test_each_process_is_its_own_service_by_default():
     assert tracing.default_service_name(["manage.py", "serve", "127.0.0.1:8000"]) == "escrow"
     assert tracing.default_service_name(["manage.py", "run_bus"]) == "escrow-run_bus"
     assert tracing.default_service_name(["manage.py", "relay_outbox"]) == "escrow-relay_outbox"
-    assert tracing.default_service_name(["manage.py", "consume", "--group", "g1", "payments"]) == \
-        "escrow-consume-payments"
-    assert tracing.default_service_name(["manage.py", "consume", "notifications", "--until-caught-up"]) == \
-        "escrow-consume-notifications"
+    assert (
+        tracing.default_service_name(["manage.py", "consume", "--group", "g1", "payments"]) == "escrow-consume-payments"
+    )
+    assert (
+        tracing.default_service_name(["manage.py", "consume", "notifications", "--until-caught-up"])
+        == "escrow-consume-notifications"
+    )
 
 
 @pytest.mark.kafka
 def test_a_kafka_consumer_continues_the_trace_from_the_record_headers(
-        spans, kafka, fresh_group, settings, api_client, buyer, seller):
+    spans, kafka, fresh_group, settings, api_client, buyer, seller
+):
     settings.BUS_OUTBOX_SUBSCRIBERS = ["escrow", "payments"]  # projections is fed from Kafka only
     group = fresh_group("projections")
     escrow_id = create_escrow(api_client(buyer), seller=seller)["escrow_id"]
@@ -216,8 +228,11 @@ def test_a_kafka_consumer_continues_the_trace_from_the_record_headers(
     finished = list(spans.get_finished_spans())
     (created,) = OutboxMessage.objects.filter(aggregate_id=escrow_id, type="escrow.v1.EscrowCreated")
     (server,) = [s for s in finished if s.kind is SpanKind.SERVER]
-    (projected,) = [s for s in handling_spans(finished)
-                    if subscriber_of(s) == "projections" and s.attributes["messaging.message.id"] == str(created.event_id)]
+    (projected,) = [
+        s
+        for s in handling_spans(finished)
+        if subscriber_of(s) == "projections" and s.attributes["messaging.message.id"] == str(created.event_id)
+    ]
     # The relay copied the row's traceparent into the record's headers; the consumer's span is its child.
     assert parent_ids(projected) == ids(created.traceparent) == ids_of(server)
     assert projected.attributes["messaging.destination.name"] == created.topic

@@ -25,7 +25,9 @@ from apps.outbox.publish import outbox_append, stream_lock
 from proto.escrow import v1 as escrow_v1
 
 EVENT_TYPES: tuple[type[betterproto2.Message], ...] = (
-    escrow_v1.EscrowCreated, escrow_v1.EscrowDelivered, escrow_v1.EscrowDisputed,
+    escrow_v1.EscrowCreated,
+    escrow_v1.EscrowDelivered,
+    escrow_v1.EscrowDisputed,
 )
 
 
@@ -77,22 +79,23 @@ def installed(*recorders: Recorder, inline: bool = False, **overrides: Any) -> I
         SubscriberCheckpoint.objects.get_or_create(subscriber=recorder.counter_name)
         bus.register(sub)
     try:
-        with override_settings(BUS_OUTBOX_SUBSCRIBERS=[s.name for s in subs], BUS_INLINE_DISPATCH=inline,
-                               **overrides):
+        with override_settings(BUS_OUTBOX_SUBSCRIBERS=[s.name for s in subs], BUS_INLINE_DISPATCH=inline, **overrides):
             yield subs
     finally:
         for sub in subs:
             bus.unregister(sub.name)
 
 
-def append_event(escrow_id: str, version: int, cls: type[betterproto2.Message] = escrow_v1.EscrowDelivered
-                 ) -> OutboxMessage:
+def append_event(
+    escrow_id: str, version: int, cls: type[betterproto2.Message] = escrow_v1.EscrowDelivered
+) -> OutboxMessage:
     """Appends one event to the outbox; call inside a transaction (as a command handler does)."""
     return outbox_append(message=cls(escrow_id=escrow_id), aggregate_id=escrow_id, aggregate_version=version)
 
 
-def publish_event(escrow_id: str, version: int, cls: type[betterproto2.Message] = escrow_v1.EscrowDelivered
-                  ) -> OutboxMessage:
+def publish_event(
+    escrow_id: str, version: int, cls: type[betterproto2.Message] = escrow_v1.EscrowDelivered
+) -> OutboxMessage:
     """One committed transaction holding one event, written the way the escrow service writes."""
     with transaction.atomic():
         stream_lock(escrow_id)
@@ -103,8 +106,9 @@ def new_escrow_id() -> str:
     return str(uuid.uuid4())
 
 
-def wait_until(condition: Callable[[], bool], *, timeout: float = 20.0, step: Callable[[], object] | None = None
-               ) -> bool:
+def wait_until(
+    condition: Callable[[], bool], *, timeout: float = 20.0, step: Callable[[], object] | None = None
+) -> bool:
     """Bounded wait for an effect that happens in another thread or needs a drain to repeat.
 
     `step` (e.g. a drain) runs between checks: on a shared PostgreSQL server an unrelated open

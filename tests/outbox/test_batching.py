@@ -94,8 +94,9 @@ def test_a_poison_message_inside_a_run_is_retried_alone_and_the_others_apply_onc
         assert bus.lag(sub) == 0
 
 
-def _appending_subscriber(name: str, *, appends_to_outbox: bool, before: Callable[[str], None] | None = None
-                          ) -> bus.Subscriber:
+def _appending_subscriber(
+    name: str, *, appends_to_outbox: bool, before: Callable[[str], None] | None = None
+) -> bus.Subscriber:
     """A subscriber that reacts to EscrowCreated by appending an EscrowDisputed to the same escrow's
     stream, the way escrow and payments handlers write (stream lock, then the outbox)."""
 

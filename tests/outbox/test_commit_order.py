@@ -113,8 +113,10 @@ def test_each_subscriber_sees_each_escrows_events_in_version_order_under_concurr
         assert OutboxMessage.objects.count() == writers * per_writer
 
         total = writers * per_writer
-        assert wait_until(lambda: all(len(r.committed) == total for r in (first, second)),
-                          step=lambda: bus.drain([s.name for s in subs]))
+        assert wait_until(
+            lambda: all(len(r.committed) == total for r in (first, second)),
+            step=lambda: bus.drain([s.name for s in subs]),
+        )
 
     for recorder in (first, second):
         by_escrow = recorder.versions_by_escrow()

@@ -71,8 +71,15 @@ def test_a_notify_from_another_connection_wakes_the_worker():
                 """INSERT INTO outbox_outboxmessage (event_id, topic, key, type, aggregate_id, aggregate_version,
                    payload, occurred_at, correlation_id, causation_id, traceparent)
                    VALUES (%s, %s, %s, %s, %s, 1, %s, %s, '', '', '')""",
-                [event_id, messages.topic_for(message), escrow_id, messages.type_name(message), escrow_id,
-                 bytes(message), datetime.datetime.now(datetime.UTC)],
+                [
+                    event_id,
+                    messages.topic_for(message),
+                    escrow_id,
+                    messages.type_name(message),
+                    escrow_id,
+                    bytes(message),
+                    datetime.datetime.now(datetime.UTC),
+                ],
             )
             other.execute("SELECT pg_notify(%s, '')", [bus.NOTIFY_CHANNEL])
             other.commit()
@@ -87,7 +94,9 @@ def test_without_a_worker_nothing_is_delivered_and_run_bus_once_catches_up(api_c
         subs = bus.outbox_subscribers()
         lags = {sub.name: bus.lag(sub) for sub in subs}
         # escrow itself only reacts to payment events, which nothing has produced yet
-        assert lags["escrow"] == 0 and all(lags[name] >= 3 for name in ("payments", "projections", "notifications")), lags
+        assert lags["escrow"] == 0 and all(lags[name] >= 3 for name in ("payments", "projections", "notifications")), (
+            lags
+        )
         assert not EscrowView.objects.exists()
 
         out = io.StringIO()
@@ -115,12 +124,15 @@ def test_the_workers_own_commits_do_not_wake_it_again():
     def on_delivered(message, delivery):
         transaction.on_commit(lambda: followed.append(delivery.event_id))
 
-    chained = bus.Subscriber(name="chained", handlers={escrow_v1.EscrowCreated: on_created,
-                                                       escrow_v1.EscrowDelivered: on_delivered})
+    chained = bus.Subscriber(
+        name="chained", handlers={escrow_v1.EscrowCreated: on_created, escrow_v1.EscrowDelivered: on_delivered}
+    )
     bus.register(chained)
     try:
-        with override_settings(BUS_OUTBOX_SUBSCRIBERS=["chained"], BUS_INLINE_DISPATCH=False), \
-                running_worker() as worker:
+        with (
+            override_settings(BUS_OUTBOX_SUBSCRIBERS=["chained"], BUS_INLINE_DISPATCH=False),
+            running_worker() as worker,
+        ):
             passes = worker.passes
             publish_event(new_escrow_id(), 1, escrow_v1.EscrowCreated)
             assert wait_until(lambda: len(followed) == 1, timeout=20)

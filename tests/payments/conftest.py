@@ -54,8 +54,9 @@ def fake_screening(local_server: Callable[[], HTTPServer], settings: Any) -> Fak
 
 
 @pytest.fixture
-def fake_custodian(local_server: Callable[[], HTTPServer], fake_screening: FakeScreening,
-                   settings: Any) -> Iterator[FakeCustodian]:
+def fake_custodian(
+    local_server: Callable[[], HTTPServer], fake_screening: FakeScreening, settings: Any
+) -> Iterator[FakeCustodian]:
     """PAYMENTS_PROVIDER=live with the custodian and both screening vendors faked on loopback."""
     from apps.payments.providers import custodian
 

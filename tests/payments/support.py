@@ -25,22 +25,28 @@ def assert_money_invariant(escrow_id: str) -> Escrow:
 
 
 def outbox_types(escrow_id: str) -> list[str]:
-    return [t.rsplit(".", 1)[-1] for t in
-            OutboxMessage.objects.filter(aggregate_id=escrow_id).order_by("id").values_list("type", flat=True)]
+    return [
+        t.rsplit(".", 1)[-1]
+        for t in OutboxMessage.objects.filter(aggregate_id=escrow_id).order_by("id").values_list("type", flat=True)
+    ]
 
 
-def released_with_a_refused_transfer(fake_stripe: Any, as_buyer: APIClient, as_seller: APIClient,
-                                     seller: Any) -> str:
+def released_with_a_refused_transfer(fake_stripe: Any, as_buyer: APIClient, as_seller: APIClient, seller: Any) -> str:
     """Given: a funded, delivered and released card escrow whose seller is registered, and whose first
     transfer Stripe refused for good (a platform balance problem, fixed later by finance)."""
     from tests.helpers import act
     from tests.payments.test_stripe_rail import SELLER_ACCOUNT, funded_escrow
 
     fake_stripe.accounts.add(SELLER_ACCOUNT)
-    assert as_seller.put("/api/v1/payout-destination", {"stripe_account_id": SELLER_ACCOUNT},
-                         format="json").status_code == 200
-    fake_stripe.fail_next("/v1/transfers", 400, {"type": "invalid_request_error", "code": "balance_insufficient",
-                                                 "message": "Insufficient available balance"})
+    assert (
+        as_seller.put("/api/v1/payout-destination", {"stripe_account_id": SELLER_ACCOUNT}, format="json").status_code
+        == 200
+    )
+    fake_stripe.fail_next(
+        "/v1/transfers",
+        400,
+        {"type": "invalid_request_error", "code": "balance_insufficient", "message": "Insufficient available balance"},
+    )
     escrow_id = funded_escrow(fake_stripe, as_buyer, seller)
     act(as_seller, escrow_id, "deliver")
     act(as_buyer, escrow_id, "release")

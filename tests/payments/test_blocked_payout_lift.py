@@ -38,8 +38,9 @@ def blocked_at_release(fake_custodian, fake_screening, api_client, buyer, seller
     """Given: a funded, delivered USDC escrow whose seller registered a wallet that TRM rates severe by the
     time the buyer releases: nothing is sent and the escrow is on compliance hold, RELEASING."""
     as_buyer, as_seller = api_client(buyer), api_client(seller)
-    assert as_seller.put("/api/v1/payout-destination", {"wallet_address": SELLER_WALLET},
-                         format="json").status_code == 200
+    assert (
+        as_seller.put("/api/v1/payout-destination", {"wallet_address": SELLER_WALLET}, format="json").status_code == 200
+    )
     escrow_id = funded(fake_custodian, as_buyer, seller)
     act(as_seller, escrow_id, "deliver")
     fake_screening.severe.add(SELLER_WALLET)
@@ -59,7 +60,8 @@ def release_transfer_key(escrow_id: str) -> str:
 
 
 def test_lift_with_the_wallet_clear_sends_the_payout_once_with_the_release_key(
-        fake_custodian, fake_screening, api_client, buyer, seller, staff):
+    fake_custodian, fake_screening, api_client, buyer, seller, staff
+):
     escrow_id = blocked_at_release(fake_custodian, fake_screening, api_client, buyer, seller)
     fake_screening.severe.discard(SELLER_WALLET)  # the vendor re-rated the wallet
 
@@ -72,14 +74,19 @@ def test_lift_with_the_wallet_clear_sends_the_payout_once_with_the_release_key(
     settle_the_transfer(fake_custodian, api_client(buyer))
     escrow = assert_money_invariant(escrow_id)
     assert (escrow.state, escrow.held_minor, escrow.paid_out_minor + escrow.fee_minor, escrow.attention) == (
-        "RELEASED", 0, AMOUNT_MINOR, "")
+        "RELEASED",
+        0,
+        AMOUNT_MINOR,
+        "",
+    )
     # Nothing else can send it again.
     call_command("send_waiting_payouts")
     assert len(fake_custodian.keys(TRANSFER)) == 1 and len(fake_custodian.outbound()) == 1
 
 
 def test_lift_while_the_vendors_still_block_the_wallet_holds_it_again(
-        fake_custodian, fake_screening, api_client, buyer, seller, staff):
+    fake_custodian, fake_screening, api_client, buyer, seller, staff
+):
     escrow_id = blocked_at_release(fake_custodian, fake_screening, api_client, buyer, seller)
 
     resolve(escrow_id, "lift", note="looked like a false positive")
@@ -101,7 +108,8 @@ def test_lift_while_the_vendors_still_block_the_wallet_holds_it_again(
 
 
 def test_refund_after_review_pays_the_buyer_back_and_the_seller_never(
-        fake_custodian, fake_screening, api_client, buyer, seller, staff):
+    fake_custodian, fake_screening, api_client, buyer, seller, staff
+):
     escrow_id = blocked_at_release(fake_custodian, fake_screening, api_client, buyer, seller)
 
     resolve(escrow_id, "refund", note="seller wallet linked to a mixer")
@@ -112,7 +120,11 @@ def test_refund_after_review_pays_the_buyer_back_and_the_seller_never(
     settle_the_transfer(fake_custodian, api_client(buyer))
     escrow = assert_money_invariant(escrow_id)
     assert (escrow.state, escrow.refunded_minor, escrow.paid_out_minor, escrow.held_minor) == (
-        "REFUNDED", AMOUNT_MINOR, 0, 0)
+        "REFUNDED",
+        AMOUNT_MINOR,
+        0,
+        0,
+    )
 
     # The wallet clears later: still nothing goes to the seller.
     fake_screening.severe.discard(SELLER_WALLET)
@@ -123,8 +135,7 @@ def test_refund_after_review_pays_the_buyer_back_and_the_seller_never(
     assert_money_invariant(escrow_id)
 
 
-def test_the_lift_delivered_twice_sends_one_transfer(fake_custodian, fake_screening, api_client, buyer, seller,
-                                                     staff):
+def test_the_lift_delivered_twice_sends_one_transfer(fake_custodian, fake_screening, api_client, buyer, seller, staff):
     escrow_id = blocked_at_release(fake_custodian, fake_screening, api_client, buyer, seller)
     fake_screening.severe.discard(SELLER_WALLET)
     resolve(escrow_id, "lift", note="false positive")
@@ -151,7 +162,8 @@ def test_the_lift_delivered_twice_sends_one_transfer(fake_custodian, fake_screen
 
 
 def test_a_payout_refused_after_a_lift_puts_the_escrow_in_front_of_ops_and_is_not_kept(
-        fake_custodian, fake_screening, api_client, buyer, seller, staff):
+    fake_custodian, fake_screening, api_client, buyer, seller, staff
+):
     escrow_id = blocked_at_release(fake_custodian, fake_screening, api_client, buyer, seller)
     fake_screening.severe.discard(SELLER_WALLET)
     fake_custodian.fail_next(TRANSFER, 400)  # the custodian refuses it for good (not a screening block)
@@ -169,7 +181,8 @@ def test_a_payout_refused_after_a_lift_puts_the_escrow_in_front_of_ops_and_is_no
 
 
 def test_a_payout_that_cannot_reach_the_custodian_after_a_lift_waits_in_front_of_ops(
-        fake_custodian, fake_screening, api_client, buyer, seller, staff):
+    fake_custodian, fake_screening, api_client, buyer, seller, staff
+):
     escrow_id = blocked_at_release(fake_custodian, fake_screening, api_client, buyer, seller)
     fake_screening.severe.discard(SELLER_WALLET)
     fake_custodian.fail_next(TRANSFER, 503)

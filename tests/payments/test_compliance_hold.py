@@ -45,8 +45,7 @@ def resolve(escrow_id: str, decision: str, *, staff: str = "agent", note: str = 
     call_command("resolve_compliance_hold", escrow_id, decision, staff=staff, note=note)
 
 
-def test_a_hold_stops_the_funding_timer_and_refuses_cancel(fake_custodian, fake_screening, api_client, buyer,
-                                                           seller):
+def test_a_hold_stops_the_funding_timer_and_refuses_cancel(fake_custodian, fake_screening, api_client, buyer, seller):
     as_buyer = api_client(buyer)
     escrow_id = held_on_deposit(fake_custodian, fake_screening, as_buyer, seller)
     Escrow.objects.filter(pk=escrow_id).update(funding_deadline=timezone.now() - datetime.timedelta(hours=1))
@@ -62,8 +61,9 @@ def test_a_hold_stops_the_funding_timer_and_refuses_cancel(fake_custodian, fake_
     assert (escrow.state, escrow.attention, escrow.received_minor) == ("AWAIT_FUNDS", "compliance_hold", 0)
 
 
-def test_lifting_the_hold_counts_the_blocked_deposit_and_is_audited(fake_custodian, fake_screening, api_client,
-                                                                    buyer, seller, staff):
+def test_lifting_the_hold_counts_the_blocked_deposit_and_is_audited(
+    fake_custodian, fake_screening, api_client, buyer, seller, staff
+):
     as_buyer = api_client(buyer)
     escrow_id = held_on_deposit(fake_custodian, fake_screening, as_buyer, seller)
     Escrow.objects.filter(pk=escrow_id).update(funding_deadline=timezone.now() - datetime.timedelta(hours=1))
@@ -72,12 +72,19 @@ def test_lifting_the_hold_counts_the_blocked_deposit_and_is_audited(fake_custodi
 
     escrow = assert_money_invariant(escrow_id)
     assert (escrow.state, escrow.attention, escrow.received_minor, escrow.held_minor) == (
-        "FUNDS_HELD", "", AMOUNT_MINOR, AMOUNT_MINOR)
+        "FUNDS_HELD",
+        "",
+        AMOUNT_MINOR,
+        AMOUNT_MINOR,
+    )
     assert escrow.funding_deadline > timezone.now()  # the clock restarted; the timer has nothing to do
     assert fire_due_timers() == 0
     [audit] = AuditLog.objects.filter(escrow_id=escrow_id)
-    assert (audit.actor_id, audit.action, audit.reason) == (staff.pk, "resolve_compliance_hold",
-                                                           "reviewed: false positive")
+    assert (audit.actor_id, audit.action, audit.reason) == (
+        staff.pk,
+        "resolve_compliance_hold",
+        "reviewed: false positive",
+    )
     assert outbox_types(escrow_id).count("PaymentSucceeded") == 1
 
     with pytest.raises(CommandError, match="not on compliance hold"):
@@ -85,8 +92,9 @@ def test_lifting_the_hold_counts_the_blocked_deposit_and_is_audited(fake_custodi
     assert AuditLog.objects.filter(escrow_id=escrow_id).count() == 1
 
 
-def test_refund_is_refused_when_nothing_is_held_and_nothing_changes(fake_custodian, fake_screening, api_client,
-                                                                    buyer, seller, staff):
+def test_refund_is_refused_when_nothing_is_held_and_nothing_changes(
+    fake_custodian, fake_screening, api_client, buyer, seller, staff
+):
     escrow_id = held_on_deposit(fake_custodian, fake_screening, api_client(buyer), seller)
     before = OutboxMessage.objects.count()
 
@@ -120,11 +128,16 @@ def test_a_blocked_payout_is_refunded_after_review(fake_custodian, fake_screenin
     settle_the_transfer(fake_custodian, as_buyer)
     escrow = assert_money_invariant(escrow_id)
     assert (escrow.state, escrow.refunded_minor, escrow.paid_out_minor, escrow.held_minor) == (
-        "REFUNDED", AMOUNT_MINOR, 0, 0)
+        "REFUNDED",
+        AMOUNT_MINOR,
+        0,
+        0,
+    )
 
 
-def test_a_second_deposit_into_a_funded_wallet_is_counted_once_and_goes_to_ops(fake_custodian, api_client, buyer,
-                                                                               seller):
+def test_a_second_deposit_into_a_funded_wallet_is_counted_once_and_goes_to_ops(
+    fake_custodian, api_client, buyer, seller
+):
     as_buyer = api_client(buyer)
     escrow_id = funded(fake_custodian, as_buyer, seller)
     first = fake_custodian.transactions[next(iter(fake_custodian.transactions))]
@@ -137,13 +150,17 @@ def test_a_second_deposit_into_a_funded_wallet_is_counted_once_and_goes_to_ops(f
 
     escrow = assert_money_invariant(escrow_id)
     assert (escrow.state, escrow.received_minor, escrow.held_minor) == (
-        "FUNDS_HELD", AMOUNT_MINOR + 25_000, AMOUNT_MINOR + 25_000)
+        "FUNDS_HELD",
+        AMOUNT_MINOR + 25_000,
+        AMOUNT_MINOR + 25_000,
+    )
     assert escrow.attention == "unexpected_payment"
     assert outbox_types(escrow_id).count("PaymentSucceeded") == 2
 
 
-def test_a_second_deposit_from_a_sanctioned_wallet_is_not_counted_and_holds(fake_custodian, fake_screening,
-                                                                            api_client, buyer, seller):
+def test_a_second_deposit_from_a_sanctioned_wallet_is_not_counted_and_holds(
+    fake_custodian, fake_screening, api_client, buyer, seller
+):
     as_buyer, as_seller = api_client(buyer), api_client(seller)
     escrow_id = funded(fake_custodian, as_buyer, seller)
     fake_screening.sanctioned.add(OTHER_WALLET)
@@ -158,7 +175,8 @@ def test_a_second_deposit_from_a_sanctioned_wallet_is_not_counted_and_holds(fake
 
 
 def test_a_refund_screening_blocks_after_a_lift_goes_back_in_front_of_ops_and_sends_nothing(
-        fake_custodian, fake_screening, api_client, buyer, seller, staff):
+    fake_custodian, fake_screening, api_client, buyer, seller, staff
+):
     """The deposit's wallet was lifted by review, but the vendors still block it when the money is to go
     back to it: the refund is held, the escrow is on compliance hold again, nothing leaves."""
     as_buyer = api_client(buyer)
@@ -171,7 +189,11 @@ def test_a_refund_screening_blocks_after_a_lift_goes_back_in_front_of_ops_and_se
     assert fake_custodian.outbound() == []
     escrow = assert_money_invariant(escrow_id)
     assert (escrow.state, escrow.held_minor, escrow.refunded_minor, escrow.attention) == (
-        "REFUNDING", AMOUNT_MINOR, 0, "compliance_hold")
+        "REFUNDING",
+        AMOUNT_MINOR,
+        0,
+        "compliance_hold",
+    )
     assert outbox_types(escrow_id).count("RefundFailed") == 1
     assert outbox_types(escrow_id).count("EscrowComplianceHold") == 2
 

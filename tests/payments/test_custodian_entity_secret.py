@@ -24,8 +24,9 @@ def entity_secret(fake_custodian, settings) -> str:
     return secret
 
 
-def test_every_write_carries_a_fresh_ciphertext_the_custodian_accepts(fake_custodian, entity_secret, api_client,
-                                                                       buyer, seller, caplog):
+def test_every_write_carries_a_fresh_ciphertext_the_custodian_accepts(
+    fake_custodian, entity_secret, api_client, buyer, seller, caplog
+):
     caplog.set_level(logging.DEBUG)
     as_buyer, as_seller = api_client(buyer), api_client(seller)
     as_seller.put("/api/v1/payout-destination", {"wallet_address": SELLER_WALLET}, format="json")
@@ -53,8 +54,9 @@ def test_a_retry_with_the_same_key_is_one_wallet_with_a_new_ciphertext(fake_cust
     assert len(set(fake_custodian.ciphertexts)) == 2
 
 
-def test_a_wrong_entity_secret_creates_nothing_and_is_not_logged(fake_custodian, entity_secret, settings, api_client,
-                                                                 buyer, seller, caplog):
+def test_a_wrong_entity_secret_creates_nothing_and_is_not_logged(
+    fake_custodian, entity_secret, settings, api_client, buyer, seller, caplog
+):
     caplog.set_level(logging.DEBUG)
     wrong = secrets.token_hex(32)
     settings.CUSTODIAN_ENTITY_SECRET = wrong

@@ -61,8 +61,12 @@ def test_above_the_threshold_the_buyer_gets_a_deposit_wallet_on_base(fake_custod
     [wallet] = fake_custodian.wallets.values()
     payment = as_buyer.get(f"/api/v1/escrows/{escrow_id}").json()["payment"]
     assert "/checkout/" in payment.pop("checkout_url")  # the deposit page
-    assert payment == {"provider": "custodian", "status": "pending", "client_secret": None,
-                       "deposit_address": wallet["address"]}
+    assert payment == {
+        "provider": "custodian",
+        "status": "pending",
+        "client_secret": None,
+        "deposit_address": wallet["address"],
+    }
 
 
 def fake_custodian_key(key: str) -> str:
@@ -71,8 +75,9 @@ def fake_custodian_key(key: str) -> str:
     return idempotency_uuid(key)
 
 
-def test_a_clean_deposit_is_screened_by_both_vendors_and_held(fake_custodian, fake_screening, api_client, buyer,
-                                                             seller):
+def test_a_clean_deposit_is_screened_by_both_vendors_and_held(
+    fake_custodian, fake_screening, api_client, buyer, seller
+):
     escrow_id = funded(fake_custodian, api_client(buyer), seller)
 
     assert sorted(fake_screening.screened) == [("chainalysis", BUYER_WALLET), ("trm", BUYER_WALLET)]
@@ -83,8 +88,9 @@ def test_a_clean_deposit_is_screened_by_both_vendors_and_held(fake_custodian, fa
     assert all(s.raw for s in kept)
 
 
-def test_a_sanctioned_depositor_blocks_and_nothing_is_accepted(fake_custodian, fake_screening, api_client, buyer,
-                                                              seller):
+def test_a_sanctioned_depositor_blocks_and_nothing_is_accepted(
+    fake_custodian, fake_screening, api_client, buyer, seller
+):
     as_buyer = api_client(buyer)
     escrow_id = create_escrow(as_buyer, seller=seller, amount=AMOUNT)["escrow_id"]
     fake_screening.sanctioned.add(BUYER_WALLET)
@@ -102,8 +108,9 @@ def test_a_sanctioned_depositor_blocks_and_nothing_is_accepted(fake_custodian, f
     assert blocked.raw["identifications"][0]["category"] == "sanctions"
 
 
-def test_a_screening_outage_fails_closed_and_the_custodian_retries(fake_custodian, fake_screening, api_client, buyer,
-                                                                  seller):
+def test_a_screening_outage_fails_closed_and_the_custodian_retries(
+    fake_custodian, fake_screening, api_client, buyer, seller
+):
     as_buyer = api_client(buyer)
     escrow_id = create_escrow(as_buyer, seller=seller, amount=AMOUNT)["escrow_id"]
     tx = fake_custodian.deposit(wallet_of(escrow_id), amount=AMOUNT, source=BUYER_WALLET)
@@ -146,8 +153,9 @@ def test_bad_notifications_get_400_and_change_nothing(fake_custodian, api_client
     assert not WalletScreening.objects.exists()
 
 
-def test_release_screens_the_seller_wallet_and_sends_one_transfer(fake_custodian, fake_screening, api_client, buyer,
-                                                                 seller):
+def test_release_screens_the_seller_wallet_and_sends_one_transfer(
+    fake_custodian, fake_screening, api_client, buyer, seller
+):
     as_buyer, as_seller = api_client(buyer), api_client(seller)
     as_seller.put("/api/v1/payout-destination", {"wallet_address": SELLER_WALLET}, format="json")
     escrow_id = funded(fake_custodian, as_buyer, seller)
@@ -224,16 +232,19 @@ def test_a_refund_goes_back_to_the_screened_buyer_wallet(fake_custodian, fake_sc
     assert (escrow.state, escrow.refunded_minor, escrow.held_minor) == ("REFUNDED", AMOUNT_MINOR, 0)
 
 
-def test_ops_see_a_blocked_wallet_in_the_admin_and_cannot_edit_it(fake_custodian, fake_screening, api_client,
-                                                                 buyer, seller, staff):
+def test_ops_see_a_blocked_wallet_in_the_admin_and_cannot_edit_it(
+    fake_custodian, fake_screening, api_client, buyer, seller, staff
+):
     from django.contrib.auth.models import Permission
     from django.test import Client
 
     as_buyer = api_client(buyer)
     escrow_id = create_escrow(as_buyer, seller=seller, amount=AMOUNT)["escrow_id"]
     fake_screening.severe.add(BUYER_WALLET)
-    notify(as_buyer, *fake_custodian.notification(
-        fake_custodian.deposit(wallet_of(escrow_id), amount=AMOUNT, source=BUYER_WALLET)))
+    notify(
+        as_buyer,
+        *fake_custodian.notification(fake_custodian.deposit(wallet_of(escrow_id), amount=AMOUNT, source=BUYER_WALLET)),
+    )
     staff.user_permissions.add(Permission.objects.get(codename="view_walletscreening"))
     ops = Client()
     ops.force_login(staff)
@@ -247,8 +258,9 @@ def test_ops_see_a_blocked_wallet_in_the_admin_and_cannot_edit_it(fake_custodian
     assert screening.allowed is False
 
 
-def test_a_refund_to_a_wallet_sanctioned_since_the_deposit_moves_nothing(fake_custodian, fake_screening, api_client,
-                                                                          buyer, seller):
+def test_a_refund_to_a_wallet_sanctioned_since_the_deposit_moves_nothing(
+    fake_custodian, fake_screening, api_client, buyer, seller
+):
     as_buyer, as_seller = api_client(buyer), api_client(seller)
     escrow_id = funded(fake_custodian, as_buyer, seller)
     fake_screening.sanctioned.add(BUYER_WALLET)

@@ -49,7 +49,8 @@ def parked_then_blocked(fake_custodian, fake_screening, api_client, buyer, selle
 
 
 def test_a_parked_payout_to_a_blocked_wallet_holds_the_escrow_and_sends_nothing(
-        fake_custodian, fake_screening, api_client, buyer, seller, staff):
+    fake_custodian, fake_screening, api_client, buyer, seller, staff
+):
     escrow_id = parked_then_blocked(fake_custodian, fake_screening, api_client, buyer, seller)
 
     assert fake_custodian.keys(TRANSFER) == []
@@ -81,7 +82,8 @@ def test_a_parked_payout_to_a_blocked_wallet_holds_the_escrow_and_sends_nothing(
 
 
 def test_refund_after_review_pays_the_buyer_back_and_cancels_the_parked_payout(
-        fake_custodian, fake_screening, api_client, buyer, seller, staff):
+    fake_custodian, fake_screening, api_client, buyer, seller, staff
+):
     escrow_id = parked_then_blocked(fake_custodian, fake_screening, api_client, buyer, seller)
 
     resolve(escrow_id, "refund", note="seller wallet is on the OFAC list")
@@ -93,7 +95,11 @@ def test_refund_after_review_pays_the_buyer_back_and_cancels_the_parked_payout(
     settle_the_transfer(fake_custodian, api_client(buyer))
     escrow = assert_money_invariant(escrow_id)
     assert (escrow.state, escrow.refunded_minor, escrow.paid_out_minor, escrow.held_minor) == (
-        "REFUNDED", AMOUNT_MINOR, 0, 0)
+        "REFUNDED",
+        AMOUNT_MINOR,
+        0,
+        0,
+    )
 
     # Nothing can pay the seller as well: a clean wallet and the retry command send nothing more.
     fake_screening.sanctioned.discard(SELLER_WALLET)
@@ -104,7 +110,8 @@ def test_refund_after_review_pays_the_buyer_back_and_cancels_the_parked_payout(
 
 
 def test_lift_after_review_sends_the_parked_payout_once_with_its_original_key(
-        fake_custodian, fake_screening, api_client, buyer, seller, staff):
+    fake_custodian, fake_screening, api_client, buyer, seller, staff
+):
     escrow_id = parked_then_blocked(fake_custodian, fake_screening, api_client, buyer, seller)
     fake_screening.sanctioned.discard(SELLER_WALLET)  # the vendor withdrew the identification
 
@@ -118,13 +125,18 @@ def test_lift_after_review_sends_the_parked_payout_once_with_its_original_key(
     settle_the_transfer(fake_custodian, api_client(buyer))
     escrow = assert_money_invariant(escrow_id)
     assert (escrow.state, escrow.held_minor, escrow.paid_out_minor + escrow.fee_minor, escrow.attention) == (
-        "RELEASED", 0, AMOUNT_MINOR, "")
+        "RELEASED",
+        0,
+        AMOUNT_MINOR,
+        "",
+    )
     call_command("send_waiting_payouts")
     assert len(fake_custodian.outbound()) == 1
 
 
-def test_lift_while_the_vendors_still_block_the_wallet_holds_it_again(fake_custodian, fake_screening, api_client,
-                                                                      buyer, seller, staff):
+def test_lift_while_the_vendors_still_block_the_wallet_holds_it_again(
+    fake_custodian, fake_screening, api_client, buyer, seller, staff
+):
     escrow_id = parked_then_blocked(fake_custodian, fake_screening, api_client, buyer, seller)
 
     resolve(escrow_id, "lift", note="looked like a false positive")

@@ -30,11 +30,18 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def refund_from_escrow(escrow_id: str, amount_minor: int) -> bool:
     """Delivers an InitiateRefund to payments through the bus's consumer entry point, as the escrow
     sends it after a compliance review (full refund of what is held, the payout dropped)."""
-    command = payments_v1.InitiateRefund(escrow_id=escrow_id, buyer_id=1,
-                                         amount=Money(amount_minor=amount_minor, currency="USD"))
-    delivery = bus.Delivery(event_id=uuid.uuid4(), type="payments.v1.InitiateRefund", topic=PAYMENTS_COMMANDS,
-                            key=escrow_id, aggregate_id=escrow_id, aggregate_version=99,
-                            occurred_at=timezone.now())
+    command = payments_v1.InitiateRefund(
+        escrow_id=escrow_id, buyer_id=1, amount=Money(amount_minor=amount_minor, currency="USD")
+    )
+    delivery = bus.Delivery(
+        event_id=uuid.uuid4(),
+        type="payments.v1.InitiateRefund",
+        topic=PAYMENTS_COMMANDS,
+        key=escrow_id,
+        aggregate_id=escrow_id,
+        aggregate_version=99,
+        occurred_at=timezone.now(),
+    )
     return bus.handle_with_dedupe(bus.get_subscriber("payments"), command, delivery)
 
 
@@ -48,7 +55,8 @@ def parked(fake_stripe, api_client, buyer, seller) -> str:
 
 
 def test_a_full_refund_cancels_the_parked_payout_and_registering_later_sends_nothing(
-        fake_stripe, api_client, buyer, seller):
+    fake_stripe, api_client, buyer, seller
+):
     escrow_id = parked(fake_stripe, api_client, buyer, seller)
 
     assert refund_from_escrow(escrow_id, 14999)
@@ -57,8 +65,9 @@ def test_a_full_refund_cancels_the_parked_payout_and_registering_later_sends_not
     assert refund.params["amount"] == "14999"
     assert WaitingPayout.objects.get(escrow_id=escrow_id).status == "cancelled"
     fake_stripe.accounts.add(SELLER_ACCOUNT)
-    registered = api_client(seller).put("/api/v1/payout-destination", {"stripe_account_id": SELLER_ACCOUNT},
-                                        format="json")
+    registered = api_client(seller).put(
+        "/api/v1/payout-destination", {"stripe_account_id": SELLER_ACCOUNT}, format="json"
+    )
     assert registered.status_code == 200
     assert fake_stripe.created("transfers") == []
 
@@ -109,5 +118,9 @@ def test_an_overpayment_with_nothing_parked_is_refunded_in_full(fake_stripe, api
     [refund] = fake_stripe.created("refunds")
     assert refund.params["amount"] == "2106"
     escrow = assert_money_invariant(escrow_id)
-    assert (escrow.state, escrow.pending_refund_minor, escrow.attention) == ("REFUNDING", 2106, "payment_amount_mismatch")
+    assert (escrow.state, escrow.pending_refund_minor, escrow.attention) == (
+        "REFUNDING",
+        2106,
+        "payment_amount_mismatch",
+    )
     assert "RefundFailed" not in outbox_types(escrow_id)

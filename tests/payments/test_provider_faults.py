@@ -39,8 +39,9 @@ def quick_retries(settings):
 def delivered(fake_custodian, api_client, buyer, seller):
     """A funded USDC escrow, delivered, whose seller registered a clean wallet."""
     as_buyer, as_seller = api_client(buyer), api_client(seller)
-    assert as_seller.put("/api/v1/payout-destination", {"wallet_address": SELLER_WALLET},
-                         format="json").status_code == 200
+    assert (
+        as_seller.put("/api/v1/payout-destination", {"wallet_address": SELLER_WALLET}, format="json").status_code == 200
+    )
     escrow_id = funded(fake_custodian, as_buyer, seller)
     assert act(as_seller, escrow_id, "deliver").status_code == 202
     return escrow_id, as_buyer
@@ -54,16 +55,16 @@ def settle_payout(fake_custodian, as_buyer, escrow_id: str) -> Escrow:
     assert artifact.provider_id == out["id"]
     assert notify(as_buyer, *fake_custodian.notification(fake_custodian.settle(out["id"]))).status_code == 200
     escrow = assert_money_invariant(escrow_id)
-    assert (escrow.state, escrow.held_minor, escrow.paid_out_minor + escrow.fee_minor) == (
-        "RELEASED", 0, AMOUNT_MINOR)
+    assert (escrow.state, escrow.held_minor, escrow.paid_out_minor + escrow.fee_minor) == ("RELEASED", 0, AMOUNT_MINOR)
     return escrow
 
 
 # --- 429: rate limited ----------------------------------------------------------------------------------
 
 
-def test_a_trm_429_on_a_deposit_is_waited_out_and_the_deposit_counts_once(fake_custodian, fake_screening,
-                                                                          api_client, buyer, seller):
+def test_a_trm_429_on_a_deposit_is_waited_out_and_the_deposit_counts_once(
+    fake_custodian, fake_screening, api_client, buyer, seller
+):
     as_buyer = api_client(buyer)
     escrow_id = create_escrow(as_buyer, seller=seller, amount=AMOUNT)["escrow_id"]
     tx = fake_custodian.deposit(wallet_of(escrow_id), amount=AMOUNT, source=BUYER_WALLET)
@@ -79,8 +80,9 @@ def test_a_trm_429_on_a_deposit_is_waited_out_and_the_deposit_counts_once(fake_c
     assert WalletScreening.objects.filter(escrow_id=escrow_id, purpose="deposit", vendor="trm").count() == 1
 
 
-def test_a_chainalysis_429_at_payout_is_waited_out_and_one_transfer_goes(fake_custodian, fake_screening,
-                                                                         api_client, buyer, seller, settings):
+def test_a_chainalysis_429_at_payout_is_waited_out_and_one_transfer_goes(
+    fake_custodian, fake_screening, api_client, buyer, seller, settings
+):
     settings.BUS_MAX_ATTEMPTS = 1  # no bus retry: only the client's own wait can get it through
     escrow_id, as_buyer = delivered(fake_custodian, api_client, buyer, seller)
     fake_screening.fail_next("chainalysis", 429, retry_after="0")
@@ -94,7 +96,8 @@ def test_a_chainalysis_429_at_payout_is_waited_out_and_one_transfer_goes(fake_cu
 
 
 def test_a_429_with_a_long_retry_after_is_left_to_the_bus_and_moves_nothing_meanwhile(
-        fake_custodian, fake_screening, api_client, buyer, seller, quick_retries):
+    fake_custodian, fake_screening, api_client, buyer, seller, quick_retries
+):
     escrow_id, as_buyer = delivered(fake_custodian, api_client, buyer, seller)
     # Longer than the client waits itself: it fails closed at once and the bus retries later.
     fake_screening.fail_next("chainalysis", 429, retry_after="3600")
@@ -106,8 +109,9 @@ def test_a_429_with_a_long_retry_after_is_left_to_the_bus_and_moves_nothing_mean
     settle_payout(fake_custodian, as_buyer, escrow_id)
 
 
-def test_a_custodian_429_on_a_transfer_is_waited_out_with_the_same_key(fake_custodian, api_client, buyer, seller,
-                                                                       settings):
+def test_a_custodian_429_on_a_transfer_is_waited_out_with_the_same_key(
+    fake_custodian, api_client, buyer, seller, settings
+):
     settings.BUS_MAX_ATTEMPTS = 1  # no bus retry: only the client's own wait can get it through
     escrow_id, as_buyer = delivered(fake_custodian, api_client, buyer, seller)
     fake_custodian.fail_next(TRANSFER, 429, retry_after="0")
@@ -125,8 +129,9 @@ def test_a_custodian_429_on_a_transfer_is_waited_out_with_the_same_key(fake_cust
 
 
 @pytest.mark.parametrize("status", [500, 503])
-def test_a_custodian_5xx_on_a_transfer_is_retried_with_the_same_key(fake_custodian, api_client, buyer, seller,
-                                                                    quick_retries, status):
+def test_a_custodian_5xx_on_a_transfer_is_retried_with_the_same_key(
+    fake_custodian, api_client, buyer, seller, quick_retries, status
+):
     escrow_id, as_buyer = delivered(fake_custodian, api_client, buyer, seller)
     fake_custodian.fail_next(TRANSFER, status, times=2)
 
@@ -139,7 +144,8 @@ def test_a_custodian_5xx_on_a_transfer_is_retried_with_the_same_key(fake_custodi
 
 
 def test_a_custodian_timeout_on_a_transfer_is_retried_with_the_same_key_and_pays_once(
-        fake_custodian, api_client, buyer, seller, quick_retries):
+    fake_custodian, api_client, buyer, seller, quick_retries
+):
     escrow_id, as_buyer = delivered(fake_custodian, api_client, buyer, seller)
     # The custodian makes the transfer but answers after our client gave up.
     fake_custodian.delay_next(TRANSFER, 0.5)
@@ -153,8 +159,9 @@ def test_a_custodian_timeout_on_a_transfer_is_retried_with_the_same_key_and_pays
     settle_payout(fake_custodian, as_buyer, escrow_id)
 
 
-def test_a_custodian_4xx_on_a_transfer_is_a_transfer_failure_for_ops(fake_custodian, api_client, buyer, seller,
-                                                                     quick_retries):
+def test_a_custodian_4xx_on_a_transfer_is_a_transfer_failure_for_ops(
+    fake_custodian, api_client, buyer, seller, quick_retries
+):
     escrow_id, as_buyer = delivered(fake_custodian, api_client, buyer, seller)
     fake_custodian.fail_next(TRANSFER, 400, message="Asset amount owned by the wallet is insufficient")
 
@@ -174,11 +181,13 @@ def test_a_custodian_4xx_on_a_transfer_is_a_transfer_failure_for_ops(fake_custod
 
 
 def test_a_screening_timeout_on_a_deposit_fails_closed_and_the_custodian_retry_counts_it_once(
-        fake_custodian, fake_screening, api_client, buyer, seller, quick_retries):
+    fake_custodian, fake_screening, api_client, buyer, seller, quick_retries
+):
     as_buyer = api_client(buyer)
     escrow_id = create_escrow(as_buyer, seller=seller, amount=AMOUNT)["escrow_id"]
     body, headers = fake_custodian.notification(
-        fake_custodian.deposit(wallet_of(escrow_id), amount=AMOUNT, source=BUYER_WALLET))
+        fake_custodian.deposit(wallet_of(escrow_id), amount=AMOUNT, source=BUYER_WALLET)
+    )
     fake_screening.delay_next("chainalysis", 0.5)
 
     assert notify(as_buyer, body, headers).status_code == 503
@@ -194,7 +203,8 @@ def test_a_screening_timeout_on_a_deposit_fails_closed_and_the_custodian_retry_c
 
 
 def test_a_screening_timeout_at_payout_moves_nothing_until_a_retry_gets_an_answer(
-        fake_custodian, fake_screening, api_client, buyer, seller, quick_retries):
+    fake_custodian, fake_screening, api_client, buyer, seller, quick_retries
+):
     escrow_id, as_buyer = delivered(fake_custodian, api_client, buyer, seller)
     fake_screening.delay_next("trm", 0.5)
     before = len(fake_screening.answered)
@@ -211,7 +221,8 @@ def test_a_screening_timeout_at_payout_moves_nothing_until_a_retry_gets_an_answe
 
 @pytest.mark.parametrize("vendor", ["trm", "chainalysis"])
 def test_a_screening_timeout_that_lasts_dead_letters_the_payout_and_moves_nothing(
-        fake_custodian, fake_screening, api_client, buyer, seller, quick_retries, vendor):
+    fake_custodian, fake_screening, api_client, buyer, seller, quick_retries, vendor
+):
     escrow_id, as_buyer = delivered(fake_custodian, api_client, buyer, seller)
     fake_screening.delay_next(vendor, 0.6, times=quick_retries.BUS_MAX_ATTEMPTS)
 

@@ -34,13 +34,17 @@ def succeeded_object(escrow_id: uuid.UUID, **changes: Any) -> dict[str, Any]:
 
 
 def event_body(event_type: str, obj: dict[str, Any], *, event_id: str = "evt_test_1") -> str:
-    return json.dumps({"id": event_id, "object": "event", "type": event_type, "created": int(time.time()),
-                       "data": {"object": obj}})
+    return json.dumps(
+        {"id": event_id, "object": "event", "type": event_type, "created": int(time.time()), "data": {"object": obj}}
+    )
 
 
 def signed(body: str, *, secret: str | None = None, timestamp: int | None = None) -> dict[str, str]:
-    return {"Stripe-Signature": stripe_signature.sign(body=body, secret=secret or sandbox.webhook_secret(),
-                                                      timestamp=timestamp)}
+    return {
+        "Stripe-Signature": stripe_signature.sign(
+            body=body, secret=secret or sandbox.webhook_secret(), timestamp=timestamp
+        )
+    }
 
 
 def receive(body: str | bytes, headers: dict[str, str]) -> webhooks.WebhookOutcome:
@@ -68,7 +72,10 @@ def test_a_correctly_signed_payment_event_holds_the_funds(awaiting: uuid.UUID) -
     assert (outcome.status, outcome.http_status) == ("processed", 200)
     record = WebhookEvent.objects.get(pk=outcome.webhook_id)
     assert (record.status, record.provider_event_id, record.event_type) == (
-        "processed", "evt_test_1", "payment_intent.succeeded")
+        "processed",
+        "evt_test_1",
+        "payment_intent.succeeded",
+    )
     assert record.body == body  # stored raw
     assert payment_of(awaiting).status == PaymentArtifact.Status.SUCCEEDED
     assert given.snapshot(awaiting)["state"] == "FUNDS_HELD"
@@ -77,8 +84,16 @@ def test_a_correctly_signed_payment_event_holds_the_funds(awaiting: uuid.UUID) -
 
 @pytest.mark.parametrize(
     "attack",
-    ["forged-body", "forged-signature", "missing-header", "stale-timestamp", "other-secret", "not-json",
-     "signed-not-json", "signed-not-an-event"],
+    [
+        "forged-body",
+        "forged-signature",
+        "missing-header",
+        "stale-timestamp",
+        "other-secret",
+        "not-json",
+        "signed-not-json",
+        "signed-not-an-event",
+    ],
 )
 def test_rejected_webhooks_are_stored_as_rejected_and_change_nothing(attack: str, awaiting: uuid.UUID) -> None:
     body = event_body("payment_intent.succeeded", succeeded_object(awaiting))
@@ -170,8 +185,9 @@ def test_a_late_payment_failure_after_success_changes_nothing(awaiting: uuid.UUI
     assert receive(ok, signed(ok)).status == "processed"
     before, outbox = given.snapshot(awaiting), OutboxMessage.objects.count()
 
-    failed_obj = succeeded_object(awaiting, status="requires_payment_method",
-                                  last_payment_error={"message": "card declined"})
+    failed_obj = succeeded_object(
+        awaiting, status="requires_payment_method", last_payment_error={"message": "card declined"}
+    )
     late = event_body("payment_intent.payment_failed", failed_obj, event_id="evt_late")
     outcome = receive(late, signed(late))
 
@@ -191,8 +207,11 @@ def test_refund_events_out_of_order_change_nothing_wrong(buyer: Any, seller: Any
 
     # when the refund's earlier "created" (pending) and a contradicting "failed" arrive late
     for event_id, status in (("evt_created", "pending"), ("evt_failed", "failed")):
-        body = event_body("refund.updated" if status == "failed" else "refund.created",
-                          {**refund.raw, "status": status}, event_id=event_id)
+        body = event_body(
+            "refund.updated" if status == "failed" else "refund.created",
+            {**refund.raw, "status": status},
+            event_id=event_id,
+        )
         outcome = receive(body, signed(body))
         assert (outcome.status, outcome.http_status) == ("ignored", 200), status
 
@@ -206,8 +225,16 @@ def test_refund_events_out_of_order_change_nothing_wrong(buyer: Any, seller: Any
 
 def test_a_refund_update_before_the_refund_is_recorded_is_ignored(buyer: Any, seller: Any) -> None:
     escrow_id = given.create(buyer=buyer, seller=seller)
-    body = event_body("refund.updated", {"id": "re_sbx_not_ours_yet", "object": "refund", "status": "succeeded",
-                                         "amount": given.AMOUNT, "currency": "usd"})
+    body = event_body(
+        "refund.updated",
+        {
+            "id": "re_sbx_not_ours_yet",
+            "object": "refund",
+            "status": "succeeded",
+            "amount": given.AMOUNT,
+            "currency": "usd",
+        },
+    )
     before, outbox = given.snapshot(escrow_id), OutboxMessage.objects.count()
     outcome = receive(body, signed(body))
     assert (outcome.status, outcome.http_status) == ("ignored", 200)
@@ -215,9 +242,17 @@ def test_a_refund_update_before_the_refund_is_recorded_is_ignored(buyer: Any, se
 
 
 def test_unknown_payment_intent_is_acknowledged_and_ignored(awaiting: uuid.UUID) -> None:
-    body = event_body("payment_intent.succeeded",
-                      {"id": "pi_sbx_unknown", "object": "payment_intent", "amount": 100, "amount_received": 100,
-                       "currency": "usd", "status": "succeeded"})
+    body = event_body(
+        "payment_intent.succeeded",
+        {
+            "id": "pi_sbx_unknown",
+            "object": "payment_intent",
+            "amount": 100,
+            "amount_received": 100,
+            "currency": "usd",
+            "status": "succeeded",
+        },
+    )
     before, outbox = given.snapshot(awaiting), OutboxMessage.objects.count()
 
     outcome = receive(body, signed(body))
@@ -257,8 +292,14 @@ def test_reprocess_webhooks_finishes_a_stored_one(stored_as: str, awaiting: uuid
     # signature is no longer fresh
     body = event_body("payment_intent.succeeded", succeeded_object(awaiting), event_id="evt_outage")
     headers = signed(body, timestamp=int(time.time()) - 3600)
-    record = WebhookEvent.objects.create(provider=SANDBOX, body=body, headers=headers, status=stored_as,
-                                         provider_event_id="evt_outage", event_type="payment_intent.succeeded")
+    record = WebhookEvent.objects.create(
+        provider=SANDBOX,
+        body=body,
+        headers=headers,
+        status=stored_as,
+        provider_event_id="evt_outage",
+        event_type="payment_intent.succeeded",
+    )
     WebhookEvent.objects.filter(pk=record.pk).update(received_at=record.received_at.replace(year=2000))
     assert given.snapshot(awaiting)["state"] == "AWAIT_FUNDS"
 

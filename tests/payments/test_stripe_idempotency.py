@@ -28,8 +28,10 @@ def posts(fake: FakeStripe, path: str) -> list[Any]:
 def delivered(fake: FakeStripe, api_client: Any, buyer: Any, seller: Any) -> tuple[str, Any]:
     as_buyer, as_seller = api_client(buyer), api_client(seller)
     fake.accounts.add(SELLER_ACCOUNT)
-    assert as_seller.put("/api/v1/payout-destination", {"stripe_account_id": SELLER_ACCOUNT},
-                         format="json").status_code == 200
+    assert (
+        as_seller.put("/api/v1/payout-destination", {"stripe_account_id": SELLER_ACCOUNT}, format="json").status_code
+        == 200
+    )
     escrow_id = funded_escrow(fake, as_buyer, seller)
     assert act(as_seller, escrow_id, "deliver").status_code == 202
     return escrow_id, as_buyer
@@ -42,8 +44,12 @@ def test_the_fake_replays_a_saved_500_like_stripe(fake_stripe: FakeStripe) -> No
 
     first = requests.post(f"{fake_stripe.api_base}/v1/payment_intents", data=form, headers=headers, timeout=5)
     again = requests.post(f"{fake_stripe.api_base}/v1/payment_intents", data=form, headers=headers, timeout=5)
-    other = requests.post(f"{fake_stripe.api_base}/v1/payment_intents", data=form,
-                          headers={**headers, "Idempotency-Key": "k-2"}, timeout=5)
+    other = requests.post(
+        f"{fake_stripe.api_base}/v1/payment_intents",
+        data=form,
+        headers={**headers, "Idempotency-Key": "k-2"},
+        timeout=5,
+    )
 
     assert (first.status_code, again.status_code, other.status_code) == (500, 500, 200)
     assert again.json() == first.json() and again.headers["Idempotent-Replayed"] == "true"
@@ -70,7 +76,8 @@ def test_a_500_after_stripe_made_the_transfer_is_found_and_not_sent_again(fake_s
 
 
 def test_a_500_that_made_nothing_is_replayed_then_the_transfer_goes_under_the_next_key(
-        fake_stripe, api_client, buyer, seller):
+    fake_stripe, api_client, buyer, seller
+):
     escrow_id, as_buyer = delivered(fake_stripe, api_client, buyer, seller)
     fake_stripe.fail_next("/v1/transfers", 500)
 
@@ -79,7 +86,10 @@ def test_a_500_that_made_nothing_is_replayed_then_the_transfer_goes_under_the_ne
     calls = posts(fake_stripe, "/v1/transfers")
     key = calls[0].idempotency_key
     assert [(c.idempotency_key, c.status, c.replayed) for c in calls] == [
-        (key, 500, False), (key, 500, True), (f"{key}-retry1", 200, False)]
+        (key, 500, False),
+        (key, 500, True),
+        (f"{key}-retry1", 200, False),
+    ]
     lookups = [r for r in fake_stripe.requests if r.method == "GET" and r.path == "/v1/transfers"]
     assert [r.params["transfer_group"] for r in lookups] == [escrow_id, escrow_id]
     [transfer] = fake_stripe.of_kind("transfer")
@@ -104,8 +114,9 @@ def test_a_500_after_stripe_made_the_refund_is_found_and_not_sent_again(fake_str
     assert "RefundFailed" not in outbox_types(escrow_id)
 
 
-def test_stripe_answering_500_to_every_key_creates_nothing_and_dead_letters(fake_stripe, api_client, buyer,
-                                                                            seller, settings):
+def test_stripe_answering_500_to_every_key_creates_nothing_and_dead_letters(
+    fake_stripe, api_client, buyer, seller, settings
+):
     settings.BUS_MAX_ATTEMPTS = 5  # one fresh key per attempt, then all four replay
     escrow_id, as_buyer = delivered(fake_stripe, api_client, buyer, seller)
     for _ in range(20):

@@ -54,8 +54,12 @@ def test_creating_an_escrow_makes_one_payment_intent_keyed_by_the_command(fake_s
     intent = intent_of(fake_stripe, escrow_id)
     detail = as_buyer.get(f"/api/v1/escrows/{escrow_id}").json()
     checkout_url = detail["payment"].pop("checkout_url")
-    assert detail["payment"] == {"provider": "stripe", "status": "pending",
-                                 "client_secret": intent["client_secret"], "deposit_address": None}
+    assert detail["payment"] == {
+        "provider": "stripe",
+        "status": "pending",
+        "client_secret": intent["client_secret"],
+        "deposit_address": None,
+    }
     assert "/checkout/" in checkout_url
     assert "payment" not in api_client(seller).get(f"/api/v1/escrows/{escrow_id}").json()
     assert_money_invariant(escrow_id)
@@ -65,8 +69,11 @@ def test_transient_stripe_errors_are_retried_with_the_same_key(fake_stripe, api_
     """A 429 is answered before Stripe runs the request and is not saved for the key, so the same key
     sent again is carried out. A 500 is saved and replayed (Stripe's "Idempotent requests"): the retry
     gets the same 500, looks the intent up, finds none, and only then uses the next key."""
-    fake_stripe.fail_next("/v1/payment_intents", 429, {"type": "invalid_request_error", "code": "rate_limit",
-                                                       "message": "Too many requests"})
+    fake_stripe.fail_next(
+        "/v1/payment_intents",
+        429,
+        {"type": "invalid_request_error", "code": "rate_limit", "message": "Too many requests"},
+    )
     fake_stripe.fail_next("/v1/payment_intents", 500)
     escrow_id = create_escrow(api_client(buyer), seller=seller)["escrow_id"]
 
@@ -83,8 +90,11 @@ def test_transient_stripe_errors_are_retried_with_the_same_key(fake_stripe, api_
 
 
 def test_a_refused_payment_intent_is_a_payment_failure_not_a_retry(fake_stripe, api_client, buyer, seller):
-    fake_stripe.fail_next("/v1/payment_intents", 400, {"type": "invalid_request_error", "param": "currency",
-                                                       "message": "Invalid currency: usd"})
+    fake_stripe.fail_next(
+        "/v1/payment_intents",
+        400,
+        {"type": "invalid_request_error", "param": "currency", "message": "Invalid currency: usd"},
+    )
     escrow_id = create_escrow(api_client(buyer), seller=seller)["escrow_id"]
 
     assert len([r for r in fake_stripe.requests if r.path == "/v1/payment_intents"]) == 1
@@ -177,8 +187,15 @@ def test_a_duplicate_webhook_changes_nothing(fake_stripe, api_client, buyer, sel
 
 
 def test_an_unknown_payment_intent_is_acknowledged_and_ignored(fake_stripe, api_client, buyer):
-    stranger_intent = {"id": "pi_not_ours_123", "object": "payment_intent", "amount": 5000,
-                       "amount_received": 5000, "currency": "usd", "status": "succeeded", "metadata": {}}
+    stranger_intent = {
+        "id": "pi_not_ours_123",
+        "object": "payment_intent",
+        "amount": 5000,
+        "amount_received": 5000,
+        "currency": "usd",
+        "status": "succeeded",
+        "metadata": {},
+    }
     before = OutboxMessage.objects.count()
 
     response = webhook(api_client(), *signed_event("payment_intent.succeeded", stranger_intent))
@@ -194,8 +211,10 @@ def test_an_unknown_payment_intent_is_acknowledged_and_ignored(fake_stripe, api_
 def test_release_makes_one_transfer_of_the_amount_minus_the_fee(fake_stripe, api_client, buyer, seller):
     as_buyer, as_seller = api_client(buyer), api_client(seller)
     fake_stripe.accounts.add(SELLER_ACCOUNT)
-    assert as_seller.put("/api/v1/payout-destination", {"stripe_account_id": SELLER_ACCOUNT},
-                         format="json").status_code == 200
+    assert (
+        as_seller.put("/api/v1/payout-destination", {"stripe_account_id": SELLER_ACCOUNT}, format="json").status_code
+        == 200
+    )
     escrow_id = funded_escrow(fake_stripe, as_buyer, seller, amount="149.99")
     assert act(as_seller, escrow_id, "deliver").status_code == 202
 
@@ -216,7 +235,11 @@ def test_release_makes_one_transfer_of_the_amount_minus_the_fee(fake_stripe, api
 
     escrow = assert_money_invariant(escrow_id)
     assert escrow.state == "RELEASED"
-    assert (escrow.paid_out_minor, escrow.fee_minor, escrow.held_minor) == (transfer["amount"], 14999 - transfer["amount"], 0)
+    assert (escrow.paid_out_minor, escrow.fee_minor, escrow.held_minor) == (
+        transfer["amount"],
+        14999 - transfer["amount"],
+        0,
+    )
     assert len(fake_stripe.created("transfers")) == 1
 
 
@@ -251,8 +274,10 @@ def test_a_transfer_stripe_refuses_keeps_the_money_held_for_ops(fake_stripe, api
     as_buyer, as_seller = api_client(buyer), api_client(seller)
     # Verified when registered, then closed: by release time Stripe no longer knows the account.
     fake_stripe.accounts.add(SELLER_ACCOUNT)
-    assert as_seller.put("/api/v1/payout-destination", {"stripe_account_id": SELLER_ACCOUNT},
-                         format="json").status_code == 200
+    assert (
+        as_seller.put("/api/v1/payout-destination", {"stripe_account_id": SELLER_ACCOUNT}, format="json").status_code
+        == 200
+    )
     fake_stripe.accounts.discard(SELLER_ACCOUNT)
     escrow_id = funded_escrow(fake_stripe, as_buyer, seller)
     act(as_seller, escrow_id, "deliver")
@@ -278,8 +303,13 @@ def test_a_refund_makes_one_refund_and_settles_on_charge_refunded(fake_stripe, a
     assert call.params["payment_intent"] == intent["id"] and call.params["amount"] == "14999"
     assert call.idempotency_key.startswith("refund-")
     assert state_of(as_buyer, escrow_id) == "REFUNDING"
-    charge = {"id": intent["latest_charge"], "object": "charge", "payment_intent": intent["id"],
-              "amount_refunded": 14999, "refunded": True}
+    charge = {
+        "id": intent["latest_charge"],
+        "object": "charge",
+        "payment_intent": intent["id"],
+        "amount_refunded": 14999,
+        "refunded": True,
+    }
 
     body, headers = signed_event("charge.refunded", charge)
     assert webhook(as_buyer, body, headers).status_code == 200
@@ -291,8 +321,9 @@ def test_a_refund_makes_one_refund_and_settles_on_charge_refunded(fake_stripe, a
     assert outbox_types(escrow_id).count("RefundSucceeded") == 1
 
 
-def test_a_timeout_is_an_unknown_outcome_settled_by_looking_the_intent_up(fake_stripe, api_client, buyer, seller,
-                                                                          settings):
+def test_a_timeout_is_an_unknown_outcome_settled_by_looking_the_intent_up(
+    fake_stripe, api_client, buyer, seller, settings
+):
     settings.STRIPE_TIMEOUT_SECONDS = 0.3
     fake_stripe.delay_next("/v1/payment_intents", 0.6)  # Stripe makes the intent, our client gives up
 
@@ -369,8 +400,15 @@ def test_a_chargeback_freezes_the_escrow_and_no_transfer_goes_out(fake_stripe, a
     as_seller.put("/api/v1/payout-destination", {"stripe_account_id": SELLER_ACCOUNT}, format="json")
     escrow_id = funded_escrow(fake_stripe, as_buyer, seller)
     intent = intent_of(fake_stripe, escrow_id)
-    dispute = {"id": "dp_fake0001", "object": "dispute", "amount": 14999, "currency": "usd",
-               "charge": intent["latest_charge"], "payment_intent": intent["id"], "reason": "fraudulent"}
+    dispute = {
+        "id": "dp_fake0001",
+        "object": "dispute",
+        "amount": 14999,
+        "currency": "usd",
+        "charge": intent["latest_charge"],
+        "payment_intent": intent["id"],
+        "reason": "fraudulent",
+    }
 
     assert webhook(as_buyer, *signed_event("charge.dispute.created", dispute)).status_code == 200
     act(as_seller, escrow_id, "deliver")

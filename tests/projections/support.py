@@ -24,12 +24,23 @@ ACCEPTED: list[list[tuple[str, str, dict[str, Any] | None]]] = [
     [("buyer", "pay", None), ("seller", "deliver", None)],
     [("buyer", "pay", None), ("seller", "deliver", None), ("buyer", "release", None)],
     [("buyer", "pay", None), ("buyer", "dispute", {"reason": "never arrived"})],
-    [("buyer", "pay", None), ("seller", "deliver", None), ("buyer", "dispute", {"reason": "wrong item"}),
-     ("staff", "resolve", {"outcome": "refund"})],
-    [("buyer", "pay", None), ("seller", "deliver", None), ("seller", "dispute", {"reason": "buyer silent"}),
-     ("staff", "resolve", {"outcome": "release"})],
-    [("buyer", "pay", None), ("buyer", "dispute", {"reason": "half broken"}),
-     ("staff", "resolve", {"outcome": "split", "seller_amount": "40.00"})],
+    [
+        ("buyer", "pay", None),
+        ("seller", "deliver", None),
+        ("buyer", "dispute", {"reason": "wrong item"}),
+        ("staff", "resolve", {"outcome": "refund"}),
+    ],
+    [
+        ("buyer", "pay", None),
+        ("seller", "deliver", None),
+        ("seller", "dispute", {"reason": "buyer silent"}),
+        ("staff", "resolve", {"outcome": "release"}),
+    ],
+    [
+        ("buyer", "pay", None),
+        ("buyer", "dispute", {"reason": "half broken"}),
+        ("staff", "resolve", {"outcome": "split", "seller_amount": "40.00"}),
+    ],
     # refused commands leave no events, but they are part of a realistic history
     [("seller", "release", None), ("buyer", "pay", None), ("buyer", "deliver", None)],
 ]
@@ -42,8 +53,13 @@ def random_histories(clients: dict[str, Any], seller: Any, *, seed: int, count: 
     for _ in range(count):
         amount = f"{rng.randint(50, 99_999) // 100}.{rng.randint(0, 99):02d}"
         currency = "USD"  # the only currency the gateway accepts today
-        created = create_escrow(clients["buyer"], seller=seller, amount=amount if int(amount.split(".")[0]) > 40 else "99.00",
-                                currency=currency, accept=False)
+        created = create_escrow(
+            clients["buyer"],
+            seller=seller,
+            amount=amount if int(amount.split(".")[0]) > 40 else "99.00",
+            currency=currency,
+            accept=False,
+        )
         started.append((created["escrow_id"], list(rng.choice(PATHS))))
     # interleave the escrows' steps so the event log is not sorted by escrow
     while any(steps for _, steps in started):

@@ -45,8 +45,9 @@ def _get(client: Any, escrow_id: str) -> dict[str, Any]:
 
 @pytest.mark.postgres_only
 @pytest.mark.parametrize("round_", range(3))
-def test_a_get_after_each_202_shows_the_command(round_: int, worker_only: None, api_client: Any, buyer: Any,
-                                               seller: Any, staff: Any) -> None:
+def test_a_get_after_each_202_shows_the_command(
+    round_: int, worker_only: None, api_client: Any, buyer: Any, seller: Any, staff: Any
+) -> None:
     as_buyer, as_seller, as_staff = api_client(buyer), api_client(seller), api_client(staff)
 
     created = create_escrow(as_buyer, seller=seller)

@@ -71,8 +71,11 @@ def test_daily_figures_agree_with_the_escrow_books(clients: dict[str, Any], sell
     assert figures, "nothing was held"
     for currency in {f.currency for f in figures}:
         books = Escrow.objects.filter(currency=currency).aggregate(
-            paid=Sum("paid_out_minor"), fee=Sum("fee_minor"), refunded=Sum("refunded_minor"),
-            received=Sum("received_minor"))
+            paid=Sum("paid_out_minor"),
+            fee=Sum("fee_minor"),
+            refunded=Sum("refunded_minor"),
+            received=Sum("received_minor"),
+        )
         mine = [f for f in figures if f.currency == currency]
         assert sum(f.released_minor for f in mine) == books["paid"] + books["fee"]
         assert sum(f.refunded_minor for f in mine) == books["refunded"]
@@ -99,8 +102,7 @@ def test_an_unknown_name_is_refused_and_switches_nothing(clients: dict[str, Any]
 
 
 @pytest.mark.postgres_only
-def test_no_get_fails_while_a_rebuild_runs(clients: dict[str, Any], api_client: Any, buyer: Any,
-                                           seller: Any) -> None:
+def test_no_get_fails_while_a_rebuild_runs(clients: dict[str, Any], api_client: Any, buyer: Any, seller: Any) -> None:
     """Readers in other threads (their own connections) keep reading while rebuilds replay and flip."""
     escrow_ids = random_histories(clients, seller, seed=11, count=10)
     expected = {e: Escrow.objects.get(pk=e).state for e in escrow_ids}

@@ -8,8 +8,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-FIGURES_FILE = Path(os.environ.get("RELIABILITY_FIGURES_FILE", Path(__file__).resolve().parents[2]
-                                   / "bench" / "results" / "reliability.json"))
+FIGURES_FILE = Path(
+    os.environ.get(
+        "RELIABILITY_FIGURES_FILE", Path(__file__).resolve().parents[2] / "bench" / "results" / "reliability.json"
+    )
+)
 _collected: dict[str, dict[str, Any]] = {}
 
 

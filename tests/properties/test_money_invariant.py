@@ -55,9 +55,18 @@ MAX_ESCROWS = 4
 # nothing behind; on a PostgreSQL cluster shared with other work, an old transaction anywhere holds the
 # watermark back and delivery resumes once it ends.
 CATCH_UP_SECONDS = 120
-FIGURES: dict[str, int] = {"bus_catch_ups": 0, "histories": 0, "steps": 0, "commands_accepted": 0, "commands_refused": 0,
-                           "webhooks_sent": 0, "webhook_duplicates_replayed": 0, "timers_fired": 0,
-                           "escrows": 0, "escrows_settled": 0}
+FIGURES: dict[str, int] = {
+    "bus_catch_ups": 0,
+    "histories": 0,
+    "steps": 0,
+    "commands_accepted": 0,
+    "commands_refused": 0,
+    "webhooks_sent": 0,
+    "webhook_duplicates_replayed": 0,
+    "timers_fired": 0,
+    "escrows": 0,
+    "escrows_settled": 0,
+}
 
 # DESIGN.md, "Escrow state machine": every edge a state may take. AWAIT_FUNDS -> REFUNDING is the one
 # addition: cancelling an escrow that received a mismatched payment must give that money back.
@@ -101,8 +110,15 @@ LEGAL: dict[tuple[str, str], set[str]] = {
     ("ResolveDispute", S.DISPUTED): {"staff"},
 }
 
-MONEY_FIELDS = ("received_minor", "held_minor", "paid_out_minor", "refunded_minor", "fee_minor",
-                "pending_payout_minor", "pending_refund_minor")
+MONEY_FIELDS = (
+    "received_minor",
+    "held_minor",
+    "paid_out_minor",
+    "refunded_minor",
+    "fee_minor",
+    "pending_payout_minor",
+    "pending_refund_minor",
+)
 SNAPSHOT_FIELDS = ("state", "version", *MONEY_FIELDS)
 
 
@@ -114,7 +130,9 @@ class People:
     staff: Any
 
 
-def signed_webhook(event_type: str, obj: dict[str, Any], *, event_id: str | None = None) -> tuple[bytes, dict[str, str]]:
+def signed_webhook(
+    event_type: str, obj: dict[str, Any], *, event_id: str | None = None
+) -> tuple[bytes, dict[str, str]]:
     """A webhook as the sandbox provider signs it (Stripe's scheme), with a chosen or fresh event id."""
     event = {
         "id": event_id or f"evt_prop_{uuid.uuid4().hex[:24]}",
@@ -193,13 +211,20 @@ class MoneyMachine(RuleBasedStateMachine):
     # --- rules --------------------------------------------------------------------------------------
 
     @precondition(lambda self: len(self.ids) < MAX_ESCROWS)
-    @rule(target=escrows, amount=st.integers(min_value=100, max_value=2_000_000),
-          creator=st.sampled_from(["buyer", "seller"]))
+    @rule(
+        target=escrows,
+        amount=st.integers(min_value=100, max_value=2_000_000),
+        creator=st.sampled_from(["buyer", "seller"]),
+    )
     def create(self, amount: int, creator: str) -> uuid.UUID:
         escrow_id = uuid.uuid4()
         command = escrow_v1.CreateEscrow(
-            escrow_id=str(escrow_id), buyer_id=self.people.buyer.pk, seller_id=self.people.seller.pk,
-            amount=Money(amount_minor=amount, currency="USD"), description="property", actor=self.actor(creator),
+            escrow_id=str(escrow_id),
+            buyer_id=self.people.buyer.pk,
+            seller_id=self.people.seller.pk,
+            amount=Money(amount_minor=amount, currency="USD"),
+            description="property",
+            actor=self.actor(creator),
         )
         result = services.dispatch(command, command_id=uuid.uuid4())
         assert result.state == S.AWAIT_ACCEPTANCE
@@ -239,8 +264,13 @@ class MoneyMachine(RuleBasedStateMachine):
         artifact = self.payment_artifact(escrow_id)
         if artifact is None:
             return
-        obj = {"id": f"dp_{uuid.uuid4().hex[:12]}", "object": "dispute", "payment_intent": artifact.provider_id,
-               "amount": artifact.amount_minor, "reason": "fraudulent"}
+        obj = {
+            "id": f"dp_{uuid.uuid4().hex[:12]}",
+            "object": "dispute",
+            "payment_intent": artifact.provider_id,
+            "amount": artifact.amount_minor,
+            "reason": "fraudulent",
+        }
         self.deliver(*signed_webhook("charge.dispute.created", obj))
 
     @precondition(lambda self: self.sent_webhooks)
@@ -252,18 +282,24 @@ class MoneyMachine(RuleBasedStateMachine):
         assert outcome.http_status < 500
         FIGURES["webhook_duplicates_replayed"] += 1
 
-    @rule(escrow_id=escrows, kind=st.sampled_from(["payment", "transfer", "refund", "refund_failed",
-                                                     "transfer_reversed"]), same_event_id=st.booleans())
+    @rule(
+        escrow_id=escrows,
+        kind=st.sampled_from(["payment", "transfer", "refund", "refund_failed", "transfer_reversed"]),
+        same_event_id=st.booleans(),
+    )
     def provider_event_again(self, escrow_id: uuid.UUID, kind: str, same_event_id: bool) -> None:
         """A late, repeated or reordered provider event about an object we already have."""
         artifact_kind = {"payment": "payment", "transfer": "transfer", "transfer_reversed": "transfer"}.get(
-            kind, "refund")
+            kind, "refund"
+        )
         artifact = PaymentArtifact.objects.filter(escrow_id=escrow_id, kind=artifact_kind).first()
         if artifact is None:
             return
         if kind == "payment":
-            event_type, obj = "payment_intent.succeeded", {**artifact.raw, "status": "succeeded",
-                                                           "amount_received": artifact.amount_minor}
+            event_type, obj = (
+                "payment_intent.succeeded",
+                {**artifact.raw, "status": "succeeded", "amount_received": artifact.amount_minor},
+            )
         elif kind == "transfer":
             event_type, obj = "transfer.created", artifact.raw
         elif kind == "transfer_reversed":
@@ -280,8 +316,17 @@ class MoneyMachine(RuleBasedStateMachine):
     @rule(
         escrow_id=escrows,
         role=st.sampled_from(["buyer", "seller", "staff", "stranger", "timer"]),
-        name=st.sampled_from(["AcceptEscrow", "DeclineEscrow", "MarkDelivered", "ReleaseFunds", "CancelEscrow",
-                              "OpenDispute", "ResolveDispute"]),
+        name=st.sampled_from(
+            [
+                "AcceptEscrow",
+                "DeclineEscrow",
+                "MarkDelivered",
+                "ReleaseFunds",
+                "CancelEscrow",
+                "OpenDispute",
+                "ResolveDispute",
+            ]
+        ),
         outcome=st.sampled_from(["release", "refund", "split"]),
         split=st.integers(min_value=-5, max_value=2_100_000),
     )
@@ -292,16 +337,25 @@ class MoneyMachine(RuleBasedStateMachine):
     def sensible_command(self, escrow_id: uuid.UUID, data: st.DataObject, outcome: str) -> None:
         """A command someone entitled would send in the current state (random ones are mostly refused)."""
         escrow = Escrow.objects.get(pk=escrow_id)
-        options = sorted((name, self.party_for(escrow_id, role)) for (name, state), roles in LEGAL.items()
-                         if state == escrow.state for role in roles if role != "timer")
+        options = sorted(
+            (name, self.party_for(escrow_id, role))
+            for (name, state), roles in LEGAL.items()
+            if state == escrow.state
+            for role in roles
+            if role != "timer"
+        )
         if not options:
             return
         name, role = data.draw(st.sampled_from(options))
         split = data.draw(st.integers(min_value=1, max_value=max(1, escrow.amount_minor - 1)))
         self._send_command(escrow_id, role, name, outcome, split)
 
-    @rule(escrow_id=escrows, data=st.data(), outcome=st.sampled_from(["release", "refund", "split"]),
-          role=st.sampled_from(["buyer", "seller", "staff", "stranger", "timer"]))
+    @rule(
+        escrow_id=escrows,
+        data=st.data(),
+        outcome=st.sampled_from(["release", "refund", "split"]),
+        role=st.sampled_from(["buyer", "seller", "staff", "stranger", "timer"]),
+    )
     def near_miss_command(self, escrow_id: uuid.UUID, data: st.DataObject, outcome: str, role: str) -> None:
         """A command that is valid in the current state, from anyone: probes who may send it."""
         escrow = Escrow.objects.get(pk=escrow_id)
@@ -330,15 +384,15 @@ class MoneyMachine(RuleBasedStateMachine):
             command = escrow_v1.OpenDispute(**common, reason="item not as described")
         else:
             command = escrow_v1.ResolveDispute(
-                **common, outcome=getattr(escrow_v1.DisputeOutcome, outcome.upper()),
+                **common,
+                outcome=getattr(escrow_v1.DisputeOutcome, outcome.upper()),
                 seller_amount=Money(amount_minor=split, currency="USD") if outcome == "split" else None,
             )
 
         legal = bool(self.sides(escrow_id, role) & LEGAL.get((name, before.state), set()))
         now = timezone.now()
         if role == "timer" and name == "CancelEscrow":
-            deadline = (before.acceptance_deadline if before.state == S.AWAIT_ACCEPTANCE
-                        else before.funding_deadline)
+            deadline = before.acceptance_deadline if before.state == S.AWAIT_ACCEPTANCE else before.funding_deadline
             legal = legal and deadline is not None and deadline <= now
         if role == "timer" and name == "ReleaseFunds":
             legal = legal and before.inspection_deadline is not None and before.inspection_deadline <= now
@@ -447,8 +501,9 @@ class MoneyMachine(RuleBasedStateMachine):
         assert received == e.received_minor
 
     def _audit(self, e: Escrow) -> None:
-        events = list(EscrowEvent.objects.filter(escrow=e).order_by("version").values_list(
-            "version", "event_id", "type"))
+        events = list(
+            EscrowEvent.objects.filter(escrow=e).order_by("version").values_list("version", "event_id", "type")
+        )
         assert [v for v, _, _ in events] == list(range(1, e.version + 1)), "audit versions must be contiguous"
         outbox = {
             row.event_id: row for row in OutboxMessage.objects.filter(aggregate_id=str(e.id), topic=ESCROW_EVENTS)

@@ -18,9 +18,14 @@ class TopicStatus:
     partitions: int
 
 
-async def ensure_topics(*, servers: str, partitions: int, replication_factor: int,
-                        min_insync_replicas: int | None = None,
-                        specs: list[TopicSpec] | None = None) -> list[TopicStatus]:
+async def ensure_topics(
+    *,
+    servers: str,
+    partitions: int,
+    replication_factor: int,
+    min_insync_replicas: int | None = None,
+    specs: list[TopicSpec] | None = None,
+) -> list[TopicStatus]:
     """Creates the missing topics with `replication_factor` replicas and `min.insync.replicas` (default
     KAFKA_MIN_INSYNC_REPLICAS): with acks=all, a write is acknowledged only once that many replicas have
     it (3 and 2 in production: one broker may be down, none lost)."""
@@ -34,11 +39,17 @@ async def ensure_topics(*, servers: str, partitions: int, replication_factor: in
         existing = set(await admin.list_topics())
         missing = [spec for spec in specs if spec.name not in existing]
         if missing:
-            await admin.create_topics([
-                NewTopic(name=spec.name, num_partitions=partitions, replication_factor=replication_factor,
-                         topic_configs={**spec.configs, "min.insync.replicas": str(insync)})
-                for spec in missing
-            ])
+            await admin.create_topics(
+                [
+                    NewTopic(
+                        name=spec.name,
+                        num_partitions=partitions,
+                        replication_factor=replication_factor,
+                        topic_configs={**spec.configs, "min.insync.replicas": str(insync)},
+                    )
+                    for spec in missing
+                ]
+            )
         described = await admin.describe_topics([spec.name for spec in specs])
         counts = {topic["topic"]: len(topic.get("partitions") or []) for topic in described}
         created = {spec.name for spec in missing}

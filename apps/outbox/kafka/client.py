@@ -128,8 +128,11 @@ def security_options() -> dict[str, Any]:
             raise ImproperlyConfigured(f"KAFKA_SASL_MECHANISM must be one of {', '.join(SASL_MECHANISMS)}")
         if not settings.KAFKA_SASL_USERNAME or not settings.KAFKA_SASL_PASSWORD:
             raise ImproperlyConfigured("KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are required with SASL")
-        options.update(sasl_mechanism=mechanism, sasl_plain_username=settings.KAFKA_SASL_USERNAME,
-                       sasl_plain_password=settings.KAFKA_SASL_PASSWORD)
+        options.update(
+            sasl_mechanism=mechanism,
+            sasl_plain_username=settings.KAFKA_SASL_USERNAME,
+            sasl_plain_password=settings.KAFKA_SASL_PASSWORD,
+        )
     return options
 
 

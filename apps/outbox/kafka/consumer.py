@@ -41,20 +41,30 @@ class ConsumerStats:
     dead_lettered: int = 0
 
     def summary(self) -> str:
-        return (f"received={self.received} applied={self.applied} duplicates={self.duplicates} "
-                f"dead_lettered={self.dead_lettered}")
+        return (
+            f"received={self.received} applied={self.applied} duplicates={self.duplicates} "
+            f"dead_lettered={self.dead_lettered}"
+        )
 
 
 class AppConsumer:
-    def __init__(self, *, app: str, servers: str | None = None, group_id: str | None = None,
-                 max_attempts: int | None = None, retry_base_seconds: float | None = None,
-                 report: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        app: str,
+        servers: str | None = None,
+        group_id: str | None = None,
+        max_attempts: int | None = None,
+        retry_base_seconds: float | None = None,
+        report: Callable[[str], None] | None = None,
+    ) -> None:
         self.subscriber = bus.get_subscriber(app)
         self.servers = bootstrap_servers(servers)
         self.group_id = group_id or app
         self.max_attempts = max_attempts or settings.KAFKA_CONSUMER_MAX_ATTEMPTS
-        self.retry_base_seconds = (retry_base_seconds if retry_base_seconds is not None
-                                   else settings.BUS_RETRY_BASE_SECONDS)
+        self.retry_base_seconds = (
+            retry_base_seconds if retry_base_seconds is not None else settings.BUS_RETRY_BASE_SECONDS
+        )
         self.report = report or (lambda line: log.info(line))
         self.stopping = threading.Event()
         self.stats = ConsumerStats()
@@ -68,17 +78,19 @@ class AppConsumer:
     def run(self, *, until_caught_up: bool = False) -> ConsumerStats:
         """Consumes until stopped; with `until_caught_up`, until every assigned partition is read to
         its end (for scripts and tests)."""
-        self._consumer = self._runner.build(lambda: make_consumer(
-            *sorted(self.subscriber.topics),
-            servers=self.servers,
-            group_id=self.group_id,
-            client_id=f"escrow-{self.group_id}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=settings.KAFKA_SESSION_TIMEOUT_MS,
-            heartbeat_interval_ms=settings.KAFKA_HEARTBEAT_INTERVAL_MS,
-            rebalance_timeout_ms=settings.KAFKA_SESSION_TIMEOUT_MS,
-        ))
+        self._consumer = self._runner.build(
+            lambda: make_consumer(
+                *sorted(self.subscriber.topics),
+                servers=self.servers,
+                group_id=self.group_id,
+                client_id=f"escrow-{self.group_id}",
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                session_timeout_ms=settings.KAFKA_SESSION_TIMEOUT_MS,
+                heartbeat_interval_ms=settings.KAFKA_HEARTBEAT_INTERVAL_MS,
+                rebalance_timeout_ms=settings.KAFKA_SESSION_TIMEOUT_MS,
+            )
+        )
         self._dlq = self._runner.build(lambda: make_producer(self.servers, client_id=f"escrow-{self.group_id}-dlq"))
         try:
             self._runner.run(self._consumer.start())
@@ -147,19 +159,35 @@ class AppConsumer:
                     self._dead_letter(record, attempts, exc)
                     return
                 delay = self.retry_base_seconds * (4 ** (attempts - 1))
-                log.warning("kafka handler failed, will retry",
-                            extra={"subscriber": self.subscriber.name, "topic": record.topic, "key": record.key,
-                                   "partition": record.partition, "offset": record.offset, "attempt": attempts,
-                                   "error": repr(exc)})
+                log.warning(
+                    "kafka handler failed, will retry",
+                    extra={
+                        "subscriber": self.subscriber.name,
+                        "topic": record.topic,
+                        "key": record.key,
+                        "partition": record.partition,
+                        "offset": record.offset,
+                        "attempt": attempts,
+                        "error": repr(exc),
+                    },
+                )
                 time.sleep(delay)
 
     def _wait_for_database(self, record: ConsumerRecord, outages: int, exc: BaseException) -> None:
         if self.stopping.is_set():
             raise outage.DatabaseUnavailable("stopping while the database is away") from exc
         delay = outage.backoff_seconds(outages)
-        log.warning("kafka consumer: database unavailable, will retry",
-                    extra={"subscriber": self.subscriber.name, "topic": record.topic, "offset": record.offset,
-                           "failures": outages, "retry_in_s": delay, "error": repr(exc)})
+        log.warning(
+            "kafka consumer: database unavailable, will retry",
+            extra={
+                "subscriber": self.subscriber.name,
+                "topic": record.topic,
+                "offset": record.offset,
+                "failures": outages,
+                "retry_in_s": delay,
+                "error": repr(exc),
+            },
+        )
         outage.reset_connection()
         # Waiting on the client's loop keeps the group membership alive (heartbeats) meanwhile.
         self._runner.run(asyncio.sleep(delay))
@@ -167,19 +195,29 @@ class AppConsumer:
     def _dead_letter(self, record: ConsumerRecord, attempts: int, exc: BaseException) -> None:
         assert self._dlq is not None
         error = "".join(traceback.format_exception(exc))[-4000:]
-        headers = [*(record.headers or ()),
-                   ("dlq.subscriber", self.subscriber.name.encode()),
-                   ("dlq.error", repr(exc)[:1000].encode()),
-                   ("dlq.traceback", error.encode()),
-                   ("dlq.attempts", str(attempts).encode()),
-                   ("dlq.source", f"{record.topic}/{record.partition}/{record.offset}".encode())]
+        headers = [
+            *(record.headers or ()),
+            ("dlq.subscriber", self.subscriber.name.encode()),
+            ("dlq.error", repr(exc)[:1000].encode()),
+            ("dlq.traceback", error.encode()),
+            ("dlq.attempts", str(attempts).encode()),
+            ("dlq.source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
+        ]
         # Waits for the ack: the offset may only move once the dead letter is safe on the broker.
-        self._runner.run(self._dlq.send_and_wait(dlq_for(record.topic), value=record.value, key=record.key,
-                                                 headers=headers))
+        self._runner.run(
+            self._dlq.send_and_wait(dlq_for(record.topic), value=record.value, key=record.key, headers=headers)
+        )
         self.stats.dead_lettered += 1
-        log.error("kafka message dead-lettered",
-                  extra={"subscriber": self.subscriber.name, "topic": record.topic, "offset": record.offset,
-                         "attempts": attempts, "error": repr(exc)})
+        log.error(
+            "kafka message dead-lettered",
+            extra={
+                "subscriber": self.subscriber.name,
+                "topic": record.topic,
+                "offset": record.offset,
+                "attempts": attempts,
+                "error": repr(exc),
+            },
+        )
 
     def _close(self) -> None:
         for client in (self._consumer, self._dlq):

@@ -11,8 +11,16 @@ from apps.outbox.models import OutboxMessage
 
 Headers = list[tuple[str, bytes]]
 
-HEADER_NAMES = ("event_id", "type", "aggregate_id", "aggregate_version", "occurred_at", "correlation_id",
-                "causation_id", "traceparent")
+HEADER_NAMES = (
+    "event_id",
+    "type",
+    "aggregate_id",
+    "aggregate_version",
+    "occurred_at",
+    "correlation_id",
+    "causation_id",
+    "traceparent",
+)
 
 
 class EnvelopeError(ValueError):
@@ -20,15 +28,29 @@ class EnvelopeError(ValueError):
 
 
 def headers_for(row: OutboxMessage) -> Headers:
-    return envelope_headers(event_id=row.event_id, type_name=row.type, aggregate_id=row.aggregate_id,
-                            aggregate_version=row.aggregate_version, occurred_at=row.occurred_at,
-                            correlation_id=row.correlation_id, causation_id=row.causation_id,
-                            traceparent=row.traceparent)
+    return envelope_headers(
+        event_id=row.event_id,
+        type_name=row.type,
+        aggregate_id=row.aggregate_id,
+        aggregate_version=row.aggregate_version,
+        occurred_at=row.occurred_at,
+        correlation_id=row.correlation_id,
+        causation_id=row.causation_id,
+        traceparent=row.traceparent,
+    )
 
 
-def envelope_headers(*, event_id: uuid.UUID | str, type_name: str, aggregate_id: str, aggregate_version: int | str,
-                     occurred_at: datetime.datetime, correlation_id: str, causation_id: str,
-                     traceparent: str) -> Headers:
+def envelope_headers(
+    *,
+    event_id: uuid.UUID | str,
+    type_name: str,
+    aggregate_id: str,
+    aggregate_version: int | str,
+    occurred_at: datetime.datetime,
+    correlation_id: str,
+    causation_id: str,
+    traceparent: str,
+) -> Headers:
     # A list literal in HEADER_NAMES order: the relay builds this for every record.
     return [
         ("event_id", str(event_id).encode()),
@@ -48,8 +70,9 @@ def header_map(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:
 
 def delivery_from_record(*, topic: str, key: bytes | None, headers: Sequence[tuple[str, bytes]] | None) -> Delivery:
     found = header_map(headers)
-    missing = [name for name in ("event_id", "type", "aggregate_id", "aggregate_version", "occurred_at")
-               if not found.get(name)]
+    missing = [
+        name for name in ("event_id", "type", "aggregate_id", "aggregate_version", "occurred_at") if not found.get(name)
+    ]
     if missing:
         raise EnvelopeError(f"missing envelope headers: {', '.join(missing)}")
     try:

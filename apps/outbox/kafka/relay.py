@@ -54,8 +54,21 @@ def unpublished_rows() -> QuerySet[OutboxMessage]:
 ValueEncoder = Callable[[str, str, bytes], bytes]
 """(topic, type name, protobuf payload) -> record value; the Schema Registry framing plugs in here."""
 
-_RECORD_FIELDS = ("id", "txid", "topic", "key", "payload", "event_id", "type", "aggregate_id",
-                  "aggregate_version", "occurred_at", "correlation_id", "causation_id", "traceparent")
+_RECORD_FIELDS = (
+    "id",
+    "txid",
+    "topic",
+    "key",
+    "payload",
+    "event_id",
+    "type",
+    "aggregate_id",
+    "aggregate_version",
+    "occurred_at",
+    "correlation_id",
+    "causation_id",
+    "traceparent",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +90,11 @@ def records_from(rows: QuerySet[OutboxMessage], *, encode_value: ValueEncoder | 
 
 # Python's `datetime.isoformat()` of a UTC timestamp (microseconds only when non-zero), so the header is the
 # same text whichever path built it (tests/kafka/test_relay_batching.py compares them).
-_OCCURRED_AT_ISO_SQL = ("to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS') || "
-                        "CASE WHEN date_part('microseconds', occurred_at)::bigint %% 1000000 = 0 THEN '' "
-                        "ELSE to_char(occurred_at AT TIME ZONE 'UTC', '.US') END || '+00:00'")
+_OCCURRED_AT_ISO_SQL = (
+    "to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS') || "
+    "CASE WHEN date_part('microseconds', occurred_at)::bigint %% 1000000 = 0 THEN '' "
+    "ELSE to_char(occurred_at AT TIME ZONE 'UTC', '.US') END || '+00:00'"
+)
 
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
@@ -92,11 +107,13 @@ def _fetch_postgresql(*, limit: int, after: tuple[int, int] | None) -> list[tupl
     xid watermark count, so a late-committing row is never published out of order."""
     table = OutboxMessage._meta.db_table
     keyset = "AND (txid, id) > (%s, %s)" if after is not None else ""
-    sql = (f"SELECT id, txid, topic, key, payload, event_id::text, type, aggregate_id, "  # noqa: S608
-           f"aggregate_version::text, {_OCCURRED_AT_ISO_SQL}, "
-           f"floor(extract(epoch FROM occurred_at) * 1000)::bigint, correlation_id, causation_id, traceparent "
-           f"FROM {table} WHERE published_at IS NULL AND txid < {XID_WATERMARK_SQL} {keyset} "
-           f"ORDER BY txid, id LIMIT %s")
+    sql = (
+        f"SELECT id, txid, topic, key, payload, event_id::text, type, aggregate_id, "  # noqa: S608
+        f"aggregate_version::text, {_OCCURRED_AT_ISO_SQL}, "
+        f"floor(extract(epoch FROM occurred_at) * 1000)::bigint, correlation_id, causation_id, traceparent "
+        f"FROM {table} WHERE published_at IS NULL AND txid < {XID_WATERMARK_SQL} {keyset} "
+        f"ORDER BY txid, id LIMIT %s"
+    )
     with connection.cursor() as cursor:
         cursor.execute(sql, [*(after or ()), limit])
         return cursor.fetchall()
@@ -105,20 +122,44 @@ def _fetch_postgresql(*, limit: int, after: tuple[int, int] | None) -> list[tupl
 def _records_postgresql(rows: Iterable[tuple[Any, ...]], *, encode_value: ValueEncoder | None) -> list[RelayRecord]:
     records = []
     append = records.append
-    for (id_, txid, topic, key, payload, event_id, type_name, aggregate_id, aggregate_version, occurred_at,
-         timestamp_ms, correlation_id, causation_id, traceparent) in rows:
+    for (
+        id_,
+        txid,
+        topic,
+        key,
+        payload,
+        event_id,
+        type_name,
+        aggregate_id,
+        aggregate_version,
+        occurred_at,
+        timestamp_ms,
+        correlation_id,
+        causation_id,
+        traceparent,
+    ) in rows:
         value = bytes(payload) if encode_value is None else _encode(encode_value, topic, type_name, payload)
         # HEADER_NAMES order, as envelope_headers() builds them.
-        append(RelayRecord(id_, txid, topic, key.encode(), value, [
-            ("event_id", event_id.encode()),
-            ("type", type_name.encode()),
-            ("aggregate_id", aggregate_id.encode()),
-            ("aggregate_version", aggregate_version.encode()),
-            ("occurred_at", occurred_at.encode()),
-            ("correlation_id", correlation_id.encode()),
-            ("causation_id", causation_id.encode()),
-            ("traceparent", traceparent.encode()),
-        ], timestamp_ms))
+        append(
+            RelayRecord(
+                id_,
+                txid,
+                topic,
+                key.encode(),
+                value,
+                [
+                    ("event_id", event_id.encode()),
+                    ("type", type_name.encode()),
+                    ("aggregate_id", aggregate_id.encode()),
+                    ("aggregate_version", aggregate_version.encode()),
+                    ("occurred_at", occurred_at.encode()),
+                    ("correlation_id", correlation_id.encode()),
+                    ("causation_id", causation_id.encode()),
+                    ("traceparent", traceparent.encode()),
+                ],
+                timestamp_ms,
+            )
+        )
     return records
 
 
@@ -131,22 +172,48 @@ def _encode(encode_value: ValueEncoder, topic: str, type_name: str, payload: byt
 
 def _records(rows: Iterable[tuple[Any, ...]], *, encode_value: ValueEncoder | None) -> list[RelayRecord]:
     records = []
-    for (id_, txid, topic, key, payload, event_id, type_name, aggregate_id, aggregate_version, occurred_at,
-         correlation_id, causation_id, traceparent) in rows:
+    for (
+        id_,
+        txid,
+        topic,
+        key,
+        payload,
+        event_id,
+        type_name,
+        aggregate_id,
+        aggregate_version,
+        occurred_at,
+        correlation_id,
+        causation_id,
+        traceparent,
+    ) in rows:
         value = bytes(payload) if encode_value is None else _encode(encode_value, topic, type_name, payload)
-        records.append(RelayRecord(
-            id=id_, txid=txid, topic=topic, key=key.encode(), value=value,
-            headers=envelope_headers(event_id=event_id, type_name=type_name, aggregate_id=aggregate_id,
-                                     aggregate_version=aggregate_version, occurred_at=occurred_at,
-                                     correlation_id=correlation_id, causation_id=causation_id,
-                                     traceparent=traceparent),
-            timestamp_ms=(occurred_at - _EPOCH) // _MILLISECOND,  # exact, as the SQL path's floor()
-        ))
+        records.append(
+            RelayRecord(
+                id=id_,
+                txid=txid,
+                topic=topic,
+                key=key.encode(),
+                value=value,
+                headers=envelope_headers(
+                    event_id=event_id,
+                    type_name=type_name,
+                    aggregate_id=aggregate_id,
+                    aggregate_version=aggregate_version,
+                    occurred_at=occurred_at,
+                    correlation_id=correlation_id,
+                    causation_id=causation_id,
+                    traceparent=traceparent,
+                ),
+                timestamp_ms=(occurred_at - _EPOCH) // _MILLISECOND,  # exact, as the SQL path's floor()
+            )
+        )
     return records
 
 
-def publishable_records(*, limit: int, after: tuple[int, int] | None = None,
-                        encode_value: ValueEncoder | None = None) -> list[RelayRecord]:
+def publishable_records(
+    *, limit: int, after: tuple[int, int] | None = None, encode_value: ValueEncoder | None = None
+) -> list[RelayRecord]:
     """The next unpublished rows in delivery order, strictly after `after` (keyset pagination).
 
     Keyset is safe with the watermark: every row below it belongs to a finished transaction, so a row
@@ -167,9 +234,11 @@ def mark_published(ids: list[int]) -> None:
     if connection.vendor == "postgresql":
         # One array literal instead of a thousand placeholders (and no per-element adaptation).
         with connection.cursor() as cursor:
-            cursor.execute(f"UPDATE {OutboxMessage._meta.db_table} SET published_at = %s "  # noqa: S608
-                           "WHERE id = ANY(%s::bigint[]) AND published_at IS NULL",
-                           [now, "{" + ",".join(map(str, ids)) + "}"])
+            cursor.execute(
+                f"UPDATE {OutboxMessage._meta.db_table} SET published_at = %s "  # noqa: S608
+                "WHERE id = ANY(%s::bigint[]) AND published_at IS NULL",
+                [now, "{" + ",".join(map(str, ids)) + "}"],
+            )
         return
     OutboxMessage.objects.filter(id__in=ids, published_at__isnull=True).update(published_at=now)
 
@@ -206,9 +275,11 @@ class RelayStats:
         return statistics.quantiles(self.batch_ms, n=100, method="inclusive")[int(q) - 1]
 
     def summary(self) -> str:
-        return (f"published={self.published} batches={self.batches} failures={self.failures} "
-                f"batch_ms p50={self.percentile(50):.1f} p95={self.percentile(95):.1f} "
-                f"p99={self.percentile(99):.1f}")
+        return (
+            f"published={self.published} batches={self.batches} failures={self.failures} "
+            f"batch_ms p50={self.percentile(50):.1f} p95={self.percentile(95):.1f} "
+            f"p99={self.percentile(99):.1f}"
+        )
 
 
 class PublishFailed(RuntimeError):
@@ -257,10 +328,18 @@ class InFlight:
 
 
 class OutboxRelay:
-    def __init__(self, *, servers: str | None = None, batch_size: int | None = None,
-                 pipeline_depth: int = 2, poll_seconds: float = 0.2, standby_seconds: float = 1.0,
-                 progress_seconds: float = 5.0, encode_value: ValueEncoder | None = None,
-                 report: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        servers: str | None = None,
+        batch_size: int | None = None,
+        pipeline_depth: int = 2,
+        poll_seconds: float = 0.2,
+        standby_seconds: float = 1.0,
+        progress_seconds: float = 5.0,
+        encode_value: ValueEncoder | None = None,
+        report: Callable[[str], None] | None = None,
+    ) -> None:
         self.servers = bootstrap_servers(servers)
         self.batch_size = batch_size or settings.KAFKA_RELAY_BATCH_SIZE
         self.pipeline_depth = max(1, pipeline_depth)
@@ -313,8 +392,9 @@ class OutboxRelay:
                         raise PublishFailed("lost the relay lock connection; stopping so a standby can take over")
                     # Read (and hand over) the next batch while the earlier ones wait for their acks.
                     try:
-                        records = publishable_records(limit=self.batch_size, after=cursor,
-                                                      encode_value=self.encode_value)
+                        records = publishable_records(
+                            limit=self.batch_size, after=cursor, encode_value=self.encode_value
+                        )
                         if records:
                             window.append(self._submit(records))
                     except PublishFailed as exc:
@@ -412,7 +492,9 @@ class OutboxRelay:
 
     def _submit(self, records: list[RelayRecord]) -> InFlight:
         producer = self._ensure_producer()
-        return InFlight(records, self._loop.start(_send_all(producer, records, self._enqueue_lock)), time.perf_counter())
+        return InFlight(
+            records, self._loop.start(_send_all(producer, records, self._enqueue_lock)), time.perf_counter()
+        )
 
     def _settle(self, batch: InFlight) -> int:
         """Waits for a batch's acks and marks its acknowledged prefix published."""
@@ -485,8 +567,12 @@ async def _send_all(producer: AIOKafkaProducer, records: list[RelayRecord], enqu
                 end = start
                 while end < len(indices):  # the first record always fits, so each batch takes at least one
                     record = records[indices[end]]
-                    if batch.append(timestamp=record.timestamp_ms, key=record.key, value=record.value,
-                                    headers=record.headers) is None:
+                    if (
+                        batch.append(
+                            timestamp=record.timestamp_ms, key=record.key, value=record.value, headers=record.headers
+                        )
+                        is None
+                    ):
                         break
                     end += 1
                 batch.close()
@@ -517,5 +603,3 @@ def _encoder_from_settings() -> ValueEncoder | None:
 def relay_once(*, servers: str | None = None) -> RelayStats:
     """Publishes everything pending and returns (for scripts and tests)."""
     return OutboxRelay(servers=servers).run(once=True)
-
-

@@ -12,8 +12,13 @@ from apps.outbox.kafka.relay import OutboxRelay, RelayStats, records_from
 from apps.outbox.models import OutboxMessage
 
 
-def replay_selection(*, since: datetime.datetime | None = None, until: datetime.datetime | None = None,
-                     escrow_id: str | None = None, type_name: str | None = None) -> QuerySet[OutboxMessage]:
+def replay_selection(
+    *,
+    since: datetime.datetime | None = None,
+    until: datetime.datetime | None = None,
+    escrow_id: str | None = None,
+    type_name: str | None = None,
+) -> QuerySet[OutboxMessage]:
     rows = OutboxMessage.objects.all()
     if since is not None:
         rows = rows.filter(occurred_at__gte=since)
@@ -27,8 +32,13 @@ def replay_selection(*, since: datetime.datetime | None = None, until: datetime.
     return rows.order_by("txid", "id")
 
 
-def replay_outbox(*, rows: QuerySet[OutboxMessage], servers: str | None = None, batch_size: int = 1000,
-                  report: Callable[[str], None] | None = None) -> RelayStats:
+def replay_outbox(
+    *,
+    rows: QuerySet[OutboxMessage],
+    servers: str | None = None,
+    batch_size: int = 1000,
+    report: Callable[[str], None] | None = None,
+) -> RelayStats:
     total = rows.count()
     relay = OutboxRelay(servers=servers, batch_size=batch_size, report=report)
     say = report or (lambda line: None)
@@ -36,8 +46,10 @@ def replay_outbox(*, rows: QuerySet[OutboxMessage], servers: str | None = None, 
         after: tuple[int, int] = (-1, -1)
         while True:
             # Keyset pagination in delivery order: stable even while new rows arrive.
-            page = records_from(rows.filter(txid__gte=after[0]).exclude(txid=after[0], id__lte=after[1])[:batch_size],
-                                encode_value=relay.encode_value)
+            page = records_from(
+                rows.filter(txid__gte=after[0]).exclude(txid=after[0], id__lte=after[1])[:batch_size],
+                encode_value=relay.encode_value,
+            )
             if not page:
                 break
             relay.publish_batch(page)

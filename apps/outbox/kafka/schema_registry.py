@@ -133,7 +133,7 @@ def parse_proto(path: str, text: str) -> ProtoFile:
         if len(stack) == 1 and token == "package":
             package = tokens[i + 1]
         elif len(stack) == 1 and token == "import":
-            quoted = next(t for t in tokens[i + 1:] if t.startswith('"'))
+            quoted = next(t for t in tokens[i + 1 :] if t.startswith('"'))
             imports.append(quoted.strip('"'))
         elif token == "message" and i + 2 < len(tokens) and tokens[i + 2] == "{":
             pending_message = tokens[i + 1]
@@ -202,8 +202,11 @@ class ConfluentProtobufFraming:
             return self._ids[key]
 
     def _body(self, proto: ProtoFile) -> dict[str, Any]:
-        references = [{"name": imported, "subject": imported, "version": self._reference_version(imported)}
-                      for imported in proto.imports if not imported.startswith(WELL_KNOWN_PREFIX)]
+        references = [
+            {"name": imported, "subject": imported, "version": self._reference_version(imported)}
+            for imported in proto.imports
+            if not imported.startswith(WELL_KNOWN_PREFIX)
+        ]
         body: dict[str, Any] = {"schemaType": "PROTOBUF", "schema": proto.text}
         if references:
             body["references"] = references
@@ -227,8 +230,9 @@ class ConfluentProtobufFraming:
         except requests.RequestException as exc:
             raise SchemaRegistryError(f"schema registry unreachable at {self.url}: {exc!r}") from exc
         if response.status_code >= 300:
-            raise SchemaRegistryError(f"schema registry answered {response.status_code} to POST {url}: "
-                                      f"{response.text[:300]}")
+            raise SchemaRegistryError(
+                f"schema registry answered {response.status_code} to POST {url}: {response.text[:300]}"
+            )
         return response.json()
 
 
@@ -246,6 +250,5 @@ def unframe(value: bytes, *, type_name: str) -> bytes:
     framed = parse_frame(value)
     _, expected = locate(type_name)
     if framed.path != expected:
-        raise FramingError(f"message index {list(framed.path)} does not match {type_name} "
-                           f"(expected {list(expected)})")
+        raise FramingError(f"message index {list(framed.path)} does not match {type_name} (expected {list(expected)})")
     return framed.payload

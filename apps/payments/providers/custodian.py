@@ -72,16 +72,23 @@ def minor_of(amount: Any) -> int | None:
     return int((value * 100).quantize(Decimal(1), rounding=ROUND_DOWN))
 
 
-def _request(method: str, path: str, *, body: dict[str, Any] | None = None,
-             params: dict[str, str] | None = None) -> dict[str, Any]:
+def _request(
+    method: str, path: str, *, body: dict[str, Any] | None = None, params: dict[str, str] | None = None
+) -> dict[str, Any]:
     """One call (CUSTODIAN_TIMEOUT_SECONDS). A POST body gets a fresh entity-secret ciphertext on every
     attempt, including the one after a Retry-After wait; its idempotencyKey stays the same."""
     url = f"{settings.CUSTODIAN_API_BASE.rstrip('/')}{path}"
     timeout = float(getattr(settings, "CUSTODIAN_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS))
 
     def send() -> requests.Response:
-        return requests.request(method, url, json=_with_secret(body) if body is not None else None, params=params,
-                                timeout=timeout, headers={"Authorization": f"Bearer {settings.CUSTODIAN_API_KEY}"})
+        return requests.request(
+            method,
+            url,
+            json=_with_secret(body) if body is not None else None,
+            params=params,
+            timeout=timeout,
+            headers={"Authorization": f"Bearer {settings.CUSTODIAN_API_KEY}"},
+        )
 
     try:
         response = send_honouring_retry_after("custodian", send)
@@ -94,7 +101,9 @@ def _request(method: str, path: str, *, body: dict[str, Any] | None = None,
     if not isinstance(answer, dict):
         answer = {}
     if response.status_code >= 400:
-        message = f"custodian {method} {path}: {response.status_code} {answer.get('code', '')} {answer.get('message', '')}"
+        message = (
+            f"custodian {method} {path}: {response.status_code} {answer.get('code', '')} {answer.get('message', '')}"
+        )
         wait = retry_after_seconds(response)
         if wait is not None:
             message += f" (retry after {wait:g} s)"
@@ -180,48 +189,68 @@ def _public_key(key_id: str) -> ec.EllipticCurvePublicKey:
 class CustodianProvider(PaymentProvider):
     name = "custodian"
 
-    def create_payment(
-        self, *, escrow_id: str, amount_minor: int, currency: str, idempotency_key: str
-    ) -> PaymentSetup:
+    def create_payment(self, *, escrow_id: str, amount_minor: int, currency: str, idempotency_key: str) -> PaymentSetup:
         if currency != "USD":
             raise ProviderError(f"the USDC rail takes USD escrows, not {currency}", transient=False)
-        data = _request("POST", "/v1/w3s/developer/wallets", body={
-            "idempotencyKey": idempotency_uuid(idempotency_key),
-            "walletSetId": getattr(settings, "CUSTODIAN_WALLET_SET_ID", ""),
-            "blockchains": [BLOCKCHAIN],
-            "count": 1,
-            "metadata": [{"name": "escrow", "refId": escrow_id}],
-        })
+        data = _request(
+            "POST",
+            "/v1/w3s/developer/wallets",
+            body={
+                "idempotencyKey": idempotency_uuid(idempotency_key),
+                "walletSetId": getattr(settings, "CUSTODIAN_WALLET_SET_ID", ""),
+                "blockchains": [BLOCKCHAIN],
+                "count": 1,
+                "metadata": [{"name": "escrow", "refId": escrow_id}],
+            },
+        )
         wallets = data.get("wallets") or []
         if len(wallets) != 1 or not wallets[0].get("id") or not wallets[0].get("address"):
             raise ProviderError("custodian created no wallet", transient=True)
         wallet = wallets[0]
         raw = {key: wallet.get(key) for key in ("id", "address", "blockchain", "state")}
-        return PaymentSetup(provider_payment_id=wallet["id"], deposit_address=wallet["address"],
-                            raw={**raw, "expected": usdc_amount(amount_minor)})
+        return PaymentSetup(
+            provider_payment_id=wallet["id"],
+            deposit_address=wallet["address"],
+            raw={**raw, "expected": usdc_amount(amount_minor)},
+        )
 
-    def _send(self, *, escrow_id: str, wallet_id: str, destination: str, amount_minor: int, currency: str,
-              idempotency_key: str, purpose: str) -> MoneyMovement:
+    def _send(
+        self,
+        *,
+        escrow_id: str,
+        wallet_id: str,
+        destination: str,
+        amount_minor: int,
+        currency: str,
+        idempotency_key: str,
+        purpose: str,
+    ) -> MoneyMovement:
         if currency != "USD":
             raise ProviderError(f"the USDC rail pays USD escrows, not {currency}", transient=False)
-        verdict = screening.screen_address(address=destination, purpose=purpose, escrow_id=escrow_id,
-                                           chain=CHAIN_FOR_SCREENING)
+        verdict = screening.screen_address(
+            address=destination, purpose=purpose, escrow_id=escrow_id, chain=CHAIN_FOR_SCREENING
+        )
         if not verdict.allowed:
             raise screening.ScreeningBlocked(address=destination, reason=verdict.reason)
-        data = _request("POST", "/v1/w3s/developer/transactions/transfer", body={
-            "idempotencyKey": idempotency_uuid(idempotency_key),
-            "walletId": wallet_id,
-            "destinationAddress": destination,
-            "amounts": [usdc_amount(amount_minor)],
-            "tokenAddress": getattr(settings, "CUSTODIAN_USDC_TOKEN_ADDRESS", ""),
-            "blockchain": BLOCKCHAIN,
-            "feeLevel": "MEDIUM",
-            "refId": escrow_id,
-        })
+        data = _request(
+            "POST",
+            "/v1/w3s/developer/transactions/transfer",
+            body={
+                "idempotencyKey": idempotency_uuid(idempotency_key),
+                "walletId": wallet_id,
+                "destinationAddress": destination,
+                "amounts": [usdc_amount(amount_minor)],
+                "tokenAddress": getattr(settings, "CUSTODIAN_USDC_TOKEN_ADDRESS", ""),
+                "blockchain": BLOCKCHAIN,
+                "feeLevel": "MEDIUM",
+                "refId": escrow_id,
+            },
+        )
         if not data.get("id"):
             raise ProviderError("custodian accepted a transfer without an id", transient=True)
-        return MoneyMovement(provider_id=str(data["id"]), raw={"id": data["id"], "state": data.get("state"),
-                                                               "destination": destination})
+        return MoneyMovement(
+            provider_id=str(data["id"]), raw={"id": data["id"], "state": data.get("state"), "destination": destination}
+        )
 
     def create_transfer(
         self,
@@ -233,23 +262,44 @@ class CustodianProvider(PaymentProvider):
         source_payment_id: str,
         idempotency_key: str,
     ) -> MoneyMovement:
-        return self._send(escrow_id=escrow_id, wallet_id=source_payment_id, destination=payouts.wallet_for(seller_id),
-                          amount_minor=amount_minor, currency=currency, idempotency_key=idempotency_key,
-                          purpose="payout")
+        return self._send(
+            escrow_id=escrow_id,
+            wallet_id=source_payment_id,
+            destination=payouts.wallet_for(seller_id),
+            amount_minor=amount_minor,
+            currency=currency,
+            idempotency_key=idempotency_key,
+            purpose="payout",
+        )
 
     def create_refund(
         self, *, escrow_id: str, payment_id: str, amount_minor: int, currency: str, idempotency_key: str
     ) -> MoneyMovement:
         # Back to where the money came from: the sender of the escrow wallet's completed deposit.
-        deposits = _request("GET", "/v1/w3s/transactions", params={
-            "walletIds": payment_id, "txType": "INBOUND", "state": DONE,
-        }).get("transactions") or []
+        deposits = (
+            _request(
+                "GET",
+                "/v1/w3s/transactions",
+                params={
+                    "walletIds": payment_id,
+                    "txType": "INBOUND",
+                    "state": DONE,
+                },
+            ).get("transactions")
+            or []
+        )
         senders = {tx.get("sourceAddress") for tx in deposits if isinstance(tx, dict) and tx.get("sourceAddress")}
         if len(senders) != 1:
             raise ProviderError(f"cannot tell where to refund: {len(senders)} sending wallets", transient=False)
-        return self._send(escrow_id=escrow_id, wallet_id=payment_id, destination=str(senders.pop()),
-                          amount_minor=amount_minor, currency=currency, idempotency_key=idempotency_key,
-                          purpose="refund")
+        return self._send(
+            escrow_id=escrow_id,
+            wallet_id=payment_id,
+            destination=str(senders.pop()),
+            amount_minor=amount_minor,
+            currency=currency,
+            idempotency_key=idempotency_key,
+            purpose="refund",
+        )
 
     def verify_webhook(self, *, body: bytes, headers: Mapping[str, str]) -> ProviderEvent:
         signature = headers.get("X-Circle-Signature") or headers.get("x-circle-signature")
@@ -266,11 +316,15 @@ class CustodianProvider(PaymentProvider):
         except ValueError:
             raise WebhookVerificationError("body is not JSON") from None
         notification = payload.get("notification") if isinstance(payload, dict) else None
-        if not isinstance(notification, dict) or not isinstance(payload.get("notificationId"), str) \
-                or not isinstance(payload.get("notificationType"), str):
+        if (
+            not isinstance(notification, dict)
+            or not isinstance(payload.get("notificationId"), str)
+            or not isinstance(payload.get("notificationType"), str)
+        ):
             raise WebhookVerificationError("notification lacks notificationId, notificationType or notification")
-        return ProviderEvent(id=payload["notificationId"], type=payload["notificationType"], object=notification,
-                             raw=payload)
+        return ProviderEvent(
+            id=payload["notificationId"], type=payload["notificationType"], object=notification, raw=payload
+        )
 
     def refresh_event(self, event: ProviderEvent) -> ProviderEvent:
         from apps.payments.models import PaymentArtifact
@@ -288,18 +342,27 @@ class CustodianProvider(PaymentProvider):
             if tx.get("state") != DONE or tx.get("walletId") != wallet_id or tx.get("transactionType") != "INBOUND":
                 return ProviderEvent(id=event.id, type="custodian.not_final", object=tx, raw=event.raw)
             sender = str(tx.get("sourceAddress") or "")
-            verdict = screening.screen_address(address=sender, purpose="deposit", escrow_id=str(payment.escrow_id),
-                                               chain=CHAIN_FOR_SCREENING)
+            verdict = screening.screen_address(
+                address=sender, purpose="deposit", escrow_id=str(payment.escrow_id), chain=CHAIN_FOR_SCREENING
+            )
             amounts = tx.get("amounts") or []
-            usdc = tx.get("tokenId") == getattr(settings, "CUSTODIAN_USDC_TOKEN_ID", "") and tx.get("blockchain") == BLOCKCHAIN
+            usdc = (
+                tx.get("tokenId") == getattr(settings, "CUSTODIAN_USDC_TOKEN_ID", "")
+                and tx.get("blockchain") == BLOCKCHAIN
+            )
             obj = {
-                "id": wallet_id, "object": "payment_intent", "status": "succeeded",
+                "id": wallet_id,
+                "object": "payment_intent",
+                "status": "succeeded",
                 "amount_received": minor_of(amounts[0]) if len(amounts) == 1 else None,
-                "currency": "usd" if usdc else UNKNOWN_TOKEN_CURRENCY, "transaction": tx_id, "source_address": sender,
+                "currency": "usd" if usdc else UNKNOWN_TOKEN_CURRENCY,
+                "transaction": tx_id,
+                "source_address": sender,
             }
             if not verdict.allowed:
-                return ProviderEvent(id=event.id, type="wallet.blocked",
-                                     object={**obj, "reason": verdict.reason}, raw=event.raw)
+                return ProviderEvent(
+                    id=event.id, type="wallet.blocked", object={**obj, "reason": verdict.reason}, raw=event.raw
+                )
             return ProviderEvent(id=event.id, type="payment_intent.succeeded", object=obj, raw=event.raw)
         if event.type == "transactions.outbound":
             artifact = known.filter(provider_id=tx_id).exclude(kind=PaymentArtifact.Kind.PAYMENT).first()
@@ -313,8 +376,15 @@ class CustodianProvider(PaymentProvider):
                 kind = "transfer.created" if state == DONE else "transfer.reversed"
                 return ProviderEvent(id=event.id, type=kind, object={"id": tx_id, "object": "transfer"}, raw=event.raw)
             status = "succeeded" if state == DONE else "failed"
-            return ProviderEvent(id=event.id, type="refund.updated",
-                                 object={"id": tx_id, "object": "refund", "status": status,
-                                         "failure_reason": str(tx.get("errorReason") or state)},
-                                 raw=event.raw)
+            return ProviderEvent(
+                id=event.id,
+                type="refund.updated",
+                object={
+                    "id": tx_id,
+                    "object": "refund",
+                    "status": status,
+                    "failure_reason": str(tx.get("errorReason") or state),
+                },
+                raw=event.raw,
+            )
         return event

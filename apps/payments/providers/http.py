@@ -51,7 +51,8 @@ def send_honouring_retry_after(vendor: str, send: Callable[[], requests.Response
     limit = float(getattr(settings, "PROVIDER_RETRY_AFTER_MAX_SECONDS", 5.0))
     if wait is None or wait > limit:
         return response
-    log.info("provider asked to retry later", extra={"vendor": vendor, "status": response.status_code,
-                                                     "retry_after_s": wait})
+    log.info(
+        "provider asked to retry later", extra={"vendor": vendor, "status": response.status_code, "retry_after_s": wait}
+    )
     time.sleep(wait)
     return send()

@@ -31,9 +31,7 @@ def _object_id(prefix: str, idempotency_key: str) -> str:
 class SandboxProvider(PaymentProvider):
     name = "sandbox"
 
-    def create_payment(
-        self, *, escrow_id: str, amount_minor: int, currency: str, idempotency_key: str
-    ) -> PaymentSetup:
+    def create_payment(self, *, escrow_id: str, amount_minor: int, currency: str, idempotency_key: str) -> PaymentSetup:
         payment_id = _object_id("pi", idempotency_key)
         secret = hmac.new(settings.SECRET_KEY.encode(), payment_id.encode(), hashlib.sha256).hexdigest()[:24]
         obj = {
@@ -137,10 +135,16 @@ def deliver_owed_webhooks(*, limit: int = 100) -> int:
     from apps.payments.models import PaymentArtifact
 
     cutoff = timezone.now() - datetime.timedelta(seconds=OWED_AFTER_SECONDS)
-    owed = PaymentArtifact.objects.filter(
-        provider=SandboxProvider.name, status=PaymentArtifact.Status.PENDING, created_at__lte=cutoff,
-        kind__in=[PaymentArtifact.Kind.TRANSFER, PaymentArtifact.Kind.REFUND],
-    ).order_by("created_at").values_list("kind", "provider_id")[:limit]
+    owed = (
+        PaymentArtifact.objects.filter(
+            provider=SandboxProvider.name,
+            status=PaymentArtifact.Status.PENDING,
+            created_at__lte=cutoff,
+            kind__in=[PaymentArtifact.Kind.TRANSFER, PaymentArtifact.Kind.REFUND],
+        )
+        .order_by("created_at")
+        .values_list("kind", "provider_id")[:limit]
+    )
     provider = SandboxProvider()
     sent = 0
     for kind, provider_id in owed:

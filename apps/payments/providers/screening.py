@@ -66,12 +66,15 @@ def _answer(vendor: str, response: requests.Response) -> Any:
     if response.status_code == 429 or response.status_code >= 500:
         wait = retry_after_seconds(response)
         later = f" (retry after {wait:g} s)" if wait is not None else ""
-        raise ProviderError(f"{vendor} screening unavailable: HTTP {response.status_code}{later} "
-                            f"{response.text[:200]}".strip(), transient=True)
+        raise ProviderError(
+            f"{vendor} screening unavailable: HTTP {response.status_code}{later} {response.text[:200]}".strip(),
+            transient=True,
+        )
     if response.status_code >= 400:
         # Our request or our credentials are wrong: still no money moves; retried once fixed.
-        raise ProviderError(f"{vendor} screening refused: HTTP {response.status_code} {response.text[:200]}",
-                            transient=True)
+        raise ProviderError(
+            f"{vendor} screening refused: HTTP {response.status_code} {response.text[:200]}", transient=True
+        )
     try:
         return response.json()
     except ValueError:
@@ -81,8 +84,7 @@ def _answer(vendor: str, response: requests.Response) -> Any:
 def _get(vendor: str, method: str, url: str, **kwargs: Any) -> Any:
     timeout = float(getattr(settings, "SCREENING_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS))
     try:
-        response = send_honouring_retry_after(
-            vendor, lambda: requests.request(method, url, timeout=timeout, **kwargs))
+        response = send_honouring_retry_after(vendor, lambda: requests.request(method, url, timeout=timeout, **kwargs))
     except requests.RequestException as exc:
         raise ProviderError(f"{vendor} screening unreachable: {type(exc).__name__}", transient=True) from exc
     return _answer(vendor, response)
@@ -92,8 +94,13 @@ class TrmScreener(Screener):
     vendor = "trm"
 
     def screen(self, *, address: str, chain: str) -> VendorVerdict:
-        raw = _get(self.vendor, "POST", f"{settings.TRM_API_BASE.rstrip('/')}/public/v2/screening/addresses",
-                   json=[{"address": address, "chain": chain}], auth=(settings.TRM_API_KEY, settings.TRM_API_KEY))
+        raw = _get(
+            self.vendor,
+            "POST",
+            f"{settings.TRM_API_BASE.rstrip('/')}/public/v2/screening/addresses",
+            json=[{"address": address, "chain": chain}],
+            auth=(settings.TRM_API_KEY, settings.TRM_API_KEY),
+        )
         if not isinstance(raw, list) or len(raw) != 1 or not isinstance(raw[0], dict):
             raise ProviderError("trm screening answer has an unexpected shape", transient=True)
         found = raw[0]
@@ -110,8 +117,12 @@ class ChainalysisScreener(Screener):
     vendor = "chainalysis"
 
     def screen(self, *, address: str, chain: str) -> VendorVerdict:
-        raw = _get(self.vendor, "GET", f"{settings.CHAINALYSIS_API_BASE.rstrip('/')}/api/v1/address/{address}",
-                   headers={"X-API-Key": settings.CHAINALYSIS_API_KEY, "Accept": "application/json"})
+        raw = _get(
+            self.vendor,
+            "GET",
+            f"{settings.CHAINALYSIS_API_BASE.rstrip('/')}/api/v1/address/{address}",
+            headers={"X-API-Key": settings.CHAINALYSIS_API_KEY, "Accept": "application/json"},
+        )
         identifications = raw.get("identifications") if isinstance(raw, dict) else None
         if not isinstance(identifications, list):
             raise ProviderError("chainalysis answer lacks identifications", transient=True)
@@ -135,12 +146,19 @@ def screen_address(*, address: str, purpose: str, escrow_id: str, chain: str = "
         verdict = screener.screen(address=address, chain=chain)
         # Kept whatever the outcome: the compliance record of what each vendor said, and when.
         WalletScreening.objects.create(
-            escrow_id=escrow_id, address=address, chain=chain, purpose=purpose, vendor=verdict.vendor,
-            allowed=verdict.allowed, reason=verdict.reason[:1000], raw=verdict.raw,
+            escrow_id=escrow_id,
+            address=address,
+            chain=chain,
+            purpose=purpose,
+            vendor=verdict.vendor,
+            allowed=verdict.allowed,
+            reason=verdict.reason[:1000],
+            raw=verdict.raw,
         )
         verdicts.append(verdict)
     blocked = [f"{v.vendor}: {v.reason}" for v in verdicts if not v.allowed]
     if blocked:
         log.warning("wallet blocked by screening", extra={"escrow_id": escrow_id, "purpose": purpose})
-    return ScreeningResult(address=address, allowed=not blocked, reason="; ".join(blocked)[:1000],
-                           verdicts=tuple(verdicts))
+    return ScreeningResult(
+        address=address, allowed=not blocked, reason="; ".join(blocked)[:1000], verdicts=tuple(verdicts)
+    )

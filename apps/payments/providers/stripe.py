@@ -50,13 +50,27 @@ REFUSALS = {
 
 DEFAULT_TIMEOUT_SECONDS = 20.0
 # Only the fields we keep about a Stripe object: ids, amounts and states, never card data.
-KEPT_FIELDS = ("id", "object", "amount", "amount_received", "currency", "status", "destination",
-               "source_transaction", "transfer_group", "payment_intent", "charge", "latest_charge", "metadata",
-               "reversed")
+KEPT_FIELDS = (
+    "id",
+    "object",
+    "amount",
+    "amount_received",
+    "currency",
+    "status",
+    "destination",
+    "source_transaction",
+    "transfer_group",
+    "payment_intent",
+    "charge",
+    "latest_charge",
+    "metadata",
+    "reversed",
+)
 
 # The events whose handlers move money on the object's state: these are re-read before being trusted.
-REREAD_TYPES = frozenset({"payment_intent.succeeded", "payment_intent.payment_failed", "charge.refunded",
-                          "refund.created", "refund.updated"})
+REREAD_TYPES = frozenset(
+    {"payment_intent.succeeded", "payment_intent.payment_failed", "charge.refunded", "refund.created", "refund.updated"}
+)
 
 
 def _kept(obj: Any) -> dict[str, Any]:
@@ -81,8 +95,9 @@ def _provider_error(action: str, exc: stripe.StripeError) -> ProviderError:
     said = f"{REFUSALS[code]}: " if code in REFUSALS else ""
     message = f"stripe {action}: {status or 'no answer'} {code} {said}{exc.user_message or exc}".strip()
     transient = (
-        isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError | stripe.AuthenticationError
-                   | stripe.PermissionError)
+        isinstance(
+            exc, stripe.APIConnectionError | stripe.RateLimitError | stripe.AuthenticationError | stripe.PermissionError
+        )
         or status in (0, 401, 403, 409, 429)
         or status >= 500
     )
@@ -103,8 +118,9 @@ def _outcome_unknown(exc: stripe.StripeError) -> bool:
 
 def _replayed(exc: stripe.StripeError) -> bool:
     headers = exc.headers or {}
-    return any(name.lower() == "idempotent-replayed" and str(value).lower() == "true"
-               for name, value in headers.items())
+    return any(
+        name.lower() == "idempotent-replayed" and str(value).lower() == "true" for name, value in headers.items()
+    )
 
 
 def _create_once(action: str, key: str, create: Callable[[str], T], find: Callable[[], T | None]) -> T:
@@ -121,8 +137,10 @@ def _create_once(action: str, key: str, create: Callable[[str], T], find: Callab
             if not _replayed(exc):
                 # This key's request is fresh (or unanswered, maybe still running): try it again later.
                 raise _provider_error(action, exc) from exc
-    raise ProviderError(f"stripe {action}: {MAX_SUCCESSOR_KEYS + 1} keys answered 5xx and nothing was "
-                        "created; left to the bus", transient=True)
+    raise ProviderError(
+        f"stripe {action}: {MAX_SUCCESSOR_KEYS + 1} keys answered 5xx and nothing was created; left to the bus",
+        transient=True,
+    )
 
 
 def _ours(objects: Any, key: str) -> Any:
@@ -135,14 +153,13 @@ def _ours(objects: Any, key: str) -> Any:
 class StripeProvider(PaymentProvider):
     name = "stripe"
 
-    def create_payment(
-        self, *, escrow_id: str, amount_minor: int, currency: str, idempotency_key: str
-    ) -> PaymentSetup:
+    def create_payment(self, *, escrow_id: str, amount_minor: int, currency: str, idempotency_key: str) -> PaymentSetup:
         client = _client()
         # Search is Stripe's only server-side filter on metadata (it can lag behind a create by seconds;
         # an extra PaymentIntent nobody pays moves no money, unlike a second transfer or refund).
         intent = _create_once(
-            "create payment intent", idempotency_key,
+            "create payment intent",
+            idempotency_key,
             lambda key: client.v1.payment_intents.create(
                 params={
                     "amount": amount_minor,
@@ -154,12 +171,14 @@ class StripeProvider(PaymentProvider):
                 },
                 options={"idempotency_key": key},
             ),
-            lambda: _ours(client.v1.payment_intents.search(
-                params={"query": f"metadata['escrow_id']:'{escrow_id}'", "limit": 100}).auto_paging_iter(),
-                          idempotency_key),
+            lambda: _ours(
+                client.v1.payment_intents.search(
+                    params={"query": f"metadata['escrow_id']:'{escrow_id}'", "limit": 100}
+                ).auto_paging_iter(),
+                idempotency_key,
+            ),
         )
-        return PaymentSetup(provider_payment_id=intent.id, client_secret=intent.client_secret or "",
-                            raw=_kept(intent))
+        return PaymentSetup(provider_payment_id=intent.id, client_secret=intent.client_secret or "", raw=_kept(intent))
 
     def create_transfer(
         self,
@@ -180,7 +199,8 @@ class StripeProvider(PaymentProvider):
         if intent.status != "succeeded" or not charge_id:
             raise ProviderError(f"payment intent {source_payment_id} has no succeeded charge", transient=True)
         transfer = _create_once(
-            "create transfer", idempotency_key,
+            "create transfer",
+            idempotency_key,
             lambda key: client.v1.transfers.create(
                 params={
                     "amount": amount_minor,
@@ -192,8 +212,10 @@ class StripeProvider(PaymentProvider):
                 },
                 options={"idempotency_key": key},
             ),
-            lambda: _ours(client.v1.transfers.list(
-                params={"transfer_group": escrow_id, "limit": 100}).auto_paging_iter(), idempotency_key),
+            lambda: _ours(
+                client.v1.transfers.list(params={"transfer_group": escrow_id, "limit": 100}).auto_paging_iter(),
+                idempotency_key,
+            ),
         )
         return MoneyMovement(provider_id=transfer.id, raw=_kept(transfer))
 
@@ -202,14 +224,20 @@ class StripeProvider(PaymentProvider):
     ) -> MoneyMovement:
         client = _client()
         refund = _create_once(
-            "create refund", idempotency_key,
+            "create refund",
+            idempotency_key,
             lambda key: client.v1.refunds.create(
-                params={"payment_intent": payment_id, "amount": amount_minor,
-                        "metadata": {"escrow_id": escrow_id, "idempotency_key": idempotency_key}},
+                params={
+                    "payment_intent": payment_id,
+                    "amount": amount_minor,
+                    "metadata": {"escrow_id": escrow_id, "idempotency_key": idempotency_key},
+                },
                 options={"idempotency_key": key},
             ),
-            lambda: _ours(client.v1.refunds.list(
-                params={"payment_intent": payment_id, "limit": 100}).auto_paging_iter(), idempotency_key),
+            lambda: _ours(
+                client.v1.refunds.list(params={"payment_intent": payment_id, "limit": 100}).auto_paging_iter(),
+                idempotency_key,
+            ),
         )
         return MoneyMovement(provider_id=refund.id, raw=_kept(refund))
 
@@ -221,20 +249,25 @@ class StripeProvider(PaymentProvider):
             account = _client().v1.accounts.retrieve(account_id).to_dict()
         except stripe.InvalidRequestError as exc:
             if exc.http_status == 404 or getattr(exc, "code", None) == "resource_missing":
-                raise payouts.InvalidPayoutDestination(field, f"no connected account {account_id} on this "
-                                                              "platform") from None
-            raise payouts.InvalidPayoutDestination(field, f"Stripe refused the account: {exc.user_message}") \
-                from None
+                raise payouts.InvalidPayoutDestination(
+                    field, f"no connected account {account_id} on this platform"
+                ) from None
+            raise payouts.InvalidPayoutDestination(field, f"Stripe refused the account: {exc.user_message}") from None
         except stripe.StripeError as exc:
             raise payouts.InvalidPayoutDestination(
-                field, f"Stripe could not be asked about the account ({exc.http_status or 'no answer'}); "
-                       "try again", status=503) from None
+                field,
+                f"Stripe could not be asked about the account ({exc.http_status or 'no answer'}); try again",
+                status=503,
+            ) from None
         capabilities = account.get("capabilities") or {}
         if not account.get("payouts_enabled") or capabilities.get("transfers") != "active":
             raise payouts.InvalidPayoutDestination(
-                field, f"connected account {account_id} cannot receive transfers yet (payouts_enabled "
-                       f"{bool(account.get('payouts_enabled'))}, transfers {capabilities.get('transfers') or 'none'}): "
-                       "finish Stripe onboarding, then register it again", status=409)
+                field,
+                f"connected account {account_id} cannot receive transfers yet (payouts_enabled "
+                f"{bool(account.get('payouts_enabled'))}, transfers {capabilities.get('transfers') or 'none'}): "
+                "finish Stripe onboarding, then register it again",
+                status=409,
+            )
 
     def verify_webhook(self, *, body: bytes, headers: Mapping[str, str]) -> ProviderEvent:
         return stripe_signature.verify(body=body, headers=headers, secret=settings.STRIPE_WEBHOOK_SECRET)
@@ -265,6 +298,7 @@ class StripeProvider(PaymentProvider):
             if isinstance(intent_id, str) and known.filter(provider_id=intent_id).exists():
                 page = _call("list refunds", lambda: client.v1.refunds.list(params={"payment_intent": intent_id}))
                 refunds = [_kept(refund) for refund in page.data]
-                return ProviderEvent(id=event.id, type=event.type,
-                                     object={**event.object, "refunds": {"data": refunds}}, raw=event.raw)
+                return ProviderEvent(
+                    id=event.id, type=event.type, object={**event.object, "refunds": {"data": refunds}}, raw=event.raw
+                )
         return event

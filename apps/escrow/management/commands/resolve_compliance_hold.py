@@ -42,16 +42,23 @@ class Command(BaseCommand):
             raise CommandError(f"not a UUID: {exc}") from None
         note = options["note"].strip()
         command = escrow_v1.ResolveComplianceHold(
-            escrow_id=str(escrow_id), actor=Actor(kind=ActorKind.STAFF, user_id=user.pk),
-            decision=DECISIONS[options["decision"]], note=note[:1000],
+            escrow_id=str(escrow_id),
+            actor=Actor(kind=ActorKind.STAFF, user_id=user.pk),
+            decision=DECISIONS[options["decision"]],
+            note=note[:1000],
         )
         try:
             with transaction.atomic():
                 result = dispatch(command, command_id=command_id)
                 if not result.duplicate:
-                    audit_record(actor=user, action=AUDIT_ACTION, escrow_id=escrow_id, reason=note,
-                                 command_id=command_id,
-                                 detail={"decision": options["decision"], "state_after": result.state})
+                    audit_record(
+                        actor=user,
+                        action=AUDIT_ACTION,
+                        escrow_id=escrow_id,
+                        reason=note,
+                        command_id=command_id,
+                        detail={"decision": options["decision"], "state_after": result.state},
+                    )
         except (EscrowError, ReasonRequired) as exc:
             raise CommandError(f"refused: {exc}") from None
         self.stdout.write(f"{options['decision']}: escrow {escrow_id} is {result.state} (command {command_id})")

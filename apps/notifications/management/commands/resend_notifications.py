@@ -1,7 +1,7 @@
 """Ops: queue dead (or failed, or skipped) notifications again and send them now.
 
-    manage.py resend_notifications --dead          every dead notification
-    manage.py resend_notifications 12 15           these notifications
+manage.py resend_notifications --dead          every dead notification
+manage.py resend_notifications 12 15           these notifications
 """
 
 from __future__ import annotations

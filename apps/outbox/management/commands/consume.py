@@ -22,10 +22,14 @@ class Command(BaseCommand):
         parser.add_argument("app", help="subscriber name: " + ", ".join(sorted(s.name for s in bus.subscribers())))
         parser.add_argument("--bootstrap-servers", default=None, help="default: KAFKA_BOOTSTRAP_SERVERS")
         parser.add_argument("--group", default=None, help="consumer group (default: the app name)")
-        parser.add_argument("--until-caught-up", action="store_true",
-                            help="exit once every assigned partition is read to its end")
-        parser.add_argument("--allow-double-feed", action="store_true",
-                            help="run even though this settings module also feeds the app from the outbox")
+        parser.add_argument(
+            "--until-caught-up", action="store_true", help="exit once every assigned partition is read to its end"
+        )
+        parser.add_argument(
+            "--allow-double-feed",
+            action="store_true",
+            help="run even though this settings module also feeds the app from the outbox",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         app = options["app"]
@@ -34,9 +38,11 @@ class Command(BaseCommand):
         except LookupError as exc:
             raise CommandError(str(exc)) from exc
         if app in settings.BUS_OUTBOX_SUBSCRIBERS and not options["allow_double_feed"]:
-            self.stderr.write(f"warning: {app!r} is also in BUS_OUTBOX_SUBSCRIBERS here; make sure the web "
-                              "process and bus worker run with it removed, or the app is fed twice "
-                              "(deduped per source, but processed twice).")
+            self.stderr.write(
+                f"warning: {app!r} is also in BUS_OUTBOX_SUBSCRIBERS here; make sure the web "
+                "process and bus worker run with it removed, or the app is fed twice "
+                "(deduped per source, but processed twice)."
+            )
         with CommandProgress(self.stdout, f"{app} received") as progress:
             consumer: AppConsumer | None = None
 
@@ -46,8 +52,9 @@ class Command(BaseCommand):
                     progress.update(consumer.stats.received)
 
             try:
-                consumer = AppConsumer(app=app, servers=options["bootstrap_servers"], group_id=options["group"],
-                                       report=report)
+                consumer = AppConsumer(
+                    app=app, servers=options["bootstrap_servers"], group_id=options["group"], report=report
+                )
             except KafkaNotConfigured as exc:
                 raise CommandError(str(exc)) from exc
             signal.signal(signal.SIGTERM, lambda *_: consumer.stop())

@@ -27,8 +27,12 @@ class Command(BaseCommand):
         parser.add_argument("--once", action="store_true", help="publish what is pending, then exit")
         parser.add_argument("--bootstrap-servers", default=None, help="default: KAFKA_BOOTSTRAP_SERVERS")
         parser.add_argument("--batch-size", type=int, default=None, help="default: KAFKA_RELAY_BATCH_SIZE")
-        parser.add_argument("--progress-seconds", type=float, default=5.0,
-                            help="seconds between progress lines (published so far, backlog); default 5")
+        parser.add_argument(
+            "--progress-seconds",
+            type=float,
+            default=5.0,
+            help="seconds between progress lines (published so far, backlog); default 5",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         with CommandProgress(self.stdout, "published") as progress:
@@ -42,8 +46,12 @@ class Command(BaseCommand):
 
             def build() -> OutboxRelay:
                 try:
-                    return OutboxRelay(servers=options["bootstrap_servers"], batch_size=options["batch_size"],
-                                       progress_seconds=options["progress_seconds"], report=report)
+                    return OutboxRelay(
+                        servers=options["bootstrap_servers"],
+                        batch_size=options["batch_size"],
+                        progress_seconds=options["progress_seconds"],
+                        report=report,
+                    )
                 except KafkaNotConfigured as exc:
                     raise CommandError(str(exc)) from exc
 
@@ -63,8 +71,11 @@ class Command(BaseCommand):
                 except (PublishFailed, *DATABASE_ERRORS) as exc:
                     # Lost the lease connection or the database (an outage): back off, take the lease again
                     # and go on from the oldest unpublished row; what was acknowledged but not marked is resent.
-                    if options["once"] or stopping.is_set() or not (outage.is_database_error(exc)
-                                                                     or "lock connection" in str(exc)):
+                    if (
+                        options["once"]
+                        or stopping.is_set()
+                        or not (outage.is_database_error(exc) or "lock connection" in str(exc))
+                    ):
                         raise CommandError(f"relay failed: {exc}; {relay.stats.summary()}") from exc
                     failures += 1
                     delay = outage.backoff_seconds(failures)

@@ -40,15 +40,18 @@ class Command(BaseCommand):
         since, until = _instant(options["since"], "--since"), _instant(options["until"], "--until")
         if since and until and since >= until:
             raise CommandError("--since must be before --until")
-        rows = replay_selection(since=since, until=until, escrow_id=options["escrow"],
-                                type_name=options["type_name"])
+        rows = replay_selection(since=since, until=until, escrow_id=options["escrow"], type_name=options["type_name"])
         if options["dry_run"]:
             self.stdout.write(f"would replay {rows.count()} messages")
             return
         with CommandProgress(self.stdout, "replayed", total=rows.count()) as progress:
             try:
-                stats = replay_outbox(rows=rows, servers=options["bootstrap_servers"],
-                                      batch_size=options["batch_size"], report=progress.line)
+                stats = replay_outbox(
+                    rows=rows,
+                    servers=options["bootstrap_servers"],
+                    batch_size=options["batch_size"],
+                    report=progress.line,
+                )
             except (KafkaNotConfigured, PublishFailed) as exc:
                 raise CommandError(str(exc)) from exc
             progress.update(stats.published)

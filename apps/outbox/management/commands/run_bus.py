@@ -20,7 +20,9 @@ class Command(BaseCommand):
         parser.add_argument("--no-timers", action="store_true", help="do not fire escrow timers")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        worker = BusWorker(ticks=registered_ticks(leave_out=frozenset({"timers"}) if options["no_timers"] else frozenset()))
+        worker = BusWorker(
+            ticks=registered_ticks(leave_out=frozenset({"timers"}) if options["no_timers"] else frozenset())
+        )
         if options["once"]:
             handled = worker.run_once()
             lags = {sub.name: bus.lag(sub) for sub in bus.outbox_subscribers()}

@@ -17,9 +17,13 @@ class Command(BaseCommand):
     help = "Reprocess failed webhooks (and received ones older than a minute)."
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("ids", nargs="*", type=int,
-                            help="webhook record ids to process again, whatever their status (default: every "
-                                 "failed one, and received ones older than a minute)")
+        parser.add_argument(
+            "ids",
+            nargs="*",
+            type=int,
+            help="webhook record ids to process again, whatever their status (default: every "
+            "failed one, and received ones older than a minute)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         stale = timezone.now() - datetime.timedelta(minutes=1)
@@ -39,7 +43,8 @@ class Command(BaseCommand):
                 except Exception as exc:  # noqa: BLE001 - reported per record
                     errors += 1
                     result = f"error: {exc!r}"
-                progress.line(f"[{index}/{total}] {record.provider} {record.event_type} {record.provider_event_id}: "
-                              f"{result}")
+                progress.line(
+                    f"[{index}/{total}] {record.provider} {record.event_type} {record.provider_event_id}: {result}"
+                )
                 progress.advance()
             progress.summary(f"{total} webhooks reprocessed, {errors} errors")

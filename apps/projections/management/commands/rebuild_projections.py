@@ -16,21 +16,32 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("name", nargs="?", choices=PROJECTION_SETS, help="projection set (default: all)")
-        parser.add_argument("--no-progress", action="store_true",
-                            help="no progress bar, only the summary (plain lines are used anyway when not a terminal)")
-        parser.add_argument("--source", choices=("auto", "outbox", "kafka"), default="auto",
-                            help="what the live projections are fed by: the outbox bus (replay up to its "
-                                 "checkpoint) or a Kafka consumer (replay what it applied); auto: "
-                                 "kafka when projections is not in BUS_OUTBOX_SUBSCRIBERS")
+        parser.add_argument(
+            "--no-progress",
+            action="store_true",
+            help="no progress bar, only the summary (plain lines are used anyway when not a terminal)",
+        )
+        parser.add_argument(
+            "--source",
+            choices=("auto", "outbox", "kafka"),
+            default="auto",
+            help="what the live projections are fed by: the outbox bus (replay up to its "
+            "checkpoint) or a Kafka consumer (replay what it applied); auto: "
+            "kafka when projections is not in BUS_OUTBOX_SUBSCRIBERS",
+        )
 
-    def handle(self, *args: Any, name: str | None = None, no_progress: bool = False, source: str = "auto",
-               **options: Any) -> None:
+    def handle(
+        self, *args: Any, name: str | None = None, no_progress: bool = False, source: str = "auto", **options: Any
+    ) -> None:
         from_kafka = None if source == "auto" else source == "kafka"
         for set_name in [name] if name else list(PROJECTION_SETS):
-            with CommandProgress(self.stdout, set_name, total=0, interactive=False if no_progress else None) as progress:
+            with CommandProgress(
+                self.stdout, set_name, total=0, interactive=False if no_progress else None
+            ) as progress:
                 try:
-                    summary = projection_rebuild(name=set_name, progress=None if no_progress else progress.update,
-                                                 from_kafka=from_kafka)
+                    summary = projection_rebuild(
+                        name=set_name, progress=None if no_progress else progress.update, from_kafka=from_kafka
+                    )
                 except (LookupError, RuntimeError, TimeoutError) as exc:
                     raise CommandError(str(exc)) from exc
                 rows = ", ".join(f"{table}={count}" for table, count in summary.rows.items())
@@ -38,4 +49,3 @@ class Command(BaseCommand):
                     f"{summary.name}: replayed {summary.events} events into {summary.to_color}; "
                     f"switched {summary.from_color} -> {summary.to_color} (generation {summary.generation}); {rows}"
                 )
-
