@@ -221,7 +221,11 @@ def test_the_buyer_sees_payment_instructions_and_the_seller_does_not(api_client,
     assert for_buyer["payment"]["client_secret"]
     assert "payment" not in for_seller
     assert for_seller["buyer"] == buyer.pk and for_seller["seller"] == seller.pk
-    assert {k: v for k, v in for_buyer.items() if k != "payment"} == for_seller
+    # Each party is offered only what they may do now: the buyer pays, either side may still cancel.
+    assert (for_buyer["actions"], for_seller["actions"]) == (["pay", "cancel"], ["cancel"])
+    assert {k: v for k, v in for_buyer.items() if k not in ("payment", "actions")} == {
+        k: v for k, v in for_seller.items() if k != "actions"
+    }
 
 
 def test_list_filters_by_role_and_state_and_pages(api_client, buyer, seller):
