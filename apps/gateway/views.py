@@ -351,10 +351,13 @@ class EscrowAction(APIView):
         def mutate(command_id: uuid.UUID) -> Response:
             data = _validated(self.input_class, request)
             command = self.build(request, escrow_id, data)
+            if command.actor.kind != ActorKind.STAFF:
+                # A party's command is the escrow's own one transaction, with nothing around it.
+                return _accepted(request, dispatch(command, command_id=command_id))
             # A staff action and its AuditLog row commit together: a refused command leaves neither.
             with transaction.atomic():
                 result = dispatch(command, command_id=command_id)
-                if command.actor.kind == ActorKind.STAFF and not result.duplicate:
+                if not result.duplicate:
                     audit_record(
                         actor=request.user,
                         action=self._action_name(),

@@ -6,6 +6,8 @@ delivery), never inside it."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from django.conf import settings
 
 from apps.core.public import amount_display
@@ -29,23 +31,44 @@ def _link(escrow_id: str) -> str:
     return f"{settings.PUBLIC_BASE_URL}/api/v1/escrows/{escrow_id}"
 
 
-# Events after which someone has something to do: their DMs carry buttons for it.
-_WITH_BUTTONS = frozenset({"escrow_created", "escrow_accepted", "funds_held", "delivered"})
+# Events after which someone has something to do, and the state each leaves the escrow in: their DMs
+# carry buttons for what each party may do in that state (every click is checked again by the escrow).
+_STATE_AFTER = {
+    "escrow_created": "AWAIT_ACCEPTANCE",
+    "escrow_accepted": "AWAIT_FUNDS",
+    "funds_held": "FUNDS_HELD",
+    "delivered": "DELIVERED",
+}
 
 
-def _buttons(escrow_id: str, user_id: int, funding_deadline: object) -> list[dict[str, object]]:
-    """Buttons for what this user may do now (the escrow's own rules; every click is checked again)."""
-    actions = escrow.allowed_actions(escrow_id, user_id)
+def _buttons(deal: SimpleNamespace, escrow_id: str, user_id: int, funding_deadline: object) -> list[dict[str, object]]:
+    """Buttons for what this user may do in the state the event left the escrow in (the escrow's own
+    rules, applied to what the event says, so no read of the escrow's tables)."""
+    actions = escrow.allowed_actions(deal, user_id)
     checkout = None
     if "pay" in actions and funding_deadline is not None:
         checkout = payments.checkout_url(escrow_id=escrow_id, funding_deadline=funding_deadline)  # type: ignore[arg-type]
     return deal_buttons(escrow_id=escrow_id, actions=actions, checkout_url=checkout)
 
 
-def _notify(delivery: Delivery, kind: str, texts: dict[str, str], *, funding_deadline: object = None) -> None:
+def _notify(
+    delivery: Delivery,
+    kind: str,
+    texts: dict[str, str],
+    *,
+    funding_deadline: object = None,
+    created_by_id: int = 0,
+    state: str = "",
+) -> None:
     parties = EscrowParties.objects.filter(escrow_id=delivery.aggregate_id).first()
     if parties is None:
         return
+    deal = SimpleNamespace(
+        state=state or _STATE_AFTER.get(kind, ""),
+        buyer_id=parties.buyer_id,
+        seller_id=parties.seller_id,
+        created_by_id=created_by_id or parties.buyer_id,
+    )
     users = {BUYER: parties.buyer_id, SELLER: parties.seller_id}
     owed: dict[int, str] = {}
     for role, text in texts.items():
@@ -67,8 +90,8 @@ def _notify(delivery: Delivery, kind: str, texts: dict[str, str], *, funding_dea
                     escrow_id=delivery.aggregate_id,
                     kind=kind,
                     text=f"{text} {_link(delivery.aggregate_id)}",
-                    components=_buttons(delivery.aggregate_id, user_id, funding_deadline)
-                    if kind in _WITH_BUTTONS
+                    components=_buttons(deal, delivery.aggregate_id, user_id, funding_deadline)
+                    if kind in _STATE_AFTER
                     else [],
                 )
                 for user_id, text in owed.items()
@@ -93,6 +116,7 @@ def on_created(event: escrow_v1.EscrowCreated, delivery: Delivery) -> None:
                 BUYER: f"Escrow for {amount} created. Next: pay it before the funding deadline.",
                 SELLER: f"A buyer opened an escrow for {amount}. Wait for the funds before you deliver.",
             },
+            state="AWAIT_FUNDS",
         )
         return
     creator, counterparty = (SELLER, BUYER) if event.created_by_id == event.seller_id else (BUYER, SELLER)
@@ -105,6 +129,7 @@ def on_created(event: escrow_v1.EscrowCreated, delivery: Delivery) -> None:
             f"Next: accept it or decline it.",
             creator: f"Deal for {amount} created. Next: wait for the {counterparty} to accept it.",
         },
+        created_by_id=event.created_by_id,
     )
 
 
