@@ -34,6 +34,10 @@ BUYER, SELLER, STAFF, TIMER, SYSTEM = "buyer", "seller", "staff", "timer", "syst
 # A party is also the deal's creator or its counterparty (the one who accepts or declines).
 CREATOR, COUNTERPARTY = "creator", "counterparty"
 
+# Ops holds (docs/architecture.md): wherever a decision or a money movement is still ahead; a settled escrow
+# has nothing left to freeze.
+_HOLDABLE = (S.AWAIT_ACCEPTANCE, S.AWAIT_FUNDS, S.FUNDS_HELD, S.DELIVERED, S.DISPUTED, S.RELEASING, S.REFUNDING)
+
 # Who may send which command in which state (DESIGN.md, "Escrow state machine").
 RULES: dict[str, dict[str, frozenset[str]]] = {
     "AcceptEscrow": {S.AWAIT_ACCEPTANCE: frozenset({COUNTERPARTY})},
@@ -51,32 +55,8 @@ RULES: dict[str, dict[str, frozenset[str]]] = {
         S.DELIVERED: frozenset({BUYER, SELLER}),
     },
     "ResolveDispute": {S.DISPUTED: frozenset({STAFF})},
-    # Ops holds (docs/architecture.md): wherever a decision or a money movement is still ahead; a settled
-    # escrow has nothing left to freeze.
-    "HoldEscrow": {
-        state: frozenset({STAFF})
-        for state in (
-            S.AWAIT_ACCEPTANCE,
-            S.AWAIT_FUNDS,
-            S.FUNDS_HELD,
-            S.DELIVERED,
-            S.DISPUTED,
-            S.RELEASING,
-            S.REFUNDING,
-        )
-    },
-    "UnholdEscrow": {
-        state: frozenset({STAFF})
-        for state in (
-            S.AWAIT_ACCEPTANCE,
-            S.AWAIT_FUNDS,
-            S.FUNDS_HELD,
-            S.DELIVERED,
-            S.DISPUTED,
-            S.RELEASING,
-            S.REFUNDING,
-        )
-    },
+    "HoldEscrow": {state: frozenset({STAFF}) for state in _HOLDABLE},
+    "UnholdEscrow": {state: frozenset({STAFF}) for state in _HOLDABLE},
     # A stranded-funds refund can fail in a settled state too, so retries are allowed there.
     "RetryPayout": {
         state: frozenset({STAFF}) for state in (S.RELEASING, S.REFUNDING, S.RELEASED, S.CANCELLED, S.REFUNDED)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,9 +14,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from django.test import Client
-from pytest_httpserver import HTTPServer
 
-from tests.fakes.discord import FakeDiscord
+from tests.notifications.conftest import discord_server, fake_discord  # noqa: F401  (the same fake Discord)
 
 ENDPOINT = "/api/v1/discord/interactions"
 APPLICATION_ID = "1300000000000000001"
@@ -216,21 +215,3 @@ def modal_submit(user: DiscordUser, custom_id: str, statement: str, *, in_dm: bo
         "components": [{"type": 1, "components": [{"type": 4, "custom_id": "statement", "value": statement}]}],
     }
     return payload
-
-
-@pytest.fixture
-def discord_server() -> Iterator[HTTPServer]:
-    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
-    server.start()
-    yield server
-    server.clear()
-    if server.is_running():
-        server.stop()
-
-
-@pytest.fixture
-def fake_discord(discord_server: HTTPServer, settings: Any) -> FakeDiscord:
-    fake = FakeDiscord(discord_server, token=BOT_TOKEN)
-    settings.DISCORD_BOT_TOKEN = BOT_TOKEN
-    settings.DISCORD_API_BASE = fake.base_url
-    return fake
