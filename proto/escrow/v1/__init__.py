@@ -112,6 +112,8 @@ class DisputeOutcome(betterproto2.Enum):
 @dataclass(eq=False, repr=False)
 class AcceptEscrow(betterproto2.Message):
     """
+    Messages are only ever appended: a schema registry's frame names a message by its index in this file.
+
     The counterparty (the party that did not create the deal) agrees to its terms: AWAIT_ACCEPTANCE ->
     AWAIT_FUNDS. The funding deadline starts and the payment is set up only now.
     """
@@ -180,6 +182,8 @@ default_message_pool.register_message("escrow.v1", "DeclineEscrow", DeclineEscro
 @dataclass(eq=False, repr=False)
 class EscrowAccepted(betterproto2.Message):
     """
+    Messages are only ever appended: a schema registry's frame names a message by its index in this file.
+
     The counterparty accepted the terms: the escrow awaits the buyer's payment until funding_deadline.
     """
 
