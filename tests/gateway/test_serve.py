@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import urllib.error
 import urllib.request
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -26,9 +27,14 @@ def get(url: str) -> tuple[int, dict[str, str], bytes]:
         return response.status, dict(response.headers), response.read()
 
 
+# The server's connections name themselves (libpq's PGAPPNAME), so other tests' leftovers on the same
+# database are not counted as the server's.
+SERVER_APP_NAME = f"escrow-serve-test-{uuid.uuid4().hex[:12]}"
+
+
 @pytest.fixture
 def server(transactional_db: None) -> Any:
-    with served(env={"DEBUG": "0"}) as (base, proc):
+    with served(env={"DEBUG": "0", "PGAPPNAME": SERVER_APP_NAME}) as (base, proc):
         yield base, proc
 
 
@@ -63,7 +69,8 @@ def test_the_server_logs_json_lines_and_runs_the_bus_worker(server: Any) -> None
 def _connections_to_test_database() -> int:
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = %s",
+            [SERVER_APP_NAME],
         )
         return int(cursor.fetchone()[0])
 
