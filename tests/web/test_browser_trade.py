@@ -65,7 +65,12 @@ class Person:
         assert self.find("#signed-in-as").text == username
 
     def state(self) -> str:
-        return self.find("#deal-state").get_attribute("data-state")
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        try:
+            return self.find("#deal-state").get_attribute("data-state") or ""
+        except StaleElementReferenceException:
+            return ""  # the page reloaded between finding the element and reading it: read again next round
 
     def wait_for_state(self, state: str, *, seconds: float = 60.0) -> None:
         """Reloads the deal page until it shows `state` (money moves through the bus worker)."""
