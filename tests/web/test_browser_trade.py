@@ -47,6 +47,18 @@ class Person:
 
         return self.driver.find_elements(By.CSS_SELECTOR, css)
 
+    def wait_for(self, css: str, *, seconds: float = 30.0) -> Any:
+        """The element once the page showing it has loaded: a click that starts a chain of redirects
+        (a sign-in through Discord) returns before the last page of the chain is there."""
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support import expected_conditions
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        return WebDriverWait(self.driver, seconds, poll_frequency=0.1).until(
+            expected_conditions.presence_of_element_located((By.CSS_SELECTOR, css)),
+            f"{self.name}: no {css} on {self.driver.current_url}",
+        )
+
     def open(self, path: str) -> None:
         self.driver.get(f"{self.base}{path}")
 
@@ -62,7 +74,7 @@ class Person:
         self.find("#id_username").send_keys(username)
         self.shot("signin")
         self.find("#signin-create").click()
-        assert self.find("#signed-in-as").text == username
+        assert self.wait_for("#signed-in-as").text == username
 
     def state(self) -> str:
         from selenium.common.exceptions import StaleElementReferenceException

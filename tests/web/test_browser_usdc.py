@@ -75,7 +75,7 @@ def sign_in_with_discord(person: Person, discord: FakeDiscordOAuth, who: Discord
     assert not person.finds(".sandbox-banner") and not person.finds("#signin-create")
     person.shot("signin")
     person.find("#signin-discord").click()
-    assert person.find("#signed-in-as").text == who.username
+    assert person.wait_for("#signed-in-as").text == who.username
 
 
 def test_a_seller_created_usdc_deal_up_to_the_deposit_page(live_world: Any) -> None:
