@@ -63,3 +63,12 @@ def state_of(client: APIClient, escrow_id: str) -> str:
     response = client.get(f"/api/v1/escrows/{escrow_id}")
     assert response.status_code == 200, response.content
     return response.json()["state"]
+
+
+def as_staff(reason: str = "ops run from the runbook") -> list[str]:
+    """The arguments a staff management command needs (who runs it and why), for an active staff user
+    `ops` made on first use: `call_command("send_waiting_payouts", *as_staff())`."""
+    from tests.factories import StaffFactory
+
+    StaffFactory(username="ops")
+    return ["--staff", "ops", "--reason", reason]

@@ -27,6 +27,11 @@ class AuditLog(models.Model):
         RETURN_STRANDED_FUNDS = "return_stranded_funds"
         RESEND_NOTIFICATION = "resend_notification"
         UPLOAD_EVIDENCE = "upload_evidence"
+        # Management commands (one row per run; apps/core/staff_commands.py).
+        RESOLVE_COMPLIANCE_HOLD = "resolve_compliance_hold"
+        REPLAY_DEAD_LETTERS = "replay_dead_letters"
+        REPROCESS_WEBHOOKS = "reprocess_webhooks"
+        SEND_WAITING_PAYOUTS = "send_waiting_payouts"
 
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     action = models.CharField(max_length=50, choices=Action.choices)

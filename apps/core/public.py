@@ -13,6 +13,7 @@ from apps.core.money import (
     minor_to_decimal_string,
     money,
 )
+from apps.core.staff_commands import StaffCommand
 
 __all__ = [
     "CURRENCY_EXPONENT",
@@ -20,6 +21,7 @@ __all__ = [
     "InvalidAmount",
     "ReadOnlyAdmin",
     "ReasonRequired",
+    "StaffCommand",
     "amount_display",
     "audit_record",
     "currency_exponent",

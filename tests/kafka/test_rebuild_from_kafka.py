@@ -17,7 +17,7 @@ from apps.outbox.models import SubscriberCheckpoint
 from apps.projections.models import ActiveGeneration
 from apps.projections.rebuild import projection_rebuild
 from apps.projections.tables import active_tables
-from tests.helpers import act, create_escrow, pay
+from tests.helpers import act, as_staff, create_escrow, pay
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres_only]
 
@@ -93,6 +93,6 @@ def test_a_rebuild_under_kafka_replays_what_the_consumer_applied_and_catches_up_
     assert as_buyer.get(f"/api/v1/escrows/{third}").json()["state"] == "CANCELLED"
     live = live_models()
     out = io.StringIO()
-    call_command("rebuild_projections", "--no-progress", stdout=out)
+    call_command("rebuild_projections", "--no-progress", *as_staff(), stdout=out)
     assert "replayed" in out.getvalue()
     assert live_models() == live

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from apps.notifications.delivery import deliver_due_notifications
 from apps.notifications.models import DeliveryAttempt, Notification
-from tests.helpers import create_escrow
+from tests.helpers import as_staff, create_escrow
 from tests.notifications.conftest import BUYER_DISCORD_ID, SELLER_DISCORD_ID
 
 
@@ -182,7 +182,7 @@ def test_dead_after_the_attempt_budget_then_ops_resend(api_client, buyer, seller
     assert len(fake_discord.message_posts_to(BUYER_DISCORD_ID)) == posts
 
     fake_discord.heal(BUYER_DISCORD_ID)
-    call_command("resend_notifications", "--dead")
+    call_command("resend_notifications", "--dead", *as_staff())
 
     notification.refresh_from_db()
     assert notification.status == Notification.Status.SENT
@@ -195,7 +195,7 @@ def test_a_sent_notification_is_not_resent(api_client, buyer, seller, fake_disco
     create_escrow(api_client(buyer), seller=seller, accept=False)  # the deal proposed: one DM each
     notification = _created_for(buyer)
 
-    call_command("resend_notifications", str(notification.pk))
+    call_command("resend_notifications", str(notification.pk), *as_staff())
 
     assert "only dead, failed or skipped" in capsys.readouterr().err
     assert len(fake_discord.dms_to(BUYER_DISCORD_ID)) == 1

@@ -10,6 +10,7 @@ from django.core.management import call_command
 
 from apps.outbox import bus
 from apps.outbox.models import DeadLetter, ProcessedMessage
+from tests.helpers import as_staff
 from tests.outbox.support import Recorder, installed, new_escrow_id, publish_event
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -57,7 +58,7 @@ def test_replay_dead_letters_command_while_failing_then_after_the_fix():
         letter = DeadLetter.objects.get(subscriber=sub.name)
 
         out = io.StringIO()
-        call_command("replay_dead_letters", stdout=out)
+        call_command("replay_dead_letters", *as_staff(), stdout=out)
         assert "0 replayed, 1 still failing" in out.getvalue()
         letter.refresh_from_db()
         assert letter.status == DeadLetter.Status.OPEN and letter.resolved_at is None
@@ -65,7 +66,7 @@ def test_replay_dead_letters_command_while_failing_then_after_the_fix():
 
         recorder.failing.clear()  # the fix is deployed
         out = io.StringIO()
-        call_command("replay_dead_letters", "--subscriber", sub.name, stdout=out)
+        call_command("replay_dead_letters", "--subscriber", sub.name, *as_staff(), stdout=out)
         assert "1 replayed, 0 still failing" in out.getvalue()
         letter.refresh_from_db()
         assert letter.status == DeadLetter.Status.REPLAYED and letter.resolved_at is not None
@@ -73,7 +74,7 @@ def test_replay_dead_letters_command_while_failing_then_after_the_fix():
         assert ProcessedMessage.objects.filter(subscriber=sub.name, event_id=poison.event_id).exists()
 
         out = io.StringIO()
-        call_command("replay_dead_letters", stdout=out)  # nothing open any more: no second effect
+        call_command("replay_dead_letters", *as_staff(), stdout=out)  # nothing open any more: no second effect
         assert "0 considered" in out.getvalue()
         assert recorder.effects() == 1
 

@@ -17,7 +17,7 @@ from apps.outbox import bus, messages
 from apps.outbox.models import OutboxMessage
 from apps.payments.models import WaitingPayout
 from apps.payments.providers.custodian import idempotency_uuid
-from tests.helpers import act
+from tests.helpers import act, as_staff
 from tests.payments.support import assert_money_invariant, outbox_types
 from tests.payments.test_compliance_hold import resolve
 from tests.payments.test_custodian_rail import (
@@ -80,7 +80,7 @@ def test_lift_with_the_wallet_clear_sends_the_payout_once_with_the_release_key(
         "",
     )
     # Nothing else can send it again.
-    call_command("send_waiting_payouts")
+    call_command("send_waiting_payouts", *as_staff())
     assert len(fake_custodian.keys(TRANSFER)) == 1 and len(fake_custodian.outbound()) == 1
 
 
@@ -103,7 +103,7 @@ def test_lift_while_the_vendors_still_block_the_wallet_holds_it_again(
     ops.force_login(staff)
     listing = ops.get("/admin/payments/waitingpayout/?status__exact=blocked")
     assert listing.status_code == 200 and str(escrow_id) in listing.content.decode()
-    call_command("send_waiting_payouts")
+    call_command("send_waiting_payouts", *as_staff())
     assert fake_custodian.keys(TRANSFER) == []
 
 
@@ -128,7 +128,7 @@ def test_refund_after_review_pays_the_buyer_back_and_the_seller_never(
 
     # The wallet clears later: still nothing goes to the seller.
     fake_screening.severe.discard(SELLER_WALLET)
-    call_command("send_waiting_payouts")
+    call_command("send_waiting_payouts", *as_staff())
     with pytest.raises(CommandError, match="refused"):
         resolve(escrow_id, "lift")
     assert [p.body["destinationAddress"] for p in fake_custodian.posts(TRANSFER)] == [BUYER_WALLET]
@@ -176,7 +176,7 @@ def test_a_payout_refused_after_a_lift_puts_the_escrow_in_front_of_ops_and_is_no
     escrow = assert_money_invariant(escrow_id)
     assert (escrow.state, escrow.held_minor, escrow.attention) == ("RELEASING", AMOUNT_MINOR, "transfer_failed")
     # The refused row can never go out next to ops' retry.
-    call_command("send_waiting_payouts")
+    call_command("send_waiting_payouts", *as_staff())
     assert fake_custodian.outbound() == []
 
 
@@ -193,7 +193,7 @@ def test_a_payout_that_cannot_reach_the_custodian_after_a_lift_waits_in_front_of
     escrow = assert_money_invariant(escrow_id)
     assert (escrow.attention, escrow.held_minor) == ("transfer_failed", AMOUNT_MINOR)
 
-    call_command("send_waiting_payouts")  # the custodian is back: sent once, with the release's key
+    call_command("send_waiting_payouts", *as_staff())  # the custodian is back: sent once, with the release's key
 
     [sent] = fake_custodian.posts(TRANSFER)[-1:]
     assert uuid.UUID(sent.body["idempotencyKey"]) == uuid.UUID(idempotency_uuid(release_transfer_key(escrow_id)))

@@ -14,7 +14,7 @@ from django.test import Client
 from apps.escrow.models import Escrow
 from apps.payments.models import WaitingPayout, WalletScreening
 from apps.payments.providers.custodian import idempotency_uuid
-from tests.helpers import act
+from tests.helpers import act, as_staff
 from tests.payments.support import assert_money_invariant, outbox_types
 from tests.payments.test_compliance_hold import resolve
 from tests.payments.test_custodian_rail import (
@@ -73,7 +73,7 @@ def test_a_parked_payout_to_a_blocked_wallet_holds_the_escrow_and_sends_nothing(
     assert listing.status_code == 200 and str(escrow_id) in listing.content.decode()
 
     # Held for the review: neither the retry command nor a clean wallet registered now sends it.
-    call_command("send_waiting_payouts")
+    call_command("send_waiting_payouts", *as_staff())
     fake_screening.sanctioned.discard(SELLER_WALLET)
     api_client(seller).put("/api/v1/payout-destination", {"wallet_address": CLEAN_WALLET}, format="json")
     assert fake_custodian.keys(TRANSFER) == []
@@ -104,7 +104,7 @@ def test_refund_after_review_pays_the_buyer_back_and_cancels_the_parked_payout(
     # Nothing can pay the seller as well: a clean wallet and the retry command send nothing more.
     fake_screening.sanctioned.discard(SELLER_WALLET)
     api_client(seller).put("/api/v1/payout-destination", {"wallet_address": CLEAN_WALLET}, format="json")
-    call_command("send_waiting_payouts")
+    call_command("send_waiting_payouts", *as_staff())
     assert len(fake_custodian.outbound()) == 1
     assert_money_invariant(escrow_id)
 
@@ -130,7 +130,7 @@ def test_lift_after_review_sends_the_parked_payout_once_with_its_original_key(
         AMOUNT_MINOR,
         "",
     )
-    call_command("send_waiting_payouts")
+    call_command("send_waiting_payouts", *as_staff())
     assert len(fake_custodian.outbound()) == 1
 
 

@@ -20,6 +20,7 @@ from apps.payments.providers import sandbox, stripe_signature
 from apps.payments.public import sandbox_pay
 from proto.escrow import v1 as escrow_v1
 from tests.escrow import given
+from tests.helpers import as_staff
 
 SANDBOX = "sandbox"
 
@@ -281,7 +282,7 @@ def test_a_malformed_but_signed_payment_fails_and_stays_failed_on_reprocess(awai
     assert "ValueError" in record.error
     assert payment_of(awaiting).status == PaymentArtifact.Status.PENDING  # the transaction rolled back
     out = StringIO()
-    call_command("reprocess_webhooks", stdout=out)
+    call_command("reprocess_webhooks", *as_staff(), stdout=out)
     assert "failed" in out.getvalue()
     assert given.snapshot(awaiting) == before
 
@@ -304,14 +305,14 @@ def test_reprocess_webhooks_finishes_a_stored_one(stored_as: str, awaiting: uuid
     assert given.snapshot(awaiting)["state"] == "AWAIT_FUNDS"
 
     out = StringIO()
-    call_command("reprocess_webhooks", stdout=out)
+    call_command("reprocess_webhooks", *as_staff(), stdout=out)
 
     assert "1 webhooks reprocessed" in out.getvalue()
     record.refresh_from_db()
     assert record.status == "processed"
     assert given.snapshot(awaiting)["state"] == "FUNDS_HELD"
     # and once processed, running it again is a no-op
-    call_command("reprocess_webhooks", stdout=StringIO())
+    call_command("reprocess_webhooks", *as_staff(), stdout=StringIO())
     assert Escrow.objects.get(pk=awaiting).received_minor == given.AMOUNT
 
 
@@ -321,7 +322,7 @@ def test_reprocess_refuses_a_stale_record_that_was_never_verified(awaiting: uuid
     record = WebhookEvent.objects.create(provider=SANDBOX, body=body, headers=headers, status="failed")
 
     out = StringIO()
-    call_command("reprocess_webhooks", str(record.pk), stdout=out)
+    call_command("reprocess_webhooks", str(record.pk), *as_staff(), stdout=out)
 
     assert "error" in out.getvalue()
     assert given.snapshot(awaiting)["state"] == "AWAIT_FUNDS"

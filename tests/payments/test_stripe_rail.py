@@ -13,7 +13,7 @@ from apps.escrow.models import Escrow
 from apps.outbox.models import OutboxMessage
 from apps.payments.models import PaymentArtifact, WaitingPayout, WebhookEvent
 from tests.fakes.stripe_server import FakeStripe, signed_event
-from tests.helpers import act, create_escrow, state_of
+from tests.helpers import act, as_staff, create_escrow, state_of
 from tests.payments.support import assert_money_invariant, outbox_types, post_webhook
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -354,13 +354,13 @@ def test_a_waiting_payout_whose_send_failed_is_sent_by_the_command(fake_stripe, 
     assert waiting.status == "waiting" and "503" in waiting.last_error
     assert fake_stripe.of_kind("transfer") == []
 
-    call_command("send_waiting_payouts")
+    call_command("send_waiting_payouts", *as_staff())
 
     [transfer] = fake_stripe.of_kind("transfer")
     transfer_calls = [r for r in fake_stripe.requests if r.method == "POST" and r.path == "/v1/transfers"]
     assert len({c.idempotency_key for c in transfer_calls}) == 1
     assert WaitingPayout.objects.get(escrow_id=escrow_id).status == "sent"
-    call_command("send_waiting_payouts")  # nothing left: no second transfer
+    call_command("send_waiting_payouts", *as_staff())  # nothing left: no second transfer
     assert len(fake_stripe.created("transfers")) == 1
     webhook(as_buyer, *signed_event("transfer.created", transfer))
     assert assert_money_invariant(escrow_id).state == "RELEASED"

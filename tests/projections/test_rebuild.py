@@ -19,7 +19,7 @@ from apps.projections.models import BLUE, GREEN, ActiveGeneration, ProjectionReb
 from apps.projections.rebuild import projection_rebuild
 from apps.projections.tables import active_color, tables_for
 from tests.gateway.support import settle
-from tests.helpers import state_of
+from tests.helpers import as_staff, state_of
 from tests.projections.support import random_histories, snapshot
 
 
@@ -85,7 +85,7 @@ def test_daily_figures_agree_with_the_escrow_books(clients: dict[str, Any], sell
 def test_the_command_shows_progress_and_a_summary(clients: dict[str, Any], seller: Any) -> None:
     random_histories(clients, seller, seed=3, count=4)
     out = io.StringIO()
-    call_command("rebuild_projections", "escrows", stdout=out)
+    call_command("rebuild_projections", "escrows", *as_staff(), stdout=out)
     text = out.getvalue()
     assert "escrows [" in text and "##############################]" in text
     assert "switched blue -> green (generation 2)" in text
@@ -95,7 +95,7 @@ def test_the_command_shows_progress_and_a_summary(clients: dict[str, Any], selle
 def test_an_unknown_name_is_refused_and_switches_nothing(clients: dict[str, Any], seller: Any) -> None:
     random_histories(clients, seller, seed=4, count=2)
     with pytest.raises(CommandError):
-        call_command("rebuild_projections", "nonsense", stdout=io.StringIO())
+        call_command("rebuild_projections", "nonsense", *as_staff(), stdout=io.StringIO())
     assert active_color() == BLUE
     assert not ActiveGeneration.objects.filter(color=GREEN).exists()
     assert tables_for(GREEN).view.objects.count() == 0

@@ -1,24 +1,33 @@
-"""Replays open dead letters (after the cause is fixed), with progress and a summary."""
+"""Replays open dead letters (after the cause is fixed), with progress and a summary. A staff action:
+`--staff USERNAME --reason TEXT`, one AuditLog row per run."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand
-
+from apps.core.public import AuditLog, StaffCommand
 from apps.outbox import bus
 from apps.outbox.models import DeadLetter
 from apps.outbox.progress import CommandProgress
 
 
-class Command(BaseCommand):
+class Command(StaffCommand):
     help = "Run the handler again for open dead letters."
+    audit_action = AuditLog.Action.REPLAY_DEAD_LETTERS
 
     def add_arguments(self, parser: Any) -> None:
+        super().add_arguments(parser)
         parser.add_argument("ids", nargs="*", type=int, help="dead letter ids (default: all open)")
         parser.add_argument("--subscriber", help="only this subscriber's dead letters")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        target = f"dead letters {options['ids'] or 'all open'}" + (
+            f" of {options['subscriber']}" if options["subscriber"] else ""
+        )
+        with self.audited(options, target=target) as detail:
+            self._replay(options, detail)
+
+    def _replay(self, options: dict[str, Any], detail: dict[str, Any]) -> None:
         letters = DeadLetter.objects.filter(status=DeadLetter.Status.OPEN).order_by("id")
         if options["ids"]:
             letters = letters.filter(pk__in=options["ids"])
@@ -37,4 +46,5 @@ class Command(BaseCommand):
                     outcome = f"still failing: {exc!r}"
                 progress.line(f"[{index}/{total}] {letter.subscriber} {letter.type} {letter.aggregate_id}: {outcome}")
                 progress.advance()
+            detail.update(considered=total, replayed=replayed, still_failing=failed)
             progress.summary(f"{replayed} replayed, {failed} still failing, {total} considered")

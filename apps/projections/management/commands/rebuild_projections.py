@@ -1,20 +1,24 @@
-"""manage.py rebuild_projections [NAME]: refill the idle colour from the event log and switch over."""
+"""manage.py rebuild_projections [NAME] --staff USERNAME --reason TEXT: refill the idle colour from the event
+log and switch over. A staff action: one AuditLog row per run."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
+from apps.core.public import AuditLog, StaffCommand
 from apps.outbox.public import CommandProgress
 from apps.projections.rebuild import projection_rebuild
 from apps.projections.tables import PROJECTION_SETS
 
 
-class Command(BaseCommand):
+class Command(StaffCommand):
     help = "Rebuild read models from the event log into fresh tables, then switch readers over atomically."
+    audit_action = AuditLog.Action.REBUILD_PROJECTIONS
 
     def add_arguments(self, parser: CommandParser) -> None:
+        super().add_arguments(parser)
         parser.add_argument("name", nargs="?", choices=PROJECTION_SETS, help="projection set (default: all)")
         parser.add_argument(
             "--no-progress",
@@ -33,6 +37,11 @@ class Command(BaseCommand):
     def handle(
         self, *args: Any, name: str | None = None, no_progress: bool = False, source: str = "auto", **options: Any
     ) -> None:
+        with self.audited(options, target=f"projections {name or 'all'}") as detail:
+            detail.update(source=source, rebuilt=[])
+            self._rebuild(name=name, no_progress=no_progress, source=source, detail=detail)
+
+    def _rebuild(self, *, name: str | None, no_progress: bool, source: str, detail: dict[str, Any]) -> None:
         from_kafka = None if source == "auto" else source == "kafka"
         for set_name in [name] if name else list(PROJECTION_SETS):
             with CommandProgress(
@@ -44,6 +53,15 @@ class Command(BaseCommand):
                     )
                 except (LookupError, RuntimeError, TimeoutError) as exc:
                     raise CommandError(str(exc)) from exc
+                detail["rebuilt"].append(
+                    {
+                        "name": summary.name,
+                        "events": summary.events,
+                        "generation": summary.generation,
+                        "switched": f"{summary.from_color} -> {summary.to_color}",
+                        "rows": dict(summary.rows),
+                    }
+                )
                 rows = ", ".join(f"{table}={count}" for table, count in summary.rows.items())
                 progress.summary(
                     f"{summary.name}: replayed {summary.events} events into {summary.to_color}; "
