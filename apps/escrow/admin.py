@@ -25,10 +25,11 @@ from apps.core.public import (
     minor_to_decimal_string,
 )
 from apps.escrow import money
+from apps.escrow.dispatch import dispatch
 from apps.escrow.errors import EscrowError
 from apps.escrow.evidence import evidence_add
 from apps.escrow.models import Escrow, EscrowEvent, EscrowState, Evidence
-from apps.escrow.services import dispatch, stranded_minor
+from apps.escrow.rules import stranded_minor
 from apps.outbox.public import deterministic_id
 from apps.projections import public as selectors
 from proto.common.v1 import Actor, ActorKind, Money

@@ -1,42 +1,42 @@
-"""Every message the escrow service reacts to (it owns its commands through `services.dispatch`)."""
+"""Every message the escrow service reacts to (its commands come through `dispatch`)."""
 
 from __future__ import annotations
 
-from apps.escrow import services
+from apps.escrow import reactions
 from apps.outbox.public import Delivery, Subscriber
 from proto.payments import v1 as payments_v1
 
 
 def on_payment_succeeded(event: payments_v1.PaymentSucceeded, delivery: Delivery) -> None:
-    services.escrow_record_payment(event=event)
+    reactions.escrow_record_payment(event=event)
 
 
 def on_transfer_succeeded(event: payments_v1.TransferSucceeded, delivery: Delivery) -> None:
-    services.escrow_record_transfer(event=event)
+    reactions.escrow_record_transfer(event=event)
 
 
 def on_refund_succeeded(event: payments_v1.RefundSucceeded, delivery: Delivery) -> None:
-    services.escrow_record_refund(event=event)
+    reactions.escrow_record_refund(event=event)
 
 
 def on_transfer_failed(event: payments_v1.TransferFailed, delivery: Delivery) -> None:
-    services.escrow_record_payout_failure(
+    reactions.escrow_record_payout_failure(
         escrow_id=event.escrow_id, reason="transfer_failed", detail=f"{event.provider_transfer_id}: {event.reason}"
     )
 
 
 def on_refund_failed(event: payments_v1.RefundFailed, delivery: Delivery) -> None:
-    services.escrow_record_payout_failure(
+    reactions.escrow_record_payout_failure(
         escrow_id=event.escrow_id, reason="refund_failed", detail=f"{event.provider_refund_id}: {event.reason}"
     )
 
 
 def on_wallet_screened(event: payments_v1.WalletScreened, delivery: Delivery) -> None:
-    services.escrow_record_screening_block(event=event)
+    reactions.escrow_record_screening_block(event=event)
 
 
 def on_chargeback_opened(event: payments_v1.ChargebackOpened, delivery: Delivery) -> None:
-    services.escrow_record_chargeback(event=event)
+    reactions.escrow_record_chargeback(event=event)
 
 
 SUBSCRIBER = Subscriber(

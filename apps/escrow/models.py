@@ -1,4 +1,4 @@
-"""The escrow aggregate and its append-only audit log. Only `apps.escrow.services` writes these."""
+"""The escrow aggregate and its append-only audit log. Only the escrow commands and reactions write these."""
 
 from __future__ import annotations
 
@@ -10,21 +10,13 @@ from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
 
+from apps.escrow.rules import TERMINAL_STATES, EscrowState
 
-class EscrowState(models.TextChoices):
-    AWAIT_ACCEPTANCE = "AWAIT_ACCEPTANCE"
-    AWAIT_FUNDS = "AWAIT_FUNDS"
-    FUNDS_HELD = "FUNDS_HELD"
-    DELIVERED = "DELIVERED"
-    RELEASING = "RELEASING"
-    RELEASED = "RELEASED"
-    CANCELLED = "CANCELLED"
-    REFUNDING = "REFUNDING"
-    REFUNDED = "REFUNDED"
-    DISPUTED = "DISPUTED"
+__all__ = ["TERMINAL_STATES", "Escrow", "EscrowEvent", "EscrowState", "Evidence", "ProcessedCommand"]
 
 
-TERMINAL_STATES = frozenset({EscrowState.RELEASED, EscrowState.CANCELLED, EscrowState.REFUNDED})
+# The states are the rules' (a module with no database); the labels are the ones Django's TextChoices gave.
+STATE_CHOICES = [(state.value, state.name.replace("_", " ").title()) for state in EscrowState]
 
 
 class Escrow(models.Model):
@@ -34,7 +26,7 @@ class Escrow(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     buyer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     seller = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
-    state = models.CharField(max_length=20, choices=EscrowState.choices, default=EscrowState.AWAIT_ACCEPTANCE)
+    state = models.CharField(max_length=20, choices=STATE_CHOICES, default=EscrowState.AWAIT_ACCEPTANCE)
     # Which party created the deal; the other one (the counterparty) accepts or declines it.
     creator_role = models.CharField(max_length=10, choices=[("buyer", "buyer"), ("seller", "seller")], default="buyer")
     amount_minor = models.BigIntegerField()

@@ -8,15 +8,21 @@ Every edge (REST API, web app, Discord) builds one of the commands below and cal
     escrow.dispatch(escrow.AcceptEscrow(escrow_id=..., actor=...), command_id=uuid.uuid4())
 
 `allowed_actions(escrow, user_id, staff=False)` names what to offer a person (accept, decline, pay,
-deliver, release, dispute, cancel); see `apps.escrow.actions`.
+deliver, release, dispute, cancel); see `apps.escrow.actions`. `EscrowState` names the states (no edge
+retypes them).
+
+Inside the app: `rules` (states, who may do what, no database), `commands` and `ops` (one function per
+transition), `reactions` (to payments events), `dispatch`, `runner` and `emit` (the shared plumbing).
 """
 
-from apps.escrow.actions import ACTION_COMMANDS, ACTIONS, allowed_actions
+from apps.escrow.actions import allowed_actions
+from apps.escrow.dispatch import dispatch
 from apps.escrow.errors import EscrowError, EscrowNotFound, InvalidCommand, InvalidTransition, NotAllowed
 from apps.escrow.evidence import EvidenceRejected, evidence_add
 from apps.escrow.handlers import SUBSCRIBER
 from apps.escrow.money import money_held_by_state
-from apps.escrow.services import CommandResult, command_applied, dispatch
+from apps.escrow.rules import ACTION_COMMANDS, ACTIONS, TERMINAL_STATES, EscrowState
+from apps.escrow.runner import CommandResult, command_applied
 from apps.escrow.timers import fire_due_timers
 from proto.common.v1 import Actor, ActorKind
 from proto.escrow.v1 import (
@@ -42,12 +48,14 @@ __all__ = [
     "DeclineEscrow",
     "EscrowError",
     "EscrowNotFound",
+    "EscrowState",
     "EvidenceRejected",
     "InvalidCommand",
     "InvalidTransition",
     "MarkDelivered",
     "NotAllowed",
     "SUBSCRIBER",
+    "TERMINAL_STATES",
     "OpenDispute",
     "ReleaseFunds",
     "ResolveDispute",

@@ -1,4 +1,4 @@
-"""Given-steps for escrow tests: escrows in every state, reached through `services.dispatch` and the escrow
+"""Given-steps for escrow tests: escrows in every state, reached through `dispatch` and the escrow
 subscriber's real handlers (with its dedupe), never by writing a state column."""
 
 from __future__ import annotations
@@ -8,9 +8,10 @@ from typing import Any
 
 from django.utils import timezone
 
-from apps.escrow import services
 from apps.escrow.handlers import SUBSCRIBER as ESCROW_SUBSCRIBER
 from apps.escrow.models import Escrow, EscrowEvent, ProcessedCommand
+from apps.escrow.public import CommandResult, dispatch
+from apps.escrow.rules import fee_for
 from apps.outbox import bus
 from apps.outbox.messages import topic_for, type_name
 from apps.outbox.models import OutboxMessage
@@ -43,7 +44,7 @@ def propose(
 ) -> uuid.UUID:
     """A deal created by `creator` (the buyer unless said otherwise), waiting for the other party."""
     escrow_id = uuid.uuid4()
-    services.dispatch(
+    dispatch(
         escrow_v1.CreateEscrow(
             escrow_id=str(escrow_id),
             buyer_id=buyer.pk,
@@ -78,8 +79,8 @@ def deliver_to_escrow(event: Any, *, event_id: uuid.UUID | None = None) -> bool:
     return bus.handle_with_dedupe(ESCROW_SUBSCRIBER, event, delivery)
 
 
-def send(command: Any) -> services.CommandResult:
-    return services.dispatch(command, command_id=uuid.uuid4())
+def send(command: Any) -> CommandResult:
+    return dispatch(command, command_id=uuid.uuid4())
 
 
 def paid(escrow_id: uuid.UUID, amount_minor: int = AMOUNT, currency: str = CURRENCY) -> None:
@@ -96,7 +97,7 @@ def paid(escrow_id: uuid.UUID, amount_minor: int = AMOUNT, currency: str = CURRE
 def transferred(escrow_id: uuid.UUID) -> None:
     escrow = Escrow.objects.get(pk=escrow_id)
     gross = escrow.pending_payout_minor
-    fee = services.fee_for(gross, escrow.fee_bps)
+    fee = fee_for(gross, escrow.fee_bps)
     deliver_to_escrow(
         payments_v1.TransferSucceeded(
             escrow_id=str(escrow_id),

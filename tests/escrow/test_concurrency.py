@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from apps.escrow import services
 from apps.escrow.errors import EscrowError
+from apps.escrow.public import CommandResult, dispatch
 from proto.escrow import v1 as escrow_v1
 from tests.escrow import given
 
@@ -51,9 +51,9 @@ def test_same_command_id_from_two_connections_has_one_effect(buyer: Any, seller:
     command = escrow_v1.MarkDelivered(escrow_id=str(escrow_id), actor=given.user(seller))
     command_id = uuid.uuid4()
 
-    results = race(*[lambda: services.dispatch(command, command_id=command_id)] * 4)
+    results = race(*[lambda: dispatch(command, command_id=command_id)] * 4)
 
-    assert all(isinstance(r, services.CommandResult) for r in results), results
+    assert all(isinstance(r, CommandResult) for r in results), results
     assert sorted(r.duplicate for r in results) == [False, True, True, True]
     assert given.event_types(escrow_id).count("EscrowDelivered") == 1
     given.assert_books_balance(escrow_id)
@@ -68,7 +68,7 @@ def test_release_and_dispute_racing_only_one_wins(buyer: Any, seller: Any, staff
         lambda: given.send(escrow_v1.OpenDispute(escrow_id=e, actor=given.user(seller), reason="chargeback risk")),
     )
 
-    won = [r for r in results if isinstance(r, services.CommandResult)]
+    won = [r for r in results if isinstance(r, CommandResult)]
     lost = [r for r in results if isinstance(r, EscrowError)]
     assert len(won) == 1 and len(lost) == 1, results
     final = given.snapshot(escrow_id)
@@ -89,6 +89,6 @@ def test_two_refund_cancels_racing_ask_for_the_refund_once(buyer: Any, seller: A
         lambda: given.send(escrow_v1.CancelEscrow(escrow_id=e, actor=given.staff_actor(staff), reason="fraud")),
     )
 
-    assert sum(isinstance(r, services.CommandResult) for r in results) == 1, results
+    assert sum(isinstance(r, CommandResult) for r in results) == 1, results
     assert given.event_types(escrow_id).count("EscrowRefundRequested") == 1
     assert given.snapshot(escrow_id)["pending_refund_minor"] == given.AMOUNT

@@ -1,4 +1,4 @@
-"""Staff ops commands through `services.dispatch`: hold / unhold, retrying a failed transfer or refund,
+"""Staff ops commands through `dispatch`: hold / unhold, retrying a failed transfer or refund,
 returning stranded money. Refused commands change nothing."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from apps.escrow import services, timers
+from apps.escrow import timers
 from apps.escrow.errors import InvalidCommand, InvalidTransition, NotAllowed
 from apps.escrow.models import Escrow
+from apps.escrow.public import CommandResult, dispatch
 from apps.outbox.messages import decode
 from apps.outbox.models import OutboxMessage
 from apps.payments import public as payments_public
@@ -31,19 +32,19 @@ def _no_inline_bus(settings: Any) -> None:
     settings.BUS_INLINE_DISPATCH = False
 
 
-def hold(escrow_id: uuid.UUID, staff: Any, reason: str = "seller reported for fraud") -> services.CommandResult:
+def hold(escrow_id: uuid.UUID, staff: Any, reason: str = "seller reported for fraud") -> CommandResult:
     return given.send(escrow_v1.HoldEscrow(escrow_id=str(escrow_id), actor=given.staff_actor(staff), reason=reason))
 
 
-def unhold(escrow_id: uuid.UUID, staff: Any, reason: str = "cleared") -> services.CommandResult:
+def unhold(escrow_id: uuid.UUID, staff: Any, reason: str = "cleared") -> CommandResult:
     return given.send(escrow_v1.UnholdEscrow(escrow_id=str(escrow_id), actor=given.staff_actor(staff), reason=reason))
 
 
-def retry(escrow_id: uuid.UUID, staff: Any, reason: str = "destination fixed") -> services.CommandResult:
+def retry(escrow_id: uuid.UUID, staff: Any, reason: str = "destination fixed") -> CommandResult:
     return given.send(escrow_v1.RetryPayout(escrow_id=str(escrow_id), actor=given.staff_actor(staff), reason=reason))
 
 
-def return_stranded(escrow_id: uuid.UUID, staff: Any, reason: str = "late payment") -> services.CommandResult:
+def return_stranded(escrow_id: uuid.UUID, staff: Any, reason: str = "late payment") -> CommandResult:
     return given.send(
         escrow_v1.ReturnStrandedFunds(escrow_id=str(escrow_id), actor=given.staff_actor(staff), reason=reason)
     )
@@ -121,9 +122,9 @@ def test_the_same_hold_command_id_twice_has_one_effect(buyer: Any, seller: Any, 
     escrow_id = given.escrow_in("FUNDS_HELD", buyer=buyer, seller=seller, staff=staff)
     command = escrow_v1.HoldEscrow(escrow_id=str(escrow_id), actor=given.staff_actor(staff), reason="checking")
     command_id = uuid.uuid4()
-    services.dispatch(command, command_id=command_id)
+    dispatch(command, command_id=command_id)
     counts = given.footprint()
-    assert services.dispatch(command, command_id=command_id).duplicate
+    assert dispatch(command, command_id=command_id).duplicate
     assert given.footprint() == counts
 
 

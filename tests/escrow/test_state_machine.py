@@ -1,6 +1,6 @@
-"""Every (state, command, role) of DESIGN.md's state machine, through `services.dispatch` on the real DB.
+"""Every (state, command, role) of DESIGN.md's state machine, through `dispatch` on the real DB.
 
-The expected table is written out here from DESIGN.md, independently of `services.RULES`, so a wrong rule
+The expected table is written out here from DESIGN.md, independently of `rules.RULES`, so a wrong rule
 in the code fails a test instead of agreeing with itself.
 """
 
@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from apps.escrow import services
 from apps.escrow.errors import EscrowNotFound, InvalidCommand, InvalidTransition, NotAllowed
 from apps.escrow.models import Escrow, EscrowEvent, ProcessedCommand
+from apps.escrow.public import dispatch
 from apps.outbox.messages import EVENT_NAMESPACE
 from apps.outbox.models import OutboxMessage
 from proto.escrow import v1 as escrow_v1
@@ -139,7 +139,7 @@ def check_one(state: str, command: str, role: str, cast: dict[str, Any]) -> None
     if legal is not None and role in legal[0]:
         _, to_state, events, outbound = legal
         # when
-        result = services.dispatch(command_for(command, escrow_id, actor_for(role, cast)), command_id=uuid.uuid4())
+        result = dispatch(command_for(command, escrow_id, actor_for(role, cast)), command_id=uuid.uuid4())
         # then: the right state, exactly the right events and outbound commands, the books balance
         assert (result.state, result.duplicate) == (to_state, False)
         assert given.snapshot(escrow_id)["state"] == to_state
@@ -151,7 +151,7 @@ def check_one(state: str, command: str, role: str, cast: dict[str, Any]) -> None
         given.assert_books_balance(escrow_id)
     else:
         with pytest.raises(expected_error(state, command, role)) as raised:
-            services.dispatch(command_for(command, escrow_id, actor_for(role, cast)), command_id=uuid.uuid4())
+            dispatch(command_for(command, escrow_id, actor_for(role, cast)), command_id=uuid.uuid4())
         if isinstance(raised.value, (InvalidTransition, NotAllowed)):
             assert raised.value.state == state  # the 409/403 answer names the current state
         # nothing was written
@@ -187,9 +187,9 @@ def test_same_command_id_twice_has_one_effect(buyer: Any, seller: Any, staff: An
     command = escrow_v1.MarkDelivered(escrow_id=str(escrow_id), actor=given.user(seller))
     command_id = uuid.uuid4()
 
-    first = services.dispatch(command, command_id=command_id)
+    first = dispatch(command, command_id=command_id)
     footprint = given.footprint()
-    second = services.dispatch(command, command_id=command_id)
+    second = dispatch(command, command_id=command_id)
 
     assert (first.duplicate, second.duplicate) == (False, True)
     assert second.state == "DELIVERED" and second.version == first.version
@@ -207,17 +207,17 @@ def test_create_twice_with_one_command_id_creates_one_escrow(buyer: Any, seller:
         description="x",
         actor=given.user(buyer),
     )
-    services.dispatch(command, command_id=command_id)
+    dispatch(command, command_id=command_id)
     footprint = given.footprint()
 
-    again = services.dispatch(command, command_id=command_id)
+    again = dispatch(command, command_id=command_id)
 
     assert again.duplicate is True
     assert given.footprint() == footprint
     assert Escrow.objects.count() == 1
     # the same escrow id under another command id is refused, not a second escrow
     with pytest.raises(InvalidCommand):
-        services.dispatch(command, command_id=uuid.uuid4())
+        dispatch(command, command_id=uuid.uuid4())
     assert given.footprint() == footprint
 
 
@@ -300,7 +300,7 @@ def test_create_rejects_bad_input_and_writes_nothing(change: dict[str, Any], buy
     else:
         fields.update(change)
     with pytest.raises((InvalidCommand, EscrowNotFound)):
-        services.dispatch(escrow_v1.CreateEscrow(**fields), command_id=uuid.uuid4())
+        dispatch(escrow_v1.CreateEscrow(**fields), command_id=uuid.uuid4())
     assert (Escrow.objects.count(), *given.footprint()) == (0, 0, 0, 0)
 
 
@@ -383,18 +383,16 @@ def test_a_command_id_spent_on_another_escrow_or_command_is_refused(buyer: Any, 
     first = given.escrow_in("FUNDS_HELD", buyer=buyer, seller=seller, staff=staff)
     other = given.escrow_in("FUNDS_HELD", buyer=buyer, seller=seller, staff=staff)
     command_id = uuid.uuid4()
-    services.dispatch(escrow_v1.MarkDelivered(escrow_id=str(first), actor=given.user(seller)), command_id=command_id)
+    dispatch(escrow_v1.MarkDelivered(escrow_id=str(first), actor=given.user(seller)), command_id=command_id)
     before, footprint = given.snapshot(other), given.footprint()
 
     # the same id for the same command on another escrow would otherwise answer "duplicate" and do nothing
     with pytest.raises(InvalidCommand) as raised:
-        services.dispatch(
-            escrow_v1.MarkDelivered(escrow_id=str(other), actor=given.user(seller)), command_id=command_id
-        )
+        dispatch(escrow_v1.MarkDelivered(escrow_id=str(other), actor=given.user(seller)), command_id=command_id)
     assert raised.value.field == "command_id"
     # and for another command on the same escrow
     with pytest.raises(InvalidCommand):
-        services.dispatch(
+        dispatch(
             escrow_v1.OpenDispute(escrow_id=str(first), actor=given.user(buyer), reason="late"), command_id=command_id
         )
     assert (given.snapshot(other), given.footprint()) == (before, footprint)

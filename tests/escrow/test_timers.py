@@ -16,9 +16,9 @@ from django.core.management import call_command
 from django.db import connection, transaction
 from django.utils import timezone
 
-from apps.escrow import services
 from apps.escrow.errors import InvalidTransition
 from apps.escrow.models import Escrow, EscrowEvent
+from apps.escrow.public import dispatch
 from apps.escrow.timers import fire_due_timers
 from apps.outbox.messages import deterministic_id
 from apps.outbox.worker import BusWorker
@@ -149,7 +149,7 @@ def test_timer_losing_the_race_to_a_buyer_release_is_a_no_op(buyer: Any, seller:
 
     # when the timer's command arrives, it is refused and writes nothing
     with pytest.raises(InvalidTransition):
-        services.dispatch(timer_command, command_id=timer_command_id)
+        dispatch(timer_command, command_id=timer_command_id)
     assert given.footprint() == footprint
     assert fire_due_timers() == 0
     assert given.event_types(escrow_id).count("EscrowReleaseRequested") == 1
@@ -164,9 +164,9 @@ def test_two_workers_firing_the_same_timer_have_one_effect(settings: Any, buyer:
     command = escrow_v1.CancelEscrow(escrow_id=str(escrow_id), actor=given.TIMER, reason="funding deadline passed")
     command_id = deterministic_id(escrow_id, version, "funding-deadline")
 
-    first = services.dispatch(command, command_id=command_id)
+    first = dispatch(command, command_id=command_id)
     footprint = given.footprint()
-    second = services.dispatch(command, command_id=command_id)
+    second = dispatch(command, command_id=command_id)
 
     assert (first.duplicate, second.duplicate) == (False, True)
     assert given.footprint() == footprint

@@ -2,12 +2,12 @@
 staff resolutions over several escrows, with the money invariant and the audit invariants checked after
 every step.
 
-Everything goes through the real entry points (`apps.escrow.services.dispatch`, the signed webhook path
+Everything goes through the real entry points (`apps.escrow.dispatch`, the signed webhook path
 `apps.payments.webhooks.webhook_receive`, `apps.payments.public.sandbox_pay`, `fire_due_timers`) with
 real commits, so the bus runs every subscriber inline after each commit, exactly as in production.
 
 The model below knows only DESIGN.md's state table; it predicts whether each command is accepted and
-where it leads, independently of `apps.escrow.services.RULES`.
+where it leads, independently of `apps.escrow.rules.RULES`.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from apps.escrow import services
 from apps.escrow.errors import EscrowError, EscrowNotFound
 from apps.escrow.models import TERMINAL_STATES, Escrow, EscrowEvent, EscrowState
+from apps.escrow.public import dispatch
 from apps.escrow.timers import fire_due_timers
 from apps.outbox import bus
 from apps.outbox.messages import ESCROW_EVENTS, PAYMENTS_COMMANDS, decode
@@ -226,7 +226,7 @@ class MoneyMachine(RuleBasedStateMachine):
             description="property",
             actor=self.actor(creator),
         )
-        result = services.dispatch(command, command_id=uuid.uuid4())
+        result = dispatch(command, command_id=uuid.uuid4())
         assert result.state == S.AWAIT_ACCEPTANCE
         self.creator[escrow_id] = creator
         self.ids.append(escrow_id)
@@ -402,7 +402,7 @@ class MoneyMachine(RuleBasedStateMachine):
         outbox_before = OutboxMessage.objects.count()
         command_id = uuid.uuid4()
         try:
-            result = services.dispatch(command, command_id=command_id)
+            result = dispatch(command, command_id=command_id)
         except EscrowError as exc:
             FIGURES["commands_refused"] += 1
             assert not legal, f"{role} {name} in {before.state} was refused: {exc.detail}"
@@ -425,7 +425,7 @@ class MoneyMachine(RuleBasedStateMachine):
         command, command_id = data.draw(st.sampled_from(self.accepted))
         before = self.snapshot()
         outbox_before = OutboxMessage.objects.count()
-        result = services.dispatch(command, command_id=command_id)
+        result = dispatch(command, command_id=command_id)
         assert result.duplicate
         assert self.snapshot() == before
         assert OutboxMessage.objects.count() == outbox_before

@@ -12,8 +12,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
 from apps.core.public import ReasonRequired, audit_record
+from apps.escrow.dispatch import dispatch
 from apps.escrow.errors import EscrowError
-from apps.escrow.services import dispatch
 from proto.common.v1 import Actor, ActorKind
 from proto.escrow import v1 as escrow_v1
 
