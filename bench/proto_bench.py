@@ -54,8 +54,9 @@ def main() -> int:
     django.setup()
     from django.db.models import Count
 
-    from apps.outbox import bus, messages
+    from apps.outbox import messages
     from apps.outbox.models import OutboxMessage
+    from apps.outbox.public import outbox_subscribers
 
     counts = dict(OutboxMessage.objects.values_list("type").annotate(n=Count("id")))
     commands = sum(
@@ -67,7 +68,7 @@ def main() -> int:
     if not commands:
         print(f"no trades in {args.database}: run `make bench` first", file=sys.stderr)
         return 2
-    subscribers = bus.outbox_subscribers()
+    subscribers = outbox_subscribers()
     total_us = 0.0
     print("| message | rows per command | bytes | encode µs | decode µs | decoded by |")
     print("|---|---|---|---|---|---|")

@@ -537,11 +537,11 @@ def database_transactions(database: str) -> int:
 
 
 def wait_for_bus(timeout: float) -> dict[str, int]:
-    from apps.outbox import bus
+    from apps.outbox.public import lag, outbox_subscribers
 
     deadline = time.monotonic() + timeout
     while True:
-        lags = {sub.name: bus.lag(sub) for sub in bus.outbox_subscribers()}
+        lags = {sub.name: lag(sub) for sub in outbox_subscribers()}
         if not any(lags.values()) or time.monotonic() > deadline:
             return lags
         time.sleep(0.5)

@@ -8,8 +8,10 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from apps.core.public import AuditLog, ReadOnlyAdmin, audit_record
-from apps.outbox import bus
+from apps.outbox import reader
 from apps.outbox.models import DeadLetter, OutboxMessage, SubscriberCheckpoint
+from apps.outbox.registry import get_subscriber
+from apps.outbox.retry import replay_dead_letter
 
 
 @admin.register(OutboxMessage)
@@ -28,7 +30,7 @@ class SubscriberCheckpointAdmin(ReadOnlyAdmin):
     @admin.display(description="lag (messages)")
     def lag(self, obj: SubscriberCheckpoint) -> int | str:
         try:
-            return bus.lag(bus.get_subscriber(obj.subscriber))
+            return reader.lag(get_subscriber(obj.subscriber))
         except LookupError:
             return "-"
 
@@ -46,7 +48,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
         done = failed = 0
         for letter in queryset.filter(status=DeadLetter.Status.OPEN):
             try:
-                if bus.replay_dead_letter(letter):
+                if replay_dead_letter(letter):
                     audit_record(
                         actor=request.user,
                         action=AuditLog.Action.REPLAY_DEAD_LETTER,

@@ -12,3 +12,5 @@ class OutboxConfig(AppConfig):
     def ready(self) -> None:
         # The project's wiring module registers every app's subscriber (an explicit registry, no signals).
         import_module(getattr(settings, "BUS_WIRING", "escrow_project.bus"))
+        # The drain registers the bus's wake-up on commit (apps.outbox.wakeup) when it is imported.
+        import_module("apps.outbox.drain")

@@ -1,6 +1,7 @@
 """Announcing commits to the bus. `publish` schedules `after_commit` once per transaction that wrote
-outbox rows; the bus registers what runs then (its wake-up and inline drain). The worker waits on the
-same event. Keeping this below both `publish` and `bus` is what lets neither import the other's caller."""
+outbox rows; the bus registers what runs then (`drain.wake`: announce, and drain inline if so configured).
+The worker waits for an announcement (`wait`, `announced`, `forget`). Keeping this below both `publish`
+and `drain` is what lets neither import the other's caller."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Callable
 NOTIFY_CHANNEL = "outbox"
 
 # Set after a commit in this process (and to interrupt the worker's wait); cleared by whoever waits.
-event = threading.Event()
+_event = threading.Event()
 
 _on_commit: list[Callable[[], None]] = []
 
@@ -24,13 +25,28 @@ def on_commit(func: Callable[[], None]) -> None:
 
 def after_commit() -> None:
     if not _on_commit:
-        event.set()
+        announce()
     for func in list(_on_commit):
         func()
 
 
+def announce() -> None:
+    """Tells a waiting worker that something was committed (or that it should look up: `stop()`)."""
+    _event.set()
+
+
+def announced() -> bool:
+    """Whether an announcement is waiting to be picked up."""
+    return _event.is_set()
+
+
+def forget() -> None:
+    """Drops the announcements received so far (the next pass reads everything committed before it)."""
+    _event.clear()
+
+
 def wait(timeout: float) -> bool:
-    """Sleeps until a commit is announced or `timeout` passes; True if one was."""
-    woke = event.wait(timeout)
-    event.clear()
+    """Sleeps until a commit is announced or `timeout` passes; True if one was. Picks the announcement up."""
+    woke = _event.wait(timeout)
+    _event.clear()
     return woke

@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.db import close_old_connections, connection
 
-from apps.outbox import bus, outage, wakeup
+from apps.outbox import outage, wakeup
+from apps.outbox.drain import drain, worker_draining
+from apps.outbox.registry import outbox_subscribers
 
 if TYPE_CHECKING:
     import psycopg
@@ -57,7 +59,7 @@ class BusWorker:
 
     def stop(self) -> None:
         self.stopping.set()
-        wakeup.event.set()
+        wakeup.announce()
 
     def run_once(self) -> int:
         """One pass: drain, run the ticks, and drain again only if a tick did something (the first drain
@@ -74,14 +76,14 @@ class BusWorker:
     @staticmethod
     def _drain() -> int:
         # The drain loops until a pass finds nothing, so the commits its own handlers make need no wake.
-        with bus.worker_draining():
-            return bus.drain()
+        with worker_draining():
+            return drain()
 
     def run_forever(self) -> None:
         self._listen()
         log.info(
             "bus worker started",
-            extra={"subscribers": [s.name for s in bus.outbox_subscribers()], "poll_seconds": self.poll_seconds},
+            extra={"subscribers": [s.name for s in outbox_subscribers()], "poll_seconds": self.poll_seconds},
         )
         failures = 0
         try:
@@ -164,9 +166,9 @@ class BusWorker:
             if remaining <= 0:
                 break
             if self._listener is None:
-                bus.wait_for_wake(remaining)
+                wakeup.wait(remaining)
                 break
-            if wakeup.event.is_set():
+            if wakeup.announced():
                 break
             try:
                 if self._foreign_notification(min(remaining, _LISTEN_SLICE_SECONDS)):
@@ -177,7 +179,7 @@ class BusWorker:
         self._drop_announcements()
 
     def _drop_announcements(self) -> None:
-        wakeup.event.clear()
+        wakeup.forget()
         if self._listener is None:
             return
         try:

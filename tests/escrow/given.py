@@ -12,9 +12,10 @@ from apps.escrow.handlers import SUBSCRIBER as ESCROW_SUBSCRIBER
 from apps.escrow.models import Escrow, EscrowEvent, ProcessedCommand
 from apps.escrow.public import CommandResult, dispatch
 from apps.escrow.rules import fee_for
-from apps.outbox import bus
+from apps.outbox.apply import handle_with_dedupe
 from apps.outbox.messages import topic_for, type_name
 from apps.outbox.models import OutboxMessage
+from apps.outbox.public import Delivery
 from proto.common.v1 import Actor, ActorKind, Money
 from proto.escrow import v1 as escrow_v1
 from proto.payments import v1 as payments_v1
@@ -67,7 +68,7 @@ def create(*, buyer: Any, seller: Any, amount_minor: int = AMOUNT, currency: str
 
 def deliver_to_escrow(event: Any, *, event_id: uuid.UUID | None = None) -> bool:
     """Hands a payments event to the escrow subscriber exactly as a Kafka consumer would."""
-    delivery = bus.Delivery(
+    delivery = Delivery(
         event_id=event_id or uuid.uuid4(),
         type=type_name(event),
         topic=topic_for(event),
@@ -76,7 +77,7 @@ def deliver_to_escrow(event: Any, *, event_id: uuid.UUID | None = None) -> bool:
         aggregate_version=0,
         occurred_at=timezone.now(),
     )
-    return bus.handle_with_dedupe(ESCROW_SUBSCRIBER, event, delivery)
+    return handle_with_dedupe(ESCROW_SUBSCRIBER, event, delivery)
 
 
 def send(command: Any) -> CommandResult:

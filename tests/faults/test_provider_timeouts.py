@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from apps.escrow.models import Escrow
-from apps.outbox import bus
 from apps.outbox.models import DeadLetter
+from apps.outbox.retry import replay_dead_letter
 from apps.payments.models import PaymentArtifact
 from tests.fakes.stripe_server import FakeStripe, signed_event
 from tests.faults.support import assert_records_agree
@@ -116,7 +116,7 @@ def test_timeouts_outlasting_every_retry_dead_letter_and_the_replay_pays_once(
     escrow = Escrow.objects.get(pk=escrow_id)
     assert (escrow.state, escrow.held_minor, escrow.paid_out_minor) == ("RELEASING", 14999, 0)
 
-    assert bus.replay_dead_letter(dead) is True
+    assert replay_dead_letter(dead) is True
 
     calls = _calls(fake_stripe, "/v1/transfers")
     assert len(calls) == settings.BUS_MAX_ATTEMPTS + 1 and len({c.idempotency_key for c in calls}) == 1

@@ -28,8 +28,9 @@ from django.db import connection
 
 from apps.escrow.models import Escrow, EscrowEvent
 from apps.notifications.models import Notification
-from apps.outbox import bus
 from apps.outbox.models import DeadLetter, OutboxMessage, ProcessedMessage
+from apps.outbox.public import lag, outbox_subscribers
+from apps.outbox.registry import get_subscriber
 from apps.payments.models import PaymentArtifact
 from apps.projections.rebuild import projection_rebuild
 from apps.projections.tables import active_color, tables_for
@@ -61,7 +62,7 @@ def _worker() -> subprocess.Popen[bytes]:
 
 
 def _lags() -> dict[str, int]:
-    return {sub.name: bus.lag(sub) for sub in bus.outbox_subscribers()}
+    return {sub.name: lag(sub) for sub in outbox_subscribers()}
 
 
 def _handled() -> int:
@@ -153,12 +154,12 @@ def test_bus_workers_killed_at_random_points_lose_and_repeat_nothing(api_client,
     # lag is 0 and every subscriber applied every message it subscribes to exactly once
     assert not any(_lags().values())
     assert not DeadLetter.objects.exists()
-    for sub in bus.outbox_subscribers():
+    for sub in outbox_subscribers():
         owed = set(OutboxMessage.objects.filter(type__in=sub.types).values_list("event_id", flat=True))
         done = list(ProcessedMessage.objects.filter(subscriber=sub.name).values_list("event_id", flat=True))
         assert len(done) == len(set(done)) and set(done) == owed, sub.name
     # notifications: each notifying event owes each party exactly one
-    notifying = bus.get_subscriber("notifications").types
+    notifying = get_subscriber("notifications").types
     for event in EscrowEvent.objects.filter(type__in=notifying).select_related("escrow"):
         users = sorted(Notification.objects.filter(event_id=event.event_id).values_list("user_id", flat=True))
         assert users == sorted([event.escrow.buyer_id, event.escrow.seller_id]), event.type

@@ -8,8 +8,9 @@ from typing import Any
 
 from apps.escrow.models import Escrow, EscrowEvent
 from apps.gateway.models import IdempotencyRecord
-from apps.outbox import bus
+from apps.outbox.drain import drain
 from apps.outbox.models import OutboxMessage
+from apps.outbox.public import lag, outbox_subscribers
 from tests.helpers import create_escrow
 
 PROBLEM = "application/problem+json"
@@ -22,8 +23,8 @@ def settle(*, limit_seconds: float = 60.0) -> None:
     bound on a stuck bus, not a speed expectation."""
     deadline = time.monotonic() + limit_seconds
     while True:
-        bus.drain()
-        lagging = {sub.name: bus.lag(sub) for sub in bus.outbox_subscribers()}
+        drain()
+        lagging = {sub.name: lag(sub) for sub in outbox_subscribers()}
         if not any(lagging.values()):
             return
         assert time.monotonic() < deadline, f"the bus did not settle: {lagging}"

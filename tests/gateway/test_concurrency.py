@@ -17,7 +17,7 @@ from django.db import connections
 from django.db.models import Count
 
 from apps.escrow.models import Escrow, EscrowEvent
-from apps.outbox import bus
+from apps.outbox.drain import drain
 from apps.outbox.models import DeadLetter, OutboxMessage, ProcessedMessage
 from tests.factories import UserFactory
 from tests.gateway.support import assert_problem, create_settled, settle
@@ -138,7 +138,7 @@ def until(check: Callable[[], Any], what: str, *, limit_seconds: float = 120.0) 
         if result:
             return result
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        bus.drain()
+        drain()
         time.sleep(0.005)
 
 

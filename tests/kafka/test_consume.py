@@ -15,11 +15,13 @@ from django.core.management import call_command
 
 from apps.escrow.models import Escrow
 from apps.notifications.models import EscrowParties, Notification
-from apps.outbox import bus, messages
+from apps.outbox import messages
+from apps.outbox.drain import drain
 from apps.outbox.kafka.consumer import AppConsumer
 from apps.outbox.kafka.relay import OutboxRelay
 from apps.outbox.kafka.replay import replay_outbox, replay_selection
 from apps.outbox.models import OutboxMessage, ProcessedMessage, SubscriberCheckpoint
+from apps.outbox.registry import get_subscriber
 from apps.projections.models import EscrowView, TimelineEntry
 from proto.escrow import v1 as escrow_v1
 from tests.helpers import act, create_escrow, pay
@@ -107,7 +109,7 @@ def test_split_out_apps_fed_from_kafka_build_the_same_read_models_and_notificati
     EscrowParties.objects.all().delete()
     ProcessedMessage.objects.filter(subscriber__in=SPLIT_OUT).delete()
     SubscriberCheckpoint.objects.filter(subscriber__in=SPLIT_OUT).delete()
-    bus.drain(list(SPLIT_OUT))
+    drain(list(SPLIT_OUT))
     assert read_models() == from_kafka
 
 
@@ -135,7 +137,7 @@ def test_redelivered_and_replayed_messages_are_applied_once(kafka, fresh_group, 
     assert again.applied == 0
     assert (
         again.duplicates
-        == OutboxMessage.objects.filter(aggregate_id=released, type__in=bus.get_subscriber("projections").types).count()
+        == OutboxMessage.objects.filter(aggregate_id=released, type__in=get_subscriber("projections").types).count()
     )
     assert read_models() == before
     assert ProcessedMessage.objects.filter(subscriber="projections").count() == processed

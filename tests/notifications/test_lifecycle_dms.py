@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from apps.notifications.delivery import deliver_due_notifications
 from apps.notifications.models import DeliveryAttempt, Notification
-from apps.outbox import bus, messages
+from apps.outbox import messages
+from apps.outbox.apply import handle_with_dedupe
 from apps.outbox.models import OutboxMessage
+from apps.outbox.public import Delivery
+from apps.outbox.registry import get_subscriber
 from tests.helpers import act, create_escrow, pay, state_of
 from tests.notifications.conftest import BUYER_DISCORD_ID, SELLER_DISCORD_ID
 
@@ -46,9 +49,9 @@ def test_lifecycle_sends_each_party_each_dm_exactly_once(api_client, buyer, sell
     assert all(n.discord_message_id for n in notifications)
 
     # The same events arrive again (a Kafka redelivery, a replay): no second DM.
-    subscriber = bus.get_subscriber("notifications")
+    subscriber = get_subscriber("notifications")
     for row in OutboxMessage.objects.filter(type__in=subscriber.types):
-        bus.handle_with_dedupe(subscriber, messages.decode(row.type, row.payload), bus.Delivery.of(row))
+        handle_with_dedupe(subscriber, messages.decode(row.type, row.payload), Delivery.of(row))
     deliver_due_notifications()
     assert len(fake_discord.sent) == 10
     assert Notification.objects.count() == 10

@@ -88,8 +88,8 @@ def test_notifying_both_parties_of_an_event_is_one_read_and_one_insert(funded, s
     from apps.notifications.handlers import SUBSCRIBER
     from apps.notifications.models import Notification
     from apps.outbox import messages
-    from apps.outbox.bus import Delivery
     from apps.outbox.models import OutboxMessage
+    from apps.outbox.public import Delivery
 
     _, as_seller, escrow_id = funded
     settings.BUS_INLINE_DISPATCH = False

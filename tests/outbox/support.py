@@ -1,4 +1,4 @@
-"""A test-only subscriber, wired into the real bus with `bus.register`, and helpers to write outbox rows.
+"""A test-only subscriber, wired into the real bus with `register`, and helpers to write outbox rows.
 
 The recorder's effect is a real database write in the handler's transaction (an atomic increment of a
 counter row), so "exactly once" and "rolled back on failure" are checked in the database, not in memory.
@@ -19,9 +19,10 @@ from django.db import transaction
 from django.db.models import F
 from django.test import override_settings
 
-from apps.outbox import bus
 from apps.outbox.models import OutboxMessage, SubscriberCheckpoint
+from apps.outbox.public import Delivery, Subscriber, register
 from apps.outbox.publish import outbox_append, stream_lock
+from apps.outbox.registry import unregister
 from proto.escrow import v1 as escrow_v1
 
 EVENT_TYPES: tuple[type[betterproto2.Message], ...] = (
@@ -43,7 +44,7 @@ class Recorder:
         self.committed: list[tuple[str, int, uuid.UUID]] = []
         self._guard = threading.Lock()
 
-    def handle(self, message: betterproto2.Message, delivery: bus.Delivery) -> None:
+    def handle(self, message: betterproto2.Message, delivery: Delivery) -> None:
         with self._guard:
             self.calls[delivery.event_id] += 1
         # The effect first, then the failure: a failing attempt must leave no effect behind.
@@ -57,8 +58,8 @@ class Recorder:
         with self._guard:
             self.committed.append(entry)
 
-    def subscriber(self) -> bus.Subscriber:
-        return bus.Subscriber(name=self.name, handlers={cls: self.handle for cls in self.types})
+    def subscriber(self) -> Subscriber:
+        return Subscriber(name=self.name, handlers={cls: self.handle for cls in self.types})
 
     def effects(self) -> int:
         """How many handler effects the database holds."""
@@ -72,18 +73,18 @@ class Recorder:
 
 
 @contextmanager
-def installed(*recorders: Recorder, inline: bool = False, **overrides: Any) -> Iterator[list[bus.Subscriber]]:
+def installed(*recorders: Recorder, inline: bool = False, **overrides: Any) -> Iterator[list[Subscriber]]:
     """Registers the recorders as the only outbox subscribers of this process, for one test."""
     subs = [r.subscriber() for r in recorders]
     for recorder, sub in zip(recorders, subs, strict=True):
         SubscriberCheckpoint.objects.get_or_create(subscriber=recorder.counter_name)
-        bus.register(sub)
+        register(sub)
     try:
         with override_settings(BUS_OUTBOX_SUBSCRIBERS=[s.name for s in subs], BUS_INLINE_DISPATCH=inline, **overrides):
             yield subs
     finally:
         for sub in subs:
-            bus.unregister(sub.name)
+            unregister(sub.name)
 
 
 def append_event(

@@ -13,9 +13,11 @@ from django.db import connection, transaction
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
-from apps.outbox import bus
+from apps.outbox.drain import drain_subscriber
 from apps.outbox.models import DeadLetter, OutboxMessage, ProcessedMessage
+from apps.outbox.public import Delivery, Subscriber, lag, register
 from apps.outbox.publish import outbox_append, stream_lock
+from apps.outbox.registry import unregister
 from proto.escrow import v1 as escrow_v1
 from tests.outbox.support import Recorder, installed, new_escrow_id, publish_event, wait_until
 
@@ -24,7 +26,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 FAST_RETRIES = {"BUS_RETRY_BASE_SECONDS": 0.001, "BUS_MAX_ATTEMPTS": 3}
 
 
-def drain_until(sub: bus.Subscriber, expected: int) -> int:
+def drain_until(sub: Subscriber, expected: int) -> int:
     """Drains until `expected` messages were handled, and returns how many passes that took. On a
     shared PostgreSQL server an unrelated open transaction (autovacuum, say) can hold the xid watermark
     back past a drain's wait; delivery is then delayed, never skipped."""
@@ -32,7 +34,7 @@ def drain_until(sub: bus.Subscriber, expected: int) -> int:
 
     def step() -> None:
         nonlocal handled, passes
-        handled += bus.drain_subscriber(sub)
+        handled += drain_subscriber(sub)
         passes += 1
 
     step()
@@ -57,7 +59,7 @@ def test_a_run_of_messages_is_applied_with_a_handful_of_queries_not_a_few_per_me
         assert recorder.effects() == 20
         assert [e for _, _, e in recorder.committed] == [row.event_id for row in published]
         assert ProcessedMessage.objects.filter(subscriber=sub.name).count() == 20
-        assert bus.lag(sub) == 0
+        assert lag(sub) == 0
 
 
 def test_a_run_is_cut_at_the_batch_size():
@@ -91,16 +93,16 @@ def test_a_poison_message_inside_a_run_is_retried_alone_and_the_others_apply_onc
         assert set(ProcessedMessage.objects.filter(subscriber=sub.name).values_list("event_id", flat=True)) == set(
             others
         )
-        assert bus.lag(sub) == 0
+        assert lag(sub) == 0
 
 
 def _appending_subscriber(
     name: str, *, appends_to_outbox: bool, before: Callable[[str], None] | None = None
-) -> bus.Subscriber:
+) -> Subscriber:
     """A subscriber that reacts to EscrowCreated by appending an EscrowDisputed to the same escrow's
     stream, the way escrow and payments handlers write (stream lock, then the outbox)."""
 
-    def handle(message: Any, delivery: bus.Delivery) -> None:
+    def handle(message: Any, delivery: Delivery) -> None:
         if before is not None:
             before(delivery.aggregate_id)
         stream_lock(delivery.aggregate_id)
@@ -110,10 +112,10 @@ def _appending_subscriber(
             aggregate_version=delivery.aggregate_version + 1,
         )
 
-    return bus.Subscriber(name=name, handlers={escrow_v1.EscrowCreated: handle}, appends_to_outbox=appends_to_outbox)
+    return Subscriber(name=name, handlers={escrow_v1.EscrowCreated: handle}, appends_to_outbox=appends_to_outbox)
 
 
-def _only(sub: bus.Subscriber, **overrides: Any) -> override_settings:
+def _only(sub: Subscriber, **overrides: Any) -> override_settings:
     return override_settings(BUS_OUTBOX_SUBSCRIBERS=[sub.name], BUS_INLINE_DISPATCH=False, **overrides)
 
 
@@ -127,15 +129,15 @@ def _stream(escrow_id: str) -> list[str]:
 def test_a_batch_that_appends_to_the_outbox_applies_each_message_once(appends_to_outbox, caplog):
     sub = _appending_subscriber(f"appender-{appends_to_outbox}", appends_to_outbox=appends_to_outbox)
     escrows = [new_escrow_id() for _ in range(4)]
-    bus.register(sub)
+    register(sub)
     try:
         with _only(sub, **FAST_RETRIES):
             for escrow_id in escrows:
                 publish_event(escrow_id, 1, escrow_v1.EscrowCreated)
-            with caplog.at_level("INFO", logger="apps.outbox.bus"):
+            with caplog.at_level("INFO", logger="apps.outbox.drain"):
                 drain_until(sub, 4)
     finally:
-        bus.unregister(sub.name)
+        unregister(sub.name)
     for escrow_id in escrows:
         assert _stream(escrow_id) == ["escrow.v1.EscrowCreated", "escrow.v1.EscrowDisputed"]
     assert not DeadLetter.objects.filter(subscriber=sub.name).exists()
@@ -186,7 +188,7 @@ def test_a_writer_on_a_stream_the_batch_will_write_commits_after_it_in_the_strea
             transaction.on_commit(lambda: commits.append("escrow.v1.EscrowDisputed"))
 
     sub = _appending_subscriber(f"ordered-{appends_to_outbox}", appends_to_outbox=appends_to_outbox, before=before)
-    bus.register(sub)
+    register(sub)
     try:
         with _only(sub, **FAST_RETRIES):
             publish_event(first, 1, escrow_v1.EscrowCreated)
@@ -194,7 +196,7 @@ def test_a_writer_on_a_stream_the_batch_will_write_commits_after_it_in_the_strea
             drain_until(sub, 2)
             assert writer_done.wait(10)
     finally:
-        bus.unregister(sub.name)
+        unregister(sub.name)
 
     rows = list(OutboxMessage.objects.filter(aggregate_id=second).order_by("txid", "id"))
     assert rows[0].type == "escrow.v1.EscrowCreated"

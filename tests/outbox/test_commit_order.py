@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from django.db import connection, transaction
 
-from apps.outbox import bus
+from apps.outbox.drain import drain, drain_subscriber
 from apps.outbox.models import OutboxMessage, SubscriberCheckpoint
+from apps.outbox.public import lag
 from apps.outbox.publish import stream_lock
 from tests.outbox.support import Recorder, append_event, installed, new_escrow_id, wait_until
 
@@ -62,11 +63,11 @@ def test_a_drain_never_passes_an_open_transaction_that_wrote_first():
         naive_checkpoint = naive_batch[-1]
 
         # while the bus delivers nothing and keeps its checkpoint where it was.
-        assert bus.drain_subscriber(sub) == 0
+        assert drain_subscriber(sub) == 0
         assert recorder.committed == []
         checkpoint = SubscriberCheckpoint.objects.get(subscriber=sub.name)
         assert (checkpoint.last_txid, checkpoint.last_id) == (0, 0)
-        assert bus.lag(sub) == 1  # T2's row is committed and waiting; T1's is not visible yet
+        assert lag(sub) == 1  # T2's row is committed and waiting; T1's is not visible yet
 
         # When T1 commits,
         release.set()
@@ -76,11 +77,11 @@ def test_a_drain_never_passes_an_open_transaction_that_wrote_first():
         # the naive reader's next batch (`id > its checkpoint`) would never see T1's row: skipped forever,
         assert not OutboxMessage.objects.filter(id__gt=naive_checkpoint, pk=early_row["row"].pk).exists()
         # but the bus delivers both, T1's first: delivery order is commit-safe (txid, id) order.
-        assert wait_until(lambda: len(recorder.committed) == 2, step=lambda: bus.drain_subscriber(sub))
+        assert wait_until(lambda: len(recorder.committed) == 2, step=lambda: drain_subscriber(sub))
         assert [event_id for _, _, event_id in recorder.committed] == [early_row["row"].event_id, late_row.event_id]
         rows = {r.event_id: r for r in OutboxMessage.objects.all()}
         assert rows[early_row["row"].event_id].txid < rows[late_row.event_id].txid
-        assert bus.lag(sub) == 0
+        assert lag(sub) == 0
         assert recorder.effects() == 2
 
 
@@ -115,7 +116,7 @@ def test_each_subscriber_sees_each_escrows_events_in_version_order_under_concurr
         total = writers * per_writer
         assert wait_until(
             lambda: all(len(r.committed) == total for r in (first, second)),
-            step=lambda: bus.drain([s.name for s in subs]),
+            step=lambda: drain([s.name for s in subs]),
         )
 
     for recorder in (first, second):

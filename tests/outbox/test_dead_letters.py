@@ -8,8 +8,10 @@ import io
 import pytest
 from django.core.management import call_command
 
-from apps.outbox import bus
+from apps.outbox.drain import drain_subscriber
 from apps.outbox.models import DeadLetter, ProcessedMessage
+from apps.outbox.public import lag
+from apps.outbox.retry import replay_dead_letter
 from tests.helpers import as_staff
 from tests.outbox.support import Recorder, installed, new_escrow_id, publish_event
 
@@ -26,8 +28,8 @@ def test_a_poison_message_is_retried_dead_lettered_and_does_not_stop_the_rest(ca
         recorder.failing.add(poison.event_id)
         later = publish_event(escrow_id, 2)
 
-        with caplog.at_level("WARNING", logger="apps.outbox.bus"):
-            bus.drain_subscriber(sub)
+        with caplog.at_level("WARNING", logger="apps.outbox.retry"):
+            drain_subscriber(sub)
 
         assert recorder.calls[poison.event_id] == 3  # every attempt ran, none left an effect
         # Backoff grows by 4x per attempt (the schedule, not a measured time).
@@ -42,10 +44,10 @@ def test_a_poison_message_is_retried_dead_lettered_and_does_not_stop_the_rest(ca
         # The subscriber moved on: the later message was delivered, and nothing is pending.
         assert [e for _, _, e in recorder.committed] == [later.event_id]
         assert recorder.effects() == 1
-        assert bus.lag(sub) == 0
+        assert lag(sub) == 0
 
         # Draining again does not retry a dead letter (it waits for an operator).
-        bus.drain_subscriber(sub)
+        drain_subscriber(sub)
         assert recorder.calls[poison.event_id] == 3
 
 
@@ -54,7 +56,7 @@ def test_replay_dead_letters_command_while_failing_then_after_the_fix():
     with installed(recorder, **FAST_RETRIES) as (sub,):
         poison = publish_event(new_escrow_id(), 1)
         recorder.failing.add(poison.event_id)
-        bus.drain_subscriber(sub)
+        drain_subscriber(sub)
         letter = DeadLetter.objects.get(subscriber=sub.name)
 
         out = io.StringIO()
@@ -84,15 +86,15 @@ def test_replay_dead_letter_function_applies_once():
     with installed(recorder, **FAST_RETRIES) as (sub,):
         poison = publish_event(new_escrow_id(), 1)
         recorder.failing.add(poison.event_id)
-        bus.drain_subscriber(sub)
+        drain_subscriber(sub)
         letter = DeadLetter.objects.get(subscriber=sub.name)
 
         with pytest.raises(RuntimeError, match="poison"):
-            bus.replay_dead_letter(letter)
+            replay_dead_letter(letter)
         assert DeadLetter.objects.get(pk=letter.pk).status == DeadLetter.Status.OPEN
 
         recorder.failing.clear()
-        assert bus.replay_dead_letter(letter) is True
-        assert bus.replay_dead_letter(letter) is False  # already replayed: a no-op
+        assert replay_dead_letter(letter) is True
+        assert replay_dead_letter(letter) is False  # already replayed: a no-op
         assert recorder.effects() == 1
         assert DeadLetter.objects.get(pk=letter.pk).status == DeadLetter.Status.REPLAYED

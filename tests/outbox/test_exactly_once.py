@@ -6,8 +6,11 @@ from __future__ import annotations
 import pytest
 
 from apps.notifications.models import Notification
-from apps.outbox import bus, messages
+from apps.outbox import messages
+from apps.outbox.apply import handle_with_dedupe
+from apps.outbox.drain import drain, drain_subscriber
 from apps.outbox.models import DeadLetter, OutboxMessage, ProcessedMessage, SubscriberCheckpoint
+from apps.outbox.public import Delivery, lag, outbox_subscribers
 from apps.projections.models import TimelineEntry
 from tests.helpers import act, create_escrow, pay
 from tests.outbox.support import Recorder, installed, new_escrow_id, publish_event
@@ -25,16 +28,16 @@ def test_redelivery_after_a_checkpoint_reset_has_no_second_effect():
     with installed(recorder) as (sub,):
         for version in (1, 2, 3):
             publish_event(escrow_id, version)
-        assert bus.drain_subscriber(sub) == 3
+        assert drain_subscriber(sub) == 3
         assert recorder.effects() == 3
 
         _reset_checkpoint(sub.name)  # as if the checkpoint write had been lost in a crash
-        assert bus.lag(sub) == 3
+        assert lag(sub) == 3
 
-        assert bus.drain_subscriber(sub) == 0
+        assert drain_subscriber(sub) == 0
         assert recorder.effects() == 3
         assert set(recorder.calls.values()) == {1}  # the dedupe record stopped it before the handler
-        assert bus.lag(sub) == 0
+        assert lag(sub) == 0
 
 
 def test_handle_with_dedupe_twice_has_one_effect_and_a_failure_leaves_none():
@@ -46,7 +49,7 @@ def test_handle_with_dedupe_twice_has_one_effect_and_a_failure_leaves_none():
         recorder.failing.add(bad.event_id)
 
         def deliver(row: OutboxMessage) -> bool:
-            return bus.handle_with_dedupe(sub, messages.decode(row.type, row.payload), bus.Delivery.of(row))
+            return handle_with_dedupe(sub, messages.decode(row.type, row.payload), Delivery.of(row))
 
         assert deliver(good) is True
         assert deliver(good) is False
@@ -72,16 +75,16 @@ def test_real_subscribers_replaying_a_whole_lifecycle_change_nothing(api_client,
     assert timeline >= 5 and notifications > 0
 
     with bus_inline_off():
-        for sub in bus.outbox_subscribers():
+        for sub in outbox_subscribers():
             _reset_checkpoint(sub.name)
-        assert sum(bus.lag(sub) for sub in bus.outbox_subscribers()) > 0
-        assert bus.drain() == 0
+        assert sum(lag(sub) for sub in outbox_subscribers()) > 0
+        assert drain() == 0
 
     assert TimelineEntry.objects.count() == timeline
     assert Notification.objects.count() == notifications
     assert ProcessedMessage.objects.count() == processed
     assert not DeadLetter.objects.exists()
-    assert all(bus.lag(sub) == 0 for sub in bus.outbox_subscribers())
+    assert all(lag(sub) == 0 for sub in outbox_subscribers())
 
 
 def bus_inline_off():

@@ -17,9 +17,12 @@ from django.db import connection, transaction
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
-from apps.outbox import bus, messages
+from apps.outbox import messages, wakeup
+from apps.outbox.drain import drain, worker_draining
 from apps.outbox.models import OutboxMessage
+from apps.outbox.public import Subscriber, lag, outbox_subscribers, register
 from apps.outbox.publish import stream_lock
+from apps.outbox.registry import unregister
 from apps.outbox.worker import BusWorker
 from apps.projections.models import EscrowView
 from proto.escrow import v1 as escrow_v1
@@ -81,9 +84,9 @@ def test_a_notify_from_another_connection_wakes_the_worker():
                     datetime.datetime.now(datetime.UTC),
                 ],
             )
-            other.execute("SELECT pg_notify(%s, '')", [bus.NOTIFY_CHANNEL])
+            other.execute("SELECT pg_notify(%s, '')", [wakeup.NOTIFY_CHANNEL])
             other.commit()
-        assert not bus._wake_event.is_set()
+        assert not wakeup.announced()
         assert wait_until(lambda: [e for _, _, e in recorder.committed] == [event_id], timeout=20)
 
 
@@ -91,8 +94,8 @@ def test_without_a_worker_nothing_is_delivered_and_run_bus_once_catches_up(api_c
     as_buyer = api_client(buyer)
     with override_settings(BUS_INLINE_DISPATCH=False):  # the process that would deliver has "crashed"
         ids = [create_escrow(as_buyer, seller=seller, amount=f"{n}.00")["escrow_id"] for n in (10, 20, 30)]
-        subs = bus.outbox_subscribers()
-        lags = {sub.name: bus.lag(sub) for sub in subs}
+        subs = outbox_subscribers()
+        lags = {sub.name: lag(sub) for sub in subs}
         # escrow itself only reacts to payment events, which nothing has produced yet
         assert lags["escrow"] == 0 and all(lags[name] >= 3 for name in ("payments", "projections", "notifications")), (
             lags
@@ -102,7 +105,7 @@ def test_without_a_worker_nothing_is_delivered_and_run_bus_once_catches_up(api_c
         out = io.StringIO()
         call_command("run_bus", "--once", "--no-timers", stdout=out)
 
-        assert {sub.name: bus.lag(sub) for sub in subs} == {sub.name: 0 for sub in subs}
+        assert {sub.name: lag(sub) for sub in subs} == {sub.name: 0 for sub in subs}
         assert "handled" in out.getvalue()
         assert sorted(str(v.escrow_id) for v in EscrowView.objects.all()) == sorted(ids)
         # A second run finds nothing to do.
@@ -124,10 +127,10 @@ def test_the_workers_own_commits_do_not_wake_it_again():
     def on_delivered(message, delivery):
         transaction.on_commit(lambda: followed.append(delivery.event_id))
 
-    chained = bus.Subscriber(
+    chained = Subscriber(
         name="chained", handlers={escrow_v1.EscrowCreated: on_created, escrow_v1.EscrowDelivered: on_delivered}
     )
-    bus.register(chained)
+    register(chained)
     try:
         with (
             override_settings(BUS_OUTBOX_SUBSCRIBERS=["chained"], BUS_INLINE_DISPATCH=False),
@@ -142,7 +145,7 @@ def test_the_workers_own_commits_do_not_wake_it_again():
             assert worker.passes - passes <= 2, worker.passes - passes
             assert len(followed) == 1
     finally:
-        bus.unregister("chained")
+        unregister("chained")
 
 
 @pytest.mark.postgres_only
@@ -150,13 +153,13 @@ def test_a_pass_skips_subscribers_with_nothing_after_their_checkpoint():
     first, second = Recorder("caught-up"), Recorder("behind")
     with installed(first, second):
         publish_event(new_escrow_id(), 1)
-        bus.drain(["caught-up"])
-        with CaptureQueriesContext(connection) as captured, bus.worker_draining():  # as run_bus drains
-            assert bus.drain() == 1
+        drain(["caught-up"])
+        with CaptureQueriesContext(connection) as captured, worker_draining():  # as run_bus drains
+            assert drain() == 1
         locks = [q["sql"] for q in captured.captured_queries if "pg_try_advisory_lock" in q["sql"]]
         assert len(locks) == 1, locks  # only "behind" was locked and read
         reads = [q["sql"] for q in captured.captured_queries if q["sql"].startswith('SELECT "outbox_outboxmessage"')]
         assert len(reads) == 1, reads  # the worker does not repeat a read that reached the end of the outbox
         with CaptureQueriesContext(connection) as idle:
-            assert bus.drain() == 0
+            assert drain() == 0
         assert len(idle.captured_queries) == 1, [q["sql"] for q in idle.captured_queries]  # the probe

@@ -13,8 +13,11 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 
 from apps.escrow.models import Escrow
-from apps.outbox import bus, messages
+from apps.outbox import messages
+from apps.outbox.apply import handle_with_dedupe
 from apps.outbox.models import OutboxMessage
+from apps.outbox.public import Delivery
+from apps.outbox.registry import get_subscriber
 from apps.payments.models import WaitingPayout
 from apps.payments.providers.custodian import idempotency_uuid
 from tests.helpers import act, as_staff
@@ -141,13 +144,13 @@ def test_the_lift_delivered_twice_sends_one_transfer(fake_custodian, fake_screen
     resolve(escrow_id, "lift", note="false positive")
     assert len(fake_custodian.keys(TRANSFER)) == 1
     [row] = OutboxMessage.objects.filter(aggregate_id=escrow_id, type__endswith=".EscrowComplianceHoldResolved")
-    payments = bus.get_subscriber("payments")
-    event, delivery = messages.decode(row.type, row.payload), bus.Delivery.of(row)
+    payments = get_subscriber("payments")
+    event, delivery = messages.decode(row.type, row.payload), Delivery.of(row)
 
     # Delivered again as it was (at least once), and as a copy under a new envelope id that dedupe cannot
     # recognise: the payout is no longer held, so neither finds anything to send.
-    assert bus.handle_with_dedupe(payments, event, delivery) is False
-    assert bus.handle_with_dedupe(payments, event, dataclasses.replace(delivery, event_id=uuid.uuid4())) is True
+    assert handle_with_dedupe(payments, event, delivery) is False
+    assert handle_with_dedupe(payments, event, dataclasses.replace(delivery, event_id=uuid.uuid4())) is True
 
     assert len(fake_custodian.keys(TRANSFER)) == 1
     assert WaitingPayout.objects.get(escrow_id=escrow_id).status == "sent"

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from rest_framework.test import APIClient
 
 from apps.escrow.models import Escrow
-from apps.outbox import bus
+from apps.outbox.drain import drain
 from apps.outbox.models import DeadLetter, OutboxMessage
 from apps.payments.models import PaymentArtifact, WalletScreening
 from tests.fakes.custodian_server import FakeCustodian
@@ -177,7 +177,7 @@ def test_release_screens_the_seller_wallet_and_sends_one_transfer(
     assert notify(as_buyer, *fake_custodian.notification(fake_custodian.settle(out["id"]))).status_code == 200
     # Applied by the inline drain after the webhook's commit; on a loaded server an unrelated open
     # transaction can hold the xid watermark back past that drain's wait (delayed, never skipped).
-    assert wait_until(lambda: Escrow.objects.get(pk=escrow_id).state == "RELEASED", step=bus.drain)
+    assert wait_until(lambda: Escrow.objects.get(pk=escrow_id).state == "RELEASED", step=drain)
 
     escrow = assert_money_invariant(escrow_id)
     assert (escrow.state, escrow.paid_out_minor, escrow.fee_minor, escrow.held_minor) == ("RELEASED", net, fee, 0)

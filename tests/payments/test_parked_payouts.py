@@ -8,8 +8,10 @@ import uuid
 import pytest
 from django.utils import timezone
 
-from apps.outbox import bus
+from apps.outbox.apply import handle_with_dedupe
 from apps.outbox.messages import PAYMENTS_COMMANDS
+from apps.outbox.public import Delivery
+from apps.outbox.registry import get_subscriber
 from apps.payments.models import WaitingPayout
 from proto.common.v1 import Money
 from proto.payments import v1 as payments_v1
@@ -33,7 +35,7 @@ def refund_from_escrow(escrow_id: str, amount_minor: int) -> bool:
     command = payments_v1.InitiateRefund(
         escrow_id=escrow_id, buyer_id=1, amount=Money(amount_minor=amount_minor, currency="USD")
     )
-    delivery = bus.Delivery(
+    delivery = Delivery(
         event_id=uuid.uuid4(),
         type="payments.v1.InitiateRefund",
         topic=PAYMENTS_COMMANDS,
@@ -42,7 +44,7 @@ def refund_from_escrow(escrow_id: str, amount_minor: int) -> bool:
         aggregate_version=99,
         occurred_at=timezone.now(),
     )
-    return bus.handle_with_dedupe(bus.get_subscriber("payments"), command, delivery)
+    return handle_with_dedupe(get_subscriber("payments"), command, delivery)
 
 
 def parked(fake_stripe, api_client, buyer, seller) -> str:

@@ -37,9 +37,10 @@ from apps.escrow.errors import EscrowError, EscrowNotFound
 from apps.escrow.models import TERMINAL_STATES, Escrow, EscrowEvent, EscrowState
 from apps.escrow.public import dispatch
 from apps.escrow.timers import fire_due_timers
-from apps.outbox import bus
+from apps.outbox.drain import drain
 from apps.outbox.messages import ESCROW_EVENTS, PAYMENTS_COMMANDS, decode
 from apps.outbox.models import DeadLetter, OutboxMessage
+from apps.outbox.public import lag, outbox_subscribers
 from apps.payments import public as payments
 from apps.payments.models import PaymentArtifact
 from apps.payments.providers import sandbox, stripe_signature
@@ -150,8 +151,8 @@ def settle() -> None:
     records can be compared. The money invariant itself holds at every moment regardless."""
     started = time.monotonic()
     while True:
-        bus.drain()
-        if all(bus.lag(sub) == 0 for sub in bus.outbox_subscribers()):
+        drain()
+        if all(lag(sub) == 0 for sub in outbox_subscribers()):
             return
         FIGURES["bus_catch_ups"] += 1
         assert time.monotonic() - started < CATCH_UP_SECONDS, "the bus did not deliver committed messages"

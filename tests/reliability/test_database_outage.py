@@ -14,8 +14,8 @@ import pytest
 from django.db import connection
 
 from apps.gateway.tokens import mint_access_token
-from apps.outbox import bus
 from apps.outbox.models import DeadLetter
+from apps.outbox.public import lag, outbox_subscribers
 from apps.projections import selectors
 from tests.factories import UserFactory
 from tests.reliability.servers import ServerProcess, database_url
@@ -113,7 +113,7 @@ def test_a_lost_database_answers_503_and_the_server_resumes_by_itself(
         retried = http.post("/escrows", headers={**headers, "Idempotency-Key": "during"}, json=body)
         assert retried.status_code == 202, retried.text
         assert not DeadLetter.objects.exists()
-        _until(lambda: not any(bus.lag(sub) for sub in bus.outbox_subscribers()), "every subscriber caught up")
+        _until(lambda: not any(lag(sub) for sub in outbox_subscribers()), "every subscriber caught up")
         assert "bus worker: database unavailable, will retry" in server.log()
         http.close()
     finally:

@@ -2,7 +2,7 @@
 
 - Consumer group = the app's name, so each app reads every message once per group, however many
   processes it runs.
-- Each record is applied with `bus.handle_with_dedupe` (its own transaction, with the processed-id
+- Each record is applied with `apply.handle_with_dedupe` (its own transaction, with the processed-id
   record); offsets are committed only after those transactions commit, so a crash re-delivers and the
   dedupe record turns the repeat into a no-op.
 - A record that keeps failing (or cannot be decoded) is published to `<topic>.dlq` with the error in
@@ -24,11 +24,13 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from django.conf import settings
 
-from apps.outbox import bus, messages, outage
+from apps.outbox import messages, outage
+from apps.outbox.apply import handle_with_dedupe
 from apps.outbox.kafka.catalog import dlq_for
 from apps.outbox.kafka.client import LoopRunner, bootstrap_servers, make_consumer, make_producer
 from apps.outbox.kafka.envelope import EnvelopeError, delivery_from_record
 from apps.outbox.kafka.schema_registry import unframe
+from apps.outbox.registry import get_subscriber
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ class AppConsumer:
         retry_base_seconds: float | None = None,
         report: Callable[[str], None] | None = None,
     ) -> None:
-        self.subscriber = bus.get_subscriber(app)
+        self.subscriber = get_subscriber(app)
         self.servers = bootstrap_servers(servers)
         self.group_id = group_id or app
         self.max_attempts = max_attempts or settings.KAFKA_CONSUMER_MAX_ATTEMPTS
@@ -138,7 +140,7 @@ class AppConsumer:
                     return  # another app's message on a shared topic
                 # Values framed for the Schema Registry are unframed and checked against the type header.
                 message = messages.decode(delivery.type, unframe(record.value or b"", type_name=delivery.type))
-                if bus.handle_with_dedupe(self.subscriber, message, delivery):
+                if handle_with_dedupe(self.subscriber, message, delivery):
                     self.stats.applied += 1
                 else:
                     self.stats.duplicates += 1

@@ -6,8 +6,8 @@ import datetime
 import uuid
 from collections.abc import Sequence
 
-from apps.outbox.bus import Delivery
 from apps.outbox.models import OutboxMessage
+from apps.outbox.registry import Delivery
 
 Headers = list[tuple[str, bytes]]
 

@@ -38,11 +38,11 @@ from django.db import connection
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from apps.outbox.bus import XID_WATERMARK_SQL
 from apps.outbox.kafka.client import LoopRunner, Pending, bootstrap_servers, make_producer, partition_for
 from apps.outbox.kafka.envelope import Headers, envelope_headers
 from apps.outbox.kafka.leadership import RelayLease
 from apps.outbox.models import OutboxMessage
+from apps.outbox.reader import XID_WATERMARK_SQL
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The xid watermark as a SQL function (PostgreSQL): its query reads system views that cost about 4 ms
 to plan and 0.2 ms to run; a PL/pgSQL function keeps its plan for the session. STABLE, so it runs in
-the calling statement's snapshot, which is what makes the watermark safe (see apps/outbox/bus.py)."""
+the calling statement's snapshot, which is what makes the watermark safe (see apps/outbox/reader.py)."""
 
 from django.db import migrations
 

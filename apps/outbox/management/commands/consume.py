@@ -9,17 +9,17 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.outbox import bus
 from apps.outbox.kafka.client import KafkaNotConfigured
 from apps.outbox.kafka.consumer import AppConsumer
 from apps.outbox.progress import CommandProgress
+from apps.outbox.registry import get_subscriber, subscribers
 
 
 class Command(BaseCommand):
     help = "Consume an app's messages from Kafka with its bus handlers."
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("app", help="subscriber name: " + ", ".join(sorted(s.name for s in bus.subscribers())))
+        parser.add_argument("app", help="subscriber name: " + ", ".join(sorted(s.name for s in subscribers())))
         parser.add_argument("--bootstrap-servers", default=None, help="default: KAFKA_BOOTSTRAP_SERVERS")
         parser.add_argument("--group", default=None, help="consumer group (default: the app name)")
         parser.add_argument(
@@ -34,7 +34,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         app = options["app"]
         try:
-            bus.get_subscriber(app)
+            get_subscriber(app)
         except LookupError as exc:
             raise CommandError(str(exc)) from exc
         if app in settings.BUS_OUTBOX_SUBSCRIBERS and not options["allow_double_feed"]:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from apps.core.public import AuditLog, StaffCommand
-from apps.outbox import bus
 from apps.outbox.models import DeadLetter
 from apps.outbox.progress import CommandProgress
+from apps.outbox.retry import replay_dead_letter
 
 
 class Command(StaffCommand):
@@ -38,7 +38,7 @@ class Command(StaffCommand):
         with CommandProgress(self.stdout, "dead letters", total=total) as progress:
             for index, letter in enumerate(letters.iterator(), start=1):
                 try:
-                    bus.replay_dead_letter(letter)
+                    replay_dead_letter(letter)
                     replayed += 1
                     outcome = "replayed"
                 except Exception as exc:  # noqa: BLE001 - reported, the letter stays open

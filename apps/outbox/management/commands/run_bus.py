@@ -8,7 +8,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from apps.outbox import bus
+from apps.outbox.reader import lag
+from apps.outbox.registry import outbox_subscribers
 from apps.outbox.worker import BusWorker, registered_ticks
 
 
@@ -25,7 +26,7 @@ class Command(BaseCommand):
         )
         if options["once"]:
             handled = worker.run_once()
-            lags = {sub.name: bus.lag(sub) for sub in bus.outbox_subscribers()}
+            lags = {sub.name: lag(sub) for sub in outbox_subscribers()}
             self.stdout.write(f"handled {handled} messages; lag now {lags}")
             return
         signal.signal(signal.SIGTERM, lambda *_: worker.stop())
