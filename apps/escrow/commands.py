@@ -1,8 +1,9 @@
 """The people's commands on an escrow (and staff resolving a dispute): one function per transition, each
 owning its transaction through `runner.run_command` (lock, dedupe, `rules.command_check`, change, record).
 
-Every transition appends its `EscrowEvent` rows and the outbox rows for every event and outbound command
-(`emit`) in that one transaction. Staff ops commands are in `ops`; reactions to payments in `reactions`.
+Every transition sets its new state first, then appends its `EscrowEvent` rows and the outbox rows for
+every event and outbound command (`emit`; each event carries that state) in that one transaction. Staff
+ops commands are in `ops`; reactions to payments in `reactions`.
 """
 
 from __future__ import annotations
@@ -163,8 +164,8 @@ def escrow_release(*, command: escrow_v1.ReleaseFunds, command_id: uuid.UUID) ->
             and not lapsed(escrow.inspection_deadline, now=timezone.now())
         ):
             raise InvalidTransition("the inspection period has not lapsed", state=escrow.state)
-        request_payout(escrow, gross_minor=escrow.amount_minor, actor=command.actor, command_id=command_id)
         escrow.state = S.RELEASING
+        request_payout(escrow, gross_minor=escrow.amount_minor, actor=command.actor, command_id=command_id)
 
     return run_command(command=command, command_id=command_id, escrow_id=parse_id(command.escrow_id), apply=apply)
 
@@ -178,8 +179,8 @@ def escrow_cancel(*, command: escrow_v1.CancelEscrow, command_id: uuid.UUID) -> 
                 raise InvalidTransition("the funding deadline has not passed", state=escrow.state)
         if escrow.held_minor > 0:
             # Funds (or a mismatched payment) are held: cancelling means giving them back.
-            request_refund(escrow, amount_minor=escrow.held_minor, actor=command.actor, command_id=command_id)
             escrow.state = S.REFUNDING
+            request_refund(escrow, amount_minor=escrow.held_minor, actor=command.actor, command_id=command_id)
         else:
             escrow.state = S.CANCELLED
         emit(
@@ -242,11 +243,12 @@ def escrow_resolve_dispute(*, command: escrow_v1.ResolveDispute, command_id: uui
             actor=command.actor,
             command_id=command_id,
         )
+        # A split stays RELEASING until both legs are confirmed.
+        escrow.state = S.RELEASING if seller_gross else S.REFUNDING
         if seller_gross:
             request_payout(escrow, gross_minor=seller_gross, actor=command.actor, command_id=command_id)
         if buyer_amount:
             request_refund(escrow, amount_minor=buyer_amount, actor=command.actor, command_id=command_id)
-        escrow.state = S.RELEASING if seller_gross else S.REFUNDING
 
     return run_command(command=command, command_id=command_id, escrow_id=parse_id(command.escrow_id), apply=apply)
 

@@ -4,6 +4,7 @@ asks of other services (`send`), all inside the caller's transaction, after `esc
 from __future__ import annotations
 
 import uuid
+from typing import Protocol, cast
 
 import betterproto2
 from django.utils import timezone
@@ -14,10 +15,19 @@ from apps.outbox.public import context, deterministic_id, outbox_append, type_na
 from proto.common.v1 import Actor, ActorKind
 
 
+class _EscrowEventMessage(Protocol):
+    state: str
+
+
 def emit(
     escrow: Escrow, event: betterproto2.Message, *, actor: Actor | None = None, command_id: uuid.UUID | None = None
 ) -> None:
-    """Appends an event at the escrow's next version: to its own log and to the outbox."""
+    """Appends an event at the escrow's next version: to its own log and to the outbox.
+
+    The event carries the state the escrow is in once it applies (`state`, filled in here), so a
+    transition sets the escrow's new state before it emits the events of that state; readers (the
+    projections, notifications) take the state from the event instead of deciding it again."""
+    cast(_EscrowEventMessage, event).state = str(escrow.state)
     escrow.version += 1
     name = type_name(event)
     event_id = deterministic_id(escrow.id, escrow.version, name)

@@ -229,5 +229,5 @@ def _refund_after_review(escrow: Escrow, *, actor: Actor | None, command_id: uui
         raise InvalidTransition("a refund is already pending", state=escrow.state)
     # A payout that screening blocked never left (TransferFailed): the buyer gets the funds back instead.
     escrow.pending_payout_minor = 0
-    request_refund(escrow, amount_minor=escrow.held_minor, actor=actor, command_id=command_id)
     escrow.state = S.REFUNDING
+    request_refund(escrow, amount_minor=escrow.held_minor, actor=actor, command_id=command_id)

@@ -85,6 +85,7 @@ def escrow_record_transfer(*, event: payments_v1.TransferSucceeded) -> None:
     escrow.paid_out_minor += net
     escrow.fee_minor += fee
     escrow.pending_payout_minor = 0
+    settle_if_done(escrow)
     emit(
         escrow,
         escrow_v1.EscrowReleased(
@@ -93,7 +94,6 @@ def escrow_record_transfer(*, event: payments_v1.TransferSucceeded) -> None:
             fee=money(fee, escrow.currency),
         ),
     )
-    settle_if_done(escrow)
     escrow.save()
 
 
@@ -114,8 +114,8 @@ def escrow_record_refund(*, event: payments_v1.RefundSucceeded) -> None:
     escrow.held_minor -= amount
     escrow.refunded_minor += amount
     escrow.pending_refund_minor = 0
-    emit(escrow, escrow_v1.EscrowRefunded(escrow_id=str(escrow.id), amount=money(amount, escrow.currency)))
     settle_if_done(escrow)
+    emit(escrow, escrow_v1.EscrowRefunded(escrow_id=str(escrow.id), amount=money(amount, escrow.currency)))
     escrow.save()
 
 

@@ -21,6 +21,8 @@ from proto.escrow import v1 as escrow_v1
 from proto.payments import v1 as payments_v1
 
 BUYER, SELLER = "buyer", "seller"
+# The states below name what an event written before events carried their state left the escrow in.
+S = escrow.EscrowState
 
 
 def _amount(money: object) -> str:
@@ -29,16 +31,6 @@ def _amount(money: object) -> str:
 
 def _link(escrow_id: str) -> str:
     return f"{settings.PUBLIC_BASE_URL}/api/v1/escrows/{escrow_id}"
-
-
-# Events after which someone has something to do, and the state each leaves the escrow in: their DMs
-# carry buttons for what each party may do in that state (every click is checked again by the escrow).
-_STATE_AFTER = {
-    "escrow_created": "AWAIT_ACCEPTANCE",
-    "escrow_accepted": "AWAIT_FUNDS",
-    "funds_held": "FUNDS_HELD",
-    "delivered": "DELIVERED",
-}
 
 
 def _buttons(deal: SimpleNamespace, escrow_id: str, user_id: int, funding_deadline: object) -> list[dict[str, object]]:
@@ -58,13 +50,16 @@ def _notify(
     *,
     funding_deadline: object = None,
     created_by_id: int = 0,
-    state: str = "",
+    buttons_for: str = "",
 ) -> None:
+    """One DM per party. After an event that leaves someone something to do, `buttons_for` is the state the
+    event left the escrow in (the event says which): the DM carries buttons for what each party may do in
+    it (every click is checked again by the escrow)."""
     parties = EscrowParties.objects.filter(escrow_id=delivery.aggregate_id).first()
     if parties is None:
         return
     deal = SimpleNamespace(
-        state=state or _STATE_AFTER.get(kind, ""),
+        state=buttons_for,
         buyer_id=parties.buyer_id,
         seller_id=parties.seller_id,
         created_by_id=created_by_id or parties.buyer_id,
@@ -90,9 +85,7 @@ def _notify(
                     escrow_id=delivery.aggregate_id,
                     kind=kind,
                     text=f"{text} {_link(delivery.aggregate_id)}",
-                    components=_buttons(deal, delivery.aggregate_id, user_id, funding_deadline)
-                    if kind in _STATE_AFTER
-                    else [],
+                    components=_buttons(deal, delivery.aggregate_id, user_id, funding_deadline) if buttons_for else [],
                 )
                 for user_id, text in owed.items()
                 if user_id not in sent_before
@@ -116,7 +109,7 @@ def on_created(event: escrow_v1.EscrowCreated, delivery: Delivery) -> None:
                 BUYER: f"Escrow for {amount} created. Next: pay it before the funding deadline.",
                 SELLER: f"A buyer opened an escrow for {amount}. Wait for the funds before you deliver.",
             },
-            state="AWAIT_FUNDS",
+            buttons_for=event.state or S.AWAIT_FUNDS,
         )
         return
     creator, counterparty = (SELLER, BUYER) if event.created_by_id == event.seller_id else (BUYER, SELLER)
@@ -130,6 +123,7 @@ def on_created(event: escrow_v1.EscrowCreated, delivery: Delivery) -> None:
             creator: f"Deal for {amount} created. Next: wait for the {counterparty} to accept it.",
         },
         created_by_id=event.created_by_id,
+        buttons_for=event.state or S.AWAIT_ACCEPTANCE,
     )
 
 
@@ -142,6 +136,7 @@ def on_accepted(event: escrow_v1.EscrowAccepted, delivery: Delivery) -> None:
             SELLER: "The deal was accepted. Wait for the buyer's payment before you deliver.",
         },
         funding_deadline=event.funding_deadline,
+        buttons_for=event.state or S.AWAIT_FUNDS,
     )
 
 
@@ -164,6 +159,7 @@ def on_funds_held(event: escrow_v1.EscrowFundsHeld, delivery: Delivery) -> None:
             BUYER: "Your payment is held in escrow. Next: wait for the seller to deliver.",
             SELLER: "The buyer's money is held in escrow. Next: deliver the item, then mark it delivered.",
         },
+        buttons_for=event.state or S.FUNDS_HELD,
     )
 
 
@@ -175,6 +171,7 @@ def on_delivered(event: escrow_v1.EscrowDelivered, delivery: Delivery) -> None:
             BUYER: "The seller marked the item delivered. Next: check it and release the funds, or open a dispute.",
             SELLER: "Marked delivered. The funds are released when the buyer confirms or the inspection period ends.",
         },
+        buttons_for=event.state or S.DELIVERED,
     )
 
 

@@ -1,6 +1,10 @@
 """Every event the projections service reacts to: all escrow events, folded into the escrow view, the
 timeline and the daily figures.
 
+The state comes from the event: each escrow event carries the state the escrow is in once it applies
+(`state`). Events written before they carried it (empty `state`) are read as the projections read them
+then (`_legacy_*` below), so a rebuild from an old event log gives the same views.
+
 Each fold takes the `Tables` it writes, so the same code feeds the live colour (through the bus, in the
 subscriber's transaction with its checkpoint) and the colour a rebuild is refilling from the event log.
 """
@@ -39,8 +43,11 @@ def _timeline(event: betterproto2.Message, delivery: Delivery, tables: Tables) -
     )
 
 
-def _update(delivery: Delivery, tables: Tables, **changes: Any) -> EscrowViewFields:
+def _update(delivery: Delivery, tables: Tables, *, state: str = "", **changes: Any) -> EscrowViewFields:
+    """Applies `changes` to the escrow's view; `state` (the event's) unless it is empty."""
     view = tables.view.objects.select_for_update().get(escrow_id=delivery.aggregate_id)
+    if state:
+        changes["state"] = state
     if "state" in changes and changes["state"] != view.state:
         changes.setdefault("state_since", delivery.occurred_at)
     if changes.get("attention") and changes["attention"] != view.attention:
@@ -73,7 +80,7 @@ def on_created(event: escrow_v1.EscrowCreated, delivery: Delivery, tables: Table
         seller_id=event.seller_id,
         # Events from before two-sided deals name no creator: the buyer created those, already accepted.
         created_by_id=event.created_by_id or event.buyer_id,
-        state="AWAIT_ACCEPTANCE" if event.created_by_id else "AWAIT_FUNDS",
+        state=event.state or ("AWAIT_ACCEPTANCE" if event.created_by_id else "AWAIT_FUNDS"),
         amount_minor=event.amount.amount_minor,
         currency=event.amount.currency,
         description=event.description,
@@ -89,61 +96,53 @@ def on_created(event: escrow_v1.EscrowCreated, delivery: Delivery, tables: Table
 
 
 def on_accepted(event: escrow_v1.EscrowAccepted, delivery: Delivery, tables: Tables) -> None:
-    _update(delivery, tables, state="AWAIT_FUNDS", funding_deadline=event.funding_deadline)
+    _update(delivery, tables, state=event.state or "AWAIT_FUNDS", funding_deadline=event.funding_deadline)
     _timeline(event, delivery, tables)
 
 
 def on_declined(event: escrow_v1.EscrowDeclined, delivery: Delivery, tables: Tables) -> None:
-    _update(delivery, tables, state="CANCELLED")
+    _update(delivery, tables, state=event.state or "CANCELLED")
     _timeline(event, delivery, tables)
 
 
 def on_funds_held(event: escrow_v1.EscrowFundsHeld, delivery: Delivery, tables: Tables) -> None:
-    _update(delivery, tables, state="FUNDS_HELD")
+    _update(delivery, tables, state=event.state or "FUNDS_HELD")
     _count_daily(delivery, tables, event.amount, "held")
     _timeline(event, delivery, tables)
 
 
 def on_delivered(event: escrow_v1.EscrowDelivered, delivery: Delivery, tables: Tables) -> None:
-    _update(delivery, tables, state="DELIVERED", inspection_deadline=event.inspection_deadline)
+    _update(delivery, tables, state=event.state or "DELIVERED", inspection_deadline=event.inspection_deadline)
     _timeline(event, delivery, tables)
 
 
 def on_release_requested(event: escrow_v1.EscrowReleaseRequested, delivery: Delivery, tables: Tables) -> None:
-    _update(delivery, tables, state="RELEASING", payout_pending=True)
+    _update(delivery, tables, state=event.state or "RELEASING", payout_pending=True)
     _timeline(event, delivery, tables)
 
 
 def on_refund_requested(event: escrow_v1.EscrowRefundRequested, delivery: Delivery, tables: Tables) -> None:
-    view = tables.view.objects.get(escrow_id=delivery.aggregate_id)
-    # In a split the escrow stays RELEASING until both legs are done.
-    _update(delivery, tables, state="RELEASING" if view.payout_pending else "REFUNDING", refund_pending=True)
+    _update(
+        delivery, tables, state=event.state or _legacy_refund_requested_state(delivery, tables), refund_pending=True
+    )
     _timeline(event, delivery, tables)
 
 
 def on_cancelled(event: escrow_v1.EscrowCancelled, delivery: Delivery, tables: Tables) -> None:
-    view = tables.view.objects.get(escrow_id=delivery.aggregate_id)
-    _update(delivery, tables, state="REFUNDING" if view.refund_pending else "CANCELLED")
+    _update(delivery, tables, state=event.state or _legacy_cancelled_state(delivery, tables))
     _timeline(event, delivery, tables)
 
 
 def on_disputed(event: escrow_v1.EscrowDisputed, delivery: Delivery, tables: Tables) -> None:
-    _update(delivery, tables, state="DISPUTED", dispute_reason=event.reason, disputed_at=delivery.occurred_at)
+    _update(
+        delivery, tables, state=event.state or "DISPUTED", dispute_reason=event.reason, disputed_at=delivery.occurred_at
+    )
     _timeline(event, delivery, tables)
 
 
 def on_dispute_resolved(event: escrow_v1.EscrowDisputeResolved, delivery: Delivery, tables: Tables) -> None:
-    _update(delivery, tables)
+    _update(delivery, tables, state=event.state)
     _timeline(event, delivery, tables)
-
-
-def _settled_state(view: EscrowViewFields) -> str:
-    if view.payout_pending or view.refund_pending:
-        return view.state
-    if view.state not in ("RELEASING", "REFUNDING"):
-        # A stranded-funds refund in a settled state: money moves, the state does not.
-        return view.state
-    return "RELEASED" if view.paid_to_seller_minor else "REFUNDED"
 
 
 def on_released(event: escrow_v1.EscrowReleased, delivery: Delivery, tables: Tables) -> None:
@@ -157,7 +156,7 @@ def on_released(event: escrow_v1.EscrowReleased, delivery: Delivery, tables: Tab
         paid_to_seller_minor=view.paid_to_seller_minor,
         fee_minor=view.fee_minor,
         payout_pending=False,
-        state=_settled_state(view),
+        state=event.state or _legacy_settled_state(view),
         attention="",
     )
     gross = Money(
@@ -176,7 +175,7 @@ def on_refunded(event: escrow_v1.EscrowRefunded, delivery: Delivery, tables: Tab
         tables,
         refunded_minor=view.refunded_minor,
         refund_pending=False,
-        state=_settled_state(view),
+        state=event.state or _legacy_settled_state(view),
         attention="",
     )
     _count_daily(delivery, tables, event.amount, "refunded")
@@ -184,12 +183,12 @@ def on_refunded(event: escrow_v1.EscrowRefunded, delivery: Delivery, tables: Tab
 
 
 def on_needs_attention(event: escrow_v1.EscrowNeedsAttention, delivery: Delivery, tables: Tables) -> None:
-    _update(delivery, tables, attention=event.reason, attention_detail=event.detail[:1000])
+    _update(delivery, tables, state=event.state, attention=event.reason, attention_detail=event.detail[:1000])
     _timeline(event, delivery, tables)
 
 
 def on_compliance_hold(event: escrow_v1.EscrowComplianceHold, delivery: Delivery, tables: Tables) -> None:
-    _update(delivery, tables, attention="compliance_hold", attention_detail=event.reason[:1000])
+    _update(delivery, tables, state=event.state, attention="compliance_hold", attention_detail=event.reason[:1000])
     _timeline(event, delivery, tables)
 
 
@@ -201,12 +200,12 @@ def on_compliance_hold_resolved(
         changes["payout_pending"] = False  # a blocked payout never left; the buyer is refunded instead
     if event.funding_deadline is not None:
         changes["funding_deadline"] = event.funding_deadline
-    _update(delivery, tables, **changes)
+    _update(delivery, tables, state=event.state, **changes)
     _timeline(event, delivery, tables)
 
 
 def on_put_on_hold(event: escrow_v1.EscrowPutOnHold, delivery: Delivery, tables: Tables) -> None:
-    _update(delivery, tables)
+    _update(delivery, tables, state=event.state)
     _timeline(event, delivery, tables)
 
 
@@ -219,12 +218,12 @@ def on_hold_lifted(event: escrow_v1.EscrowHoldLifted, delivery: Delivery, tables
         changes["inspection_deadline"] = event.inspection_deadline
     if event.acceptance_deadline is not None:
         changes["acceptance_deadline"] = event.acceptance_deadline
-    _update(delivery, tables, **changes)
+    _update(delivery, tables, state=event.state, **changes)
     _timeline(event, delivery, tables)
 
 
 def on_payout_retried(event: escrow_v1.EscrowPayoutRetried, delivery: Delivery, tables: Tables) -> None:
-    _update(delivery, tables, attention="")
+    _update(delivery, tables, state=event.state, attention="")
     _timeline(event, delivery, tables)
 
 
@@ -236,8 +235,31 @@ def on_stranded_funds_return_requested(
     changes: dict[str, Any] = {"refund_pending": True}
     if view.attention in ("unexpected_payment", "payment_amount_mismatch"):
         changes["attention"] = ""
-    _update(delivery, tables, **changes)
+    _update(delivery, tables, state=event.state, **changes)
     _timeline(event, delivery, tables)
+
+
+# --- events written before events carried their state -------------------------------------------------
+
+
+def _legacy_refund_requested_state(delivery: Delivery, tables: Tables) -> str:
+    # In a split the escrow stays RELEASING until both legs are done.
+    view = tables.view.objects.get(escrow_id=delivery.aggregate_id)
+    return "RELEASING" if view.payout_pending else "REFUNDING"
+
+
+def _legacy_cancelled_state(delivery: Delivery, tables: Tables) -> str:
+    view = tables.view.objects.get(escrow_id=delivery.aggregate_id)
+    return "REFUNDING" if view.refund_pending else "CANCELLED"
+
+
+def _legacy_settled_state(view: EscrowViewFields) -> str:
+    if view.payout_pending or view.refund_pending:
+        return view.state
+    if view.state not in ("RELEASING", "REFUNDING"):
+        # A stranded-funds refund in a settled state: money moves, the state does not.
+        return view.state
+    return "RELEASED" if view.paid_to_seller_minor else "REFUNDED"
 
 
 FOLDS: dict[type[betterproto2.Message], Fold] = {

@@ -195,6 +195,12 @@ class EscrowAccepted(betterproto2.Message):
         3, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
     )
 
+    state: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    The escrow's state once this event applies (an EscrowState name; empty in events written
+    before events carried it).
+    """
+
 
 default_message_pool.register_message("escrow.v1", "EscrowAccepted", EscrowAccepted)
 
@@ -207,6 +213,12 @@ class EscrowCancelled(betterproto2.Message):
 
     reason: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
+    state: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    The escrow's state once this event applies (an EscrowState name; empty in events written
+    before events carried it).
+    """
+
 
 default_message_pool.register_message("escrow.v1", "EscrowCancelled", EscrowCancelled)
 
@@ -216,6 +228,12 @@ class EscrowComplianceHold(betterproto2.Message):
     escrow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
     reason: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    state: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    The escrow's state once this event applies (an EscrowState name; empty in events written
+    before events carried it).
+    """
 
 
 default_message_pool.register_message("escrow.v1", "EscrowComplianceHold", EscrowComplianceHold)
@@ -238,6 +256,12 @@ class EscrowComplianceHoldResolved(betterproto2.Message):
     )
     """
     LIFT in AWAIT_FUNDS: the funding clock restarts (it was stopped during the hold).
+    """
+
+    state: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+    """
+    The escrow's state once this event applies (an EscrowState name; empty in events written
+    before events carried it).
     """
 
 
@@ -279,6 +303,12 @@ class EscrowCreated(betterproto2.Message):
     The deal is cancelled if the counterparty has not accepted by then.
     """
 
+    state: "str" = betterproto2.field(11, betterproto2.TYPE_STRING)
+    """
+    The escrow's state once this event applies (an EscrowState name; empty in events written
+    before events carried it).
+    """
+
 
 default_message_pool.register_message("escrow.v1", "EscrowCreated", EscrowCreated)
 
@@ -295,6 +325,12 @@ class EscrowDeclined(betterproto2.Message):
 
     reason: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
+    state: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    The escrow's state once this event applies (an EscrowState name; empty in events written
+    before events carried it).
+    """
+
 
 default_message_pool.register_message("escrow.v1", "EscrowDeclined", EscrowDeclined)
 
@@ -309,6 +345,12 @@ class EscrowDelivered(betterproto2.Message):
 
     actor: "__common__v1__.Actor | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
 
+    state: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    The escrow's state once this event applies (an EscrowState name; empty in events written
+    before events carried it).
+    """
+
 
 default_message_pool.register_message("escrow.v1", "EscrowDelivered", EscrowDelivered)
 
@@ -320,6 +362,12 @@ class EscrowDisputed(betterproto2.Message):
     actor: "__common__v1__.Actor | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
 
     reason: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    state: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    The escrow's state once this event applies (an EscrowState name; empty in events written
+    before events carried it).
+    """
 
 
 default_message_pool.register_message("escrow.v1", "EscrowDisputed", EscrowDisputed)
@@ -339,6 +387,12 @@ class EscrowDisputeResolved(betterproto2.Message):
 
     note: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
 
+    state: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
+    """
+    The escrow's state once this event applies (an EscrowState name; empty in events written
+    before events carried it).
+    """
+
 
 default_message_pool.register_message("escrow.v1", "EscrowDisputeResolved", EscrowDisputeResolved)
 
@@ -350,6 +404,12 @@ class EscrowFundsHeld(betterproto2.Message):
     amount: "__common__v1__.Money | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
 
     provider_payment_id: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    state: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    The escrow's state once this event applies (an EscrowState name; empty in events written
+    before events carried it).
+    """
 
 
 default_message_pool.register_message("escrow.v1", "EscrowFundsHeld", EscrowFundsHeld)
@@ -378,6 +438,12 @@ class EscrowHoldLifted(betterproto2.Message):
         6, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
     )
 
+    state: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
+    """
+    The escrow's state once this event applies (an EscrowState name; empty in events written
+    before events carried it).
+    """
+
 
 default_message_pool.register_message("escrow.v1", "EscrowHoldLifted", EscrowHoldLifted)
 
@@ -400,6 +466,12 @@ class EscrowNeedsAttention(betterproto2.Message):
     Money that arrived and is now held, when the attention is about an unexpected payment.
     """
 
+    state: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    The escrow's state once this event applies (an EscrowState name; empty in events written
+    before events carried it).
+    """
+
 
 default_message_pool.register_message("escrow.v1", "EscrowNeedsAttention", EscrowNeedsAttention)
 
@@ -420,6 +492,12 @@ class EscrowPayoutRetried(betterproto2.Message):
 
     amount: "__common__v1__.Money | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
 
+    state: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+    """
+    The escrow's state once this event applies (an EscrowState name; empty in events written
+    before events carried it).
+    """
+
 
 default_message_pool.register_message("escrow.v1", "EscrowPayoutRetried", EscrowPayoutRetried)
 
@@ -432,6 +510,12 @@ class EscrowPutOnHold(betterproto2.Message):
 
     reason: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
+    state: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    The escrow's state once this event applies (an EscrowState name; empty in events written
+    before events carried it).
+    """
+
 
 default_message_pool.register_message("escrow.v1", "EscrowPutOnHold", EscrowPutOnHold)
 
@@ -441,6 +525,12 @@ class EscrowRefunded(betterproto2.Message):
     escrow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
     amount: "__common__v1__.Money | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+
+    state: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    The escrow's state once this event applies (an EscrowState name; empty in events written
+    before events carried it).
+    """
 
 
 default_message_pool.register_message("escrow.v1", "EscrowRefunded", EscrowRefunded)
@@ -454,6 +544,12 @@ class EscrowRefundRequested(betterproto2.Message):
 
     actor: "__common__v1__.Actor | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
 
+    state: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    The escrow's state once this event applies (an EscrowState name; empty in events written
+    before events carried it).
+    """
+
 
 default_message_pool.register_message("escrow.v1", "EscrowRefundRequested", EscrowRefundRequested)
 
@@ -465,6 +561,12 @@ class EscrowReleased(betterproto2.Message):
     paid_to_seller: "__common__v1__.Money | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
 
     fee: "__common__v1__.Money | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+
+    state: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    The escrow's state once this event applies (an EscrowState name; empty in events written
+    before events carried it).
+    """
 
 
 default_message_pool.register_message("escrow.v1", "EscrowReleased", EscrowReleased)
@@ -482,6 +584,12 @@ class EscrowReleaseRequested(betterproto2.Message):
     fee: "__common__v1__.Money | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
 
     actor: "__common__v1__.Actor | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+
+    state: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    The escrow's state once this event applies (an EscrowState name; empty in events written
+    before events carried it).
+    """
 
 
 default_message_pool.register_message("escrow.v1", "EscrowReleaseRequested", EscrowReleaseRequested)
@@ -501,6 +609,12 @@ class EscrowStrandedFundsReturnRequested(betterproto2.Message):
     reason: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
     amount: "__common__v1__.Money | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+
+    state: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    The escrow's state once this event applies (an EscrowState name; empty in events written
+    before events carried it).
+    """
 
 
 default_message_pool.register_message(
