@@ -275,7 +275,7 @@ def on_checkout_session_paid(record: Any, event: Any) -> bool:
     escrow puts it in front of ops), as a second deposit is."""
     from django.db import transaction
 
-    from apps.payments import services, webhooks
+    from apps.payments import movements, services
     from apps.payments.models import CheckoutSession
     from proto.payments import v1 as payments_v1
 
@@ -303,7 +303,7 @@ def on_checkout_session_paid(record: Any, event: Any) -> bool:
     if intent_id == artifact.provider_id or intent_id in artifact.raw.get("deposits", []):
         return False  # counted already (a redelivery, or its payment_intent.succeeded came first)
     if artifact.status == PaymentArtifact.Status.SUCCEEDED:
-        return webhooks.deposit_accept(
+        return movements.deposit_accept(
             order=order,
             artifact=artifact,
             deposit=intent_id,
@@ -321,7 +321,7 @@ def on_checkout_session_paid(record: Any, event: Any) -> bool:
         "checkout_session": session.session_id,
     }
     artifact.save(update_fields=["provider_id", "status", "client_secret", "raw", "updated_at"])
-    webhooks._emit_verified(record, event, order, intent_id)
+    movements.webhook_verified(record, event, order, intent_id)
     services.emit(
         order,
         payments_v1.PaymentSucceeded(

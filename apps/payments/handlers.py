@@ -1,6 +1,7 @@
 """Every message the payments service reacts to: the three payment commands. Each calls its provider
 outside any transaction with an idempotency key derived from the command's event id (so our own retries
-reach the provider as one request), then records the provider object in the subscriber's transaction."""
+reach the provider as one request), then records the provider object in the subscriber's transaction
+(movements.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.utils import timezone
 
-from apps.outbox.bus import Delivery, ExternalEffect, Subscriber
-from apps.payments import checkout, payouts, providers, services
+from apps.outbox.public import Delivery, ExternalEffect, Subscriber
+from apps.payments import checkout, compliance, movements, payouts, providers, services
 from apps.payments.models import PaymentArtifact, PaymentOrder, WaitingPayout
 from apps.payments.providers.base import MoneyMovement, PaymentSetup, ProviderError
 from proto.escrow import v1 as escrow_v1
@@ -40,18 +41,9 @@ def _refusal(exc: ProviderError) -> Refusal:
     return Refusal(reason=str(exc)[:1000], blocked_address=getattr(exc, "address", ""))
 
 
-def announce_block(order: PaymentOrder, *, address: str, reason: str, key: str) -> None:
-    """A wallet screening blocked: WalletScreened(allowed=false), which puts the escrow on compliance hold."""
-    services.emit(
-        order,
-        payments_v1.WalletScreened(escrow_id=str(order.escrow_id), address=address, allowed=False, reason=reason),
-        fact=f"{key}:screening_blocked",
-    )
-
-
 def _announce_block(order: PaymentOrder, refusal: Refusal, *, key: str) -> None:
     if refusal.blocked_address:
-        announce_block(order, address=refusal.blocked_address, reason=refusal.reason, key=key)
+        movements.announce_block(order, address=refusal.blocked_address, reason=refusal.reason, key=key)
 
 
 def _key(delivery: Delivery, purpose: str) -> str:
@@ -144,7 +136,8 @@ def prepare_transfer(
 ) -> MoneyMovement | Refusal | AwaitingDestination:
     payment = _payment_of(command.escrow_id)
     try:
-        return providers.get(payment.provider).create_transfer(
+        return payouts.transfer_send(
+            provider_name=payment.provider,
             escrow_id=command.escrow_id,
             seller_id=command.seller_id,
             amount_minor=command.amount.amount_minor,
@@ -165,7 +158,7 @@ def apply_transfer(
     if isinstance(prepared, Refusal | AwaitingDestination):
         _transfer_not_sent(command, delivery, payment, prepared)
         return
-    record_movement(
+    movements.record_movement(
         escrow_id=command.escrow_id,
         kind=PaymentArtifact.Kind.TRANSFER,
         provider_name=payment.provider,
@@ -220,15 +213,13 @@ def _transfer_not_sent(
             WaitingPayout.objects.get_or_create(
                 idempotency_key=key, defaults={**payout, "status": WaitingPayout.Status.BLOCKED, "last_error": reason}
             )
-    services.emit(
+    movements.transfer_failed(
         order,
-        payments_v1.TransferFailed(
-            escrow_id=command.escrow_id,
-            amount=services.money(command.amount.amount_minor, command.amount.currency),
-            provider=payment.provider,
-            reason=reason,
-            awaiting_destination=isinstance(outcome, AwaitingDestination),
-        ),
+        amount_minor=command.amount.amount_minor,
+        currency=command.amount.currency,
+        provider=payment.provider,
+        reason=reason,
+        awaiting_destination=isinstance(outcome, AwaitingDestination),
         fact=f"{payment.provider}:{key}:not_sent",
     )
     if isinstance(outcome, Refusal):
@@ -240,10 +231,17 @@ def prepare_refund(command: payments_v1.InitiateRefund, delivery: Delivery) -> M
     over_budget = payouts.refund_budget_check(escrow_id=command.escrow_id, refund_minor=command.amount.amount_minor)
     if over_budget:
         return Refusal(reason=over_budget)
+    provider = providers.get(payment.provider)
     try:
-        return providers.get(payment.provider).create_refund(
+        destination = provider.refund_destination(escrow_id=command.escrow_id, payment_id=payment.provider_id)
+        if provider.screens_wallets:
+            compliance.wallet_clear(
+                address=destination, purpose="refund", escrow_id=command.escrow_id, chain=provider.screening_chain
+            )
+        return provider.create_refund(
             escrow_id=command.escrow_id,
             payment_id=payment.provider_id,
+            destination=destination,
             amount_minor=command.amount.amount_minor,
             currency=command.amount.currency,
             idempotency_key=_key(delivery, "refund"),
@@ -270,7 +268,7 @@ def apply_refund(command: payments_v1.InitiateRefund, delivery: Delivery, prepar
         )
         _announce_block(order, prepared, key=_key(delivery, "refund"))
         return
-    record_movement(
+    movements.record_movement(
         escrow_id=command.escrow_id,
         kind=PaymentArtifact.Kind.REFUND,
         provider_name=payment.provider,
@@ -280,36 +278,6 @@ def apply_refund(command: payments_v1.InitiateRefund, delivery: Delivery, prepar
         fee_minor=0,
         currency=command.amount.currency,
     )
-
-
-def record_movement(
-    *,
-    escrow_id: str,
-    kind: str,
-    provider_name: str,
-    movement: MoneyMovement,
-    key: str,
-    amount_minor: int,
-    fee_minor: int,
-    currency: str,
-) -> None:
-    services.lock_order(escrow_id)
-    _, created = PaymentArtifact.objects.get_or_create(
-        idempotency_key=key,
-        defaults={
-            "escrow_id": escrow_id,
-            "kind": kind,
-            "provider": provider_name,
-            "provider_id": movement.provider_id,
-            "amount_minor": amount_minor,
-            "fee_minor": fee_minor,
-            "currency": currency,
-            "raw": movement.raw,
-        },
-    )
-    if created:
-        provider = providers.get(provider_name)
-        transaction.on_commit(lambda: provider.after_commit(kind=kind, provider_id=movement.provider_id), robust=True)
 
 
 # --- EscrowComplianceHoldResolved --------------------------------------------------------------------------
@@ -322,8 +290,6 @@ def on_compliance_hold_resolved(event: escrow_v1.EscrowComplianceHoldResolved, d
     vendors still block is held again, with a new hold). Only `blocked` rows are released, so a repeat of
     this event finds nothing more to send. A REFUND decision needs nothing here: InitiateRefund follows and
     cancels those payouts."""
-    from apps.payments import webhooks
-
     if event.decision != escrow_v1.ComplianceDecision.LIFT:
         return
     order = services.lock_order(event.escrow_id)
@@ -342,7 +308,7 @@ def on_compliance_hold_resolved(event: escrow_v1.EscrowComplianceHoldResolved, d
     for artifact in artifacts:
         for deposit, seen in artifact.raw.get("blocked", {}).items():
             if deposit not in artifact.raw.get("deposits", []):
-                webhooks.deposit_accept(order=order, artifact=artifact, deposit=deposit, obj=seen)
+                movements.deposit_accept(order=order, artifact=artifact, deposit=deposit, obj=seen)
 
 
 SUBSCRIBER = Subscriber(

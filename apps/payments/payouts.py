@@ -6,6 +6,10 @@ dropped: it is parked as a `WaitingPayout` (the escrow stays RELEASING, held, fl
 TransferFailed), and registering a destination sends it with the command's original idempotency key.
 If screening then blocks the seller's wallet, nothing is sent: the payout is held (`blocked`) and the
 escrow goes on compliance hold, as a block at release does; ops lift it or refund the buyer.
+
+Every transfer to a seller goes out through `transfer_send`: the destination is looked up here and passed
+to the provider, and a rail that screens wallets has the seller's screened first. What went out (or did
+not) is recorded by movements.py.
 """
 
 from __future__ import annotations
@@ -22,10 +26,10 @@ from django.db import transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
-from apps.payments import providers
+from apps.payments import compliance, movements, providers, services
 from apps.payments.models import PaymentArtifact, PayoutDestination, WaitingPayout, WalletScreening
-from apps.payments.providers.base import MoneyMovement, ProviderError
-from proto.payments import v1 as payments_v1
+from apps.payments.providers.base import DestinationRefused, MoneyMovement, ProviderError
+from apps.payments.providers.screening import ScreeningBlocked
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +113,10 @@ def destination_set(*, seller_id: int, stripe_account_id: str | None, wallet_add
     if stripe_value is not None and settings.PAYMENTS_PROVIDER == "live":
         # Asked before anything is stored (and outside the transaction): a release must not be parked
         # behind an account that does not exist or cannot receive transfers.
-        providers.get("stripe").verify_connected_account(account_id=stripe_value)  # type: ignore[attr-defined]
+        try:
+            providers.get("stripe").verify_connected_account(account_id=stripe_value)  # type: ignore[attr-defined]
+        except DestinationRefused as exc:
+            raise InvalidPayoutDestination("stripe_account_id", exc.detail, status=exc.status) from None
     with transaction.atomic():
         row, _ = PayoutDestination.objects.select_for_update().get_or_create(seller_id=seller_id)
         if stripe_value is not None:
@@ -134,6 +141,47 @@ def wallet_for(seller_id: int) -> str:
     if row is None:
         raise PayoutDestinationMissing(f"seller {seller_id} has no USDC wallet on Base")
     return row.wallet_address
+
+
+REGISTERED_DESTINATIONS = {"stripe_account": stripe_account_for, "wallet": wallet_for}
+
+
+def destination_for(*, provider_name: str, seller_id: int) -> str:
+    """Where this provider pays this seller; PayoutDestinationMissing while they have registered none."""
+    provider = providers.get(provider_name)
+    simulated = provider.unregistered_destination(seller_id=seller_id)
+    if simulated is not None:
+        return simulated
+    return REGISTERED_DESTINATIONS[provider.destination_kind](seller_id)
+
+
+def transfer_send(
+    *,
+    provider_name: str,
+    escrow_id: str,
+    seller_id: int,
+    amount_minor: int,
+    currency: str,
+    source_payment_id: str,
+    idempotency_key: str,
+) -> MoneyMovement:
+    """Calls the provider (outside any transaction) to pay the seller at their destination, screened first
+    on a rail that screens wallets. Raises PayoutDestinationMissing, ScreeningBlocked or ProviderError
+    when nothing was sent."""
+    provider = providers.get(provider_name)
+    destination = destination_for(provider_name=provider_name, seller_id=seller_id)
+    if provider.screens_wallets:
+        compliance.wallet_clear(
+            address=destination, purpose="payout", escrow_id=escrow_id, chain=provider.screening_chain
+        )
+    return provider.create_transfer(
+        escrow_id=escrow_id,
+        destination=destination,
+        amount_minor=amount_minor,
+        currency=currency,
+        source_payment_id=source_payment_id,
+        idempotency_key=idempotency_key,
+    )
 
 
 # A claim older than this is taken to be from a sender that died mid-call; the payout is sent again
@@ -163,8 +211,6 @@ def _not_sent(payout: WaitingPayout, error: ProviderError) -> None:
     transfer_failed), since nothing else would show it. A transient failure leaves the payout waiting, for
     `send_waiting_payouts`; a permanent one cancels it (the same key would only get the same refusal, and
     ops' retry sends a new command, so the old row must never go out too)."""
-    from apps.payments import services
-
     reason = f"waiting payout not sent: {error}"[:1000]
     status = WaitingPayout.Status.WAITING if error.transient else WaitingPayout.Status.CANCELLED
     with transaction.atomic():
@@ -174,14 +220,12 @@ def _not_sent(payout: WaitingPayout, error: ProviderError) -> None:
         )
         if not changed or order is None:
             return
-        services.emit(
+        movements.transfer_failed(
             order,
-            payments_v1.TransferFailed(
-                escrow_id=str(payout.escrow_id),
-                amount=services.money(payout.amount_minor, payout.currency),
-                provider=payout.provider,
-                reason=reason,
-            ),
+            amount_minor=payout.amount_minor,
+            currency=payout.currency,
+            provider=payout.provider,
+            reason=reason,
             fact=f"{payout.provider}:{payout.idempotency_key}:resend_failed:{uuid.uuid4()}",
         )
 
@@ -191,8 +235,6 @@ def _hold_for_review(payout: WaitingPayout, blocked: ProviderError) -> None:
     (`blocked`: no sender claims it, so a wallet registered later cannot take it past the review), and the
     block is announced as one at release is (TransferFailed, then WalletScreened(allowed=false), which puts
     the escrow on compliance hold). The vendors' answers are already kept (WalletScreening, with raw)."""
-    from apps.payments import handlers, services
-
     address = str(getattr(blocked, "address", ""))
     # One announcement per screening that blocked (a payout blocked again after a lift is a new hold).
     verdict = (
@@ -210,17 +252,15 @@ def _hold_for_review(payout: WaitingPayout, blocked: ProviderError) -> None:
         )
         if not held or order is None:
             return
-        services.emit(
+        movements.transfer_failed(
             order,
-            payments_v1.TransferFailed(
-                escrow_id=str(payout.escrow_id),
-                amount=services.money(payout.amount_minor, payout.currency),
-                provider=payout.provider,
-                reason=reason,
-            ),
+            amount_minor=payout.amount_minor,
+            currency=payout.currency,
+            provider=payout.provider,
+            reason=reason,
             fact=f"{payout.provider}:{fact}:not_sent",
         )
-        handlers.announce_block(order, address=address, reason=reason, key=fact)
+        movements.announce_block(order, address=address, reason=reason, key=fact)
     log.warning("waiting payout blocked by screening", extra={"escrow_id": str(payout.escrow_id)})
 
 
@@ -230,9 +270,6 @@ def waiting_payouts_send(*, seller_id: int | None = None, escrow_id: str | None 
     status are recorded in one transaction. A payout whose seller still lacks a destination, or whose
     provider call fails, goes back to waiting; one whose wallet screening blocks is held for compliance
     review. Returns how many went out."""
-    from apps.payments import handlers  # the recording half is the command handler's own
-    from apps.payments.providers.screening import ScreeningBlocked
-
     waiting = WaitingPayout.objects.filter(
         status__in=[WaitingPayout.Status.WAITING, WaitingPayout.Status.SENDING]
     ).order_by("id")
@@ -245,7 +282,8 @@ def waiting_payouts_send(*, seller_id: int | None = None, escrow_id: str | None 
         if not _claim(payout):
             continue
         try:
-            movement: MoneyMovement = providers.get(payout.provider).create_transfer(
+            movement = transfer_send(
+                provider_name=payout.provider,
                 escrow_id=str(payout.escrow_id),
                 seller_id=payout.seller_id,
                 amount_minor=payout.amount_minor,
@@ -268,7 +306,7 @@ def waiting_payouts_send(*, seller_id: int | None = None, escrow_id: str | None 
             raise
         with transaction.atomic():
             locked = WaitingPayout.objects.select_for_update().get(pk=payout.pk)
-            handlers.record_movement(
+            movements.record_movement(
                 escrow_id=str(payout.escrow_id),
                 kind="transfer",
                 provider_name=payout.provider,

@@ -11,8 +11,8 @@ from django.conf import settings
 
 from apps.payments import webhooks
 from apps.payments.models import PaymentArtifact
+from apps.payments.movements import deliver_owed_webhooks
 from apps.payments.providers import sandbox
-from apps.payments.providers.sandbox import deliver_owed_webhooks
 from apps.payments.webhooks import WebhookOutcome, webhook_receive
 
 __all__ = [

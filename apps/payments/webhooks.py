@@ -17,9 +17,15 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from apps.payments import providers, services
-from apps.payments.models import PaymentArtifact, PaymentOrder, WebhookEvent
-from apps.payments.providers.base import ProviderEvent, WebhookVerificationError
+from apps.payments import checkout, compliance, movements, onboarding, providers, services
+from apps.payments.models import CheckoutSession, ConnectedAccount, PaymentArtifact, PaymentOrder, WebhookEvent
+from apps.payments.providers.base import (
+    KnownObject,
+    KnownObjects,
+    PaymentProvider,
+    ProviderEvent,
+    WebhookVerificationError,
+)
 from proto.payments import v1 as payments_v1
 
 log = logging.getLogger(__name__)
@@ -92,9 +98,11 @@ def process(record: WebhookEvent, event: ProviderEvent) -> WebhookOutcome:
         _finish(record, WebhookEvent.Status.DUPLICATE)
         return WebhookOutcome(WebhookEvent.Status.DUPLICATE, 200, "duplicate event, already processed", record.pk)
     try:
-        # Outside the transaction: a provider may re-read the object from its API (and the custodian
-        # screens the counterparty wallet and names the event in our terms) before anything is trusted.
-        event = providers.get(record.provider).refresh_event(event)
+        # Outside the transaction: a provider may re-read the object from its API (the custodian names the
+        # event in our terms), and a deposit's sender is screened, before anything is trusted.
+        impl = providers.get(record.provider)
+        known = known_objects(record.provider)
+        event = _deposit_screened(impl, impl.refresh_event(event, known=known), known)
     except Exception as exc:  # noqa: BLE001 - provider unreachable: recorded, answered 5xx, retried
         _finish(record, WebhookEvent.Status.FAILED, error="".join(traceback.format_exception(exc))[-8000:])
         log.warning("webhook re-read failed", extra={"provider": record.provider, "webhook_id": record.pk})
@@ -140,6 +148,46 @@ def reprocess(record: WebhookEvent) -> WebhookOutcome:
     return process(record, event)
 
 
+def known_objects(provider: str) -> KnownObjects:
+    """Which provider objects are ours (what a provider needs before it re-reads a webhook's object)."""
+
+    def find(object_id: str) -> KnownObject | None:
+        artifact = (
+            PaymentArtifact.objects.filter(provider=provider, provider_id=object_id)
+            .values_list("kind", "escrow_id")
+            .first()
+        )
+        if artifact is not None:
+            return KnownObject(kind=artifact[0], escrow_id=str(artifact[1]))
+        session = CheckoutSession.objects.filter(session_id=object_id).values_list("escrow_id", flat=True).first()
+        if session is not None:
+            return KnownObject(kind="checkout_session", escrow_id=str(session))
+        if ConnectedAccount.objects.filter(account_id=object_id).exists():
+            return KnownObject(kind="connected_account")
+        return None
+
+    return find
+
+
+def _deposit_screened(impl: PaymentProvider, event: ProviderEvent, known: KnownObjects) -> ProviderEvent:
+    """On a rail that screens wallets, a deposit is counted only once its sender passed screening; a
+    blocked one becomes `wallet.blocked` (held for compliance, not counted)."""
+    sender = event.object.get("source_address")
+    if not impl.screens_wallets or event.type != "payment_intent.succeeded" or not isinstance(sender, str):
+        return event
+    payment = known(str(event.object.get("id")))
+    if payment is None:
+        return event
+    verdict = compliance.wallet_screen(
+        address=sender, purpose="deposit", escrow_id=payment.escrow_id, chain=impl.screening_chain
+    )
+    if verdict.allowed:
+        return event
+    return ProviderEvent(
+        id=event.id, type="wallet.blocked", object={**event.object, "reason": verdict.reason}, raw=event.raw
+    )
+
+
 def _finish(record: WebhookEvent, status: str, *, error: str = "") -> None:
     record.status = status
     record.error = error
@@ -162,20 +210,6 @@ def _locked_artifact(provider: str, kind: str, provider_id: Any) -> tuple[Paymen
     return order, PaymentArtifact.objects.select_for_update().get(pk=found.pk)
 
 
-def _emit_verified(record: WebhookEvent, event: ProviderEvent, order: PaymentOrder, payment_id: str) -> None:
-    services.emit_webhook_verified(
-        order, provider=record.provider, event_id=event.id, event_type=event.type, provider_payment_id=payment_id
-    )
-
-
-def _amount(obj: dict[str, Any], *keys: str) -> int | None:
-    for key in keys:
-        value = obj.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value
-    return None
-
-
 def on_payment_succeeded(record: WebhookEvent, event: ProviderEvent) -> bool:
     found = _locked_artifact(record.provider, PaymentArtifact.Kind.PAYMENT, event.object.get("id"))
     if found is None:
@@ -185,13 +219,13 @@ def on_payment_succeeded(record: WebhookEvent, event: ProviderEvent) -> bool:
     deposit = event.object.get("transaction")
     if artifact.status == PaymentArtifact.Status.SUCCEEDED:
         if isinstance(deposit, str) and deposit not in artifact.raw.get("deposits", []):
-            return deposit_accept(
+            return movements.deposit_accept(
                 order=order, artifact=artifact, deposit=deposit, obj=event.object, verified=(record, event)
             )
         return False
     if event.object.get("status", "succeeded") != "succeeded":
         return False  # the re-read object is not (or no longer) succeeded: trust it over the event
-    amount = _amount(event.object, "amount_received", "amount")
+    amount = movements.amount_of(event.object, "amount_received", "amount")
     currency = event.object.get("currency")
     if amount is None or not isinstance(currency, str):
         raise ValueError("payment_intent without a valid amount or currency")
@@ -199,7 +233,7 @@ def on_payment_succeeded(record: WebhookEvent, event: ProviderEvent) -> bool:
     if isinstance(deposit, str):
         artifact.raw = {**artifact.raw, "deposits": [deposit]}
     artifact.save(update_fields=["status", "raw", "updated_at"])
-    _emit_verified(record, event, order, artifact.provider_id)
+    movements.webhook_verified(record, event, order, artifact.provider_id)
     # The amount that actually arrived: the escrow decides whether it matches (and goes to ops if not).
     services.emit(
         order,
@@ -210,42 +244,6 @@ def on_payment_succeeded(record: WebhookEvent, event: ProviderEvent) -> bool:
             provider_payment_id=artifact.provider_id,
         ),
         fact=f"{record.provider}:{artifact.provider_id}:succeeded",
-    )
-    return True
-
-
-def deposit_accept(
-    *,
-    order: PaymentOrder,
-    artifact: PaymentArtifact,
-    deposit: str,
-    obj: dict[str, Any],
-    verified: tuple[WebhookEvent, ProviderEvent] | None = None,
-) -> bool:
-    """Counts one more deposit into an escrow's wallet: a second deposit after the escrow was funded, or a
-    deposit screening blocked that compliance then cleared. Money that arrived is never dropped: it is
-    reported as a PaymentSucceeded and the escrow books it (held, and in front of ops when unexpected).
-    The caller holds the order and artifact locks."""
-    amount = _amount(obj, "amount_received", "amount")
-    currency = obj.get("currency")
-    if amount is None or not isinstance(currency, str):
-        raise ValueError(f"deposit {deposit} without a valid amount or currency")
-    first = artifact.status != PaymentArtifact.Status.SUCCEEDED
-    artifact.status = PaymentArtifact.Status.SUCCEEDED
-    artifact.raw = {**artifact.raw, "deposits": [*artifact.raw.get("deposits", []), deposit]}
-    artifact.save(update_fields=["status", "raw", "updated_at"])
-    if verified is not None:
-        _emit_verified(verified[0], verified[1], order, artifact.provider_id)
-    services.emit(
-        order,
-        payments_v1.PaymentSucceeded(
-            escrow_id=str(order.escrow_id),
-            amount=services.money(amount, currency.upper()),
-            provider=artifact.provider,
-            provider_payment_id=artifact.provider_id if first else f"{artifact.provider_id}:{deposit}",
-        ),
-        # Keyed by the on-chain deposit: a redelivered notification can never count it twice.
-        fact=f"{artifact.provider}:{artifact.provider_id}:{deposit}:succeeded",
     )
     return True
 
@@ -262,7 +260,7 @@ def on_payment_failed(record: WebhookEvent, event: ProviderEvent) -> bool:
     # The buyer may try again with the same PaymentIntent: the artifact stays pending.
     artifact.failure_reason = reason
     artifact.save(update_fields=["failure_reason", "updated_at"])
-    _emit_verified(record, event, order, artifact.provider_id)
+    movements.webhook_verified(record, event, order, artifact.provider_id)
     services.emit(
         order,
         payments_v1.PaymentFailed(
@@ -285,7 +283,7 @@ def on_transfer_created(record: WebhookEvent, event: ProviderEvent) -> bool:
         return False
     artifact.status = PaymentArtifact.Status.SUCCEEDED
     artifact.save(update_fields=["status", "updated_at"])
-    _emit_verified(record, event, order, artifact.provider_id)
+    movements.webhook_verified(record, event, order, artifact.provider_id)
     services.emit(
         order,
         payments_v1.TransferSucceeded(
@@ -310,16 +308,14 @@ def on_transfer_reversed(record: WebhookEvent, event: ProviderEvent) -> bool:
     artifact.status = PaymentArtifact.Status.FAILED
     artifact.failure_reason = "transfer reversed"
     artifact.save(update_fields=["status", "failure_reason", "updated_at"])
-    _emit_verified(record, event, order, artifact.provider_id)
-    services.emit(
+    movements.webhook_verified(record, event, order, artifact.provider_id)
+    movements.transfer_failed(
         order,
-        payments_v1.TransferFailed(
-            escrow_id=str(order.escrow_id),
-            amount=services.money(artifact.amount_minor, artifact.currency),
-            provider=record.provider,
-            provider_transfer_id=artifact.provider_id,
-            reason="transfer reversed",
-        ),
+        amount_minor=artifact.amount_minor,
+        currency=artifact.currency,
+        provider=record.provider,
+        provider_transfer_id=artifact.provider_id,
+        reason="transfer reversed",
         fact=f"{record.provider}:{artifact.provider_id}:reversed",
     )
     return True
@@ -335,7 +331,7 @@ def on_refund_updated(record: WebhookEvent, event: ProviderEvent) -> bool:
     order, artifact = found
     if artifact.status != PaymentArtifact.Status.PENDING:
         return False
-    _emit_verified(record, event, order, str(event.object.get("payment_intent") or artifact.provider_id))
+    movements.webhook_verified(record, event, order, str(event.object.get("payment_intent") or artifact.provider_id))
     if status == "succeeded":
         artifact.status = PaymentArtifact.Status.SUCCEEDED
         message: Any = payments_v1.RefundSucceeded(
@@ -389,7 +385,7 @@ def on_wallet_blocked(record: WebhookEvent, event: ProviderEvent) -> bool:
     }
     artifact.raw = {**artifact.raw, "blocked": blocked}
     artifact.save(update_fields=["failure_reason", "raw", "updated_at"])
-    _emit_verified(record, event, order, artifact.provider_id)
+    movements.webhook_verified(record, event, order, artifact.provider_id)
     services.emit(
         order,
         payments_v1.WalletScreened(
@@ -408,8 +404,8 @@ def on_dispute_created(record: WebhookEvent, event: ProviderEvent) -> bool:
     if found is None:
         return False
     order, artifact = found
-    amount = _amount(event.object, "amount") or 0
-    _emit_verified(record, event, order, artifact.provider_id)
+    amount = movements.amount_of(event.object, "amount") or 0
+    movements.webhook_verified(record, event, order, artifact.provider_id)
     services.emit(
         order,
         payments_v1.ChargebackOpened(
@@ -434,11 +430,7 @@ HANDLERS: dict[str, Callable[[WebhookEvent, ProviderEvent], bool]] = {
     "charge.refunded": on_charge_refunded,
     "wallet.blocked": on_wallet_blocked,
     "charge.dispute.created": on_dispute_created,
+    # Hosted checkout sessions and Connect onboarding (apps/payments/checkout.py, onboarding.py).
+    **checkout.WEBHOOK_HANDLERS,
+    **onboarding.WEBHOOK_HANDLERS,
 }
-
-# Hosted checkout sessions and Connect onboarding (apps/payments/checkout.py, onboarding.py).
-from apps.payments import checkout as _checkout  # noqa: E402
-from apps.payments import onboarding as _onboarding  # noqa: E402
-
-HANDLERS.update(_checkout.WEBHOOK_HANDLERS)
-HANDLERS.update(_onboarding.WEBHOOK_HANDLERS)

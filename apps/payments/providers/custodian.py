@@ -4,14 +4,15 @@ Circle's developer-controlled wallets API; another custodian (Fireblocks, BitGo)
 
 - CreatePaymentIntent: one wallet per escrow on BASE; its address is the buyer's deposit address.
 - TransferToSeller / InitiateRefund: a transfer of USDC out of the escrow's wallet, to the seller's
-  registered wallet / back to the wallet the buyer paid from, each screened first (screening.py).
+  registered wallet / back to the wallet the buyer paid from (`refund_destination`). Payments screens each
+  wallet first (`screens_wallets`; apps/payments/compliance.py), deposits' senders included.
 - Every POST carries `idempotencyKey`: a UUIDv4 derived from our command's key, so our retries are one
   operation at the custodian.
 - Webhooks (`transactions.inbound` / `transactions.outbound`) are ECDSA-SHA256 signatures over the raw body
   (`X-Circle-Signature`, base64 DER), checked with the public key named by `X-Circle-Key-Id` (fetched from
-  the custodian, or pinned in CUSTODIAN_WEBHOOK_SECRET as base64 DER). The transaction is then re-read and,
-  for a deposit, its sender screened; only then is it named in our terms (payment_intent.succeeded,
-  transfer.created, ...) for the shared webhook handlers.
+  the custodian, or pinned in CUSTODIAN_WEBHOOK_SECRET as base64 DER). The transaction is then re-read and
+  named in our terms (payment_intent.succeeded with the sender's address, transfer.created, ...) for the
+  shared webhook handlers.
 """
 
 from __future__ import annotations
@@ -30,9 +31,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from django.conf import settings
 
-from apps.payments import payouts
-from apps.payments.providers import screening
 from apps.payments.providers.base import (
+    KnownObjects,
     MoneyMovement,
     PaymentProvider,
     PaymentSetup,
@@ -188,6 +188,9 @@ def _public_key(key_id: str) -> ec.EllipticCurvePublicKey:
 
 class CustodianProvider(PaymentProvider):
     name = "custodian"
+    destination_kind = "wallet"
+    screens_wallets = True
+    screening_chain = CHAIN_FOR_SCREENING
 
     def create_payment(self, *, escrow_id: str, amount_minor: int, currency: str, idempotency_key: str) -> PaymentSetup:
         if currency != "USD":
@@ -223,15 +226,9 @@ class CustodianProvider(PaymentProvider):
         amount_minor: int,
         currency: str,
         idempotency_key: str,
-        purpose: str,
     ) -> MoneyMovement:
         if currency != "USD":
             raise ProviderError(f"the USDC rail pays USD escrows, not {currency}", transient=False)
-        verdict = screening.screen_address(
-            address=destination, purpose=purpose, escrow_id=escrow_id, chain=CHAIN_FOR_SCREENING
-        )
-        if not verdict.allowed:
-            raise screening.ScreeningBlocked(address=destination, reason=verdict.reason)
         data = _request(
             "POST",
             "/v1/w3s/developer/transactions/transfer",
@@ -256,7 +253,7 @@ class CustodianProvider(PaymentProvider):
         self,
         *,
         escrow_id: str,
-        seller_id: int,
+        destination: str,
         amount_minor: int,
         currency: str,
         source_payment_id: str,
@@ -265,17 +262,14 @@ class CustodianProvider(PaymentProvider):
         return self._send(
             escrow_id=escrow_id,
             wallet_id=source_payment_id,
-            destination=payouts.wallet_for(seller_id),
+            destination=destination,
             amount_minor=amount_minor,
             currency=currency,
             idempotency_key=idempotency_key,
-            purpose="payout",
         )
 
-    def create_refund(
-        self, *, escrow_id: str, payment_id: str, amount_minor: int, currency: str, idempotency_key: str
-    ) -> MoneyMovement:
-        # Back to where the money came from: the sender of the escrow wallet's completed deposit.
+    def refund_destination(self, *, escrow_id: str, payment_id: str) -> str:
+        """Back to where the money came from: the sender of the escrow wallet's completed deposit."""
         deposits = (
             _request(
                 "GET",
@@ -291,14 +285,25 @@ class CustodianProvider(PaymentProvider):
         senders = {tx.get("sourceAddress") for tx in deposits if isinstance(tx, dict) and tx.get("sourceAddress")}
         if len(senders) != 1:
             raise ProviderError(f"cannot tell where to refund: {len(senders)} sending wallets", transient=False)
+        return str(senders.pop())
+
+    def create_refund(
+        self,
+        *,
+        escrow_id: str,
+        payment_id: str,
+        destination: str,
+        amount_minor: int,
+        currency: str,
+        idempotency_key: str,
+    ) -> MoneyMovement:
         return self._send(
             escrow_id=escrow_id,
             wallet_id=payment_id,
-            destination=str(senders.pop()),
+            destination=destination,
             amount_minor=amount_minor,
             currency=currency,
             idempotency_key=idempotency_key,
-            purpose="refund",
         )
 
     def verify_webhook(self, *, body: bytes, headers: Mapping[str, str]) -> ProviderEvent:
@@ -326,25 +331,18 @@ class CustodianProvider(PaymentProvider):
             id=payload["notificationId"], type=payload["notificationType"], object=notification, raw=payload
         )
 
-    def refresh_event(self, event: ProviderEvent) -> ProviderEvent:
-        from apps.payments.models import PaymentArtifact
-
-        known = PaymentArtifact.objects.filter(provider=self.name)
+    def refresh_event(self, event: ProviderEvent, *, known: KnownObjects) -> ProviderEvent:
         tx_id = event.object.get("id")
         if not isinstance(tx_id, str):
             return event
         if event.type == "transactions.inbound":
             wallet_id = event.object.get("walletId")
-            if not known.filter(kind=PaymentArtifact.Kind.PAYMENT, provider_id=wallet_id).exists():
+            payment = known(wallet_id) if isinstance(wallet_id, str) else None
+            if payment is None or payment.kind != "payment":
                 return event  # not one of our deposit wallets: acknowledged, ignored
-            payment = known.get(kind=PaymentArtifact.Kind.PAYMENT, provider_id=wallet_id)
             tx = transaction_get(tx_id)
             if tx.get("state") != DONE or tx.get("walletId") != wallet_id or tx.get("transactionType") != "INBOUND":
                 return ProviderEvent(id=event.id, type="custodian.not_final", object=tx, raw=event.raw)
-            sender = str(tx.get("sourceAddress") or "")
-            verdict = screening.screen_address(
-                address=sender, purpose="deposit", escrow_id=str(payment.escrow_id), chain=CHAIN_FOR_SCREENING
-            )
             amounts = tx.get("amounts") or []
             usdc = (
                 tx.get("tokenId") == getattr(settings, "CUSTODIAN_USDC_TOKEN_ID", "")
@@ -357,22 +355,19 @@ class CustodianProvider(PaymentProvider):
                 "amount_received": minor_of(amounts[0]) if len(amounts) == 1 else None,
                 "currency": "usd" if usdc else UNKNOWN_TOKEN_CURRENCY,
                 "transaction": tx_id,
-                "source_address": sender,
+                # Screened by payments before the deposit is counted (a blocked one is `wallet.blocked`).
+                "source_address": str(tx.get("sourceAddress") or ""),
             }
-            if not verdict.allowed:
-                return ProviderEvent(
-                    id=event.id, type="wallet.blocked", object={**obj, "reason": verdict.reason}, raw=event.raw
-                )
             return ProviderEvent(id=event.id, type="payment_intent.succeeded", object=obj, raw=event.raw)
         if event.type == "transactions.outbound":
-            artifact = known.filter(provider_id=tx_id).exclude(kind=PaymentArtifact.Kind.PAYMENT).first()
-            if artifact is None:
+            artifact = known(tx_id)
+            if artifact is None or artifact.kind not in ("transfer", "refund"):
                 return event
             tx = transaction_get(tx_id)
             state = tx.get("state")
             if state not in FAILED_STATES and state != DONE:
                 return ProviderEvent(id=event.id, type="custodian.not_final", object=tx, raw=event.raw)
-            if artifact.kind == PaymentArtifact.Kind.TRANSFER:
+            if artifact.kind == "transfer":
                 kind = "transfer.created" if state == DONE else "transfer.reversed"
                 return ProviderEvent(id=event.id, type=kind, object={"id": tx_id, "object": "transfer"}, raw=event.raw)
             status = "succeeded" if state == DONE else "failed"

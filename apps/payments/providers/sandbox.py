@@ -1,5 +1,9 @@
 """The sandbox provider: every payment, transfer and refund succeeds, and the outcome arrives as a
-Stripe-shaped webhook, signed with the sandbox secret, through the same path real webhooks take."""
+Stripe-shaped webhook, signed with the sandbox secret, through the same path real webhooks take.
+
+A real provider is told our webhook URL; the sandbox is told payments' webhook entry point the same way,
+once the app is ready (`endpoint_connect`, from apps/payments/apps.py), so this adapter imports nothing
+of payments above it."""
 
 from __future__ import annotations
 
@@ -7,13 +11,21 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from django.conf import settings
 
 from apps.payments.providers import stripe_signature
 from apps.payments.providers.base import MoneyMovement, PaymentProvider, PaymentSetup, ProviderEvent
+
+# payments' webhook entry point: (provider=, body=, headers=) -> the outcome (webhooks.webhook_receive).
+_endpoint: Callable[..., Any] | None = None
+
+
+def endpoint_connect(receive: Callable[..., Any]) -> None:
+    global _endpoint
+    _endpoint = receive
 
 
 def webhook_secret() -> str:
@@ -49,28 +61,39 @@ class SandboxProvider(PaymentProvider):
         self,
         *,
         escrow_id: str,
-        seller_id: int,
+        destination: str,
         amount_minor: int,
         currency: str,
         source_payment_id: str,
         idempotency_key: str,
     ) -> MoneyMovement:
-        obj = {
+        obj: dict[str, Any] = {
             "id": _object_id("tr", idempotency_key),
             "object": "transfer",
             "amount": amount_minor,
             "currency": currency.lower(),
-            "destination": f"acct_sbx_seller_{seller_id}",
+            "destination": destination,
             "source_transaction": source_payment_id,
             "transfer_group": escrow_id,
             "metadata": {"escrow_id": escrow_id},
         }
         return MoneyMovement(provider_id=obj["id"], raw=obj)
 
+    def unregistered_destination(self, *, seller_id: int) -> str | None:
+        # Nobody registers anything in the sandbox: every seller has a simulated connected account.
+        return f"acct_sbx_seller_{seller_id}"
+
     def create_refund(
-        self, *, escrow_id: str, payment_id: str, amount_minor: int, currency: str, idempotency_key: str
+        self,
+        *,
+        escrow_id: str,
+        payment_id: str,
+        destination: str,
+        amount_minor: int,
+        currency: str,
+        idempotency_key: str,
     ) -> MoneyMovement:
-        obj = {
+        obj: dict[str, Any] = {
             "id": _object_id("re", idempotency_key),
             "object": "refund",
             "amount": amount_minor,
@@ -84,14 +107,11 @@ class SandboxProvider(PaymentProvider):
     def verify_webhook(self, *, body: bytes, headers: Mapping[str, str]) -> ProviderEvent:
         return stripe_signature.verify(body=body, headers=headers, secret=webhook_secret())
 
-    def after_commit(self, *, kind: str, provider_id: str) -> None:
-        from apps.payments.models import PaymentArtifact
-
-        artifact = PaymentArtifact.objects.get(provider=self.name, provider_id=provider_id)
-        if kind == PaymentArtifact.Kind.TRANSFER:
-            deliver_webhook("transfer.created", artifact.raw)
-        elif kind == PaymentArtifact.Kind.REFUND:
-            deliver_webhook("refund.updated", {**artifact.raw, "status": "succeeded"})
+    def after_commit(self, *, kind: str, movement: MoneyMovement) -> None:
+        if kind == "transfer":
+            deliver_webhook("transfer.created", movement.raw)
+        elif kind == "refund":
+            deliver_webhook("refund.updated", {**movement.raw, "status": "succeeded"})
 
 
 def signed_event(event_type: str, obj: dict[str, Any], *, attempt: str = "") -> tuple[bytes, dict[str, str]]:
@@ -111,43 +131,7 @@ def signed_event(event_type: str, obj: dict[str, Any], *, attempt: str = "") -> 
 
 
 def deliver_webhook(event_type: str, obj: dict[str, Any], *, attempt: str = "") -> Any:
-    from apps.payments import webhooks
-
+    if _endpoint is None:
+        raise RuntimeError("the sandbox has no webhook endpoint: apps.payments is not ready")
     body, headers = signed_event(event_type, obj, attempt=attempt)
-    return webhooks.webhook_receive(provider=SandboxProvider.name, body=body, headers=headers)
-
-
-# Stripe re-sends a webhook until it is acknowledged; the sandbox stands in for Stripe, so it must too.
-# Its simulated webhook goes out after the transaction that recorded the transfer or refund commits: a
-# process killed in between (found by tests/faults/test_worker_kill.py) left the escrow in RELEASING or
-# REFUNDING for good. The bus worker's tick sends what is still owed after this long; the receiving side
-# dedupes by event id, so a webhook that did arrive meanwhile is a no-op.
-OWED_AFTER_SECONDS = 5.0
-
-
-def deliver_owed_webhooks(*, limit: int = 100) -> int:
-    """Sends the simulated webhook of every sandbox transfer or refund still pending after
-    OWED_AFTER_SECONDS. Returns how many it sent."""
-    import datetime
-
-    from django.utils import timezone
-
-    from apps.payments.models import PaymentArtifact
-
-    cutoff = timezone.now() - datetime.timedelta(seconds=OWED_AFTER_SECONDS)
-    owed = (
-        PaymentArtifact.objects.filter(
-            provider=SandboxProvider.name,
-            status=PaymentArtifact.Status.PENDING,
-            created_at__lte=cutoff,
-            kind__in=[PaymentArtifact.Kind.TRANSFER, PaymentArtifact.Kind.REFUND],
-        )
-        .order_by("created_at")
-        .values_list("kind", "provider_id")[:limit]
-    )
-    provider = SandboxProvider()
-    sent = 0
-    for kind, provider_id in owed:
-        provider.after_commit(kind=kind, provider_id=provider_id)
-        sent += 1
-    return sent
+    return _endpoint(provider=SandboxProvider.name, body=body, headers=headers)

@@ -5,7 +5,8 @@
 - Chainalysis sanctions API `GET /api/v1/address/{address}` (header `X-API-Key`): any identification
   blocks.
 
-Every answer is kept with its raw response (`WalletScreening`). A 429, a 5xx, a timeout
+These are the vendors' clients: each answers a `VendorVerdict` with its raw response, and payments keeps
+every answer as it comes (`apps/payments/compliance.py`, `WalletScreening`). A 429, a 5xx, a timeout
 (SCREENING_TIMEOUT_SECONDS) or an unreadable answer raises a transient `ProviderError`: the caller moves no
 money and is retried (bus backoff, or the custodian's webhook retry). A 429 or 503 with a short Retry-After
 is waited out and asked once more first (http.py). Other vendors can be added as another `Screener`.
@@ -14,7 +15,6 @@ is waited out and asked once more first (http.py). Other vendors can be added as
 from __future__ import annotations
 
 import abc
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +23,6 @@ from django.conf import settings
 
 from apps.payments.providers.base import ProviderError
 from apps.payments.providers.http import retry_after_seconds, send_honouring_retry_after
-
-log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 TRM_BLOCKING_LEVEL = 10  # TRM levels: 1 Low, 5 Medium, 10 High, 15 Severe
@@ -137,28 +135,9 @@ def _int(value: Any) -> int:
 SCREENERS: tuple[Screener, ...] = (TrmScreener(), ChainalysisScreener())
 
 
-def screen_address(*, address: str, purpose: str, escrow_id: str, chain: str = "base") -> ScreeningResult:
-    """Asks every vendor (outside any transaction) and records each answer. All must allow."""
-    from apps.payments.models import WalletScreening
-
-    verdicts = []
-    for screener in SCREENERS:
-        verdict = screener.screen(address=address, chain=chain)
-        # Kept whatever the outcome: the compliance record of what each vendor said, and when.
-        WalletScreening.objects.create(
-            escrow_id=escrow_id,
-            address=address,
-            chain=chain,
-            purpose=purpose,
-            vendor=verdict.vendor,
-            allowed=verdict.allowed,
-            reason=verdict.reason[:1000],
-            raw=verdict.raw,
-        )
-        verdicts.append(verdict)
+def screening_result(*, address: str, verdicts: list[VendorVerdict]) -> ScreeningResult:
+    """Every vendor's answer about `address`, combined: all must allow."""
     blocked = [f"{v.vendor}: {v.reason}" for v in verdicts if not v.allowed]
-    if blocked:
-        log.warning("wallet blocked by screening", extra={"escrow_id": escrow_id, "purpose": purpose})
     return ScreeningResult(
         address=address, allowed=not blocked, reason="; ".join(blocked)[:1000], verdicts=tuple(verdicts)
     )

@@ -32,9 +32,16 @@ from typing import Any, TypeVar
 import stripe
 from django.conf import settings
 
-from apps.payments import payouts
 from apps.payments.providers import stripe_signature
-from apps.payments.providers.base import MoneyMovement, PaymentProvider, PaymentSetup, ProviderError, ProviderEvent
+from apps.payments.providers.base import (
+    DestinationRefused,
+    KnownObjects,
+    MoneyMovement,
+    PaymentProvider,
+    PaymentSetup,
+    ProviderError,
+    ProviderEvent,
+)
 
 T = TypeVar("T")
 
@@ -71,11 +78,45 @@ KEPT_FIELDS = (
 REREAD_TYPES = frozenset(
     {"payment_intent.succeeded", "payment_intent.payment_failed", "charge.refunded", "refund.created", "refund.updated"}
 )
+# Hosted checkout sessions and Connect accounts (stripe_checkout.py): their fields and the events whose
+# object is re-read too.
+SESSION_FIELDS = (
+    "id",
+    "object",
+    "status",
+    "payment_status",
+    "payment_intent",
+    "amount_total",
+    "currency",
+    "metadata",
+    "client_reference_id",
+    "expires_at",
+    "url",
+)
+ACCOUNT_FIELDS = (
+    "id",
+    "object",
+    "type",
+    "charges_enabled",
+    "payouts_enabled",
+    "details_submitted",
+    "capabilities",
+    "metadata",
+)
+SESSION_EVENTS = frozenset(
+    {
+        "checkout.session.completed",
+        "checkout.session.async_payment_succeeded",
+        "checkout.session.async_payment_failed",
+        "checkout.session.expired",
+    }
+)
+ACCOUNT_EVENTS = frozenset({"account.updated"})
 
 
-def _kept(obj: Any) -> dict[str, Any]:
+def _kept(obj: Any, fields: tuple[str, ...] = KEPT_FIELDS) -> dict[str, Any]:
     data = obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
-    return {key: data[key] for key in KEPT_FIELDS if key in data}
+    return {key: data[key] for key in fields if key in data}
 
 
 def _client() -> stripe.StripeClient:
@@ -152,6 +193,7 @@ def _ours(objects: Any, key: str) -> Any:
 
 class StripeProvider(PaymentProvider):
     name = "stripe"
+    destination_kind = "stripe_account"
 
     def create_payment(self, *, escrow_id: str, amount_minor: int, currency: str, idempotency_key: str) -> PaymentSetup:
         client = _client()
@@ -184,13 +226,12 @@ class StripeProvider(PaymentProvider):
         self,
         *,
         escrow_id: str,
-        seller_id: int,
+        destination: str,
         amount_minor: int,
         currency: str,
         source_payment_id: str,
         idempotency_key: str,
     ) -> MoneyMovement:
-        destination = payouts.stripe_account_for(seller_id)
         client = _client()
         # source_transaction names the charge, and the PaymentIntent is the authority on which one.
         intent = _call("read payment intent", lambda: client.v1.payment_intents.retrieve(source_payment_id))
@@ -220,7 +261,14 @@ class StripeProvider(PaymentProvider):
         return MoneyMovement(provider_id=transfer.id, raw=_kept(transfer))
 
     def create_refund(
-        self, *, escrow_id: str, payment_id: str, amount_minor: int, currency: str, idempotency_key: str
+        self,
+        *,
+        escrow_id: str,
+        payment_id: str,
+        destination: str,
+        amount_minor: int,
+        currency: str,
+        idempotency_key: str,
     ) -> MoneyMovement:
         client = _client()
         refund = _create_once(
@@ -243,26 +291,21 @@ class StripeProvider(PaymentProvider):
 
     def verify_connected_account(self, *, account_id: str) -> None:
         """A seller's connected account must exist on our platform and be able to receive transfers
-        (payouts_enabled, transfers capability active). Raises InvalidPayoutDestination otherwise."""
-        field = "stripe_account_id"
+        (payouts_enabled, transfers capability active). Raises DestinationRefused otherwise."""
         try:
             account = _client().v1.accounts.retrieve(account_id).to_dict()
         except stripe.InvalidRequestError as exc:
             if exc.http_status == 404 or getattr(exc, "code", None) == "resource_missing":
-                raise payouts.InvalidPayoutDestination(
-                    field, f"no connected account {account_id} on this platform"
-                ) from None
-            raise payouts.InvalidPayoutDestination(field, f"Stripe refused the account: {exc.user_message}") from None
+                raise DestinationRefused(f"no connected account {account_id} on this platform") from None
+            raise DestinationRefused(f"Stripe refused the account: {exc.user_message}") from None
         except stripe.StripeError as exc:
-            raise payouts.InvalidPayoutDestination(
-                field,
+            raise DestinationRefused(
                 f"Stripe could not be asked about the account ({exc.http_status or 'no answer'}); try again",
                 status=503,
             ) from None
         capabilities = account.get("capabilities") or {}
         if not account.get("payouts_enabled") or capabilities.get("transfers") != "active":
-            raise payouts.InvalidPayoutDestination(
-                field,
+            raise DestinationRefused(
                 f"connected account {account_id} cannot receive transfers yet (payouts_enabled "
                 f"{bool(account.get('payouts_enabled'))}, transfers {capabilities.get('transfers') or 'none'}): "
                 "finish Stripe onboarding, then register it again",
@@ -272,30 +315,40 @@ class StripeProvider(PaymentProvider):
     def verify_webhook(self, *, body: bytes, headers: Mapping[str, str]) -> ProviderEvent:
         return stripe_signature.verify(body=body, headers=headers, secret=settings.STRIPE_WEBHOOK_SECRET)
 
-    def refresh_event(self, event: ProviderEvent) -> ProviderEvent:
-        """Webhooks arrive late and out of order, so for objects of ours whose state decides money the
-        event's snapshot is replaced by what Stripe says now. Objects we do not know are left alone (and
-        then ignored): no call is made on a stranger's behalf."""
-        from apps.payments.models import PaymentArtifact
-        from apps.payments.providers import stripe_checkout
+    def refresh_event(self, event: ProviderEvent, *, known: KnownObjects) -> ProviderEvent:
+        """Webhooks arrive late and out of order, so for objects of ours whose state decides money (and
+        for our hosted checkout sessions and Connect accounts) the event's snapshot is replaced by what
+        Stripe says now. Objects we do not know are left alone (and then ignored): no call is made on a
+        stranger's behalf."""
+        obj_id = event.object.get("id")
 
-        if event.type in stripe_checkout.SESSION_EVENTS | stripe_checkout.ACCOUNT_EVENTS:
-            return stripe_checkout.refresh(event)  # hosted checkout and Connect onboarding
+        def ours(kinds: tuple[str, ...] = ()) -> bool:
+            found = known(obj_id) if isinstance(obj_id, str) else None
+            return found is not None and (not kinds or found.kind in kinds)
+
+        client = _client()
+        if event.type in SESSION_EVENTS:
+            if not ours(("checkout_session",)):
+                return event
+            session = _call("read checkout session", lambda: client.v1.checkout.sessions.retrieve(str(obj_id)))
+            return ProviderEvent(id=event.id, type=event.type, object=_kept(session, SESSION_FIELDS), raw=event.raw)
+        if event.type in ACCOUNT_EVENTS:
+            if not ours(("connected_account",)):
+                return event
+            account = _call("read connected account", lambda: client.v1.accounts.retrieve(str(obj_id)))
+            return ProviderEvent(id=event.id, type=event.type, object=_kept(account, ACCOUNT_FIELDS), raw=event.raw)
         if event.type not in REREAD_TYPES:
             return event
         kind = event.object.get("object")
-        obj_id = event.object.get("id")
-        known = PaymentArtifact.objects.filter(provider=self.name)
-        client = _client()
-        if kind == "payment_intent" and known.filter(provider_id=obj_id).exists():
-            fresh = _call("read payment intent", lambda: client.v1.payment_intents.retrieve(str(obj_id)))
-            return ProviderEvent(id=event.id, type=event.type, object=_kept(fresh), raw=event.raw)
-        if kind == "refund" and known.filter(provider_id=obj_id).exists():
-            fresh = _call("read refund", lambda: client.v1.refunds.retrieve(str(obj_id)))
-            return ProviderEvent(id=event.id, type=event.type, object=_kept(fresh), raw=event.raw)
+        if kind == "payment_intent" and ours():
+            intent = _call("read payment intent", lambda: client.v1.payment_intents.retrieve(str(obj_id)))
+            return ProviderEvent(id=event.id, type=event.type, object=_kept(intent), raw=event.raw)
+        if kind == "refund" and ours():
+            refund = _call("read refund", lambda: client.v1.refunds.retrieve(str(obj_id)))
+            return ProviderEvent(id=event.id, type=event.type, object=_kept(refund), raw=event.raw)
         if kind == "charge":
             intent_id = event.object.get("payment_intent")
-            if isinstance(intent_id, str) and known.filter(provider_id=intent_id).exists():
+            if isinstance(intent_id, str) and known(intent_id) is not None:
                 page = _call("list refunds", lambda: client.v1.refunds.list(params={"payment_intent": intent_id}))
                 refunds = [_kept(refund) for refund in page.data]
                 return ProviderEvent(

@@ -1,6 +1,7 @@
 """Stripe's hosted surfaces: Checkout Sessions for the buyer's card payment, and Connect Express accounts
 with Account Links for the seller's onboarding. Same SDK client, timeouts and error mapping as
-providers/stripe.py; kept apart from the payment-command calls there.
+providers/stripe.py; kept apart from the payment-command calls there (their webhooks' objects are re-read
+by StripeProvider.refresh_event, like every Stripe object).
 
 Why Checkout rather than our page with the Payment Element: the Payment Element needs Stripe.js, which
 must be loaded from Stripe's own host (PCI), and the web app serves every asset itself; Checkout also
@@ -15,49 +16,11 @@ from typing import Any
 
 from django.utils import timezone
 
-from apps.payments.providers.base import ProviderEvent
-from apps.payments.providers.stripe import _call, _client
+from apps.payments.providers.stripe import ACCOUNT_FIELDS, SESSION_FIELDS, _call, _client, _kept
 
 # Stripe refuses a session that expires sooner than 30 minutes or later than 24 hours from now.
 SESSION_MIN = datetime.timedelta(minutes=31)
 SESSION_MAX = datetime.timedelta(hours=23, minutes=59)
-SESSION_FIELDS = (
-    "id",
-    "object",
-    "status",
-    "payment_status",
-    "payment_intent",
-    "amount_total",
-    "currency",
-    "metadata",
-    "client_reference_id",
-    "expires_at",
-    "url",
-)
-ACCOUNT_FIELDS = (
-    "id",
-    "object",
-    "type",
-    "charges_enabled",
-    "payouts_enabled",
-    "details_submitted",
-    "capabilities",
-    "metadata",
-)
-SESSION_EVENTS = frozenset(
-    {
-        "checkout.session.completed",
-        "checkout.session.async_payment_succeeded",
-        "checkout.session.async_payment_failed",
-        "checkout.session.expired",
-    }
-)
-ACCOUNT_EVENTS = frozenset({"account.updated"})
-
-
-def _kept(obj: Any, fields: tuple[str, ...]) -> dict[str, Any]:
-    data = obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
-    return {key: data[key] for key in fields if key in data}
 
 
 def session_expiry(deadline: datetime.datetime) -> datetime.datetime:
@@ -151,21 +114,3 @@ def account_link_create(*, account_id: str, refresh_url: str, return_url: str) -
         ),
     )
     return str(link.url)
-
-
-def refresh(event: ProviderEvent) -> ProviderEvent:
-    """Checkout sessions and connected accounts of ours are re-read before their webhook is trusted; a
-    stranger's are left as they came (and then ignored)."""
-    from apps.payments.models import CheckoutSession, ConnectedAccount
-
-    obj_id = event.object.get("id")
-    if not isinstance(obj_id, str):
-        return event
-    client = _client()
-    if event.type in SESSION_EVENTS and CheckoutSession.objects.filter(session_id=obj_id).exists():
-        session = _call("read checkout session", lambda: client.v1.checkout.sessions.retrieve(obj_id))
-        return ProviderEvent(id=event.id, type=event.type, object=_kept(session, SESSION_FIELDS), raw=event.raw)
-    if event.type in ACCOUNT_EVENTS and ConnectedAccount.objects.filter(account_id=obj_id).exists():
-        account = _call("read connected account", lambda: client.v1.accounts.retrieve(obj_id))
-        return ProviderEvent(id=event.id, type=event.type, object=_kept(account, ACCOUNT_FIELDS), raw=event.raw)
-    return event
