@@ -21,7 +21,10 @@ def on_refund_succeeded(event: payments_v1.RefundSucceeded, delivery: Delivery) 
 
 def on_transfer_failed(event: payments_v1.TransferFailed, delivery: Delivery) -> None:
     reactions.escrow_record_payout_failure(
-        escrow_id=event.escrow_id, reason="transfer_failed", detail=f"{event.provider_transfer_id}: {event.reason}"
+        escrow_id=event.escrow_id,
+        reason="transfer_failed",
+        detail=f"{event.provider_transfer_id}: {event.reason}",
+        parked=event.awaiting_destination,
     )
 
 

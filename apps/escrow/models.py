@@ -53,6 +53,10 @@ class Escrow(models.Model):
     # Set when something needs a human (failed transfer, mismatched payment, chargeback).
     attention = models.CharField(max_length=50, blank=True)
     attention_detail = models.CharField(max_length=1000, blank=True)
+    # The pending transfer is parked by payments until the seller registers a payout destination (the last
+    # TransferFailed said so in its `awaiting_destination` field): payments sends it then, so RetryPayout
+    # must not send a second one.
+    payout_parked = models.BooleanField(default=False)
     # Set while staff hold the escrow for an investigation (HoldEscrow): timers stop and no command but
     # UnholdEscrow is accepted. Payment facts (a transfer that succeeds) are still recorded.
     on_hold_since = models.DateTimeField(null=True, blank=True)

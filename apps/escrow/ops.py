@@ -79,7 +79,7 @@ def escrow_retry_payout(*, command: escrow_v1.RetryPayout, command_id: uuid.UUID
     def apply(escrow: Escrow) -> None:
         reason = require_reason(command.reason)
         if escrow.attention == "transfer_failed" and escrow.pending_payout_minor > 0:
-            if "awaiting payout destination" in escrow.attention_detail:
+            if escrow.payout_parked:
                 # Parked, not failed: payments sends it with its original key once the seller registers a
                 # destination; a second send now could pay twice.
                 raise InvalidTransition(

@@ -127,16 +127,21 @@ def settle_if_done(escrow: Escrow) -> None:
         # A stranded-funds refund finishing in a settled state changes no state.
         return
     escrow.state = settled_state(paid_out_minor=escrow.paid_out_minor)
+    escrow.payout_parked = False
     if escrow.attention in {"transfer_failed", "refund_failed"}:
         escrow.attention = ""
         escrow.attention_detail = ""
 
 
-def escrow_record_payout_failure(*, escrow_id: str, reason: str, detail: str) -> None:
+def escrow_record_payout_failure(*, escrow_id: str, reason: str, detail: str, parked: bool = False) -> None:
+    """TransferFailed / RefundFailed. `parked`: the transfer is not failed but waits for the seller's
+    payout destination (TransferFailed.awaiting_destination), which decides whether ops may retry it."""
     escrow = escrow_lock(escrow_id)
     if escrow is None:
         return
     needs_attention(escrow, reason, detail)
+    if reason == "transfer_failed":
+        escrow.payout_parked = parked
     escrow.save()
 
 

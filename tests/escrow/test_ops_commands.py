@@ -168,9 +168,35 @@ def test_a_transfer_parked_for_a_payout_destination_is_not_retried(buyer: Any, s
             escrow_id=str(escrow_id),
             provider="stripe",
             reason="awaiting payout destination: none registered; sent once the seller registers one",
+            awaiting_destination=True,
         )
     )
     refused(escrow_id, InvalidTransition, lambda: retry(escrow_id, staff))
+
+
+@pytest.mark.usefixtures("_no_inline_bus")
+def test_whether_a_transfer_is_parked_is_read_from_the_event_field_not_from_its_words(
+    buyer: Any, seller: Any, staff: Any
+) -> None:
+    escrow_id = given.escrow_in("RELEASING", buyer=buyer, seller=seller, staff=staff)
+    [first] = outbound(escrow_id, payments_v1.TransferToSeller)
+    # A provider's refusal that happens to quote those words is a failure like any other: ops may retry it.
+    given.deliver_to_escrow(
+        payments_v1.TransferFailed(
+            escrow_id=str(escrow_id), provider="stripe", reason="destination said: awaiting payout destination"
+        )
+    )
+    retry(escrow_id, staff)
+    [again] = outbound(escrow_id, payments_v1.TransferToSeller, after_id=first.id)
+
+    # Parked (the field says so), whatever the words: the payout waits for the seller, no retry.
+    given.deliver_to_escrow(
+        payments_v1.TransferFailed(
+            escrow_id=str(escrow_id), provider="stripe", reason="no destination yet", awaiting_destination=True
+        )
+    )
+    refused(escrow_id, InvalidTransition, lambda: retry(escrow_id, staff))
+    assert outbound(escrow_id, payments_v1.TransferToSeller, after_id=again.id) == []
 
 
 @pytest.mark.usefixtures("_no_inline_bus")
