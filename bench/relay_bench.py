@@ -56,7 +56,6 @@ def seed(count: int) -> list[int]:
                     buyer_id=1,
                     seller_id=2,
                     amount=Money(amount_minor=14999, currency="USD"),
-                    description="bench",
                     inspection_period_hours=72,
                 ),
                 aggregate_id=escrow_id,

@@ -82,7 +82,6 @@ def escrow_create(*, command: escrow_v1.CreateEscrow, command_id: uuid.UUID) -> 
                 buyer_id=escrow.buyer_id,
                 seller_id=escrow.seller_id,
                 amount=money(escrow.amount_minor, escrow.currency),
-                description=escrow.description,
                 inspection_period_hours=hours,
                 actor=command.actor,
                 created_by_id=command.actor.user_id,
@@ -90,6 +89,7 @@ def escrow_create(*, command: escrow_v1.CreateEscrow, command_id: uuid.UUID) -> 
             ),
             actor=command.actor,
             command_id=command_id,
+            text={"description": escrow.description},
         )
         # Nobody is asked to pay before both parties agreed: the payment intent waits for AcceptEscrow.
         escrow.save(update_fields=["version", "updated_at"])
@@ -132,9 +132,10 @@ def escrow_decline(*, command: escrow_v1.DeclineEscrow, command_id: uuid.UUID) -
         escrow.state = S.CANCELLED
         emit(
             escrow,
-            escrow_v1.EscrowDeclined(escrow_id=str(escrow.id), actor=command.actor, reason=command.reason[:1000]),
+            escrow_v1.EscrowDeclined(escrow_id=str(escrow.id), actor=command.actor),
             actor=command.actor,
             command_id=command_id,
+            text={"reason": command.reason[:1000]},
         )
 
     return run_command(command=command, command_id=command_id, escrow_id=parse_id(command.escrow_id), apply=apply)
@@ -185,9 +186,10 @@ def escrow_cancel(*, command: escrow_v1.CancelEscrow, command_id: uuid.UUID) -> 
             escrow.state = S.CANCELLED
         emit(
             escrow,
-            escrow_v1.EscrowCancelled(escrow_id=str(escrow.id), actor=command.actor, reason=command.reason),
+            escrow_v1.EscrowCancelled(escrow_id=str(escrow.id), actor=command.actor),
             actor=command.actor,
             command_id=command_id,
+            text={"reason": command.reason},
         )
 
     return run_command(command=command, command_id=command_id, escrow_id=parse_id(command.escrow_id), apply=apply)
@@ -201,9 +203,10 @@ def escrow_open_dispute(*, command: escrow_v1.OpenDispute, command_id: uuid.UUID
         escrow.dispute_reason = command.reason
         emit(
             escrow,
-            escrow_v1.EscrowDisputed(escrow_id=str(escrow.id), actor=command.actor, reason=command.reason),
+            escrow_v1.EscrowDisputed(escrow_id=str(escrow.id), actor=command.actor),
             actor=command.actor,
             command_id=command_id,
+            text={"reason": command.reason},
         )
 
     return run_command(command=command, command_id=command_id, escrow_id=parse_id(command.escrow_id), apply=apply)
@@ -238,10 +241,10 @@ def escrow_resolve_dispute(*, command: escrow_v1.ResolveDispute, command_id: uui
                 outcome=outcome,
                 seller_amount=money(seller_gross, escrow.currency),
                 buyer_amount=money(buyer_amount, escrow.currency),
-                note=command.note,
             ),
             actor=command.actor,
             command_id=command_id,
+            text={"note": command.note},
         )
         # A split stays RELEASING until both legs are confirmed.
         escrow.state = S.RELEASING if seller_gross else S.REFUNDING

@@ -4,6 +4,7 @@ asks of other services (`send`), all inside the caller's transaction, after `esc
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Protocol, cast
 
 import betterproto2
@@ -20,13 +21,21 @@ class _EscrowEventMessage(Protocol):
 
 
 def emit(
-    escrow: Escrow, event: betterproto2.Message, *, actor: Actor | None = None, command_id: uuid.UUID | None = None
+    escrow: Escrow,
+    event: betterproto2.Message,
+    *,
+    actor: Actor | None = None,
+    command_id: uuid.UUID | None = None,
+    text: Mapping[str, str] | None = None,
 ) -> None:
     """Appends an event at the escrow's next version: to its own log and to the outbox.
 
     The event carries the state the escrow is in once it applies (`state`, filled in here), so a
     transition sets the escrow's new state before it emits the events of that state; readers (the
-    projections, notifications) take the state from the event instead of deciding it again."""
+    projections, notifications) take the state from the event instead of deciding it again.
+
+    `text` is the free text that goes with the event (a description, a reason, a note): it is kept in the
+    escrow's own log only, never in the message (apps/escrow/text.py)."""
     cast(_EscrowEventMessage, event).state = str(escrow.state)
     escrow.version += 1
     name = type_name(event)
@@ -40,7 +49,7 @@ def emit(
         event_id=event_id,
         type=name,
         payload=bytes(event),
-        data=event.to_dict(casing=betterproto2.Casing.SNAKE),
+        data={**event.to_dict(casing=betterproto2.Casing.SNAKE), **(text or {})},
         actor_kind=_actor_kind(actor),
         actor_id=actor.user_id if actor is not None and actor.user_id else None,
         command_id=command_id,

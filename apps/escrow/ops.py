@@ -27,9 +27,10 @@ def escrow_hold(*, command: escrow_v1.HoldEscrow, command_id: uuid.UUID) -> Comm
         escrow.on_hold_since = timezone.now()
         emit(
             escrow,
-            escrow_v1.EscrowPutOnHold(escrow_id=str(escrow.id), actor=command.actor, reason=reason),
+            escrow_v1.EscrowPutOnHold(escrow_id=str(escrow.id), actor=command.actor),
             actor=command.actor,
             command_id=command_id,
+            text={"reason": reason},
         )
 
     return run_command(command=command, command_id=command_id, escrow_id=parse_id(command.escrow_id), apply=apply)
@@ -59,13 +60,13 @@ def escrow_unhold(*, command: escrow_v1.UnholdEscrow, command_id: uuid.UUID) -> 
             escrow_v1.EscrowHoldLifted(
                 escrow_id=str(escrow.id),
                 actor=command.actor,
-                reason=reason,
                 funding_deadline=funding,
                 inspection_deadline=inspection,
                 acceptance_deadline=acceptance,
             ),
             actor=command.actor,
             command_id=command_id,
+            text={"reason": reason},
         )
 
     return run_command(command=command, command_id=command_id, escrow_id=parse_id(command.escrow_id), apply=apply)
@@ -97,12 +98,12 @@ def escrow_retry_payout(*, command: escrow_v1.RetryPayout, command_id: uuid.UUID
             escrow_v1.EscrowPayoutRetried(
                 escrow_id=str(escrow.id),
                 actor=command.actor,
-                reason=reason,
                 leg=leg,
                 amount=money(amount, escrow.currency),
             ),
             actor=command.actor,
             command_id=command_id,
+            text={"reason": reason},
         )
         if leg == "transfer":
             fee = fee_for(amount, escrow.fee_bps)
@@ -150,11 +151,11 @@ def escrow_return_stranded_funds(*, command: escrow_v1.ReturnStrandedFunds, comm
             escrow_v1.EscrowStrandedFundsReturnRequested(
                 escrow_id=str(escrow.id),
                 actor=command.actor,
-                reason=reason,
                 amount=money(amount, escrow.currency),
             ),
             actor=command.actor,
             command_id=command_id,
+            text={"reason": reason},
         )
         send(
             escrow,
@@ -208,11 +209,11 @@ def escrow_resolve_compliance_hold(*, command: escrow_v1.ResolveComplianceHold, 
                 escrow_id=str(escrow.id),
                 actor=command.actor,
                 decision=decision,
-                note=command.note,
                 funding_deadline=restarted,
             ),
             actor=command.actor,
             command_id=command_id,
+            text={"note": command.note},
         )
         if decision == escrow_v1.ComplianceDecision.REFUND:
             _refund_after_review(escrow, actor=command.actor, command_id=command_id)

@@ -11,6 +11,9 @@ Every edge (REST API, web app, Discord) builds one of the commands below and cal
 deliver, release, dispute, cancel); see `apps.escrow.actions`. `EscrowState` names the states (no edge
 retypes them).
 
+Free text (a description, the reasons and notes people give) never travels in a message: another app that
+shows it reads it with `event_text(event_id)` for the events in `TEXT_EVENTS` (see `apps.escrow.text`).
+
 Inside the app: `rules` (states, who may do what, no database), `commands` and `ops` (one function per
 transition), `reactions` (to payments events), `dispatch`, `runner` and `emit` (the shared plumbing).
 """
@@ -23,6 +26,7 @@ from apps.escrow.handlers import SUBSCRIBER
 from apps.escrow.money import money_held_by_state
 from apps.escrow.rules import ACTION_COMMANDS, ACTIONS, TERMINAL_STATES, EscrowState
 from apps.escrow.runner import CommandResult, command_applied
+from apps.escrow.text import TEXT_EVENTS, event_text
 from apps.escrow.timers import fire_due_timers
 from proto.common.v1 import Actor, ActorKind
 from proto.escrow.v1 import (
@@ -37,6 +41,7 @@ from proto.escrow.v1 import (
 )
 
 __all__ = [
+    "event_text",
     "ACTIONS",
     "ACTION_COMMANDS",
     "AcceptEscrow",
@@ -55,6 +60,7 @@ __all__ = [
     "MarkDelivered",
     "NotAllowed",
     "SUBSCRIBER",
+    "TEXT_EVENTS",
     "TERMINAL_STATES",
     "OpenDispute",
     "ReleaseFunds",

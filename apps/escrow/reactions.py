@@ -154,7 +154,8 @@ def escrow_record_screening_block(*, event: payments_v1.WalletScreened) -> None:
     if escrow is None:
         return
     escrow.attention = COMPLIANCE_HOLD
-    escrow.attention_detail = f"{event.address}: {event.reason}"[:1000]
+    # The wallet's address stays in payments' screening record (the admin's screening results).
+    escrow.attention_detail = f"wallet screening: {event.reason}"[:1000]
     emit(escrow, escrow_v1.EscrowComplianceHold(escrow_id=str(escrow.id), reason=event.reason))
     escrow.save()
 
@@ -170,8 +171,9 @@ def escrow_record_chargeback(*, event: payments_v1.ChargebackOpened) -> None:
         system = Actor(kind=ActorKind.SYSTEM)
         emit(
             escrow,
-            escrow_v1.EscrowDisputed(escrow_id=str(escrow.id), actor=system, reason=escrow.dispute_reason),
+            escrow_v1.EscrowDisputed(escrow_id=str(escrow.id), actor=system),
             actor=system,
+            text={"reason": escrow.dispute_reason},
         )
     needs_attention(escrow, "chargeback", f"{event.provider_dispute_id}: {event.reason}")
     escrow.save()

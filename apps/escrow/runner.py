@@ -14,6 +14,7 @@ from apps.escrow.errors import EscrowNotFound, InvalidCommand
 from apps.escrow.lock_objects import escrow_lock
 from apps.escrow.models import Escrow, ProcessedCommand
 from apps.escrow.rules import command_check, role_of
+from apps.escrow.text import without_free_text
 from apps.outbox.public import outbox_append, type_name
 
 
@@ -72,9 +73,9 @@ def command_applied(command_id: uuid.UUID) -> bool:
 def record_command(escrow: Escrow, command: betterproto2.Message, command_id: uuid.UUID) -> None:
     ProcessedCommand.objects.create(command_id=command_id, escrow_id=escrow.id, type=type_name(command))
     # The accepted command itself, for the escrow.commands.v1 topic (an escrow process consuming from
-    # Kafka dedupes it by its id).
+    # Kafka dedupes it by its id), without the free text people typed: that stays with the escrow.
     outbox_append(
-        message=command,
+        message=without_free_text(command),
         aggregate_id=str(escrow.id),
         aggregate_version=escrow.version,
         event_id=command_id,

@@ -113,12 +113,14 @@ def on_created(event: escrow_v1.EscrowCreated, delivery: Delivery) -> None:
         )
         return
     creator, counterparty = (SELLER, BUYER) if event.created_by_id == event.seller_id else (BUYER, SELLER)
+    # The description is the escrow's own record; the event does not carry it.
+    description = escrow.event_text(delivery.event_id).get("description", "")
     # The counterparty is asked first (dict order): one row per user, and the one that matters is theirs.
     _notify(
         delivery,
         "escrow_created",
         {
-            counterparty: f"A {creator} proposes a deal for {amount}: {event.description[:200]}. "
+            counterparty: f"A {creator} proposes a deal for {amount}: {description[:200]}. "
             f"Next: accept it or decline it.",
             creator: f"Deal for {amount} created. Next: wait for the {counterparty} to accept it.",
         },

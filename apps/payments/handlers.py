@@ -43,7 +43,7 @@ def _refusal(exc: ProviderError) -> Refusal:
 
 def _announce_block(order: PaymentOrder, refusal: Refusal, *, key: str) -> None:
     if refusal.blocked_address:
-        movements.announce_block(order, address=refusal.blocked_address, reason=refusal.reason, key=key)
+        movements.announce_block(order, reason=refusal.reason, key=key)
 
 
 def _key(delivery: Delivery, purpose: str) -> str:

@@ -82,11 +82,12 @@ def transfer_failed(
     )
 
 
-def announce_block(order: PaymentOrder, *, address: str, reason: str, key: str) -> None:
-    """A wallet screening blocked: WalletScreened(allowed=false), which puts the escrow on compliance hold."""
+def announce_block(order: PaymentOrder, *, reason: str, key: str) -> None:
+    """A wallet screening blocked: WalletScreened(allowed=false), which puts the escrow on compliance hold.
+    The wallet's address stays in payments' screening record (WalletScreening); no message carries it."""
     services.emit(
         order,
-        payments_v1.WalletScreened(escrow_id=str(order.escrow_id), address=address, allowed=False, reason=reason),
+        payments_v1.WalletScreened(escrow_id=str(order.escrow_id), allowed=False, reason=reason),
         fact=f"{key}:screening_blocked",
     )
 

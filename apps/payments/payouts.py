@@ -248,7 +248,10 @@ def _hold_for_review(payout: WaitingPayout, blocked: ProviderError) -> None:
     with transaction.atomic():
         order = services.lock_order(str(payout.escrow_id))
         held = WaitingPayout.objects.filter(pk=payout.pk, status=WaitingPayout.Status.SENDING).update(
-            status=WaitingPayout.Status.BLOCKED, last_error=reason, updated_at=timezone.now()
+            # The wallet is named here, in payments' own record, never in the messages below.
+            status=WaitingPayout.Status.BLOCKED,
+            last_error=f"{address}: {reason}"[:1000],
+            updated_at=timezone.now(),
         )
         if not held or order is None:
             return
@@ -260,7 +263,7 @@ def _hold_for_review(payout: WaitingPayout, blocked: ProviderError) -> None:
             reason=reason,
             fact=f"{payout.provider}:{fact}:not_sent",
         )
-        movements.announce_block(order, address=address, reason=reason, key=fact)
+        movements.announce_block(order, reason=reason, key=fact)
     log.warning("waiting payout blocked by screening", extra={"escrow_id": str(payout.escrow_id)})
 
 

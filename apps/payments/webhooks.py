@@ -390,7 +390,6 @@ def on_wallet_blocked(record: WebhookEvent, event: ProviderEvent) -> bool:
         order,
         payments_v1.WalletScreened(
             escrow_id=str(order.escrow_id),
-            address=str(event.object.get("source_address")),
             allowed=False,
             reason=reason,
         ),

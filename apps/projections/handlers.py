@@ -18,6 +18,7 @@ from typing import Any
 import betterproto2
 from django.db.models import F
 
+from apps.escrow import public as escrow
 from apps.outbox.public import Delivery, Subscriber
 from apps.projections.models import EscrowViewFields
 from apps.projections.tables import Tables, live_tables_locked
@@ -29,7 +30,15 @@ _ACTOR_KINDS = {ActorKind.USER: "user", ActorKind.STAFF: "staff", ActorKind.TIME
 Fold = Callable[[Any, Delivery, Tables], None]
 
 
-def _timeline(event: betterproto2.Message, delivery: Delivery, tables: Tables) -> None:
+def _text(event: betterproto2.Message, delivery: Delivery) -> dict[str, str]:
+    """The free text recorded with the event (a description, a reason, a note): events do not carry it, so it
+    is read from the escrow's own record."""
+    return escrow.event_text(delivery.event_id) if type(event) in escrow.TEXT_EVENTS else {}
+
+
+def _timeline(
+    event: betterproto2.Message, delivery: Delivery, tables: Tables, text: dict[str, str] | None = None
+) -> None:
     actor: Actor | None = getattr(event, "actor", None)
     tables.timeline.objects.create(
         escrow_id=delivery.aggregate_id,
@@ -39,7 +48,7 @@ def _timeline(event: betterproto2.Message, delivery: Delivery, tables: Tables) -
         occurred_at=delivery.occurred_at,
         actor_kind=_ACTOR_KINDS.get(actor.kind, "") if actor is not None else "system",
         actor_id=actor.user_id if actor is not None and actor.user_id else None,
-        data=event.to_dict(casing=betterproto2.Casing.SNAKE),
+        data={**event.to_dict(casing=betterproto2.Casing.SNAKE), **(_text(event, delivery) if text is None else text)},
     )
 
 
@@ -74,6 +83,7 @@ def _count_daily(delivery: Delivery, tables: Tables, amount: Money | None, kind:
 
 
 def on_created(event: escrow_v1.EscrowCreated, delivery: Delivery, tables: Tables) -> None:
+    text = _text(event, delivery)
     tables.view.objects.create(
         escrow_id=event.escrow_id,
         buyer_id=event.buyer_id,
@@ -83,7 +93,7 @@ def on_created(event: escrow_v1.EscrowCreated, delivery: Delivery, tables: Table
         state=event.state or ("AWAIT_ACCEPTANCE" if event.created_by_id else "AWAIT_FUNDS"),
         amount_minor=event.amount.amount_minor,
         currency=event.amount.currency,
-        description=event.description,
+        description=text.get("description", "")[:500],
         inspection_period_hours=event.inspection_period_hours,
         funding_deadline=event.funding_deadline,
         acceptance_deadline=event.acceptance_deadline,
@@ -92,7 +102,7 @@ def on_created(event: escrow_v1.EscrowCreated, delivery: Delivery, tables: Table
         created_at=delivery.occurred_at,
         updated_at=delivery.occurred_at,
     )
-    _timeline(event, delivery, tables)
+    _timeline(event, delivery, tables, text)
 
 
 def on_accepted(event: escrow_v1.EscrowAccepted, delivery: Delivery, tables: Tables) -> None:
@@ -134,10 +144,15 @@ def on_cancelled(event: escrow_v1.EscrowCancelled, delivery: Delivery, tables: T
 
 
 def on_disputed(event: escrow_v1.EscrowDisputed, delivery: Delivery, tables: Tables) -> None:
+    text = _text(event, delivery)
     _update(
-        delivery, tables, state=event.state or "DISPUTED", dispute_reason=event.reason, disputed_at=delivery.occurred_at
+        delivery,
+        tables,
+        state=event.state or "DISPUTED",
+        dispute_reason=text.get("reason", ""),
+        disputed_at=delivery.occurred_at,
     )
-    _timeline(event, delivery, tables)
+    _timeline(event, delivery, tables, text)
 
 
 def on_dispute_resolved(event: escrow_v1.EscrowDisputeResolved, delivery: Delivery, tables: Tables) -> None:

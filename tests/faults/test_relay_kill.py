@@ -44,7 +44,6 @@ def _seed() -> None:
                         buyer_id=1,
                         seller_id=2,
                         amount=Money(amount_minor=1000, currency="USD"),
-                        description=f"v{version}",
                         inspection_period_hours=72,
                     ),
                     aggregate_id=escrow_id,

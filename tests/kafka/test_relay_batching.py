@@ -34,16 +34,15 @@ def _relay_only(settings) -> None:
 
 
 def append_created(
-    escrow_id: str, version: int, *, description: str = "batching", occurred_at: datetime.datetime | None = None
+    escrow_id: str, version: int, *, detail: str = "batching", occurred_at: datetime.datetime | None = None
 ) -> None:
+    """A synthetic escrow event of about the size `detail` gives it."""
     outbox_append(
-        message=escrow_v1.EscrowCreated(
+        message=escrow_v1.EscrowNeedsAttention(
             escrow_id=escrow_id,
-            buyer_id=1,
-            seller_id=2,
-            amount=Money(amount_minor=1000, currency="USD"),
-            description=description,
-            inspection_period_hours=72,
+            reason="batching",
+            detail=detail,
+            received=Money(amount_minor=1000, currency="USD"),
         ),
         aggregate_id=escrow_id,
         aggregate_version=version,
@@ -52,14 +51,14 @@ def append_created(
     )
 
 
-def seed_interleaved(escrows: int, versions: int, *, description: str = "batching") -> list[str]:
+def seed_interleaved(escrows: int, versions: int, *, detail: str = "batching") -> list[str]:
     """`escrows` keys with `versions` messages each, version by version in separate transactions, so the
     messages of one key are spread over batches and interleaved with the others'."""
     ids = [str(uuid.uuid4()) for _ in range(escrows)]
     for version in range(1, versions + 1):
         with transaction.atomic():
             for escrow_id in ids:
-                append_created(escrow_id, version, description=description)
+                append_created(escrow_id, version, detail=detail)
     return ids
 
 
@@ -96,7 +95,7 @@ def test_records_land_on_the_default_partitioners_partition_in_per_key_order(kaf
     for version in range(1, 9):
         with transaction.atomic():
             for escrow_id in big:
-                append_created(escrow_id, version, description="x" * 100_000)
+                append_created(escrow_id, version, detail="x" * 100_000)
     rows = list(OutboxMessage.objects.order_by("txid", "id"))
 
     stats = OutboxRelay(servers=kafka, batch_size=37, pipeline_depth=3).run(once=True)

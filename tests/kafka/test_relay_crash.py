@@ -40,7 +40,6 @@ def seed_created_escrows(count: int) -> None:
                     buyer_id=1,
                     seller_id=2,
                     amount=Money(amount_minor=1000, currency="USD"),
-                    description="load",
                     inspection_period_hours=72,
                 ),
                 aggregate_id=escrow_id,

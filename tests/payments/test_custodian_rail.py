@@ -102,7 +102,9 @@ def test_a_sanctioned_depositor_blocks_and_nothing_is_accepted(
     assert "WalletScreened" in types and "EscrowComplianceHold" in types and "PaymentSucceeded" not in types
     escrow = assert_money_invariant(escrow_id)
     assert (escrow.state, escrow.received_minor, escrow.attention) == ("AWAIT_FUNDS", 0, "compliance_hold")
-    assert BUYER_WALLET in escrow.attention_detail
+    # The wallet stays in payments' screening record (ops read it there); no message carries it.
+    assert WalletScreening.objects.filter(escrow_id=escrow_id, address=BUYER_WALLET, allowed=False).exists()
+    assert BUYER_WALLET not in escrow.attention_detail
     blocked = WalletScreening.objects.get(escrow_id=escrow_id, vendor="chainalysis")
     assert not blocked.allowed and "OFAC" in blocked.reason
     assert blocked.raw["identifications"][0]["category"] == "sanctions"
@@ -196,7 +198,9 @@ def test_a_severe_risk_seller_wallet_blocks_the_payout(fake_custodian, fake_scre
     assert fake_custodian.posts("/v1/w3s/developer/transactions/transfer") == []
     escrow = assert_money_invariant(escrow_id)
     assert (escrow.state, escrow.held_minor, escrow.attention) == ("RELEASING", AMOUNT_MINOR, "compliance_hold")
-    assert SELLER_WALLET in escrow.attention_detail
+    # The wallet stays in payments' screening record (ops read it there); no message carries it.
+    assert WalletScreening.objects.filter(escrow_id=escrow_id, address=SELLER_WALLET, allowed=False).exists()
+    assert SELLER_WALLET not in escrow.attention_detail
     assert {"TransferFailed", "WalletScreened", "EscrowComplianceHold"} <= set(outbox_types(escrow_id))
     assert not WalletScreening.objects.get(escrow_id=escrow_id, purpose="payout", vendor="trm").allowed
 

@@ -58,7 +58,10 @@ def test_a_parked_payout_to_a_blocked_wallet_holds_the_escrow_and_sends_nothing(
     assert payout.status == "blocked" and "OFAC" in payout.last_error
     escrow = assert_money_invariant(escrow_id)
     assert (escrow.state, escrow.held_minor, escrow.paid_out_minor) == ("RELEASING", AMOUNT_MINOR, 0)
-    assert escrow.attention == "compliance_hold" and SELLER_WALLET in escrow.attention_detail
+    assert escrow.attention == "compliance_hold"
+    # The wallet stays in payments' screening record (ops read it there); no message carries it.
+    assert WalletScreening.objects.filter(escrow_id=escrow_id, address=SELLER_WALLET, allowed=False).exists()
+    assert SELLER_WALLET not in escrow.attention_detail
     types = outbox_types(escrow_id)
     assert types.count("TransferFailed") == 2  # parked, then blocked
     assert types.count("WalletScreened") == 1 and types.count("EscrowComplianceHold") == 1

@@ -48,7 +48,9 @@ class ScreeningBlocked(ProviderError):
     """A wallet failed screening: permanent for this command, and announced as WalletScreened."""
 
     def __init__(self, *, address: str, reason: str) -> None:
-        super().__init__(f"screening blocked {address}: {reason}", transient=False)
+        # No address in the message: it travels in events (TransferFailed, WalletScreened); the address is
+        # kept on the exception and in payments' screening record.
+        super().__init__(f"screening blocked the wallet: {reason}", transient=False)
         self.address = address
         self.reason = reason
 

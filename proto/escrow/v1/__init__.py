@@ -211,8 +211,6 @@ class EscrowCancelled(betterproto2.Message):
 
     actor: "__common__v1__.Actor | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
 
-    reason: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
-
     state: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
     """
     The escrow's state once this event applies (an EscrowState name; empty in events written
@@ -249,8 +247,6 @@ class EscrowComplianceHoldResolved(betterproto2.Message):
         3, betterproto2.TYPE_ENUM, default_factory=lambda: ComplianceDecision(0)
     )
 
-    note: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
-
     funding_deadline: "datetime.datetime | None" = betterproto2.field(
         5, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
     )
@@ -277,8 +273,6 @@ class EscrowCreated(betterproto2.Message):
     seller_id: "int" = betterproto2.field(3, betterproto2.TYPE_INT64)
 
     amount: "__common__v1__.Money | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
-
-    description: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
 
     inspection_period_hours: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
 
@@ -323,8 +317,6 @@ class EscrowDeclined(betterproto2.Message):
 
     actor: "__common__v1__.Actor | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
 
-    reason: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
-
     state: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
     """
     The escrow's state once this event applies (an EscrowState name; empty in events written
@@ -361,8 +353,6 @@ class EscrowDisputed(betterproto2.Message):
 
     actor: "__common__v1__.Actor | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
 
-    reason: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
-
     state: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
     """
     The escrow's state once this event applies (an EscrowState name; empty in events written
@@ -384,8 +374,6 @@ class EscrowDisputeResolved(betterproto2.Message):
     seller_amount: "__common__v1__.Money | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
 
     buyer_amount: "__common__v1__.Money | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
-
-    note: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
 
     state: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
     """
@@ -420,8 +408,6 @@ class EscrowHoldLifted(betterproto2.Message):
     escrow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
     actor: "__common__v1__.Actor | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
-
-    reason: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
     funding_deadline: "datetime.datetime | None" = betterproto2.field(
         4, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
@@ -486,8 +472,6 @@ class EscrowPayoutRetried(betterproto2.Message):
 
     actor: "__common__v1__.Actor | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
 
-    reason: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
-
     leg: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
 
     amount: "__common__v1__.Money | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
@@ -507,8 +491,6 @@ class EscrowPutOnHold(betterproto2.Message):
     escrow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
     actor: "__common__v1__.Actor | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
-
-    reason: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
     state: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
     """
@@ -605,8 +587,6 @@ class EscrowStrandedFundsReturnRequested(betterproto2.Message):
     escrow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
     actor: "__common__v1__.Actor | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
-
-    reason: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
     amount: "__common__v1__.Money | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
 

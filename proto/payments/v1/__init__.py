@@ -199,8 +199,6 @@ default_message_pool.register_message("payments.v1", "TransferToSeller", Transfe
 class WalletScreened(betterproto2.Message):
     escrow_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    address: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
-
     allowed: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
 
     reason: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
