@@ -7,6 +7,7 @@ the event it was given (`event_text`)."""
 from __future__ import annotations
 
 import copy
+import uuid
 from collections.abc import Mapping
 
 import betterproto2
@@ -27,7 +28,7 @@ def without_free_text(command: betterproto2.Message) -> betterproto2.Message:
     return blank
 
 
-def event_text(event_id: str) -> dict[str, str]:
+def event_text(event_id: uuid.UUID | str) -> dict[str, str]:
     """The free text recorded with one escrow event (empty when it has none or is unknown)."""
     data = EscrowEvent.objects.filter(event_id=event_id).values_list("data", flat=True).first()
     if not isinstance(data, Mapping):
