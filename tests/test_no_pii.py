@@ -47,6 +47,7 @@ SAFE_STRINGS = {
     "provider_event_id": "the provider's object id",
     "event_type": "the provider's event type name",
     "leg": "'transfer' or 'refund'",
+    "state": "an EscrowState name",
 }
 # Text a system writes (codes and provider failure messages), never what a person typed; by message.
 SYSTEM_TEXT = {
