@@ -33,9 +33,14 @@ def minor_to_decimal_string(amount_minor: int, currency: str) -> str:
     return f"{sign}{whole}.{frac:0{exponent}d}" if exponent else f"{sign}{whole}"
 
 
-def amount_display(amount_minor: int, currency: str) -> str:
-    """An amount as people read it: "149.99 USD"."""
-    return f"{minor_to_decimal_string(amount_minor, currency)} {currency}".strip()
+def amount_display(amount_minor: int, currency: str, *, grouped: bool = False) -> str:
+    """An amount as people read it: "149.99 USD" ("1,149.99 USD" with `grouped` thousands)."""
+    decimal = minor_to_decimal_string(amount_minor, currency)
+    if grouped:
+        sign, digits = ("-", decimal[1:]) if decimal.startswith("-") else ("", decimal)
+        whole, point, frac = digits.partition(".")
+        decimal = f"{sign}{int(whole):,}{point}{frac}"
+    return f"{decimal} {currency}".strip()
 
 
 def decimal_string_to_minor(value: object, *, currency: str) -> int:

@@ -24,6 +24,7 @@ from typing import Any
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
+from apps.core.public import amount_display
 from apps.discord.models import FollowUp, InteractionReceipt
 from apps.escrow import public as escrow
 from apps.notifications import public as notifications
@@ -31,6 +32,8 @@ from apps.payments import public as payments
 from apps.projections import public as projections
 from proto.common.v1 import Actor, ActorKind, Money
 from proto.escrow import v1 as escrow_v1
+
+S = escrow.EscrowState
 
 log = logging.getLogger(__name__)
 
@@ -49,25 +52,25 @@ _AMOUNT = re.compile(r"^[0-9]{1,12}(\.[0-9]{1,2})?$")
 
 # Words for the next step of each party, by state.
 NEXT_STEP: dict[str, dict[str, str]] = {
-    "AWAIT_ACCEPTANCE": {
+    S.AWAIT_ACCEPTANCE: {
         "creator": "Waiting for the other party to accept the terms.",
         "counterparty": "Accept the terms to go ahead, or decline.",
     },
-    "AWAIT_FUNDS": {"buyer": "Pay before the funding deadline.", "seller": "Wait for the buyer's payment."},
-    "FUNDS_HELD": {
+    S.AWAIT_FUNDS: {"buyer": "Pay before the funding deadline.", "seller": "Wait for the buyer's payment."},
+    S.FUNDS_HELD: {
         "buyer": "Your money is held. Wait for the seller to deliver.",
         "seller": "The money is held. Deliver the item, then mark it delivered.",
     },
-    "DELIVERED": {
+    S.DELIVERED: {
         "buyer": "Check the item, then release the funds or open a dispute.",
         "seller": "Wait for the buyer to release, or for the inspection period to end.",
     },
-    "RELEASING": {"buyer": "The payout to the seller is under way.", "seller": "Your payout is under way."},
-    "RELEASED": {"buyer": "Done: the seller was paid.", "seller": "Done: you were paid."},
-    "REFUNDING": {"buyer": "Your refund is under way.", "seller": "The buyer is being refunded."},
-    "REFUNDED": {"buyer": "Done: you were refunded.", "seller": "Done: the buyer was refunded."},
-    "CANCELLED": {"buyer": "Nothing more to do.", "seller": "Nothing more to do."},
-    "DISPUTED": {
+    S.RELEASING: {"buyer": "The payout to the seller is under way.", "seller": "Your payout is under way."},
+    S.RELEASED: {"buyer": "Done: the seller was paid.", "seller": "Done: you were paid."},
+    S.REFUNDING: {"buyer": "Your refund is under way.", "seller": "The buyer is being refunded."},
+    S.REFUNDED: {"buyer": "Done: you were refunded.", "seller": "Done: the buyer was refunded."},
+    S.CANCELLED: {"buyer": "Nothing more to do.", "seller": "Nothing more to do."},
+    S.DISPUTED: {
         "buyer": "Our staff are reviewing the dispute; the money stays held.",
         "seller": "Our staff are reviewing the dispute; the money stays held.",
     },
@@ -257,7 +260,7 @@ def _create(interaction: Interaction, user_id: int, values: dict[str, Any]) -> A
         return say('amount must be a number with at most two decimals, like "149.99".')
     low, high = settings.ESCROW_MIN_AMOUNT_MINOR, settings.ESCROW_MAX_AMOUNT_MINOR
     if not low <= amount_minor <= high:
-        return say(f"amount must be from {_money(low, currency)} to {_money(high, currency)}.")
+        return say(f"amount must be from {amount_display(low, currency)} to {amount_display(high, currency)}.")
     item = values.get("item")
     if not isinstance(item, str) or not item.strip():
         return say("Say what is traded in item.")
@@ -308,7 +311,7 @@ def _list(user_id: int) -> Answer:
     if not views:
         return say("You have no deals yet. Open one with /escrow create.")
     lines = [
-        f"`{v.escrow_id}` **{v.state}** {_money(v.amount_minor, v.currency)} for {v.description!r} "
+        f"`{v.escrow_id}` **{v.state}** {amount_display(v.amount_minor, v.currency)} for {v.description!r} "
         f"(you {'buy' if v.buyer_id == user_id else 'sell'})"
         for v in views
     ]
@@ -458,13 +461,9 @@ def actions_now(view: Any, user_id: int) -> list[str]:
 
 def checkout_url(view: Any, user_id: int) -> str | None:
     """The buyer's checkout page (a capability link that expires with the funding deadline)."""
-    if view.state != "AWAIT_FUNDS" or user_id != view.buyer_id:
+    if view.state != S.AWAIT_FUNDS or user_id != view.buyer_id:
         return None
     return payments.checkout_url(escrow_id=str(view.escrow_id), funding_deadline=view.funding_deadline)
-
-
-def _money(minor: int, currency: str) -> str:
-    return f"{minor // 100}.{minor % 100:02d} {currency}"
 
 
 def _who(user_id: int) -> str:
@@ -480,7 +479,7 @@ def deal_message(view: Any, user_id: int, *, note: str = "") -> dict[str, Any]:
     other = _who(view.seller_id if role == "buyer" else view.buyer_id)
     lines = [note] if note else []
     lines += [
-        f"**{view.description}** for **{_money(view.amount_minor, view.currency)}**",
+        f"**{view.description}** for **{amount_display(view.amount_minor, view.currency)}**",
         f"You are the {role}; the {other_role} is {other}.",
         f"State: **{view.state}**. {_next_step(view, user_id, role)}".strip(),
     ]
@@ -503,20 +502,20 @@ def deal_message(view: Any, user_id: int, *, note: str = "") -> dict[str, Any]:
 
 
 def _next_step(view: Any, user_id: int, role: str) -> str:
-    if view.state == "AWAIT_ACCEPTANCE":
+    if view.state == S.AWAIT_ACCEPTANCE:
         side = "creator" if user_id == (view.created_by_id or view.buyer_id) else "counterparty"
-        return NEXT_STEP["AWAIT_ACCEPTANCE"][side]
+        return NEXT_STEP[S.AWAIT_ACCEPTANCE][side]
     return NEXT_STEP.get(view.state, {}).get(role, "")
 
 
 def _deadline(view: Any) -> str:
     when: datetime.datetime | None = None
     label = ""
-    if view.state == "AWAIT_ACCEPTANCE":
+    if view.state == S.AWAIT_ACCEPTANCE:
         when, label = view.acceptance_deadline, "Accept by"
-    elif view.state == "AWAIT_FUNDS":
+    elif view.state == S.AWAIT_FUNDS:
         when, label = view.funding_deadline, "Funding deadline"
-    elif view.state == "DELIVERED":
+    elif view.state == S.DELIVERED:
         when, label = view.inspection_deadline, "Inspection ends"
     if when is None:
         return ""

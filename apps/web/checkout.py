@@ -21,6 +21,8 @@ from django.urls import NoReverseMatch, reverse
 from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_GET, require_http_methods
 
+from apps.core.public import amount_display
+from apps.escrow.public import EscrowState as S
 from apps.payments import public as payments
 from apps.projections import public as projections
 
@@ -32,7 +34,7 @@ DEPOSIT_WORDS = {
     "on_hold": "Deposit on hold: the sending wallet is under compliance review",
     "held": "Held in escrow",
 }
-PAID_STATES = {"FUNDS_HELD", "DELIVERED", "RELEASING", "RELEASED", "DISPUTED", "REFUNDING", "REFUNDED"}
+PAID_STATES = {S.FUNDS_HELD, S.DELIVERED, S.RELEASING, S.RELEASED, S.DISPUTED, S.REFUNDING, S.REFUNDED}
 
 
 def deal_page_url(escrow_id: str) -> str:
@@ -43,10 +45,6 @@ def deal_page_url(escrow_id: str) -> str:
         except NoReverseMatch:
             continue
     return f"/deals/{escrow_id}"
-
-
-def _money(amount_minor: int, currency: str) -> str:
-    return f"{amount_minor // 100:,}.{amount_minor % 100:02d} {currency}"
 
 
 def _refused(request: HttpRequest, template: str, status: int, **context: Any) -> HttpResponse:
@@ -93,12 +91,12 @@ def checkout_page(request: HttpRequest, token: str) -> HttpResponse:
         "token": token,
         "view": view,
         "checkout": checkout,
-        "amount": _money(view.amount_minor, view.currency),
+        "amount": amount_display(view.amount_minor, view.currency, grouped=True),
         "deadline": grant.expires_at,
         "deal_url": deal_page_url(grant.escrow_id),
         "status_url": reverse("web:checkout:status", kwargs={"token": token}),
     }
-    if view.state != "AWAIT_FUNDS":
+    if view.state != S.AWAIT_FUNDS:
         status = 200 if request.method != "POST" else 409
         return render(
             request, "web/checkout/closed.html", {**context, "paid": view.state in PAID_STATES}, status=status

@@ -6,22 +6,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-STATE_WORDS = {
-    "AWAIT_ACCEPTANCE": "Waiting for the other party to accept the terms",
-    "AWAIT_FUNDS": "Waiting for the buyer to pay",
-    "FUNDS_HELD": "Paid: the money is held; waiting for the seller to deliver",
-    "DELIVERED": "Delivered: the buyer is inspecting the item",
-    "RELEASING": "Released: paying the seller",
-    "RELEASED": "Completed: the seller has been paid",
-    "CANCELLED": "Cancelled",
-    "REFUNDING": "Refunding the buyer",
-    "REFUNDED": "Refunded to the buyer",
-    "DISPUTED": "In dispute: our team is reviewing it",
+from apps.escrow.public import EscrowState as S
+
+STATE_WORDS: dict[str, str] = {
+    S.AWAIT_ACCEPTANCE: "Waiting for the other party to accept the terms",
+    S.AWAIT_FUNDS: "Waiting for the buyer to pay",
+    S.FUNDS_HELD: "Paid: the money is held; waiting for the seller to deliver",
+    S.DELIVERED: "Delivered: the buyer is inspecting the item",
+    S.RELEASING: "Released: paying the seller",
+    S.RELEASED: "Completed: the seller has been paid",
+    S.CANCELLED: "Cancelled",
+    S.REFUNDING: "Refunding the buyer",
+    S.REFUNDED: "Refunded to the buyer",
+    S.DISPUTED: "In dispute: our team is reviewing it",
 }
 
 # Where each state sits for the "my deals" grouping.
-OPEN_STATES = ("AWAIT_ACCEPTANCE", "AWAIT_FUNDS", "FUNDS_HELD", "DELIVERED", "DISPUTED", "RELEASING", "REFUNDING")
-CLOSED_STATES = ("RELEASED", "REFUNDED", "CANCELLED")
+OPEN_STATES = (S.AWAIT_ACCEPTANCE, S.AWAIT_FUNDS, S.FUNDS_HELD, S.DELIVERED, S.DISPUTED, S.RELEASING, S.REFUNDING)
+CLOSED_STATES = (S.RELEASED, S.REFUNDED, S.CANCELLED)
 
 _EVENT_WORDS = {
     "EscrowCreated": "{actor} opened the deal",

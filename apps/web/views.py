@@ -17,6 +17,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
+from apps.core.public import amount_display
 from apps.escrow import public as escrow
 from apps.escrow.public import (
     CommandResult,
@@ -61,11 +62,6 @@ def _actor(request: HttpRequest) -> Actor:
 
 def _names(*user_ids: int) -> dict[int, str]:
     return dict(get_user_model().objects.filter(pk__in=user_ids).values_list("pk", "username"))
-
-
-def _money(amount_minor: int, currency: str) -> str:
-    whole, cents = divmod(amount_minor, 100)  # every currency we take (ESCROW_CURRENCIES) has two decimals
-    return f"{whole:,}.{cents:02d} {currency}"
 
 
 def _minor(amount: str) -> int:
@@ -184,7 +180,7 @@ def deal_list(request: HttpRequest) -> HttpResponse:
             "view": v,
             "side": deals.party_of(v, _me(request)),
             "other": names.get(v.seller_id if v.buyer_id == _me(request) else v.buyer_id, "?"),
-            "amount": _money(v.amount_minor, v.currency),
+            "amount": amount_display(v.amount_minor, v.currency, grouped=True),
             "state_words": deals.STATE_WORDS.get(v.state, v.state),
             "closed": v.state in deals.CLOSED_STATES,
         }
@@ -241,7 +237,7 @@ def deal_new(request: HttpRequest) -> HttpResponse:
                 elif not low <= amount_minor <= high:
                     form.add_error(
                         "amount",
-                        f"must be between {_money(low, data['currency'])} and {_money(high, data['currency'])}",
+                        f"must be between {amount_display(low, data['currency'], grouped=True)} and {amount_display(high, data['currency'], grouped=True)}",
                     )
                 else:
                     return _create(request, command_id, data, other, amount_minor)
@@ -286,7 +282,7 @@ def available_actions(view: Any, user_id: int) -> list[str]:
     """What this person may do now, in the order the page offers it: the escrow service's own answer
     (`allowed_actions`, read from the rules `dispatch` enforces), plus adding evidence to an open dispute."""
     found = escrow.allowed_actions(view, user_id)
-    if view.state == "DISPUTED" and deals.party_of(view, user_id) is not None:
+    if view.state == escrow.EscrowState.DISPUTED and deals.party_of(view, user_id) is not None:
         found.append("evidence")
     return found
 
@@ -318,9 +314,9 @@ def deal_page(request: HttpRequest, escrow_id: uuid.UUID) -> HttpResponse:
             "names": names,
             "buyer": names.get(view.buyer_id, "?"),
             "seller": names.get(view.seller_id, "?"),
-            "amount": _money(view.amount_minor, view.currency),
-            "paid_to_seller": _money(view.paid_to_seller_minor, view.currency),
-            "refunded": _money(view.refunded_minor, view.currency),
+            "amount": amount_display(view.amount_minor, view.currency, grouped=True),
+            "paid_to_seller": amount_display(view.paid_to_seller_minor, view.currency, grouped=True),
+            "refunded": amount_display(view.refunded_minor, view.currency, grouped=True),
             "state_words": (
                 "Waiting for you to accept the terms"
                 if "accept" in actions
@@ -420,7 +416,8 @@ def cancel(request: HttpRequest, view: Any, command_id: uuid.UUID) -> CommandRes
         command_id=command_id,
     )
     messages.success(
-        request, "Cancelled." if result.state == "CANCELLED" else "Cancelled: the buyer is being refunded."
+        request,
+        "Cancelled." if result.state == escrow.EscrowState.CANCELLED else "Cancelled: the buyer is being refunded.",
     )
     return result
 

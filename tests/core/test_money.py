@@ -59,3 +59,12 @@ def test_only_strings_are_amounts(value: object) -> None:
 @pytest.mark.parametrize(("value", "minor"), [("149.99", 14999), ("149.9", 14990), ("0", 0), ("7", 700)])
 def test_decimal_strings_become_minor_units(value: str, minor: int) -> None:
     assert decimal_string_to_minor(value, currency="USD") == minor
+
+
+def test_pages_group_thousands_in_any_exponent() -> None:
+    # the web app's pages show "1,234.56 USD"; Discord and DMs show the plain form
+    assert amount_display(123456, "USD", grouped=True) == "1,234.56 USD"
+    assert amount_display(5, "USD", grouped=True) == "0.05 USD"
+    assert amount_display(1234567, "JPY", grouped=True) == "1,234,567 JPY"
+    assert amount_display(1234567, "KWD", grouped=True) == "1,234.567 KWD"
+    assert amount_display(123456, "USD") == "1234.56 USD"
