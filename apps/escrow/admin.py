@@ -197,7 +197,7 @@ def _upload_evidence(request: HttpRequest, escrow: Escrow, data: dict[str, Any])
     return True
 
 
-def _evidence_download(request: HttpRequest, escrow_id: uuid.UUID, evidence_id: uuid.UUID) -> HttpResponse:
+def _evidence_download(request: HttpRequest, escrow_id: uuid.UUID, evidence_id: uuid.UUID) -> FileResponse:
     """Staff only, always as a download: never rendered by the browser, whatever the bytes are."""
     if not request.user.has_perm("escrow.view_escrow"):
         raise PermissionDenied
@@ -213,13 +213,18 @@ def _evidence_download(request: HttpRequest, escrow_id: uuid.UUID, evidence_id: 
     return response
 
 
+def _staff_actor(request: HttpRequest) -> Actor:
+    # The admin's views are for signed-in staff only (admin_view): a request without a user never gets here.
+    if request.user.pk is None:
+        raise PermissionDenied
+    return Actor(kind=ActorKind.STAFF, user_id=request.user.pk)
+
+
 def _ops_command(request: HttpRequest, escrow: Escrow, name: str, reason: str) -> bool:
     action = OPS_ACTIONS[name]
     # Deterministic from the escrow's version: a double-click or a resubmitted form is one command.
     command_id = deterministic_id(escrow.pk, escrow.version, f"admin-{name}")
-    command = action.command(
-        escrow_id=str(escrow.pk), actor=Actor(kind=ActorKind.STAFF, user_id=request.user.pk), reason=reason
-    )
+    command = action.command(escrow_id=str(escrow.pk), actor=_staff_actor(request), reason=reason)
     try:
         with transaction.atomic():
             result = dispatch(command, command_id=command_id)
@@ -314,7 +319,7 @@ def _resolve(request: HttpRequest, escrow: Escrow, data: dict[str, Any]) -> bool
     )
     command = escrow_v1.ResolveDispute(
         escrow_id=str(escrow.pk),
-        actor=Actor(kind=ActorKind.STAFF, user_id=request.user.pk),
+        actor=_staff_actor(request),
         outcome=OUTCOMES[data["outcome"]],
         seller_amount=seller_amount,
         note=data["reason"].strip()[:1000],

@@ -45,8 +45,8 @@ def fire_due_timers(*, limit: int = 500) -> int:
         state=EscrowState.DELIVERED, inspection_deadline__lte=now, on_hold_since__isnull=True
     ).exclude(attention=COMPLIANCE_HOLD)
     for escrow_id, version in lapsed.values_list("id", "version")[:limit]:
-        command = escrow_v1.ReleaseFunds(escrow_id=str(escrow_id), actor=TIMER)
-        fired += _fire(command, deterministic_id(escrow_id, version, "inspection-lapsed"))
+        release = escrow_v1.ReleaseFunds(escrow_id=str(escrow_id), actor=TIMER)
+        fired += _fire(release, deterministic_id(escrow_id, version, "inspection-lapsed"))
     return fired
 
 

@@ -367,7 +367,8 @@ def deliver_after_commit(notification_ids: list[int]) -> None:
     pending: list[int] = getattr(_after_commit, "ids", None) or []
     pending.extend(notification_ids)
     _after_commit.ids = pending
-    if any(func is _deliver_robustly for _, func, _ in connection.run_on_commit):
+    # Each entry is (savepoint ids, function, robust).
+    if any(entry[1] is _deliver_robustly for entry in connection.run_on_commit):
         return
     transaction.on_commit(_deliver_robustly)
 

@@ -1,8 +1,11 @@
-"""Request-scoped tracing context that every message written during the request carries."""
+"""Request-scoped tracing context that every message written during the request carries, and the log
+filter that puts it on every log line (settings.LOGGING names it: logging is configured before the app
+registry is ready, and this module loads no models)."""
 
 from __future__ import annotations
 
 import contextvars
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -94,3 +97,15 @@ def handling(delivery: Any, name: str) -> Iterator[TraceContext]:
 
 def new_correlation_id() -> str:
     return str(uuid.uuid4())
+
+
+class ContextFilter(logging.Filter):
+    """Adds the request's (or the handled message's) correlation id and trace to every log line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        trace = current()
+        if trace.correlation_id and not hasattr(record, "correlation_id"):
+            record.correlation_id = trace.correlation_id
+        if trace.traceparent and not hasattr(record, "traceparent"):
+            record.traceparent = trace.traceparent
+        return True

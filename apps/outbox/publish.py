@@ -55,7 +55,8 @@ def outbox_append(
 def _wake_subscribers_on_commit() -> None:
     """Once per transaction: NOTIFY other processes (delivered by PostgreSQL at commit), and wake this
     process's bus after commit (what runs then is the bus's to register: apps.outbox.wakeup)."""
-    if any(func is wakeup.after_commit for _, func, _ in connection.run_on_commit):
+    # Each entry is (savepoint ids, function, robust).
+    if any(entry[1] is wakeup.after_commit for entry in connection.run_on_commit):
         return
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:

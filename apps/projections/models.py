@@ -43,6 +43,9 @@ class EscrowViewFields(models.Model):
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
 
+    # Declared here so code that writes either colour (`Tables`) can use it; each colour has its own.
+    objects = models.Manager()
+
     class Meta:
         abstract = True
 
@@ -59,6 +62,9 @@ class TimelineFields(models.Model):
     actor_kind = models.CharField(max_length=20, blank=True)
     actor_id = models.BigIntegerField(null=True)
     data = models.JSONField()
+
+    # Declared here so code that writes either colour (`Tables`) can use it; each colour has its own.
+    objects = models.Manager()
 
     class Meta:
         abstract = True
@@ -79,6 +85,9 @@ class DailyFigureFields(models.Model):
     held_count = models.PositiveIntegerField(default=0)
     released_count = models.PositiveIntegerField(default=0)
     refunded_count = models.PositiveIntegerField(default=0)
+
+    # Declared here so code that writes either colour (`Tables`) can use it; each colour has its own.
+    objects = models.Manager()
 
     class Meta:
         abstract = True

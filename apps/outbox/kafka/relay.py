@@ -120,7 +120,7 @@ def _fetch_postgresql(*, limit: int, after: tuple[int, int] | None) -> list[tupl
 
 
 def _records_postgresql(rows: Iterable[tuple[Any, ...]], *, encode_value: ValueEncoder | None) -> list[RelayRecord]:
-    records = []
+    records: list[RelayRecord] = []
     append = records.append
     for (
         id_,
