@@ -82,8 +82,17 @@ def _count_daily(delivery: Delivery, tables: Tables, amount: Money | None, kind:
     )
 
 
+def _amount(money: Money | None) -> Money:
+    """An amount the escrow always sets on this event; a message without it is refused like any other
+    malformed one (the handler fails, so the bus retries it and then dead-letters it)."""
+    if money is None:
+        raise ValueError("the event carries no amount")
+    return money
+
+
 def on_created(event: escrow_v1.EscrowCreated, delivery: Delivery, tables: Tables) -> None:
     text = _text(event, delivery)
+    amount = _amount(event.amount)
     tables.view.objects.create(
         escrow_id=event.escrow_id,
         buyer_id=event.buyer_id,
@@ -91,8 +100,8 @@ def on_created(event: escrow_v1.EscrowCreated, delivery: Delivery, tables: Table
         # Events from before two-sided deals name no creator: the buyer created those, already accepted.
         created_by_id=event.created_by_id or event.buyer_id,
         state=event.state or ("AWAIT_ACCEPTANCE" if event.created_by_id else "AWAIT_FUNDS"),
-        amount_minor=event.amount.amount_minor,
-        currency=event.amount.currency,
+        amount_minor=amount.amount_minor,
+        currency=amount.currency,
         description=text.get("description", "")[:500],
         inspection_period_hours=event.inspection_period_hours,
         funding_deadline=event.funding_deadline,
@@ -162,8 +171,9 @@ def on_dispute_resolved(event: escrow_v1.EscrowDisputeResolved, delivery: Delive
 
 def on_released(event: escrow_v1.EscrowReleased, delivery: Delivery, tables: Tables) -> None:
     view = tables.view.objects.select_for_update().get(escrow_id=delivery.aggregate_id)
-    view.paid_to_seller_minor += event.paid_to_seller.amount_minor
-    view.fee_minor += event.fee.amount_minor
+    paid, fee = _amount(event.paid_to_seller), _amount(event.fee)
+    view.paid_to_seller_minor += paid.amount_minor
+    view.fee_minor += fee.amount_minor
     view.payout_pending = False
     _update(
         delivery,
@@ -174,16 +184,14 @@ def on_released(event: escrow_v1.EscrowReleased, delivery: Delivery, tables: Tab
         state=event.state or _legacy_settled_state(view),
         attention="",
     )
-    gross = Money(
-        amount_minor=event.paid_to_seller.amount_minor + event.fee.amount_minor, currency=event.paid_to_seller.currency
-    )
+    gross = Money(amount_minor=paid.amount_minor + fee.amount_minor, currency=paid.currency)
     _count_daily(delivery, tables, gross, "released")
     _timeline(event, delivery, tables)
 
 
 def on_refunded(event: escrow_v1.EscrowRefunded, delivery: Delivery, tables: Tables) -> None:
     view = tables.view.objects.select_for_update().get(escrow_id=delivery.aggregate_id)
-    view.refunded_minor += event.amount.amount_minor
+    view.refunded_minor += _amount(event.amount).amount_minor
     view.refund_pending = False
     _update(
         delivery,
