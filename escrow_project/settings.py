@@ -185,13 +185,20 @@ warnings.filterwarnings("ignore", message="No directory at", module="whitenoise.
 
 # --- Auth: django-allauth headless with its JWT token strategy -------------------------------------
 HEADLESS_ONLY = True
-HEADLESS_TOKEN_STRATEGY = "allauth.headless.tokens.strategies.jwt.JWTTokenStrategy"
+# allauth's JWT strategy plus the claims the API reads instead of the database (apps/gateway/tokens.py).
+HEADLESS_TOKEN_STRATEGY = "apps.gateway.tokens.TokenStrategy"
 # HS256 with SECRET_KEY unless an RSA private key is configured (then RS256).
 HEADLESS_JWT_PRIVATE_KEY = os.environ.get("JWT_PRIVATE_KEY", "")
 HEADLESS_JWT_ALGORITHM = "RS256" if HEADLESS_JWT_PRIVATE_KEY else "HS256"
-HEADLESS_JWT_ACCESS_TOKEN_EXPIRES_IN = env_int("JWT_ACCESS_TOKEN_EXPIRES_IN", 3600)
-# Stateful: a token dies with its session, and a deactivated user's token stops working at once.
+# Short-lived access tokens (clients refresh them through /_allauth/app/v1/tokens/refresh).
+HEADLESS_JWT_ACCESS_TOKEN_EXPIRES_IN = env_int("JWT_ACCESS_TOKEN_EXPIRES_IN", 900)
+# allauth's own endpoints (refresh, sign-out) check a token against its session. The API does not read the
+# session: it verifies the token and asks the shared cache whether the session or the user was revoked
+# (apps/gateway/revocation.py), so sign-out and deactivation still end a token at once.
 HEADLESS_JWT_STATEFUL_VALIDATION_ENABLED = True
+# How long a revocation is remembered; a token that lives longer than this is refused outright (minted
+# tokens for scripts and the demo included: `mint_token --expires-in`, `seed_demo` mints for 7 days).
+AUTH_TOKEN_MAX_LIFETIME_SECONDS = env_int("AUTH_TOKEN_MAX_LIFETIME_SECONDS", 8 * 86400)
 # Headless flows that end in a browser (Discord sign-in) come back to the web app's pages.
 HEADLESS_FRONTEND_URLS: dict[str, str] = {"socialaccount_login_error": "/signin/"}
 ACCOUNT_LOGIN_METHODS = {"username"}

@@ -7,4 +7,7 @@ class GatewayConfig(AppConfig):
     verbose_name = "API gateway"
 
     def ready(self) -> None:
-        from apps.gateway import checks  # noqa: F401 - registers the deploy check
+        from apps.gateway import checks, signals
+
+        del checks  # imported for its deploy check, registered on import
+        signals.connect()

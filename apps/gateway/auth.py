@@ -1,32 +1,111 @@
-"""Bearer JWT authentication (django-allauth headless JWT strategy) and the caller's roles."""
+"""Bearer JWT authentication (django-allauth's headless JWT tokens) and the caller's roles.
+
+A request's token is checked with no database query: the signature and the claims (expiry, token use,
+subject, session), then the revocations in the shared cache (apps/gateway/revocation.py). The caller is
+a `TokenUser`: its id and its escrow-staff standing come from the token; any other attribute loads the
+user row on first use (the few views that need it pay for it, the read path does not).
+
+allauth's own endpoints (`/_allauth/...`: refresh, sign-out) still validate tokens against their session.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from allauth.headless.contrib.rest_framework.authentication import JWTTokenAuthentication
+from allauth.headless.tokens.strategies.jwt import internal
+from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
+from django.utils.functional import SimpleLazyObject
 from rest_framework.exceptions import AuthenticationFailed
 
+from apps.gateway import revocation
+from apps.gateway.problems import Problem
+
 STAFF_GROUPS = ("dispute_agent", "ops")
+# Claims this project adds to the access tokens it issues (apps/gateway/tokens.py).
+STAFF_CLAIM = "escrow_staff"
+ISSUED_US_CLAIM = "iat_us"
+
+log = logging.getLogger(__name__)
+
+
+class TokenUser(SimpleLazyObject):
+    """The authenticated caller as the token describes it. `pk`, `is_authenticated`, `is_active` and the
+    escrow-staff standing need no query; anything else loads the user row once."""
+
+    def __init__(self, pk: int, *, escrow_staff: bool | None) -> None:
+        model = get_user_model()
+        super().__init__(lambda: model._default_manager.get(pk=pk))
+        self.__dict__["_token_pk"] = pk
+        self.__dict__["_token_staff"] = escrow_staff
+
+    @property
+    def pk(self) -> int:
+        return int(self.__dict__["_token_pk"])
+
+    @property
+    def id(self) -> int:
+        return int(self.__dict__["_token_pk"])
+
+    @property
+    def escrow_staff(self) -> bool | None:
+        return self.__dict__["_token_staff"]
+
+    # A revoked or deactivated user's token never gets this far.
+    is_authenticated = True
+    is_anonymous = False
+    is_active = True
+
+    def __bool__(self) -> bool:
+        return True
 
 
 class BearerJWTAuthentication(JWTTokenAuthentication):
-    """allauth's JWT authentication (signature, expiry, token use and, statefully, the session), plus a
-    refusal of deactivated users even for a token minted before they were deactivated."""
+    """Stateless validation of allauth's access tokens, with revocation from the shared cache."""
 
     def authenticate_credentials(self, key: str) -> tuple[Any, Any]:
-        user, payload = super().authenticate_credentials(key)
-        if not getattr(user, "is_active", False):
+        payload = internal.decode_token(key, "access")  # signature, exp, token_use, jti/sub/sid present
+        if payload is None:
             raise AuthenticationFailed("Invalid token.")
-        return user, payload
+        try:
+            user_pk = int(payload["sub"])
+            issued_at = int(payload["iat"])
+            lifetime = int(payload["exp"]) - issued_at
+        except (KeyError, TypeError, ValueError):
+            raise AuthenticationFailed("Invalid token.") from None
+        if lifetime > settings.AUTH_TOKEN_MAX_LIFETIME_SECONDS:
+            # Longer than a revocation is remembered: it could outlive its own revocation.
+            raise AuthenticationFailed("Invalid token.")
+        session_key = internal.session_key_from_sid(payload["sid"])
+        if not session_key:
+            raise AuthenticationFailed("Invalid token.")
+        issued_us = payload.get(ISSUED_US_CLAIM)
+        if not isinstance(issued_us, int):
+            # Issued without the precise time: as if at the end of its second, so a revocation in that
+            # second covers it.
+            issued_us = issued_at * 1_000_000 + 999_999
+        try:
+            revoked = revocation.is_revoked(user_id=user_pk, session_key=session_key, issued_us=issued_us)
+        except Exception as exc:  # noqa: BLE001 - fail closed, never fall back to a database query
+            log.error("token revocation check failed", extra={"error": type(exc).__name__})
+            raise Problem(503, "auth_unavailable", "sign-in cannot be checked right now; retry shortly") from None
+        if revoked:
+            raise AuthenticationFailed("Invalid token.")
+        staff = payload.get(STAFF_CLAIM)
+        return TokenUser(user_pk, escrow_staff=staff if isinstance(staff, bool) else None), payload
 
     def authenticate_header(self, request: Any) -> str:
         return 'Bearer realm="api"'
 
 
 def is_staff_member(user: AbstractBaseUser) -> bool:
-    """Staff for escrow purposes: a Django staff user in the dispute_agent or ops group."""
+    """Staff for escrow purposes: a Django staff user in the dispute_agent or ops group. For a caller
+    authenticated by token, the token says (a change of either revokes the user's tokens)."""
+    if isinstance(user, TokenUser) and user.escrow_staff is not None:
+        return user.escrow_staff
     if not getattr(user, "is_staff", False):
         return False
     return user.groups.filter(name__in=STAFF_GROUPS).exists()

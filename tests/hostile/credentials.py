@@ -43,7 +43,9 @@ def tampered_token(user: Any, *, as_user: Any) -> str:
 
 
 def deactivated_user_token(user: Any) -> str:
-    """Minted while the user was active; the user is deactivated afterwards."""
+    """Minted while the user was active; the user is deactivated afterwards, through the model as the admin
+    and allauth do (a bulk update sends no signal, so it would not revoke the user's tokens)."""
     token = mint_access_token(user)
-    type(user).objects.filter(pk=user.pk).update(is_active=False)
+    user.is_active = False
+    user.save(update_fields=["is_active"])
     return token

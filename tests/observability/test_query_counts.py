@@ -45,9 +45,9 @@ def funded(api_client, buyer, seller):
 
 def test_get_escrow_reads_user_generation_and_view(funded, django_assert_num_queries):
     as_buyer, _, escrow_id = funded
-    # The bearer token (allauth's JWT) names a session, read so that a logout revokes the token; then
-    # the user, the active projection generation, the escrow view.
-    with django_assert_num_queries(4):
+    # Authentication reads no table (the token, then revocations from the shared cache); the active
+    # projection generation, the escrow view.
+    with django_assert_num_queries(2):
         assert as_buyer.get(f"/api/v1/escrows/{escrow_id}").status_code == 200
 
 
@@ -55,12 +55,12 @@ def test_list_is_one_page_query_whatever_the_number_of_escrows(api_client, buyer
     as_buyer = api_client(buyer)
     for _ in range(3):
         create_escrow(as_buyer, seller=seller)
-    # session, user, generation, count, page, and ONE read of the payment instructions of the page's
-    # escrows awaiting funds (it was one per escrow)
-    with django_assert_num_queries(6):
+    # generation, count, page, and ONE read of the payment instructions of the page's escrows awaiting
+    # funds (it was one per escrow); authentication reads no table
+    with django_assert_num_queries(4):
         assert len(as_buyer.get("/api/v1/escrows").json()["results"]) == 3
     create_escrow(as_buyer, seller=seller)
-    with django_assert_num_queries(6):
+    with django_assert_num_queries(4):
         results = as_buyer.get("/api/v1/escrows").json()["results"]
     assert len(results) == 4
     assert all(r["state"] == "AWAIT_FUNDS" and r["payment"]["provider"] == "sandbox" for r in results)
@@ -79,9 +79,9 @@ def test_deliver_runs_one_transaction_of_nine_statements(funded, settings):
     assert len(inside) == len(DELIVER_TRANSACTION), "\n".join(inside)
     for statement, expected in zip(inside, DELIVER_TRANSACTION, strict=True):
         assert expected in statement, (expected, statement)
-    # One transaction per command, and before it only the caller's authentication (session, user).
+    # One transaction per command, and nothing before it: authentication reads no table.
     assert sql.count("BEGIN") == 1
-    assert begin == 2
+    assert begin == 0
 
 
 def test_notifying_both_parties_of_an_event_is_one_read_and_one_insert(funded, settings):

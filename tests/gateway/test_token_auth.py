@@ -1,0 +1,172 @@
+"""Authentication reads no table: the token's signature and claims, then one read of the shared cache for
+revocations (Redis here, as in production). Sign-out and deactivation still end a token within its life,
+and a cache that cannot be read refuses the request rather than falling back to the database."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import jwt
+import pytest
+from allauth.headless.tokens.strategies.jwt import internal
+from django.contrib.auth.models import Group
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+
+from apps.gateway.tokens import mint_access_token
+from tests.factories import UserFactory
+from tests.helpers import create_escrow
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+AUTH_TABLES = ("django_session", "auth_user", "usersessions", "escrow_cache", "auth_group")
+
+
+def _redis_up() -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture
+def redis_cache(settings: Any) -> Iterator[str]:
+    if not _redis_up():
+        pytest.skip("needs Redis on 127.0.0.1:6379 (.ci/run starts it)")
+    prefix = f"escrow-test-{uuid.uuid4().hex[:12]}"
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": prefix,
+        }
+    }
+    yield prefix
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter(f"{prefix}:*"):
+        client.delete(key)
+
+
+def _get(token: str, path: str = "/api/v1/escrows") -> Any:
+    return Client().get(path, HTTP_AUTHORIZATION=f"Bearer {token}")
+
+
+def test_an_authenticated_get_reads_no_auth_table(redis_cache, api_client, buyer, seller):
+    escrow_id = create_escrow(api_client(buyer), seller=seller)["escrow_id"]
+    token = mint_access_token(buyer)
+    with CaptureQueriesContext(connection) as captured:
+        response = _get(token, f"/api/v1/escrows/{escrow_id}")
+    assert response.status_code == 200, response.content
+    sql = [q["sql"] for q in captured.captured_queries]
+    assert not [s for s in sql if any(table in s for table in AUTH_TABLES)], sql
+    # every query is the read's own: the escrow's view, and the buyer's payment instructions
+    assert all("projections_" in s or "payments_" in s for s in sql), sql
+
+
+def test_a_staff_members_get_reads_no_auth_table_either(redis_cache, api_client, buyer, seller, staff):
+    escrow_id = create_escrow(api_client(buyer), seller=seller)["escrow_id"]
+    token = mint_access_token(staff)
+    with CaptureQueriesContext(connection) as captured:
+        response = _get(token, f"/api/v1/escrows/{escrow_id}")
+    assert response.status_code == 200, response.content
+    assert response.json()["actions"] == ["cancel"]  # staff may cancel a deal awaiting funds
+    sql = [q["sql"] for q in captured.captured_queries]
+    assert not [s for s in sql if any(table in s for table in AUTH_TABLES)], sql
+
+
+def test_sign_out_through_allauth_ends_the_token_at_once(redis_cache, transactional_db):
+    person = UserFactory(username="app_user")
+    person.set_password("a long enough password 42")
+    person.save()
+    login = Client().post(
+        "/_allauth/app/v1/auth/login",
+        {"username": "app_user", "password": "a long enough password 42"},
+        content_type="application/json",
+    )
+    assert login.status_code == 200, login.content
+    access = login.json()["meta"]["access_token"]
+    assert _get(access).status_code == 200
+    other = mint_access_token(person)  # another session of the same person
+
+    out = Client().delete("/_allauth/app/v1/auth/session", HTTP_AUTHORIZATION=f"Bearer {access}")
+    assert out.status_code == 401, out.content  # allauth's answer to a completed sign-out
+
+    assert _get(access).status_code == 401
+    assert _get(other).status_code == 200  # only that session ended
+
+
+def test_deactivation_ends_every_token_and_reactivation_lets_new_ones_work(redis_cache, transactional_db):
+    person = UserFactory(username="leaving")
+    tokens = [mint_access_token(person) for _ in range(2)]
+    assert all(_get(t).status_code == 200 for t in tokens)
+    person.is_active = False
+    person.save()
+    assert [_get(t).status_code for t in tokens] == [401, 401]
+    person.is_active = True
+    person.save()
+    assert [_get(t).status_code for t in tokens] == [401, 401]  # still revoked: issued before
+    assert _get(mint_access_token(person)).status_code == 200
+
+
+def test_leaving_the_staff_groups_ends_the_staff_token(redis_cache, transactional_db, staff):
+    token = mint_access_token(staff)
+    assert _get(token).status_code == 200
+    staff.groups.remove(Group.objects.get(name="ops"))
+    assert _get(token).status_code == 401
+    assert _get(mint_access_token(staff)).status_code == 200
+
+
+def test_a_password_change_ends_earlier_tokens(redis_cache, transactional_db):
+    person = UserFactory()
+    token = mint_access_token(person)
+    person.set_password("a new long enough password 42")
+    person.save()
+    assert _get(token).status_code == 401
+
+
+def test_a_token_that_outlives_the_revocation_memory_is_refused(redis_cache, settings, transactional_db):
+    person = UserFactory()
+    settings.AUTH_TOKEN_MAX_LIFETIME_SECONDS = 600
+    assert _get(mint_access_token(person, expires_in=600)).status_code == 200
+    assert _get(mint_access_token(person, expires_in=601)).status_code == 401
+
+
+def test_a_token_without_a_session_id_that_decrypts_is_refused(redis_cache, transactional_db):
+    person = UserFactory()
+    real = mint_access_token(person)
+    config = internal._get_jwt_config()
+    payload = jwt.decode(real, options={"verify_signature": False})
+    forged = jwt.encode({**payload, "sid": "bm90IGEgc2Vzc2lvbg=="[:8]}, config.signing_key, algorithm=config.algorithm)
+    assert _get(forged).status_code == 401
+
+
+def test_an_unreadable_cache_refuses_the_request_and_reads_no_table(settings, transactional_db):
+    person = UserFactory()
+    token = mint_access_token(person)
+    # Nothing listens on port 9 of the loopback: every cache read fails at once.
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:9/0"}
+    }
+    with CaptureQueriesContext(connection) as captured:
+        response = _get(token)
+    assert response.status_code == 503, response.content
+    assert response.json()["code"] == "auth_unavailable"
+    assert response["Retry-After"]
+    assert captured.captured_queries == []
+
+
+def test_expiry_is_still_checked(redis_cache, transactional_db):
+    person = UserFactory()
+    real = mint_access_token(person)
+    config = internal._get_jwt_config()
+    payload = jwt.decode(real, options={"verify_signature": False})
+    past = int((datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=1)).timestamp())
+    expired = jwt.encode({**payload, "exp": past}, config.signing_key, algorithm=config.algorithm)
+    assert _get(expired).status_code == 401
