@@ -4,9 +4,14 @@
 - same key, another body: 422;
 - same key while the first request is still running: 409.
 
-The command id is derived from the caller and the key, so a retried command cannot take effect twice:
-the escrow service dedupes on the command id. A request that fails unexpectedly (5xx) leaves its record
-as `retry`, so the same request takes the key again with the same command id.
+The record is written in the command's own transaction (one transaction per keyed command): the key's
+lock (a transaction-level advisory lock on PostgreSQL, tried: a second request with the key while the
+first runs is 409 at once), the read of an earlier record, the command, and the record of the answer.
+So an answer is remembered exactly when the command committed. The command id is derived from the caller
+and the key, so a retried command cannot take effect twice: the escrow service dedupes on the command
+id. A request that fails unexpectedly (5xx) rolls back with its command and leaves no record, so the same
+request takes the key again with the same command id. (Records written `in_flight` or `retry` by an
+earlier version, which committed the record in a transaction of its own, are still honoured.)
 
 Records expire IDEMPOTENCY_KEY_TTL_HOURS (24) after the first request, like Stripe's keys: the bus
 worker's tick purges them (`idempotency_records_purge`), and a key met again after that, purged or not
@@ -28,7 +33,7 @@ import uuid
 from collections.abc import Callable
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -92,6 +97,8 @@ def _fingerprint(request: Request, raw_body: bytes) -> str:
 
 
 def run_idempotent(request: Request, raw_body: bytes, mutate: Callable[[uuid.UUID], Response]) -> Response:
+    """Runs `mutate` under the request's Idempotency-Key, in ONE transaction with the command: the key's
+    lock, its record, the command and the record of the answer commit together or not at all."""
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return _answer(mutate, uuid.uuid4())
@@ -100,69 +107,80 @@ def run_idempotent(request: Request, raw_body: bytes, mutate: Callable[[uuid.UUI
             400, "invalid_idempotency_key", f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters"
         )
     fingerprint = _fingerprint(request, raw_body)
-    record = _take_key(request, key, fingerprint)
-    if isinstance(record, Response):
-        return record
-    try:
-        response = _answer(mutate, record.command_id or _command_id(request.user.pk, key))
-    except BaseException:
-        # Unexpected failure: the key may be taken again by the same request, with the same command id.
-        IdempotencyRecord.objects.filter(pk=record.pk).update(status=IdempotencyRecord.Status.RETRY)
-        raise
-    if response.status_code >= 400 and response.status_code not in REMEMBERED_REFUSALS:
-        record.delete()
-        return response
-    record.status = IdempotencyRecord.Status.DONE
-    record.response_status = response.status_code
-    record.response_body = response.data
-    record.response_location = response.get("Location", "")
-    record.save(update_fields=["status", "response_status", "response_body", "response_location"])
-    return response
-
-
-def _take_key(request: Request, key: str, fingerprint: str) -> IdempotencyRecord | Response:
-    """The record this request runs under (new, expired and renewed, or left for a retry), or the replay
-    of the first response. Raises the 409 / 422 problems."""
+    user_id = request.user.pk
     for _ in range(3):
         try:
             with transaction.atomic():
-                return IdempotencyRecord.objects.create(
-                    user=request.user, key=key, fingerprint=fingerprint, command_id=_command_id(request.user.pk, key)
-                )
+                return _run_once(user_id, key, fingerprint, mutate)
         except IntegrityError:
-            pass
-        existing = IdempotencyRecord.objects.filter(user=request.user, key=key).first()
-        if existing is None:
-            # The first request was just refused as invalid and forgot its key: it was in flight a moment ago.
-            raise Problem(
-                409, "idempotency_key_in_flight", "a request with this Idempotency-Key is still being processed"
-            )
-        if existing.created_at < _expiry_cutoff():
-            # Expired but not purged yet: the key is free again, for a new request.
-            IdempotencyRecord.objects.filter(pk=existing.pk, created_at=existing.created_at).delete()
+            # Another request with this key committed its record first (without the key's lock: SQLite, or
+            # it committed between our lock and our read): look again, it is a replay now.
             continue
+    raise Problem(409, "idempotency_key_in_flight", "a request with this Idempotency-Key is still being processed")
+
+
+def _in_flight() -> Problem:
+    return Problem(409, "idempotency_key_in_flight", "a request with this Idempotency-Key is still being processed")
+
+
+def _lock_key(user_id: object, key: str) -> bool:
+    """The key's lock for this transaction (PostgreSQL: a transaction-level advisory lock, tried, not
+    waited for): held while the first request runs, so a second one is told 409 at once. SQLite has one
+    writer at a time, so a second request waits for the first to commit and then replays it."""
+    if connection.vendor != "postgresql":
+        return True
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))", [f"idempotency:{user_id}:{key}"])
+        row = cursor.fetchone()
+    return bool(row and row[0])
+
+
+def _run_once(user_id: object, key: str, fingerprint: str, mutate: Callable[[uuid.UUID], Response]) -> Response:
+    if not _lock_key(user_id, key):
+        raise _in_flight()
+    existing = IdempotencyRecord.objects.filter(user_id=user_id, key=key).first()
+    if existing is not None and existing.created_at < _expiry_cutoff():
+        # Expired but not purged yet: the key is free again, for a new request.
+        existing.delete()
+        existing = None
+    if existing is not None:
         if existing.fingerprint != fingerprint:
             raise Problem(422, "idempotency_key_reused", "this Idempotency-Key was used with another request")
-        if existing.status == IdempotencyRecord.Status.RETRY:
-            if IdempotencyRecord.objects.filter(pk=existing.pk, status=IdempotencyRecord.Status.RETRY).update(
-                status=IdempotencyRecord.Status.IN_FLIGHT
-            ):
-                return existing
-            raise Problem(
-                409, "idempotency_key_in_flight", "a request with this Idempotency-Key is still being processed"
-            )
         if existing.status == IdempotencyRecord.Status.IN_FLIGHT:
-            raise Problem(
-                409, "idempotency_key_in_flight", "a request with this Idempotency-Key is still being processed"
-            )
-        replay = Response(existing.response_body, status=existing.response_status)
-        if existing.response_status and existing.response_status >= 400:
-            replay.content_type = "application/problem+json"
-        if existing.response_location:
-            replay["Location"] = existing.response_location
-        replay["Idempotent-Replayed"] = "true"
-        return replay
-    raise Problem(409, "idempotency_key_in_flight", "a request with this Idempotency-Key is still being processed")
+            # A record written by an earlier version, which committed it before running the command.
+            raise _in_flight()
+        if existing.status == IdempotencyRecord.Status.DONE:
+            return _replay(existing)
+    command_id = existing.command_id if existing is not None and existing.command_id else _command_id(user_id, key)
+    response = _answer(mutate, command_id)
+    if response.status_code >= 400 and response.status_code not in REMEMBERED_REFUSALS:
+        # Refused as invalid: nothing was decided, the key is forgotten (a retry may fix the body).
+        if existing is not None:
+            existing.delete()
+        return response
+    answer = {
+        "status": IdempotencyRecord.Status.DONE,
+        "response_status": response.status_code,
+        "response_body": response.data,
+        "response_location": response.get("Location", ""),
+    }
+    if existing is not None:
+        IdempotencyRecord.objects.filter(pk=existing.pk).update(**answer)
+    else:
+        IdempotencyRecord.objects.create(
+            user_id=user_id, key=key, fingerprint=fingerprint, command_id=command_id, **answer
+        )
+    return response
+
+
+def _replay(existing: IdempotencyRecord) -> Response:
+    replay = Response(existing.response_body, status=existing.response_status)
+    if existing.response_status and existing.response_status >= 400:
+        replay.content_type = "application/problem+json"
+    if existing.response_location:
+        replay["Location"] = existing.response_location
+    replay["Idempotent-Replayed"] = "true"
+    return replay
 
 
 def _answer(mutate: Callable[[uuid.UUID], Response], command_id: uuid.UUID) -> Response:

@@ -38,6 +38,8 @@ WHY = {
     403: "the caller may not do this (not their side of the escrow, or staff only)",
     404: "no such resource for this caller (another user's escrow is 404 too)",
     409: "refused by the escrow's current state (`state`), or the Idempotency-Key is still in flight",
+    412: "`version_not_reached`: the read model has not reached `min_version` yet (`Retry-After`; or send "
+    "`Prefer: wait=N`)",
     413: "the request body is too large",
     415: "the body is not in a media type this operation accepts",
     422: "the Idempotency-Key was already used with another request",
@@ -157,6 +159,8 @@ def _statuses(path: str, method: str, operation: dict[str, Any], global_security
             statuses.add(422)  # the Idempotency-Key reused with another body
     if has_body:
         statuses |= {413, 415}
+    if any(p.get("in") == "query" and p.get("name") == "min_version" for p in parameters):
+        statuses.add(412)
     return statuses
 
 

@@ -184,7 +184,9 @@ class ResolveInput(StrictSerializer):
 class CommandAccepted(serializers.Serializer):
     command_id = serializers.UUIDField()
     escrow_id = serializers.UUIDField()
+    # The escrow as the command's own transaction left it: no read of the read model needed.
     state = serializers.CharField()
+    version = serializers.IntegerField()
     duplicate = serializers.BooleanField()
     links = serializers.DictField(child=serializers.CharField())
 

@@ -3,6 +3,8 @@ escrow service's dispatch, answer. Reads come from the projections."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import sys
 import uuid
@@ -14,7 +16,7 @@ from django.db import connection, transaction
 from django.http import HttpRequest, JsonResponse
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers as drf_serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -24,9 +26,10 @@ from rest_framework.views import APIView
 from apps.core.public import audit_record
 from apps.escrow.public import CommandResult, allowed_actions, dispatch
 from apps.gateway import serializers as io
+from apps.gateway import waiting
 from apps.gateway.auth import is_staff_member
 from apps.gateway.idempotency import run_idempotent
-from apps.gateway.problems import CONTENT_TYPE, Problem, database_unavailable, problem_body
+from apps.gateway.problems import CONTENT_TYPE, Problem, database_unavailable, problem_body, problem_response
 from apps.notifications import public as notifications
 from apps.outbox import public as bus
 from apps.payments import public as payments
@@ -59,13 +62,43 @@ def _links(request: Request, escrow_id: uuid.UUID | str) -> dict[str, str]:
     return {"self": base, "events": f"{base}/events"}
 
 
+PREFER_PARAMETER = OpenApiParameter(
+    "Prefer",
+    str,
+    OpenApiParameter.HEADER,
+    description="`wait=N` (RFC 7240): answer once the read model shows this command (or, on a read, once "
+    "`min_version` is reached, the escrow appears or, with If-None-Match, it changes), waiting at most N seconds "
+    "(capped by the server). Without it the answer never waits.",
+)
+PREFERENCE_APPLIED = OpenApiParameter(
+    "Preference-Applied",
+    str,
+    OpenApiParameter.HEADER,
+    response=True,
+    description="`wait=<seconds>`: the wait the server applied (after the cap), when the client asked for one.",
+)
+ETAG = OpenApiParameter(
+    "ETag",
+    str,
+    OpenApiParameter.HEADER,
+    response=[200, 304],
+    description="The representation's entity tag; send it back in If-None-Match.",
+)
+
+
+# Every command answers at once; a client may ask it to wait for the read model.
+COMMAND_PARAMETERS = [PREFER_PARAMETER, PREFERENCE_APPLIED]
+
+
 def _accepted(request: Request, result: CommandResult) -> Response:
-    _wait_for_read_model(result)
+    """The 202: the escrow's state and version as the command's own transaction left them, so the caller
+    knows where the escrow is without a read (and can ask for that version: `?min_version=`)."""
     response = Response(
         {
             "command_id": str(result.command_id),
             "escrow_id": str(result.escrow_id),
             "state": result.state,
+            "version": result.version,
             "duplicate": result.duplicate,
             "links": _links(request, result.escrow_id),
         },
@@ -75,14 +108,16 @@ def _accepted(request: Request, result: CommandResult) -> Response:
     return response
 
 
-def _wait_for_read_model(result: CommandResult) -> None:
-    """Read-your-writes: the command has committed; wait (bounded) until the projections show it, so the
-    caller's next GET does. On timeout the 202 still stands: the write is durable, the read model lags."""
-    if settings.READ_YOUR_WRITES_SECONDS <= 0 or "projections" not in settings.BUS_OUTBOX_SUBSCRIBERS:
-        return
-    selectors.escrow_view_wait(
-        escrow_id=str(result.escrow_id), version=result.version, timeout_seconds=settings.READ_YOUR_WRITES_SECONDS
-    )
+def _command_answer(request: Request, response: Response) -> Response:
+    """After the command's transaction committed: only a client that asked (`Prefer: wait=N`) is answered
+    once the read model shows the command's version (or after N seconds; the 202 stands either way)."""
+    wait = waiting.requested_wait(request)
+    if wait is None or response.status_code != 202 or not isinstance(response.data, dict):
+        return response
+    escrow_id, version = response.data.get("escrow_id"), response.data.get("version")
+    if escrow_id and isinstance(version, int) and wait > 0:
+        selectors.escrow_view_wait(escrow_id=str(escrow_id), version=version, timeout_seconds=wait)
+    return waiting.applied(response, wait)
 
 
 def _validated(serializer_class: type[drf_serializers.Serializer], request: Request) -> dict[str, Any]:
@@ -235,7 +270,12 @@ class EscrowCollection(APIView):
             {"count": count, "results": [_render_escrow(request, v, instructions) for v in page], "next": next_link}
         )
 
-    @extend_schema(operation_id="escrows_create", request=io.CreateEscrowInput, responses={202: io.CommandAccepted})
+    @extend_schema(
+        operation_id="escrows_create",
+        request=io.CreateEscrowInput,
+        responses={202: io.CommandAccepted},
+        parameters=COMMAND_PARAMETERS,
+    )
     def post(self, request: Request) -> Response:
         raw = request.body
 
@@ -264,7 +304,7 @@ class EscrowCollection(APIView):
             )
             return _accepted(request, dispatch(command, command_id=command_id))
 
-        return run_idempotent(request, raw, mutate)
+        return _command_answer(request, run_idempotent(request, raw, mutate))
 
 
 def _counterparty_id(counterparty: Any) -> int:
@@ -298,13 +338,105 @@ def _int_param(params: Any, name: str, *, default: int, low: int, high: int) -> 
     return int(value)
 
 
+def _etag(body: dict[str, Any]) -> str:
+    """A strong entity tag over the representation this caller gets (it differs by caller: actions, payment
+    instructions), so a 304 is right whatever changed, the escrow's version or the payment's status."""
+    digest = hashlib.blake2b(json.dumps(body, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
+    return f'"{body.get("version", 0)}-{digest}"'
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    # Weak comparison (RFC 9110 13.1.2): W/"x" matches "x".
+    return etag in {tag.removeprefix("W/") for tag in (t.strip() for t in if_none_match.split(",")) if tag}
+
+
 class EscrowDetail(APIView):
-    @extend_schema(operation_id="escrows_retrieve", responses={200: io.EscrowOutput})
+    @extend_schema(
+        operation_id="escrows_retrieve",
+        parameters=[
+            OpenApiParameter(
+                "min_version",
+                int,
+                description="Answer only with the escrow at this version or later (a command's 202 gives the "
+                "version it produced): 412 `version_not_reached` (with Retry-After) while the read model is "
+                "behind, unless `Prefer: wait=N` lets the server wait for it.",
+            ),
+            OpenApiParameter(
+                "If-None-Match",
+                str,
+                OpenApiParameter.HEADER,
+                description="An ETag from an earlier answer: 304 while the representation is unchanged (with "
+                "`Prefer: wait=N`, the server waits up to N seconds for the escrow to change).",
+            ),
+            PREFER_PARAMETER,
+            PREFERENCE_APPLIED,
+            ETAG,
+        ],
+        responses={
+            200: io.EscrowOutput,
+            304: OpenApiResponse(description="Not Modified: the representation still has the ETag sent."),
+        },
+    )
     def get(self, request: Request, escrow_id: uuid.UUID) -> Response:
+        unknown = sorted(set(request.query_params) - {"min_version"})
+        if unknown:
+            raise Problem(
+                400,
+                "validation_error",
+                "unknown query parameter",
+                errors=[{"field": name, "detail": "unknown query parameter"} for name in unknown],
+            )
+        if len(request.query_params.getlist("min_version")) > 1:
+            raise Problem(
+                400,
+                "validation_error",
+                "repeated query parameter",
+                errors=[{"field": "min_version", "detail": "give this parameter once"}],
+            )
+        min_version = (
+            _int_param(request.query_params, "min_version", default=0, low=1, high=1_000_000_000)
+            if "min_version" in request.query_params
+            else 0
+        )
+        if_none_match = request.headers.get("If-None-Match")
+        wait = waiting.requested_wait(request)
         view = selectors.escrow_view_get(escrow_id=str(escrow_id))
-        if view is None or not _can_read(request, view):
+        body = _render_escrow(request, view) if view is not None and _can_read(request, view) else None
+        if wait:
+            # Waiting was asked for: for the escrow to appear, to reach min_version, or to change.
+            target = None
+            if view is None:
+                target = max(min_version, 1)
+            elif min_version > view.version:
+                target = min_version
+            elif body is not None and _matches(if_none_match, _etag(body)):
+                target = view.version + 1
+            if target is not None and selectors.escrow_view_wait(
+                escrow_id=str(escrow_id), version=target, timeout_seconds=wait
+            ):
+                view = selectors.escrow_view_get(escrow_id=str(escrow_id))
+                body = _render_escrow(request, view) if view is not None and _can_read(request, view) else None
+        if view is None or body is None:
             raise Problem(404, "escrow_not_found", "no such escrow")
-        return Response(_render_escrow(request, view))
+        if min_version > view.version:
+            response = problem_response(
+                412,
+                "version_not_reached",
+                f"the escrow is at version {view.version} here, not yet {min_version}; retry, or send Prefer: wait=N",
+                state=view.state,
+                version=view.version,
+            )
+            response["Retry-After"] = "1"
+        else:
+            etag = _etag(body)
+            response = Response(None, status=304) if _matches(if_none_match, etag) else Response(body)
+            response["ETag"] = etag
+        response["Vary"] = "Authorization, Prefer"
+        return waiting.applied(response, wait) if wait is not None else response
 
 
 class EscrowEvents(APIView):
@@ -372,11 +504,13 @@ class EscrowAction(APIView):
                     )
             return _accepted(request, result)
 
-        return run_idempotent(request, raw, mutate)
+        return _command_answer(request, run_idempotent(request, raw, mutate))
 
 
 class AcceptEscrow(EscrowAction):
-    @extend_schema(operation_id="escrows_accept", request=None, responses={202: io.CommandAccepted})
+    @extend_schema(
+        operation_id="escrows_accept", request=None, responses={202: io.CommandAccepted}, parameters=COMMAND_PARAMETERS
+    )
     def post(self, request: Request, escrow_id: uuid.UUID) -> Response:
         return super().post(request, escrow_id)
 
@@ -388,7 +522,12 @@ class AcceptEscrow(EscrowAction):
 class DeclineEscrow(EscrowAction):
     input_class = io.CancelInput
 
-    @extend_schema(operation_id="escrows_decline", request=io.CancelInput, responses={202: io.CommandAccepted})
+    @extend_schema(
+        operation_id="escrows_decline",
+        request=io.CancelInput,
+        responses={202: io.CommandAccepted},
+        parameters=COMMAND_PARAMETERS,
+    )
     def post(self, request: Request, escrow_id: uuid.UUID) -> Response:
         return super().post(request, escrow_id)
 
@@ -399,7 +538,9 @@ class DeclineEscrow(EscrowAction):
 
 
 class DeliverEscrow(EscrowAction):
-    @extend_schema(operation_id="escrows_deliver", request=None, responses={202: io.CommandAccepted})
+    @extend_schema(
+        operation_id="escrows_deliver", request=None, responses={202: io.CommandAccepted}, parameters=COMMAND_PARAMETERS
+    )
     def post(self, request: Request, escrow_id: uuid.UUID) -> Response:
         return super().post(request, escrow_id)
 
@@ -408,7 +549,9 @@ class DeliverEscrow(EscrowAction):
 
 
 class ReleaseEscrow(EscrowAction):
-    @extend_schema(operation_id="escrows_release", request=None, responses={202: io.CommandAccepted})
+    @extend_schema(
+        operation_id="escrows_release", request=None, responses={202: io.CommandAccepted}, parameters=COMMAND_PARAMETERS
+    )
     def post(self, request: Request, escrow_id: uuid.UUID) -> Response:
         return super().post(request, escrow_id)
 
@@ -419,7 +562,12 @@ class ReleaseEscrow(EscrowAction):
 class CancelEscrow(EscrowAction):
     input_class = io.CancelInput
 
-    @extend_schema(operation_id="escrows_cancel", request=io.CancelInput, responses={202: io.CommandAccepted})
+    @extend_schema(
+        operation_id="escrows_cancel",
+        request=io.CancelInput,
+        responses={202: io.CommandAccepted},
+        parameters=COMMAND_PARAMETERS,
+    )
     def post(self, request: Request, escrow_id: uuid.UUID) -> Response:
         return super().post(request, escrow_id)
 
@@ -432,7 +580,12 @@ class CancelEscrow(EscrowAction):
 class DisputeEscrow(EscrowAction):
     input_class = io.DisputeInput
 
-    @extend_schema(operation_id="escrows_dispute", request=io.DisputeInput, responses={202: io.CommandAccepted})
+    @extend_schema(
+        operation_id="escrows_dispute",
+        request=io.DisputeInput,
+        responses={202: io.CommandAccepted},
+        parameters=COMMAND_PARAMETERS,
+    )
     def post(self, request: Request, escrow_id: uuid.UUID) -> Response:
         return super().post(request, escrow_id)
 
@@ -447,7 +600,12 @@ class ResolveEscrow(EscrowAction):
     input_class = io.ResolveInput
     audit_action = "resolve_dispute"
 
-    @extend_schema(operation_id="escrows_resolve", request=io.ResolveInput, responses={202: io.CommandAccepted})
+    @extend_schema(
+        operation_id="escrows_resolve",
+        request=io.ResolveInput,
+        responses={202: io.CommandAccepted},
+        parameters=COMMAND_PARAMETERS,
+    )
     def post(self, request: Request, escrow_id: uuid.UUID) -> Response:
         return super().post(request, escrow_id)
 
@@ -480,6 +638,7 @@ class SandboxPay(APIView):
     @extend_schema(
         operation_id="sandbox_pay",
         request=None,
+        parameters=[PREFER_PARAMETER, PREFERENCE_APPLIED],
         responses={
             202: inline_serializer(
                 "SandboxPayment",
@@ -509,8 +668,11 @@ class SandboxPay(APIView):
             raise Problem(
                 409, "invalid_transition", f"the escrow is {view.state}, not awaiting funds", state=view.state
             )
-        # Right after the create, payments may still be issuing the payment to pay (read-your-writes).
-        payments.payment_instructions_wait(str(escrow_id), timeout_seconds=settings.READ_YOUR_WRITES_SECONDS)
+        wait = waiting.requested_wait(request)
+        if wait:
+            # Right after the acceptance, payments may still be issuing the payment to pay: only a client that
+            # asked waits for it; the others get 409 sandbox_unavailable and retry.
+            payments.payment_instructions_wait(str(escrow_id), timeout_seconds=wait)
         try:
             outcome = payments.sandbox_pay(str(escrow_id))
         except payments.SandboxUnavailable as exc:
@@ -528,7 +690,7 @@ class SandboxPay(APIView):
             status=202,
         )
         response["Location"] = reverse("escrow-detail", kwargs={"escrow_id": escrow_id})
-        return response
+        return waiting.applied(response, wait) if wait is not None else response
 
 
 # --- provider webhooks: plain Django views, so the raw body reaches the verifier untouched -----------

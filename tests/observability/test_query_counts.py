@@ -43,12 +43,18 @@ def funded(api_client, buyer, seller):
     return as_buyer, as_seller, escrow_id
 
 
-def test_get_escrow_reads_user_generation_and_view(funded, django_assert_num_queries):
-    as_buyer, _, escrow_id = funded
-    # Authentication reads no table (the token, then revocations from the shared cache); the active
-    # projection generation, the escrow view.
-    with django_assert_num_queries(2):
-        assert as_buyer.get(f"/api/v1/escrows/{escrow_id}").status_code == 200
+def test_get_escrow_is_one_query(funded, django_assert_num_queries):
+    as_buyer, as_seller, escrow_id = funded
+    # Authentication reads no table (the token, then revocations from the shared cache); the escrow's view
+    # in the live colour is one statement (the blue/green pointer is a subquery of it).
+    with django_assert_num_queries(1) as captured:
+        answer = as_seller.get(f"/api/v1/escrows/{escrow_id}")
+    assert answer.status_code == 200
+    assert '"escrow_id" = ' in captured.captured_queries[0]["sql"]
+    # A 304 costs the same one read.
+    with django_assert_num_queries(1):
+        again = as_seller.get(f"/api/v1/escrows/{escrow_id}", HTTP_IF_NONE_MATCH=answer["ETag"])
+    assert again.status_code == 304
 
 
 def test_list_is_one_page_query_whatever_the_number_of_escrows(api_client, buyer, seller, django_assert_num_queries):
@@ -153,3 +159,39 @@ def test_a_read_your_writes_wait_follows_a_colour_flip(funded):
         assert selectors.escrow_view_wait(escrow_id=escrow_id, version=view.version + 1, timeout_seconds=5.0)
     finally:
         flipper.join()
+
+
+# The transaction of a command sent with an Idempotency-Key: the key's record is written in the command's
+# own transaction (it was a transaction before the command and an update after it: three in all).
+KEYED_DELIVER_TRANSACTION = [
+    "pg_try_advisory_xact_lock",  # the key's lock: a second request with the key is 409 at once
+    'FROM "gateway_idempotencyrecord"',  # an earlier answer to replay?
+    'FROM "escrow_processedcommand"',  # the key's command id was never applied (a purged key's reuse)
+    "SAVEPOINT",
+    *DELIVER_TRANSACTION,
+    "RELEASE SAVEPOINT",
+    'INSERT INTO "gateway_idempotencyrecord"',  # the answer, committed with the command
+]
+
+
+@pytest.mark.postgres_only
+def test_a_keyed_command_is_one_transaction_with_its_idempotency_record(funded, settings):
+    _, as_seller, escrow_id = funded
+    settings.BUS_INLINE_DISPATCH = False
+    with CaptureQueriesContext(connection) as captured:
+        first = act(as_seller, escrow_id, "deliver", HTTP_IDEMPOTENCY_KEY="deliver-1")
+    assert first.status_code == 202
+    sql = [q["sql"] for q in captured.captured_queries]
+    assert sql[0] == "BEGIN" and sql[-1] == "COMMIT" and sql.count("BEGIN") == 1, "\n".join(sql)
+    inside = sql[1:-1]
+    assert len(inside) == len(KEYED_DELIVER_TRANSACTION), "\n".join(inside)
+    for statement, expected in zip(inside, KEYED_DELIVER_TRANSACTION, strict=True):
+        assert expected in statement, (expected, statement)
+
+    # The replay is one short transaction: the key's lock and the record, no command.
+    with CaptureQueriesContext(connection) as replayed:
+        again = act(as_seller, escrow_id, "deliver", HTTP_IDEMPOTENCY_KEY="deliver-1")
+    assert again.status_code == 202 and again["Idempotent-Replayed"] == "true"
+    assert again.json() == first.json()
+    sql = [q["sql"] for q in replayed.captured_queries]
+    assert sql[0] == "BEGIN" and sql[-1] == "COMMIT" and len(sql) == 4, "\n".join(sql)
