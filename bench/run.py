@@ -172,11 +172,31 @@ def reset_database(name: str) -> None:
         conn.execute(f'CREATE DATABASE "{name}"')
 
 
+def bench_cache_url() -> str:
+    """The shared cache, as production has it: Redis on 127.0.0.1:6379 when one answers (authentication reads
+    token revocations from it on every request), else the database's cache table. CACHE_URL overrides."""
+    if os.environ.get("CACHE_URL"):
+        return os.environ["CACHE_URL"]
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=1) as conn:
+            conn.sendall(b"PING\r\n")
+            if conn.recv(16).startswith(b"+PONG"):
+                return "redis://127.0.0.1:6379/0"
+    except OSError:
+        pass
+    return "db://"
+
+
+CACHE_KEY_PREFIX = f"escrow-bench-{os.getpid()}"
+
+
 def django_env(database_url: str, *, inline: bool) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         {
             "DATABASE_URL": database_url,
+            "CACHE_URL": bench_cache_url(),
+            "CACHE_KEY_PREFIX": CACHE_KEY_PREFIX,
             "DJANGO_SETTINGS_MODULE": "bench.settings",
             "BUS_INLINE_DISPATCH": "1" if inline else "0",
             "LOG_LEVEL": "WARNING",
@@ -203,6 +223,7 @@ def prepare(database_url: str, pairs: int) -> list[tuple[str, str]]:
     from apps.gateway.tokens import mint_access_token
 
     call_command("migrate", verbosity=0)
+    call_command("createcachetable", verbosity=0)
     users = get_user_model()
     tokens: list[tuple[str, str]] = []
     for n in range(pairs):
@@ -835,6 +856,7 @@ def main() -> int:
             "commands_per_s": args.commands_per_s,
             "queries_per_s": args.queries_per_s,
             "duration_s": args.duration,
+            "cache": bench_cache_url(),
         },
     }
     REPORTER.__enter__()
