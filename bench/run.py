@@ -745,6 +745,287 @@ def finish_profilers(profilers: dict[str, tuple[subprocess.Popen[bytes], Path]])
     return summary
 
 
+# --- scale-out: throughput per core as processes are added (--scale) -----------------------------------
+
+SUBSCRIBERS = ("escrow", "payments", "projections", "notifications")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (all its threads), from /proc; 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def database_backends(database: str) -> list[int]:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", [database])
+        return [int(row[0]) for row in cursor.fetchall()]
+
+
+def stack_pids(stack: Stack) -> dict[str, list[int]]:
+    """The processes whose CPU a step pays for, by tier: web (gunicorn workers), bus (run_bus)."""
+    web, bus = [], []
+    for name, proc in stack.procs.items():
+        if name == "gunicorn":
+            web += [proc.pid, *children(proc.pid)]
+        elif name.startswith("run_bus"):
+            bus.append(proc.pid)
+    return {"web": web, "bus": bus}
+
+
+def cpu_snapshot(stack: Stack, database: str) -> dict[str, dict[int, float]]:
+    tiers = stack_pids(stack)
+    tiers["database"] = database_backends(database)
+    tiers["load generator"] = [os.getpid()]
+    return {tier: {pid: cpu_seconds(pid) for pid in pids} for tier, pids in tiers.items()}
+
+
+def cpu_used(before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]) -> dict[str, float]:
+    """CPU seconds each tier used between two snapshots (processes present in both)."""
+    return {
+        tier: round(sum(after[tier][pid] - cpu for pid, cpu in pids.items() if pid in after.get(tier, {})), 2)
+        for tier, pids in before.items()
+    }
+
+
+def scale_steps(cores: int) -> list[int]:
+    """1, 2, 4, ... up to the machine's cores, and the core count itself: no constant assumes 2."""
+    steps, n = [], 1
+    while n < cores:
+        steps.append(n)
+        n *= 2
+    return [*steps, cores]
+
+
+def bus_groups(processes: int) -> list[str]:
+    """The subscribers dealt round-robin over this many bus processes (at most one per subscriber)."""
+    groups: list[list[str]] = [[] for _ in range(max(1, min(processes, len(SUBSCRIBERS))))]
+    for n, name in enumerate(SUBSCRIBERS):
+        groups[n % len(groups)].append(name)
+    return [",".join(g) for g in groups]
+
+
+def start_stack(stack: Stack, env: dict[str, str], port: int, *, workers: int, threads: int, groups: list[str]) -> None:
+    stack.start(
+        "gunicorn",
+        [
+            str(ROOT / ".venv/bin/gunicorn"),
+            "escrow_project.wsgi:application",
+            "-b",
+            f"127.0.0.1:{port}",
+            "-w",
+            str(workers),
+            "-k",
+            "gthread",
+            "--threads",
+            str(threads),
+            "--backlog",
+            "2048",
+            "--log-level",
+            "warning",
+        ],
+        env,
+    )
+    for n, group in enumerate(groups):
+        # One process per group of subscribers; escrow timers fire in the first only.
+        argv = [PY, "manage.py", "run_bus"] + (["--no-timers"] if n else [])
+        stack.start("run_bus" + (f" {n + 1}" if n else ""), argv, {**env, "BUS_OUTBOX_SUBSCRIBERS": group})
+
+
+def scale_step(
+    args: argparse.Namespace, database_url: str, tokens: list[tuple[str, str]], web: int, bus: int
+) -> dict[str, Any]:
+    stack = Stack()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    groups = bus_groups(bus)
+    offered = args.scale_offered * web
+    step: dict[str, Any] = {"web_processes": web, "bus_processes": len(groups), "bus_groups": groups}
+    try:
+        start_stack(
+            stack, django_env(database_url, inline=False), port, workers=web, threads=args.threads, groups=groups
+        )
+        wait_until_up(base, stack)
+        progress(f"scale {web} web x {len(groups)} bus: warm-up")
+        warm, _ = asyncio.run(
+            open_model(base, tokens, commands_per_s=20, queries_per_s=20, duration=2, max_in_flight=64)
+        )
+        wait_for_bus(timeout=60)
+
+        progress(f"scale {web} web x {len(groups)} bus: {offered} commands/s offered for {args.scale_seconds}s")
+        before = cpu_snapshot(stack, args.database)
+        started = time.monotonic()
+        load, elapsed = asyncio.run(
+            open_model(
+                base,
+                tokens,
+                commands_per_s=offered,
+                queries_per_s=0,
+                duration=args.scale_seconds,
+                max_in_flight=args.max_in_flight,
+            )
+        )
+        lags = wait_for_bus(timeout=120)
+        settled = time.monotonic() - started
+        cpu = cpu_used(before, cpu_snapshot(stack, args.database))
+        commands = [r for r in load.records if r.kind in EVENT_OF]
+        accepted = sum(r.status == 202 for r in commands)
+        server_cpu = cpu["web"] + cpu["bus"] + cpu["database"]
+        step["commands"] = {
+            "offered_per_s": offered,
+            "accepted_per_s": round(accepted / elapsed, 1),
+            # Every accepted command's events applied by every subscriber: the end-to-end rate.
+            "settled_per_s": round(accepted / settled, 1),
+            "latency": percentiles([r.latency for r in commands if r.status == 202]),
+            "errors": dict(load.errors),
+            "cpu_s": cpu,
+            "per_cpu_second": round(accepted / server_cpu, 1) if server_cpu else None,
+            "bus_lag_at_end": lags,
+        }
+
+        escrow_id, pair = (warm.escrows or load.escrows or [("00000000-0000-0000-0000-000000000000", 0)])[0]
+        progress(f"scale {web} web x {len(groups)} bus: GET escrow closed loop for {args.scale_seconds}s")
+        before = cpu_snapshot(stack, args.database)
+        reads = asyncio.run(
+            closed_loop(
+                base,
+                f"/api/v1/escrows/{escrow_id}",
+                tokens[pair][0],
+                seconds=args.scale_seconds,
+                concurrency=8 * web,
+            )
+        )
+        cpu = cpu_used(before, cpu_snapshot(stack, args.database))
+        server_cpu = cpu["web"] + cpu["database"]
+        step["reads"] = {
+            **reads,
+            "cpu_s": cpu,
+            "per_cpu_second": round(reads["requests_per_s"] * args.scale_seconds / server_cpu, 1)
+            if server_cpu
+            else None,
+        }
+    finally:
+        stack.stop()
+    return step
+
+
+def scale_chart(result: dict[str, Any], path: Path) -> str:
+    """The PNG beside the markdown: throughput against processes, and command latency against offered rate."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "no chart: matplotlib is not installed (requirements-dev.txt)"
+    steps = result["steps"]
+    web = [s["web_processes"] for s in steps]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    left.plot(web, [s["commands"]["settled_per_s"] for s in steps], "o-", label="commands/s, settled")
+    left.plot(web, [s["reads"]["requests_per_s"] / 10 for s in steps], "s--", label="GET escrow/s ÷ 10")
+    left.set_xlabel("web processes (bus processes: see table)")
+    left.set_ylabel("per second")
+    left.set_xticks(web)
+    left.set_title(f"throughput against processes ({result['cores']} cores)")
+    left.legend()
+    offered = [s["commands"]["offered_per_s"] for s in steps]
+    for q in ("p50_ms", "p95_ms", "p99_ms"):
+        right.plot(offered, [s["commands"]["latency"].get(q) or 0 for s in steps], "o-", label=q.replace("_ms", ""))
+    right.set_xlabel("commands/s offered")
+    right.set_ylabel("command latency, ms (from the scheduled send)")
+    right.set_yscale("log")
+    right.set_title("latency against offered rate")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return f"chart: {path.name}"
+
+
+def render_scale(result: dict[str, Any]) -> str:
+    lines = [
+        f"# Scale-out {result['started_at']}",
+        "",
+        f"{result['cores']} cores (os.cpu_count()), shared machine: load average {result['load_average']} before the "
+        f"run. Each step: N gunicorn workers x gthread({result['threads']}) and M `run_bus` processes (the "
+        f"subscribers dealt over them), open-model commands at {result['offered_per_web']}/s per web process for "
+        f"{result['seconds']} s (a trade steps create -> accept -> pay -> deliver -> release), then closed-loop "
+        "`GET /escrows/{id}`. CPU seconds from /proc for the stack's processes and the database's backends.",
+        "",
+        "| web x bus | commands/s accepted | settled (all events applied) | command p50/p95/p99 ms | commands per "
+        "server CPU-second | CPU s web / bus / db | GET/s | GETs per CPU-second |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in result["steps"]:
+        c, r = s["commands"], s["reads"]
+        lat = c["latency"]
+        lines.append(
+            f"| {s['web_processes']} x {s['bus_processes']} | {c['accepted_per_s']} | {c['settled_per_s']} | "
+            f"{lat.get('p50_ms')} / {lat.get('p95_ms')} / {lat.get('p99_ms')} | {c['per_cpu_second']} | "
+            f"{c['cpu_s']['web']} / {c['cpu_s']['bus']} / {c['cpu_s']['database']} | {r['requests_per_s']} | "
+            f"{r['per_cpu_second']} |"
+        )
+    first, last = result["steps"][0], result["steps"][-1]
+    grow = (
+        last["commands"]["settled_per_s"] / first["commands"]["settled_per_s"]
+        if first["commands"]["settled_per_s"]
+        else 0
+    )
+    lines += [
+        "",
+        f"From {first['web_processes']} to {last['web_processes']} web processes settled commands/s grew x{grow:.2f}.",
+        "",
+        result.get("chart", ""),
+        "",
+        f"Reproduce: `{result['command']}`",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def scale_main(args: argparse.Namespace) -> int:
+    started_at = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    database_url = f"postgres://postgres@127.0.0.1:5432/{args.database}"
+    cores = os.cpu_count() or 1
+    result: dict[str, Any] = {
+        "started_at": started_at,
+        "command": " ".join(["bench/run.py", *sys.argv[1:]]),
+        "cores": cores,
+        "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "threads": args.threads,
+        "offered_per_web": args.scale_offered,
+        "seconds": args.scale_seconds,
+        "steps": [],
+    }
+    REPORTER.__enter__()
+    try:
+        progress(f"fresh database {args.database}")
+        reset_database(args.database)
+        tokens = prepare(database_url, args.pairs)
+        for web in scale_steps(cores):
+            result["steps"].append(scale_step(args, database_url, tokens, web, bus=max(1, (web + 1) // 2)))
+    except KeyboardInterrupt:
+        REPORTER.summary("bench interrupted")
+        return 130
+    finally:
+        REPORTER.__exit__(None, None, None)
+    if not args.no_write:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        result["chart"] = scale_chart(result, RESULTS / f"{started_at}-scale.png")
+        (RESULTS / f"{started_at}-scale.json").write_text(json.dumps(result, indent=2, default=str))
+    markdown = render_scale(result)
+    print(markdown)
+    if not args.no_write:
+        (RESULTS / f"{started_at}-scale.md").write_text(markdown)
+        progress(f"wrote bench/results/{started_at}-scale.md, .json and .png")
+    return 0
+
+
 # --- report -----------------------------------------------------------------------------------------
 
 
@@ -840,7 +1121,19 @@ def main() -> int:
     parser.add_argument(
         "--profile", action="store_true", help="py-spy samples one gunicorn worker and the bus worker during the load"
     )
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="scale-out: 1, 2, 4, ... os.cpu_count() web processes, with half as many bus processes; throughput "
+        "per core and a PNG chart (docs/capacity.md)",
+    )
+    parser.add_argument(
+        "--scale-offered", type=float, default=150, help="with --scale: commands/s offered per web process"
+    )
+    parser.add_argument("--scale-seconds", type=float, default=15, help="with --scale: seconds of each phase")
     args = parser.parse_args()
+    if args.scale:
+        return scale_main(args)
 
     started_at = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     database_url = f"postgres://postgres@127.0.0.1:5432/{args.database}"
