@@ -396,9 +396,7 @@ BUS_APPLY_BATCH_SIZE = env_int("BUS_APPLY_BATCH_SIZE", 50)
 # The REST API never waits by default: a client that wants to asks `Prefer: wait=N` (RFC 7240), capped by
 # this many seconds (apps/gateway/waiting.py, docs/api.md "Waiting for the read model").
 PREFER_WAIT_MAX_SECONDS = float(os.environ.get("PREFER_WAIT_MAX_SECONDS", "10"))
-# The web app's pages (not the REST API): after a form's command, the redirect waits up to this long for
-# the read model to show its effect (0 turns the wait off). See docs/operations.md.
-READ_YOUR_WRITES_SECONDS = float(os.environ.get("READ_YOUR_WRITES_SECONDS", "2.0"))
+
 
 # --- Tracing (OpenTelemetry; docs/performance.md) ---------------------------------------------------
 # Off: no spans, and the W3C traceparent still travels HTTP -> outbox -> subscribers -> Kafka by hand.

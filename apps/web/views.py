@@ -89,13 +89,34 @@ def _refusal_words(exc: EscrowError) -> str:
     return f"That was refused: {exc.detail}"
 
 
-def _wait_for_read_model(result: CommandResult) -> None:
-    """As the REST API does: the next page shows the command's effect (bounded wait)."""
-    if settings.READ_YOUR_WRITES_SECONDS <= 0 or "projections" not in settings.BUS_OUTBOX_SUBSCRIBERS:
-        return
-    selectors.escrow_view_wait(
-        escrow_id=str(result.escrow_id), version=result.version, timeout_seconds=settings.READ_YOUR_WRITES_SECONDS
-    )
+# How many times the "updating" page reloads itself before it gives up and shows the deal as it is.
+UPDATING_RELOADS = 15
+
+
+_PENDING = "deal_pending_version"
+
+
+def _to_deal(request: HttpRequest, result: CommandResult) -> HttpResponse:
+    """Back to the deal page, remembering (in the session) the version the command produced: the page
+    shows the deal once the read model has it and, until then, a short page that reloads itself. No
+    request waits for the bus."""
+    request.session[_PENDING] = {"escrow_id": str(result.escrow_id), "version": result.version, "reloads": 0}
+    return redirect("web:deal", escrow_id=result.escrow_id)
+
+
+def _still_updating(request: HttpRequest, escrow_id: uuid.UUID, view: Any) -> bool:
+    """Whether this person's last command on this deal is not in the read model yet (for a few reloads at
+    most; then the deal, or the 404, as it is)."""
+    pending = request.session.get(_PENDING)
+    if not isinstance(pending, dict) or pending.get("escrow_id") != str(escrow_id):
+        return False
+    if (view is None or view.version < int(pending.get("version", 0))) and int(
+        pending.get("reloads", 0)
+    ) < UPDATING_RELOADS:
+        request.session[_PENDING] = {**pending, "reloads": int(pending.get("reloads", 0)) + 1}
+        return True
+    del request.session[_PENDING]
+    return False
 
 
 # --- home and sign-in -------------------------------------------------------------------------------
@@ -266,9 +287,8 @@ def _create(
         form = forms.NewDealForm(request.POST)
         form.is_valid()
         return render(request, "web/deal_new.html", {"form": form, "nonce": uuid.uuid4()}, status=409)
-    _wait_for_read_model(result)
     messages.success(request, "The deal is open.")
-    return redirect("web:deal", escrow_id=result.escrow_id)
+    return _to_deal(request, result)
 
 
 def _participant_view(request: HttpRequest, escrow_id: uuid.UUID) -> Any:
@@ -291,6 +311,11 @@ def available_actions(view: Any, user_id: int) -> list[str]:
 @require_GET
 def deal_page(request: HttpRequest, escrow_id: uuid.UUID) -> HttpResponse:
     view = _participant_view(request, escrow_id)
+    if _still_updating(request, escrow_id, view):
+        # Right after a command of this person's: the read model has not shown it yet.
+        response = render(request, "web/updating.html", {"reload_url": request.path})
+        response["Cache-Control"] = "no-store"
+        return response
     if view is None:
         return _not_found(request)
     side = deals.party_of(view, _me(request))
@@ -357,7 +382,7 @@ def deal_action(handler: Callable[[HttpRequest, Any, uuid.UUID], CommandResult |
         if isinstance(outcome, HttpResponse):
             return outcome
         if outcome is not None:
-            _wait_for_read_model(outcome)
+            return _to_deal(request, outcome)
         return redirect("web:deal", escrow_id=escrow_id)
 
     return view_func

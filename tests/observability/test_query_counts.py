@@ -76,7 +76,6 @@ def test_list_is_one_page_query_whatever_the_number_of_escrows(api_client, buyer
 def test_deliver_runs_one_transaction_of_nine_statements(funded, settings):
     _, as_seller, escrow_id = funded
     settings.BUS_INLINE_DISPATCH = False
-    settings.READ_YOUR_WRITES_SECONDS = 0
     with CaptureQueriesContext(connection) as captured:
         assert act(as_seller, escrow_id, "deliver").status_code == 202
     sql = [q["sql"] for q in captured.captured_queries]
@@ -99,7 +98,6 @@ def test_notifying_both_parties_of_an_event_is_one_read_and_one_insert(funded, s
 
     _, as_seller, escrow_id = funded
     settings.BUS_INLINE_DISPATCH = False
-    settings.READ_YOUR_WRITES_SECONDS = 0
     assert act(as_seller, escrow_id, "deliver").status_code == 202
     row = OutboxMessage.objects.get(aggregate_id=escrow_id, type="escrow.v1.EscrowDelivered")
     handler = SUBSCRIBER.handler_for(row.type)
