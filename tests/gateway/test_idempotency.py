@@ -6,7 +6,7 @@ import threading
 from typing import Any
 
 import pytest
-from django.db import connections, transaction
+from django.db import connection, connections, transaction
 
 from apps.escrow.models import Escrow, EscrowEvent
 from apps.gateway.models import IdempotencyRecord
@@ -121,6 +121,15 @@ def test_a_malformed_key_is_refused(api_client, buyer, seller, key):
 # --- in flight, on PostgreSQL with real concurrent requests -------------------------------------------
 
 
+def _a_request_waits_for_a_lock() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE NOT l.granted AND a.datname = current_database()"
+        )
+        return bool(cursor.fetchone()[0])
+
+
 @pytest.mark.postgres_only
 def test_the_same_key_while_in_flight_is_409(api_client, buyer, seller):
     # Given: a delivered escrow whose row another transaction holds locked, so a release waits inside it.
@@ -155,7 +164,8 @@ def test_the_same_key_while_in_flight_is_409(api_client, buyer, seller):
     releaser.start()
     try:
         for _ in range(3000):
-            if IdempotencyRecord.objects.filter(key="rel-1", status="in_flight").exists():
+            # In flight: the first request holds the key's lock in its transaction and waits for the row.
+            if _a_request_waits_for_a_lock():
                 break
             threading.Event().wait(0.01)
         # When: the same request arrives while the first is still waiting for the row.

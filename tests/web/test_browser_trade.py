@@ -59,6 +59,11 @@ class Person:
             f"{self.name}: no {css} on {self.driver.current_url}",
         )
 
+    def wait_until(self, condition: Any, *, seconds: float = 30.0) -> None:
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        WebDriverWait(self.driver, seconds).until(lambda _: condition())
+
     def open(self, path: str) -> None:
         self.driver.get(f"{self.base}{path}")
 
@@ -77,12 +82,14 @@ class Person:
         assert self.wait_for("#signed-in-as").text == username
 
     def state(self) -> str:
-        from selenium.common.exceptions import StaleElementReferenceException
+        from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 
         try:
             return self.find("#deal-state").get_attribute("data-state") or ""
         except StaleElementReferenceException:
             return ""  # the page reloaded between finding the element and reading it: read again next round
+        except NoSuchElementException:
+            return ""  # the "Updating…" page: the deal page has not caught up with the last action yet
 
     def wait_for_state(self, state: str, *, seconds: float = 60.0) -> None:
         """Reloads the deal page until it shows `state` (money moves through the bus worker)."""
@@ -121,6 +128,8 @@ def test_a_card_trade_between_two_people_in_two_browsers(two_people: Any) -> Non
     buyer.find("#id_inspection_period_hours").send_keys("48")
     buyer.shot("new-deal")
     buyer.find("#create-deal").click()
+    # the click returns before the redirect to the new deal's page has always arrived
+    buyer.wait_until(lambda: not buyer.driver.current_url.endswith("/deals/new"))
     deal_path = buyer.driver.current_url.removeprefix(base)
     assert deal_path.startswith("/deals/")
     escrow_id = deal_path.removeprefix("/deals/")
