@@ -73,6 +73,8 @@ class StreamLockedTooLate(RuntimeError):
 
 # The streams a batch transaction locked up front (see `stream_locks`); None outside a batch.
 _batch_streams: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("batch_streams", default=None)
+# Whether the batch refuses every stream it did not lock up front (`stream_locks(strict=True)`).
+_batch_strict: contextvars.ContextVar[bool] = contextvars.ContextVar("batch_strict", default=False)
 
 
 def stream_lock(key: str) -> None:
@@ -83,7 +85,9 @@ def stream_lock(key: str) -> None:
     and (txid, id) delivery order is the stream's order. SQLite has one writer at a time already.
 
     Inside a batch (`stream_locks`), a stream the batch locked up front is already held; any other is
-    refused once the transaction has written, since taking it then would break that argument.
+    refused once the transaction has written, since taking it then would break that argument (and always
+    in a strict batch: one that applies several subscribers, each in a savepoint, where a lock taken
+    inside a savepoint would be let go when that savepoint rolls back).
     """
     if connection.vendor != "postgresql":
         return
@@ -92,6 +96,8 @@ def stream_lock(key: str) -> None:
         if held is not None:
             if key in held:
                 return
+            if _batch_strict.get():
+                raise StreamLockedTooLate(key)
             cursor.execute("SELECT pg_current_xact_id_if_assigned() IS NOT NULL")
             if cursor.fetchone()[0]:
                 raise StreamLockedTooLate(key)
@@ -108,10 +114,11 @@ def aggregate_lock(stream: str, rows: QuerySet[M]) -> M | None:
 
 
 @contextmanager
-def stream_locks(keys: Iterable[str]) -> Iterator[None]:
+def stream_locks(keys: Iterable[str], *, strict: bool = False) -> Iterator[None]:
     """Locks several streams at the start of one transaction (the bus applying a batch of messages),
     in one fixed order, so that two batches cannot deadlock on each other; `stream_lock` on any of
-    them inside is then a no-op. Must run before the transaction's first write."""
+    them inside is then a no-op. Must run before the transaction's first write. `strict`: inside,
+    `stream_lock` on any other stream is refused (`StreamLockedTooLate`), written or not."""
     held = set(keys)
     if connection.vendor == "postgresql" and held:
         with connection.cursor() as cursor:
@@ -121,7 +128,9 @@ def stream_locks(keys: Iterable[str]) -> Iterator[None]:
                 [sorted(held)],
             )
     token = _batch_streams.set(held)
+    strict_token = _batch_strict.set(strict)
     try:
         yield
     finally:
+        _batch_strict.reset(strict_token)
         _batch_streams.reset(token)

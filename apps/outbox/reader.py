@@ -42,6 +42,23 @@ def save_checkpoint(name: str, row: OutboxMessage) -> None:
     )
 
 
+def save_checkpoints(positions: dict[str, OutboxMessage]) -> None:
+    """Moves several subscribers' checkpoints, in one statement on PostgreSQL."""
+    if connection.vendor != "postgresql" or len(positions) < 2:
+        for name, row in positions.items():
+            save_checkpoint(name, row)
+        return
+    values = ", ".join(["(%s, %s::bigint, %s::bigint)"] * len(positions))
+    params = [value for name, row in positions.items() for value in (name, row.txid, row.id)]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""UPDATE {SubscriberCheckpoint._meta.db_table} AS c
+                SET last_txid = v.txid, last_id = v.id, updated_at = now()
+                FROM (VALUES {values}) AS v(name, txid, id) WHERE c.subscriber = v.name""",
+            params,
+        )
+
+
 def rows_after(txid: int, row_id: int) -> Q:
     """Outbox rows after the position (txid, id), in the bus's commit order."""
     return Q(txid__gt=txid) | Q(txid=txid, id__gt=row_id)
