@@ -292,6 +292,8 @@ def _apply_runs(runs: list[Run]) -> dict[str, Outcome] | None:
                 ProcessedMessage.objects.bulk_create(records)
                 save_checkpoints(positions)
         return outcome
+    except outage.DatabaseUnavailable:
+        raise
     except Exception as exc:  # noqa: BLE001 - the caller retries the rows where failures are handled
         if not shared and outcome:
             return outcome  # its handler failed: the caller knows which row
@@ -338,6 +340,9 @@ def _apply_one(
                 run_handler(subscriber, handler, message, Delivery.of(row), None)
                 records.append(ProcessedMessage(subscriber=subscriber.name, event_id=row.event_id))
     except Exception as exc:  # noqa: BLE001 - reported to the caller, which rolls back and retries
+        if outage.is_database_error(exc) and outage.connection_broken():
+            # Not the handler's fault: the whole transaction is gone, every checkpoint unmoved.
+            raise outage.DatabaseUnavailable("database connection lost") from exc
         log.info(
             "bus batch rolled back",
             extra={"subscriber": subscriber.name, "messages": len(rows), "failed_at": current, "error": repr(exc)},

@@ -43,6 +43,13 @@ def connection_lost(exc: BaseException) -> bool:
         return True
 
 
+def connection_broken() -> bool:
+    """This thread's connection was lost under it (the server ended it, the network dropped), as its driver
+    saw it when the last statement failed: known at once, before any rollback or reconnect."""
+    raw = connection.connection
+    return raw is not None and bool(getattr(raw, "broken", False) or getattr(raw, "closed", False))
+
+
 def backoff_seconds(failures: int) -> float:
     """0.5 s, 1 s, 2 s, ... up to DATABASE_BACKOFF_MAX_SECONDS between attempts while the database is away."""
     return min(settings.DATABASE_BACKOFF_MAX_SECONDS, 0.5 * (2 ** max(0, failures - 1)))
