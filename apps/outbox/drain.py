@@ -21,7 +21,7 @@ import threading
 import zlib
 from collections import deque
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from django.conf import settings
@@ -31,10 +31,10 @@ from apps.outbox import messages, outage, publish, wakeup
 from apps.outbox.apply import run_handler
 from apps.outbox.models import OutboxMessage, ProcessedMessage
 from apps.outbox.reader import (
-    pending_rows,
+    pending_rows_on,
     save_checkpoint,
     save_checkpoints,
-    subscriber_checkpoint,
+    subscriber_checkpoints,
     subscribers_with_work,
     wait_for_watermark,
 )
@@ -58,6 +58,10 @@ def _lock_for(name: str) -> threading.Lock:
         return _locks.setdefault(name, threading.Lock())
 
 
+def _drain_key(name: str) -> int:
+    return zlib.crc32(f"bus:{name}".encode())
+
+
 @contextmanager
 def subscriber_exclusive(name: str) -> Iterator[bool]:
     """The subscriber's drain lock, which every drain of it takes: yields whether this caller got it.
@@ -69,7 +73,7 @@ def subscriber_exclusive(name: str) -> Iterator[bool]:
         return
     try:
         if connection.vendor == "postgresql":
-            key = zlib.crc32(f"bus:{name}".encode())
+            key = _drain_key(name)
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
                 acquired = cursor.fetchone()[0]
@@ -96,21 +100,20 @@ def drain_subscribers(subs: list[Subscriber]) -> int:
     """Delivers every message these subscribers could take when they read the outbox. Returns how many
     they handled (`drain` repeats until a pass handles nothing).
 
-    The subscribers whose drain lock this caller gets are drained together: a run of each one's messages
-    is applied in one transaction shared by all of them, a savepoint each (`_apply_runs`). A subscriber
-    another thread is already draining is left to that thread, which is asked for one more pass.
+    The subscribers whose drain lock this caller gets are drained together (`_drain_locked`): one outbox
+    read for all of them, and a run of each one's messages applied in one transaction shared by all, a
+    savepoint each (`_apply_runs`). A subscriber another thread is already draining is left to that
+    thread, which is asked for one more pass.
     """
     handled = 0
     remaining = list(subs)
     while remaining:
         for sub in remaining:
             _pending[sub.name] = False
-        locked: list[Subscriber] = []
-        with ExitStack() as stack:
+        with subscribers_exclusive([sub.name for sub in remaining]) as names:
+            locked = [sub for sub in remaining if sub.name in names]
             for sub in remaining:
-                if stack.enter_context(subscriber_exclusive(sub.name)):
-                    locked.append(sub)
-                else:
+                if sub.name not in names:
                     _pending[sub.name] = True
             if locked:
                 handled += _drain_locked(locked)
@@ -118,44 +121,78 @@ def drain_subscribers(subs: list[Subscriber]) -> int:
     return handled
 
 
+@contextmanager
+def subscribers_exclusive(names: list[str]) -> Iterator[list[str]]:
+    """The drain locks of several subscribers (`subscriber_exclusive`), taken and let go in one statement
+    each on PostgreSQL: yields the names this caller got."""
+    if len(names) == 1:
+        with subscriber_exclusive(names[0]) as acquired:
+            yield list(names) if acquired else []
+        return
+    held = [name for name in names if _lock_for(name).acquire(blocking=False)]
+    try:
+        got = held
+        if connection.vendor == "postgresql" and held:
+            keys = {_drain_key(name): name for name in held}
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT k FROM unnest(%s::bigint[]) AS k WHERE pg_try_advisory_lock(k)", [sorted(keys)])
+                taken = {keys[key] for (key,) in cursor.fetchall()}
+            got = [name for name in held if name in taken]
+        try:
+            yield got
+        finally:
+            if connection.vendor == "postgresql" and got:
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        "SELECT pg_advisory_unlock(k) FROM unnest(%s::bigint[]) AS k",
+                        [sorted(_drain_key(name) for name in got)],
+                    )
+    finally:
+        for name in held:
+            _lock_for(name).release()
+
+
 def _drain_locked(subs: list[Subscriber]) -> int:
-    """Reads each subscriber's rows after its checkpoint and applies them, round after round, until every
-    one of them read what was committed (and waited a little for rows held back by an older open
-    transaction)."""
-    position: dict[str, tuple[int, int]] = {}
-    for sub in subs:
-        checkpoint = subscriber_checkpoint(sub.name)
-        position[sub.name] = (checkpoint.last_txid, checkpoint.last_id)
-    active = list(subs)
+    """Reads the outbox once for all these subscribers (the rows after the earliest checkpoint, on any of
+    their topics) and applies each one's rows after its own checkpoint, round after round, until the read
+    reached what was committed (and waited a little for rows held back by an older open transaction).
+
+    In the bus worker a read that reached the end is not repeated, unless a subscriber that appends to the
+    outbox applied something in that round: its rows are read in the same drain, under the same locks."""
+    position = {name: (c.last_txid, c.last_id) for name, c in subscriber_checkpoints([s.name for s in subs]).items()}
+    topics = frozenset().union(*(sub.topics for sub in subs))
     handled = 0
     waited = 0.0
-    while active:
-        fetched = {sub.name: pending_rows(sub, *position[sub.name], settings.BUS_BATCH_SIZE) for sub in active}
-        if not any(rows for rows, _ in fetched.values()):
-            held = [txid for _, txid in fetched.values() if txid is not None]
-            if held and waited < HOLD_BACK_WAIT_SECONDS:
-                waited += wait_for_watermark(min(held), HOLD_BACK_WAIT_SECONDS - waited)
+    while True:
+        start = min(position.values())
+        fetched, held_back = pending_rows_on(topics, *start, settings.BUS_BATCH_SIZE)
+        if not fetched:
+            if held_back is not None and waited < HOLD_BACK_WAIT_SECONDS:
+                waited += wait_for_watermark(held_back, HOLD_BACK_WAIT_SECONDS - waited)
                 continue
             return handled
         waited = 0.0
-        handled += _deliver_segments([(sub, list(_runs(sub, fetched[sub.name][0]))) for sub in active])
-        still: list[Subscriber] = []
-        for sub in active:
-            rows, held_back = fetched[sub.name]
-            if not rows:
-                if held_back is not None:
-                    still.append(sub)  # read again with the others; waited for once none has rows
-                continue
-            if len(rows) < settings.BUS_BATCH_SIZE and held_back is None and getattr(_local, "worker_draining", False):
-                # The read reached the end of what was committed, and this is the bus worker: a row committed
-                # since then wakes it again (NOTIFY or in-process wake), even if that committer's own drain
-                # found this subscriber locked by us. Another drainer (inline dispatch) reads again before it
-                # lets go of the lock, since the committer it locked out may not be listening.
-                continue
-            position[sub.name] = (rows[-1].txid, rows[-1].id)
-            still.append(sub)
-        active = still
-    return handled
+        plan: list[tuple[Subscriber, list[Segment]]] = []
+        for sub in subs:
+            after = position[sub.name]
+            rows = [row for row in fetched if row.topic in sub.topics and (row.txid, row.id) > after]
+            if rows:
+                plan.append((sub, list(_runs(sub, rows))))
+        handled += _deliver_segments(plan)
+        end = (fetched[-1].txid, fetched[-1].id)
+        position = {name: max(at, end) for name, at in position.items()}
+        appended = any(sub.appends_to_outbox for sub, _ in plan)
+        if (
+            len(fetched) < settings.BUS_BATCH_SIZE
+            and held_back is None
+            and not appended
+            and getattr(_local, "worker_draining", False)
+        ):
+            # The read reached the end of what was committed, and this is the bus worker: a row committed
+            # since then wakes it again (NOTIFY or in-process wake), even if that committer's own drain
+            # found these subscribers locked by us. Another drainer (inline dispatch) reads again before it
+            # lets go of the locks, since the committer it locked out may not be listening.
+            return handled
 
 
 Segment = tuple[list[OutboxMessage], OutboxMessage | None]
@@ -352,11 +389,15 @@ def _apply_one(
 
 
 def drain(names: list[str] | None = None) -> int:
-    """Drains the given (default: this process's outbox) subscribers until none has anything left."""
+    """Drains the given (default: this process's outbox) subscribers until none has anything left.
+
+    Each pass first asks which of them have rows after their checkpoint (one statement). If any has, all
+    of them are drained together, so that what one applies and appends (escrow's events, say) reaches
+    the others in the same drain, under the same locks."""
     selected = [get_subscriber(n) for n in names] if names else outbox_subscribers()
     total = 0
     while True:
-        handled = drain_subscribers(subscribers_with_work(selected))
+        handled = drain_subscribers(selected if subscribers_with_work(selected) else [])
         total += handled
         if not handled:
             return total

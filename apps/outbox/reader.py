@@ -64,14 +64,27 @@ def rows_after(txid: int, row_id: int) -> Q:
     return Q(txid__gt=txid) | Q(txid=txid, id__gt=row_id)
 
 
+def subscriber_checkpoints(names: list[str]) -> dict[str, SubscriberCheckpoint]:
+    """Several subscribers' checkpoints in one read (each created at the start if it has none)."""
+    found = {c.subscriber: c for c in SubscriberCheckpoint.objects.filter(subscriber__in=names)}
+    return {name: found[name] if name in found else subscriber_checkpoint(name) for name in names}
+
+
 def pending_rows(subscriber: Subscriber, txid: int, row_id: int, limit: int) -> tuple[list[OutboxMessage], int | None]:
-    """The rows this subscriber can take now, in delivery order, and the txid of the first committed row
-    it cannot take yet because an older transaction is still open (None if there is none).
+    """`pending_rows_on` the subscriber's topics."""
+    return pending_rows_on(subscriber.topics, txid, row_id, limit)
+
+
+def pending_rows_on(
+    topics: frozenset[str], txid: int, row_id: int, limit: int
+) -> tuple[list[OutboxMessage], int | None]:
+    """The rows on these topics a reader can take now, in delivery order, and the txid of the first
+    committed row it cannot take yet because an older transaction is still open (None if there is none).
 
     One statement: the rows after the checkpoint come with the watermark, and since they are in txid
     order the settled ones (txid below it) are a prefix; the first row after that prefix is held back.
     """
-    rows = OutboxMessage.objects.filter(rows_after(txid, row_id), topic__in=subscriber.topics).order_by("txid", "id")
+    rows = OutboxMessage.objects.filter(rows_after(txid, row_id), topic__in=topics).order_by("txid", "id")
     if connection.vendor != "postgresql":
         return list(rows[:limit]), None
     fetched = list(rows.annotate(watermark=RawSQL(XID_WATERMARK_SQL, []))[:limit])

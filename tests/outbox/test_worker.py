@@ -157,7 +157,7 @@ def test_a_pass_skips_subscribers_with_nothing_after_their_checkpoint():
         with CaptureQueriesContext(connection) as captured, worker_draining():  # as run_bus drains
             assert drain() == 1
         locks = [q["sql"] for q in captured.captured_queries if "pg_try_advisory_lock" in q["sql"]]
-        assert len(locks) == 1, locks  # only "behind" was locked and read
+        assert len(locks) == 1, locks  # one statement takes the drain locks, and one read serves them
         reads = [q["sql"] for q in captured.captured_queries if q["sql"].startswith('SELECT "outbox_outboxmessage"')]
         assert len(reads) == 1, reads  # the worker does not repeat a read that reached the end of the outbox
         with CaptureQueriesContext(connection) as idle:
