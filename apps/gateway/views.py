@@ -24,7 +24,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.core.public import audit_record
-from apps.escrow.public import CommandResult, allowed_actions, dispatch
+from apps.escrow.public import CommandResult, EscrowState, allowed_actions, dispatch
 from apps.gateway import serializers as io
 from apps.gateway import waiting
 from apps.gateway.auth import is_staff_member
@@ -38,18 +38,7 @@ from apps.projections.public import EscrowViewFields as EscrowView
 from proto.common.v1 import Actor, ActorKind, Money
 from proto.escrow import v1 as escrow_v1
 
-ESCROW_STATES = {
-    "AWAIT_ACCEPTANCE",
-    "AWAIT_FUNDS",
-    "FUNDS_HELD",
-    "DELIVERED",
-    "RELEASING",
-    "RELEASED",
-    "CANCELLED",
-    "REFUNDING",
-    "REFUNDED",
-    "DISPUTED",
-}
+ESCROW_STATES = frozenset(state.value for state in EscrowState)
 OUTCOMES = {
     "release": escrow_v1.DisputeOutcome.RELEASE,
     "refund": escrow_v1.DisputeOutcome.REFUND,
@@ -182,7 +171,7 @@ def _render_escrow(
         # What the caller may do now (accept, decline, pay, deliver, release, dispute, cancel).
         "actions": allowed_actions(view, request.user.pk, staff=_is_staff(request)),
     }
-    if request.user.pk == view.buyer_id and view.state == "AWAIT_FUNDS":
+    if request.user.pk == view.buyer_id and view.state == EscrowState.AWAIT_FUNDS:
         instructions = (
             payments.payment_instructions(str(view.escrow_id))
             if instructions_by_escrow is None
@@ -264,7 +253,7 @@ class EscrowCollection(APIView):
             next_link = f"{request.path}?{query.urlencode()}"
         # One query for the page's payment instructions instead of one per escrow awaiting funds.
         instructions = payments.payment_instructions_many(
-            [str(v.escrow_id) for v in page if v.buyer_id == request.user.pk and v.state == "AWAIT_FUNDS"]
+            [str(v.escrow_id) for v in page if v.buyer_id == request.user.pk and v.state == EscrowState.AWAIT_FUNDS]
         )
         return Response(
             {"count": count, "results": [_render_escrow(request, v, instructions) for v in page], "next": next_link}
@@ -664,7 +653,7 @@ class SandboxPay(APIView):
             raise Problem(404, "escrow_not_found", "no such escrow")
         if request.user.pk != view.buyer_id:
             raise Problem(403, "not_allowed", "only the buyer can pay", state=view.state)
-        if view.state != "AWAIT_FUNDS":
+        if view.state != EscrowState.AWAIT_FUNDS:
             raise Problem(
                 409, "invalid_transition", f"the escrow is {view.state}, not awaiting funds", state=view.state
             )
