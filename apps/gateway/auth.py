@@ -17,9 +17,8 @@ from allauth.headless.contrib.rest_framework.authentication import JWTTokenAuthe
 from allauth.headless.tokens.strategies.jwt import internal
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
 from django.utils.functional import SimpleLazyObject
-from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.exceptions import AuthenticationFailed, NotAuthenticated
 
 from apps.gateway import revocation
 from apps.gateway.problems import Problem
@@ -101,11 +100,19 @@ class BearerJWTAuthentication(JWTTokenAuthentication):
         return 'Bearer realm="api"'
 
 
-def is_staff_member(user: AbstractBaseUser) -> bool:
+def caller_id(request: Any) -> int:
+    """The id of the authenticated caller (every view but the public ones requires authentication)."""
+    pk = request.user.pk
+    if pk is None:
+        raise NotAuthenticated()
+    return int(pk)
+
+
+def is_staff_member(user: Any) -> bool:
     """Staff for escrow purposes: a Django staff user in the dispute_agent or ops group. For a caller
     authenticated by token, the token says (a change of either revokes the user's tokens)."""
     if isinstance(user, TokenUser) and user.escrow_staff is not None:
         return user.escrow_staff
     if not getattr(user, "is_staff", False):
         return False
-    return user.groups.filter(name__in=STAFF_GROUPS).exists()
+    return bool(user.groups.filter(name__in=STAFF_GROUPS).exists())

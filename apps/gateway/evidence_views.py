@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import uuid
+from typing import cast
 
 from django.conf import settings
+from django.http import QueryDict
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers as drf_serializers
 from rest_framework.parsers import MultiPartParser
@@ -80,7 +82,7 @@ class EscrowEvidence(APIView):
                 "exactly one file is required",
                 errors=[{"field": "file", "detail": "exactly one file is required"}],
             )
-        descriptions = request.data.getlist("description") if "description" in request.data else [""]
+        descriptions = cast(QueryDict, request.data).getlist("description") if "description" in request.data else [""]
         if len(descriptions) != 1 or not isinstance(descriptions[0], str):
             raise Problem(
                 400,

@@ -39,6 +39,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apps.escrow.public import command_applied
+from apps.gateway.auth import caller_id
 from apps.gateway.models import IdempotencyRecord
 from apps.gateway.problems import Problem, problem_response, to_problem
 
@@ -88,7 +89,7 @@ def idempotency_records_purge(*, force: bool = False) -> int:
 
 def _fingerprint(request: Request, raw_body: bytes) -> str:
     digest = hashlib.sha256()
-    digest.update(request.method.encode())
+    digest.update((request.method or "").encode())
     digest.update(b"\0")
     digest.update(request.path.encode())
     digest.update(b"\0")
@@ -107,7 +108,7 @@ def run_idempotent(request: Request, raw_body: bytes, mutate: Callable[[uuid.UUI
             400, "invalid_idempotency_key", f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters"
         )
     fingerprint = _fingerprint(request, raw_body)
-    user_id = request.user.pk
+    user_id = caller_id(request)
     for _ in range(3):
         try:
             with transaction.atomic():
@@ -135,7 +136,7 @@ def _lock_key(user_id: object, key: str) -> bool:
     return bool(row and row[0])
 
 
-def _run_once(user_id: object, key: str, fingerprint: str, mutate: Callable[[uuid.UUID], Response]) -> Response:
+def _run_once(user_id: int, key: str, fingerprint: str, mutate: Callable[[uuid.UUID], Response]) -> Response:
     if not _lock_key(user_id, key):
         raise _in_flight()
     existing = IdempotencyRecord.objects.filter(user_id=user_id, key=key).first()

@@ -11,6 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.gateway.auth import caller_id
 from apps.gateway.problems import Problem
 from apps.notifications import public as notifications
 
@@ -62,11 +63,11 @@ def _body(request: Request) -> Any:
 class DiscordLinkView(APIView):
     @extend_schema(operation_id="me_discord_link_get", responses={200: LinkOutput})
     def get(self, request: Request) -> Response:
-        return Response(_link_body(notifications.DiscordLink.objects.filter(user_id=request.user.pk).first()))
+        return Response(_link_body(notifications.DiscordLink.objects.filter(user_id=caller_id(request)).first()))
 
     @extend_schema(operation_id="me_discord_link_delete", responses={204: None})
     def delete(self, request: Request) -> Response:
-        notifications.discord_unlink(user_id=request.user.pk)
+        notifications.discord_unlink(user_id=caller_id(request))
         return Response(status=204)
 
 
@@ -87,7 +88,7 @@ def _preferences_body(current: dict[str, bool]) -> dict[str, Any]:
 class PreferencesView(APIView):
     @extend_schema(operation_id="me_notification_preferences_get", responses={200: PreferencesOutput})
     def get(self, request: Request) -> Response:
-        return Response(_preferences_body(notifications.preferences_get(user_id=request.user.pk)))
+        return Response(_preferences_body(notifications.preferences_get(user_id=caller_id(request))))
 
     @extend_schema(
         operation_id="me_notification_preferences_patch",
@@ -112,7 +113,7 @@ class PreferencesView(APIView):
                 errors=[{"field": k, "detail": "must be true or false"} for k in wrong],
             )
         try:
-            current = notifications.preferences_set(user_id=request.user.pk, changes=data)
+            current = notifications.preferences_set(user_id=caller_id(request), changes=data)
         except notifications.NotificationError as exc:
             raise _problem(exc) from None
         return Response(_preferences_body(current))

@@ -12,6 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.gateway import serializers as io
+from apps.gateway.auth import caller_id
 from apps.gateway.problems import Problem
 from apps.payments import public as payments
 
@@ -51,7 +52,7 @@ def _render(seller_id: int, destination: payments.Destination | None) -> dict[st
 class PayoutDestination(APIView):
     @extend_schema(operation_id="payout_destination_get", responses={200: PayoutDestinationOutput})
     def get(self, request: Request) -> Response:
-        return Response(_render(request.user.pk, payments.destination_get(seller_id=request.user.pk)))
+        return Response(_render(caller_id(request), payments.destination_get(seller_id=caller_id(request))))
 
     @extend_schema(
         operation_id="payout_destination_put", request=PayoutDestinationInput, responses={200: PayoutDestinationOutput}
@@ -62,14 +63,14 @@ class PayoutDestination(APIView):
         data = serializer.validated_data
         try:
             destination = payments.destination_set(
-                seller_id=request.user.pk,
+                seller_id=caller_id(request),
                 stripe_account_id=data.get("stripe_account_id"),
                 wallet_address=data.get("wallet_address"),
             )
         except payments.InvalidPayoutDestination as exc:
             code = {409: "destination_not_ready", 503: "provider_unavailable"}.get(exc.status, "validation_error")
             raise Problem(exc.status, code, exc.detail, errors=[{"field": exc.field, "detail": exc.detail}]) from None
-        return Response(_render(request.user.pk, destination))
+        return Response(_render(caller_id(request), destination))
 
 
 OnboardingOutput = inline_serializer("PayoutOnboarding", {"url": drf_serializers.URLField()})
@@ -89,7 +90,7 @@ class PayoutOnboarding(APIView):
                 errors=[{"field": "body", "detail": "must be empty"}],
             )
         try:
-            url = payments.onboarding_start(seller_id=request.user.pk)
+            url = payments.onboarding_start(seller_id=caller_id(request))
         except payments.OnboardingUnavailable as exc:
             raise Problem(503, "provider_unavailable", str(exc)) from None
         return Response({"url": url})

@@ -88,7 +88,7 @@ def _drf(exc: exceptions.APIException) -> Problem:
     if isinstance(exc, exceptions.NotAcceptable):
         return Problem(406, "not_acceptable", str(exc.detail))
     if isinstance(exc, exceptions.Throttled):
-        return Problem(429, "rate_limited", str(exc.detail), retry_after=exc.wait)
+        return Problem(429, "rate_limited", str(exc.detail), retry_after=getattr(exc, "wait", None))
     if isinstance(exc, exceptions.ValidationError):
         return Problem(400, "validation_error", "the request is invalid", errors=flatten_errors(exc.detail))
     return Problem(exc.status_code, exc.default_code, str(exc.detail))
@@ -142,8 +142,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     response = problem_response(found.status_code, found.code, found.detail, **found.extra)
     if found.status_code == status.HTTP_401_UNAUTHORIZED:
         response["WWW-Authenticate"] = 'Bearer realm="api"'
-    if isinstance(exc, exceptions.Throttled) and exc.wait:
-        response["Retry-After"] = str(int(exc.wait) + 1)
+    wait = getattr(exc, "wait", None) if isinstance(exc, exceptions.Throttled) else None
+    if wait:
+        response["Retry-After"] = str(int(wait) + 1)
     if found.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
         response["Retry-After"] = str(settings.DATABASE_RETRY_AFTER_SECONDS)
     return response

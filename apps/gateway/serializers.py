@@ -224,4 +224,5 @@ class TimelineOutput(serializers.Serializer):
     type = serializers.CharField()
     occurred_at = serializers.DateTimeField()
     actor = serializers.DictField()
-    data = serializers.DictField()
+    # The API's field is named `data`, which the stubs know only as Serializer.data.
+    data = serializers.DictField()  # type: ignore[assignment]

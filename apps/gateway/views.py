@@ -27,7 +27,7 @@ from apps.core.public import audit_record
 from apps.escrow.public import CommandResult, EscrowState, allowed_actions, dispatch
 from apps.gateway import serializers as io
 from apps.gateway import waiting
-from apps.gateway.auth import is_staff_member
+from apps.gateway.auth import caller_id, is_staff_member
 from apps.gateway.idempotency import run_idempotent
 from apps.gateway.problems import CONTENT_TYPE, Problem, database_unavailable, problem_body, problem_response
 from apps.notifications import public as notifications
@@ -117,15 +117,15 @@ def _validated(serializer_class: type[drf_serializers.Serializer], request: Requ
 
 
 def _user_actor(request: Request) -> Actor:
-    return Actor(kind=ActorKind.USER, user_id=request.user.pk)
+    return Actor(kind=ActorKind.USER, user_id=caller_id(request))
 
 
 def _staff_or_user_actor(request: Request, escrow_id: uuid.UUID) -> Actor:
     """Staff act as staff on escrows they are not party to; on their own trades they are a party."""
     if is_staff_member(request.user):
         view = selectors.escrow_view_get(escrow_id=str(escrow_id))
-        if view is None or request.user.pk not in (view.buyer_id, view.seller_id):
-            return Actor(kind=ActorKind.STAFF, user_id=request.user.pk)
+        if view is None or caller_id(request) not in (view.buyer_id, view.seller_id):
+            return Actor(kind=ActorKind.STAFF, user_id=caller_id(request))
     return _user_actor(request)
 
 
@@ -139,7 +139,7 @@ def _is_staff(request: Request) -> bool:
 
 
 def _can_read(request: Request, view: EscrowView) -> bool:
-    return request.user.pk in (view.buyer_id, view.seller_id) or is_staff_member(request.user)
+    return caller_id(request) in (view.buyer_id, view.seller_id) or is_staff_member(request.user)
 
 
 def _render_escrow(
@@ -169,9 +169,9 @@ def _render_escrow(
         "updated_at": view.updated_at.isoformat(),
         "links": _links(request, view.escrow_id),
         # What the caller may do now (accept, decline, pay, deliver, release, dispute, cancel).
-        "actions": allowed_actions(view, request.user.pk, staff=_is_staff(request)),
+        "actions": allowed_actions(view, caller_id(request), staff=_is_staff(request)),
     }
-    if request.user.pk == view.buyer_id and view.state == EscrowState.AWAIT_FUNDS:
+    if caller_id(request) == view.buyer_id and view.state == EscrowState.AWAIT_FUNDS:
         instructions = (
             payments.payment_instructions(str(view.escrow_id))
             if instructions_by_escrow is None
@@ -242,7 +242,7 @@ class EscrowCollection(APIView):
             )
         limit = _int_param(params, "limit", default=20, low=1, high=100)
         offset = _int_param(params, "offset", default=0, low=0, high=1_000_000)
-        views = selectors.escrow_views_for_user(user_id=request.user.pk, role=role, state=state)
+        views = selectors.escrow_views_for_user(user_id=caller_id(request), role=role, state=state)
         count = views.count()
         page = list(views[offset : offset + limit])
         next_link = None
@@ -253,7 +253,7 @@ class EscrowCollection(APIView):
             next_link = f"{request.path}?{query.urlencode()}"
         # One query for the page's payment instructions instead of one per escrow awaiting funds.
         instructions = payments.payment_instructions_many(
-            [str(v.escrow_id) for v in page if v.buyer_id == request.user.pk and v.state == EscrowState.AWAIT_FUNDS]
+            [str(v.escrow_id) for v in page if v.buyer_id == caller_id(request) and v.state == EscrowState.AWAIT_FUNDS]
         )
         return Response(
             {"count": count, "results": [_render_escrow(request, v, instructions) for v in page], "next": next_link}
@@ -271,7 +271,7 @@ class EscrowCollection(APIView):
         def mutate(command_id: uuid.UUID) -> Response:
             data = _validated(io.CreateEscrowInput, request)
             counterparty_id = _counterparty_id(data["counterparty"])
-            if counterparty_id == request.user.pk:
+            if counterparty_id == caller_id(request):
                 field = data["counterparty_field"]
                 raise Problem(
                     400,
@@ -280,7 +280,9 @@ class EscrowCollection(APIView):
                     errors=[{"field": field, "detail": "must be another user"}],
                 )
             buyer_id, seller_id = (
-                (request.user.pk, counterparty_id) if data["role"] == "buyer" else (counterparty_id, request.user.pk)
+                (caller_id(request), counterparty_id)
+                if data["role"] == "buyer"
+                else (counterparty_id, caller_id(request))
             )
             command = escrow_v1.CreateEscrow(
                 escrow_id=str(uuid.uuid5(command_id, "escrow")),
@@ -600,7 +602,7 @@ class ResolveEscrow(EscrowAction):
 
     def build(self, request: Request, escrow_id: uuid.UUID, data: dict[str, Any]) -> Any:
         actor = (
-            Actor(kind=ActorKind.STAFF, user_id=request.user.pk)
+            Actor(kind=ActorKind.STAFF, user_id=caller_id(request))
             if is_staff_member(request.user)
             else _user_actor(request)
         )
@@ -649,9 +651,9 @@ class SandboxPay(APIView):
                 errors=[{"field": "body", "detail": "must be empty"}],
             )
         view = selectors.escrow_view_get(escrow_id=str(escrow_id))
-        if view is None or request.user.pk not in (view.buyer_id, view.seller_id):
+        if view is None or caller_id(request) not in (view.buyer_id, view.seller_id):
             raise Problem(404, "escrow_not_found", "no such escrow")
-        if request.user.pk != view.buyer_id:
+        if caller_id(request) != view.buyer_id:
             raise Problem(403, "not_allowed", "only the buyer can pay", state=view.state)
         if view.state != EscrowState.AWAIT_FUNDS:
             raise Problem(
