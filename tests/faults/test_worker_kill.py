@@ -111,7 +111,6 @@ def _story(escrow_id: str) -> dict[str, Any]:
 
 def test_bus_workers_killed_at_random_points_lose_and_repeat_nothing(api_client, buyer, seller, staff, settings):
     settings.BUS_INLINE_DISPATCH = False
-    settings.READ_YOUR_WRITES_SECONDS = 0.0  # nobody is delivering in this process; do not wait for it
     rng = random.Random(SEED)
     as_buyer, as_seller, as_staff = api_client(buyer), api_client(seller), api_client(staff)
 

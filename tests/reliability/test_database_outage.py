@@ -96,7 +96,6 @@ def test_a_lost_database_answers_503_and_the_server_resumes_by_itself(
         # Meanwhile another process (this one, straight to PostgreSQL) commits work that only the
         # server's bus worker will deliver: the buyer cancels.
         settings.BUS_INLINE_DISPATCH = False
-        settings.READ_YOUR_WRITES_SECONDS = 0
         assert api_client(buyer).post(f"/api/v1/escrows/{escrow_id}/cancel", {}, format="json").status_code == 202
         assert selectors.escrow_view_get(escrow_id=escrow_id).state == "AWAIT_ACCEPTANCE"  # not delivered yet
 
