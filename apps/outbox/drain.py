@@ -366,6 +366,8 @@ def _apply_one(
     rolled back)."""
     current: int | None = None
     records: list[ProcessedMessage] = []
+    if not any(subscriber.handler_for(row.type) and (subscriber.name, row.event_id) not in done for row in rows):
+        return records, None, None  # nothing to run: no savepoint, only the checkpoint moves
     try:
         with transaction.atomic() if savepoint else nullcontext():
             for index, row in enumerate(rows):
