@@ -6,6 +6,7 @@ reach the provider as one request), then records the provider object in the subs
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
@@ -14,6 +15,7 @@ from apps.outbox.public import Delivery, ExternalEffect, Subscriber
 from apps.payments import checkout, compliance, movements, payouts, providers, services
 from apps.payments.models import PaymentArtifact, PaymentOrder, WaitingPayout
 from apps.payments.providers.base import MoneyMovement, PaymentSetup, ProviderError
+from proto.common.v1 import Money
 from proto.escrow import v1 as escrow_v1
 from proto.payments import v1 as payments_v1
 
@@ -50,11 +52,20 @@ def _key(delivery: Delivery, purpose: str) -> str:
     return f"{purpose}-{delivery.event_id}"
 
 
+def _amount(command: Any) -> Money:
+    """The amount a payments command must carry. One without it fails its handler (retried, then
+    dead-lettered), never moves a default of zero."""
+    amount: Money | None = command.amount
+    if amount is None:
+        raise ValueError(f"{type(command).__name__} for escrow {command.escrow_id} carries no amount")
+    return amount
+
+
 # --- CreatePaymentIntent ---------------------------------------------------------------------------------
 
 
 def prepare_payment(command: payments_v1.CreatePaymentIntent, delivery: Delivery) -> tuple[str, PaymentSetup | Refusal]:
-    amount = command.amount
+    amount = _amount(command)
     provider = providers.for_new_payment(amount_minor=amount.amount_minor, currency=amount.currency)
     try:
         setup: PaymentSetup | Refusal = provider.create_payment(
@@ -72,7 +83,7 @@ def apply_payment(
     command: payments_v1.CreatePaymentIntent, delivery: Delivery, prepared: tuple[str, PaymentSetup | Refusal]
 ) -> None:
     provider_name, setup = prepared
-    amount = command.amount
+    amount = _amount(command)
     services.lock_order(command.escrow_id)
     order, _ = PaymentOrder.objects.get_or_create(
         escrow_id=command.escrow_id,
@@ -140,8 +151,8 @@ def prepare_transfer(
             provider_name=payment.provider,
             escrow_id=command.escrow_id,
             seller_id=command.seller_id,
-            amount_minor=command.amount.amount_minor,
-            currency=command.amount.currency,
+            amount_minor=_amount(command).amount_minor,
+            currency=_amount(command).currency,
             source_payment_id=payment.provider_id,
             idempotency_key=_key(delivery, "transfer"),
         )
@@ -164,9 +175,9 @@ def apply_transfer(
         provider_name=payment.provider,
         movement=prepared,
         key=_key(delivery, "transfer"),
-        amount_minor=command.amount.amount_minor,
+        amount_minor=_amount(command).amount_minor,
         fee_minor=command.fee.amount_minor if command.fee else 0,
-        currency=command.amount.currency,
+        currency=_amount(command).currency,
     )
 
 
@@ -190,9 +201,9 @@ def _transfer_not_sent(
         "seller_id": command.seller_id,
         "provider": payment.provider,
         "source_payment_id": payment.provider_id,
-        "amount_minor": command.amount.amount_minor,
+        "amount_minor": _amount(command).amount_minor,
         "fee_minor": command.fee.amount_minor if command.fee else 0,
-        "currency": command.amount.currency,
+        "currency": _amount(command).currency,
     }
     if isinstance(outcome, AwaitingDestination):
         WaitingPayout.objects.get_or_create(idempotency_key=key, defaults=payout)
@@ -215,8 +226,8 @@ def _transfer_not_sent(
             )
     movements.transfer_failed(
         order,
-        amount_minor=command.amount.amount_minor,
-        currency=command.amount.currency,
+        amount_minor=_amount(command).amount_minor,
+        currency=_amount(command).currency,
         provider=payment.provider,
         reason=reason,
         awaiting_destination=isinstance(outcome, AwaitingDestination),
@@ -228,7 +239,7 @@ def _transfer_not_sent(
 
 def prepare_refund(command: payments_v1.InitiateRefund, delivery: Delivery) -> MoneyMovement | Refusal:
     payment = _payment_of(command.escrow_id)
-    over_budget = payouts.refund_budget_check(escrow_id=command.escrow_id, refund_minor=command.amount.amount_minor)
+    over_budget = payouts.refund_budget_check(escrow_id=command.escrow_id, refund_minor=_amount(command).amount_minor)
     if over_budget:
         return Refusal(reason=over_budget)
     provider = providers.get(payment.provider)
@@ -242,8 +253,8 @@ def prepare_refund(command: payments_v1.InitiateRefund, delivery: Delivery) -> M
             escrow_id=command.escrow_id,
             payment_id=payment.provider_id,
             destination=destination,
-            amount_minor=command.amount.amount_minor,
-            currency=command.amount.currency,
+            amount_minor=_amount(command).amount_minor,
+            currency=_amount(command).currency,
             idempotency_key=_key(delivery, "refund"),
         )
     except ProviderError as exc:
@@ -260,7 +271,7 @@ def apply_refund(command: payments_v1.InitiateRefund, delivery: Delivery, prepar
             order,
             payments_v1.RefundFailed(
                 escrow_id=command.escrow_id,
-                amount=services.money(command.amount.amount_minor, command.amount.currency),
+                amount=services.money(_amount(command).amount_minor, _amount(command).currency),
                 provider=payment.provider,
                 reason=prepared.reason,
             ),
@@ -274,9 +285,9 @@ def apply_refund(command: payments_v1.InitiateRefund, delivery: Delivery, prepar
         provider_name=payment.provider,
         movement=prepared,
         key=_key(delivery, "refund"),
-        amount_minor=command.amount.amount_minor,
+        amount_minor=_amount(command).amount_minor,
         fee_minor=0,
-        currency=command.amount.currency,
+        currency=_amount(command).currency,
     )
 
 
