@@ -116,6 +116,29 @@ def _validated(serializer_class: type[drf_serializers.Serializer], request: Requ
     return serializer.validated_data
 
 
+def _query_params(request: Request, allowed: set[str]) -> Any:
+    """The query parameters, refused with 400 when one is unknown or given twice (which of two values
+    wins is not something a client should have to guess)."""
+    params = request.query_params
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise Problem(
+            400,
+            "validation_error",
+            "unknown query parameter",
+            errors=[{"field": name, "detail": "unknown query parameter"} for name in unknown],
+        )
+    repeated = sorted(name for name in params if len(params.getlist(name)) > 1)
+    if repeated:
+        raise Problem(
+            400,
+            "validation_error",
+            "repeated query parameter",
+            errors=[{"field": name, "detail": "give this parameter once"} for name in repeated],
+        )
+    return params
+
+
 def _user_actor(request: Request) -> Actor:
     return Actor(kind=ActorKind.USER, user_id=caller_id(request))
 
@@ -212,24 +235,7 @@ class EscrowCollection(APIView):
         },
     )
     def get(self, request: Request) -> Response:
-        params = request.query_params
-        unknown = sorted(set(params) - {"role", "state", "limit", "offset"})
-        if unknown:
-            raise Problem(
-                400,
-                "validation_error",
-                "unknown query parameter",
-                errors=[{"field": name, "detail": "unknown query parameter"} for name in unknown],
-            )
-        repeated = sorted(name for name in params if len(params.getlist(name)) > 1)
-        if repeated:
-            # Which of two values wins is not something a client should have to guess.
-            raise Problem(
-                400,
-                "validation_error",
-                "repeated query parameter",
-                errors=[{"field": name, "detail": "give this parameter once"} for name in repeated],
-            )
+        params = _query_params(request, {"role", "state", "limit", "offset"})
         role = params.get("role")
         state = params.get("state")
         if role is not None and role not in ("buyer", "seller"):
@@ -373,21 +379,7 @@ class EscrowDetail(APIView):
         },
     )
     def get(self, request: Request, escrow_id: uuid.UUID) -> Response:
-        unknown = sorted(set(request.query_params) - {"min_version"})
-        if unknown:
-            raise Problem(
-                400,
-                "validation_error",
-                "unknown query parameter",
-                errors=[{"field": name, "detail": "unknown query parameter"} for name in unknown],
-            )
-        if len(request.query_params.getlist("min_version")) > 1:
-            raise Problem(
-                400,
-                "validation_error",
-                "repeated query parameter",
-                errors=[{"field": "min_version", "detail": "give this parameter once"}],
-            )
+        _query_params(request, {"min_version"})
         min_version = (
             _int_param(request.query_params, "min_version", default=0, low=1, high=1_000_000_000)
             if "min_version" in request.query_params
