@@ -21,7 +21,7 @@ from django.utils.functional import SimpleLazyObject
 from rest_framework.exceptions import AuthenticationFailed, NotAuthenticated
 
 from apps.gateway import revocation
-from apps.gateway.problems import Problem
+from apps.gateway.problems import Problem, database_unavailable, unavailable_problem
 
 STAFF_GROUPS = ("dispute_agent", "ops")
 # Claims this project adds to the access tokens it issues (apps/gateway/tokens.py).
@@ -90,6 +90,10 @@ class BearerJWTAuthentication(JWTTokenAuthentication):
             revoked = revocation.is_revoked(user_id=user_pk, session_key=session_key, issued_us=issued_us)
         except Exception as exc:  # noqa: BLE001 - fail closed, never fall back to a database query
             log.error("token revocation check failed", extra={"error": type(exc).__name__})
+            if database_unavailable(exc):
+                # The shared cache is the database's cache table (the embedded default) and the database
+                # is gone: say so, as every other request does.
+                raise unavailable_problem() from None
             raise Problem(503, "auth_unavailable", "sign-in cannot be checked right now; retry shortly") from None
         if revoked:
             raise AuthenticationFailed("Invalid token.")
