@@ -222,8 +222,7 @@ def prepare(database_url: str, pairs: int) -> list[tuple[str, str]]:
 
     from apps.gateway.tokens import mint_access_token
 
-    call_command("migrate", verbosity=0)
-    call_command("createcachetable", verbosity=0)
+    call_command("migrate", verbosity=0)  # also makes the database cache's table (gateway 0008)
     users = get_user_model()
     tokens: list[tuple[str, str]] = []
     for n in range(pairs):

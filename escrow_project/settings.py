@@ -137,8 +137,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 
 # Shared state (rate-limit counters, the mutation throttle, allauth's TOTP code-reuse guard) lives in the
 # default cache, so every process must see the same one: Redis in production (CACHE_URL=redis://host:6379/0),
-# the database's cache table in the embedded default (created by `migrate` + `createcachetable`, i.e. `make
-# migrate`/`make run`). CACHE_URL=locmem:// is per process and only for single-process experiments.
+# the database's cache table in the embedded default (created by `migrate`: gateway migration 0008). CACHE_URL=locmem:// is per process and only for single-process experiments.
 CACHE_URL = os.environ.get("CACHE_URL", "")
 CACHE_KEY_PREFIX = os.environ.get("CACHE_KEY_PREFIX", "escrow")
 if CACHE_URL.startswith(("redis://", "rediss://", "unix://")):
