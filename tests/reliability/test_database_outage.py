@@ -71,7 +71,8 @@ def test_a_lost_database_answers_503_and_the_server_resumes_by_itself(
         )
         assert created.status_code == 202, created.text
         escrow_id = created.json()["escrow_id"]
-        before = http.get(f"/escrows/{escrow_id}", headers=headers)
+        # The read model follows the 202: the read asks to wait until it has the escrow (docs/api.md).
+        before = http.get(f"/escrows/{escrow_id}", headers={**headers, "Prefer": "wait=10"})
         assert before.status_code == 200 and before.json()["state"] == "AWAIT_ACCEPTANCE", (before.text, server.log())
         assert http.get("/ready").status_code == 200
 
