@@ -139,9 +139,9 @@ def test_a_card_trade_between_two_people_in_two_browsers(two_people: Any) -> Non
     seller.open("/deals/")
     seller.driver.find_element("partial link text", "Dominus Empyreus").click()
     seller.shot("deal-seen-by-seller")
-    if seller.state() == "AWAIT_ACCEPTANCE":
-        seller.find("#action-accept").click()
-        seller.shot("deal-accepted")
+    seller.wait_for_state("AWAIT_ACCEPTANCE")
+    seller.find("#action-accept").click()
+    seller.shot("deal-accepted")
     assert not seller.finds("#action-pay")
 
     # the buyer pays on the sandbox checkout page

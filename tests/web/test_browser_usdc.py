@@ -90,8 +90,10 @@ def test_a_seller_created_usdc_deal_up_to_the_deposit_page(live_world: Any) -> N
     seller.find("#id_description").send_keys("Valkyrie Helm, Roblox limited")
     seller.shot("new-deal")
     seller.find("#create-deal").click()
+    # the click returns before the redirect has always arrived, and the deal page may first say "Updating…"
+    seller.wait_until(lambda: not seller.driver.current_url.endswith("/deals/new"))
+    seller.wait_for_state("AWAIT_ACCEPTANCE")
     seller.shot("deal-created")
-    assert seller.state() == "AWAIT_ACCEPTANCE"
     assert not seller.finds("#action-accept")  # the creator does not accept their own deal
 
     buyer.open("/deals/")
@@ -102,10 +104,10 @@ def test_a_seller_created_usdc_deal_up_to_the_deposit_page(live_world: Any) -> N
     buyer.shot("deal-accepted")
 
     buyer.find("#action-pay").click()
+    address = buyer.wait_for("#deposit-address").text.strip()
     deadline_and_amount = buyer.find("main").text
     buyer.shot("deposit")
     assert "12500.00" in deadline_and_amount and "Base" in deadline_and_amount
-    address = buyer.find("#deposit-address").text.strip()
     assert address.startswith("0x") and len(address) == 42
     assert buyer.finds("main svg")  # the address as a QR code, drawn by this server
     assert not seller.finds("#action-pay")
