@@ -8,9 +8,10 @@ import json
 import re
 import sys
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import RequestDataTooBig
 from django.db import connection, transaction
 from django.http import HttpRequest, JsonResponse
@@ -18,16 +19,18 @@ from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers as drf_serializers
+from rest_framework.exceptions import NotAuthenticated
 from rest_framework.permissions import AllowAny
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.core.public import audit_record
 from apps.escrow.public import CommandResult, EscrowState, allowed_actions, dispatch
+from apps.gateway import problems, waiting
 from apps.gateway import serializers as io
-from apps.gateway import waiting
-from apps.gateway.auth import caller_id, is_staff_member
+from apps.gateway.auth import BearerJWTAuthentication, caller_id, is_staff_member
 from apps.gateway.idempotency import run_idempotent
 from apps.gateway.problems import CONTENT_TYPE, Problem, database_unavailable, problem_body, problem_response
 from apps.notifications import public as notifications
@@ -119,7 +122,7 @@ def _validated(serializer_class: type[drf_serializers.Serializer], request: Requ
 def _query_params(request: Request, allowed: set[str]) -> Any:
     """The query parameters, refused with 400 when one is unknown or given twice (which of two values
     wins is not something a client should have to guess)."""
-    params = request.query_params
+    params = request.GET  # the same QueryDict as DRF's query_params; a plain HttpRequest has it too
     unknown = sorted(set(params) - allowed)
     if unknown:
         raise Problem(
@@ -351,7 +354,60 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     return etag in {tag.removeprefix("W/") for tag in (t.strip() for t in if_none_match.split(",")) if tag}
 
 
+# The Accept headers the lean read path answers itself: the ones DRF's negotiation maps to the JSON renderer
+# as its plain media type. Anything else (a browser's list, `; indent=4`, `?format=`) goes through DRF.
+_LEAN_ACCEPT = frozenset({"", "*/*", "application/json"})
+
+
 class EscrowDetail(APIView):
+    """GET /escrows/{id}, the hottest route. A plain GET is served outside DRF's per-request machinery (the
+    Request wrapper, content negotiation, the permission and throttle passes: none of them can change its
+    answer, reads are not throttled), with the same authenticator, the same view code, the same problem
+    answers and the same renderer as DRF would use; `tests/gateway/test_lean_read.py` compares the two paths
+    answer by answer. Any other request (HEAD, OPTIONS, an unusual Accept, a forced test user) takes DRF's
+    path. The OpenAPI description comes from this class as before."""
+
+    lean = True
+    _authenticator = BearerJWTAuthentication()
+    _renderer = JSONRenderer()
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        if (
+            self.lean
+            and request.method == "GET"
+            and request.META.get("HTTP_ACCEPT", "") in _LEAN_ACCEPT
+            and "format" not in request.GET
+            and not hasattr(request, "_force_auth_user")
+        ):
+            return self._lean_get(request, kwargs["escrow_id"])
+        return super().dispatch(request, *args, **kwargs)
+
+    def _lean_get(self, request: HttpRequest, escrow_id: uuid.UUID) -> Response:
+        self.args, self.kwargs = (), {"escrow_id": escrow_id}
+        try:
+            try:
+                authenticated = self._authenticator.authenticate(request)
+            except Exception:
+                request.user = AnonymousUser()  # as DRF leaves it when authentication fails
+                raise
+            if authenticated is None:
+                request.user = AnonymousUser()
+                raise NotAuthenticated()
+            request.user = authenticated[0]
+            # Only the attributes DRF's Request and Django's HttpRequest share are used (GET, headers, user).
+            response = self.get(cast(Request, request), escrow_id)
+        except Exception as exc:
+            handled = problems.exception_handler(exc, {})
+            if handled is None:
+                raise
+            response = handled
+        # What DRF's finalize_response does for this view: its renderer and the Allow header.
+        response.accepted_renderer = self._renderer
+        response.accepted_media_type = self._renderer.media_type
+        response.renderer_context = {"view": self, "args": (), "kwargs": self.kwargs, "request": request}  # type: ignore[attr-defined]
+        response["Allow"] = "GET, HEAD, OPTIONS"
+        return response
+
     @extend_schema(
         operation_id="escrows_retrieve",
         parameters=[
@@ -379,11 +435,9 @@ class EscrowDetail(APIView):
         },
     )
     def get(self, request: Request, escrow_id: uuid.UUID) -> Response:
-        _query_params(request, {"min_version"})
+        params = _query_params(request, {"min_version"})
         min_version = (
-            _int_param(request.query_params, "min_version", default=0, low=1, high=1_000_000_000)
-            if "min_version" in request.query_params
-            else 0
+            _int_param(params, "min_version", default=0, low=1, high=1_000_000_000) if "min_version" in params else 0
         )
         if_none_match = request.headers.get("If-None-Match")
         wait = waiting.requested_wait(request)
