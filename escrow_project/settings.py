@@ -198,6 +198,15 @@ HEADLESS_JWT_STATEFUL_VALIDATION_ENABLED = True
 # How long a revocation is remembered; a token that lives longer than this is refused outright (minted
 # tokens for scripts and the demo included: `mint_token --expires-in`, `seed_demo` mints for 7 days).
 AUTH_TOKEN_MAX_LIFETIME_SECONDS = env_int("AUTH_TOKEN_MAX_LIFETIME_SECONDS", 8 * 86400)
+# With Redis as the cache, each process answers revocation checks from its own copy, kept current by a
+# pub/sub stream (apps/gateway/revocation.py): a revocation reaches the other processes when its message
+# arrives, and a process that has not heard from the stream (it pings every PING seconds) for STALE seconds
+# reads the cache per request again. Entries read from the cache are re-read after LOCAL seconds.
+AUTH_REVOCATION_STREAM = env_bool("AUTH_REVOCATION_STREAM", True)
+AUTH_REVOCATION_STREAM_PING_SECONDS = float(os.environ.get("AUTH_REVOCATION_STREAM_PING_SECONDS", "0.5"))
+AUTH_REVOCATION_STREAM_STALE_SECONDS = float(os.environ.get("AUTH_REVOCATION_STREAM_STALE_SECONDS", "2"))
+AUTH_REVOCATION_LOCAL_SECONDS = float(os.environ.get("AUTH_REVOCATION_LOCAL_SECONDS", "60"))
+AUTH_REVOCATION_LOCAL_MAX_ENTRIES = env_int("AUTH_REVOCATION_LOCAL_MAX_ENTRIES", 100_000)
 # Headless flows that end in a browser (Discord sign-in) come back to the web app's pages.
 HEADLESS_FRONTEND_URLS: dict[str, str] = {"socialaccount_login_error": "/signin/"}
 ACCOUNT_LOGIN_METHODS = {"username"}

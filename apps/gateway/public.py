@@ -1,8 +1,9 @@
 """What the project wiring (escrow_project) may use of the gateway beyond its URLs: the admin's login form,
-which asks staff for their TOTP code, and the purge of expired idempotency records, run as a bus worker
-tick."""
+which asks staff for their TOTP code, the purge of expired idempotency records, run as a bus worker
+tick, and the start of a serving process's token revocation stream (the WSGI module, at worker boot)."""
 
 from apps.gateway.idempotency import idempotency_records_purge
 from apps.gateway.mfa import MFAAdminAuthenticationForm
+from apps.gateway.revocation import start as start_revocation_stream
 
-__all__ = ["MFAAdminAuthenticationForm", "idempotency_records_purge"]
+__all__ = ["MFAAdminAuthenticationForm", "idempotency_records_purge", "start_revocation_stream"]

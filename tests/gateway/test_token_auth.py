@@ -5,12 +5,9 @@ and a cache that cannot be read refuses the request rather than falling back to 
 from __future__ import annotations
 
 import datetime
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import jwt
-import pytest
 from allauth.headless.tokens.strategies.jwt import internal
 from django.contrib.auth.models import Group
 from django.db import connection
@@ -21,37 +18,7 @@ from apps.gateway.tokens import mint_access_token
 from tests.factories import UserFactory
 from tests.helpers import create_escrow
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 AUTH_TABLES = ("django_session", "auth_user", "usersessions", "escrow_cache", "auth_group")
-
-
-def _redis_up() -> bool:
-    import redis
-
-    try:
-        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping())
-    except redis.RedisError:
-        return False
-
-
-@pytest.fixture
-def redis_cache(settings: Any) -> Iterator[str]:
-    if not _redis_up():
-        pytest.skip("needs Redis on 127.0.0.1:6379 (.ci/run starts it)")
-    prefix = f"escrow-test-{uuid.uuid4().hex[:12]}"
-    settings.CACHES = {
-        "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": REDIS_URL,
-            "KEY_PREFIX": prefix,
-        }
-    }
-    yield prefix
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    for key in client.scan_iter(f"{prefix}:*"):
-        client.delete(key)
 
 
 def _get(token: str, path: str = "/api/v1/escrows") -> Any:
