@@ -768,18 +768,25 @@ def database_backends(database: str) -> list[int]:
 
 
 def stack_pids(stack: Stack) -> dict[str, list[int]]:
-    """The processes whose CPU a step pays for, by tier: web (gunicorn workers), bus (run_bus)."""
-    web, bus = [], []
+    """The processes whose CPU a step pays for, by tier: web (gunicorn workers), bus (run_bus and the
+    `consume` processes of apps split out), relay (relay_outbox)."""
+    web: list[int] = []
+    bus: list[int] = []
+    relay: list[int] = []
     for name, proc in stack.procs.items():
         if name == "gunicorn":
             web += [proc.pid, *children(proc.pid)]
-        elif name.startswith("run_bus"):
+        elif name.startswith(("run_bus", "consume")):
             bus.append(proc.pid)
-    return {"web": web, "bus": bus}
+        elif name == "relay_outbox":
+            relay.append(proc.pid)
+    return {"web": web, "bus": bus, "relay": relay}
 
 
-def cpu_snapshot(stack: Stack, database: str) -> dict[str, dict[int, float]]:
+def cpu_snapshot(stack: Stack, database: str, broker_pid: int | None = None) -> dict[str, dict[int, float]]:
     tiers = stack_pids(stack)
+    # The broker counts only when this run started it (a local Tansu): an external one is not measured.
+    tiers["broker"] = [broker_pid] if broker_pid else []
     tiers["database"] = database_backends(database)
     tiers["load generator"] = [os.getpid()]
     return {tier: {pid: cpu_seconds(pid) for pid in pids} for tier, pids in tiers.items()}
@@ -802,15 +809,76 @@ def scale_steps(cores: int) -> list[int]:
     return [*steps, cores]
 
 
-def bus_groups(processes: int) -> list[str]:
+def bus_groups(processes: int, names: tuple[str, ...] = SUBSCRIBERS) -> list[str]:
     """The subscribers dealt round-robin over this many bus processes (at most one per subscriber)."""
-    groups: list[list[str]] = [[] for _ in range(max(1, min(processes, len(SUBSCRIBERS))))]
-    for n, name in enumerate(SUBSCRIBERS):
+    if not names:
+        return []
+    groups: list[list[str]] = [[] for _ in range(max(1, min(processes, len(names))))]
+    for n, name in enumerate(names):
         groups[n % len(groups)].append(name)
     return [",".join(g) for g in groups]
 
 
-def start_stack(stack: Stack, env: dict[str, str], port: int, *, workers: int, threads: int, groups: list[str]) -> None:
+# Apps split out by default in the Kafka topology: what the read side and the money side consume; escrow
+# (the state machine's reactions) stays on the outbox bus, in `run_bus`.
+KAFKA_SPLIT = ("payments", "projections", "notifications")
+# Consumers per split app: one per this many web processes (at least one; never more than the topic's
+# partitions, KAFKA_TOPIC_PARTITIONS, since a group's extra members would sit idle).
+WEB_PER_CONSUMER = 4
+
+
+@dataclass
+class Topology:
+    """The processes of one scale step: N gunicorn workers, `run_bus` processes (each feeding a group of
+    subscribers from the outbox) and, with a broker, the relay and `consume` processes per split app."""
+
+    web: int
+    bus_groups: list[str]
+    consumers: dict[str, int] = field(default_factory=dict)  # split app -> `consume` processes
+
+    @property
+    def kafka(self) -> bool:
+        return bool(self.consumers)
+
+    @property
+    def in_process(self) -> str:
+        """BUS_OUTBOX_SUBSCRIBERS for every process of the step: the apps the outbox bus feeds."""
+        return ",".join(self.bus_groups)
+
+    @property
+    def label(self) -> str:
+        bus = f"{self.web} x {len(self.bus_groups)}"
+        if not self.kafka:
+            return bus
+        consumers = sum(self.consumers.values())
+        return f"{bus} + relay + {consumers} consume ({', '.join(self.consumers)})"
+
+
+def outbox_topology(web: int) -> Topology:
+    """The outbox-bus step: half as many bus processes as web processes, the four subscribers dealt over them."""
+    return Topology(web=web, bus_groups=bus_groups(max(1, (web + 1) // 2)))
+
+
+def kafka_topology(web: int, split: tuple[str, ...], partitions: int) -> Topology:
+    """The split step: the apps in `split` each consumed from Kafka by their own `consume` processes, the
+    others left on the outbox bus (as many `run_bus` as the outbox step gives them, at most one per app)."""
+    unknown = sorted(set(split) - set(SUBSCRIBERS))
+    if unknown or not split:
+        raise ValueError(f"split apps must be some of {', '.join(SUBSCRIBERS)}; got {', '.join(split) or 'none'}")
+    in_process = tuple(name for name in SUBSCRIBERS if name not in split)
+    per_app = max(1, min(partitions, math.ceil(web / WEB_PER_CONSUMER)))
+    return Topology(
+        web=web,
+        bus_groups=bus_groups(max(1, (web + 1) // 2), in_process),
+        consumers={app: per_app for app in SUBSCRIBERS if app in split},
+    )
+
+
+def start_stack(
+    stack: Stack, env: dict[str, str], port: int, *, topology: Topology, threads: int, kafka: str = "", group: str = ""
+) -> None:
+    if topology.kafka:
+        env = {**env, "BUS_OUTBOX_SUBSCRIBERS": topology.in_process, "KAFKA_BOOTSTRAP_SERVERS": kafka}
     stack.start(
         "gunicorn",
         [
@@ -819,7 +887,7 @@ def start_stack(stack: Stack, env: dict[str, str], port: int, *, workers: int, t
             "-b",
             f"127.0.0.1:{port}",
             "-w",
-            str(workers),
+            str(topology.web),
             "-k",
             "gthread",
             "--threads",
@@ -831,34 +899,160 @@ def start_stack(stack: Stack, env: dict[str, str], port: int, *, workers: int, t
         ],
         env,
     )
-    for n, group in enumerate(groups):
+    for n, subscribers in enumerate(topology.bus_groups):
         # One process per group of subscribers; escrow timers fire in the first only.
         argv = [PY, "manage.py", "run_bus"] + (["--no-timers"] if n else [])
-        stack.start("run_bus" + (f" {n + 1}" if n else ""), argv, {**env, "BUS_OUTBOX_SUBSCRIBERS": group})
+        stack.start("run_bus" + (f" {n + 1}" if n else ""), argv, {**env, "BUS_OUTBOX_SUBSCRIBERS": subscribers})
+    if topology.kafka:
+        stack.start("relay_outbox", [PY, "manage.py", "relay_outbox"], env)
+        for app, replicas in topology.consumers.items():
+            for n in range(replicas):
+                stack.start(
+                    f"consume {app} {n + 1}", [PY, "manage.py", "consume", app, "--group", f"{group}-{app}"], env
+                )
+
+
+def outbox_high_water() -> int:
+    """The newest outbox row's id: a step's rows are those after it."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT coalesce(max(id), 0) FROM outbox_outboxmessage")
+        return int(cursor.fetchone()[0])
+
+
+def pending(topology: Topology, since_id: int) -> dict[str, int]:
+    """What is not yet applied, per subscriber: outbox-bus subscribers by their checkpoint's lag; with a
+    broker, the rows the relay has not published and, per split app, the rows of this step on its topics
+    and types that its `consume` processes have not recorded as processed (the same dedupe records)."""
+    from django.db import connection
+
+    from apps.outbox.public import lag
+    from apps.outbox.registry import get_subscriber
+
+    figures = {name: lag(get_subscriber(name)) for group in topology.bus_groups for name in group.split(",")}
+    if topology.kafka:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM outbox_outboxmessage WHERE id > %s AND published_at IS NULL", [since_id]
+            )
+            figures["relay (unpublished)"] = int(cursor.fetchone()[0])
+            for app in topology.consumers:
+                subscriber = get_subscriber(app)
+                cursor.execute(
+                    """SELECT count(*) FROM outbox_outboxmessage o
+                       WHERE o.id > %s AND o.topic = ANY(%s) AND o.type = ANY(%s) AND NOT EXISTS (
+                         SELECT 1 FROM outbox_processedmessage p WHERE p.subscriber = %s AND p.event_id = o.event_id)""",
+                    [since_id, sorted(subscriber.topics), sorted(subscriber.types), app],
+                )
+                figures[f"{app} (consume)"] = int(cursor.fetchone()[0])
+    return figures
+
+
+def wait_settled(topology: Topology, since_id: int, timeout: float) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        figures = pending(topology, since_id)
+        if not any(figures.values()) or time.monotonic() > deadline:
+            return figures
+        time.sleep(0.5)
+
+
+@dataclass
+class Broker:
+    """The Kafka-protocol broker of the split topology: its bootstrap servers, and its pid when this run
+    started it (then its CPU is counted with the server's)."""
+
+    servers: str
+    pid: int | None = None
+
+
+def prepare_kafka_step(broker: Broker, topology: Topology, group: str) -> None:
+    """Before a split step: the outbox rows of earlier steps were applied on the outbox bus, so they are
+    marked published (the relay starts at this step's rows), and each split app's consumer group for the
+    step is committed at the end of its topics (it reads only what this step publishes)."""
+    from django.db import connection
+
+    from apps.outbox.registry import get_subscriber
+
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE outbox_outboxmessage SET published_at = now() WHERE published_at IS NULL")
+    for app in topology.consumers:
+        asyncio.run(park_group(broker.servers, f"{group}-{app}", sorted(get_subscriber(app).topics)))
+
+
+async def park_group(servers: str, group: str, topics: list[str]) -> None:
+    """Commits a new consumer group's offsets at the end of every partition of `topics`. (Tansu 0.6
+    answers the end offset with its last batch's base offset + 1: a few records are read again during the
+    step's warm-up, where the dedupe makes them no-ops; the measured phase comes after.)"""
+    from apps.outbox.kafka.client import make_consumer
+
+    consumer = make_consumer(
+        *topics, servers=servers, group_id=group, enable_auto_commit=False, auto_offset_reset="latest"
+    )
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not consumer.assignment():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"consumer group {group} got no partitions within 60 s")
+            await consumer.getmany(timeout_ms=200)
+        await consumer.commit({tp: await consumer.position(tp) for tp in consumer.assignment()})
+    finally:
+        await consumer.stop()
 
 
 def scale_step(
-    args: argparse.Namespace, database_url: str, tokens: list[tuple[str, str]], web: int, bus: int
+    args: argparse.Namespace,
+    database_url: str,
+    tokens: list[tuple[str, str]],
+    topology: Topology,
+    broker: Broker | None = None,
 ) -> dict[str, Any]:
     stack = Stack()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    groups = bus_groups(bus)
+    web = topology.web
     offered = args.scale_offered * web
-    step: dict[str, Any] = {"web_processes": web, "bus_processes": len(groups), "bus_groups": groups}
+    name = f"scale {topology.label}"
+    step: dict[str, Any] = {
+        "topology": "kafka" if topology.kafka else "outbox",
+        "label": topology.label,
+        "web_processes": web,
+        "bus_processes": len(topology.bus_groups),
+        "bus_groups": topology.bus_groups,
+        "consumers": topology.consumers,
+    }
+    group = f"bench-{os.getpid()}-w{web}"
+    env = django_env(database_url, inline=False)
+    if broker is not None and broker.pid:
+        env["KAFKA_ENABLE_IDEMPOTENCE"] = "0"  # Tansu refuses the idempotent producer
+    broker_pid = broker.pid if broker else None
     try:
+        if topology.kafka:
+            assert broker is not None
+            prepare_kafka_step(broker, topology, group)
+        since_id = outbox_high_water()
         start_stack(
-            stack, django_env(database_url, inline=False), port, workers=web, threads=args.threads, groups=groups
+            stack,
+            env,
+            port,
+            topology=topology,
+            threads=args.threads,
+            kafka=broker.servers if broker else "",
+            group=group,
         )
         wait_until_up(base, stack)
-        progress(f"scale {web} web x {len(groups)} bus: warm-up")
+        progress(f"{name}: warm-up")
         warm, _ = asyncio.run(
             open_model(base, tokens, commands_per_s=20, queries_per_s=20, duration=2, max_in_flight=64)
         )
-        wait_for_bus(timeout=60)
+        # With a broker this also waits for the consumers to join their groups and read the warm-up.
+        wait_settled(topology, since_id, timeout=90)
 
-        progress(f"scale {web} web x {len(groups)} bus: {offered} commands/s offered for {args.scale_seconds}s")
-        before = cpu_snapshot(stack, args.database)
+        progress(f"{name}: {offered} commands/s offered for {args.scale_seconds}s")
+        since_id = outbox_high_water()
+        before = cpu_snapshot(stack, args.database, broker_pid)
         started = time.monotonic()
         load, elapsed = asyncio.run(
             open_model(
@@ -870,26 +1064,36 @@ def scale_step(
                 max_in_flight=args.max_in_flight,
             )
         )
-        lags = wait_for_bus(timeout=120)
+        lags = wait_settled(topology, since_id, timeout=120)
         settled = time.monotonic() - started
-        cpu = cpu_used(before, cpu_snapshot(stack, args.database))
+        cpu = cpu_used(before, cpu_snapshot(stack, args.database, broker_pid))
         commands = [r for r in load.records if r.kind in EVENT_OF]
         accepted = sum(r.status == 202 for r in commands)
-        server_cpu = cpu["web"] + cpu["bus"] + cpu["database"]
+        server_cpu = cpu["web"] + cpu["bus"] + cpu["relay"] + cpu["broker"] + cpu["database"]
         step["commands"] = {
             "offered_per_s": offered,
             "accepted_per_s": round(accepted / elapsed, 1),
             # Every accepted command's events applied by every subscriber: the end-to-end rate.
             "settled_per_s": round(accepted / settled, 1),
             "latency": percentiles([r.latency for r in commands if r.status == 202]),
+            # Scheduled send -> projections applied its event (create, accept, deliver, release).
+            "command_to_event": event_latencies(load)["command_to_event"],
             "errors": dict(load.errors),
+            "early": dict(load.early),
             "cpu_s": cpu,
+            "cpu_ms_per_command": {
+                tier: round(seconds * 1000 / accepted, 2) if accepted else None for tier, seconds in cpu.items()
+            },
             "per_cpu_second": round(accepted / server_cpu, 1) if server_cpu else None,
             "bus_lag_at_end": lags,
         }
+        if topology.kafka:
+            # Reads do not touch the bus: the outbox step of the same web count measured them.
+            step["reads"] = None
+            return step
 
         escrow_id, pair = (warm.escrows or load.escrows or [("00000000-0000-0000-0000-000000000000", 0)])[0]
-        progress(f"scale {web} web x {len(groups)} bus: GET escrow closed loop for {args.scale_seconds}s")
+        progress(f"{name}: GET escrow closed loop for {args.scale_seconds}s")
         before = cpu_snapshot(stack, args.database)
         reads = asyncio.run(
             closed_loop(
@@ -915,7 +1119,8 @@ def scale_step(
 
 
 def scale_chart(result: dict[str, Any], path: Path) -> str:
-    """The PNG beside the markdown: throughput against processes, and command latency against offered rate."""
+    """The PNG beside the markdown: throughput against processes, command latency and command-to-event
+    latency against offered rate; solid lines the outbox bus, dashed the apps split out through Kafka."""
     try:
         import matplotlib
 
@@ -923,31 +1128,62 @@ def scale_chart(result: dict[str, Any], path: Path) -> str:
         import matplotlib.pyplot as plt
     except ImportError:
         return "no chart: matplotlib is not installed (requirements-dev.txt)"
-    steps = result["steps"]
-    web = [s["web_processes"] for s in steps]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    left.plot(web, [s["commands"]["settled_per_s"] for s in steps], "o-", label="commands/s, settled")
-    left.plot(web, [s["reads"]["requests_per_s"] / 10 for s in steps], "s--", label="GET escrow/s ÷ 10")
-    left.set_xlabel("web processes (bus processes: see table)")
+    outbox = [s for s in result["steps"] if s.get("topology", "outbox") == "outbox"]
+    kafka = [s for s in result["steps"] if s.get("topology") == "kafka"]
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4.4))
+    web = sorted({s["web_processes"] for s in result["steps"]})
+    for steps, style, topology in ((outbox, "o-", "outbox bus"), (kafka, "D--", "split via Kafka")):
+        if steps:
+            left.plot(
+                [s["web_processes"] for s in steps],
+                [s["commands"]["settled_per_s"] for s in steps],
+                style,
+                label=f"commands/s settled, {topology}",
+            )
+    if outbox:
+        left.plot(
+            [s["web_processes"] for s in outbox],
+            [s["reads"]["requests_per_s"] / 10 for s in outbox],
+            "s:",
+            label="GET escrow/s ÷ 10",
+        )
+    left.set_xlabel("web processes (bus, relay, consumers: see table)")
     left.set_ylabel("per second")
     left.set_xticks(web)
     left.set_title(f"throughput against processes ({result['cores']} cores)")
-    left.legend()
-    offered = [s["commands"]["offered_per_s"] for s in steps]
-    for q in ("p50_ms", "p95_ms", "p99_ms"):
-        right.plot(offered, [s["commands"]["latency"].get(q) or 0 for s in steps], "o-", label=q.replace("_ms", ""))
-    right.set_xlabel("commands/s offered")
-    right.set_ylabel("command latency, ms (from the scheduled send)")
-    right.set_yscale("log")
-    right.set_title("latency against offered rate")
-    right.legend()
+    left.legend(fontsize="small")
+    for axis, figure, ylabel in (
+        (middle, "latency", "command HTTP latency, ms (from the scheduled send)"),
+        (right, "command_to_event", "command-to-event, ms (scheduled send -> projections applied)"),
+    ):
+        for steps, style, topology in ((outbox, "o-", "outbox"), (kafka, "D--", "Kafka")):
+            for colour, q in zip(("C0", "C1", "C2"), ("p50_ms", "p95_ms", "p99_ms"), strict=True):
+                if steps:
+                    axis.plot(
+                        [s["commands"]["offered_per_s"] for s in steps],
+                        [(s["commands"].get(figure) or {}).get(q) or 0 for s in steps],
+                        style,
+                        color=colour,
+                        label=f"{q.replace('_ms', '')} {topology}",
+                    )
+        axis.set_xlabel("commands/s offered")
+        axis.set_ylabel(ylabel, fontsize="small")
+        axis.set_yscale("log")
+        axis.set_title("latency against offered rate")
+        axis.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return f"chart: {path.name}"
 
 
+def _triple(figures: dict[str, Any] | None) -> str:
+    figures = figures or {}
+    return f"{figures.get('p50_ms')} / {figures.get('p95_ms')} / {figures.get('p99_ms')}"
+
+
 def render_scale(result: dict[str, Any]) -> str:
+    kafka = result.get("kafka")
     lines = [
         f"# Scale-out {result['started_at']}",
         "",
@@ -956,29 +1192,52 @@ def render_scale(result: dict[str, Any]) -> str:
         f"subscribers dealt over them), open-model commands at {result['offered_per_web']}/s per web process for "
         f"{result['seconds']} s (a trade steps create -> accept -> pay -> deliver -> release), then closed-loop "
         "`GET /escrows/{id}`. CPU seconds from /proc for the stack's processes and the database's backends.",
+    ]
+    if kafka:
+        lines += [
+            "",
+            f"Split steps (`+ relay + ... consume`): {', '.join(kafka['split'])} leave the outbox bus and are each "
+            f"consumed from the broker ({kafka['broker']}) by `manage.py consume`, fed by one `relay_outbox`; the "
+            "other apps stay on `run_bus`. The same commands, no GET phase (reads do not touch the bus). "
+            + (
+                "The broker's CPU is counted with the server's."
+                if kafka.get("broker_measured")
+                else "The broker's CPU is not measured (an external broker)."
+            ),
+        ]
+    lines += [
         "",
-        "| web x bus | commands/s accepted | settled (all events applied) | command p50/p95/p99 ms | commands per "
-        "server CPU-second | CPU s web / bus / db | GET/s | GETs per CPU-second |",
-        "|---|---|---|---|---|---|---|---|",
+        "| web x bus | commands/s accepted | settled (all events applied) | command p50/p95/p99 ms | command-to-event "
+        "p50/p95/p99 ms | commands per server CPU-second | CPU ms per command: web / bus / relay / broker / db | "
+        "GET/s | GETs per CPU-second |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in result["steps"]:
         c, r = s["commands"], s["reads"]
-        lat = c["latency"]
+        per = c.get("cpu_ms_per_command") or {}
+        tiers = " / ".join(str(per.get(t)) for t in ("web", "bus", "relay", "broker", "database"))
         lines.append(
-            f"| {s['web_processes']} x {s['bus_processes']} | {c['accepted_per_s']} | {c['settled_per_s']} | "
-            f"{lat.get('p50_ms')} / {lat.get('p95_ms')} / {lat.get('p99_ms')} | {c['per_cpu_second']} | "
-            f"{c['cpu_s']['web']} / {c['cpu_s']['bus']} / {c['cpu_s']['database']} | {r['requests_per_s']} | "
-            f"{r['per_cpu_second']} |"
+            f"| {s.get('label') or str(s['web_processes']) + ' x ' + str(s['bus_processes'])} | {c['accepted_per_s']} "
+            f"| {c['settled_per_s']} | {_triple(c['latency'])} | {_triple(c.get('command_to_event'))} | "
+            f"{c['per_cpu_second']} | {tiers} | {r['requests_per_s'] if r else '-'} | "
+            f"{r['per_cpu_second'] if r else '-'} |"
         )
-    first, last = result["steps"][0], result["steps"][-1]
-    grow = (
-        last["commands"]["settled_per_s"] / first["commands"]["settled_per_s"]
-        if first["commands"]["settled_per_s"]
-        else 0
-    )
+    lines.append("")
+    for topology in ("outbox", "kafka"):
+        steps = [s for s in result["steps"] if s.get("topology", "outbox") == topology]
+        if len(steps) < 2:
+            continue
+        first, last = steps[0], steps[-1]
+        grow = (
+            last["commands"]["settled_per_s"] / first["commands"]["settled_per_s"]
+            if first["commands"]["settled_per_s"]
+            else 0
+        )
+        lines.append(
+            f"{'Outbox bus' if topology == 'outbox' else 'Split via Kafka'}: from {first['web_processes']} to "
+            f"{last['web_processes']} web processes settled commands/s grew x{grow:.2f}."
+        )
     lines += [
-        "",
-        f"From {first['web_processes']} to {last['web_processes']} web processes settled commands/s grew x{grow:.2f}.",
         "",
         result.get("chart", ""),
         "",
@@ -987,10 +1246,31 @@ def render_scale(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def start_broker(requested: str) -> tuple[Broker, Any]:
+    """The broker of --scale-kafka: the one named, else KAFKA_BOOTSTRAP_SERVERS, else a Tansu broker on a free
+    loopback port started for this run (as bench/relay_bench.py does); returns it and what to stop."""
+    servers = requested if requested != "auto" else os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
+    if servers:
+        # The catalog's topics, as `make`'s deployments create them (idempotent).
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": servers}
+        subprocess.run([PY, "manage.py", "kafka_topics"], cwd=ROOT, env=env, check=True, capture_output=True)
+        return Broker(servers=servers), None
+    from tests.kafka.broker import TansuBroker
+
+    tansu = TansuBroker()
+    tansu.start()
+    assert tansu.process is not None
+    return Broker(servers=tansu.bootstrap, pid=tansu.process.pid), tansu
+
+
 def scale_main(args: argparse.Namespace) -> int:
     started_at = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     database_url = f"postgres://postgres@127.0.0.1:5432/{args.database}"
     cores = os.cpu_count() or 1
+    split = tuple(name for name in args.scale_split.split(",") if name)
+    partitions = int(os.environ.get("KAFKA_TOPIC_PARTITIONS", "12"))
+    if args.scale_kafka:
+        kafka_topology(1, split, partitions)  # refuses an unknown app before anything starts
     result: dict[str, Any] = {
         "started_at": started_at,
         "command": " ".join(["bench/run.py", *sys.argv[1:]]),
@@ -1001,17 +1281,31 @@ def scale_main(args: argparse.Namespace) -> int:
         "seconds": args.scale_seconds,
         "steps": [],
     }
+    tansu = None
     REPORTER.__enter__()
     try:
         progress(f"fresh database {args.database}")
         reset_database(args.database)
         tokens = prepare(database_url, args.pairs)
         for web in scale_steps(cores):
-            result["steps"].append(scale_step(args, database_url, tokens, web, bus=max(1, (web + 1) // 2)))
+            result["steps"].append(scale_step(args, database_url, tokens, outbox_topology(web)))
+        if args.scale_kafka:
+            broker, tansu = start_broker(args.scale_kafka)
+            progress(f"broker {broker.servers}" + (" (Tansu, started for this run)" if tansu else ""))
+            result["kafka"] = {
+                "broker": "Tansu 0.6 on loopback, started for the run" if tansu else broker.servers,
+                "broker_measured": broker.pid is not None,
+                "split": list(split),
+            }
+            for web in scale_steps(cores):
+                topology = kafka_topology(web, split, partitions)
+                result["steps"].append(scale_step(args, database_url, tokens, topology, broker))
     except KeyboardInterrupt:
         REPORTER.summary("bench interrupted")
         return 130
     finally:
+        if tansu is not None:
+            tansu.stop()
         REPORTER.__exit__(None, None, None)
     if not args.no_write:
         RESULTS.mkdir(parents=True, exist_ok=True)
@@ -1130,8 +1424,23 @@ def main() -> int:
         "--scale-offered", type=float, default=150, help="with --scale: commands/s offered per web process"
     )
     parser.add_argument("--scale-seconds", type=float, default=15, help="with --scale: seconds of each phase")
+    parser.add_argument(
+        "--scale-kafka",
+        nargs="?",
+        const="auto",
+        default="",
+        metavar="BOOTSTRAP",
+        help="with --scale (implied): then the same steps with apps split out (--scale-split), each consumed "
+        "from this broker by `manage.py consume` and fed by `relay_outbox`; without a value "
+        "KAFKA_BOOTSTRAP_SERVERS, else a local Tansu broker started for the run (docs/capacity.md)",
+    )
+    parser.add_argument(
+        "--scale-split",
+        default=",".join(KAFKA_SPLIT),
+        help=f"with --scale-kafka: the apps consumed from Kafka; default {','.join(KAFKA_SPLIT)}",
+    )
     args = parser.parse_args()
-    if args.scale:
+    if args.scale or args.scale_kafka:
         return scale_main(args)
 
     started_at = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
