@@ -1209,8 +1209,8 @@ def render_scale(result: dict[str, Any]) -> str:
         "",
         "| web x bus | commands/s accepted | settled (all events applied) | command p50/p95/p99 ms | command-to-event "
         "p50/p95/p99 ms | commands per server CPU-second | CPU ms per command: web / bus / relay / broker / db | "
-        "GET/s | GETs per CPU-second |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "GET/s | GETs per CPU-second | errors; steps retried early |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in result["steps"]:
         c, r = s["commands"], s["reads"]
@@ -1220,7 +1220,8 @@ def render_scale(result: dict[str, Any]) -> str:
             f"| {s.get('label') or str(s['web_processes']) + ' x ' + str(s['bus_processes'])} | {c['accepted_per_s']} "
             f"| {c['settled_per_s']} | {_triple(c['latency'])} | {_triple(c.get('command_to_event'))} | "
             f"{c['per_cpu_second']} | {tiers} | {r['requests_per_s'] if r else '-'} | "
-            f"{r['per_cpu_second'] if r else '-'} |"
+            f"{r['per_cpu_second'] if r else '-'} | {sum((c.get('errors') or {}).values())}; "
+            f"{sum((c.get('early') or {}).values())} |"
         )
     lines.append("")
     for topology in ("outbox", "kafka"):

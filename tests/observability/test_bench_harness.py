@@ -106,6 +106,8 @@ def test_the_scale_report_shows_both_topologies_and_their_cpu_per_command():
         "latency": {"p50_ms": 10.0, "p95_ms": 20.0, "p99_ms": 30.0},
         "command_to_event": {"p50_ms": 40.0, "p95_ms": 50.0, "p99_ms": 60.0},
         "per_cpu_second": 60.0,
+        "errors": {"create: TimeoutError": 2},
+        "early": {"pay": 3, "accept": 1},
         "cpu_ms_per_command": {"web": 7.0, "bus": 5.0, "relay": 0.0, "broker": 0.0, "database": 4.0},
     }
     result = {
@@ -145,5 +147,5 @@ def test_the_scale_report_shows_both_topologies_and_their_cpu_per_command():
         in markdown
     )
     assert "| 1 x 1 + relay + 1 consume (projections) |" in markdown
-    assert "7.0 / 5.0 / 1.5 / 2.5 / 4.0 | - | - |" in markdown
+    assert "7.0 / 5.0 / 1.5 / 2.5 / 4.0 | - | - | 2; 4 |" in markdown
     assert "broker's CPU is counted" in markdown
