@@ -1079,6 +1079,8 @@ def scale_step(
             # Scheduled send -> projections applied its event (create, accept, deliver, release).
             "command_to_event": event_latencies(load)["command_to_event"],
             "errors": dict(load.errors),
+            # Requests that failed (a client timeout is counted twice in `errors`: its exception and HTTP -1).
+            "failed": sum(r.status != 202 and not (r.status in (404, 409) and r.kind != "create") for r in commands),
             "early": dict(load.early),
             "cpu_s": cpu,
             "cpu_ms_per_command": {
@@ -1209,7 +1211,7 @@ def render_scale(result: dict[str, Any]) -> str:
         "",
         "| web x bus | commands/s accepted | settled (all events applied) | command p50/p95/p99 ms | command-to-event "
         "p50/p95/p99 ms | commands per server CPU-second | CPU ms per command: web / bus / relay / broker / db | "
-        "GET/s | GETs per CPU-second | errors; steps retried early |",
+        "GET/s | GETs per CPU-second | failed requests; steps retried early |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in result["steps"]:
@@ -1220,7 +1222,7 @@ def render_scale(result: dict[str, Any]) -> str:
             f"| {s.get('label') or str(s['web_processes']) + ' x ' + str(s['bus_processes'])} | {c['accepted_per_s']} "
             f"| {c['settled_per_s']} | {_triple(c['latency'])} | {_triple(c.get('command_to_event'))} | "
             f"{c['per_cpu_second']} | {tiers} | {r['requests_per_s'] if r else '-'} | "
-            f"{r['per_cpu_second'] if r else '-'} | {sum((c.get('errors') or {}).values())}; "
+            f"{r['per_cpu_second'] if r else '-'} | {c.get('failed', sum((c.get('errors') or {}).values()))}; "
             f"{sum((c.get('early') or {}).values())} |"
         )
     lines.append("")

@@ -106,7 +106,8 @@ def test_the_scale_report_shows_both_topologies_and_their_cpu_per_command():
         "latency": {"p50_ms": 10.0, "p95_ms": 20.0, "p99_ms": 30.0},
         "command_to_event": {"p50_ms": 40.0, "p95_ms": 50.0, "p99_ms": 60.0},
         "per_cpu_second": 60.0,
-        "errors": {"create: TimeoutError": 2},
+        "errors": {"create: TimeoutError": 2, "create: HTTP -1": 2},
+        "failed": 2,
         "early": {"pay": 3, "accept": 1},
         "cpu_ms_per_command": {"web": 7.0, "bus": 5.0, "relay": 0.0, "broker": 0.0, "database": 4.0},
     }
