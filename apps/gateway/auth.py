@@ -11,12 +11,15 @@ allauth's own endpoints (`/_allauth/...`: refresh, sign-out) still validate toke
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from allauth.headless.contrib.rest_framework.authentication import JWTTokenAuthentication
 from allauth.headless.tokens.strategies.jwt import internal
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.signals import setting_changed
 from django.utils.functional import SimpleLazyObject
 from rest_framework.exceptions import AuthenticationFailed, NotAuthenticated
 
@@ -62,32 +65,87 @@ class TokenUser(SimpleLazyObject):
         return True
 
 
+@dataclass(frozen=True)
+class _Verified:
+    """What a token's signature and claims say, once checked."""
+
+    user_pk: int
+    expires_at: int
+    lifetime: int
+    session_key: str
+    issued_us: int
+    staff: bool | None
+    payload: dict[str, Any]
+
+
+# Tokens whose signature and claims were checked, by the token's text: a client sends the same token for
+# up to its 15 minutes, and the check (the signature, the claims' parsing, the session id's decryption) is
+# the same every time. Only successes are kept (a refusal may depend on the clock: a token issued a moment
+# "in the future" by another host's clock); expiry is checked again on every use, and the lifetime limit and
+# the revocations are read on every request as before. Emptied when full and when settings change (tests).
+_VERIFIED_MAX = 4096
+_verified: dict[str, _Verified] = {}
+
+
+def _forget_verified(**kwargs: Any) -> None:
+    _verified.clear()
+
+
+setting_changed.connect(_forget_verified, dispatch_uid="gateway.auth.forget_verified")
+
+
+def _verify(key: str) -> _Verified:
+    found = _verified.get(key)
+    if found is not None:
+        if found.expires_at > time.time():  # PyJWT's own rule: expired once exp <= now
+            return found
+        _verified.pop(key, None)
+        raise AuthenticationFailed("Invalid token.")
+    payload = internal.decode_token(key, "access")  # signature, exp, token_use, jti/sub/sid present
+    if payload is None:
+        raise AuthenticationFailed("Invalid token.")
+    try:
+        user_pk = int(payload["sub"])
+        issued_at = int(payload["iat"])
+        expires_at = int(payload["exp"])
+    except (KeyError, TypeError, ValueError):
+        raise AuthenticationFailed("Invalid token.") from None
+    session_key = internal.session_key_from_sid(payload["sid"])
+    if not session_key:
+        raise AuthenticationFailed("Invalid token.")
+    issued_us = payload.get(ISSUED_US_CLAIM)
+    if not isinstance(issued_us, int):
+        # Issued without the precise time: as if at the end of its second, so a revocation in that
+        # second covers it.
+        issued_us = issued_at * 1_000_000 + 999_999
+    staff = payload.get(STAFF_CLAIM)
+    verified = _Verified(
+        user_pk=user_pk,
+        expires_at=expires_at,
+        lifetime=expires_at - issued_at,
+        session_key=session_key,
+        issued_us=issued_us,
+        staff=staff if isinstance(staff, bool) else None,
+        payload=payload,
+    )
+    if len(_verified) >= _VERIFIED_MAX:
+        _verified.clear()
+    _verified[key] = verified
+    return verified
+
+
 class BearerJWTAuthentication(JWTTokenAuthentication):
     """Stateless validation of allauth's access tokens, with revocation from the shared cache."""
 
     def authenticate_credentials(self, key: str) -> tuple[Any, Any]:
-        payload = internal.decode_token(key, "access")  # signature, exp, token_use, jti/sub/sid present
-        if payload is None:
-            raise AuthenticationFailed("Invalid token.")
-        try:
-            user_pk = int(payload["sub"])
-            issued_at = int(payload["iat"])
-            lifetime = int(payload["exp"]) - issued_at
-        except (KeyError, TypeError, ValueError):
-            raise AuthenticationFailed("Invalid token.") from None
-        if lifetime > settings.AUTH_TOKEN_MAX_LIFETIME_SECONDS:
+        verified = _verify(key)
+        if verified.lifetime > settings.AUTH_TOKEN_MAX_LIFETIME_SECONDS:
             # Longer than a revocation is remembered: it could outlive its own revocation.
             raise AuthenticationFailed("Invalid token.")
-        session_key = internal.session_key_from_sid(payload["sid"])
-        if not session_key:
-            raise AuthenticationFailed("Invalid token.")
-        issued_us = payload.get(ISSUED_US_CLAIM)
-        if not isinstance(issued_us, int):
-            # Issued without the precise time: as if at the end of its second, so a revocation in that
-            # second covers it.
-            issued_us = issued_at * 1_000_000 + 999_999
         try:
-            revoked = revocation.is_revoked(user_id=user_pk, session_key=session_key, issued_us=issued_us)
+            revoked = revocation.is_revoked(
+                user_id=verified.user_pk, session_key=verified.session_key, issued_us=verified.issued_us
+            )
         except Exception as exc:  # noqa: BLE001 - fail closed, never fall back to a database query
             log.error("token revocation check failed", extra={"error": type(exc).__name__})
             if database_unavailable(exc):
@@ -97,8 +155,7 @@ class BearerJWTAuthentication(JWTTokenAuthentication):
             raise Problem(503, "auth_unavailable", "sign-in cannot be checked right now; retry shortly") from None
         if revoked:
             raise AuthenticationFailed("Invalid token.")
-        staff = payload.get(STAFF_CLAIM)
-        return TokenUser(user_pk, escrow_staff=staff if isinstance(staff, bool) else None), payload
+        return TokenUser(verified.user_pk, escrow_staff=verified.staff), verified.payload
 
     def authenticate_header(self, request: Any) -> str:
         return 'Bearer realm="api"'

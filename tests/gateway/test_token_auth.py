@@ -137,3 +137,30 @@ def test_expiry_is_still_checked(redis_cache, transactional_db):
     past = int((datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=1)).timestamp())
     expired = jwt.encode({**payload, "exp": past}, config.signing_key, algorithm=config.algorithm)
     assert _get(expired).status_code == 401
+
+
+def test_a_token_checked_once_is_not_decoded_again_and_still_expires(redis_cache, transactional_db, monkeypatch):
+    import dataclasses
+    import time
+
+    from apps.gateway import auth
+
+    person = UserFactory()
+    token = mint_access_token(person)
+    assert _get(token).status_code == 200
+    decoded = []
+    real_decode = internal.decode_token
+    monkeypatch.setattr(internal, "decode_token", lambda *a, **k: decoded.append(1) or real_decode(*a, **k))
+    assert _get(token).status_code == 200
+    assert decoded == []  # the signature and claims were checked on the first request
+
+    # Its expiry is checked on every use all the same.
+    auth._verified[token] = dataclasses.replace(auth._verified[token], expires_at=int(time.time()) - 1)
+    assert _get(token).status_code == 401
+    assert token not in auth._verified
+    # And a revocation ends it as before.
+    other = mint_access_token(person)
+    assert _get(other).status_code == 200
+    person.is_active = False
+    person.save()
+    assert _get(other).status_code == 401
