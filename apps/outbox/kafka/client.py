@@ -170,6 +170,7 @@ _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
 _HASHES: dict[bytes, int] = {}
 _HASH_CACHE_SIZE = 65_536
+_WORDS: dict[int, Callable[[bytes], tuple[int, ...]]] = {}  # key length in 4-byte words -> its unpacker
 
 
 def murmur2(data: bytes) -> int:
@@ -177,10 +178,13 @@ def murmur2(data: bytes) -> int:
     length = len(data)
     h = 0x9747B28C ^ length
     words = length >> 2
-    for k in struct.unpack_from(f"<{words}I", data):
+    unpack = _WORDS.get(words)
+    if unpack is None:
+        unpack = _WORDS[words] = struct.Struct(f"<{words}I").unpack_from
+    for k in unpack(data):
         k = (k * _M) & _MASK
-        k ^= k >> 24
-        h = ((h * _M) & _MASK) ^ ((k * _M) & _MASK)
+        # The low 32 bits of an XOR are the XOR of the low 32 bits: one mask for both products.
+        h = ((h * _M) ^ ((k ^ (k >> 24)) * _M)) & _MASK
     tail = words << 2
     extra = length & 3
     if extra >= 3:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import gc
 import logging
 import statistics
 import threading
@@ -30,7 +31,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaProducer
 from django.conf import settings
@@ -71,9 +72,9 @@ _RECORD_FIELDS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class RelayRecord:
-    """One outbox row, ready for the producer (plain values: no model instance per row)."""
+class RelayRecord(NamedTuple):
+    """One outbox row, ready for the producer (plain values: no model instance per row). A named tuple:
+    built for every row, and about five times cheaper to build than a frozen dataclass."""
 
     id: int
     txid: int
@@ -296,17 +297,41 @@ class Marker:
     reads and sends the next batches. It only ever marks rows the broker acknowledged; `drain()` waits for
     every mark handed over, and the relay drains before it reads from the oldest unpublished row again
     (idle, after a failure, on exit), so a row whose mark is still on its way is never re-read and resent.
-    A failed mark is raised at the next `submit` or `drain` (the rows stay unpublished: resent later)."""
+
+    Batches acknowledged while an UPDATE runs wait for it and then go together in one UPDATE (in delivery
+    order, as they were handed over), so a marker that falls behind catches up with fewer statements. A
+    failed mark is raised at the next `submit` or `drain`, and nothing handed over after it is marked (the
+    rows stay unpublished, and the marked rows stay a prefix in delivery order: they are resent later)."""
 
     def __init__(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-mark")
         self._pending: deque[Future[None]] = deque()
+        self._lock = threading.Lock()
+        self._waiting: list[int] = []  # acknowledged, not yet taken by an UPDATE
+        self._failed = False
 
     def submit(self, ids: list[int]) -> None:
         while self._pending and self._pending[0].done():
             self._pending.popleft().result()
-        if ids:
-            self._pending.append(self._executor.submit(mark_published, ids))
+        if not ids:
+            return
+        with self._lock:
+            # A job queued and not started yet takes these with its own; otherwise one is queued.
+            queued = bool(self._waiting)
+            self._waiting.extend(ids)
+        if not queued:
+            self._pending.append(self._executor.submit(self._mark_waiting))
+
+    def _mark_waiting(self) -> None:
+        with self._lock:
+            ids, self._waiting = self._waiting, []
+        if self._failed:
+            return
+        try:
+            mark_published(ids)
+        except BaseException:
+            self._failed = True
+            raise
 
     def drain(self) -> None:
         while self._pending:
@@ -378,6 +403,18 @@ class OutboxRelay:
             lease.release()
 
     def _pump(self, lease: RelayLease, *, once: bool) -> None:
+        thresholds = gc.get_threshold()
+        # Each row read allocates a few dozen objects that never form a cycle (the row tuple and its
+        # values, the record, its headers): with the default thresholds the collector runs every 700
+        # allocations, dozens of times a batch, and in `relay_bench.py` took a tenth to a quarter of the
+        # relay's time. While pumping, young objects are collected every 50,000 allocations instead.
+        gc.set_threshold(50_000, thresholds[1], thresholds[2])
+        try:
+            self._pump_rows(lease, once=once)
+        finally:
+            gc.set_threshold(*thresholds)
+
+    def _pump_rows(self, lease: RelayLease, *, once: bool) -> None:
         window: deque[InFlight] = deque()
         cursor: tuple[int, int] | None = None
         # Marking on another connection needs rows that other connections see: PostgreSQL, autocommit.
