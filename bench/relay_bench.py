@@ -37,14 +37,13 @@ from django.core.management import call_command  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
+from apps.outbox import messages  # noqa: E402
 from apps.outbox.kafka.client import make_producer  # noqa: E402
 from apps.outbox.kafka.envelope import headers_for  # noqa: E402
 from apps.outbox.kafka.relay import OutboxRelay, RelayStats  # noqa: E402
-from apps.outbox import messages  # noqa: E402
 from apps.outbox.models import OutboxMessage  # noqa: E402
 from proto.common.v1 import Money  # noqa: E402
 from proto.escrow import v1 as escrow_v1  # noqa: E402
-
 
 _COLUMNS = (
     "event_id",
