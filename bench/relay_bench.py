@@ -4,8 +4,13 @@
 
 Starts a Tansu broker on a free loopback port unless KAFKA_BOOTSTRAP_SERVERS is set; migrates the
 database (use one of its own: it refuses a database with unpublished rows). Each round seeds --events
-outbox rows, publishes them both ways back to back (alternating which goes first, as the machine's load
-drifts), prints a line and deletes its rows; the last line gives the median and worst ratio.
+outbox rows and publishes them both ways back to back, each side twice in the order A B B A (and
+alternating which side is A from round to round), so a load that drifts through the round weighs on both
+sides alike; it prints a line (rates over both passes, the load average before the round) and deletes its
+rows. A first warm-up round (--warmup) is printed and left out; the last line gives the median and the
+worst ratio. Both sides use the producer `make_producer` builds (acks=all, the same linger, batch size,
+idempotence and no compression); the relay's time includes its start (lease, backlog line, producer) and
+waiting until its last mark is written.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from django.utils import timezone  # noqa: E402
 from apps.outbox import messages  # noqa: E402
 from apps.outbox.kafka.client import make_producer  # noqa: E402
 from apps.outbox.kafka.envelope import headers_for  # noqa: E402
-from apps.outbox.kafka.relay import OutboxRelay, RelayStats  # noqa: E402
+from apps.outbox.kafka.relay import OutboxRelay  # noqa: E402
 from apps.outbox.models import OutboxMessage  # noqa: E402
 from proto.common.v1 import Money  # noqa: E402
 from proto.escrow import v1 as escrow_v1  # noqa: E402
@@ -194,8 +199,11 @@ class Round:
 
 
 def run_round(servers: str, events: int, batch_size: int, relay_first: bool) -> Round:
-    """Seeds `events` rows; the raw producer sends them (prepared in memory) and the relay publishes them
-    from the table, one right after the other, in the given order."""
+    """Each side publishes `events` records twice, in the order A B B A (relay, raw, raw, relay when
+    `relay_first`, else raw, relay, relay, raw), one pass right after the other, and each side's rate is
+    over its two passes: a load that rises or falls steadily through the round weighs on both sides alike.
+    The raw producer sends records prepared in memory from the first seeded rows; the relay publishes rows
+    seeded for its pass (fresh ones for its second: it only reads unpublished rows)."""
     vacuum()
     ids = seed(events)
     try:
@@ -204,23 +212,28 @@ def run_round(servers: str, events: int, batch_size: int, relay_first: bool) -> 
         # The prepared records are the bench's, not a relay's: keep them out of both sides' garbage collection.
         gc.collect()
         gc.freeze()
-
-        def raw() -> tuple[float, list[float]]:
-            return asyncio.run(raw_producer(servers, records, batch_size))
-
-        def relay() -> tuple[float, RelayStats]:
+        relay_passes = 0
+        raw_seconds = relay_seconds = 0.0
+        raw_ms: list[float] = []
+        relay_ms: list[float] = []
+        for side in ("relay", "raw", "raw", "relay") if relay_first else ("raw", "relay", "relay", "raw"):
+            if side == "raw":
+                seconds, latencies = asyncio.run(raw_producer(servers, records, batch_size))
+                raw_seconds += seconds
+                raw_ms += latencies
+                continue
+            if relay_passes:  # the first pass published the seeded rows: seed as many again, untimed
+                ids += seed(events)
+                vacuum()
+                gc.collect()
+                gc.freeze()
+            relay_passes += 1
             started = time.perf_counter()
             stats = OutboxRelay(servers=servers, batch_size=batch_size).run(once=True)
+            relay_seconds += time.perf_counter() - started
             assert stats.published == events, stats.summary()
-            return time.perf_counter() - started, stats
-
-        if relay_first:
-            relay_seconds, stats = relay()
-            raw_seconds, raw_ms = raw()
-        else:
-            raw_seconds, raw_ms = raw()
-            relay_seconds, stats = relay()
-        return Round(events / raw_seconds, raw_ms, events / relay_seconds, stats.batch_ms)
+            relay_ms += stats.batch_ms
+        return Round(2 * events / raw_seconds, raw_ms, 2 * events / relay_seconds, relay_ms)
     finally:
         gc.unfreeze()
         delete(ids)
@@ -231,7 +244,10 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--batch-size", type=int, default=settings.KAFKA_RELAY_BATCH_SIZE)
     parser.add_argument(
-        "--rounds", type=int, default=5, help="raw and relay back to back this many times, alternating which goes first"
+        "--rounds",
+        type=int,
+        default=5,
+        help="rounds of raw and relay back to back (A B B A), alternating which goes first",
     )
     parser.add_argument(
         "--warmup",
@@ -257,8 +273,10 @@ def main() -> None:
         if backlog_before:
             sys.exit(f"{backlog_before} unpublished rows already in this database: use a dedicated one")
         print(
-            f"{args.events} events per round, batch size {args.batch_size}, linger {settings.KAFKA_LINGER_MS} ms, "
-            f"acks=all, database {connection.vendor}, broker {'Tansu (local)' if broker else servers}"
+            f"{args.events} events per pass, each side twice a round (A B B A), {args.warmup} warm-up round(s) "
+            f"discarded; batch size {args.batch_size}, both sides: acks=all, linger {settings.KAFKA_LINGER_MS} ms, "
+            f"idempotence {'on' if settings.KAFKA_ENABLE_IDEMPOTENCE else 'off'}, no compression; "
+            f"database {connection.vendor}, broker {'Tansu (local)' if broker else servers}"
         )
         print(
             f"{'round':<7}{'first':<7}{'raw ev/s':>10}{'p50 ms':>8}{'p95 ms':>8}"
