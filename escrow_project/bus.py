@@ -1,5 +1,5 @@
 """Bus wiring, in one place: which app subscribes to what (each app's `handlers` module lists its
-reactions), and what the bus worker runs on every pass besides draining (`run_bus` and `serve` read
+reactions), and what the bus worker runs besides draining (`run_bus` and `serve` read
 these ticks). Loaded by apps.outbox when the app registry is ready (settings.BUS_WIRING)."""
 
 from apps.discord import public as discord
@@ -14,10 +14,12 @@ for subscriber in (escrow.SUBSCRIBER, payments.SUBSCRIBER, projections.SUBSCRIBE
     outbox.register(subscriber)
 
 # `run_bus --no-timers` leaves out "timers" (for a deployment that fires them from cron).
-outbox.register_tick("timers", escrow.fire_due_timers)
+# Timers, reminders and the idempotency records' expiry fall due with time: they run once per poll interval
+# (clocked). The others send what the pass's messages owe, so they run after every pass.
+outbox.register_tick("timers", escrow.fire_due_timers, clocked=True)
 # Reminders first: the notifications tick of the same pass sends what they owe.
-outbox.register_tick("reminders", notifications.send_due_reminders)
+outbox.register_tick("reminders", notifications.send_due_reminders, clocked=True)
 outbox.register_tick("notifications", notifications.deliver_due_notifications)
 outbox.register_tick("payments-webhooks", payments.deliver_owed_webhooks)
 outbox.register_tick("discord-follow-ups", discord.send_due_followups)
-outbox.register_tick("idempotency-expiry", gateway.idempotency_records_purge)
+outbox.register_tick("idempotency-expiry", gateway.idempotency_records_purge, clocked=True)

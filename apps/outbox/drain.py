@@ -157,8 +157,8 @@ def _drain_locked(subs: list[Subscriber]) -> int:
     their topics) and applies each one's rows after its own checkpoint, round after round, until the read
     reached what was committed (and waited a little for rows held back by an older open transaction).
 
-    In the bus worker a read that reached the end is not repeated, unless a subscriber that appends to the
-    outbox applied something in that round: its rows are read in the same drain, under the same locks."""
+    In the bus worker a read that reached the end is not repeated, unless a handler appended to the outbox
+    in that round: its rows are read in the same drain, under the same locks."""
     position = {name: (c.last_txid, c.last_id) for name, c in subscriber_checkpoints([s.name for s in subs]).items()}
     topics = frozenset().union(*(sub.topics for sub in subs))
     handled = 0
@@ -170,6 +170,8 @@ def _drain_locked(subs: list[Subscriber]) -> int:
             if held_back is not None and waited < HOLD_BACK_WAIT_SECONDS:
                 waited += wait_for_watermark(held_back, HOLD_BACK_WAIT_SECONDS - waited)
                 continue
+            if held_back is not None:
+                _local.left_held_back = True  # `drain` asks again
             return handled
         waited = 0.0
         plan: list[tuple[Subscriber, list[Segment]]] = []
@@ -178,10 +180,11 @@ def _drain_locked(subs: list[Subscriber]) -> int:
             rows = [row for row in fetched if row.topic in sub.topics and (row.txid, row.id) > after]
             if rows:
                 plan.append((sub, list(_runs(sub, rows))))
+        appends_before = publish.appended_here()
         handled += _deliver_segments(plan)
         end = (fetched[-1].txid, fetched[-1].id)
         position = {name: max(at, end) for name, at in position.items()}
-        appended = any(sub.appends_to_outbox for sub, _ in plan)
+        appended = publish.appended_here() != appends_before  # by this round's handlers, on this thread
         if (
             len(fetched) < settings.BUS_BATCH_SIZE
             and held_back is None
@@ -399,10 +402,23 @@ def drain(names: list[str] | None = None) -> int:
     selected = [get_subscriber(n) for n in names] if names else outbox_subscribers()
     total = 0
     while True:
+        _local.left_held_back = False
         handled = drain_subscribers(selected if subscribers_with_work(selected) else [])
         total += handled
         if not handled:
             return total
+        if getattr(_local, "worker_draining", False) and not _local.left_held_back:
+            # The bus worker does not ask again: its drain read up to what was committed, its own handlers'
+            # rows included (`_drain_locked`), and what anyone else commits since announces itself. Rows
+            # it left behind an older transaction still open are its own to come back for (that
+            # transaction may write no outbox row, and so announce nothing when it ends).
+            return total
+
+
+def left_rows_held_back() -> bool:
+    """Whether this thread's last drain gave up waiting for rows held back behind an older transaction
+    still open (the bus worker comes back for them soon, not after its poll interval)."""
+    return bool(getattr(_local, "left_held_back", False))
 
 
 @contextmanager

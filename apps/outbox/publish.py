@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextvars
 import datetime
+import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -19,6 +20,15 @@ from apps.outbox import context, messages, wakeup
 from apps.outbox.models import OutboxMessage
 
 M = TypeVar("M", bound=models.Model)
+
+# Rows this thread has appended, ever: the bus worker compares it before and after a drain to know whether
+# its own handlers wrote rows it has not read yet (`appended_here`).
+_appends = threading.local()
+
+
+def appended_here() -> int:
+    """How many outbox rows this thread has appended so far (committed or not)."""
+    return getattr(_appends, "count", 0)
 
 
 def outbox_append(
@@ -48,6 +58,7 @@ def outbox_append(
         causation_id=causation_id or trace.causation_id,
         traceparent=trace.traceparent,
     )
+    _appends.count = appended_here() + 1
     _wake_subscribers_on_commit()
     return row
 

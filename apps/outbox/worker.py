@@ -14,13 +14,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import close_old_connections, connection
 
 from apps.outbox import outage, wakeup
-from apps.outbox.drain import drain, worker_draining
+from apps.outbox.drain import drain, left_rows_held_back, worker_draining
 from apps.outbox.registry import outbox_subscribers
 
 if TYPE_CHECKING:
@@ -31,20 +32,59 @@ log = logging.getLogger(__name__)
 # How often a LISTEN wait looks up from the socket for stop() and in-process wakes.
 _LISTEN_SLICE_SECONDS = 0.25
 
+# How soon the worker comes back for rows its drain left behind an older open transaction (which may
+# write no outbox row, and so announce nothing when it ends).
+_HELD_BACK_RETRY_SECONDS = 0.1
+
 # One unit of periodic work a pass runs after draining; returns how many things it did.
 Tick = Callable[[], int]
 
-# Periodic work the worker does after each drain (timers, owed DMs, owed follow-ups, ...), registered by
+
+@dataclass(frozen=True)
+class _Registered:
+    tick: Tick
+    clocked: bool
+
+
+# Periodic work the worker does after its drains (timers, owed DMs, owed follow-ups, ...), registered by
 # the project's bus wiring (escrow_project/bus.py) so that the outbox imports no app above it.
-_ticks: dict[str, Tick] = {}
+_ticks: dict[str, _Registered] = {}
 
 
-def register_tick(name: str, tick: Tick) -> None:
-    _ticks[name] = tick
+def register_tick(name: str, tick: Tick, *, clocked: bool = False) -> None:
+    """`clocked`: the tick looks for work that falls due with time (timers, reminders, expiry), so a worker
+    running on its own runs it at most once per poll interval, not after every pass (`ClockedTick`). A
+    tick that is not clocked sends what the passes' messages owe (DMs, webhooks, follow-ups) and runs
+    after every pass."""
+    _ticks[name] = _Registered(tick, clocked)
 
 
 def registered_ticks(*, leave_out: frozenset[str] = frozenset()) -> list[Tick]:
-    return [tick for name, tick in _ticks.items() if name not in leave_out]
+    """The registered ticks for one worker: a clocked one wrapped in a `ClockedTick` of its own, so that two
+    workers (or a worker per test) never share a clock."""
+    return [
+        ClockedTick(entry.tick) if entry.clocked else entry.tick
+        for name, entry in _ticks.items()
+        if name not in leave_out
+    ]
+
+
+class ClockedTick:
+    """A tick run at most once per `every` seconds while the worker runs on its own (`run_forever`).
+    `BusWorker.run_once`, for scripts, cron and tests, runs every tick whatever its clock: what it promises
+    is one whole pass. Its first call always runs."""
+
+    def __init__(self, tick: Tick) -> None:
+        self.tick = tick
+        self.every: float = 0.0
+        self._last: float | None = None
+
+    def __call__(self) -> int:
+        now = time.monotonic()
+        if self._last is not None and now - self._last < self.every:
+            return 0
+        self._last = now
+        return self.tick()
 
 
 class BusWorker:
@@ -56,14 +96,18 @@ class BusWorker:
         self.passes = 0
         self._listener: psycopg.Connection | None = None
         self._own_pids: deque[int] = deque(maxlen=64)
+        self._clocked = [tick for tick in self.ticks if isinstance(tick, ClockedTick)]
 
     def stop(self) -> None:
         self.stopping.set()
         wakeup.announce()
 
-    def run_once(self) -> int:
+    def run_once(self, *, on_clock: bool = False) -> int:
         """One pass: drain, run the ticks, and drain again only if a tick did something (the first drain
-        already ended with a pass that found nothing)."""
+        already ended with a pass that found nothing). With `on_clock` (the worker running on its own), a
+        clocked tick runs only if its poll interval has passed since it last ran."""
+        for tick in self._clocked:
+            tick.every = self.poll_seconds if on_clock else 0.0
         close_old_connections()
         handled = self._drain()
         ticked = sum(tick() for tick in self.ticks)
@@ -90,7 +134,7 @@ class BusWorker:
             while not self.stopping.is_set():
                 started = time.perf_counter()
                 try:
-                    handled = self.run_once()
+                    handled = self.run_once(on_clock=True)
                 except Exception as exc:  # noqa: BLE001 - a worker pass failing must not end the worker
                     # The database away (or a pass failing for another reason): back off, then try again
                     # from the checkpoints, which the failed pass did not move past anything unapplied.
@@ -123,7 +167,7 @@ class BusWorker:
                 # Always wait: a commit made during the pass by anyone else has announced itself, so the
                 # wait ends at once; an immediate extra pass would only find nothing, at ~4 statements
                 # per subscriber.
-                self._wait()
+                self._wait(_HELD_BACK_RETRY_SECONDS if left_rows_held_back() else self.poll_seconds)
         finally:
             # A worker run in a thread owns its connections; leaving them open would hold a backend
             # (and block dropping the database) after the thread ends.
@@ -148,9 +192,9 @@ class BusWorker:
             log.exception("LISTEN failed; polling only")
             self._listener = None
 
-    def _wait(self) -> None:
+    def _wait(self, seconds: float) -> None:
         """Sleeps until a commit is announced (NOTIFY from any process, or this process's wake event),
-        `stop()` is called, or the poll interval passes.
+        `stop()` is called, or `seconds` (at most the poll interval) pass.
 
         The LISTEN connection is waited on in short slices only so that the in-process event and
         `stop()` are seen promptly; a NOTIFY ends the wait at once, whatever the slice.
@@ -160,7 +204,7 @@ class BusWorker:
         already received is dropped: the next pass reads everything committed before it starts, so one
         commit seen twice (its in-process wake and its NOTIFY), or a burst of commits, costs one pass.
         """
-        deadline = time.monotonic() + self.poll_seconds
+        deadline = time.monotonic() + min(seconds, self.poll_seconds)
         while not self.stopping.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -23,7 +23,7 @@ from apps.outbox.models import OutboxMessage
 from apps.outbox.public import Subscriber, lag, outbox_subscribers, register
 from apps.outbox.publish import stream_lock
 from apps.outbox.registry import unregister
-from apps.outbox.worker import BusWorker
+from apps.outbox.worker import BusWorker, ClockedTick, registered_ticks
 from apps.projections.models import EscrowView
 from proto.escrow import v1 as escrow_v1
 from tests.helpers import create_escrow
@@ -35,8 +35,8 @@ NEVER_POLLS = 60.0  # far longer than any wait below: a delivery means a wake, n
 
 
 @contextmanager
-def running_worker() -> Iterator[BusWorker]:
-    worker = BusWorker(poll_seconds=NEVER_POLLS)
+def running_worker(ticks: list | None = None) -> Iterator[BusWorker]:
+    worker = BusWorker(ticks=ticks, poll_seconds=NEVER_POLLS)
     thread = threading.Thread(target=worker.run_forever, daemon=True)
     thread.start()
     try:
@@ -163,3 +163,66 @@ def test_a_pass_skips_subscribers_with_nothing_after_their_checkpoint():
         with CaptureQueriesContext(connection) as idle:
             assert drain() == 0
         assert len(idle.captured_queries) == 1, [q["sql"] for q in idle.captured_queries]  # the probe
+
+
+def test_clocked_ticks_run_once_per_poll_interval_and_the_others_after_every_pass():
+    """Timers and reminders fall due with time: a worker running on its own looks for them once per poll
+    interval, not after each of its passes; what a pass owes (DMs, webhooks) is sent after every pass.
+    `run_once` (scripts, cron, tests) runs every tick."""
+    runs = {"clocked": 0, "every pass": 0}
+
+    def counting(name):
+        def tick():
+            runs[name] += 1
+            return 0
+
+        return tick
+
+    recorder = Recorder("ticked")
+    with installed(recorder, inline=False):
+        clocked, every_pass = ClockedTick(counting("clocked")), counting("every pass")
+        with running_worker(ticks=[clocked, every_pass]) as worker:
+            for version in (1, 2, 3):
+                before = worker.passes
+                publish_event(new_escrow_id(), version)
+                assert wait_until(lambda before=before: worker.passes > before, timeout=20)
+            assert worker.passes >= 4
+            assert runs["every pass"] >= worker.passes
+            assert runs["clocked"] == 1  # its first pass; the poll interval (60 s) has not passed since
+        worker.run_once()
+        worker.run_once()
+        assert runs["clocked"] == 3
+
+
+def test_the_registered_time_based_ticks_are_clocked():
+    from apps.escrow.public import fire_due_timers
+    from apps.notifications.public import deliver_due_notifications, send_due_reminders
+
+    ticks = registered_ticks()
+    clocked = {tick.tick for tick in ticks if isinstance(tick, ClockedTick)}
+    assert {fire_due_timers, send_due_reminders} <= clocked
+    assert deliver_due_notifications in ticks and deliver_due_notifications not in clocked
+    # each worker gets clocks of its own
+    assert not {id(tick) for tick in ticks if isinstance(tick, ClockedTick)} & {
+        id(tick) for tick in registered_ticks() if isinstance(tick, ClockedTick)
+    }
+
+
+@pytest.mark.postgres_only
+def test_rows_held_back_by_an_older_open_transaction_are_delivered_without_waiting_for_the_poll():
+    """A drain leaves rows behind an older transaction still open (commit order: apps.outbox.reader) after
+    a bounded wait. That transaction may write no outbox row, so its end wakes nobody: the worker comes
+    back for the rows by itself, well before its poll interval."""
+    recorder = Recorder("held-back")
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    with installed(recorder, inline=False), running_worker() as worker:
+        with psycopg.connect(**params) as other:
+            other.execute("SELECT txid_current()")  # an open transaction holding an xid older than the row's
+            passes = worker.passes
+            row = publish_event(new_escrow_id(), 1)
+            assert wait_until(lambda: worker.passes > passes, timeout=20)  # it gave up waiting
+            assert recorder.committed == []
+            other.commit()  # ends without writing to the outbox: no NOTIFY
+        assert wait_until(lambda: [e for _, _, e in recorder.committed] == [row.event_id], timeout=20)
