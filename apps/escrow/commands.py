@@ -30,6 +30,7 @@ from apps.escrow.runner import (
     result,
     run_command,
 )
+from apps.outbox.public import batched_appends
 from proto.common.v1 import Actor, ActorKind
 from proto.escrow import v1 as escrow_v1
 from proto.payments import v1 as payments_v1
@@ -54,7 +55,7 @@ def escrow_create(*, command: escrow_v1.CreateEscrow, command_id: uuid.UUID) -> 
     if users.count() != 2:
         raise InvalidCommand("the counterparty is not an active user", field="counterparty")
     hours = command.inspection_period_hours or settings.INSPECTION_PERIOD_HOURS
-    with transaction.atomic():
+    with transaction.atomic(), batched_appends():
         existing = escrow_lock(escrow_id)
         if existing is not None:
             if already_applied(existing, command, command_id):

@@ -372,7 +372,7 @@ def _apply_one(
     if not any(subscriber.handler_for(row.type) and (subscriber.name, row.event_id) not in done for row in rows):
         return records, None, None  # nothing to run: no savepoint, only the checkpoint moves
     try:
-        with transaction.atomic() if savepoint else nullcontext():
+        with transaction.atomic() if savepoint else nullcontext(), publish.batched_appends():
             for index, row in enumerate(rows):
                 current = index
                 handler = subscriber.handler_for(row.type)

@@ -14,7 +14,7 @@ from apps.outbox.drain import subscriber_exclusive
 from apps.outbox.messages import decode, deterministic_id, message_class, type_name
 from apps.outbox.models import DeadLetter, OutboxMessage, ProcessedMessage, SubscriberCheckpoint
 from apps.outbox.progress import CommandProgress
-from apps.outbox.publish import aggregate_lock, outbox_append, stream_lock
+from apps.outbox.publish import aggregate_lock, batched_appends, outbox_append, stream_lock
 from apps.outbox.reader import lag, rows_after, subscriber_checkpoint
 from apps.outbox.registry import Delivery, ExternalEffect, Subscriber, outbox_subscribers, register
 from apps.outbox.worker import BusWorker, Tick, register_tick, registered_ticks
@@ -31,6 +31,7 @@ __all__ = [
     "SubscriberCheckpoint",
     "Tick",
     "aggregate_lock",
+    "batched_appends",
     "context",
     "decode",
     "deterministic_id",

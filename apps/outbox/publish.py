@@ -45,7 +45,7 @@ def outbox_append(
         raise RuntimeError("outbox_append must run inside the transaction that changes the state")
     name = messages.type_name(message)
     trace = context.current()
-    row = OutboxMessage.objects.create(
+    row = OutboxMessage(
         event_id=event_id or messages.deterministic_id(aggregate_id, aggregate_version, name),
         topic=messages.topic_for(message),
         key=key if key is not None else aggregate_id,
@@ -59,17 +59,70 @@ def outbox_append(
         traceparent=trace.traceparent,
     )
     _appends.count = appended_here() + 1
+    pending = _batch.get()
+    if pending is not None:
+        pending.append(row)  # written with the others when the batch ends (`batched_appends`)
+        return row
+    row.save(force_insert=True)
     _wake_subscribers_on_commit()
     return row
 
 
-def _wake_subscribers_on_commit() -> None:
-    """Once per transaction: NOTIFY other processes (delivered by PostgreSQL at commit), and wake this
-    process's bus after commit (what runs then is the bus's to register: apps.outbox.wakeup)."""
+# The rows appended inside `batched_appends`, not written yet; None outside one.
+_batch: contextvars.ContextVar[list[OutboxMessage] | None] = contextvars.ContextVar("outbox_batch", default=None)
+
+
+@contextmanager
+def batched_appends() -> Iterator[None]:
+    """Inside a transaction: the rows `outbox_append` is given here are written in one statement when the
+    block ends without an error, in the order they were appended (their ids keep that order), with the
+    transaction's NOTIFY in the same statement on PostgreSQL. A row appended here has no `id` until then.
+    An error leaves nothing written (the transaction, or its savepoint, is rolled back by the caller's
+    `atomic`). Nested, the outermost block writes."""
+    if not connection.in_atomic_block:
+        raise RuntimeError("batched_appends must run inside the transaction that changes the state")
+    if _batch.get() is not None:
+        yield
+        return
+    rows: list[OutboxMessage] = []
+    token = _batch.set(rows)
+    try:
+        yield
+    finally:
+        _batch.reset(token)
+    if rows:
+        _write(rows)
+
+
+def _write(rows: list[OutboxMessage]) -> None:
+    if connection.vendor != "postgresql":
+        OutboxMessage.objects.bulk_create(rows)
+        _wake_subscribers_on_commit()
+        return
+    columns = [field for field in OutboxMessage._meta.concrete_fields if field.name not in ("id", "txid")]
+    sql = (
+        f"INSERT INTO {OutboxMessage._meta.db_table} ({', '.join(f.column for f in columns)}) VALUES "
+        + ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(rows))
+        # One NOTIFY for the transaction, sent by PostgreSQL when it commits (`_wake_subscribers_on_commit`):
+        # an uncorrelated subquery runs once per statement, and a repeated one is folded into one anyway.
+        + " RETURNING id, (SELECT pg_notify(%s, ''))"
+    )
+    params = [field.get_db_prep_save(field.pre_save(row, True), connection) for row in rows for field in columns]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, wakeup.NOTIFY_CHANNEL])
+        for row, (row_id, _) in zip(rows, cursor.fetchall(), strict=True):
+            row.id = row_id
+    _wake_subscribers_on_commit(notified=True)
+
+
+def _wake_subscribers_on_commit(*, notified: bool = False) -> None:
+    """Once per transaction: NOTIFY other processes (delivered by PostgreSQL at commit; `notified` if the
+    caller's statement did), and wake this process's bus after commit (what runs then is the bus's to
+    register: apps.outbox.wakeup)."""
     # Each entry is (savepoint ids, function, robust).
     if any(entry[1] is wakeup.after_commit for entry in connection.run_on_commit):
         return
-    if connection.vendor == "postgresql":
+    if connection.vendor == "postgresql" and not notified:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_notify(%s, '')", [wakeup.NOTIFY_CHANNEL])
     # robust: the transaction has committed; a failing in-process drain must not turn the caller's
