@@ -21,7 +21,11 @@ EVENTS = (escrow_v1.EscrowCreated, escrow_v1.EscrowAccepted, escrow_v1.EscrowDel
 
 
 def _inserts(captured: CaptureQueriesContext) -> list[str]:
-    return [q["sql"] for q in captured.captured_queries if q["sql"].startswith("INSERT INTO outbox_outboxmessage")]
+    return [
+        q["sql"]
+        for q in captured.captured_queries
+        if q["sql"].replace('"', "").startswith("INSERT INTO outbox_outboxmessage")
+    ]
 
 
 @pytest.mark.postgres_only
@@ -86,5 +90,4 @@ def test_an_accepted_command_writes_its_outbox_rows_in_one_statement(api_client,
         response = api_client(seller).post(f"/api/v1/escrows/{created['escrow_id']}/accept", {}, format="json")
     assert response.status_code == 202, response.content
     assert OutboxMessage.objects.count() - before >= 2
-    inserts = [q for q in captured.captured_queries if q["sql"].startswith("INSERT INTO outbox_outboxmessage")]
-    assert len(inserts) == 1, inserts
+    assert len(_inserts(captured)) == 1, captured.captured_queries
