@@ -584,31 +584,28 @@ CREATE TABLE pgb_ids AS SELECT row_number() OVER (ORDER BY id) AS n, id FROM pgb
 ALTER TABLE pgb_ids ADD PRIMARY KEY (n);
 """
 # One MarkDelivered, statement for statement as the command handler sends them (see
-# tests/observability/test_query_counts.py, which pins that list): stream lock, lock the escrow, check
-# the command id, audit row, event to the outbox, NOTIFY, state change, command id, command to the outbox.
+# tests/observability/test_query_counts.py, which pins that list): stream lock, lock the escrow, claim the
+# command id, audit row, state change, the event and the command to the outbox with the NOTIFY.
 PGBENCH_SCRIPT = r"""
 \set n random(1, :escrows)
 BEGIN;
 SELECT id AS escrow_id FROM pgb_ids WHERE n = :n \gset
 SELECT pg_advisory_xact_lock(hashtextextended('stream:' || ':escrow_id', 0));
 SELECT * FROM pgb_escrow WHERE id = ':escrow_id' FOR UPDATE;
-SELECT * FROM pgb_command WHERE command_id = gen_random_uuid() LIMIT 1;
+INSERT INTO pgb_command (command_id, escrow_id, type, processed_at)
+  VALUES (gen_random_uuid(), ':escrow_id', 'escrow.v1.MarkDelivered', now()) ON CONFLICT (command_id) DO NOTHING RETURNING 1;
 INSERT INTO pgb_event (escrow_id, version, event_id, type, payload, data, actor_kind, actor_id, command_id,
                        causation_id, correlation_id, occurred_at)
   SELECT id, version + 1, gen_random_uuid(), 'escrow.v1.EscrowDelivered', '\x0a24'::bytea, '{}'::jsonb, 'user', 1,
          gen_random_uuid(), '', 'bench', now() FROM pgb_escrow WHERE id = ':escrow_id';
+UPDATE pgb_escrow SET version = version + 1, updated_at = now() WHERE id = ':escrow_id';
 INSERT INTO pgb_outbox (event_id, topic, key, type, aggregate_id, aggregate_version, payload, occurred_at,
                         correlation_id, causation_id, traceparent)
   VALUES (gen_random_uuid(), 'escrow.events.v1', ':escrow_id', 'escrow.v1.EscrowDelivered', ':escrow_id', 1,
-          '\x0a24'::bytea, now(), 'bench', '', '');
-SELECT pg_notify('pgbench', '');
-UPDATE pgb_escrow SET version = version + 1, updated_at = now() WHERE id = ':escrow_id';
-INSERT INTO pgb_command (command_id, escrow_id, type, processed_at)
-  VALUES (gen_random_uuid(), ':escrow_id', 'escrow.v1.MarkDelivered', now());
-INSERT INTO pgb_outbox (event_id, topic, key, type, aggregate_id, aggregate_version, payload, occurred_at,
-                        correlation_id, causation_id, traceparent)
-  VALUES (gen_random_uuid(), 'escrow.commands.v1', ':escrow_id', 'payments.v1.TransferToSeller', ':escrow_id', 1,
-          '\x0a24'::bytea, now(), 'bench', '', '');
+          '\x0a24'::bytea, now(), 'bench', '', ''),
+         (gen_random_uuid(), 'escrow.commands.v1', ':escrow_id', 'escrow.v1.MarkDelivered', ':escrow_id', 1,
+          '\x0a24'::bytea, now(), 'bench', '', '')
+  RETURNING id, (SELECT pg_notify('pgbench', ''));
 COMMIT;
 """
 
