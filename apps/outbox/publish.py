@@ -61,15 +61,28 @@ def outbox_append(
     _appends.count = appended_here() + 1
     pending = _batch.get()
     if pending is not None:
-        pending.append(row)  # written with the others when the batch ends (`batched_appends`)
+        # Written with the others when the batch ends (`batched_appends`), unless a savepoint it was
+        # appended in is rolled back first: Django drops the marker's on-commit entry then.
+        marker = _Marker()
+        transaction.on_commit(marker)
+        pending.append((row, marker))
         return row
     row.save(force_insert=True)
     _wake_subscribers_on_commit()
     return row
 
 
-# The rows appended inside `batched_appends`, not written yet; None outside one.
-_batch: contextvars.ContextVar[list[OutboxMessage] | None] = contextvars.ContextVar("outbox_batch", default=None)
+class _Marker:
+    """A row's on-commit entry: it exists as long as no savepoint the row was appended in was rolled back."""
+
+    def __call__(self) -> None:
+        pass
+
+
+# The rows appended inside `batched_appends`, not written yet, each with its marker; None outside one.
+_batch: contextvars.ContextVar[list[tuple[OutboxMessage, _Marker]] | None] = contextvars.ContextVar(
+    "outbox_batch", default=None
+)
 
 
 @contextmanager
@@ -78,18 +91,22 @@ def batched_appends() -> Iterator[None]:
     block ends without an error, in the order they were appended (their ids keep that order), with the
     transaction's NOTIFY in the same statement on PostgreSQL. A row appended here has no `id` until then.
     An error leaves nothing written (the transaction, or its savepoint, is rolled back by the caller's
-    `atomic`). Nested, the outermost block writes."""
+    `atomic`), and a row appended in a savepoint rolled back inside the block (an inner `atomic` that
+    failed and was caught) is left out, as its insert would have been rolled back with it. Nested, the
+    outermost block writes."""
     if not connection.in_atomic_block:
         raise RuntimeError("batched_appends must run inside the transaction that changes the state")
     if _batch.get() is not None:
         yield
         return
-    rows: list[OutboxMessage] = []
-    token = _batch.set(rows)
+    pending: list[tuple[OutboxMessage, _Marker]] = []
+    token = _batch.set(pending)
     try:
         yield
     finally:
         _batch.reset(token)
+    alive = {id(entry[1]) for entry in connection.run_on_commit}  # (savepoint ids, function, robust)
+    rows = [row for row, marker in pending if id(marker) in alive]
     if rows:
         _write(rows)
 

@@ -17,6 +17,13 @@ from tests.outbox.support import append_event, new_escrow_id
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+
+@pytest.fixture(autouse=True)
+def _no_inline_bus(settings):
+    """The events here stand alone (no escrow behind them): nobody delivers them."""
+    settings.BUS_INLINE_DISPATCH = False
+
+
 EVENTS = (escrow_v1.EscrowCreated, escrow_v1.EscrowAccepted, escrow_v1.EscrowDelivered)
 
 
@@ -80,10 +87,9 @@ def test_a_batch_needs_a_transaction():
         pass
 
 
-def test_an_accepted_command_writes_its_outbox_rows_in_one_statement(api_client, buyer, seller, settings):
+def test_an_accepted_command_writes_its_outbox_rows_in_one_statement(api_client, buyer, seller):
     """Through the API: the accept's transaction appends the command and its events (at least two rows)
     in one insert (the bus is left out: it runs in the worker)."""
-    settings.BUS_INLINE_DISPATCH = False
     created = create_escrow(api_client(buyer), seller=seller, accept=False)
     before = OutboxMessage.objects.count()
     with CaptureQueriesContext(connection) as captured:
@@ -91,3 +97,22 @@ def test_an_accepted_command_writes_its_outbox_rows_in_one_statement(api_client,
     assert response.status_code == 202, response.content
     assert OutboxMessage.objects.count() - before >= 2
     assert len(_inserts(captured)) == 1, captured.captured_queries
+
+
+def test_a_row_appended_in_a_savepoint_rolled_back_inside_the_batch_is_not_written():
+    """As an insert would be: a handler that runs a command in a savepoint of its own, which fails after it
+    appended and is caught, leaves no message for the change that was rolled back."""
+    escrow_id = new_escrow_id()
+    with transaction.atomic(), batched_appends():
+        stream_lock(escrow_id)
+        append_event(escrow_id, 1, escrow_v1.EscrowCreated)
+        try:
+            with transaction.atomic(), batched_appends():
+                append_event(escrow_id, 2, escrow_v1.EscrowAccepted)
+                raise RuntimeError("the command failed after appending")
+        except RuntimeError:
+            pass
+        with transaction.atomic():
+            append_event(escrow_id, 2, escrow_v1.EscrowDelivered)  # a savepoint that is released: kept
+    written = OutboxMessage.objects.filter(aggregate_id=escrow_id).order_by("id")
+    assert [row.type for row in written] == ["escrow.v1.EscrowCreated", "escrow.v1.EscrowDelivered"]
