@@ -94,6 +94,7 @@ class BusWorker:
         self.stopping = threading.Event()
         self.handled = 0
         self.passes = 0
+        self.held_back_retries = 0  # passes that ended leaving rows behind an older open transaction
         self._listener: psycopg.Connection | None = None
         self._own_pids: deque[int] = deque(maxlen=64)
         self._clocked = [tick for tick in self.ticks if isinstance(tick, ClockedTick)]
@@ -167,7 +168,11 @@ class BusWorker:
                 # Always wait: a commit made during the pass by anyone else has announced itself, so the
                 # wait ends at once; an immediate extra pass would only find nothing, at ~4 statements
                 # per subscriber.
-                self._wait(_HELD_BACK_RETRY_SECONDS if left_rows_held_back() else self.poll_seconds)
+                if left_rows_held_back():
+                    self.held_back_retries += 1
+                    self._wait(_HELD_BACK_RETRY_SECONDS)
+                else:
+                    self._wait(self.poll_seconds)
         finally:
             # A worker run in a thread owns its connections; leaving them open would hold a backend
             # (and block dropping the database) after the thread ends.

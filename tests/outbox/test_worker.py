@@ -136,13 +136,16 @@ def test_the_workers_own_commits_do_not_wake_it_again():
             override_settings(BUS_OUTBOX_SUBSCRIBERS=["chained"], BUS_INLINE_DISPATCH=False),
             running_worker() as worker,
         ):
-            passes = worker.passes
+            passes, retries = worker.passes, worker.held_back_retries
             publish_event(new_escrow_id(), 1, escrow_v1.EscrowCreated)
             assert wait_until(lambda: len(followed) == 1, timeout=20)
             time.sleep(1.0)  # any extra pass would have happened by now (the poll is 60 s away)
             # One pass for the published event, at most one more if its in-process wake and its NOTIFY
             # were seen on either side of the pass's start; the chained row and its announcements, none.
-            assert worker.passes - passes <= 2, worker.passes - passes
+            # (Not counted: passes that came back for rows another session's open transaction held back,
+            # which the cluster-wide transaction ids let any other work on the server cause.)
+            extra = worker.passes - passes - (worker.held_back_retries - retries)
+            assert extra <= 2, extra
             assert len(followed) == 1
     finally:
         unregister("chained")
@@ -220,9 +223,10 @@ def test_rows_held_back_by_an_older_open_transaction_are_delivered_without_waiti
     with installed(recorder, inline=False), running_worker() as worker:
         with psycopg.connect(**params) as other:
             other.execute("SELECT txid_current()")  # an open transaction holding an xid older than the row's
-            passes = worker.passes
+            retries = worker.held_back_retries
             row = publish_event(new_escrow_id(), 1)
-            assert wait_until(lambda: worker.passes > passes, timeout=20)  # it gave up waiting
+            # its pass gave up waiting for the row, and it will come back for it
+            assert wait_until(lambda: worker.held_back_retries > retries, timeout=20)
             assert recorder.committed == []
             other.commit()  # ends without writing to the outbox: no NOTIFY
         assert wait_until(lambda: [e for _, _, e in recorder.committed] == [row.event_id], timeout=20)
