@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from django.core import signing
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -50,13 +49,6 @@ def _same_on_both_paths(monkeypatch: Any, path: str, *, lean_expected: bool = Tr
 
 def _bearer(user: Any) -> dict[str, str]:
     return {"HTTP_AUTHORIZATION": f"Bearer {mint_access_token(user)}"}
-
-
-@pytest.fixture(autouse=True)
-def _one_signing_second(monkeypatch: Any) -> None:
-    """The buyer's checkout link is signed with the current second: the two paths' answers are compared
-    within one second of signing time, whatever the wall clock does between them."""
-    monkeypatch.setattr(signing.TimestampSigner, "timestamp", lambda self: "1")
 
 
 @pytest.fixture

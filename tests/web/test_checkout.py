@@ -275,3 +275,31 @@ def test_a_deal_awaiting_acceptance_has_no_checkout_link_until_accepted(api_clie
     settle()
     link = checkout_link(as_buyer, escrow_id)
     assert Client().get(link).status_code == 200
+
+
+def test_the_link_is_the_same_every_second_and_a_link_issued_with_a_signing_time_still_opens(deal, monkeypatch):
+    """The link carries its own expiry and no signing time, so the buyer's escrow (and its ETag) does
+    not change from one second to the next; links issued before that (`signing.dumps`) keep working."""
+    import time
+
+    from django.core import signing
+
+    from apps.payments.checkout import LINK_SALT, checkout_token_read
+
+    first = deal["as_buyer"].get(f"/api/v1/escrows/{deal['id']}")
+    assert first.status_code == 200
+    deadline = timezone.now() + datetime.timedelta(hours=1)
+    legacy = signing.dumps({"e": deal["id"], "x": int(deadline.timestamp())}, salt=LINK_SALT)
+    later = time.time() + 5
+    monkeypatch.setattr(signing.time, "time", lambda: later)
+    again = deal["as_buyer"].get(f"/api/v1/escrows/{deal['id']}")
+    assert again.json()["payment"]["checkout_url"] == first.json()["payment"]["checkout_url"]
+    assert again["ETag"] == first["ETag"]
+    assert deal["as_buyer"].get(f"/api/v1/escrows/{deal['id']}", HTTP_IF_NONE_MATCH=first["ETag"]).status_code == 304
+
+    assert checkout_token_read(legacy).escrow_id == deal["id"]
+    assert Client().get(f"/checkout/{legacy}").status_code == 200
+    assert Client().get(deal["link"]).status_code == 200
+    # Neither format opens once tampered with.
+    assert Client().get(f"{deal['link']}x").status_code == 404
+    assert Client().get(f"/checkout/{legacy.rsplit(':', 1)[0]}").status_code == 404
