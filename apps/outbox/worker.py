@@ -126,6 +126,10 @@ class BusWorker:
 
     def run_forever(self) -> None:
         self._listen()
+        # The first pass reads everything committed before it starts: an announcement left over from
+        # before (a worker stopped in the middle of a pass leaves its stop() set) would only cost an
+        # empty pass.
+        wakeup.forget()
         log.info(
             "bus worker started",
             extra={"subscribers": [s.name for s in outbox_subscribers()], "poll_seconds": self.poll_seconds},

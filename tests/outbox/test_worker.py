@@ -115,6 +115,15 @@ def test_without_a_worker_nothing_is_delivered_and_run_bus_once_catches_up(api_c
 
 
 @pytest.mark.postgres_only
+def test_an_announcement_left_from_before_the_worker_started_costs_no_pass():
+    """A worker stopped in the middle of a pass leaves its stop() announcement set; the next worker's first
+    pass reads everything anyway, so that announcement must not cost it a second, empty pass."""
+    wakeup.announce()
+    with running_worker() as worker:
+        time.sleep(0.5)  # a pass it was woken for would have happened by now (the poll is 60 s away)
+        assert worker.passes == 1
+
+
 def test_the_workers_own_commits_do_not_wake_it_again():
     """A handler that appends to the outbox commits inside the worker's pass: the pass's drain loop
     reads past that row itself, so neither its NOTIFY nor its in-process wake may cost another pass."""
