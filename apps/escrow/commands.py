@@ -293,6 +293,11 @@ def request_refund(escrow: Escrow, *, amount_minor: int, actor: Actor | None, co
         actor=actor,
         command_id=command_id,
     )
+    send_refund(escrow, amount_minor=amount_minor, command_id=command_id)
+
+
+def send_refund(escrow: Escrow, *, amount_minor: int, command_id: uuid.UUID) -> None:
+    """Asks payments to return `amount_minor` of what the escrow holds to the buyer."""
     send(
         escrow,
         payments_v1.InitiateRefund(

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from apps.core.public import money
-from apps.escrow.commands import request_refund
+from apps.escrow.commands import request_refund, send_refund
 from apps.escrow.emit import emit, send
 from apps.escrow.errors import InvalidCommand, InvalidTransition
 from apps.escrow.models import Escrow
@@ -118,15 +118,7 @@ def escrow_retry_payout(*, command: escrow_v1.RetryPayout, command_id: uuid.UUID
                 command_id=command_id,
             )
         else:
-            send(
-                escrow,
-                payments_v1.InitiateRefund(
-                    escrow_id=str(escrow.id),
-                    buyer_id=escrow.buyer_id,
-                    amount=money(amount, escrow.currency),
-                ),
-                command_id=command_id,
-            )
+            send_refund(escrow, amount_minor=amount, command_id=command_id)
 
     return run_command(command=command, command_id=command_id, escrow_id=parse_id(command.escrow_id), apply=apply)
 
@@ -157,15 +149,7 @@ def escrow_return_stranded_funds(*, command: escrow_v1.ReturnStrandedFunds, comm
             command_id=command_id,
             text={"reason": reason},
         )
-        send(
-            escrow,
-            payments_v1.InitiateRefund(
-                escrow_id=str(escrow.id),
-                buyer_id=escrow.buyer_id,
-                amount=money(amount, escrow.currency),
-            ),
-            command_id=command_id,
-        )
+        send_refund(escrow, amount_minor=amount, command_id=command_id)
 
     return run_command(command=command, command_id=command_id, escrow_id=parse_id(command.escrow_id), apply=apply)
 
