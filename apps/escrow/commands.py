@@ -25,8 +25,9 @@ from apps.escrow.rules import BUYER, SELLER, S, fee_for, lapsed
 from apps.escrow.runner import (
     CommandResult,
     already_applied,
+    append_command,
+    claim_command,
     parse_id,
-    record_command,
     result,
     run_command,
 )
@@ -62,7 +63,7 @@ def escrow_create(*, command: escrow_v1.CreateEscrow, command_id: uuid.UUID) -> 
                 return result(existing, command_id, duplicate=True)
             raise InvalidCommand("an escrow with this id exists", field="escrow_id")
         now = timezone.now()
-        escrow = Escrow.objects.create(
+        escrow = Escrow(
             id=escrow_id,
             buyer_id=command.buyer_id,
             seller_id=command.seller_id,
@@ -76,6 +77,10 @@ def escrow_create(*, command: escrow_v1.CreateEscrow, command_id: uuid.UUID) -> 
             acceptance_deadline=now + datetime.timedelta(hours=settings.ACCEPTANCE_DEADLINE_HOURS),
             funding_deadline=None,
         )
+        # Claimed as every command is (runner.claim_command): a command id already spent on another escrow
+        # is refused here, not left to the primary key.
+        if not claim_command(escrow, command, command_id):
+            raise InvalidCommand("this command id was already used for another command", field="command_id")
         emit(
             escrow,
             escrow_v1.EscrowCreated(
@@ -93,8 +98,10 @@ def escrow_create(*, command: escrow_v1.CreateEscrow, command_id: uuid.UUID) -> 
             text={"description": escrow.description},
         )
         # Nobody is asked to pay before both parties agreed: the payment intent waits for AcceptEscrow.
-        escrow.save(update_fields=["version", "updated_at"])
-        record_command(escrow, command, command_id)
+        # The escrow is inserted once, at the version its first event gave it (the event's foreign key is
+        # checked at commit).
+        escrow.save(force_insert=True)
+        append_command(escrow, command, command_id)
         return result(escrow, command_id)
 
 

@@ -93,11 +93,6 @@ def claim_command(escrow: Escrow, command: betterproto2.Message, command_id: uui
     return not already_applied(escrow, command, command_id)
 
 
-def record_command(escrow: Escrow, command: betterproto2.Message, command_id: uuid.UUID) -> None:
-    ProcessedCommand.objects.create(command_id=command_id, escrow_id=escrow.id, type=type_name(command))
-    append_command(escrow, command, command_id)
-
-
 def append_command(escrow: Escrow, command: betterproto2.Message, command_id: uuid.UUID) -> None:
     # The accepted command itself, for the escrow.commands.v1 topic (an escrow process consuming from
     # Kafka dedupes it by its id), without the free text people typed: that stays with the escrow.

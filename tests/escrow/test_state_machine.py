@@ -221,6 +221,30 @@ def test_create_twice_with_one_command_id_creates_one_escrow(buyer: Any, seller:
     assert given.footprint() == footprint
 
 
+def test_a_command_id_spent_on_one_create_is_refused_for_another_escrow(buyer: Any, seller: Any) -> None:
+    command_id = uuid.uuid4()
+
+    def create(escrow_id: uuid.UUID) -> Any:
+        command = escrow_v1.CreateEscrow(
+            escrow_id=str(escrow_id),
+            buyer_id=buyer.pk,
+            seller_id=seller.pk,
+            amount=given.money(500),
+            description="x",
+            actor=given.user(buyer),
+        )
+        return dispatch(command, command_id=command_id)
+
+    first = create(uuid.uuid4())
+    footprint = given.footprint()
+    # A clear refusal, not the processed command's primary key failing under the new escrow.
+    with pytest.raises(InvalidCommand, match="already used for another command"):
+        create(uuid.uuid4())
+    assert given.footprint() == footprint
+    assert list(Escrow.objects.values_list("id", "version")) == [(first.escrow_id, 1)]
+    assert ProcessedCommand.objects.get(command_id=command_id).escrow_id == first.escrow_id
+
+
 def test_create_awaits_acceptance_and_asks_for_no_payment_yet(buyer: Any, seller: Any) -> None:
     mark = given.last_outbox_id()
     escrow_id = given.propose(buyer=buyer, seller=seller)

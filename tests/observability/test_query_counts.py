@@ -197,3 +197,33 @@ def test_a_keyed_command_is_one_transaction_with_its_idempotency_record(funded, 
     assert again.json() == first.json()
     sql = [q["sql"] for q in replayed.captured_queries]
     assert sql[0] == "BEGIN" and sql[-1] == "COMMIT" and len(sql) == 4, "\n".join(sql)
+
+
+# The transaction of a proposal (POST /escrows): the escrow is inserted once, at the version its first event
+# gave it, and its command claimed as every other command is.
+CREATE_TRANSACTION = [
+    "advisory_xact_lock",  # the new escrow's message stream
+    'FROM "escrow_escrow"',  # no escrow with this id yet
+    "INTO escrow_processedcommand",  # the command id, ON CONFLICT DO NOTHING
+    'INTO "escrow_escrowevent"',  # EscrowCreated in the escrow's own log
+    'INTO "escrow_escrow"',  # the escrow, once: no UPDATE of its version after the insert
+    "INTO outbox_outboxmessage",  # EscrowCreated and the command, with their NOTIFY
+]
+
+
+@pytest.mark.postgres_only
+def test_a_proposal_is_one_transaction_that_writes_the_escrow_once(api_client, buyer, seller, settings):
+    settings.BUS_INLINE_DISPATCH = False
+    as_buyer = api_client(buyer)
+    body = {"seller": seller.username, "amount": "149.99", "currency": "USD", "description": "Dominus"}
+    with CaptureQueriesContext(connection) as captured:
+        assert as_buyer.post("/api/v1/escrows", body, format="json").status_code == 202
+    sql = [q["sql"] for q in captured.captured_queries]
+    begin, commit = sql.index("BEGIN"), sql.index("COMMIT")
+    inside = sql[begin + 1 : commit]
+    assert len(inside) == len(CREATE_TRANSACTION), "\n".join(inside)
+    for statement, expected in zip(inside, CREATE_TRANSACTION, strict=True):
+        assert expected in statement, (expected, statement)
+    assert sql.count("BEGIN") == 1 and not any(s.startswith('UPDATE "escrow_escrow"') for s in sql)
+    # Before it, outside: the read that both parties are active users.
+    assert any('FROM "auth_user"' in s for s in sql[:begin])
