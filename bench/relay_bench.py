@@ -47,6 +47,7 @@ from apps.outbox.kafka.client import make_producer  # noqa: E402
 from apps.outbox.kafka.envelope import headers_for  # noqa: E402
 from apps.outbox.kafka.relay import OutboxRelay  # noqa: E402
 from apps.outbox.models import OutboxMessage  # noqa: E402
+from apps.outbox.reader import unpublished_rows  # noqa: E402
 from proto.common.v1 import Money  # noqa: E402
 from proto.escrow import v1 as escrow_v1  # noqa: E402
 
@@ -269,7 +270,7 @@ def main() -> None:
     settings.KAFKA_BOOTSTRAP_SERVERS = servers
     try:
         call_command("migrate", verbosity=0)  # inside the try: a missing database must not leave the broker
-        backlog_before = OutboxMessage.objects.filter(published_at__isnull=True).count()
+        backlog_before = unpublished_rows().count()
         if backlog_before:
             sys.exit(f"{backlog_before} unpublished rows already in this database: use a dedicated one")
         print(

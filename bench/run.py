@@ -924,16 +924,13 @@ def pending(topology: Topology, since_id: int) -> dict[str, int]:
     and types that its `consume` processes have not recorded as processed (the same dedupe records)."""
     from django.db import connection
 
-    from apps.outbox.public import lag
+    from apps.outbox.public import lag, unpublished_rows
     from apps.outbox.registry import get_subscriber
 
     figures = {name: lag(get_subscriber(name)) for group in topology.bus_groups for name in group.split(",")}
     if topology.kafka:
+        figures["relay (unpublished)"] = unpublished_rows().filter(id__gt=since_id).count()
         with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT count(*) FROM outbox_outboxmessage WHERE id > %s AND published_at IS NULL", [since_id]
-            )
-            figures["relay (unpublished)"] = int(cursor.fetchone()[0])
             for app in topology.consumers:
                 subscriber = get_subscriber(app)
                 cursor.execute(
@@ -968,12 +965,14 @@ def prepare_kafka_step(broker: Broker, topology: Topology, group: str) -> None:
     """Before a split step: the outbox rows of earlier steps were applied on the outbox bus, so they are
     marked published (the relay starts at this step's rows), and each split app's consumer group for the
     step is committed at the end of its topics (it reads only what this step publishes)."""
-    from django.db import connection
-
+    from apps.outbox.public import OutboxMessage
+    from apps.outbox.reader import advance_relay_checkpoint, relay_position
     from apps.outbox.registry import get_subscriber
 
-    with connection.cursor() as cursor:
-        cursor.execute("UPDATE outbox_outboxmessage SET published_at = now() WHERE published_at IS NULL")
+    last = OutboxMessage.objects.order_by("-txid", "-id").values_list("txid", "id").first()
+    relay_position()  # the checkpoint row exists
+    if last is not None:
+        advance_relay_checkpoint(last)
     for app in topology.consumers:
         asyncio.run(park_group(broker.servers, f"{group}-{app}", sorted(get_subscriber(app).topics)))
 

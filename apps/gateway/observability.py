@@ -211,9 +211,9 @@ def _recent_delays(*, subscriber: str, types: Iterable[str] | None = None) -> li
 def _outbox_metrics() -> Iterator[Metric]:
     from django.db.models import Count, Min
 
-    from apps.outbox.public import OutboxMessage
+    from apps.outbox.public import OutboxMessage, published_rows, unpublished_rows
 
-    row = OutboxMessage.objects.filter(published_at__isnull=True).aggregate(n=Count("id"), oldest=Min("occurred_at"))
+    row = unpublished_rows().aggregate(n=Count("id"), oldest=Min("occurred_at"))
     unpublished = GaugeMetricFamily("escrow_outbox_unpublished_messages", "Outbox rows not yet relayed to Kafka")
     unpublished.add_metric([], row["n"])
     yield unpublished
@@ -226,12 +226,9 @@ def _outbox_metrics() -> Iterator[Metric]:
     written = CounterMetricFamily("escrow_outbox_written_messages", "Outbox rows written (highest row id)")
     written.add_metric([], last)
     yield written
-    # The relay publishes in row order, so the highest published id counts what it relayed; read from the
-    # newest rows down, it stops at the first published one (the backlog, when the relay keeps up: none).
-    relayed_id = (
-        OutboxMessage.objects.filter(published_at__isnull=False).order_by("-id").values_list("id", flat=True).first()
-        or 0
-    )
+    # The relay publishes in delivery order, so the highest published id counts what it relayed; read from
+    # the newest rows down, it stops at the first published one (the backlog, when the relay keeps up: none).
+    relayed_id = published_rows().order_by("-id").values_list("id", flat=True).first() or 0
     relayed = CounterMetricFamily(
         "escrow_outbox_relayed_messages",
         "Outbox rows relayed to Kafka (highest published row id); its rate is the relay rate",

@@ -4,23 +4,33 @@ import uuid
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db.models import BooleanField, ExpressionWrapper, QuerySet
 from django.http import HttpRequest
 
 from apps.core.public import AuditLog, ReadOnlyAdmin, audit_record
 from apps.outbox import reader
-from apps.outbox.models import DeadLetter, OutboxMessage, SubscriberCheckpoint
+from apps.outbox.models import RELAY_CHECKPOINT, DeadLetter, OutboxMessage, SubscriberCheckpoint
 from apps.outbox.registry import get_subscriber
 from apps.outbox.retry import replay_dead_letter
 
 
 @admin.register(OutboxMessage)
 class OutboxMessageAdmin(ReadOnlyAdmin):
-    list_display = ("id", "type", "aggregate_id", "aggregate_version", "topic", "occurred_at", "published_at")
+    list_display = ("id", "type", "aggregate_id", "aggregate_version", "topic", "occurred_at", "published")
     list_filter = ("topic", "type")
     search_fields = ("aggregate_id", "event_id")
-    readonly_fields = [f.name for f in OutboxMessage._meta.fields if f.name != "payload"]
+    readonly_fields = [*(f.name for f in OutboxMessage._meta.fields if f.name != "payload"), "published"]
     exclude = ("payload",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[OutboxMessage]:
+        # Published = at or before the relay's checkpoint: one read of it per page, not one per row.
+        published = ExpressionWrapper(reader.rows_up_to(*reader.relay_position()), output_field=BooleanField())
+        return super().get_queryset(request).annotate(relayed=published)
+
+    @admin.display(boolean=True, description="published to Kafka")
+    def published(self, obj: OutboxMessage) -> bool:
+        relayed = getattr(obj, "relayed", None)
+        return reader.is_published(obj) if relayed is None else bool(relayed)
 
 
 @admin.register(SubscriberCheckpoint)
@@ -29,6 +39,8 @@ class SubscriberCheckpointAdmin(ReadOnlyAdmin):
 
     @admin.display(description="lag (messages)")
     def lag(self, obj: SubscriberCheckpoint) -> int | str:
+        if obj.subscriber == RELAY_CHECKPOINT:
+            return reader.unpublished_rows().count()
         try:
             return reader.lag(get_subscriber(obj.subscriber))
         except LookupError:

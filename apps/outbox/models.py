@@ -41,22 +41,25 @@ class OutboxMessage(models.Model):
     correlation_id = models.CharField(max_length=100, blank=True, editable=False)
     causation_id = models.CharField(max_length=100, blank=True, editable=False)
     traceparent = models.CharField(max_length=100, blank=True, editable=False)
-    # Set by the Kafka relay once the broker acknowledged the message.
-    published_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         indexes = [
             models.Index(fields=["txid", "id"], name="outbox_delivery_order"),
             models.Index(fields=["aggregate_id", "id"], name="outbox_by_aggregate"),
-            models.Index(fields=["id"], name="outbox_unpublished", condition=models.Q(published_at__isnull=True)),
         ]
 
     def __str__(self) -> str:
         return f"{self.type} {self.aggregate_id} v{self.aggregate_version}"
 
 
+# The Kafka relay's checkpoint is a SubscriberCheckpoint under this name (`register` refuses it as a
+# subscriber's name): the rows up to it in delivery order are published.
+RELAY_CHECKPOINT = "outbox:kafka-relay"
+
+
 class SubscriberCheckpoint(models.Model):
-    """How far one subscriber has read the outbox, in delivery order (txid, id)."""
+    """How far one subscriber (or the Kafka relay, `RELAY_CHECKPOINT`) has read the outbox, in delivery
+    order (txid, id)."""
 
     subscriber = models.CharField(max_length=50, primary_key=True)
     last_txid = models.BigIntegerField(default=0)

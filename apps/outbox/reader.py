@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 
 from django.db import connection
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
-from apps.outbox.models import OutboxMessage, SubscriberCheckpoint
+from apps.outbox.models import RELAY_CHECKPOINT, OutboxMessage, SubscriberCheckpoint
 from apps.outbox.registry import Subscriber
 
 # The xid watermark: rows written by transactions below it are settled (committed or rolled back) in
@@ -62,6 +62,44 @@ def save_checkpoints(positions: dict[str, OutboxMessage]) -> None:
 def rows_after(txid: int, row_id: int) -> Q:
     """Outbox rows after the position (txid, id), in the bus's commit order."""
     return Q(txid__gt=txid) | Q(txid=txid, id__gt=row_id)
+
+
+def rows_up_to(txid: int, row_id: int) -> Q:
+    """Outbox rows at or before the position (txid, id) in delivery order: the complement of `rows_after`."""
+    return Q(txid__lt=txid) | Q(txid=txid, id__lte=row_id)
+
+
+# --- the Kafka relay's progress: a row is published iff it is at or before the relay's checkpoint ---------
+
+
+def relay_position() -> tuple[int, int]:
+    """The relay's checkpoint (txid, id): every row up to it in delivery order was acknowledged by Kafka."""
+    checkpoint = subscriber_checkpoint(RELAY_CHECKPOINT)
+    return checkpoint.last_txid, checkpoint.last_id
+
+
+def unpublished_rows() -> QuerySet[OutboxMessage]:
+    """The rows the relay has not published yet (after its checkpoint)."""
+    return OutboxMessage.objects.filter(rows_after(*relay_position()))
+
+
+def published_rows() -> QuerySet[OutboxMessage]:
+    return OutboxMessage.objects.filter(rows_up_to(*relay_position()))
+
+
+def is_published(row: OutboxMessage) -> bool:
+    return (row.txid, row.id) <= relay_position()
+
+
+def advance_relay_checkpoint(position: tuple[int, int]) -> bool:
+    """Moves the relay's checkpoint forward to `position`, in one small UPDATE; never backwards, so a relay
+    that lost its lease and settles a late batch cannot rewind what the active relay published. Returns
+    whether it moved. The checkpoint row exists: the relay reads its position before it sends anything."""
+    txid, row_id = position
+    moved = SubscriberCheckpoint.objects.filter(
+        Q(last_txid__lt=txid) | Q(last_txid=txid, last_id__lt=row_id), subscriber=RELAY_CHECKPOINT
+    ).update(last_txid=txid, last_id=row_id, updated_at=timezone.now())
+    return moved > 0
 
 
 def subscriber_checkpoints(names: list[str]) -> dict[str, SubscriberCheckpoint]:

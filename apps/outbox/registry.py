@@ -13,7 +13,7 @@ import betterproto2
 from django.conf import settings
 
 from apps.outbox import messages
-from apps.outbox.models import OutboxMessage
+from apps.outbox.models import RELAY_CHECKPOINT, OutboxMessage
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,8 @@ class Subscriber:
     types: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.name == RELAY_CHECKPOINT:
+            raise ValueError(f"{RELAY_CHECKPOINT!r} is the Kafka relay's checkpoint, not a subscriber name")
         object.__setattr__(self, "topics", frozenset(messages.topic_for(cls()) for cls in self.handlers))
         object.__setattr__(self, "types", frozenset(messages.type_name(cls) for cls in self.handlers))
 

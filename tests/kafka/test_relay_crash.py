@@ -19,6 +19,7 @@ from apps.outbox import messages
 from apps.outbox.kafka.consumer import AppConsumer
 from apps.outbox.models import OutboxMessage
 from apps.outbox.publish import outbox_append
+from apps.outbox.reader import published_rows, unpublished_rows
 from apps.projections.models import EscrowView
 from proto.common.v1 import Money
 from proto.escrow import v1 as escrow_v1
@@ -75,20 +76,20 @@ def test_relay_killed_mid_batch_and_restarted_delivers_everything_at_least_once(
 
     relay = relay_process(kafka, "--batch-size", "7")
     deadline = time.monotonic() + 120
-    while not OutboxMessage.objects.filter(published_at__isnull=False).exists():
+    while not published_rows().exists():
         assert relay.poll() is None, relay.stdout.read() if relay.stdout else ""
         assert time.monotonic() < deadline, "relay published nothing"
         time.sleep(0.005)
     relay.send_signal(signal.SIGKILL)
     relay.wait(30)
-    published_before_kill = OutboxMessage.objects.filter(published_at__isnull=False).count()
+    published_before_kill = published_rows().count()
     assert 0 < published_before_kill < ROWS, "the relay must die with work left"
 
     restarted = relay_process(kafka, "--once")
     output, _ = restarted.communicate(timeout=300)
     assert restarted.returncode == 0, output.decode()
     assert b"relay stopped: published=" in output
-    assert not OutboxMessage.objects.filter(published_at__isnull=True).exists()
+    assert not unpublished_rows().exists()
 
     records = read_since(kafka, since)
     rows = {str(row.event_id): row for row in OutboxMessage.objects.all()}

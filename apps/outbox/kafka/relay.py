@@ -7,14 +7,18 @@
   (`create_batch`/`send_batch`, the partition being the default partitioner's for the key), handed over
   whole and in delivery order; the producer sends one request per broker at a time and keeps each
   partition's batches in order, so the pipeline is ordered like one long batch.
-- The acknowledged prefix is marked in one UPDATE, on PostgreSQL by a thread of its own (`Marker`) while
-  the next batches are read and sent; every mark is waited for before reading again from the oldest
-  unpublished row, so nothing acknowledged is sent twice by a healthy relay.
-- `published_at` is set only after the broker acknowledged, and only for the acknowledged prefix in
-  delivery order: after the first failure nothing later is marked (not even rows acked after it), the
-  pipeline drains and reading restarts from the oldest unpublished row. A crash or broker outage
-  therefore produces duplicates (same event id; consumers dedupe), never a gap. Per-key order across
-  producer retries needs the idempotent producer, the production default.
+- Progress is one checkpoint (txid, id) in delivery order (`RELAY_CHECKPOINT`, a SubscriberCheckpoint
+  row): a row is published iff it is at or before it. The checkpoint moves once per acknowledged batch
+  (or group of batches) with one small UPDATE of that row, on PostgreSQL by a thread of its own
+  (`Marker`) while the next batches are read and sent; every mark is waited for before reading again from
+  the checkpoint, so nothing acknowledged is sent twice by a healthy relay. (Marking each row published
+  was a non-HOT update per row: new heap tuples and index entries, the relay's most expensive work.)
+- The checkpoint moves only after the broker acknowledged, and only over the acknowledged prefix in
+  delivery order: after the first failure nothing later moves it (not even rows acked after it), the
+  pipeline drains and reading restarts from the checkpoint. A crash or broker outage therefore produces
+  duplicates (same event id; consumers dedupe), never a gap. The UPDATE only ever moves it forward, so a
+  relay that lost its lease cannot rewind it. Per-key order across producer retries needs the idempotent
+  producer, the production default.
 - One active relay per database (`RelayLease`); the others wait as standby.
 """
 
@@ -36,20 +40,22 @@ from typing import Any, NamedTuple
 from aiokafka import AIOKafkaProducer
 from django.conf import settings
 from django.db import connection
-from django.db.models import Count, Min, Q, QuerySet
+from django.db.models import Count, Min, QuerySet
 from django.utils import timezone
 
 from apps.outbox.kafka.client import LoopRunner, Pending, bootstrap_servers, make_producer, partition_for
 from apps.outbox.kafka.envelope import Headers, envelope_headers
 from apps.outbox.kafka.leadership import RelayLease
 from apps.outbox.models import OutboxMessage
-from apps.outbox.reader import XID_WATERMARK_SQL
+from apps.outbox.reader import (
+    XID_WATERMARK_SQL,
+    advance_relay_checkpoint,
+    relay_position,
+    rows_after,
+    unpublished_rows,
+)
 
 log = logging.getLogger(__name__)
-
-
-def unpublished_rows() -> QuerySet[OutboxMessage]:
-    return OutboxMessage.objects.filter(published_at__isnull=True)
 
 
 ValueEncoder = Callable[[str, str, bytes], bytes]
@@ -102,21 +108,20 @@ _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _MILLISECOND = datetime.timedelta(milliseconds=1)
 
 
-def _fetch_postgresql(*, limit: int, after: tuple[int, int] | None) -> list[tuple[Any, ...]]:
+def _fetch_postgresql(*, limit: int, after: tuple[int, int]) -> list[tuple[Any, ...]]:
     """The hot read, in SQL: the header values come back as ready text (no UUID or datetime objects per
     row), the row comparison walks the delivery-order index from the cursor, and only rows below the bus's
     xid watermark count, so a late-committing row is never published out of order."""
     table = OutboxMessage._meta.db_table
-    keyset = "AND (txid, id) > (%s, %s)" if after is not None else ""
     sql = (
         f"SELECT id, txid, topic, key, payload, event_id::text, type, aggregate_id, "  # noqa: S608
         f"aggregate_version::text, {_OCCURRED_AT_ISO_SQL}, "
         f"floor(extract(epoch FROM occurred_at) * 1000)::bigint, correlation_id, causation_id, traceparent "
-        f"FROM {table} WHERE published_at IS NULL AND txid < {XID_WATERMARK_SQL} {keyset} "
+        f"FROM {table} WHERE (txid, id) > (%s, %s) AND txid < {XID_WATERMARK_SQL} "
         f"ORDER BY txid, id LIMIT %s"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*(after or ()), limit])
+        cursor.execute(sql, [*after, limit])
         return cursor.fetchall()
 
 
@@ -215,33 +220,23 @@ def _records(rows: Iterable[tuple[Any, ...]], *, encode_value: ValueEncoder | No
 def publishable_records(
     *, limit: int, after: tuple[int, int] | None = None, encode_value: ValueEncoder | None = None
 ) -> list[RelayRecord]:
-    """The next unpublished rows in delivery order, strictly after `after` (keyset pagination).
+    """The next rows in delivery order strictly after `after` (keyset pagination), by default after the
+    relay's checkpoint (the oldest unpublished row).
 
     Keyset is safe with the watermark: every row below it belongs to a finished transaction, so a row
-    that sorts before the cursor and is still unpublished was either seen already or failed (and a
-    failure resets the cursor)."""
+    that sorts before the cursor was either seen already or failed (and a failure resets the cursor to
+    the checkpoint, which only covers acknowledged rows)."""
+    position = after if after is not None else relay_position()
     if connection.vendor == "postgresql":
-        return _records_postgresql(_fetch_postgresql(limit=limit, after=after), encode_value=encode_value)
-    rows = unpublished_rows()
-    if after is not None:
-        rows = rows.filter(Q(txid__gt=after[0]) | Q(txid=after[0], id__gt=after[1]))
-    return records_from(rows.order_by("txid", "id")[:limit], encode_value=encode_value)
+        return _records_postgresql(_fetch_postgresql(limit=limit, after=position), encode_value=encode_value)
+    rows = OutboxMessage.objects.filter(rows_after(*position)).order_by("txid", "id")  # SQLite: txid is 0
+    return records_from(rows[:limit], encode_value=encode_value)
 
 
-def mark_published(ids: list[int]) -> None:
-    if not ids:
-        return
-    now = timezone.now()
-    if connection.vendor == "postgresql":
-        # One array literal instead of a thousand placeholders (and no per-element adaptation).
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"UPDATE {OutboxMessage._meta.db_table} SET published_at = %s "  # noqa: S608
-                "WHERE id = ANY(%s::bigint[]) AND published_at IS NULL",
-                [now, "{" + ",".join(map(str, ids)) + "}"],
-            )
-        return
-    OutboxMessage.objects.filter(id__in=ids, published_at__isnull=True).update(published_at=now)
+def mark_published(position: tuple[int, int] | None) -> None:
+    """Every row up to `position` (the last of an acknowledged prefix) is published."""
+    if position is not None:
+        advance_relay_checkpoint(position)
 
 
 @dataclass(frozen=True)
@@ -293,43 +288,44 @@ def _close_connection() -> None:
 
 
 class Marker:
-    """Marks acknowledged rows published on a thread of its own, with its own database connection, so the
-    UPDATE (the relay's most expensive statement: every index of the row changes) runs while the relay
-    reads and sends the next batches. It only ever marks rows the broker acknowledged; `drain()` waits for
-    every mark handed over, and the relay drains before it reads from the oldest unpublished row again
-    (idle, after a failure, on exit), so a row whose mark is still on its way is never re-read and resent.
+    """Moves the relay's checkpoint on a thread of its own, with its own database connection, so the
+    UPDATE runs while the relay reads and sends the next batches. It only ever moves it over rows the
+    broker acknowledged; `drain()` waits for every mark handed over, and the relay drains before it reads
+    from the checkpoint again (idle, after a failure, on exit), so a row whose mark is still on its way is
+    never re-read and resent.
 
-    Batches acknowledged while an UPDATE runs wait for it and then go together in one UPDATE (in delivery
-    order, as they were handed over), so a marker that falls behind catches up with fewer statements. A
-    failed mark is raised at the next `submit` or `drain`, and nothing handed over after it is marked (the
-    rows stay unpublished, and the marked rows stay a prefix in delivery order: they are resent later)."""
+    Batches acknowledged while an UPDATE runs wait for it and then go together in one UPDATE (to the last
+    position handed over: they come in delivery order), so a marker that falls behind catches up with
+    fewer statements. A failed mark is raised at the next `submit` or `drain`, and nothing handed over
+    after it is marked (the rows stay unpublished, and the checkpoint stays at an acknowledged prefix:
+    they are resent later)."""
 
     def __init__(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-mark")
         self._pending: deque[Future[None]] = deque()
         self._lock = threading.Lock()
-        self._waiting: list[int] = []  # acknowledged, not yet taken by an UPDATE
+        self._waiting: tuple[int, int] | None = None  # acknowledged up to here, not yet taken by an UPDATE
         self._failed = False
 
-    def submit(self, ids: list[int]) -> None:
+    def submit(self, position: tuple[int, int] | None) -> None:
         while self._pending and self._pending[0].done():
             self._pending.popleft().result()
-        if not ids:
+        if position is None:
             return
         with self._lock:
-            # A job queued and not started yet takes these with its own; otherwise one is queued.
-            queued = bool(self._waiting)
-            self._waiting.extend(ids)
+            # A job queued and not started yet takes this position instead of its own; otherwise one is queued.
+            queued = self._waiting is not None
+            self._waiting = position
         if not queued:
             self._pending.append(self._executor.submit(self._mark_waiting))
 
     def _mark_waiting(self) -> None:
         with self._lock:
-            ids, self._waiting = self._waiting, []
+            position, self._waiting = self._waiting, None
         if self._failed:
             return
         try:
-            mark_published(ids)
+            mark_published(position)
         except BaseException:
             self._failed = True
             raise
@@ -395,6 +391,7 @@ class OutboxRelay:
             if not self._wait_for_lease(lease):
                 return self.stats
             self.active.set()
+            relay_position()  # the checkpoint row exists before anything is marked (created at the start)
             self.report(f"relay active; {backlog()}")
             self._pump(lease, once=once)
             return self.stats
@@ -451,8 +448,8 @@ class OutboxRelay:
                         continue
                     self._progress()
                     continue
-                # Idle: restart from the oldest unpublished row next time (cheap, and robust), once every
-                # acknowledged row is marked.
+                # Idle: restart from the checkpoint next time (cheap, and robust), once every acknowledged
+                # batch is marked.
                 self._drain_marks()
                 cursor = None
                 if once and not unpublished_rows().exists():
@@ -535,29 +532,36 @@ class OutboxRelay:
         )
 
     def _settle(self, batch: InFlight) -> int:
-        """Waits for a batch's acks and marks its acknowledged prefix published."""
+        """Waits for a batch's acks and moves the checkpoint over its acknowledged prefix."""
+        return self._acknowledged(batch, mark=True)
+
+    def _acknowledged(self, batch: InFlight, *, mark: bool) -> int:
         outcomes = batch.outcomes.result()
-        acked: list[int] = []
+        acked = 0
         error: object | None = None
-        for record, outcome in zip(batch.records, outcomes, strict=True):
+        for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 error = outcome
                 break
-            acked.append(record.id)
-        if self._marker is not None:
-            self._marker.submit(acked)
-        else:
-            mark_published(acked)
+            acked += 1
+        if mark:
+            last = batch.records[acked - 1] if acked else None
+            position = (last.txid, last.id) if last is not None else None
+            if self._marker is not None:
+                self._marker.submit(position)
+            else:
+                mark_published(position)
         self.stats.batch_ms.append((time.perf_counter() - batch.started) * 1000)
         self.stats.batches += 1
-        self.stats.published += len(acked)
+        self.stats.published += acked
         if error is not None:
-            raise PublishFailed(f"{len(acked)}/{len(batch.records)} acknowledged; first error: {error!r}")
-        return len(acked)
+            raise PublishFailed(f"{acked}/{len(batch.records)} acknowledged; first error: {error!r}")
+        return acked
 
     def publish_batch(self, records: list[RelayRecord]) -> int:
-        """Sends one batch and waits for it (replay, scripts); the loop pipelines instead."""
-        return self._settle(self._submit(records))
+        """Sends one batch and waits for it (replay, scripts); the loop pipelines instead. It does not move
+        the checkpoint: the records are any selection (a replay), not the next rows in delivery order."""
+        return self._acknowledged(self._submit(records), mark=False)
 
     def close(self) -> None:
         if self._producer is not None:
