@@ -25,6 +25,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 FAST_RETRIES = {"BUS_RETRY_BASE_SECONDS": 0.001, "BUS_MAX_ATTEMPTS": 3}
 PROBE = "/* txid probe */"
+BEGIN = ("BEGIN", "BEGIN IMMEDIATE")  # SQLite's writers begin IMMEDIATE
 
 
 class TxRecorder(Recorder):
@@ -55,7 +56,7 @@ def _transactions_with_effects(queries: list[dict[str, Any]]) -> int:
     count, inside, counted = 0, False, False
     for query in queries:
         sql = query["sql"]
-        if sql == "BEGIN":
+        if sql in BEGIN:
             inside, counted = True, False
         elif sql in ("COMMIT", "ROLLBACK"):
             inside = False
@@ -91,8 +92,10 @@ def test_a_run_for_several_subscribers_is_one_transaction_with_a_handful_of_stat
         queries = [q for q in captured.captured_queries if PROBE not in q["sql"]]
         effects = [q for q in queries if _is_effect(q["sql"])]
         assert len(effects) == 60  # one per message per subscriber
-        # All 60 handler calls ran in one database transaction...
-        assert len({txid for r in recorders for txid in r.transactions.values()}) == 1
+        # All 60 handler calls ran in one database transaction (PostgreSQL names it; on SQLite the
+        # statements below show it)...
+        if connection.vendor == "postgresql":
+            assert len({txid for r in recorders for txid in r.transactions.values()}) == 1
         assert _transactions_with_effects(queries) == 1
         # ...with, beside the effects, 18 statements for the drain: the probe (twice: the second finds nothing),
         # the three drain locks taken and let go in one statement each, one checkpoint read and one outbox read
@@ -101,7 +104,7 @@ def test_a_run_for_several_subscribers_is_one_transaction_with_a_handful_of_stat
         # after another, a transaction each, took 32 statements.
         drained = [q["sql"] for q in queries if "effects:" not in q["sql"]]  # not the test's own reads either
         assert len(drained) <= 18 + 8 * (passes - 1), drained
-        assert drained.count("BEGIN") == passes
+        assert sum(drained.count(begin) for begin in BEGIN) == passes
         for recorder in recorders:
             assert [e for _, _, e in recorder.committed] == [row.event_id for row in published]
             assert set(recorder.calls.values()) == {1}
@@ -125,7 +128,9 @@ def test_one_failing_subscriber_is_rolled_back_alone_and_the_others_commit_in_th
             assert set(recorder.calls.values()) == {1}
             assert [e for _, _, e in recorder.committed] == [row.event_id for row in rows]
             assert ProcessedMessage.objects.filter(subscriber=recorder.name).count() == 5
-        assert len({first.transactions[r.event_id] for r in rows} | {last.transactions[r.event_id] for r in rows}) == 1
+        if connection.vendor == "postgresql":  # the transaction's id (SQLite has none to read)
+            shared = {first.transactions[r.event_id] for r in rows} | {last.transactions[r.event_id] for r in rows}
+            assert len(shared) == 1
         assert not DeadLetter.objects.exclude(subscriber=failing.name).exists()
 
         # The failing one, exactly as one by one: the rows before the poison applied again after its
