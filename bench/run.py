@@ -15,6 +15,11 @@ Steps (progress lines on stderr, summary on stdout, results in bench/results/<ti
    figures (no coordinated omission).
 5. Command-to-event and webhook-to-event: every request carries its own X-Correlation-ID, which the
    outbox rows it causes carry too; the event's "applied by projections" time is read from the tables.
+   With --webhooks-per-s R the stack runs the card rail (PAYMENTS_PROVIDER=live, Stripe faked on loopback
+   by bench/stripe_fake.py); R x duration escrows are prepared in AWAIT_FUNDS beforehand (the escrow
+   commands dispatched here, the bus drained here: Stripe PaymentIntents created by the payments app), and
+   a signed `payment_intent.succeeded` is posted for each at R/s, as Stripe posts it; webhook-to-event
+   is its scheduled send -> projections applied the escrow's EscrowFundsHeld.
 6. Database ceiling: pgbench running the statements one command runs, against copies of the tables.
 7. Relay: bench/relay_bench.py if --relay (it starts a Tansu broker when Kafka is not configured).
 Everything started is stopped at the end, also on Ctrl-C or failure.
@@ -190,7 +195,12 @@ def bench_cache_url() -> str:
 CACHE_KEY_PREFIX = f"escrow-bench-{os.getpid()}"
 
 
-def django_env(database_url: str, *, inline: bool) -> dict[str, str]:
+# The card rail of the webhook load: the stack's Stripe client talks to bench/stripe_fake.py, and the
+# webhooks are signed with this secret (the stack is configured with it, as with Stripe's endpoint secret).
+STRIPE_WEBHOOK_SECRET = "whsec_bench_0123456789abcdef0123456789abcdef"
+
+
+def django_env(database_url: str, *, inline: bool, stripe_api_base: str = "") -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         {
@@ -208,12 +218,21 @@ def django_env(database_url: str, *, inline: bool) -> dict[str, str]:
             "PYTHONPATH": str(ROOT),
         }
     )
+    if stripe_api_base:
+        env.update(
+            {
+                "PAYMENTS_PROVIDER": "live",
+                "STRIPE_SECRET_KEY": "sk_test_bench",
+                "STRIPE_API_BASE": stripe_api_base,
+                "STRIPE_WEBHOOK_SECRET": STRIPE_WEBHOOK_SECRET,
+            }
+        )
     return env
 
 
-def prepare(database_url: str, pairs: int) -> list[tuple[str, str]]:
+def prepare(database_url: str, pairs: int, *, stripe_api_base: str = "") -> list[tuple[str, str]]:
     """Migrates and returns (buyer token, seller username/token) pairs, via this process's Django."""
-    os.environ.update(django_env(database_url, inline=False))
+    os.environ.update(django_env(database_url, inline=False, stripe_api_base=stripe_api_base))
     import django
 
     django.setup()
@@ -230,6 +249,89 @@ def prepare(database_url: str, pairs: int) -> list[tuple[str, str]]:
         seller = users.objects.create_user(username=f"bench-seller-{n}", password=None)
         tokens.append((mint_access_token(buyer, expires_in=3600), mint_access_token(seller, expires_in=3600)))
     return tokens
+
+
+@dataclass
+class CardEscrow:
+    """An escrow awaiting funds on the card rail, and its PaymentIntent as Stripe holds it once paid."""
+
+    escrow_id: str
+    pair: int
+    intent: dict[str, Any]
+
+
+def prepare_card_escrows(count: int, pairs: int, stripe_api_base: str) -> list[CardEscrow]:
+    """`count` escrows in AWAIT_FUNDS on the card rail, made as the product makes them: the buyer's
+    CreateEscrow and the seller's AcceptEscrow through escrow's dispatch, then the bus drained here (the
+    payments app creates each PaymentIntent on the fake Stripe, projections and notifications apply). Then
+    each buyer pays on the fake Stripe, which returns the PaymentIntents the webhooks will carry."""
+    import uuid
+
+    from django.contrib.auth import get_user_model
+
+    from apps.escrow import public as escrow
+    from apps.outbox.drain import drain
+    from apps.payments.models import PaymentArtifact
+    from proto.common.v1 import Money
+
+    users = dict(get_user_model().objects.filter(username__startswith="bench-").values_list("username", "pk"))
+    started = time.monotonic()
+    made: list[tuple[str, int]] = []
+    batch = 200
+    for n in range(count):
+        pair = n % pairs
+        buyer, seller = users[f"bench-buyer-{pair}"], users[f"bench-seller-{pair}"]
+        escrow_id = str(uuid.uuid4())
+        escrow.dispatch(
+            escrow.CreateEscrow(
+                escrow_id=escrow_id,
+                buyer_id=buyer,
+                seller_id=seller,
+                amount=Money(amount_minor=14999, currency="USD"),
+                description="bench card trade",
+                actor=escrow.Actor(kind=escrow.ActorKind.USER, user_id=buyer),
+            ),
+            command_id=uuid.uuid4(),
+        )
+        escrow.dispatch(
+            escrow.AcceptEscrow(escrow_id=escrow_id, actor=escrow.Actor(kind=escrow.ActorKind.USER, user_id=seller)),
+            command_id=uuid.uuid4(),
+        )
+        made.append((escrow_id, pair))
+        if (n + 1) % batch == 0 or n + 1 == count:
+            drain()
+            if (n + 1) % (batch * 10) == 0 or n + 1 == count:
+                progress(f"  {n + 1} of {count} card escrows awaiting funds ({time.monotonic() - started:.0f}s)")
+    intents = dict(
+        PaymentArtifact.objects.filter(
+            provider="stripe", kind=PaymentArtifact.Kind.PAYMENT, escrow_id__in=[e for e, _ in made]
+        ).values_list("escrow_id", "provider_id")
+    )
+    missing = [e for e, _ in made if uuid.UUID(e) not in intents and e not in intents]
+    if missing:
+        raise SystemExit(f"{len(missing)} of {count} escrows have no Stripe PaymentIntent (first: {missing[0]})")
+    by_escrow = {str(k): v for k, v in intents.items()}
+    paid: dict[str, dict[str, Any]] = {}
+    ids = list(by_escrow.values())
+    for chunk in range(0, len(ids), 1000):
+        answer = httpx.post(f"{stripe_api_base}/bench/paid", json=ids[chunk : chunk + 1000], timeout=60)
+        answer.raise_for_status()
+        paid.update({intent["id"]: intent for intent in answer.json()})
+    progress(
+        f"  {count} card escrows prepared in {time.monotonic() - started:.0f}s; their buyers paid on the fake Stripe"
+    )
+    return [CardEscrow(escrow_id, pair, paid[by_escrow[escrow_id]]) for escrow_id, pair in made]
+
+
+def wait_for_port(port: int, stack: Stack, name: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if stack.procs[name].poll() is not None:
+            raise SystemExit(f"{name} exited with {stack.procs[name].returncode}:\n{stack.tail(name)}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"{name} did not listen on {port} within {timeout}s:\n{stack.tail(name)}")
 
 
 def wait_until_up(base: str, stack: Stack, timeout: float = 60) -> None:
@@ -273,6 +375,9 @@ class Load:
     errors: Counter[str] = field(default_factory=Counter)
     trades_finished: int = 0
     escrows: list[tuple[str, int]] = field(default_factory=list)  # (escrow id, pair index) to read
+    # On the card rail (--webhooks-per-s) a trade's sandbox "pay" step does not exist: trades end at accept.
+    card_rail: bool = False
+    webhook_outcomes: Counter[str] = field(default_factory=Counter)  # the webhook answers' "status"
 
 
 _corr = itertools.count()
@@ -379,7 +484,7 @@ async def command_step(
         if trade.step == "create":
             trade.escrow_id = record.body["escrow_id"]
             load.escrows.append((trade.escrow_id, trade.buyer))
-        following = NEXT_STEP[trade.step]
+        following = None if load.card_rail and trade.step == "accept" else NEXT_STEP[trade.step]
         if following is None:
             load.trades_finished += 1
             return
@@ -395,6 +500,48 @@ async def command_step(
     ready.append(trade)
 
 
+# What Stripe's webhook POSTs carry besides the body and its signature.
+STRIPE_HEADERS = {
+    "Content-Type": "application/json; charset=utf-8",
+    "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+}
+
+
+async def webhook_send(
+    client: aiohttp.ClientSession,
+    load: Load,
+    card: CardEscrow,
+    kind: str,
+    scheduled_mono: float,
+    scheduled_wall: float,
+) -> None:
+    """One `payment_intent.succeeded` about `card`'s PaymentIntent, signed at send time with Stripe's
+    scheme (tests/fakes/stripe_server.py's signed_event: the stripe library's t=...,v1=HMAC-SHA256). A
+    duplicate delivery carries the same event id, signed anew, as Stripe's redeliveries do. The record's
+    correlation id is the escrow id: Stripe sends no X-Correlation-ID."""
+    from tests.fakes.stripe_server import signed_event
+
+    body, headers = signed_event(
+        "payment_intent.succeeded", card.intent, secret=STRIPE_WEBHOOK_SECRET, event_id=f"evt_bench_{card.escrow_id}"
+    )
+    record = Record(kind=kind, correlation_id=card.escrow_id, scheduled=scheduled_wall)
+    try:
+        async with client.post("/api/v1/webhooks/stripe", data=body, headers={**STRIPE_HEADERS, **headers}) as response:
+            payload = await response.read()
+        record.status = response.status
+        record.latency = time.monotonic() - scheduled_mono
+        if response.headers.get("content-type", "").endswith("json"):
+            record.body = json.loads(payload)
+            load.webhook_outcomes[f"{kind}: {record.body.get('status')}"] += 1
+        if not 200 <= record.status < 300:
+            load.errors[f"{kind}: HTTP {record.status}"] += 1
+    except CLIENT_ERRORS as exc:
+        record.status = -1
+        record.latency = time.monotonic() - scheduled_mono
+        load.errors[f"{kind}: {type(exc).__name__}"] += 1
+    load.records.append(record)
+
+
 async def open_model(
     base: str,
     tokens: list[tuple[str, str]],
@@ -403,8 +550,12 @@ async def open_model(
     queries_per_s: float,
     duration: float,
     max_in_flight: int,
+    webhooks_per_s: float = 0,
+    cards: list[CardEscrow] | None = None,
+    duplicates: float = 0,
 ) -> tuple[Load, float]:
-    load = Load()
+    load = Load(card_rail=cards is not None)
+    cards = cards or []
     ready: deque[Trade] = deque()
     async with client_session(base, max_in_flight) as client:
         tasks: set[asyncio.Task[Any]] = set()
@@ -416,18 +567,31 @@ async def open_model(
                 return iter(())
             return (start + i / rate for i in range(int(duration * rate)))
 
-        # One clock for both streams: merge their schedules.
-        events = sorted(
-            [(t, "command") for t in schedule(commands_per_s)] + [(t, "query") for t in schedule(queries_per_s)]
+        # One clock for all streams: merge their schedules. A webhook is ("webhook", n): the n-th prepared
+        # escrow's; a share `duplicates` of them is delivered again 0 to 2 s later (Stripe delivers at least
+        # once: a redelivery may overlap the first delivery's processing).
+        webhook_times = list(schedule(webhooks_per_s))[: len(cards)]
+        chooser = random.Random(17)
+        events: list[tuple[float, str, int]] = sorted(
+            [(t, "command", 0) for t in schedule(commands_per_s)]
+            + [(t, "query", 0) for t in schedule(queries_per_s)]
+            + [(t, "webhook", n) for n, t in enumerate(webhook_times)]
+            + [
+                (t + chooser.uniform(0, 2), "webhook duplicate", n)
+                for n, t in enumerate(webhook_times)
+                if chooser.random() < duplicates
+            ]
         )
         last_report = start
         next_pair = itertools.count()
-        for at, kind in events:
+        for at, kind, n in events:
             delay = at - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             wall = at + wall_offset
-            if kind == "command":
+            if kind.startswith("webhook"):
+                task = asyncio.create_task(webhook_send(client, load, cards[n], kind, at, wall))
+            elif kind == "command":
                 trade = ready.popleft() if ready and ready[0].not_before <= time.monotonic() else None
                 if trade is None:
                     trade = Trade(buyer=next(next_pair) % len(tokens))
@@ -516,6 +680,63 @@ def event_latencies(load: Load) -> dict[str, Any]:
         "webhook_to_event_server": percentiles(server_side["pay"]),
         "per_command": {k: percentiles(v) for k, v in end_to_end.items()},
         "accepted_without_event": sum(1 for r in sent.values() if r.correlation_id not in {row[0] for row in rows}),
+    }
+
+
+def webhook_latencies(load: Load, elapsed: float) -> dict[str, Any]:
+    """Per escrow whose webhook was posted: scheduled send of its first delivery -> projections applied its
+    EscrowFundsHeld (end to end), and the server's share of it, from the first delivery's stored row
+    (received_at) to that applied time, with EscrowFundsHeld's occurred_at in between (the webhook and the
+    escrow's reaction on the bus, then projections). Also how many EscrowFundsHeld each escrow got: a
+    duplicate delivery must add none."""
+    from django.db import connection
+
+    firsts = {r.correlation_id: r for r in load.records if r.kind == "webhook"}
+    deliveries = [r for r in load.records if r.kind.startswith("webhook")]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """SELECT o.aggregate_id, o.occurred_at, p.processed_at,
+                      (SELECT count(*) FROM outbox_outboxmessage d
+                        WHERE d.aggregate_id = o.aggregate_id AND d.type = o.type)
+               FROM outbox_outboxmessage o
+               LEFT JOIN outbox_processedmessage p ON p.event_id = o.event_id AND p.subscriber = 'projections'
+               WHERE o.type = 'escrow.v1.EscrowFundsHeld' AND o.aggregate_id = ANY(%s)""",
+            [list(firsts)],
+        )
+        rows = cursor.fetchall()
+        cursor.execute(
+            """SELECT provider_event_id, min(received_at) FROM payments_webhookevent
+               WHERE provider = 'stripe' AND provider_event_id = ANY(%s) GROUP BY provider_event_id""",
+            [[f"evt_bench_{escrow_id}" for escrow_id in firsts]],
+        )
+        received = {event_id.removeprefix("evt_bench_"): at for event_id, at in cursor.fetchall()}
+    end_to_end, server, to_occurred, to_applied = [], [], [], []
+    held: dict[str, int] = {}
+    for aggregate_id, occurred_at, processed_at, count in rows:
+        held[str(aggregate_id)] = int(count)
+        record = firsts.get(str(aggregate_id))
+        if record is None or processed_at is None:
+            continue
+        end_to_end.append(processed_at.timestamp() - record.scheduled)
+        to_applied.append((processed_at - occurred_at).total_seconds())
+        if str(aggregate_id) in received:
+            server.append((processed_at - received[str(aggregate_id)]).total_seconds())
+            to_occurred.append((occurred_at - received[str(aggregate_id)]).total_seconds())
+    ok = [r for r in deliveries if 200 <= r.status < 300]
+    return {
+        "sent": len(deliveries),
+        "first_deliveries": len(firsts),
+        "duplicates_sent": len(deliveries) - len(firsts),
+        "accepted_per_s": round(len(ok) / elapsed, 1) if elapsed else None,
+        "http_latency": percentiles([r.latency for r in ok]),
+        "webhook_to_event": percentiles(end_to_end),
+        "webhook_to_event_server": percentiles(server),
+        "received_to_funds_held": percentiles(to_occurred),
+        "funds_held_to_applied": percentiles(to_applied),
+        "answers": dict(load.webhook_outcomes),
+        "errors": {k: v for k, v in load.errors.items() if k.startswith("webhook")},
+        "escrows_without_funds_held": len(firsts) - len(held),
+        "escrows_with_more_than_one_funds_held": sum(1 for n in held.values() if n > 1),
     }
 
 
@@ -1327,6 +1548,24 @@ def ratio(value: float | None, ceiling: float | None) -> str:
     return f"{value / ceiling:.0%}"
 
 
+def webhook_rows(wh: dict[str, Any] | None, cfg: dict[str, Any], lat: Any) -> list[str]:
+    if not wh:
+        return []
+    return [
+        f"| webhooks/s answered 2xx (Stripe payment_intent.succeeded, offered {cfg['webhooks_per_s']}/s, "
+        f"{wh['duplicates_sent']} duplicate deliveries) | {wh['accepted_per_s']} | | |",
+        f"| webhook HTTP latency p50/p95/p99 (from the scheduled send) | {lat(wh['http_latency'])} | | |",
+        f"| **webhook-to-event p50/p95/p99** (scheduled send -> projections applied EscrowFundsHeld) | "
+        f"{lat(wh['webhook_to_event'])} | server side (webhook stored -> applied): "
+        f"{lat(wh['webhook_to_event_server'])} | |",
+        f"| of which: webhook stored -> EscrowFundsHeld occurred; occurred -> projections applied | "
+        f"{lat(wh['received_to_funds_held'])}; {lat(wh['funds_held_to_applied'])} | | |",
+        f"| webhook answers; errors (non-2xx, client) | {wh['answers']}; {wh['errors'] or 'none'} | | |",
+        f"| escrows without EscrowFundsHeld at the end; with more than one | {wh['escrows_without_funds_held']}; "
+        f"{wh['escrows_with_more_than_one_funds_held']} | | |",
+    ]
+
+
 def render_markdown(result: dict[str, Any]) -> str:
     cfg, load, ev, ceil = result["config"], result["load"], result["events"], result["ceilings"]
 
@@ -1339,7 +1578,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"gunicorn {cfg['workers']} x gthread({cfg['threads']}), bus: "
         f"{'inline after commit' if cfg['inline'] else 'run_bus: ' + (cfg.get('bus_split') or 'one worker')}, offered {cfg['commands_per_s']} "
         f"commands/s + {cfg['queries_per_s']} queries/s for {cfg['duration_s']} s; machine: "
-        f"{os.cpu_count()} cores, shared (figures are noisy).",
+        f"{os.cpu_count()} cores, shared (figures are noisy); load average before the run "
+        f"{result.get('load_average_before')}.",
         "",
         "| figure | value | ceiling (same run) | ratio |",
         "|---|---|---|---|",
@@ -1356,7 +1596,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"| command HTTP latency p50/p95/p99 | {lat(load['command_latency'])} | | |",
         f"| command-to-event p50/p95/p99 (scheduled send -> projections applied) | {lat(ev['command_to_event'])} "
         f"| server side (occurred_at -> applied): {lat(ev['command_to_event_server'])} | |",
-        f"| webhook-to-event p50/p95/p99 (scheduled pay -> EscrowFundsHeld applied) | {lat(ev['webhook_to_event'])} "
+        f"| webhook-to-event p50/p95/p99 (trades' sandbox pay step -> EscrowFundsHeld applied) | {lat(ev['webhook_to_event'])} "
         f"| server side: {lat(ev['webhook_to_event_server'])} | |",
         f"| events written/s (outbox rows) | {load['outbox_rows_per_s']} | relay: "
         f"{ceil.get('relay', {}).get('summary', 'not run (--relay)')} | |",
@@ -1364,6 +1604,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"| errors | {load['errors'] or 'none'} | | |",
         f"| steps retried because the bus had not caught up (404/409) | {load['early'] or 'none'} | | |",
         f"| accepted commands whose event was not applied by the end | {ev['accepted_without_event']} | | |",
+        *webhook_rows(result.get("webhooks"), cfg, lat),
         f"| bus lag at the end | {result['bus_lag_at_end']} | | |",
         "",
         f"Metrics scrape during the run: {result.get('metrics_check')}",
@@ -1407,6 +1648,19 @@ def main() -> int:
         "--database",
         default="escrow_bench",
         help="PostgreSQL database on 127.0.0.1:5432, dropped and created afresh; default escrow_bench",
+    )
+    parser.add_argument(
+        "--webhooks-per-s",
+        type=float,
+        default=0,
+        help="signed Stripe payment_intent.succeeded webhooks per second, each for its own escrow prepared in "
+        "AWAIT_FUNDS on the card rail (Stripe faked on loopback); default 0 (off)",
+    )
+    parser.add_argument(
+        "--webhook-duplicates",
+        type=float,
+        default=0,
+        help="with --webhooks-per-s: the share of webhooks delivered a second time, 0 to 2 s later; default 0",
     )
     parser.add_argument("--relay", action="store_true", help="also run bench/relay_bench.py")
     parser.add_argument("--no-write", action="store_true", help="print the summary only")
@@ -1456,17 +1710,31 @@ def main() -> int:
             "commands_per_s": args.commands_per_s,
             "queries_per_s": args.queries_per_s,
             "duration_s": args.duration,
+            "webhooks_per_s": args.webhooks_per_s,
+            "webhook_duplicates": args.webhook_duplicates,
             "cache": bench_cache_url(),
         },
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
     }
     REPORTER.__enter__()
     try:
         progress(f"fresh database {args.database}")
         reset_database(args.database)
-        tokens = prepare(database_url, args.pairs)
+        stripe_api_base = ""
+        if args.webhooks_per_s > 0:
+            stripe_port = free_port()
+            stripe_api_base = f"http://127.0.0.1:{stripe_port}"
+            stack.start("stripe_fake", [PY, "bench/stripe_fake.py", "--port", str(stripe_port)], dict(os.environ))
+            wait_for_port(stripe_port, stack, "stripe_fake")
+        tokens = prepare(database_url, args.pairs, stripe_api_base=stripe_api_base)
+        cards: list[CardEscrow] | None = None
+        if args.webhooks_per_s > 0:
+            count = int(args.webhooks_per_s * args.duration)
+            progress(f"preparing {count} card escrows awaiting funds (Stripe on {stripe_api_base})")
+            cards = prepare_card_escrows(count, args.pairs, stripe_api_base)
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        env = django_env(database_url, inline=args.inline)
+        env = django_env(database_url, inline=args.inline, stripe_api_base=stripe_api_base)
         env["PROMETHEUS_MULTIPROC_DIR"] = str(stack.logs / "prometheus")
         os.makedirs(env["PROMETHEUS_MULTIPROC_DIR"])
         progress(f"gunicorn {args.workers}x{args.threads} on {base}; logs in {stack.logs}")
@@ -1507,7 +1775,9 @@ def main() -> int:
         progress(f"  {framework['requests_per_s']} requests/s")
 
         progress(
-            f"open-model load: {args.commands_per_s} commands/s + {args.queries_per_s} queries/s for {args.duration}s"
+            f"open-model load: {args.commands_per_s} commands/s + {args.queries_per_s} queries/s"
+            + (f" + {args.webhooks_per_s} webhooks/s" if cards else "")
+            + f" for {args.duration}s"
         )
         profilers = start_profilers(stack, started_at, args.duration) if args.profile else {}
         xacts_before = database_transactions(args.database)
@@ -1519,6 +1789,9 @@ def main() -> int:
                 queries_per_s=args.queries_per_s,
                 duration=args.duration,
                 max_in_flight=args.max_in_flight,
+                webhooks_per_s=args.webhooks_per_s,
+                cards=cards,
+                duplicates=args.webhook_duplicates,
             )
         )
         memory_mb = memory(stack)
@@ -1528,7 +1801,13 @@ def main() -> int:
             result["profile"] = finish_profilers(profilers)
 
         progress("read-path maximum: GET escrow closed loop")
-        escrow_id, pair = load.escrows[0] if load.escrows else ("00000000-0000-0000-0000-000000000000", 0)
+        escrow_id, pair = (
+            load.escrows[0]
+            if load.escrows
+            else (cards[0].escrow_id, cards[0].pair)
+            if cards
+            else ("00000000-0000-0000-0000-000000000000", 0)
+        )
         read_path = asyncio.run(
             closed_loop(
                 base, f"/api/v1/escrows/{escrow_id}", tokens[pair][0], seconds=args.ceiling_seconds, concurrency=16
@@ -1557,6 +1836,8 @@ def main() -> int:
             "early": dict(load.early),
         }
         result["events"] = event_latencies(load)
+        if cards:
+            result["webhooks"] = webhook_latencies(load, elapsed)
         result["bus_lag_at_end"] = lags
         result["memory_mb"] = memory_mb
         ceilings: dict[str, Any] = {"framework": framework, "read_path": read_path}
