@@ -1010,6 +1010,15 @@ def cpu_snapshot(stack: Stack, database: str, broker_pid: int | None = None) -> 
     return {tier: {pid: cpu_seconds(pid) for pid in pids} for tier, pids in tiers.items()}
 
 
+def load_cpu_snapshot(stack: Stack, database: str) -> dict[str, dict[int, float]]:
+    """cpu_snapshot, with the fake Stripe of the webhook load as a tier of its own (in production that CPU
+    is Stripe's, not ours)."""
+    snapshot = cpu_snapshot(stack, database)
+    fake = stack.procs.get("stripe_fake")
+    snapshot["fake Stripe"] = {fake.pid: cpu_seconds(fake.pid)} if fake else {}
+    return snapshot
+
+
 def cpu_used(before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]) -> dict[str, float]:
     """CPU seconds each tier used between two snapshots (processes present in both)."""
     return {
@@ -1609,6 +1618,10 @@ def render_markdown(result: dict[str, Any]) -> str:
         "",
         f"Metrics scrape during the run: {result.get('metrics_check')}",
         "",
+        "CPU seconds during the load, by tier: "
+        + ", ".join(f"{k} {v}" for k, v in (result.get("cpu_s") or {}).items())
+        + f" (the clock ran {cfg['duration_s']:.0f} s on {os.cpu_count()} cores)",
+        "",
         "Memory (RSS, MB): " + ", ".join(f"{k} {v}" for k, v in result["memory_mb"].items()),
         "",
         f"Reproduce: `{result['command']}`",
@@ -1781,6 +1794,7 @@ def main() -> int:
         )
         profilers = start_profilers(stack, started_at, args.duration) if args.profile else {}
         xacts_before = database_transactions(args.database)
+        cpu_before = load_cpu_snapshot(stack, args.database)
         load, elapsed = asyncio.run(
             open_model(
                 base,
@@ -1795,6 +1809,8 @@ def main() -> int:
             )
         )
         memory_mb = memory(stack)
+        # Over the load and its tail (the requests still open when the clock stopped sending).
+        result["cpu_s"] = cpu_used(cpu_before, load_cpu_snapshot(stack, args.database))
         result["metrics_check"] = metrics_check(base, sent=len(load.records))
         xacts = database_transactions(args.database) - xacts_before
         if profilers:
