@@ -1605,7 +1605,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"gunicorn {cfg['workers']} x gthread({cfg['threads']}), bus: "
         f"{'inline after commit' if cfg['inline'] else 'run_bus: ' + (cfg.get('bus_split') or 'one worker')}, offered {cfg['commands_per_s']} "
         f"commands/s + {cfg['queries_per_s']} queries/s for {cfg['duration_s']} s; machine: "
-        f"{os.cpu_count()} cores, shared (figures are noisy); load average before the run "
+        f"{os.cpu_count()} cores, shared (figures are noisy); load average before the load "
         f"{result.get('load_average_before')}.",
         "",
         "| figure | value | ceiling (same run) | ratio |",
@@ -1745,7 +1745,6 @@ def main() -> int:
             "webhook_duplicates": args.webhook_duplicates,
             "cache": bench_cache_url(),
         },
-        "load_average_before": [round(x, 2) for x in os.getloadavg()],
     }
     REPORTER.__enter__()
     try:
@@ -1813,6 +1812,7 @@ def main() -> int:
         profilers = start_profilers(stack, started_at, args.duration) if args.profile else {}
         xacts_before = database_transactions(args.database)
         cpu_before, cpu_from = load_cpu_snapshot(stack, args.database), time.monotonic()
+        result["load_average_before"] = [round(x, 2) for x in os.getloadavg()]
         load, elapsed = asyncio.run(
             open_model(
                 base,
