@@ -148,6 +148,10 @@ elif CACHE_URL in ("", "db://") or CACHE_URL.startswith("db://"):
     _cache = {
         "BACKEND": "django.core.cache.backends.db.DatabaseCache",
         "LOCATION": CACHE_URL.removeprefix("db://") or "escrow_cache",
+        # Never culled: past MAX_ENTRIES Django's database cache deletes a third of the live entries in key
+        # order, which could drop a token revocation (they must last as long as the tokens they end). The
+        # bus worker deletes expired rows instead (apps/gateway/cache_table.py, a clocked tick).
+        "OPTIONS": {"MAX_ENTRIES": 2**62},
     }
 else:
     raise ValueError(f"CACHE_URL must be redis://, rediss://, unix://, db:// or locmem://, not {CACHE_URL!r}")
@@ -299,6 +303,8 @@ EVIDENCE_MAX_BYTES = env_int("EVIDENCE_MAX_BYTES", 5 * 1024 * 1024)
 # IDEMPOTENCY_PURGE_EVERY_SECONDS); the same key after that is a new request.
 IDEMPOTENCY_KEY_TTL_HOURS = float(os.environ.get("IDEMPOTENCY_KEY_TTL_HOURS", "24"))
 IDEMPOTENCY_PURGE_EVERY_SECONDS = float(os.environ.get("IDEMPOTENCY_PURGE_EVERY_SECONDS", "60"))
+# How often the bus worker deletes the database cache's expired rows (the embedded default's cache).
+CACHE_PURGE_EVERY_SECONDS = float(os.environ.get("CACHE_PURGE_EVERY_SECONDS", "60"))
 
 # --- Domain ----------------------------------------------------------------------------------------
 PLATFORM_FEE_BPS = env_int("PLATFORM_FEE_BPS", 250)

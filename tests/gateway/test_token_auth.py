@@ -164,3 +164,34 @@ def test_a_token_checked_once_is_not_decoded_again_and_still_expires(redis_cache
     person.is_active = False
     person.save()
     assert _get(other).status_code == 401
+
+
+def test_the_database_cache_never_culls_a_revocation(transactional_db):
+    """The embedded default keeps revocations in the database cache table. Past Django's default of 300
+    entries it would cull a third of them in key order ("auth:revoked:..." sorts early), and a signed-out
+    token would work again: the table is never culled; the bus worker deletes expired rows instead."""
+    from django.core.cache import cache
+
+    from apps.gateway.public import expired_cache_entries_purge
+
+    person = UserFactory()
+    token = mint_access_token(person)
+    assert _get(token).status_code == 200
+    person.is_active = False
+    person.save()
+    assert _get(token).status_code == 401
+    # Many other entries (rate-limit counters and the like), some already expired.
+    cache.set_many({f"other:{n}": n for n in range(400)}, timeout=3600)
+    cache.set_many({f"stale:{n}": n for n in range(50)}, timeout=-1)
+    cache.set("one-more", 1, timeout=3600)  # past MAX_ENTRIES, a set is what culls
+    assert _get(token).status_code == 401
+
+    def rows() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT COUNT(*) FROM escrow_cache")
+            return cursor.fetchone()[0]
+
+    before = rows()
+    assert expired_cache_entries_purge(force=True) == 0  # nothing for the bus
+    assert rows() == before - 50
+    assert cache.get("other:399") == 399 and _get(token).status_code == 401
