@@ -204,6 +204,7 @@ class Seen:
     idempotency_key: str | None
     status: int
     replayed: bool = False
+    authorization: str = ""
 
 
 @dataclass
@@ -296,7 +297,17 @@ class FakeStripe(HostedStripe):
             params = dict(request.form) if request.method == "POST" else dict(request.args)
             key = request.headers.get("Idempotency-Key")
             status, body, replayed = self._answer(request, params, key)
-            self.requests.append(Seen(request.method, request.path, params, key, status, replayed))
+            self.requests.append(
+                Seen(
+                    request.method,
+                    request.path,
+                    params,
+                    key,
+                    status,
+                    replayed,
+                    authorization=request.headers.get("Authorization", ""),
+                )
+            )
             for index, (prefix, seconds, method) in enumerate(self._delays):
                 if request.path.startswith(prefix) and method in (None, request.method):
                     del self._delays[index]

@@ -65,6 +65,25 @@ def test_creating_an_escrow_makes_one_payment_intent_keyed_by_the_command(fake_s
     assert_money_invariant(escrow_id)
 
 
+def test_the_stripe_client_is_kept_but_a_key_rotation_applies_to_the_next_call(
+    fake_stripe, api_client, buyer, seller, settings
+):
+    """The client (and its connections) is kept per process, not built per call, yet a new secret key in
+    the settings is what the very next request carries."""
+    from apps.payments.providers import stripe as stripe_provider
+
+    as_buyer = api_client(buyer)
+    create_escrow(as_buyer, seller=seller)
+    client = stripe_provider._client()
+    create_escrow(as_buyer, seller=seller)
+    assert stripe_provider._client() is client
+    settings.STRIPE_SECRET_KEY = "sk_test_rotated"
+    create_escrow(as_buyer, seller=seller)
+    assert stripe_provider._client() is not client
+    keys = [call.authorization for call in fake_stripe.created("payment_intents")]
+    assert keys == ["Bearer sk_test_fake", "Bearer sk_test_fake", "Bearer sk_test_rotated"]
+
+
 def test_transient_stripe_errors_are_retried_with_the_same_key(fake_stripe, api_client, buyer, seller):
     """A 429 is answered before Stripe runs the request and is not saved for the key, so the same key
     sent again is carried out. A 500 is saved and replayed (Stripe's "Idempotent requests"): the retry

@@ -26,6 +26,7 @@ above the available balance).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -119,15 +120,35 @@ def _kept(obj: Any, fields: tuple[str, ...] = KEPT_FIELDS) -> dict[str, Any]:
     return {key: data[key] for key in fields if key in data}
 
 
+_clients: dict[tuple[str, str, float], stripe.StripeClient] = {}
+_clients_lock = threading.Lock()
+
+
 def _client() -> stripe.StripeClient:
-    # Built per call from settings: a key rotation or a test's fake server applies at once.
-    timeout = float(getattr(settings, "STRIPE_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS))
-    return stripe.StripeClient(
+    """One client per configuration, kept for the process: its HTTP client keeps a connection per thread
+    (requests' session), so a call does not open a new connection and TLS session to Stripe. Looked up
+    from settings on every call, so a key rotation or a test's fake server applies at once."""
+    config = (
         settings.STRIPE_SECRET_KEY or "sk_unset",
-        base_addresses={"api": settings.STRIPE_API_BASE or stripe.DEFAULT_API_BASE},
-        max_network_retries=0,
-        http_client=stripe.RequestsClient(timeout=timeout),
+        settings.STRIPE_API_BASE or stripe.DEFAULT_API_BASE,
+        float(getattr(settings, "STRIPE_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS)),
     )
+    client = _clients.get(config)
+    if client is None:
+        with _clients_lock:
+            client = _clients.get(config)
+            if client is None:
+                key, base, timeout = config
+                client = stripe.StripeClient(
+                    key,
+                    base_addresses={"api": base},
+                    max_network_retries=0,
+                    http_client=stripe.RequestsClient(timeout=timeout),
+                )
+                if len(_clients) >= 8:  # configurations come and go in tests; production has one
+                    _clients.clear()
+                _clients[config] = client
+    return client
 
 
 def _provider_error(action: str, exc: stripe.StripeError) -> ProviderError:
