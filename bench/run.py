@@ -496,7 +496,8 @@ async def command_step(
         # asynchronous): a client would retry, and so do we. Counted, not an error.
         load.early[trade.step] += 1
     else:
-        load.errors[f"{record.kind}: HTTP {record.status}"] += 1
+        if record.status != -1:  # a request with no answer was counted by its exception already
+            load.errors[f"{record.kind}: HTTP {record.status}"] += 1
         return
     trade.not_before = time.monotonic() + 0.05
     ready.append(trade)
@@ -1342,7 +1343,7 @@ def scale_step(
             # Scheduled send -> projections applied its event (create, accept, deliver, release).
             "command_to_event": event_latencies(load)["command_to_event"],
             "errors": dict(load.errors),
-            # Requests that failed (a client timeout is counted twice in `errors`: its exception and HTTP -1).
+            # Requests that failed (a request with no answer is in `errors` under its exception).
             "failed": sum(r.status != 202 and not (r.status in (404, 409) and r.kind != "create") for r in commands),
             "early": dict(load.early),
             "cpu_s": cpu,
