@@ -197,9 +197,8 @@ def test_same_command_id_twice_has_one_effect(buyer: Any, seller: Any, staff: An
     assert given.event_types(escrow_id).count("EscrowDelivered") == 1
 
 
-def test_create_twice_with_one_command_id_creates_one_escrow(buyer: Any, seller: Any) -> None:
-    escrow_id, command_id = uuid.uuid4(), uuid.uuid4()
-    command = escrow_v1.CreateEscrow(
+def _proposal(escrow_id: uuid.UUID, *, buyer: Any, seller: Any) -> escrow_v1.CreateEscrow:
+    return escrow_v1.CreateEscrow(
         escrow_id=str(escrow_id),
         buyer_id=buyer.pk,
         seller_id=seller.pk,
@@ -207,6 +206,11 @@ def test_create_twice_with_one_command_id_creates_one_escrow(buyer: Any, seller:
         description="x",
         actor=given.user(buyer),
     )
+
+
+def test_create_twice_with_one_command_id_creates_one_escrow(buyer: Any, seller: Any) -> None:
+    command_id = uuid.uuid4()
+    command = _proposal(uuid.uuid4(), buyer=buyer, seller=seller)
     dispatch(command, command_id=command_id)
     footprint = given.footprint()
 
@@ -225,15 +229,7 @@ def test_a_command_id_spent_on_one_create_is_refused_for_another_escrow(buyer: A
     command_id = uuid.uuid4()
 
     def create(escrow_id: uuid.UUID) -> Any:
-        command = escrow_v1.CreateEscrow(
-            escrow_id=str(escrow_id),
-            buyer_id=buyer.pk,
-            seller_id=seller.pk,
-            amount=given.money(500),
-            description="x",
-            actor=given.user(buyer),
-        )
-        return dispatch(command, command_id=command_id)
+        return dispatch(_proposal(escrow_id, buyer=buyer, seller=seller), command_id=command_id)
 
     first = create(uuid.uuid4())
     footprint = given.footprint()

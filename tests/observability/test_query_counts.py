@@ -30,6 +30,17 @@ DELIVER_TRANSACTION = [
 ]
 
 
+def _the_transaction(sql: list[str], expected: list[str]) -> tuple[int, list[str]]:
+    """The statements between the first BEGIN and COMMIT, checked one by one against `expected` (a
+    fragment each); returns where the transaction began and its statements."""
+    begin, commit = sql.index("BEGIN"), sql.index("COMMIT")
+    inside = sql[begin + 1 : commit]
+    assert len(inside) == len(expected), "\n".join(inside)
+    for statement, fragment in zip(inside, expected, strict=True):
+        assert fragment in statement, (fragment, statement)
+    return begin, inside
+
+
 @pytest.fixture(autouse=True)
 def _cache_outside_the_database(settings):
     """Production keeps the shared cache in Redis (CACHE_URL): the throttle's reads and writes are no SQL
@@ -81,11 +92,7 @@ def test_deliver_runs_one_transaction_of_six_statements(funded, settings):
     with CaptureQueriesContext(connection) as captured:
         assert act(as_seller, escrow_id, "deliver").status_code == 202
     sql = [q["sql"] for q in captured.captured_queries]
-    begin, commit = sql.index("BEGIN"), sql.index("COMMIT")
-    inside = sql[begin + 1 : commit]
-    assert len(inside) == len(DELIVER_TRANSACTION), "\n".join(inside)
-    for statement, expected in zip(inside, DELIVER_TRANSACTION, strict=True):
-        assert expected in statement, (expected, statement)
+    begin, inside = _the_transaction(sql, DELIVER_TRANSACTION)
     assert inside[-1].count("'escrow.v1.") == 2 and "pg_notify" in inside[-1]
     # One transaction per command, and nothing before it: authentication reads no table.
     assert sql.count("BEGIN") == 1
@@ -219,11 +226,7 @@ def test_a_proposal_is_one_transaction_that_writes_the_escrow_once(api_client, b
     with CaptureQueriesContext(connection) as captured:
         assert as_buyer.post("/api/v1/escrows", body, format="json").status_code == 202
     sql = [q["sql"] for q in captured.captured_queries]
-    begin, commit = sql.index("BEGIN"), sql.index("COMMIT")
-    inside = sql[begin + 1 : commit]
-    assert len(inside) == len(CREATE_TRANSACTION), "\n".join(inside)
-    for statement, expected in zip(inside, CREATE_TRANSACTION, strict=True):
-        assert expected in statement, (expected, statement)
+    begin, _ = _the_transaction(sql, CREATE_TRANSACTION)
     assert sql.count("BEGIN") == 1 and not any(s.startswith('UPDATE "escrow_escrow"') for s in sql)
     # Before it, outside: the read that both parties are active users.
     assert any('FROM "auth_user"' in s for s in sql[:begin])
