@@ -209,18 +209,16 @@ def _recent_delays(*, subscriber: str, types: Iterable[str] | None = None) -> li
 
 
 def _outbox_metrics() -> Iterator[Metric]:
-    from django.db.models import Count, Min
+    from apps.outbox.public import OutboxMessage, backlog, published_rows
 
-    from apps.outbox.public import OutboxMessage, published_rows, unpublished_rows
-
-    row = unpublished_rows().aggregate(n=Count("id"), oldest=Min("occurred_at"))
+    waiting = backlog()
     unpublished = GaugeMetricFamily("escrow_outbox_unpublished_messages", "Outbox rows not yet relayed to Kafka")
-    unpublished.add_metric([], row["n"])
+    unpublished.add_metric([], waiting.pending)
     yield unpublished
     age = GaugeMetricFamily(
         "escrow_outbox_lag_seconds", "Age of the oldest outbox row not yet relayed to Kafka (0 if none)"
     )
-    age.add_metric([], max((timezone.now() - row["oldest"]).total_seconds(), 0.0) if row["oldest"] else 0.0)
+    age.add_metric([], waiting.oldest_age_seconds)
     yield age
     last = OutboxMessage.objects.order_by("-id").values_list("id", flat=True).first() or 0
     written = CounterMetricFamily("escrow_outbox_written_messages", "Outbox rows written (highest row id)")

@@ -16,6 +16,8 @@ from apps.outbox.models import DeadLetter, OutboxMessage, ProcessedMessage, Subs
 from apps.outbox.progress import CommandProgress
 from apps.outbox.publish import aggregate_lock, batched_appends, outbox_append, stream_lock
 from apps.outbox.reader import (
+    Backlog,
+    backlog,
     is_published,
     lag,
     published_rows,
@@ -28,6 +30,7 @@ from apps.outbox.registry import Delivery, ExternalEffect, Subscriber, outbox_su
 from apps.outbox.worker import BusWorker, Tick, register_tick, registered_ticks
 
 __all__ = [
+    "Backlog",
     "BusWorker",
     "CommandProgress",
     "DeadLetter",
@@ -39,6 +42,7 @@ __all__ = [
     "SubscriberCheckpoint",
     "Tick",
     "aggregate_lock",
+    "backlog",
     "batched_appends",
     "context",
     "decode",

@@ -40,8 +40,7 @@ from typing import Any, NamedTuple
 from aiokafka import AIOKafkaProducer
 from django.conf import settings
 from django.db import connection
-from django.db.models import Count, Min, QuerySet
-from django.utils import timezone
+from django.db.models import QuerySet
 
 from apps.outbox.kafka.client import LoopRunner, Pending, bootstrap_servers, make_producer, partition_for
 from apps.outbox.kafka.envelope import Headers, envelope_headers
@@ -50,6 +49,7 @@ from apps.outbox.models import OutboxMessage
 from apps.outbox.reader import (
     XID_WATERMARK_SQL,
     advance_relay_checkpoint,
+    backlog,
     relay_position,
     rows_after,
     unpublished_rows,
@@ -237,24 +237,6 @@ def mark_published(position: tuple[int, int] | None) -> None:
     """Every row up to `position` (the last of an acknowledged prefix) is published."""
     if position is not None:
         advance_relay_checkpoint(position)
-
-
-@dataclass(frozen=True)
-class Backlog:
-    pending: int
-    oldest_age_seconds: float
-
-    def __str__(self) -> str:
-        return f"pending={self.pending} lag={self.oldest_age_seconds:.1f}s"
-
-
-def backlog() -> Backlog:
-    """Relay lag: how many rows wait and the age of the oldest one."""
-    # One statement, one pass over the unpublished rows (it was a count and a sort, at every relay start).
-    found = unpublished_rows().aggregate(pending=Count("id"), oldest=Min("occurred_at"))
-    oldest = found["oldest"]
-    age = (timezone.now() - oldest).total_seconds() if oldest else 0.0
-    return Backlog(pending=found["pending"], oldest_age_seconds=max(age, 0.0))
 
 
 @dataclass
