@@ -417,8 +417,23 @@ async def _send(
         # As a careful client sends every command: a new key per attempt (a retried step is a new
         # attempt here, since its first answer was a refusal that the key would replay).
         headers["Idempotency-Key"] = record.correlation_id
+    await _exchange(client, load, record, scheduled_mono, method, url, json=body, headers=headers)
+    return record
+
+
+async def _exchange(
+    client: aiohttp.ClientSession,
+    load: Load,
+    record: Record,
+    scheduled_mono: float,
+    method: str,
+    url: str,
+    **request: Any,
+) -> None:
+    """Sends one request and fills in `record` (its status, its latency from the scheduled send, a JSON
+    body), then keeps it. A request with no answer is status -1, counted in the errors under its exception."""
     try:
-        async with client.request(method, url, json=body, headers=headers) as response:
+        async with client.request(method, url, **request) as response:
             payload = await response.read()
         record.status = response.status
         record.latency = time.monotonic() - scheduled_mono
@@ -427,9 +442,8 @@ async def _send(
     except CLIENT_ERRORS as exc:
         record.status = -1
         record.latency = time.monotonic() - scheduled_mono
-        load.errors[f"{kind}: {type(exc).__name__}"] += 1
+        load.errors[f"{record.kind}: {type(exc).__name__}"] += 1
     load.records.append(record)
-    return record
 
 
 async def command_step(
@@ -528,21 +542,20 @@ async def webhook_send(
         "payment_intent.succeeded", card.intent, secret=STRIPE_WEBHOOK_SECRET, event_id=f"evt_bench_{card.escrow_id}"
     )
     record = Record(kind=kind, correlation_id=card.escrow_id, scheduled=scheduled_wall)
-    try:
-        async with client.post("/api/v1/webhooks/stripe", data=body, headers={**STRIPE_HEADERS, **headers}) as response:
-            payload = await response.read()
-        record.status = response.status
-        record.latency = time.monotonic() - scheduled_mono
-        if response.headers.get("content-type", "").endswith("json"):
-            record.body = json.loads(payload)
-            load.webhook_outcomes[f"{kind}: {record.body.get('status')}"] += 1
-        if not 200 <= record.status < 300:
-            load.errors[f"{kind}: HTTP {record.status}"] += 1
-    except CLIENT_ERRORS as exc:
-        record.status = -1
-        record.latency = time.monotonic() - scheduled_mono
-        load.errors[f"{kind}: {type(exc).__name__}"] += 1
-    load.records.append(record)
+    await _exchange(
+        client,
+        load,
+        record,
+        scheduled_mono,
+        "POST",
+        "/api/v1/webhooks/stripe",
+        data=body,
+        headers={**STRIPE_HEADERS, **headers},
+    )
+    if record.body is not None:
+        load.webhook_outcomes[f"{kind}: {record.body.get('status')}"] += 1
+    if record.status != -1 and not 200 <= record.status < 300:
+        load.errors[f"{kind}: HTTP {record.status}"] += 1
 
 
 async def open_model(
