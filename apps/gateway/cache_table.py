@@ -6,24 +6,22 @@ when the cache is Redis (it expires keys itself) or kept in memory."""
 from __future__ import annotations
 
 import logging
-import time
 
-from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.db import DatabaseCache
 from django.db import connections, router
 from django.utils import timezone
 
+from apps.gateway.throttle import AtMostEvery
+
 log = logging.getLogger(__name__)
-_last_purge = {"at": float("-inf")}
+_purge_due = AtMostEvery("CACHE_PURGE_EVERY_SECONDS")
 
 
 def expired_cache_entries_purge(*, force: bool = False) -> int:
     """Deletes the database cache's expired rows. Returns 0: a purge puts nothing on the bus."""
-    now = time.monotonic()
-    if not force and now - _last_purge["at"] < float(settings.CACHE_PURGE_EVERY_SECONDS):
+    if not _purge_due.due(force=force):
         return 0
-    _last_purge["at"] = now
     cache = caches["default"]
     if not isinstance(cache, DatabaseCache):
         return 0

@@ -28,7 +28,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import logging
-import time
 import uuid
 from collections.abc import Callable
 
@@ -42,6 +41,7 @@ from apps.escrow.public import command_applied
 from apps.gateway.auth import caller_id
 from apps.gateway.models import IdempotencyRecord
 from apps.gateway.problems import Problem, problem_response, to_problem
+from apps.gateway.throttle import AtMostEvery
 
 MAX_KEY_LENGTH = 255
 KEY_NAMESPACE = uuid.UUID("0b6f8f0e-3c1a-4d7e-9a51-7d2f1c3b4a90")
@@ -50,7 +50,7 @@ REMEMBERED_REFUSALS = frozenset({403, 409})
 PURGE_BATCH = 1000
 
 log = logging.getLogger(__name__)
-_last_purge = {"at": float("-inf")}
+_purge_due = AtMostEvery("IDEMPOTENCY_PURGE_EVERY_SECONDS")
 
 
 def _expiry_cutoff() -> datetime.datetime:
@@ -72,10 +72,8 @@ def _command_id(user_pk: object, key: str) -> uuid.UUID:
 def idempotency_records_purge(*, force: bool = False) -> int:
     """Deletes records older than IDEMPOTENCY_KEY_TTL_HOURS, in batches; a bus worker tick (at most once
     per IDEMPOTENCY_PURGE_EVERY_SECONDS unless forced). Returns 0: a purge puts nothing on the bus."""
-    now = time.monotonic()
-    if not force and now - _last_purge["at"] < float(settings.IDEMPOTENCY_PURGE_EVERY_SECONDS):
+    if not _purge_due.due(force=force):
         return 0
-    _last_purge["at"] = now
     cutoff, purged = _expiry_cutoff(), 0
     while True:
         batch = list(IdempotencyRecord.objects.filter(created_at__lt=cutoff).values_list("pk", flat=True)[:PURGE_BATCH])

@@ -203,3 +203,25 @@ def test_the_database_cache_never_culls_a_revocation(transactional_db):
         assert cursor.fetchone()[0] == 0
     assert cache.get("other:399") == 399 and _get(token).status_code == 401
     cache.delete_many([f"other:{n}" for n in range(400)] + ["one-more"])  # the table outlives the test
+
+
+def test_the_cache_purge_runs_at_most_once_per_interval(transactional_db, settings):
+    """The bus worker's clock ticks every few seconds; the purge does its DELETE at most once per
+    CACHE_PURGE_EVERY_SECONDS in a process (forced, it always runs)."""
+    from django.core.cache import cache
+
+    from apps.gateway.public import expired_cache_entries_purge
+
+    def stale_rows() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT COUNT(*) FROM escrow_cache WHERE cache_key LIKE %s", ["%:interval-stale:%"])
+            return cursor.fetchone()[0]
+
+    settings.CACHE_PURGE_EVERY_SECONDS = 3600
+    expired_cache_entries_purge(force=True)  # the interval starts now
+    cache.set_many({f"interval-stale:{n}": n for n in range(3)}, timeout=-1)
+    expired_cache_entries_purge()
+    assert stale_rows() == 3  # within the interval: nothing done
+    settings.CACHE_PURGE_EVERY_SECONDS = 0
+    expired_cache_entries_purge()
+    assert stale_rows() == 0  # the interval has passed
