@@ -167,6 +167,14 @@ def test_a_token_checked_once_is_not_decoded_again_and_still_expires(redis_cache
     assert _get(other).status_code == 401
 
 
+def _cache_rows(prefix: str) -> int:
+    """Rows of the database cache table whose key starts with `prefix` (after Django's ":1:" version
+    prefix). The table is not emptied between tests, so a test counts its own keys only."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT COUNT(*) FROM escrow_cache WHERE cache_key LIKE %s", [f"%:{prefix}%"])
+        return cursor.fetchone()[0]
+
+
 def test_the_database_cache_never_culls_a_revocation(transactional_db):
     """The embedded default keeps revocations in the database cache table. Past Django's default of 300
     entries it would cull a third of them in key order ("auth:revoked:..." sorts early), and a signed-out
@@ -187,15 +195,9 @@ def test_the_database_cache_never_culls_a_revocation(transactional_db):
     cache.set("one-more", 1, timeout=3600)  # past MAX_ENTRIES, a set is what culls
     assert _get(token).status_code == 401
 
-    def rows(like: str) -> int:
-        # The table is not emptied between tests, so count this test's own keys only.
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT COUNT(*) FROM escrow_cache WHERE cache_key LIKE %s", [like])
-            return cursor.fetchone()[0]
-
-    assert (rows("%:stale:%"), rows("%:other:%")) == (50, 400)
+    assert (_cache_rows("stale:"), _cache_rows("other:")) == (50, 400)
     assert expired_cache_entries_purge(force=True) == 0  # nothing for the bus
-    assert (rows("%:stale:%"), rows("%:other:%")) == (0, 400)
+    assert (_cache_rows("stale:"), _cache_rows("other:")) == (0, 400)
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT COUNT(*) FROM escrow_cache WHERE expires < %s", [timezone.now() - datetime.timedelta(seconds=1)]
@@ -212,16 +214,11 @@ def test_the_cache_purge_runs_at_most_once_per_interval(transactional_db, settin
 
     from apps.gateway.public import expired_cache_entries_purge
 
-    def stale_rows() -> int:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT COUNT(*) FROM escrow_cache WHERE cache_key LIKE %s", ["%:interval-stale:%"])
-            return cursor.fetchone()[0]
-
     settings.CACHE_PURGE_EVERY_SECONDS = 3600
     expired_cache_entries_purge(force=True)  # the interval starts now
     cache.set_many({f"interval-stale:{n}": n for n in range(3)}, timeout=-1)
     expired_cache_entries_purge()
-    assert stale_rows() == 3  # within the interval: nothing done
+    assert _cache_rows("interval-stale:") == 3  # within the interval: nothing done
     settings.CACHE_PURGE_EVERY_SECONDS = 0
     expired_cache_entries_purge()
-    assert stale_rows() == 0  # the interval has passed
+    assert _cache_rows("interval-stale:") == 0  # the interval has passed
